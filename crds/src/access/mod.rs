@@ -1,0 +1,1 @@
+//! The tenant-access contract: what the operator writes and the server reads.

@@ -1,0 +1,1 @@
+//! End-to-end helpers for the kind suite (see e2e/run.sh).

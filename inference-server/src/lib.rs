@@ -1,0 +1,1 @@
+//! nlu-server library: model loading, pipelines, batching, HTTP.

@@ -1,0 +1,3 @@
+fn main() {
+    println!("nlu-server: not yet implemented");
+}

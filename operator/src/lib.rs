@@ -1,0 +1,1 @@
+//! nlu-operator library: controllers and pure builders.
