@@ -1,1 +1,4 @@
 //! nlu-server library: model loading, pipelines, batching, HTTP.
+
+pub mod model;
+pub mod uninlu;

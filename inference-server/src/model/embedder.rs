@@ -1,0 +1,99 @@
+//! Sentence embeddings: BERT + pooling (+ optional L2 normalisation) over batches of token-id
+//! sequences. Synchronous and free of I/O after loading; the server calls it from its model thread.
+
+use serde::Serialize;
+
+use super::bert::{Bert, BertConfig};
+use super::files::ModelFiles;
+use super::pooling::{l2_normalize, Pooling};
+use super::tokenizer::Tokenizer;
+use super::{ModelError, Result};
+
+/// What `/info` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct EmbedderInfo {
+    pub model: String,
+    pub dims: usize,
+    /// The longest token sequence the position table allows.
+    pub max_positions: usize,
+    pub pooling: Pooling,
+}
+
+pub struct Embedder {
+    bert: Bert,
+    tokenizer: Tokenizer,
+    pooling: Pooling,
+    info: EmbedderInfo,
+}
+
+impl Embedder {
+    /// `pooling` overrides the folder's `1_Pooling/config.json`; with neither, CLS pooling
+    /// (what BERT-style embedding models such as GTE use).
+    pub fn load(files: &ModelFiles, pooling: Option<Pooling>) -> Result<Self> {
+        let cfg = BertConfig::load(&files.config)?;
+        let pooling = match (pooling, &files.pooling_config) {
+            (Some(p), _) => p,
+            (None, Some(path)) => Pooling::from_config_file(path)?,
+            (None, None) => Pooling::Cls,
+        };
+        let bert = Bert::load(&files.weights.var_builder()?, &cfg)?;
+        let tokenizer = Tokenizer::load(&files.tokenizer)?;
+        let info = EmbedderInfo {
+            model: files.name(),
+            dims: cfg.hidden_size,
+            max_positions: bert.embeddings().max_positions(),
+            pooling,
+        };
+        Ok(Self {
+            bert,
+            tokenizer,
+            pooling,
+            info,
+        })
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    pub fn info(&self) -> &EmbedderInfo {
+        &self.info
+    }
+
+    /// One vector per sequence. Sequences are padded to the longest one internally (masked),
+    /// so a batch gives the same vectors as one-by-one calls.
+    pub fn embed(&self, batch: &[Vec<u32>], normalize: bool) -> Result<Vec<Vec<f32>>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let len = batch.iter().map(Vec::len).max().unwrap_or(0);
+        let vocab = self.bert.embeddings().vocab_size();
+        for seq in batch {
+            if seq.is_empty() {
+                return Err(ModelError::Input("empty token sequence".into()));
+            }
+            if seq.len() > self.info.max_positions {
+                return Err(ModelError::Input(format!(
+                    "{} tokens exceed the model's {} positions",
+                    seq.len(),
+                    self.info.max_positions
+                )));
+            }
+            if let Some(id) = seq.iter().find(|&&id| id as usize >= vocab) {
+                return Err(ModelError::Input(format!("token id {id} is outside the vocabulary")));
+            }
+        }
+        let mut ids = vec![0u32; batch.len() * len];
+        let mut mask = vec![0u32; batch.len() * len];
+        for (row, seq) in batch.iter().enumerate() {
+            ids[row * len..row * len + seq.len()].copy_from_slice(seq);
+            mask[row * len..row * len + seq.len()].fill(1);
+        }
+        let hidden = self.bert.forward(&ids, &mask, batch.len(), len)?;
+        let mut pooled = self.pooling.pool(&hidden, &mask)?;
+        if normalize {
+            pooled = l2_normalize(&pooled)?;
+        }
+        Ok(pooled.to_vec2::<f32>()?)
+    }
+}

@@ -1,0 +1,47 @@
+//! Model layer: model files (local folder or hub download), tokenizer, a CPU-oriented BERT
+//! encoder on candle, pooling, the sentence embedder and the SiameseUniNLU model.
+
+pub mod bert;
+pub mod embedder;
+pub mod files;
+pub mod pooling;
+pub mod tokenizer;
+pub mod uninlu;
+
+pub use embedder::{Embedder, EmbedderInfo};
+pub use files::{download, resolve, HubConfig, ModelFiles};
+pub use pooling::Pooling;
+pub use tokenizer::{Encoding, Tokenizer};
+pub use uninlu::{Logits, TextStates, UniNluModel};
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The model folder lacks a file or holds one we cannot read.
+    #[error("model folder {dir}: {message}")]
+    Files { dir: PathBuf, message: String },
+    /// The hub could not deliver the model.
+    #[error("cannot download {repo} from {endpoint}: {message}")]
+    Download {
+        repo: String,
+        endpoint: String,
+        message: String,
+    },
+    /// The model argument is neither a folder nor a hub id.
+    #[error("{0:?} is neither a model folder nor a hub id of the form owner/name")]
+    BadSpec(String),
+    /// `config.json` (or a tokenizer/pooling config) is not what the model needs.
+    #[error("invalid model config: {0}")]
+    Config(String),
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A caller handed the model an input it cannot run (empty, too long, unknown ids).
+    #[error("invalid model input: {0}")]
+    Input(String),
+    #[error("tensor computation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -1,0 +1,148 @@
+//! The WordPiece tokenizer of BERT models, loaded from `tokenizer.json` or rebuilt from
+//! `vocab.txt` + `tokenizer_config.json`; both give the same ids. Offsets are in Unicode code
+//! points, as the UniNLU output and Python's string indexing use them.
+
+use std::path::Path;
+
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::BertNormalizer;
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::AddedToken;
+
+use super::files::TokenizerFiles;
+use super::{ModelError, Result};
+
+/// Token ids of one text and each token's `[start, end)` code-point span (`(0, 0)` for
+/// `[CLS]`/`[SEP]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encoding {
+    pub ids: Vec<u32>,
+    pub offsets: Vec<(usize, usize)>,
+}
+
+impl Encoding {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+fn tok_err(e: impl std::fmt::Display) -> ModelError {
+    ModelError::Tokenizer(e.to_string())
+}
+
+impl Tokenizer {
+    pub fn load(files: &TokenizerFiles) -> Result<Self> {
+        match files {
+            TokenizerFiles::Json(path) => Self::from_json(path),
+            TokenizerFiles::Vocab { vocab, config } => Self::from_vocab(vocab, config.as_deref()),
+        }
+    }
+
+    pub fn from_json(path: &Path) -> Result<Self> {
+        let mut inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| tok_err(format!("{}: {e}", path.display())))?;
+        // Padding and truncation are the caller's decisions, not the file's.
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(tok_err)?;
+        Ok(Self { inner })
+    }
+
+    /// The pipeline of `BertTokenizerFast`: clean text, split CJK characters, lower-case (and
+    /// strip accents) per `do_lower_case`, WordPiece with `##`, `[CLS] ... [SEP]`.
+    pub fn from_vocab(vocab: &Path, config: Option<&Path>) -> Result<Self> {
+        let config: serde_json::Value = match config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| tok_err(format!("{}: {e}", path.display())))?;
+                serde_json::from_str(&text)
+                    .map_err(|e| tok_err(format!("{}: {e}", path.display())))?
+            }
+            None => serde_json::Value::Null,
+        };
+        let flag = |key: &str| config.get(key).and_then(|v| v.as_bool());
+        let token = |key: &str, default: &str| {
+            config
+                .get(key)
+                .and_then(|v| v.as_str().or_else(|| v.get("content")?.as_str()))
+                .unwrap_or(default)
+                .to_string()
+        };
+        let lowercase = flag("do_lower_case").unwrap_or(true);
+        let (unk, cls, sep) = (
+            token("unk_token", "[UNK]"),
+            token("cls_token", "[CLS]"),
+            token("sep_token", "[SEP]"),
+        );
+        let specials = [
+            unk.clone(),
+            sep.clone(),
+            token("pad_token", "[PAD]"),
+            cls.clone(),
+            token("mask_token", "[MASK]"),
+        ];
+        let wordpiece = WordPiece::from_file(&vocab.to_string_lossy())
+            .unk_token(unk)
+            .continuing_subword_prefix("##".into())
+            .max_input_chars_per_word(100)
+            .build()
+            .map_err(|e| tok_err(format!("{}: {e}", vocab.display())))?;
+        let id = |t: &str| {
+            tokenizers::Model::token_to_id(&wordpiece, t)
+                .ok_or_else(|| tok_err(format!("{} has no {t} token", vocab.display())))
+        };
+        let processor = BertProcessing::new((sep.clone(), id(&sep)?), (cls.clone(), id(&cls)?));
+        // Special tokens are never split or lower-cased, as in the Python tokenizers.
+        let known: Vec<AddedToken> = specials
+            .iter()
+            .filter(|t| id(t).is_ok())
+            .map(|t| AddedToken::from(t.clone(), true))
+            .collect();
+        let mut inner = tokenizers::Tokenizer::new(wordpiece);
+        inner
+            .with_normalizer(Some(BertNormalizer::new(
+                true,
+                flag("tokenize_chinese_chars").unwrap_or(true),
+                flag("strip_accents"),
+                lowercase,
+            )))
+            .map_err(tok_err)?;
+        inner.with_pre_tokenizer(Some(BertPreTokenizer));
+        inner.with_post_processor(Some(processor));
+        inner.add_special_tokens(known).map_err(tok_err)?;
+        Ok(Self { inner })
+    }
+
+    /// Encodes with special tokens. `max_len` truncates the way the Python tokenizers do for a
+    /// single BERT sequence: the content is cut so that `[CLS] ... [SEP]` fits in `max_len`.
+    pub fn encode(&self, text: &str, max_len: Option<usize>) -> Result<Encoding> {
+        let enc = self.inner.encode_char_offsets(text, true).map_err(tok_err)?;
+        let mut ids = enc.get_ids().to_vec();
+        let mut offsets = enc.get_offsets().to_vec();
+        if let Some(max) = max_len.filter(|&m| ids.len() > m) {
+            if max < 2 {
+                return Err(ModelError::Input(format!(
+                    "a maximum length of {max} cannot hold [CLS] and [SEP]"
+                )));
+            }
+            let last = ids.len() - 1;
+            ids.swap(max - 1, last);
+            offsets.swap(max - 1, last);
+            ids.truncate(max);
+            offsets.truncate(max);
+        }
+        Ok(Encoding { ids, offsets })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}

@@ -1,0 +1,123 @@
+//! Spans from merged start/end logits: every token whose start logit is above 0.5 opens a span
+//! that ends at the first token at or after it whose end logit is above 0.5. Offsets are in code
+//! points of the input text; spans are sorted by `(start, end)`, duplicates kept, as the
+//! original does.
+
+use serde::{Deserialize, Serialize};
+
+/// Raw-logit threshold of the original (no sigmoid).
+pub const THRESHOLD: f32 = 0.5;
+
+/// One element of an output chain: `{"type", "span", "offset": [start, end]}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainItem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub span: String,
+    pub offset: [usize; 2],
+}
+
+/// A text with its code-point -> byte index, so spans are sliced like Python slices strings.
+pub struct CharText<'a> {
+    text: &'a str,
+    /// Byte index of every code point, plus the text's length at the end.
+    bounds: Vec<usize>,
+}
+
+impl<'a> CharText<'a> {
+    pub fn new(text: &'a str) -> Self {
+        let bounds = text
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain(std::iter::once(text.len()))
+            .collect();
+        Self { text, bounds }
+    }
+
+    pub fn chars(&self) -> usize {
+        self.bounds.len() - 1
+    }
+
+    /// `text[start:end]` with Python semantics: clamped to the text, empty when `start >= end`.
+    pub fn slice(&self, start: usize, end: usize) -> &'a str {
+        let n = self.chars();
+        let (s, e) = (start.min(n), end.min(n));
+        if s >= e {
+            ""
+        } else {
+            &self.text[self.bounds[s]..self.bounds[e]]
+        }
+    }
+}
+
+/// `(head, tail)` token index pairs, in head order.
+pub fn token_spans(head: &[f32], tail: &[f32]) -> Vec<(usize, usize)> {
+    head.iter()
+        .enumerate()
+        .filter(|(_, &h)| h > THRESHOLD)
+        .filter_map(|(h, _)| {
+            (h..tail.len())
+                .find(|&t| tail[t] > THRESHOLD)
+                .map(|t| (h, t))
+        })
+        .collect()
+}
+
+/// Character spans `[offset(head).start, offset(tail).end)`, sorted by `(start, end)` (stable).
+pub fn spans(text: &CharText, offsets: &[(usize, usize)], head: &[f32], tail: &[f32]) -> Vec<(usize, usize, String)> {
+    let mut found: Vec<(usize, usize, String)> = token_spans(head, tail)
+        .into_iter()
+        .map(|(h, t)| {
+            let (start, end) = (offsets[h].0, offsets[t].1);
+            (start, end, text.slice(start, end).to_string())
+        })
+        .collect();
+    found.sort_by_key(|(s, e, _)| (*s, *e));
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_take_the_first_tail_at_or_after_them() {
+        //            0     1     2     3     4     5
+        let head = [-1.0, 0.6, -1.0, 2.0, 0.5, 0.9];
+        let tail = [-1.0, -1.0, 0.51, 3.0, -1.0, -1.0];
+        // 1 -> 2, 3 -> 3 (same token), 4 is not above 0.5, 5 finds no tail.
+        assert_eq!(token_spans(&head, &tail), vec![(1, 2), (3, 3)]);
+    }
+
+    #[test]
+    fn spans_use_code_point_offsets_and_sort() {
+        let text = CharText::new("谷爱凌😀在北京");
+        // [CLS] 谷 爱 凌 [UNK] 在 北 京 [SEP]
+        let offsets = [(0, 0), (0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7), (0, 0)];
+        let head = [-9., -9., -9., -9., -9., -9., 1.0, -9., -9.];
+        let tail = [-9., -9., -9., -9., -9., -9., -9., 1.0, -9.];
+        let mut h2 = head;
+        h2[1] = 1.0;
+        let mut t2 = tail;
+        t2[3] = 1.0;
+        assert_eq!(spans(&text, &offsets, &head, &tail), vec![(5, 7, "北京".to_string())]);
+        assert_eq!(
+            spans(&text, &offsets, &h2, &t2),
+            vec![(0, 3, "谷爱凌".to_string()), (5, 7, "北京".to_string())]
+        );
+    }
+
+    #[test]
+    fn special_token_offsets_give_python_slices() {
+        let text = CharText::new("abc");
+        let offsets = [(0, 0), (0, 1), (1, 3), (0, 0)];
+        // A head at [CLS] and one at "bc" both end at [SEP] (offset end 0).
+        let head = [1.0, -1.0, 1.0, -1.0];
+        let tail = [-1.0, -1.0, -1.0, 1.0];
+        assert_eq!(
+            spans(&text, &offsets, &head, &tail),
+            vec![(0, 0, String::new()), (1, 0, String::new())]
+        );
+        assert_eq!(text.slice(1, 99), "bc");
+    }
+}
