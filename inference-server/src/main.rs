@@ -1,3 +1,25 @@
-fn main() {
-    println!("nlu-server: not yet implemented");
+use clap::Parser;
+use tokio::net::TcpListener;
+
+use nlu_server::config::{Cli, Command, LogFormat};
+use nlu_server::engine::hub_config;
+use nlu_server::server::{init_logging, serve, shutdown_signal};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Serve(args) => {
+            init_logging(args.log_format);
+            args.batching.validate().map_err(anyhow::Error::msg)?;
+            let listener = TcpListener::bind(args.listen).await?;
+            serve(*args, listener, shutdown_signal(), |api| api).await
+        }
+        Command::Download(args) => {
+            init_logging(LogFormat::Text);
+            let hub = hub_config(args.cache_dir.as_deref());
+            let dir = tokio::task::spawn_blocking(move || nlu_server::model::download(&args.model, &hub)).await??;
+            println!("{}", dir.display());
+            Ok(())
+        }
+    }
 }

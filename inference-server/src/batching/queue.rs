@@ -1,0 +1,158 @@
+//! Which waiting sequences form the next model batch: pure decisions, no locks, no clocks.
+
+/// Bounds on one model batch.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchLimits {
+    /// Longest sequence x number of sequences (padding is real work for the model).
+    pub max_tokens: usize,
+    pub max_sequences: usize,
+}
+
+/// What the selection needs to know about one waiting sequence.
+#[derive(Debug, Clone, Copy)]
+pub struct Waiting {
+    /// Sequence length in tokens (the model pads the batch to its longest).
+    pub tokens: usize,
+    /// The request it belongs to: requests take turns.
+    pub group: u64,
+}
+
+/// Padded cost of a batch whose longest sequence is `longest`.
+pub fn padded_tokens(longest: usize, sequences: usize) -> usize {
+    longest * sequences
+}
+
+/// Indices (ascending) of the waiting sequences to run next.
+///
+/// Requests take turns (round-robin by request, oldest first), so a request with hundreds of
+/// prompts cannot starve one with two. The first sequence in that order is always taken, so
+/// nothing waits forever; the others are chosen from a look-ahead window by closeness of length
+/// to it, which keeps padding low without reordering across the whole queue.
+pub fn select_batch(waiting: &[Waiting], limits: BatchLimits) -> Vec<usize> {
+    let fair = fair_order(waiting);
+    let Some((&anchor, rest)) = fair.split_first() else {
+        return Vec::new();
+    };
+    let anchor_len = waiting[anchor].tokens;
+    let lookahead = limits.max_sequences.saturating_mul(4);
+    let mut candidates: Vec<usize> = rest.iter().copied().take(lookahead).collect();
+    // Stable sort: among equal lengths the fair order decides.
+    candidates.sort_by_key(|&i| waiting[i].tokens.abs_diff(anchor_len));
+
+    let mut chosen = vec![anchor];
+    let mut longest = anchor_len;
+    for i in candidates {
+        if chosen.len() == limits.max_sequences {
+            break;
+        }
+        let new_longest = longest.max(waiting[i].tokens);
+        if padded_tokens(new_longest, chosen.len() + 1) <= limits.max_tokens {
+            chosen.push(i);
+            longest = new_longest;
+        }
+    }
+    chosen.sort_unstable();
+    chosen
+}
+
+/// Round-robin order: the first sequence of every request (requests by arrival), then the
+/// second of each, and so on.
+fn fair_order(waiting: &[Waiting]) -> Vec<usize> {
+    let mut first_seen: Vec<u64> = Vec::new();
+    let mut keyed: Vec<(usize, usize, usize)> = Vec::with_capacity(waiting.len());
+    let mut taken_per_group: Vec<usize> = Vec::new();
+    for (i, w) in waiting.iter().enumerate() {
+        let g = match first_seen.iter().position(|&g| g == w.group) {
+            Some(g) => g,
+            None => {
+                first_seen.push(w.group);
+                taken_per_group.push(0);
+                first_seen.len() - 1
+            }
+        };
+        keyed.push((taken_per_group[g], g, i));
+        taken_per_group[g] += 1;
+    }
+    keyed.sort_unstable();
+    keyed.into_iter().map(|(_, _, i)| i).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(tokens: usize, group: u64) -> Waiting {
+        Waiting { tokens, group }
+    }
+
+    const WIDE: BatchLimits = BatchLimits {
+        max_tokens: 10_000,
+        max_sequences: 4,
+    };
+
+    #[test]
+    fn empty_queue_gives_empty_batch() {
+        assert!(select_batch(&[], WIDE).is_empty());
+    }
+
+    #[test]
+    fn count_limit_holds() {
+        let q: Vec<_> = (0..10).map(|i| w(8, i)).collect();
+        assert_eq!(select_batch(&q, WIDE), vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn padded_token_limit_holds() {
+        // 100 + 10 would pad to 2 x 100 = 200 > 150: the short one must wait.
+        let q = [w(100, 1), w(10, 2), w(100, 3)];
+        let limits = BatchLimits {
+            max_tokens: 150,
+            max_sequences: 8,
+        };
+        assert_eq!(select_batch(&q, limits), vec![0]);
+        let limits = BatchLimits {
+            max_tokens: 200,
+            max_sequences: 8,
+        };
+        assert_eq!(select_batch(&q, limits), vec![0, 2]);
+    }
+
+    #[test]
+    fn oversized_head_still_runs_alone() {
+        let q = [w(500, 1), w(5, 2)];
+        let limits = BatchLimits {
+            max_tokens: 100,
+            max_sequences: 8,
+        };
+        assert_eq!(select_batch(&q, limits), vec![0]);
+    }
+
+    #[test]
+    fn similar_lengths_are_grouped() {
+        let q = [w(10, 1), w(200, 2), w(12, 3), w(190, 4), w(11, 5)];
+        let limits = BatchLimits {
+            max_tokens: 10_000,
+            max_sequences: 3,
+        };
+        assert_eq!(select_batch(&q, limits), vec![0, 2, 4]);
+    }
+
+    #[test]
+    fn requests_take_turns() {
+        // Request 1 queued 6 prompts before request 2 queued 1: request 2 still gets into the
+        // first batch of 2.
+        let mut q: Vec<_> = (0..6).map(|_| w(20, 1)).collect();
+        q.push(w(20, 2));
+        let limits = BatchLimits {
+            max_tokens: 10_000,
+            max_sequences: 2,
+        };
+        assert_eq!(select_batch(&q, limits), vec![0, 6]);
+    }
+
+    #[test]
+    fn fair_order_interleaves_requests() {
+        let q = [w(1, 7), w(1, 7), w(1, 7), w(1, 9), w(1, 8)];
+        assert_eq!(fair_order(&q), vec![0, 3, 4, 1, 2]);
+    }
+}

@@ -1,0 +1,226 @@
+//! Command line and environment: every flag has an `NLU_*` variable, validated once at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nlu-server",
+    version,
+    about = "CPU inference server for SiameseUniNLU and GTE embeddings"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load a model and serve it over HTTP.
+    Serve(Box<ServeArgs>),
+    /// Download a model from the hub into the cache folder and print its local path.
+    Download(DownloadArgs),
+}
+
+/// What the served model does; decides which routes answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Task {
+    /// Sentence embeddings: /v1/embeddings, /embed, /similarity.
+    Embedding,
+    /// SiameseUniNLU span extraction: /api/predict.
+    Uninlu,
+}
+
+impl Task {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::Embedding => "embedding",
+            Task::Uninlu => "uninlu",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PoolingArg {
+    /// The [CLS] token's state.
+    Cls,
+    /// Mean of the token states under the attention mask.
+    Mean,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Model folder (config.json, weights, tokenizer) or hub id such as thenlper/gte-base-zh.
+    #[arg(long, env = "NLU_MODEL")]
+    pub model: String,
+
+    /// What the model does.
+    #[arg(long, env = "NLU_TASK", value_enum)]
+    pub task: Task,
+
+    /// Address and port to listen on.
+    #[arg(long, env = "NLU_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Where hub ids are downloaded to (default: $HF_HOME or ~/.cache/nlu-server).
+    #[arg(long, env = "NLU_MODEL_CACHE_DIR")]
+    pub model_cache_dir: Option<PathBuf>,
+
+    /// Embedding pooling; default from the model folder's 1_Pooling/config.json.
+    #[arg(long, env = "NLU_POOLING", value_enum)]
+    pub pooling: Option<PoolingArg>,
+
+    /// Return raw pooled vectors instead of L2-normalised ones by default.
+    #[arg(long, env = "NLU_NO_NORMALIZE")]
+    pub no_normalize: bool,
+
+    /// After SIGTERM, keep serving this long with /readyz failing, so load balancers stop
+    /// sending requests before the listener closes.
+    #[arg(long, env = "NLU_SHUTDOWN_DELAY_MILLIS", default_value_t = 0)]
+    pub shutdown_delay_millis: u64,
+
+    /// Log line format.
+    #[arg(long, env = "NLU_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub batching: BatchingArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub uninlu_limits: UniNluLimitArgs,
+    // Auth (`AuthArgs`) and TLS (`TlsArgs`) flags are flattened here by their modules.
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BatchingArgs {
+    /// Most tokens in one model batch, padding counted (longest sequence x sequences).
+    #[arg(long, env = "NLU_MAX_BATCH_TOKENS", default_value_t = 16384)]
+    pub max_batch_tokens: usize,
+
+    /// Most sequences in one model batch.
+    #[arg(long, env = "NLU_MAX_BATCH_REQUESTS", default_value_t = 32)]
+    pub max_batch_requests: usize,
+
+    /// How long the first queued sequence may wait for others to join its batch.
+    #[arg(long, env = "NLU_MAX_WAIT_MILLIS", default_value_t = 2)]
+    pub max_wait_millis: u64,
+
+    /// Most sequences waiting for the model; a request that would overflow it gets 503 at once.
+    #[arg(long, env = "NLU_MAX_QUEUE", default_value_t = 1024)]
+    pub max_queue: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Most tokens per input, [CLS]/[SEP] included (capped by the model's positions);
+    /// longer inputs get 413 unless the request asks to truncate.
+    #[arg(long, env = "NLU_MAX_INPUT_LENGTH")]
+    pub max_input_length: Option<usize>,
+
+    /// Most inputs in one embeddings request.
+    #[arg(long, env = "NLU_MAX_BATCH_INPUTS", default_value_t = 256)]
+    pub max_batch_inputs: usize,
+
+    /// Largest request body in bytes.
+    #[arg(long, env = "NLU_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UniNluLimitArgs {
+    /// UniNLU: most characters in the text.
+    #[arg(long, env = "NLU_MAX_TEXT_CHARS", default_value_t = 10_000)]
+    pub max_text_chars: usize,
+
+    /// UniNLU: most sliding windows (384 tokens, stride 352) per text.
+    #[arg(long, env = "NLU_MAX_WINDOWS", default_value_t = 16)]
+    pub max_windows: usize,
+
+    /// UniNLU: deepest schema nesting.
+    #[arg(long, env = "NLU_MAX_SCHEMA_DEPTH", default_value_t = 4)]
+    pub max_schema_depth: usize,
+
+    /// UniNLU: most keys in the whole schema.
+    #[arg(long, env = "NLU_MAX_SCHEMA_KEYS", default_value_t = 64)]
+    pub max_schema_keys: usize,
+
+    /// UniNLU: most prompts one request may run, counted as the traversal expands (422 beyond).
+    #[arg(long, env = "NLU_MAX_PROMPTS", default_value_t = 512)]
+    pub max_prompts: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// Hub id, e.g. thenlper/gte-large-zh.
+    #[arg(long, env = "NLU_MODEL")]
+    pub model: String,
+
+    /// Where to store it (default: $HF_HOME or ~/.cache/nlu-server).
+    #[arg(long, env = "NLU_MODEL_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl BatchingArgs {
+    /// Rejects settings under which no batch could ever form.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_batch_requests == 0 || self.max_batch_tokens == 0 || self.max_queue == 0 {
+            return Err("--max-batch-requests, --max-batch-tokens and --max-queue must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse_with_defaults() {
+        let cli = Cli::try_parse_from(["nlu-server", "serve", "--model", "m", "--task", "embedding"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve")
+        };
+        assert_eq!(args.task, Task::Embedding);
+        assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(args.batching.max_batch_requests, 32);
+        assert!(args.batching.validate().is_ok());
+    }
+
+    #[test]
+    fn zero_batch_size_is_rejected() {
+        let cli = Cli::try_parse_from([
+            "nlu-server",
+            "serve",
+            "--model",
+            "m",
+            "--task",
+            "uninlu",
+            "--max-batch-requests",
+            "0",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve")
+        };
+        assert!(args.batching.validate().is_err());
+    }
+}

@@ -1,0 +1,180 @@
+//! The loaded model behind the routes: loading, warm-up, and the request flows of each task
+//! (validate -> tokenize off the runtime -> queue -> model thread -> answer).
+
+pub mod embedding;
+pub mod uninlu;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+
+pub use embedding::{EmbedRequest, Embedded, EmbeddingEngine};
+pub use uninlu::UniNluEngine;
+
+use crate::batching::{BatchLimits, Settings};
+use crate::config::{BatchingArgs, PoolingArg, ServeArgs, Task};
+use crate::metrics::Metrics;
+use crate::model::{self, Embedder, HubConfig, Pooling, UniNluModel};
+use crate::uninlu::Limits;
+
+/// What GET /info reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub model: String,
+    pub task: &'static str,
+    /// Embedding size (hidden size of the encoder).
+    pub dims: usize,
+    /// Embedding task: longest input in tokens ([CLS]/[SEP] included).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_input_length: Option<usize>,
+    /// UniNLU task: longest text in characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_text_chars: Option<usize>,
+    /// Embedding task only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<Pooling>,
+    /// Embedding task only: whether vectors are L2-normalised unless a request says otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<bool>,
+}
+
+pub enum Engine {
+    Embedding { engine: EmbeddingEngine, info: ModelInfo },
+    UniNlu { engine: UniNluEngine, info: ModelInfo },
+}
+
+impl Engine {
+    /// Resolves the model (folder or hub id), loads it and starts its model thread. Blocking.
+    pub fn load(args: &ServeArgs, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let files = model::resolve(&args.model, &hub_config(args.model_cache_dir.as_deref()))
+            .with_context(|| format!("cannot load model {}", args.model))?;
+        let settings = batch_settings(&args.batching);
+        match args.task {
+            Task::Embedding => {
+                let pooling = args.pooling.map(|p| match p {
+                    PoolingArg::Cls => Pooling::Cls,
+                    PoolingArg::Mean => Pooling::Mean,
+                });
+                let embedder = Embedder::load(&files, pooling)?;
+                let model_info = embedder.info().clone();
+                let max_input_length = cap(args.limits.max_input_length, model_info.max_positions);
+                let info = ModelInfo {
+                    model: model_info.model,
+                    task: Task::Embedding.as_str(),
+                    dims: model_info.dims,
+                    max_input_length: Some(max_input_length),
+                    max_text_chars: None,
+                    pooling: Some(model_info.pooling),
+                    normalize: Some(!args.no_normalize),
+                };
+                let limits = embedding::EmbedLimits {
+                    max_input_length,
+                    max_batch_inputs: args.limits.max_batch_inputs,
+                };
+                let engine = EmbeddingEngine::start(embedder, settings, limits, !args.no_normalize, metrics);
+                Ok(Engine::Embedding { engine, info })
+            }
+            Task::Uninlu => {
+                let model = UniNluModel::load(&files)?;
+                let u = &args.uninlu_limits;
+                let limits = Limits {
+                    max_text_chars: u.max_text_chars,
+                    max_windows: u.max_windows,
+                    max_schema_depth: u.max_schema_depth,
+                    max_schema_keys: u.max_schema_keys,
+                    max_prompts: u.max_prompts,
+                };
+                let info = ModelInfo {
+                    model: model.info().model.clone(),
+                    task: Task::Uninlu.as_str(),
+                    dims: model.info().hidden_size,
+                    max_input_length: None,
+                    max_text_chars: Some(limits.max_text_chars),
+                    pooling: None,
+                    normalize: None,
+                };
+                Ok(Engine::UniNlu {
+                    engine: UniNluEngine::start(model, settings, limits, metrics),
+                    info,
+                })
+            }
+        }
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        match self {
+            Engine::Embedding { info, .. } | Engine::UniNlu { info, .. } => info,
+        }
+    }
+
+    pub fn embedding(&self) -> Option<&EmbeddingEngine> {
+        match self {
+            Engine::Embedding { engine, .. } => Some(engine),
+            Engine::UniNlu { .. } => None,
+        }
+    }
+
+    pub fn uninlu(&self) -> Option<&UniNluEngine> {
+        match self {
+            Engine::UniNlu { engine, .. } => Some(engine),
+            Engine::Embedding { .. } => None,
+        }
+    }
+
+    /// One real request through the whole path (tokenizer, queue, model thread), so the first
+    /// client does not pay for lazy initialisation. Blocking.
+    pub fn warm_up(&self) -> anyhow::Result<()> {
+        let run = async {
+            match self {
+                Engine::Embedding { engine, .. } => engine
+                    .embed(EmbedRequest {
+                        texts: vec!["warm up".into()],
+                        truncate: true,
+                        normalize: true,
+                    })
+                    .await
+                    .map(drop),
+                Engine::UniNlu { engine, .. } => engine
+                    .predict("warm up".into(), serde_json::json!({ "warm up": null }))
+                    .await
+                    .map(drop),
+            }
+        };
+        futures::executor::block_on(run).map_err(|e| anyhow::anyhow!("warm-up failed: {}", e.message))
+    }
+
+    /// Finishes the queued work and stops the model thread.
+    pub fn shutdown(&self) {
+        match self {
+            Engine::Embedding { engine, .. } => engine.shutdown(),
+            Engine::UniNlu { engine, .. } => engine.shutdown(),
+        }
+    }
+}
+
+/// `--max-input-length`, never beyond what the model's position table holds.
+fn cap(requested: Option<usize>, model_max: usize) -> usize {
+    requested.map_or(model_max, |r| r.min(model_max))
+}
+
+fn batch_settings(args: &BatchingArgs) -> Settings {
+    Settings {
+        limits: BatchLimits {
+            max_tokens: args.max_batch_tokens,
+            max_sequences: args.max_batch_requests,
+        },
+        max_wait: Duration::from_millis(args.max_wait_millis),
+        max_queue: args.max_queue,
+    }
+}
+
+/// The model layer's hub settings, with `--model-cache-dir` taking precedence over its defaults.
+pub fn hub_config(cache_dir: Option<&std::path::Path>) -> HubConfig {
+    let mut hub = HubConfig::from_env();
+    if let Some(dir) = cache_dir {
+        hub.cache_dir = dir.to_path_buf();
+    }
+    hub
+}

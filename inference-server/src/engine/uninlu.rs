@@ -1,0 +1,200 @@
+//! UniNLU requests: the traversal runs level by level; the text encoding and every level's
+//! prompts go through the shared model thread, where requests take turns (fair scheduling).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::http::StatusCode;
+use serde_json::Value;
+
+use crate::batching::{run_all, Batcher, Job, Settings, Worker};
+use crate::http::ApiError;
+use crate::metrics::Metrics;
+use crate::model::{Logits, TextStates, UniNluModel};
+use crate::uninlu::windows::TextWindow;
+use crate::uninlu::{Limits, PredictError, Prediction, PromptJob, Schema, Traversal};
+
+/// Work for the model thread.
+pub enum UniJob {
+    /// Lower layers over one text's windows (once per request).
+    Encode(Vec<TextWindow>),
+    /// One prompt against a text's lower-layer states.
+    Score { text: Arc<TextStates>, prompt: Vec<u32> },
+}
+
+pub enum UniOut {
+    States(Arc<TextStates>),
+    Logits(Logits),
+}
+
+struct UniWorker(Arc<UniNluModel>);
+
+impl Worker for UniWorker {
+    type Input = UniJob;
+    type Output = UniOut;
+
+    /// Encodings run one text at a time; all prompts of the batch (from any request) run in
+    /// one forward, grouped by their text.
+    fn run(&mut self, batch: Vec<UniJob>) -> anyhow::Result<Vec<UniOut>> {
+        let mut outputs: Vec<Option<UniOut>> = batch.iter().map(|_| None).collect();
+        let mut texts: Vec<(Arc<TextStates>, Vec<(usize, Vec<u32>)>)> = Vec::new();
+        for (i, job) in batch.into_iter().enumerate() {
+            match job {
+                UniJob::Encode(windows) => outputs[i] = Some(UniOut::States(Arc::new(self.0.encode_text(&windows)?))),
+                UniJob::Score { text, prompt } => match texts.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &text)) {
+                    Some((_, prompts)) => prompts.push((i, prompt)),
+                    None => texts.push((text, vec![(i, prompt)])),
+                },
+            }
+        }
+        let prompt_ids: Vec<Vec<Vec<u32>>> = texts
+            .iter()
+            .map(|(_, ps)| ps.iter().map(|(_, p)| p.clone()).collect())
+            .collect();
+        let jobs: Vec<(&TextStates, &[Vec<u32>])> = texts
+            .iter()
+            .zip(&prompt_ids)
+            .map(|((t, _), ids)| (t.as_ref(), ids.as_slice()))
+            .collect();
+        let scored = if jobs.is_empty() {
+            Vec::new()
+        } else {
+            self.0.score_many(&jobs)?
+        };
+        for ((_, prompts), logits) in texts.iter().zip(scored) {
+            for ((i, _), l) in prompts.iter().zip(logits) {
+                outputs[*i] = Some(UniOut::Logits(l));
+            }
+        }
+        outputs
+            .into_iter()
+            .map(|o| o.ok_or_else(|| anyhow::anyhow!("the model returned too few logits")))
+            .collect()
+    }
+}
+
+pub struct UniNluEngine {
+    model: Arc<UniNluModel>,
+    batcher: Batcher<UniJob, UniOut>,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+}
+
+impl From<PredictError> for ApiError {
+    fn from(e: PredictError) -> Self {
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+/// A traversal and the prompts it asks for next, with their batch costs.
+struct Step {
+    traversal: Traversal,
+    jobs: Vec<(PromptJob, usize)>,
+}
+
+impl UniNluEngine {
+    pub fn start(model: UniNluModel, settings: Settings, limits: Limits, metrics: Arc<Metrics>) -> Self {
+        let model = Arc::new(model);
+        let batcher = Batcher::start(UniWorker(model.clone()), settings, metrics.clone());
+        UniNluEngine {
+            model,
+            batcher,
+            metrics,
+            limits,
+        }
+    }
+
+    pub fn model(&self) -> &UniNluModel {
+        &self.model
+    }
+
+    pub fn shutdown(&self) {
+        self.batcher.shutdown();
+    }
+
+    pub async fn predict(&self, text: String, schema: Value) -> Result<Prediction, ApiError> {
+        let group = self.batcher.new_group();
+        let started = Instant::now();
+        let (model, limits) = (self.model.clone(), self.limits.clone());
+        let traversal = blocking(move || {
+            let schema = Schema::parse(&schema, &limits)?;
+            Traversal::new(model.tokenizer(), &text, schema, &limits)
+        })
+        .await?;
+        self.metrics.tokenize_seconds.observe(started.elapsed().as_secs_f64());
+
+        let windows = traversal.text_windows().to_vec();
+        let tokens = windows.len() * windows.first().map_or(0, |w| w.ids.len());
+        let encoded = run_all(
+            &self.batcher,
+            group,
+            vec![Job {
+                input: UniJob::Encode(windows),
+                tokens,
+            }],
+            true,
+        )
+        .await?;
+        let Some(UniOut::States(states)) = encoded.into_iter().next() else {
+            return Err(ApiError::internal("the model thread answered an encoding with logits"));
+        };
+
+        let mut step = self.step(traversal, None).await?;
+        while !step.jobs.is_empty() {
+            let jobs = step
+                .jobs
+                .into_iter()
+                .map(|(job, tokens)| Job {
+                    input: UniJob::Score {
+                        text: states.clone(),
+                        prompt: job.ids,
+                    },
+                    tokens,
+                })
+                .collect();
+            let logits = run_all(&self.batcher, group, jobs, false)
+                .await?
+                .into_iter()
+                .map(|out| match out {
+                    UniOut::Logits(l) => Ok(l),
+                    UniOut::States(_) => Err(ApiError::internal("the model thread answered a prompt with states")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            step = self.step(step.traversal, Some(logits)).await?;
+        }
+        let prediction = step.traversal.finish();
+        self.metrics.uninlu_prompts.observe(prediction.prompts as f64);
+        Ok(prediction)
+    }
+
+    /// Feeds the last level's logits (decoding) and builds the next level's prompts
+    /// (tokenizing), off the async runtime.
+    async fn step(&self, mut traversal: Traversal, logits: Option<Vec<Logits>>) -> Result<Step, ApiError> {
+        let model = self.model.clone();
+        blocking(move || {
+            if let Some(logits) = logits {
+                traversal.accept(&logits)?;
+            }
+            let jobs = traversal.next_prompts(model.tokenizer())?;
+            let jobs = jobs
+                .into_iter()
+                .map(|job| {
+                    let cost = traversal.prompt_cost(&job);
+                    (job, cost)
+                })
+                .collect();
+            Ok(Step { traversal, jobs })
+        })
+        .await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, PredictError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("pipeline task failed: {e}")))?
+        .map_err(ApiError::from)
+}

@@ -1,0 +1,134 @@
+//! Outermost middleware: request id, in-flight gauge, request metrics and one access log line
+//! per request (route, status, latency, tenant, request id; never bodies or credentials).
+
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::router::AppState;
+use crate::metrics::{RequestLabels, RouteLabels};
+
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request's id, in the request extensions for handlers that want to log it.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Who called, as established by the auth layer. The auth layer puts it into the *response*
+/// extensions (also of its refusals), where this middleware reads it after the call.
+#[derive(Debug, Clone)]
+pub struct TenantId(pub String);
+
+/// The known routes by name, so metrics never get one label per scanned URL.
+pub fn route_label(path: &str) -> &'static str {
+    const ROUTES: &[&str] = &[
+        "/v1/embeddings",
+        "/embed",
+        "/similarity",
+        "/api/predict",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/info",
+    ];
+    ROUTES.iter().find(|r| **r == path).copied().unwrap_or("other")
+}
+
+/// The caller's id when it is a sane token (visible ASCII, at most 128 bytes), else a new UUID.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+pub async fn access_log(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request_id(req.headers());
+    let route = route_label(req.uri().path());
+    let method = req.method().clone();
+    req.extensions_mut().insert(RequestId(id.clone()));
+
+    state.metrics.in_flight.inc();
+    // Decrements also when the client disconnects and this future is dropped.
+    let _in_flight = scopeguard(|| {
+        state.metrics.in_flight.dec();
+    });
+    let mut response = next.run(req).await;
+
+    let latency = started.elapsed();
+    let status = response.status().as_u16();
+    let tenant = response
+        .extensions()
+        .get::<TenantId>()
+        .map(|t| t.0.clone())
+        .unwrap_or_default();
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route.to_owned(),
+            status,
+            tenant: tenant.clone(),
+        })
+        .inc();
+    state
+        .metrics
+        .request_seconds
+        .get_or_create(&RouteLabels {
+            route: route.to_owned(),
+        })
+        .observe(latency.as_secs_f64());
+    tracing::info!(
+        target: "access",
+        method = %method,
+        route,
+        status,
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        tenant = tenant.as_str(),
+        request_id = id.as_str(),
+        "request"
+    );
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID.clone(), value);
+    }
+    response
+}
+
+struct Guard<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Guard<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+fn scopeguard<F: FnMut()>(f: F) -> Guard<F> {
+    Guard(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_is_echoed_only_when_sane() {
+        let mut headers = HeaderMap::new();
+        headers.insert(&REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&headers), "abc-123");
+        headers.insert(&REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&headers), "has space");
+        assert_eq!(request_id(&HeaderMap::new()).len(), 36);
+    }
+
+    #[test]
+    fn unknown_paths_share_one_label() {
+        assert_eq!(route_label("/v1/embeddings"), "/v1/embeddings");
+        assert_eq!(route_label("/wp-admin.php"), "other");
+    }
+}

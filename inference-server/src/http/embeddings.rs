@@ -1,0 +1,227 @@
+//! Embedding routes: OpenAI `/v1/embeddings`, text-embeddings-inference `/embed`, `/similarity`.
+
+use axum::extract::State;
+use axum::Json;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use super::errors::{ApiError, ApiJson};
+use super::router::AppState;
+use crate::config::Task;
+use crate::engine::{EmbedRequest, Embedded, EmbeddingEngine};
+
+/// A string or a list of strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged, expecting = "a string or an array of strings")]
+pub enum Inputs {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Inputs {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Inputs::One(s) => vec![s],
+            Inputs::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingFormat {
+    #[default]
+    Float,
+    /// Little-endian f32 bytes, base64: what the official OpenAI clients ask for by default.
+    Base64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiRequest {
+    pub input: Inputs,
+    /// Accepted for compatibility; the server runs the one model it loaded.
+    pub model: Option<String>,
+    #[serde(default)]
+    pub encoding_format: EncodingFormat,
+    /// End-user id, accepted for compatibility and not used.
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OpenAiResponse {
+    pub object: &'static str,
+    pub data: Vec<OpenAiEmbedding>,
+    pub model: String,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OpenAiEmbedding {
+    pub object: &'static str,
+    pub index: usize,
+    pub embedding: EmbeddingValue,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum EmbeddingValue {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Debug, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeiRequest {
+    pub inputs: Inputs,
+    /// Default: the server's setting (on unless started with --no-normalize).
+    pub normalize: Option<bool>,
+    /// Cut inputs longer than the limit instead of refusing them.
+    #[serde(default)]
+    pub truncate: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimilarityRequest {
+    pub source_sentence: String,
+    pub sentences_to_compare: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SimilarityResponse {
+    pub scores: Vec<f32>,
+}
+
+fn engine(state: &AppState) -> Result<&EmbeddingEngine, ApiError> {
+    state.require(Task::Embedding)?;
+    state
+        .engine()?
+        .embedding()
+        .ok_or_else(|| ApiError::internal("the loaded model is not an embedding model"))
+}
+
+fn model_name(state: &AppState) -> String {
+    state.engine.get().map(|e| e.info().model.clone()).unwrap_or_default()
+}
+
+pub async fn openai(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<OpenAiRequest>,
+) -> Result<Json<OpenAiResponse>, ApiError> {
+    let engine = engine(&state)?;
+    let Embedded { vectors, tokens } = engine
+        .embed(EmbedRequest {
+            texts: req.input.into_vec(),
+            truncate: false,
+            normalize: engine.normalize_default(),
+        })
+        .await?;
+    let data = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, v)| OpenAiEmbedding {
+            object: "embedding",
+            index,
+            embedding: encode(v, req.encoding_format),
+        })
+        .collect();
+    Ok(Json(OpenAiResponse {
+        object: "list",
+        data,
+        model: req.model.unwrap_or_else(|| model_name(&state)),
+        usage: Usage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    }))
+}
+
+fn encode(vector: Vec<f32>, format: EncodingFormat) -> EmbeddingValue {
+    match format {
+        EncodingFormat::Float => EmbeddingValue::Float(vector),
+        EncodingFormat::Base64 => {
+            let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+            EmbeddingValue::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+        }
+    }
+}
+
+pub async fn tei(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<TeiRequest>,
+) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
+    let engine = engine(&state)?;
+    let normalize = req.normalize.unwrap_or(engine.normalize_default());
+    let embedded = engine
+        .embed(EmbedRequest {
+            texts: req.inputs.into_vec(),
+            truncate: req.truncate,
+            normalize,
+        })
+        .await?;
+    Ok(Json(embedded.vectors))
+}
+
+pub async fn similarity(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<SimilarityRequest>,
+) -> Result<Json<SimilarityResponse>, ApiError> {
+    let engine = engine(&state)?;
+    if req.sentences_to_compare.is_empty() {
+        return Err(ApiError::bad_request(
+            "empty_input",
+            "sentences_to_compare must not be empty",
+        ));
+    }
+    let mut texts = Vec::with_capacity(req.sentences_to_compare.len() + 1);
+    texts.push(req.source_sentence);
+    texts.extend(req.sentences_to_compare);
+    let Embedded { vectors, .. } = engine
+        .embed(EmbedRequest {
+            texts,
+            truncate: false,
+            normalize: true,
+        })
+        .await?;
+    let (source, others) = vectors.split_first().expect("one vector per input");
+    let scores = others.iter().map(|v| dot(source, v)).collect();
+    Ok(Json(SimilarityResponse { scores }))
+}
+
+/// Cosine similarity of two unit vectors.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::errors::parse_json;
+
+    #[test]
+    fn inputs_accept_string_or_list_only() {
+        let r: OpenAiRequest = parse_json(br#"{"input": "a"}"#).unwrap();
+        assert_eq!(r.input.into_vec(), vec!["a"]);
+        let r: OpenAiRequest = parse_json(br#"{"input": ["a", "b"], "encoding_format": "base64"}"#).unwrap();
+        assert_eq!(r.encoding_format, EncodingFormat::Base64);
+        let e = parse_json::<OpenAiRequest>(br#"{"input": [1, 2]}"#).unwrap_err();
+        assert!(e.message.contains("a string or an array of strings"), "{}", e.message);
+        assert!(parse_json::<TeiRequest>(br#"{"inputs": "a", "trunc": true}"#).is_err());
+    }
+
+    #[test]
+    fn base64_is_little_endian_f32() {
+        let EmbeddingValue::Base64(s) = encode(vec![1.0, -2.0], EncodingFormat::Base64) else {
+            panic!()
+        };
+        let bytes = base64::engine::general_purpose::STANDARD.decode(s).unwrap();
+        assert_eq!(bytes, [1.0f32.to_le_bytes(), (-2.0f32).to_le_bytes()].concat());
+    }
+}

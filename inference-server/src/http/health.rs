@@ -1,0 +1,67 @@
+//! Probes, metrics and model info.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use serde_json::json;
+
+use super::errors::ApiError;
+use super::router::AppState;
+use crate::engine::ModelInfo;
+
+/// Readiness: the model is loaded and one warm-up batch ran, and shutdown has not begun.
+#[derive(Debug, Default)]
+pub struct Health {
+    warmed_up: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Health {
+    pub fn set_warmed_up(&self) {
+        self.warmed_up.store(true, Ordering::SeqCst);
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// `Err(reason)` while not ready.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if self.draining.load(Ordering::SeqCst) {
+            Err("shutting down")
+        } else if !self.warmed_up.load(Ordering::SeqCst) {
+            Err("model loading")
+        } else {
+            Ok(())
+        }
+    }
+}
+
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "alive" }))
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    state
+        .health
+        .readiness()
+        .map(|()| Json(json!({ "status": "ready" })))
+        .map_err(|reason| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason))
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+}
+
+pub async fn info(State(state): State<AppState>) -> Result<Json<ModelInfo>, ApiError> {
+    Ok(Json(state.engine()?.info().clone()))
+}

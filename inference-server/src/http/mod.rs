@@ -1,0 +1,12 @@
+//! HTTP: routes, request and response shapes, errors, access logs.
+
+pub mod access_log;
+pub mod embeddings;
+pub mod errors;
+pub mod health;
+pub mod predict;
+pub mod router;
+
+pub use access_log::TenantId;
+pub use errors::ApiError;
+pub use router::{router, AppState};

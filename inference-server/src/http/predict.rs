@@ -1,0 +1,84 @@
+//! UniNLU route: `POST /api/predict`.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::errors::{ApiError, ApiJson};
+use super::router::AppState;
+use crate::config::Task;
+use crate::uninlu::Prediction;
+
+/// `text` (or `input`, as the original pipeline call names it) and a schema, which is a JSON
+/// object or a string holding one. Kept as raw JSON so the checks below can say what is wrong.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictRequest {
+    pub text: Option<Value>,
+    pub input: Option<Value>,
+    pub schema: Option<Value>,
+}
+
+/// Pure: the request's text and schema, or the client's error.
+pub fn text_and_schema(req: PredictRequest) -> Result<(String, Value), ApiError> {
+    let text = match (req.text, req.input) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "give either text or input, not both",
+            ))
+        }
+        (Some(t), None) | (None, Some(t)) => t,
+        (None, None) => return Err(ApiError::bad_request("invalid_request", "missing field text")),
+    };
+    let Value::String(text) = text else {
+        return Err(ApiError::bad_request("invalid_request", "text must be a string"));
+    };
+    if text.trim().is_empty() {
+        return Err(ApiError::bad_request("empty_input", "text must not be empty"));
+    }
+    let schema = req
+        .schema
+        .ok_or_else(|| ApiError::bad_request("invalid_request", "missing field schema"))?;
+    Ok((text, schema))
+}
+
+pub async fn predict(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<PredictRequest>,
+) -> Result<Json<Prediction>, ApiError> {
+    state.require(Task::Uninlu)?;
+    let engine = state
+        .engine()?
+        .uninlu()
+        .ok_or_else(|| ApiError::internal("the loaded model is not a UniNLU model"))?;
+    let (text, schema) = text_and_schema(req)?;
+    Ok(Json(engine.predict(text, schema).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::errors::parse_json;
+
+    fn check(body: &str) -> Result<(String, Value), ApiError> {
+        text_and_schema(parse_json(body.as_bytes())?)
+    }
+
+    #[test]
+    fn text_or_input_is_required_and_a_string() {
+        assert_eq!(check(r#"{"input": "abc", "schema": {"a": null}}"#).unwrap().0, "abc");
+        assert_eq!(
+            check(r#"{"schema": {"a": null}}"#).unwrap_err().message,
+            "missing field text"
+        );
+        assert_eq!(
+            check(r#"{"text": 5, "schema": {}}"#).unwrap_err().message,
+            "text must be a string"
+        );
+        assert_eq!(check(r#"{"text": " ", "schema": {}}"#).unwrap_err().code, "empty_input");
+        assert!(check(r#"{"text": "a"}"#).is_err());
+        assert!(check(r#"{"text": "a", "schema": {}, "extra": 1}"#).is_err());
+    }
+}

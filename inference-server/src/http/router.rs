@@ -1,0 +1,85 @@
+//! The routes and the state they share.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{middleware, Router};
+
+use super::errors::ApiError;
+use super::{access_log, embeddings, health, predict};
+use crate::config::Task;
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub task: Task,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<health::Health>,
+    /// Set once the model is loaded; the server listens (and answers /healthz) before that.
+    pub engine: Arc<OnceLock<Engine>>,
+}
+
+impl AppState {
+    pub fn new(task: Task, metrics: Arc<Metrics>) -> Self {
+        AppState {
+            task,
+            metrics,
+            health: Arc::default(),
+            engine: Arc::default(),
+        }
+    }
+
+    pub fn engine(&self) -> Result<&Engine, ApiError> {
+        self.engine.get().ok_or_else(|| ApiError {
+            retry_after: Some(5),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "loading", "the model is still loading")
+        })
+    }
+
+    /// The route's error when this server runs the other task.
+    pub fn require(&self, task: Task) -> Result<(), ApiError> {
+        if self.task == task {
+            return Ok(());
+        }
+        Err(ApiError::not_found(format!(
+            "this server runs the {} task; this route needs a server started with --task {}",
+            self.task.as_str(),
+            task.as_str()
+        )))
+    }
+}
+
+/// All routes. `protect` wraps the model routes only (the auth layer goes there), so probes and
+/// metrics stay reachable without credentials.
+pub fn router(
+    state: AppState,
+    max_body_bytes: usize,
+    protect: impl FnOnce(Router<AppState>) -> Router<AppState>,
+) -> Router {
+    let api = Router::new()
+        .route("/v1/embeddings", post(embeddings::openai))
+        .route("/embed", post(embeddings::tei))
+        .route("/similarity", post(embeddings::similarity))
+        .route("/api/predict", post(predict::predict));
+    let open = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/info", get(health::info));
+    protect(api)
+        .merge(open)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), access_log::access_log))
+        .with_state(state)
+}

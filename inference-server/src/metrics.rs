@@ -1,0 +1,128 @@
+//! Prometheus metrics of the server (`nlu_` prefix), rendered at GET /metrics.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub status: u16,
+    /// Empty when auth is off or the request was refused before the tenant was known.
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_seconds: Family<RouteLabels, Histogram>,
+    pub queue_seconds: Histogram,
+    pub tokenize_seconds: Histogram,
+    pub inference_seconds: Histogram,
+    pub batch_size: Histogram,
+    pub batch_tokens: Histogram,
+    pub queue_depth: Gauge,
+    pub in_flight: Gauge,
+    pub queue_rejections: Counter,
+    pub model_load_seconds: Gauge<f64, AtomicU64>,
+    pub uninlu_prompts: Histogram,
+}
+
+fn latency_histogram() -> Histogram {
+    // 100 µs .. ~52 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("nlu");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests by route, status and tenant",
+            requests.clone(),
+        );
+        let request_seconds =
+            Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register("request_seconds", "Total request latency", request_seconds.clone());
+        let queue_seconds = latency_histogram();
+        registry.register(
+            "queue_seconds",
+            "Time a sequence waited for its batch",
+            queue_seconds.clone(),
+        );
+        let tokenize_seconds = latency_histogram();
+        registry.register(
+            "tokenize_seconds",
+            "Tokenization time per request",
+            tokenize_seconds.clone(),
+        );
+        let inference_seconds = latency_histogram();
+        registry.register("inference_seconds", "Model time per batch", inference_seconds.clone());
+        let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        registry.register("batch_size", "Sequences per model batch", batch_size.clone());
+        let batch_tokens = Histogram::new(exponential_buckets(16.0, 2.0, 14));
+        registry.register("batch_tokens", "Padded tokens per model batch", batch_tokens.clone());
+        let queue_depth = Gauge::default();
+        registry.register("queue_depth", "Sequences waiting for the model", queue_depth.clone());
+        let in_flight = Gauge::default();
+        registry.register("in_flight_requests", "Requests being handled", in_flight.clone());
+        let queue_rejections = Counter::default();
+        registry.register(
+            "queue_rejections",
+            "Requests refused because the queue was full",
+            queue_rejections.clone(),
+        );
+        let model_load_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "model_load_seconds",
+            "Time to load the model",
+            model_load_seconds.clone(),
+        );
+        let uninlu_prompts = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "uninlu_prompts",
+            "Prompts run per UniNLU request",
+            uninlu_prompts.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_seconds,
+            queue_seconds,
+            tokenize_seconds,
+            inference_seconds,
+            batch_size,
+            batch_tokens,
+            queue_depth,
+            in_flight,
+            queue_rejections,
+            model_load_seconds,
+            uninlu_prompts,
+        }
+    }
+
+    /// Prometheus text exposition (OpenMetrics 1.0 text).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

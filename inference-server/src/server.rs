@@ -1,0 +1,122 @@
+//! `serve`: listen at once, load and warm the model in the background, answer until told to
+//! stop, then drain.
+
+use std::future::{Future, IntoFuture};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+use crate::config::ServeArgs;
+use crate::engine::Engine;
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+
+/// Serves on `listener` until `shutdown` completes, then stops taking connections, finishes the
+/// requests in flight (and so the queued model work) and returns. `protect` wraps the model
+/// routes (the auth layer).
+pub async fn serve(
+    args: ServeArgs,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    protect: impl FnOnce(Router<AppState>) -> Router<AppState>,
+) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let state = AppState::new(args.task, metrics.clone());
+    let app = http::router(state.clone(), args.limits.max_body_bytes, protect);
+    let drain_delay = Duration::from_millis(args.shutdown_delay_millis);
+
+    let loading = tokio::task::spawn_blocking({
+        let state = state.clone();
+        move || load(&args, &state)
+    });
+
+    let health = state.health.clone();
+    let graceful = async move {
+        shutdown.await;
+        health.set_draining();
+        tracing::info!(
+            delay_ms = drain_delay.as_millis() as u64,
+            "shutting down: readiness off, draining"
+        );
+        // Load balancers see /readyz fail and stop routing here before the listener closes.
+        tokio::time::sleep(drain_delay).await;
+    };
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(graceful)
+        .into_future();
+    tokio::pin!(server);
+
+    tokio::select! {
+        served = &mut server => served?,
+        loaded = loading => {
+            loaded??;
+            server.await?;
+        }
+    }
+    if let Some(engine) = state.engine.get() {
+        engine.shutdown();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Loads the model, runs one warm-up batch, then marks the server ready.
+fn load(args: &ServeArgs, state: &AppState) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let engine = Engine::load(args, state.metrics.clone())?;
+    state.metrics.model_load_seconds.set(started.elapsed().as_secs_f64());
+    tracing::info!(seconds = started.elapsed().as_secs_f64(), info = ?engine.info(), "model loaded");
+    engine.warm_up()?;
+    if state.engine.set(engine).is_err() {
+        anyhow::bail!("the model was loaded twice");
+    }
+    state.health.set_warmed_up();
+    tracing::info!("warm-up done: ready");
+    Ok(())
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+/// Installs the log subscriber: text or JSON lines, filtered by `RUST_LOG` (default info).
+pub fn init_logging(format: crate::config::LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        crate::config::LogFormat::Text => builder.try_init(),
+        crate::config::LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    };
+    // Already installed (tests start several servers in one process): keep the first one.
+    drop(result);
+}
