@@ -1,0 +1,81 @@
+//! Bearer tokens: taken from the `Authorization` header, verified against the JWK Set file
+//! (`--jwks`), which is re-read when it changes so keys rotate without a restart.
+
+use std::path::PathBuf;
+
+use axum::http::{header, HeaderMap};
+use nlu_crds::access::jwks::ed25519_keys;
+use nlu_crds::access::verify::DEFAULT_LEEWAY_SECS;
+use nlu_crds::access::{Claims, QualifiedName, TokenError, Verifier};
+
+use crate::reloading::Reloading;
+
+/// Why no usable token was presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerError {
+    Missing,
+    Malformed,
+}
+
+/// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
+pub fn bearer(headers: &HeaderMap) -> Result<&str, BearerError> {
+    let value = headers.get(header::AUTHORIZATION).ok_or(BearerError::Missing)?;
+    let value = value.to_str().map_err(|_| BearerError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(BearerError::Malformed)?;
+    let token = token.trim();
+    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+        return Err(BearerError::Malformed);
+    }
+    Ok(token)
+}
+
+/// Verifies tokens with the keys currently in the JWK Set file.
+pub struct TokenVerifier {
+    verifier: Reloading<Verifier>,
+}
+
+impl TokenVerifier {
+    pub fn start(jwks: PathBuf, issuer: String, service: QualifiedName) -> anyhow::Result<Self> {
+        let load = {
+            let jwks = jwks.clone();
+            move || {
+                let bytes = std::fs::read(&jwks)
+                    .map_err(|e| anyhow::anyhow!("cannot read JWK Set {}: {e}", jwks.display()))?;
+                let keys = ed25519_keys(&bytes)?;
+                if keys.is_empty() {
+                    tracing::warn!(file = %jwks.display(), "the JWK Set has no Ed25519 keys: every token is refused");
+                }
+                Ok(Verifier::new(keys, &issuer, &service, DEFAULT_LEEWAY_SECS))
+            }
+        };
+        let verifier = Reloading::start("JWK Set", vec![jwks], load)?;
+        tracing::info!(keys = verifier.get().key_count(), "JWK Set loaded");
+        Ok(Self { verifier })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verifier.get().verify(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn with(value: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+        h
+    }
+
+    #[test]
+    fn bearer_header_forms() {
+        assert_eq!(bearer(&HeaderMap::new()), Err(BearerError::Missing));
+        assert_eq!(bearer(&with("Bearer abc.def.ghi")), Ok("abc.def.ghi"));
+        assert_eq!(bearer(&with("bearer  abc ")), Ok("abc"));
+        for bad in ["Basic dXNlcjpwYXNz", "Bearer", "Bearer ", "abc"] {
+            assert_eq!(bearer(&with(bad)), Err(BearerError::Malformed), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Tenant records, daily quotas and the per-minute limiter in Redis: one atomic script per
+//! request (the contract's `QUOTA_SCRIPT`) checks and counts; the HTTP headers that report the
+//! limits are computed here from its reply.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use nlu_crds::access::redis_keys::{Usage, QUOTA_SCRIPT, USAGE_TTL_SECS};
+use nlu_crds::access::{QualifiedName, QuotaOutcome, RedisKeys, Scope};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// Redis could not answer (down, timed out, or answered nonsense).
+#[derive(Debug, thiserror::Error)]
+#[error("quota backend: {0}")]
+pub struct BackendError(String);
+
+/// The Redis side: a reconnecting connection and the loaded script.
+pub struct QuotaStore {
+    conn: ConnectionManager,
+    script: redis::Script,
+    keys: RedisKeys,
+    timeout: Duration,
+}
+
+impl QuotaStore {
+    /// Does not connect yet: the server starts (unready under fail-closed) while Redis is down,
+    /// and the connection manager reconnects whenever it returns.
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("invalid --redis-url: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            // Fail fast while Redis is away; the next request tries again.
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self { conn, script: redis::Script::new(QUOTA_SCRIPT), keys: RedisKeys::new(prefix), timeout })
+    }
+
+    /// Checks the request against the tenant record and limits, counting it when allowed.
+    pub async fn check(
+        &self,
+        tenant: &QualifiedName,
+        token_gen: u64,
+        scope: Scope,
+        service_name: &str,
+        today: chrono::NaiveDate,
+    ) -> Result<QuotaOutcome, BackendError> {
+        let mut invocation = self.script.prepare_invoke();
+        invocation
+            .key(self.keys.tenant(tenant))
+            .key(self.keys.usage(tenant, today))
+            .key(self.keys.rate(tenant))
+            .arg(token_gen)
+            .arg(scope.as_str())
+            .arg(service_name)
+            .arg(USAGE_TTL_SECS)
+            .arg(rand::random::<u64>());
+        let mut conn = self.conn.clone();
+        let reply: Vec<i64> = tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
+            .await
+            .map_err(|_| BackendError("timed out".into()))?
+            .map_err(|e| BackendError(e.to_string()))?;
+        QuotaOutcome::from_reply(&reply).map_err(|e| BackendError(e.to_string()))
+    }
+
+    pub async fn ping(&self) -> Result<(), BackendError> {
+        let mut conn = self.conn.clone();
+        let pong: String = tokio::time::timeout(self.timeout, redis::cmd("PING").query_async(&mut conn))
+            .await
+            .map_err(|_| BackendError("timed out".into()))?
+            .map_err(|e| BackendError(e.to_string()))?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(BackendError(format!("PING answered {pong:?}")))
+        }
+    }
+}
+
+/// What the `X-RateLimit-*` headers report: the limit closest to exhaustion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Seconds until `remaining` grows again.
+    pub reset_secs: u64,
+}
+
+/// Seconds until the next UTC midnight, when daily counters start over.
+pub fn secs_to_midnight(now: DateTime<Utc>) -> u64 {
+    let next = (now.date_naive() + chrono::Days::new(1)).and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
+    u64::try_from((next - now).num_seconds()).unwrap_or(0).max(1)
+}
+
+/// The limit to report; `None` when the tenant has no limits at all.
+/// The one with fewer requests left wins; on a tie the one that resets later (the binding one).
+pub fn rate_limit(usage: &Usage, now: DateTime<Utc>) -> Option<RateLimit> {
+    let daily = (usage.per_day > 0).then(|| RateLimit {
+        limit: usage.per_day,
+        remaining: usage.per_day.saturating_sub(usage.used_today),
+        reset_secs: secs_to_midnight(now),
+    });
+    let minute = (usage.per_minute > 0).then(|| RateLimit {
+        limit: usage.per_minute,
+        remaining: usage.per_minute.saturating_sub(usage.used_last_minute),
+        reset_secs: usage.minute_reset_ms.div_ceil(1000).max(1),
+    });
+    [daily, minute].into_iter().flatten().min_by_key(|r| (r.remaining, std::cmp::Reverse(r.reset_secs)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(h: u32, m: u32, s: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 1, h, m, s).unwrap()
+    }
+
+    fn usage(per_day: u64, used_today: u64, per_minute: u64, used_last_minute: u64, reset_ms: u64) -> Usage {
+        Usage { per_day, used_today, per_minute, used_last_minute, minute_reset_ms: reset_ms }
+    }
+
+    #[test]
+    fn midnight_is_counted_in_utc() {
+        assert_eq!(secs_to_midnight(at(23, 59, 30)), 30);
+        assert_eq!(secs_to_midnight(at(0, 0, 0)), 86_400);
+    }
+
+    #[test]
+    fn reports_the_limit_closest_to_exhaustion() {
+        let now = at(23, 0, 0);
+        assert_eq!(rate_limit(&usage(0, 9, 0, 0, 0), now), None);
+        assert_eq!(
+            rate_limit(&usage(50, 10, 0, 0, 0), now),
+            Some(RateLimit { limit: 50, remaining: 40, reset_secs: 3600 })
+        );
+        assert_eq!(
+            rate_limit(&usage(50, 10, 5, 4, 1200), now),
+            Some(RateLimit { limit: 5, remaining: 1, reset_secs: 2 })
+        );
+        // Both exhausted: the daily limit binds longer.
+        assert_eq!(
+            rate_limit(&usage(50, 50, 5, 5, 1200), now),
+            Some(RateLimit { limit: 50, remaining: 0, reset_secs: 3600 })
+        );
+    }
+}
