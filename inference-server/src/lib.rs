@@ -1,10 +1,14 @@
 //! nlu-server library: model loading, pipelines, batching, HTTP.
 
+pub mod auth;
 pub mod batching;
+pub mod cli_auth;
 pub mod config;
 pub mod engine;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod reloading;
 pub mod server;
+pub mod tls;
 pub mod uninlu;
