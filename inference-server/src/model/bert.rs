@@ -57,12 +57,21 @@ impl BertConfig {
     fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::Config(m));
         if self.hidden_act != "gelu" {
-            return bad(format!("hidden_act {:?} is not supported (only \"gelu\", erf)", self.hidden_act));
+            return bad(format!(
+                "hidden_act {:?} is not supported (only \"gelu\", erf)",
+                self.hidden_act
+            ));
         }
-        if let Some(kind) = self.position_embedding_type.as_deref().filter(|k| *k != "absolute") {
+        if let Some(kind) = self
+            .position_embedding_type
+            .as_deref()
+            .filter(|k| *k != "absolute")
+        {
             return bad(format!("position_embedding_type {kind:?} is not supported"));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return bad(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -82,7 +91,7 @@ pub struct Linear {
 
 impl Linear {
     fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
-        Self::fused(&[vb.clone()], in_dim, out_dim)
+        Self::fused(std::slice::from_ref(vb), in_dim, out_dim)
     }
 
     /// Several `Linear(in -> out)` checkpoint layers as one `Linear(in -> n*out)`.
@@ -122,7 +131,12 @@ impl LayerNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps)?)
+        Ok(candle_nn::ops::layer_norm(
+            x,
+            &self.weight,
+            &self.bias,
+            self.eps,
+        )?)
     }
 }
 
@@ -140,14 +154,22 @@ impl Embeddings {
         let h = cfg.hidden_size;
         Ok(Self {
             word: vb.get((cfg.vocab_size, h), "word_embeddings.weight")?,
-            position: vb.get((cfg.max_position_embeddings, h), "position_embeddings.weight")?,
+            position: vb.get(
+                (cfg.max_position_embeddings, h),
+                "position_embeddings.weight",
+            )?,
             token_type: vb.get((cfg.type_vocab_size, h), "token_type_embeddings.weight")?,
             norm: LayerNorm::load(&vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
         })
     }
 
     /// All three id tensors are `[batch, len]` u32; returns `[batch, len, hidden]`.
-    pub fn forward(&self, ids: &Tensor, positions: &Tensor, token_types: &Tensor) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        token_types: &Tensor,
+    ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let h = self.word.dim(1)?;
         let lookup = |table: &Tensor, idx: &Tensor| -> Result<Tensor> {
@@ -156,7 +178,10 @@ impl Embeddings {
         // Same summation order as transformers' BertEmbeddings.
         let x = ((lookup(&self.word, ids)? + lookup(&self.token_type, token_types)?)?
             + lookup(&self.position, positions)?)?;
-        self.norm.forward(&x)?.reshape((b, t, h)).map_err(Into::into)
+        self.norm
+            .forward(&x)?
+            .reshape((b, t, h))
+            .map_err(Into::into)
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -220,14 +245,18 @@ impl Layer {
             .attn_norm
             .forward(&(self.attn_out.forward(&context)? + &x)?)?;
         let inner = self.intermediate.forward(&x)?.gelu_erf()?;
-        let y = self.out_norm.forward(&(self.output.forward(&inner)? + &x)?)?;
+        let y = self
+            .out_norm
+            .forward(&(self.output.forward(&inner)? + &x)?)?;
         Ok(y.reshape((b, t, h))?)
     }
 }
 
 /// Runs `x` through `layers` in order.
 pub fn run_layers(layers: &[Layer], x: Tensor, mask: &Tensor) -> Result<Tensor> {
-    layers.iter().try_fold(x, |x, layer| layer.forward(&x, mask))
+    layers
+        .iter()
+        .try_fold(x, |x, layer| layer.forward(&x, mask))
 }
 
 /// Loads `{prefix}.0`, `{prefix}.1`, ... for as many layers as the checkpoint holds.
@@ -269,7 +298,9 @@ impl Bert {
         };
         let layers = load_layers(&vb, "encoder.layer", cfg)?;
         if layers.is_empty() {
-            return Err(ModelError::Config("the checkpoint has no encoder.layer.* weights".into()));
+            return Err(ModelError::Config(
+                "the checkpoint has no encoder.layer.* weights".into(),
+            ));
         }
         Ok(Self {
             embeddings: Embeddings::load(&vb.pp("embeddings"), cfg)?,
@@ -294,4 +325,3 @@ impl Bert {
         run_layers(&self.layers, x, &additive_mask(mask, batch, len)?)
     }
 }
-

@@ -80,7 +80,9 @@ impl Embedder {
                 )));
             }
             if let Some(id) = seq.iter().find(|&&id| id as usize >= vocab) {
-                return Err(ModelError::Input(format!("token id {id} is outside the vocabulary")));
+                return Err(ModelError::Input(format!(
+                    "token id {id} is outside the vocabulary"
+                )));
             }
         }
         let mut ids = vec![0u32; batch.len() * len];

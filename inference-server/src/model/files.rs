@@ -117,10 +117,12 @@ impl HubConfig {
         let endpoint = var("NLU_HUB_ENDPOINT")
             .or_else(|| var("HF_ENDPOINT"))
             .unwrap_or_else(|| "https://huggingface.co".to_string());
-        let cache_dir = var("NLU_MODEL_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(var("HOME").unwrap_or_else(|| "/tmp".to_string()))
-                .join(".cache/nlu-server/models")
-        });
+        let cache_dir = var("NLU_MODEL_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(var("HOME").unwrap_or_else(|| "/tmp".to_string()))
+                    .join(".cache/nlu-server/models")
+            });
         Self {
             endpoint: endpoint.trim_end_matches('/').to_string(),
             revision: "main".to_string(),
@@ -250,7 +252,12 @@ fn fetch(
         done += n as u64;
         if done - logged >= 64 << 20 {
             logged = done;
-            tracing::info!(file = name, mib = done >> 20, total_mib = total.map(|t| t >> 20), "downloading");
+            tracing::info!(
+                file = name,
+                mib = done >> 20,
+                total_mib = total.map(|t| t >> 20),
+                "downloading"
+            );
         }
     }
     if let Some(total) = total.filter(|&t| t != done) {

@@ -49,7 +49,9 @@ impl Pooling {
         match (on("pooling_mode_cls_token"), on("pooling_mode_mean_tokens")) {
             (true, false) => Ok(Self::Cls),
             (false, true) => Ok(Self::Mean),
-            _ => Err(bad("exactly one of CLS or mean pooling must be enabled".into())),
+            _ => Err(bad(
+                "exactly one of CLS or mean pooling must be enabled".into()
+            )),
         }
     }
 
@@ -71,7 +73,11 @@ impl Pooling {
 
 /// `x / max(||x||, 1e-12)` per row of `[batch, dim]`, like `torch.nn.functional.normalize`.
 pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+    let norm = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12f32, f32::MAX)?;
     Ok(x.broadcast_div(&norm)?)
 }
 
@@ -89,9 +95,17 @@ mod tests {
         )
         .unwrap();
         let mask = [1, 1, 0, 1, 1, 1];
-        let mean = Pooling::Mean.pool(&h, &mask).unwrap().to_vec2::<f32>().unwrap();
+        let mean = Pooling::Mean
+            .pool(&h, &mask)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(mean, vec![vec![2., 3.], vec![7., 8.]]);
-        let cls = Pooling::Cls.pool(&h, &mask).unwrap().to_vec2::<f32>().unwrap();
+        let cls = Pooling::Cls
+            .pool(&h, &mask)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(cls, vec![vec![1., 2.], vec![5., 6.]]);
     }
 

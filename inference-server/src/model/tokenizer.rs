@@ -124,7 +124,10 @@ impl Tokenizer {
     /// Encodes with special tokens. `max_len` truncates the way the Python tokenizers do for a
     /// single BERT sequence: the content is cut so that `[CLS] ... [SEP]` fits in `max_len`.
     pub fn encode(&self, text: &str, max_len: Option<usize>) -> Result<Encoding> {
-        let enc = self.inner.encode_char_offsets(text, true).map_err(tok_err)?;
+        let enc = self
+            .inner
+            .encode_char_offsets(text, true)
+            .map_err(tok_err)?;
         let mut ids = enc.get_ids().to_vec();
         let mut offsets = enc.get_offsets().to_vec();
         if let Some(max) = max_len.filter(|&m| ids.len() > m) {

@@ -87,7 +87,11 @@ impl UniNluModel {
             )));
         }
         let embeddings = Embeddings::load(&vb.pp("plm.embeddings"), &cfg)?;
-        let heads = Linear::fused(&[vb.pp("head_clsf"), vb.pp("tail_clsf")], cfg.hidden_size, 1)?;
+        let heads = Linear::fused(
+            &[vb.pp("head_clsf"), vb.pp("tail_clsf")],
+            cfg.hidden_size,
+            1,
+        )?;
         let info = UniNluInfo {
             model: files.name(),
             hidden_size: cfg.hidden_size,
@@ -116,7 +120,9 @@ impl UniNluModel {
     fn check_ids(&self, ids: &[u32]) -> Result<()> {
         let vocab = self.embeddings.vocab_size();
         match ids.iter().find(|&&id| id as usize >= vocab) {
-            Some(id) => Err(ModelError::Input(format!("token id {id} is outside the vocabulary"))),
+            Some(id) => Err(ModelError::Input(format!(
+                "token id {id} is outside the vocabulary"
+            ))),
             None => Ok(()),
         }
     }
@@ -125,8 +131,14 @@ impl UniNluModel {
     /// from 0). Windows come from [`crate::uninlu::windows::split`].
     pub fn encode_text(&self, windows: &[TextWindow]) -> Result<TextStates> {
         let len = windows.first().map(|w| w.ids.len()).unwrap_or(0);
-        if len == 0 || windows.iter().any(|w| w.ids.len() != len || w.mask.len() != len) {
-            return Err(ModelError::Input("text windows must be non-empty and of equal length".into()));
+        if len == 0
+            || windows
+                .iter()
+                .any(|w| w.ids.len() != len || w.mask.len() != len)
+        {
+            return Err(ModelError::Input(
+                "text windows must be non-empty and of equal length".into(),
+            ));
         }
         if len >= self.info.max_positions {
             return Err(ModelError::Input(format!(
@@ -135,7 +147,10 @@ impl UniNluModel {
             )));
         }
         let ids: Vec<u32> = windows.iter().flat_map(|w| w.ids.iter().copied()).collect();
-        let mask: Vec<u32> = windows.iter().flat_map(|w| w.mask.iter().copied()).collect();
+        let mask: Vec<u32> = windows
+            .iter()
+            .flat_map(|w| w.mask.iter().copied())
+            .collect();
         self.check_ids(&ids)?;
         let n = windows.len();
         let dev = Device::Cpu;
@@ -143,9 +158,11 @@ impl UniNluModel {
             .unsqueeze(0)?
             .broadcast_as((n, len))?;
         let types = Tensor::zeros((n, len), DType::U32, &dev)?;
-        let x = self
-            .embeddings
-            .forward(&Tensor::from_slice(&ids, (n, len), &dev)?, &positions, &types)?;
+        let x = self.embeddings.forward(
+            &Tensor::from_slice(&ids, (n, len), &dev)?,
+            &positions,
+            &types,
+        )?;
         let states = run_layers(&self.lower, x, &additive_mask(&mask, n, len)?)?;
         let n_tokens = windows
             .iter()
@@ -163,7 +180,10 @@ impl UniNluModel {
 
     /// Scores `prompts` (token ids with `[CLS]`/`[SEP]`) against one text.
     pub fn score(&self, text: &TextStates, prompts: &[Vec<u32>]) -> Result<Vec<Logits>> {
-        Ok(self.score_many(&[(text, prompts)])?.pop().unwrap_or_default())
+        Ok(self
+            .score_many(&[(text, prompts)])?
+            .pop()
+            .unwrap_or_default())
     }
 
     /// Scores every job's prompts against its text in one batched forward; results are per job,
@@ -176,7 +196,11 @@ impl UniNluModel {
         if n_prompts == 0 {
             return Ok(jobs.iter().map(|_| Vec::new()).collect());
         }
-        let plen = jobs.iter().flat_map(|(_, ps)| ps.iter().map(Vec::len)).max().unwrap_or(0);
+        let plen = jobs
+            .iter()
+            .flat_map(|(_, ps)| ps.iter().map(Vec::len))
+            .max()
+            .unwrap_or(0);
         let tlen = jobs.iter().map(|(t, _)| t.window_len).max().unwrap_or(0);
         for (text, prompts) in jobs {
             for p in prompts.iter() {
@@ -282,7 +306,11 @@ impl UniNluModel {
                             .enumerate()
                             .map(|(j, &m)| {
                                 let v = logits[(base + j) * 2 + k];
-                                if m == 0 { v + PAD_LOGIT } else { v }
+                                if m == 0 {
+                                    v + PAD_LOGIT
+                                } else {
+                                    v
+                                }
                             })
                             .collect()
                     };
@@ -292,7 +320,10 @@ impl UniNluModel {
                 let windows = |vals: &[Vec<f32>]| -> Vec<f32> {
                     merge(
                         text.n_tokens,
-                        text.starts.iter().copied().zip(vals.iter().map(Vec::as_slice)),
+                        text.starts
+                            .iter()
+                            .copied()
+                            .zip(vals.iter().map(Vec::as_slice)),
                     )
                 };
                 per_prompt.push(Logits {

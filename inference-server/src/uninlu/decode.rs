@@ -64,7 +64,12 @@ pub fn token_spans(head: &[f32], tail: &[f32]) -> Vec<(usize, usize)> {
 }
 
 /// Character spans `[offset(head).start, offset(tail).end)`, sorted by `(start, end)` (stable).
-pub fn spans(text: &CharText, offsets: &[(usize, usize)], head: &[f32], tail: &[f32]) -> Vec<(usize, usize, String)> {
+pub fn spans(
+    text: &CharText,
+    offsets: &[(usize, usize)],
+    head: &[f32],
+    tail: &[f32],
+) -> Vec<(usize, usize, String)> {
     let mut found: Vec<(usize, usize, String)> = token_spans(head, tail)
         .into_iter()
         .map(|(h, t)| {
@@ -93,14 +98,27 @@ mod tests {
     fn spans_use_code_point_offsets_and_sort() {
         let text = CharText::new("谷爱凌😀在北京");
         // [CLS] 谷 爱 凌 [UNK] 在 北 京 [SEP]
-        let offsets = [(0, 0), (0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 7), (0, 0)];
+        let offsets = [
+            (0, 0),
+            (0, 1),
+            (1, 2),
+            (2, 3),
+            (3, 4),
+            (4, 5),
+            (5, 6),
+            (6, 7),
+            (0, 0),
+        ];
         let head = [-9., -9., -9., -9., -9., -9., 1.0, -9., -9.];
         let tail = [-9., -9., -9., -9., -9., -9., -9., 1.0, -9.];
         let mut h2 = head;
         h2[1] = 1.0;
         let mut t2 = tail;
         t2[3] = 1.0;
-        assert_eq!(spans(&text, &offsets, &head, &tail), vec![(5, 7, "北京".to_string())]);
+        assert_eq!(
+            spans(&text, &offsets, &head, &tail),
+            vec![(5, 7, "北京".to_string())]
+        );
         assert_eq!(
             spans(&text, &offsets, &h2, &t2),
             vec![(0, 3, "谷爱凌".to_string()), (5, 7, "北京".to_string())]

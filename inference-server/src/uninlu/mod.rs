@@ -44,7 +44,9 @@ impl PredictError {
         match self {
             Self::InvalidSchema(_) => 400,
             Self::TextTooLong { .. } | Self::TooManyWindows { .. } => 413,
-            Self::SchemaTooDeep { .. } | Self::TooManyKeys { .. } | Self::TooManyPrompts { .. } => 422,
+            Self::SchemaTooDeep { .. } | Self::TooManyKeys { .. } | Self::TooManyPrompts { .. } => {
+                422
+            }
             Self::Model(_) => 500,
         }
     }

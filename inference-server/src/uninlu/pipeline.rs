@@ -19,7 +19,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::decode::{spans, CharText, ChainItem};
+use super::decode::{spans, ChainItem, CharText};
 use super::prompts::{prompt, PROMPT_MAX_TOKENS};
 use super::schema::Schema;
 use super::windows::{split, TextWindow};
@@ -52,8 +52,8 @@ struct Group {
     /// Key indices from the root to this level.
     level: Vec<usize>,
     chain: Vec<ChainItem>,
-    /// `(key index, span index)` per ancestor: sorting by it gives depth-first order.
-    order: Vec<(usize, usize)>,
+    /// Sorting by it gives depth-first order.
+    order: SortKey,
 }
 
 pub struct Traversal {
@@ -67,8 +67,12 @@ pub struct Traversal {
     /// Groups whose prompts were handed out by the last `next_prompts`, awaiting `accept`.
     asked: Vec<Group>,
     prompts_run: usize,
-    complete: Vec<(Vec<(usize, usize)>, Vec<ChainItem>)>,
+    /// Finished chains with their depth-first sort key.
+    complete: Vec<(SortKey, Vec<ChainItem>)>,
 }
+
+/// `(key index, span index)` per chain element.
+type SortKey = Vec<(usize, usize)>;
 
 impl Traversal {
     /// Tokenizes the text (never truncated) and checks the text limits.
@@ -143,7 +147,10 @@ impl Traversal {
     /// must be followed by [`Traversal::accept`] with their logits, in the same order.
     pub fn next_prompts(&mut self, tokenizer: &Tokenizer) -> Result<Vec<PromptJob>, PredictError> {
         let groups = std::mem::take(&mut self.open);
-        let count: usize = groups.iter().map(|g| self.level(&g.level).nodes.len()).sum();
+        let count: usize = groups
+            .iter()
+            .map(|g| self.level(&g.level).nodes.len())
+            .sum();
         if self.prompts_run + count > self.max_prompts {
             return Err(PredictError::TooManyPrompts {
                 limit: self.max_prompts,
@@ -197,7 +204,11 @@ impl Traversal {
                     if nested {
                         let mut level = group.level.clone();
                         level.push(k);
-                        self.open.push(Group { level, chain, order });
+                        self.open.push(Group {
+                            level,
+                            chain,
+                            order,
+                        });
                     } else {
                         self.complete.push((order, chain));
                     }

@@ -21,7 +21,11 @@ mod tests {
     use super::*;
 
     fn item(kind: &str, span: &str) -> ChainItem {
-        ChainItem { kind: kind.into(), span: span.into(), offset: [0, 0] }
+        ChainItem {
+            kind: kind.into(),
+            span: span.into(),
+            offset: [0, 0],
+        }
     }
 
     #[test]

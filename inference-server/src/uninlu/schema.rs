@@ -51,10 +51,14 @@ impl Schema {
 
     fn level(value: &Value, what: &str) -> Result<Self, PredictError> {
         let Value::Object(map) = value else {
-            return Err(PredictError::InvalidSchema(format!("{what} must be a JSON object")));
+            return Err(PredictError::InvalidSchema(format!(
+                "{what} must be a JSON object"
+            )));
         };
         if map.is_empty() {
-            return Err(PredictError::InvalidSchema(format!("{what} is an empty object")));
+            return Err(PredictError::InvalidSchema(format!(
+                "{what} is an empty object"
+            )));
         }
         let nodes = map
             .iter()
@@ -102,7 +106,10 @@ mod tests {
     use serde_json::json;
 
     fn leaf(key: &str) -> SchemaNode {
-        SchemaNode { key: key.into(), children: None }
+        SchemaNode {
+            key: key.into(),
+            children: None,
+        }
     }
 
     #[test]
@@ -113,14 +120,19 @@ mod tests {
         assert_eq!(keys, ["人物", "组织", "B", "A"]);
         assert_eq!(
             s.nodes[0].children,
-            Some(Schema { nodes: vec![leaf("比赛项目"), leaf("参赛地点")] })
+            Some(Schema {
+                nodes: vec![leaf("比赛项目"), leaf("参赛地点")]
+            })
         );
         assert_eq!((s.depth(), s.key_count()), (2, 6));
     }
 
     #[test]
     fn accepts_a_json_string() {
-        let from_str = Schema::parse(&json!("{\"z\": null, \"a\": {\"b\": null}}"), &Limits::default());
+        let from_str = Schema::parse(
+            &json!("{\"z\": null, \"a\": {\"b\": null}}"),
+            &Limits::default(),
+        );
         let from_obj = Schema::parse(&json!({"z": null, "a": {"b": null}}), &Limits::default());
         assert_eq!(from_str.unwrap(), from_obj.unwrap());
     }
@@ -139,14 +151,21 @@ mod tests {
             json!(null),
         ] {
             let err = Schema::parse(&bad, &Limits::default()).unwrap_err();
-            assert!(matches!(err, PredictError::InvalidSchema(_)), "{bad}: {err:?}");
+            assert!(
+                matches!(err, PredictError::InvalidSchema(_)),
+                "{bad}: {err:?}"
+            );
             assert_eq!(err.status(), 400);
         }
     }
 
     #[test]
     fn enforces_depth_and_key_limits() {
-        let limits = Limits { max_schema_depth: 2, max_schema_keys: 3, ..Limits::default() };
+        let limits = Limits {
+            max_schema_depth: 2,
+            max_schema_keys: 3,
+            ..Limits::default()
+        };
         let deep = json!({"a": {"b": {"c": null}}});
         assert!(matches!(
             Schema::parse(&deep, &limits),

@@ -51,7 +51,10 @@ pub fn split(ids: &[u32]) -> Vec<TextWindow> {
 /// seen for a token is kept and each later one `v` turns it into `(old + v) / 2`. Values of
 /// padding positions (beyond `n_tokens`) are dropped. Averaging runs in f64 like the Python
 /// original.
-pub fn merge<'a>(n_tokens: usize, windows: impl IntoIterator<Item = (usize, &'a [f32])>) -> Vec<f32> {
+pub fn merge<'a>(
+    n_tokens: usize,
+    windows: impl IntoIterator<Item = (usize, &'a [f32])>,
+) -> Vec<f32> {
     let mut merged: Vec<Option<f64>> = vec![None; n_tokens];
     for (start, values) in windows {
         for (i, &v) in values.iter().enumerate() {
@@ -61,7 +64,10 @@ pub fn merge<'a>(n_tokens: usize, windows: impl IntoIterator<Item = (usize, &'a 
             }
         }
     }
-    merged.into_iter().map(|v| v.unwrap_or(f64::NEG_INFINITY) as f32).collect()
+    merged
+        .into_iter()
+        .map(|v| v.unwrap_or(f64::NEG_INFINITY) as f32)
+        .collect()
 }
 
 #[cfg(test)]
@@ -83,7 +89,14 @@ mod tests {
         let ids: Vec<u32> = (1..=10).collect();
         let w = split(&ids);
         assert_eq!(w.len(), 1);
-        assert_eq!(w[0], TextWindow { start: 0, ids: ids.clone(), mask: vec![1; 10] });
+        assert_eq!(
+            w[0],
+            TextWindow {
+                start: 0,
+                ids: ids.clone(),
+                mask: vec![1; 10]
+            }
+        );
     }
 
     #[test]

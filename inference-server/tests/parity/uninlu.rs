@@ -34,7 +34,12 @@ fn check_all_cases(model: &UniNluModel, source: &str) {
             .as_array()
             .unwrap()
             .iter()
-            .map(|o| (o[0].as_u64().unwrap() as usize, o[1].as_u64().unwrap() as usize))
+            .map(|o| {
+                (
+                    o[0].as_u64().unwrap() as usize,
+                    o[1].as_u64().unwrap() as usize,
+                )
+            })
             .collect();
         assert_eq!(enc.offsets, offsets, "{name}: text offsets");
 
@@ -65,11 +70,18 @@ fn check_all_cases(model: &UniNluModel, source: &str) {
             let ids: Vec<Vec<u32>> = jobs.iter().map(|j| j.ids.clone()).collect();
             let logits = model.score(&states, &ids).unwrap();
             for (job, l) in jobs.iter().zip(&logits) {
-                let t = trace
-                    .get(job.prompt.as_str())
-                    .unwrap_or_else(|| panic!("{name}: prompt {:?} is not in the trace", job.prompt));
-                assert_eq!(job.ids, u32s(&t["prompt_ids"]), "{name}: ids of {:?}", job.prompt);
-                for (what, got, want) in [("head", &l.head, &t["head"]), ("tail", &l.tail, &t["tail"])] {
+                let t = trace.get(job.prompt.as_str()).unwrap_or_else(|| {
+                    panic!("{name}: prompt {:?} is not in the trace", job.prompt)
+                });
+                assert_eq!(
+                    job.ids,
+                    u32s(&t["prompt_ids"]),
+                    "{name}: ids of {:?}",
+                    job.prompt
+                );
+                for (what, got, want) in
+                    [("head", &l.head, &t["head"]), ("tail", &l.tail, &t["tail"])]
+                {
                     let want = f64s(want);
                     assert_eq!(got.len(), want.len(), "{name}: {what} length");
                     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -89,7 +101,11 @@ fn check_all_cases(model: &UniNluModel, source: &str) {
         expected_prompts.sort_unstable();
         assert_eq!(ran, expected_prompts, "{name}: prompts run");
         let prediction = traversal.finish();
-        assert_eq!(serde_json::to_value(&prediction.output).unwrap(), case["output"], "{name}: output");
+        assert_eq!(
+            serde_json::to_value(&prediction.output).unwrap(),
+            case["output"],
+            "{name}: output"
+        );
 
         // The convenience driver gives the same answer.
         let direct = predict(model, text, &case["schema"], &limits).unwrap();
@@ -99,7 +115,12 @@ fn check_all_cases(model: &UniNluModel, source: &str) {
 
 #[test]
 fn pytorch_bin_and_vocab_txt() {
-    let (_dir, model) = load(&["config.json", "pytorch_model.bin", "vocab.txt", "tokenizer_config.json"]);
+    let (_dir, model) = load(&[
+        "config.json",
+        "pytorch_model.bin",
+        "vocab.txt",
+        "tokenizer_config.json",
+    ]);
     check_all_cases(&model, "pth+vocab");
 }
 
@@ -113,7 +134,10 @@ fn safetensors_and_tokenizer_json() {
 fn layer_counts_come_from_the_checkpoint() {
     let (_dir, model) = load(&["config.json", "model.safetensors", "tokenizer.json"]);
     let info = model.info();
-    assert_eq!((info.lower_layers, info.upper_layers, info.hidden_size), (6, 6, 32));
+    assert_eq!(
+        (info.lower_layers, info.upper_layers, info.hidden_size),
+        (6, 6, 32)
+    );
 }
 
 #[test]
@@ -134,7 +158,10 @@ fn classification_cases_report_labels_from_the_label_list() {
             let leaf = chain.as_array().unwrap().last().unwrap();
             let span = leaf["span"].as_str().unwrap();
             let end = leaf["offset"][1].as_u64().unwrap() as usize;
-            if listed.contains(&span) && end <= label_list.chars().count() && !want.iter().any(|w| w == span) {
+            if listed.contains(&span)
+                && end <= label_list.chars().count()
+                && !want.iter().any(|w| w == span)
+            {
                 want.push(span.to_string());
             }
         }
@@ -153,14 +180,25 @@ fn batched_jobs_of_different_texts_equal_separate_scoring() {
     let a = model.encode_text(&windows(&short.ids)).unwrap();
     let b = model.encode_text(&windows(&long.ids)).unwrap();
     assert_eq!(b.windows(), 2);
-    let pa: Vec<Vec<u32>> = ["人物: ", "地点: "].iter().map(|p| tok.encode(p, Some(128)).unwrap().ids).collect();
-    let pb: Vec<Vec<u32>> = ["人物: 谷爱凌, 时间: "].iter().map(|p| tok.encode(p, Some(128)).unwrap().ids).collect();
+    let pa: Vec<Vec<u32>> = ["人物: ", "地点: "]
+        .iter()
+        .map(|p| tok.encode(p, Some(128)).unwrap().ids)
+        .collect();
+    let pb: Vec<Vec<u32>> = ["人物: 谷爱凌, 时间: "]
+        .iter()
+        .map(|p| tok.encode(p, Some(128)).unwrap().ids)
+        .collect();
     let together = model.score_many(&[(&a, &pa), (&b, &pb)]).unwrap();
     let separate = [model.score(&a, &pa).unwrap(), model.score(&b, &pb).unwrap()];
     for (t, s) in together.iter().zip(&separate) {
         assert_eq!(t.len(), s.len());
         for (x, y) in t.iter().zip(s) {
-            for (u, v) in x.head.iter().chain(&x.tail).zip(y.head.iter().chain(&y.tail)) {
+            for (u, v) in x
+                .head
+                .iter()
+                .chain(&x.tail)
+                .zip(y.head.iter().chain(&y.tail))
+            {
                 assert!((u - v).abs() < 1e-4, "{u} vs {v}");
             }
         }
