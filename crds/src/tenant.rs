@@ -1,0 +1,146 @@
+//! `Tenant`: "this customer may call these services and operations, this much". The operator
+//! issues its token into a Secret, writes its record to Redis and reports usage.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Desired access of one customer.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "nlu.dev",
+    version = "v1alpha1",
+    kind = "Tenant",
+    namespaced,
+    status = "TenantStatus",
+    shortname = "nlt",
+    category = "nlu",
+    cel,
+    doc = "A customer of the inference services: its token (in the Secret named in status), scopes and quotas.",
+    printcolumn = r#"{"name":"Quota","type":"integer","description":"Requests per day (0 = unlimited)","jsonPath":".spec.quota.requestsPerDay"}"#,
+    printcolumn = r#"{"name":"Usage","type":"integer","description":"Requests counted today (UTC)","jsonPath":".status.usage.requests"}"#,
+    printcolumn = r#"{"name":"Suspended","type":"boolean","jsonPath":".spec.suspended"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantSpec {
+    /// Names of the NluServices in this namespace the tenant may call.
+    #[schemars(length(min = 1))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub services: Vec<String>,
+
+    /// Operations allowed: `predict` (UniNLU) and `embed` (embeddings, similarity). Empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Set)]
+    pub scopes: Vec<Scope>,
+
+    /// Request limits. Unset: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+
+    /// Refuse every request of this tenant at once (403), without revoking its token.
+    #[serde(default)]
+    pub suspended: bool,
+
+    /// The tenant's bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenSpec>,
+}
+
+/// An operation a token may be used for.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// `POST /api/predict` (UniNLU).
+    Predict,
+    /// `POST /v1/embeddings`, `/embed`, `/similarity`.
+    Embed,
+}
+
+/// Request limits of a tenant. `0` means unlimited.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("!has(self.requestsPerDay) || self.requestsPerDay >= 0").message("requestsPerDay must not be negative (0 = unlimited)").field_path(".requestsPerDay"),
+    validation = Rule::new("!has(self.requestsPerMinute) || self.requestsPerMinute >= 0").message("requestsPerMinute must not be negative (0 = unlimited)").field_path(".requestsPerMinute")
+)]
+pub struct Quota {
+    /// Requests per UTC day. `0` or unset: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<i64>,
+    /// Requests per minute (sliding window, no burst across window edges). `0` or unset: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<i64>,
+}
+
+/// Token settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenSpec {
+    /// Lifetime of an issued token as a duration (`90m`, `24h`, `720h`), at least `5m`.
+    /// A new token is issued at 80 % of it. Default `720h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('5m')").message("ttl must be a duration of at least 5m, e.g. 720h"))]
+    pub ttl: Option<String>,
+    /// Credential generation. Raise it to revoke every token issued before; it cannot go down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    #[x_kube(validation = Rule::new("self >= oldSelf").message("generation can only be raised (lowering it would revive revoked tokens)"))]
+    pub generation: Option<i64>,
+}
+
+/// Observed state of a tenant.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantStatus {
+    /// Ready, Suspended, QuotaExceeded.
+    #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Secret (same namespace) holding the tenant's token under the key `token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_name: Option<String>,
+    /// When the current token expires; a new one is issued before that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_expires_at: Option<Time>,
+    /// Requests counted today, refreshed at most once a minute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// Today's usage of a tenant.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// UTC day the counts are for, `YYYY-MM-DD`.
+    pub date: String,
+    /// Requests allowed so far that day.
+    pub requests: i64,
+    /// Requests left that day; absent when unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<i64>,
+}
+
+/// Default token lifetime when `spec.token.ttl` is unset.
+pub const DEFAULT_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(720 * 3600);
+
+impl TenantSpec {
+    /// The token lifetime (`token.ttl`, else the default). The text is kept as the user wrote
+    /// it (a typed duration would re-serialise `720h` as `2592000s`) and parsed here.
+    pub fn token_ttl(&self) -> Result<std::time::Duration, kube::core::duration::ParseError> {
+        match self.token.as_ref().and_then(|t| t.ttl.as_deref()) {
+            Some(text) => Ok(text.parse::<kube::core::Duration>()?.into()),
+            None => Ok(DEFAULT_TOKEN_TTL),
+        }
+    }
+
+    /// The credential generation (`1` when unset).
+    pub fn token_generation(&self) -> i64 {
+        self.token.as_ref().and_then(|t| t.generation).unwrap_or(1)
+    }
+}
