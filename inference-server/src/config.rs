@@ -72,9 +72,13 @@ pub struct ServeArgs {
     #[arg(long, env = "NLU_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Where hub ids are downloaded to (default: $HF_HOME or ~/.cache/nlu-server).
+    /// Where hub ids are downloaded to (default: ~/.cache/nlu-server/models).
     #[arg(long, env = "NLU_MODEL_CACHE_DIR")]
     pub model_cache_dir: Option<PathBuf>,
+
+    /// Hugging Face compatible hub for hub ids (default: $HF_ENDPOINT or https://huggingface.co).
+    #[arg(long, env = "NLU_HUB_ENDPOINT")]
+    pub hub_endpoint: Option<String>,
 
     /// Embedding pooling; default from the model folder's 1_Pooling/config.json.
     #[arg(long, env = "NLU_POOLING", value_enum)]
@@ -168,9 +172,13 @@ pub struct DownloadArgs {
     #[arg(long, env = "NLU_MODEL")]
     pub model: String,
 
-    /// Where to store it (default: $HF_HOME or ~/.cache/nlu-server).
+    /// Where to store it (default: ~/.cache/nlu-server/models).
     #[arg(long, env = "NLU_MODEL_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+
+    /// Hugging Face compatible hub (default: $HF_ENDPOINT or https://huggingface.co).
+    #[arg(long, env = "NLU_HUB_ENDPOINT")]
+    pub hub_endpoint: Option<String>,
 }
 
 impl BatchingArgs {

@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Download(args) => {
             init_logging(LogFormat::Text);
-            let hub = hub_config(args.cache_dir.as_deref());
+            let hub = hub_config(args.cache_dir.as_deref(), args.hub_endpoint.as_deref());
             let dir = tokio::task::spawn_blocking(move || nlu_server::model::download(&args.model, &hub)).await??;
             println!("{}", dir.display());
             Ok(())

@@ -48,8 +48,11 @@ pub enum Engine {
 impl Engine {
     /// Resolves the model (folder or hub id), loads it and starts its model thread. Blocking.
     pub fn load(args: &ServeArgs, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        let files = model::resolve(&args.model, &hub_config(args.model_cache_dir.as_deref()))
-            .with_context(|| format!("cannot load model {}", args.model))?;
+        let files = model::resolve(
+            &args.model,
+            &hub_config(args.model_cache_dir.as_deref(), args.hub_endpoint.as_deref()),
+        )
+        .with_context(|| format!("cannot load model {}", args.model))?;
         let settings = batch_settings(&args.batching);
         match args.task {
             Task::Embedding => {
@@ -59,7 +62,8 @@ impl Engine {
                 });
                 let embedder = Embedder::load(&files, pooling)?;
                 let model_info = embedder.info().clone();
-                let max_input_length = cap(args.limits.max_input_length, model_info.max_positions);
+                let model_max = sentence_max_seq_length(&files.dir).unwrap_or(model_info.max_positions);
+                let max_input_length = cap(args.limits.max_input_length, model_max.min(model_info.max_positions));
                 let info = ModelInfo {
                     model: model_info.model,
                     task: Task::Embedding.as_str(),
@@ -154,7 +158,15 @@ impl Engine {
     }
 }
 
-/// `--max-input-length`, never beyond what the model's position table holds.
+/// The length sentence-transformers models were trained and are evaluated at
+/// (`sentence_bert_config.json` `max_seq_length`), when the folder says.
+fn sentence_max_seq_length(dir: &std::path::Path) -> Option<usize> {
+    let text = std::fs::read_to_string(dir.join("sentence_bert_config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    config.get("max_seq_length")?.as_u64().map(|n| n as usize)
+}
+
+/// `--max-input-length`, never beyond what the model allows.
 fn cap(requested: Option<usize>, model_max: usize) -> usize {
     requested.map_or(model_max, |r| r.min(model_max))
 }
@@ -170,11 +182,14 @@ fn batch_settings(args: &BatchingArgs) -> Settings {
     }
 }
 
-/// The model layer's hub settings, with `--model-cache-dir` taking precedence over its defaults.
-pub fn hub_config(cache_dir: Option<&std::path::Path>) -> HubConfig {
+/// The model layer's hub settings, with the flags taking precedence over its defaults.
+pub fn hub_config(cache_dir: Option<&std::path::Path>, endpoint: Option<&str>) -> HubConfig {
     let mut hub = HubConfig::from_env();
     if let Some(dir) = cache_dir {
         hub.cache_dir = dir.to_path_buf();
+    }
+    if let Some(endpoint) = endpoint {
+        hub.endpoint = endpoint.trim_end_matches('/').to_owned();
     }
     hub
 }

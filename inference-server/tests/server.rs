@@ -1,0 +1,11 @@
+//! Server integration tests: the real server in-process on a loopback port, real HTTP, the
+//! fixture models of `../shared/fixtures`.
+
+mod server {
+    pub mod harness;
+
+    mod embeddings;
+    mod errors;
+    mod lifecycle;
+    mod uninlu;
+}

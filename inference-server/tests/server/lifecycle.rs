@@ -1,0 +1,274 @@
+//! Readiness, queue admission, metrics, request ids, access logs and shutdown.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::harness::{error_code, gte_tiny, TestServer};
+
+/// A hub that accepts connections and never answers: the model stays "loading".
+async fn silent_hub() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (url, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_while_loading_then_ready_then_draining() {
+    // While the model loads: alive, not ready, model routes say so with 503.
+    let (hub, _hub_task) = silent_hub().await;
+    let cache = std::env::temp_dir().join(format!("nlu-test-cache-{}", std::process::id()));
+    let cache = cache.display().to_string();
+    let loading = TestServer::spawn(&[
+        "--model",
+        "owner/slow-model",
+        "--task",
+        "embedding",
+        "--hub-endpoint",
+        &hub,
+        "--model-cache-dir",
+        &cache,
+    ])
+    .await;
+    assert_eq!(loading.get("/healthz").await.0, 200);
+    let (status, body) = loading.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let (status, body) = loading.post("/v1/embeddings", &json!({ "input": "a" })).await;
+    assert_eq!((status, error_code(&body)), (503, "loading"));
+    drop(loading);
+
+    // Loaded and warmed up: ready. Shutdown begun: not ready, yet still answering during the
+    // drain delay.
+    let mut server = TestServer::start(&[
+        "--model",
+        &gte_tiny(),
+        "--task",
+        "embedding",
+        "--shutdown-delay-millis",
+        "1500",
+    ])
+    .await;
+    assert_eq!(server.get("/readyz").await.0, 200);
+    server.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, body) = server.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("shutting down"));
+    let (status, _) = server.post("/embed", &json!({ "inputs": "还在" })).await;
+    assert_eq!(status, 200, "requests still served while draining");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_model_fails_start_with_a_clear_error() {
+    let server = TestServer::spawn(&["--model", "/nonexistent/model", "--task", "embedding"]).await;
+    let result = tokio::time::timeout(Duration::from_secs(30), server.finished())
+        .await
+        .expect("serve gives up");
+    let message = format!("{:#}", result.unwrap_err());
+    assert!(message.contains("/nonexistent/model"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_answers_503_at_once() {
+    // Sequences wait up to 800 ms for company, so the first request sits in the queue.
+    let server = std::sync::Arc::new(
+        TestServer::start(&[
+            "--model",
+            &gte_tiny(),
+            "--task",
+            "embedding",
+            "--max-queue",
+            "4",
+            "--max-wait-millis",
+            "800",
+            "--max-batch-requests",
+            "64",
+        ])
+        .await,
+    );
+    // More inputs than the whole queue holds.
+    let r = server
+        .client
+        .post(server.url("/embed"))
+        .json(&json!({ "inputs": ["a", "b", "c", "d", "e"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+
+    let first = {
+        let server = server.clone();
+        tokio::spawn(async move { server.post("/embed", &json!({ "inputs": ["一", "二", "三"] })).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let r = server
+        .client
+        .post(server.url("/embed"))
+        .json(&json!({ "inputs": ["四", "五"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "refused at once, not after waiting"
+    );
+    assert_eq!(r.headers()["retry-after"], "1");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(error_code(&body), "overloaded");
+    assert_eq!(first.await.unwrap().0, 200, "the admitted request is served");
+
+    let (_, metrics) = server.get("/metrics").await;
+    for name in [
+        "nlu_requests_total{route=\"/embed\",status=\"503\",tenant=\"\"} 2",
+        "nlu_queue_rejections_total 2",
+        "nlu_request_seconds_count{route=\"/embed\"}",
+        "nlu_queue_seconds_bucket",
+        "nlu_tokenize_seconds_bucket",
+        "nlu_inference_seconds_bucket",
+        "nlu_batch_size_bucket",
+        "nlu_batch_tokens_bucket",
+        "nlu_queue_depth 0",
+        "nlu_in_flight_requests 1",
+        "nlu_model_load_seconds ",
+    ] {
+        assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_id_is_echoed_or_generated() {
+    let server = TestServer::start(&["--model", &gte_tiny(), "--task", "embedding"]).await;
+    let r = server
+        .client
+        .get(server.url("/healthz"))
+        .header("x-request-id", "req-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "req-42");
+    let r = server.client.post(server.url("/embed")).body("{").send().await.unwrap();
+    let generated = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(uuid::Uuid::parse_str(&generated).unwrap().get_version_num(), 4);
+}
+
+/// Shutdown with work queued: the queued request is answered, then `serve` returns Ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_queued_work() {
+    let mut server = TestServer::start(&[
+        "--model",
+        &gte_tiny(),
+        "--task",
+        "embedding",
+        "--max-wait-millis",
+        "500",
+        "--max-batch-requests",
+        "64",
+    ])
+    .await;
+    let client = server.client.clone();
+    let url = server.url("/embed");
+    let queued = tokio::spawn(async move {
+        client
+            .post(url)
+            .json(&json!({ "inputs": ["排队", "等待"] }))
+            .send()
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    server.begin_shutdown();
+    let response = queued.await.unwrap().expect("the queued request is answered");
+    assert_eq!(response.status(), 200);
+    let vectors: Vec<Vec<f32>> = response.json().await.unwrap();
+    assert_eq!(vectors.len(), 2);
+    server.stop().await.unwrap();
+}
+
+/// The real binary: JSON access logs (with request id, no request text), SIGTERM -> exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_logs_json_and_exits_cleanly_on_sigterm() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nlu-server"))
+        .args([
+            "serve",
+            "--model",
+            &gte_tiny(),
+            "--task",
+            "embedding",
+            "--listen",
+            &listen,
+            "--log-format",
+            "json",
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = super::harness::client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while client
+        .get(format!("http://{listen}/readyz"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < deadline, "binary did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secret = "秘密的文本";
+    let r = client
+        .post(format!("http://{listen}/embed"))
+        .header("x-request-id", "log-test-1")
+        .json(&json!({ "inputs": secret }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || {
+        let mut stderr = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        (child.wait().unwrap(), stderr)
+    });
+    let (exit, stderr) = tokio::time::timeout(Duration::from_secs(30), exit)
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "exit status {exit:?}\n{stderr}");
+
+    let lines: Vec<Value> = BufReader::new(stderr.as_bytes())
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).expect("every log line is JSON"))
+        .collect();
+    let access = lines
+        .iter()
+        .find(|l| l["request_id"] == "log-test-1")
+        .expect("an access log line for the request");
+    assert_eq!(access["route"], "/embed");
+    assert_eq!(access["status"], 200);
+    assert!(access["latency_ms"].as_f64().is_some());
+    assert!(access["timestamp"].is_string());
+    assert!(!stderr.contains(secret), "logs never hold request text");
+}
