@@ -1,0 +1,13 @@
+//! Multi-tenant security over real HTTP(S): a real `redis-server` started here, real TLS with
+//! certificates made at test time, tokens minted with the contract crate.
+
+#[path = "auth/harness.rs"]
+mod harness;
+#[path = "auth/quota.rs"]
+mod quota;
+#[path = "auth/redis_failure.rs"]
+mod redis_failure;
+#[path = "auth/tls.rs"]
+mod tls;
+#[path = "auth/tokens.rs"]
+mod tokens;

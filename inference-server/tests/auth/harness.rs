@@ -1,0 +1,266 @@
+//! Test harness: `redis-server` processes, key files, tokens, and a server with the auth layer
+//! in front of trivial model routes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use clap::Parser;
+use nlu_crds::access::jwks::jwk_set;
+use nlu_crds::access::{Claims, RedisKeys, SigningKey, TenantRecord, TokenRequest};
+use nlu_server::auth::{Auth, AuthArgs, Tenant};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+/// A `redis-server` on a free loopback port, without persistence; killed on drop.
+pub struct RedisProcess {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl RedisProcess {
+    pub fn start() -> Self {
+        let mut redis = RedisProcess { port: free_port(), child: None };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Starts it (again) on the same port and waits until it answers.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install -y redis-server)");
+        // Also stop it if this test process dies without running destructors.
+        Command::new("sh")
+            .args(["-c", &format!("while kill -0 {} 2>/dev/null; do sleep 1; done; kill {} 2>/dev/null", std::process::id(), child.id())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The Redis shared by the tests that never kill it (tests keep apart by key prefix).
+pub fn shared_redis() -> &'static RedisProcess {
+    static REDIS: OnceLock<RedisProcess> = OnceLock::new();
+    REDIS.get_or_init(RedisProcess::start)
+}
+
+/// A prefix no other test uses.
+pub fn unique_prefix() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("t{}:", N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+pub async fn put_record(url: &str, prefix: &str, tenant: &str, record: &TenantRecord) {
+    let mut conn = redis_conn(url).await;
+    let key = RedisKeys::new(prefix).tenant(&tenant.parse().unwrap());
+    let _: () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("HSET").arg(&key).arg(record.to_fields()).query_async(&mut conn).await.unwrap();
+}
+
+/// A record that allows everything with no limits.
+pub fn open_record() -> TenantRecord {
+    TenantRecord { enabled: true, gen: 1, ..TenantRecord::default() }
+}
+
+pub const SERVICE: &str = "team-a/gte";
+pub const ISSUER: &str = "nlu-operator";
+
+/// Signing keys and the JWK Set file the server watches.
+pub struct Keys {
+    pub dir: tempfile::TempDir,
+    pub key: SigningKey,
+}
+
+impl Keys {
+    pub fn new() -> Self {
+        let keys = Keys { dir: tempfile::tempdir().unwrap(), key: SigningKey::generate() };
+        keys.publish(&[&keys.key]);
+        keys
+    }
+
+    pub fn jwks_path(&self) -> PathBuf {
+        self.dir.path().join("jwks.json")
+    }
+
+    /// Replaces the JWK Set file atomically (as the kubelet swaps a ConfigMap).
+    pub fn publish(&self, keys: &[&SigningKey]) {
+        let public: Vec<_> = keys.iter().map(|k| k.verifying_key()).collect();
+        let set = jwk_set(&public);
+        let tmp = self.dir.path().join("jwks.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&set).unwrap()).unwrap();
+        std::fs::rename(&tmp, self.jwks_path()).unwrap();
+    }
+
+    pub fn request(tenant: &str) -> TokenRequest {
+        TokenRequest {
+            issuer: ISSUER.into(),
+            tenant: tenant.parse().unwrap(),
+            audience: vec![SERVICE.parse().unwrap()],
+            scopes: vec![],
+            ttl: Duration::from_secs(600),
+            gen: 1,
+        }
+    }
+
+    pub fn token(&self, tenant: &str) -> String {
+        Self::request(tenant).mint(&self.key).unwrap().0
+    }
+
+    pub fn claims(tenant: &str) -> Claims {
+        Self::request(tenant).claims_at(chrono::Utc::now().timestamp(), "test".into())
+    }
+}
+
+/// A server with the auth layer in front of trivial model routes that echo the tenant.
+pub struct TestServer {
+    pub client: reqwest::Client,
+    pub base: String,
+}
+
+#[derive(Clone)]
+struct AppState {
+    auth: Arc<Auth>,
+    registry: Arc<Registry>,
+}
+
+async fn echo_tenant(Extension(tenant): Extension<Tenant>) -> String {
+    tenant.id.to_string()
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.auth.readiness() {
+        Ok(()) => (StatusCode::OK, "ready".to_string()),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason.to_string()),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &state.registry).unwrap();
+    text
+}
+
+/// `AuthArgs` as the command line gives them (also checks the flags parse).
+pub fn auth_args(redis_url: &str, jwks: &Path, prefix: &str, extra: &[&str]) -> AuthArgs {
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        auth: AuthArgs,
+    }
+    let mut argv = vec![
+        "test", "--auth", "jwt", "--jwks", jwks.to_str().unwrap(), "--service-id", SERVICE,
+        "--redis-url", redis_url, "--redis-prefix", prefix,
+    ];
+    argv.extend_from_slice(extra);
+    Cli::try_parse_from(argv).unwrap().auth
+}
+
+pub fn app(args: &AuthArgs) -> Router {
+    let mut registry = Registry::with_prefix("nlu");
+    let auth = Auth::from_args(args, &mut registry).unwrap().expect("--auth jwt");
+    let state = AppState { auth: auth.clone(), registry: Arc::new(registry) };
+    let api = Router::new()
+        .route("/api/predict", post(echo_tenant))
+        .route("/v1/embeddings", post(echo_tenant))
+        .route("/embed", post(echo_tenant))
+        .route("/similarity", post(echo_tenant));
+    auth.protect(api)
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+impl TestServer {
+    pub async fn start(args: &AuthArgs) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = app(args);
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        TestServer { client: reqwest::Client::new(), base: format!("http://{addr}") }
+    }
+
+    pub async fn call(&self, path: &str, token: Option<&str>) -> reqwest::Response {
+        let mut req = self.client.post(format!("{}{path}", self.base)).body("{}");
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(format!("{}{path}", self.base)).send().await.unwrap()
+    }
+}
+
+/// The `error.code` of a JSON error body.
+pub async fn error_code(response: reqwest::Response) -> String {
+    let body: serde_json::Value = response.json().await.expect("errors are JSON");
+    body["error"]["code"].as_str().expect("error.code").to_string()
+}
+
+/// Polls `check` every 100 ms until it is true or `secs` pass.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> u64 {
+    let prefix = format!("{name} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .parse()
+        .unwrap()
+}

@@ -1,0 +1,118 @@
+//! HTTPS with certificates made at test time: a client trusting only the test CA gets through
+//! (HTTP/2 by ALPN), plain HTTP to the TLS port fails, a swapped certificate is picked up.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::http::{header, Request, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use nlu_crds::access::TenantRecord;
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::CertificateDer;
+
+use crate::harness::*;
+
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        Ca { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap() }
+    }
+
+    /// Writes a leaf certificate for localhost signed by this CA, and its key, atomically.
+    fn issue_into(&self, dir: &Path) {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &self.issuer).unwrap();
+        for (name, pem) in [("tls.key", key.serialize_pem()), ("tls.crt", cert.pem())] {
+            let tmp = dir.join(format!("{name}.tmp"));
+            std::fs::write(&tmp, pem).unwrap();
+            std::fs::rename(&tmp, dir.join(name)).unwrap();
+        }
+    }
+
+    /// An HTTPS client (HTTP/2 or 1.1 by ALPN) that trusts this CA only.
+    fn client(&self) -> Https {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(self.issuer.der().to_vec())).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_only()
+            .enable_all_versions()
+            .build();
+        Https(Client::builder(TokioExecutor::new()).build(connector))
+    }
+}
+
+struct Https(Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>);
+
+struct Reply {
+    status: StatusCode,
+    version: Version,
+    remaining: Option<String>,
+    body: String,
+}
+
+impl Https {
+    async fn post(&self, url: &str, token: &str) -> Result<Reply, String> {
+        let request = Request::post(url)
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let response = self.0.request(request).await.map_err(|e| format!("{e:?}"))?;
+        let (status, version) = (response.status(), response.version());
+        let remaining = response.headers().get("x-ratelimit-remaining").map(|v| v.to_str().unwrap().to_string());
+        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Reply { status, version, remaining, body: String::from_utf8_lossy(&body).into_owned() })
+    }
+}
+
+#[tokio::test]
+async fn https_with_the_test_ca_plain_http_fails_and_certificate_swaps_are_picked_up() {
+    let redis = shared_redis();
+    let keys = Keys::new();
+    let prefix = unique_prefix();
+    let tenant = "team-a/secure";
+    put_record(&redis.url(), &prefix, tenant, &TenantRecord { requests_per_day: 100, ..open_record() }).await;
+    let certs = tempfile::tempdir().unwrap();
+    let (first_ca, second_ca) = (Ca::new("first test CA"), Ca::new("second test CA"));
+    first_ca.issue_into(certs.path());
+
+    let tls = nlu_server::tls::server_config(&certs.path().join("tls.crt"), &certs.path().join("tls.key")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = app(&auth_args(&redis.url(), &keys.jwks_path(), &prefix, &[]));
+    tokio::spawn(nlu_server::tls::serve(listener, app, tls, std::future::pending()));
+    let url = format!("https://localhost:{port}/v1/embeddings");
+    let token = keys.token(tenant);
+
+    let reply = first_ca.client().post(&url, &token).await.unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.version, Version::HTTP_2, "ALPN negotiates h2");
+    assert_eq!(reply.remaining.as_deref(), Some("99"));
+    assert_eq!(reply.body, "team-a/secure");
+
+    let plain = reqwest::Client::new().post(format!("http://localhost:{port}/v1/embeddings")).bearer_auth(&token).send().await;
+    assert!(plain.is_err(), "plain HTTP to the TLS port must fail: {plain:?}");
+    assert!(second_ca.client().post(&url, &token).await.is_err(), "a client trusting another CA is refused");
+
+    second_ca.issue_into(certs.path());
+    eventually(10, "the new certificate is served", || async {
+        second_ca.client().post(&url, &token).await.is_ok_and(|r| r.status == StatusCode::OK)
+    })
+    .await;
+    assert!(first_ca.client().post(&url, &token).await.is_err(), "the old certificate is gone");
+}
