@@ -1,0 +1,255 @@
+#!/usr/bin/env python3
+"""Chart and manifest checks with a real Helm engine (helm-python-sdk) and offline Kubernetes
+schemas (kubernetes-validate). Run through scripts/check-chart.sh, which installs both.
+
+    chart_check.py check              # lint, render, validate, compare manifests/ (exit 1 on any problem)
+    chart_check.py render-manifests   # rewrite manifests/install.yaml from the chart
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import helm_python
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "nlu-operator"
+MANIFESTS = ROOT / "manifests"
+INSTALL_YAML = MANIFESTS / "install.yaml"
+
+RELEASE = "nlu-operator"
+NAMESPACE = "nlu-system"
+# Oldest supported (the workspace's k8s-openapi feature, the chart's kubeVersion) and newest known.
+KUBE_VERSIONS = ["1.33.0", kubernetes_validate.latest_version()]
+# Custom resources: no offline schema. Ours are checked against the CRD schema by the crds tests.
+CUSTOM_GROUPS = ("nlu.dev/", "monitoring.coreos.com/")
+
+# Value sets every check runs on: the defaults, everything optional switched on, external Redis.
+VALUE_SETS: dict[str, dict] = {
+    "default": {},
+    "in-cluster-redis+servicemonitor": {
+        "replicaCount": 2,
+        "imagePullSecrets": [{"name": "registry"}],
+        "podAnnotations": {"example.com/team": "nlp"},
+        "podLabels": {"tier": "control"},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "nlu", "effect": "NoSchedule"}],
+        "priorityClassName": "system-cluster-critical",
+        "operator": {"watchNamespace": "nlu", "logFormat": "text", "extraEnv": [{"name": "TZ", "value": "UTC"}]},
+        "serviceAccount": {"annotations": {"example.com/role": "nlu"}},
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+        "redis": {"password": "fixed-for-render", "persistence": {"size": "2Gi", "storageClass": "fast"}},
+    },
+    "external-redis": {
+        "redis": {"url": "rediss://:secret@redis.example.com:6380/0"},
+        "operator": {"leaderElection": False},
+        "serviceAccount": {"create": False, "name": "existing-sa"},
+    },
+}
+# Values the schema must refuse (proves it is strict).
+BAD_VALUES: dict[str, dict] = {
+    "unknown top-level key": {"replicas": 2},
+    "unknown nested key": {"operator": {"logFormatt": "json"}},
+    "bad enum": {"operator": {"logFormat": "xml"}},
+    "url and existingSecret": {"redis": {"url": "redis://r:6379", "existingSecret": "s"}},
+}
+# Kubernetes' usual apply order, so `kubectl apply -f install.yaml` never refers forward.
+KIND_ORDER = ["Namespace", "ServiceAccount", "Secret", "ConfigMap", "ClusterRole", "ClusterRoleBinding",
+              "Role", "RoleBinding", "Service", "StatefulSet", "Deployment", "ServiceMonitor"]
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML loader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def parse_objects(text: str, origin: str) -> list[dict]:
+    """The Kubernetes objects of a YAML stream; each must name its apiVersion, kind and name."""
+    objects = []
+    for doc in yaml.load_all(text, Loader=UniqueKeyLoader):
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            raise ValueError(f"{origin}: a document is not a mapping")
+        for field in ("apiVersion", "kind"):
+            if not isinstance(doc.get(field), str):
+                raise ValueError(f"{origin}: a document has no {field}")
+        if not (doc.get("metadata") or {}).get("name"):
+            raise ValueError(f"{origin}: {doc['kind']} has no metadata.name")
+        objects.append(doc)
+    return objects
+
+
+def render(values: dict) -> dict[str, list[dict]]:
+    """Rendered objects per template file (NOTES.txt left out)."""
+    with helm_python.Chart.load(CHART) as chart:
+        chart.validate_schema(values)
+        rendered = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return {path: parse_objects(text, path) for path, text in sorted(rendered.items()) if not path.endswith("NOTES.txt")}
+
+
+def describe(obj: dict) -> str:
+    return f"{obj['kind']} {obj['metadata'].get('namespace', '')}/{obj['metadata']['name']}"
+
+
+def is_generated_secret(obj: dict) -> bool:
+    """The in-cluster Redis password Secret: random per render, so plain-YAML users create it."""
+    return obj["kind"] == "Secret" and obj["metadata"]["name"] == f"{RELEASE}-redis"
+
+
+def install_yaml() -> str:
+    """manifests/install.yaml: the Namespace and the chart rendered with default values."""
+    objects = [obj for objs in render({}).values() for obj in objs if not is_generated_secret(obj)]
+    objects.sort(key=lambda o: (KIND_ORDER.index(o["kind"]) if o["kind"] in KIND_ORDER else len(KIND_ORDER), o["metadata"]["name"]))
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}
+    header = (
+        "# nlu-operator: everything but the CRDs, rendered from charts/nlu-operator with default values.\n"
+        "# Generated by `scripts/check-chart.sh --write`; do not edit (a check keeps it in sync).\n"
+        "# Before applying, create the in-cluster Redis password Secret (the chart makes a random one):\n"
+        f"#   P=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')\n"
+        f"#   kubectl create namespace {NAMESPACE}\n"
+        f"#   kubectl -n {NAMESPACE} create secret generic {RELEASE}-redis --from-literal=password=$P \\\n"
+        f"#     --from-literal=url=redis://:$P@{RELEASE}-redis.{NAMESPACE}.svc:6379/0\n"
+        "#   kubectl apply --server-side -f manifests/crds/ -f manifests/install.yaml\n"
+    )
+    body = "---\n".join(yaml.safe_dump(obj, sort_keys=False, width=120) for obj in [namespace, *objects])
+    return header + "---\n" + body
+
+
+class Checks:
+    """Collects failures so one run reports all of them."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+        self.passed = 0
+
+    def record(self, name: str, error: str | None) -> None:
+        if error is None:
+            self.passed += 1
+        else:
+            error = error.strip().splitlines()[0]
+            self.failures.append(f"{name}: {error}")
+            print(f"FAIL {name}: {error}", file=sys.stderr)
+
+    def run(self, name: str, fn) -> object:
+        try:
+            result = fn()
+        except Exception as e:  # every failure is reported, the run goes on
+            self.record(name, f"{type(e).__name__}: {e}")
+            return None
+        self.record(name, None)
+        return result
+
+
+def validate_object(obj: dict, version: str) -> None:
+    kubernetes_validate.validate(obj, version, strict=True)
+
+
+def check_objects(checks: Checks, origin: str, objects: list[dict]) -> None:
+    for obj in objects:
+        if obj["apiVersion"].startswith(CUSTOM_GROUPS):
+            continue
+        for version in KUBE_VERSIONS:
+            checks.run(f"{origin}: {describe(obj)} valid for Kubernetes {version}", lambda: validate_object(obj, version))
+
+
+def check_secure_pods(checks: Checks, origin: str, objects: list[dict]) -> None:
+    """Every workload of the chart runs non-root, read-only, with no capabilities."""
+    for obj in objects:
+        if obj["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        pod = obj["spec"]["template"]["spec"]
+
+        def secure() -> None:
+            if not pod.get("securityContext", {}).get("runAsNonRoot"):
+                raise ValueError("pod securityContext.runAsNonRoot is not true")
+            if pod["securityContext"].get("seccompProfile", {}).get("type") != "RuntimeDefault":
+                raise ValueError("pod seccompProfile is not RuntimeDefault")
+            for c in pod["containers"]:
+                sc = c.get("securityContext", {})
+                if sc.get("readOnlyRootFilesystem") is not True or sc.get("allowPrivilegeEscalation") is not False:
+                    raise ValueError(f"container {c['name']}: root filesystem writable or privilege escalation allowed")
+                if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+                    raise ValueError(f"container {c['name']}: capabilities not dropped")
+                if "limits" not in c.get("resources", {}):
+                    raise ValueError(f"container {c['name']}: no resource limits")
+
+        checks.run(f"{origin}: {describe(obj)} pods are locked down", secure)
+
+
+def check(checks: Checks) -> None:
+    for version in KUBE_VERSIONS:
+        def lint(version: str = version) -> None:
+            report = helm_python.lint(CHART, strict=True, namespace=NAMESPACE, kube_version=f"v{version}")
+            problems = [m for m in report["messages"] if m["severity"] >= 2] + [{"error": e} for e in report["errors"]]
+            if problems:
+                raise ValueError("; ".join(str(p["error"]) for p in problems))
+        checks.run(f"helm lint --strict (Kubernetes {version})", lint)
+
+    for label, values in VALUE_SETS.items():
+        per_file = checks.run(f"render [{label}]", lambda: render(values))
+        if per_file is None:
+            continue
+        objects = [obj for objs in per_file.values() for obj in objs]
+        check_objects(checks, f"render [{label}]", objects)
+        check_secure_pods(checks, f"render [{label}]", objects)
+
+    with helm_python.Chart.load(CHART) as chart:
+        for label, values in BAD_VALUES.items():
+            def refused(values: dict = values) -> None:
+                try:
+                    chart.validate_schema(values)
+                except helm_python.HelmValuesError:
+                    return
+                raise ValueError("values.schema.json accepted it")
+            checks.run(f"values schema refuses {label}", refused)
+
+    for path in sorted(MANIFESTS.rglob("*.yaml")):
+        rel = path.relative_to(ROOT)
+        objects = checks.run(f"{rel} parses", lambda: parse_objects(path.read_text(), str(rel)))
+        if objects:
+            check_objects(checks, str(rel), objects)
+
+    for crd in sorted((CHART / "crds").glob("*.yaml")):
+        twin = MANIFESTS / "crds" / crd.name
+        checks.record(f"{crd.relative_to(ROOT)} equals manifests/crds/{crd.name}",
+                      None if twin.exists() and twin.read_bytes() == crd.read_bytes() else "differs (run `cargo run -p nlu-crds --bin crdgen`)")
+
+    def in_sync() -> None:
+        if not INSTALL_YAML.exists() or INSTALL_YAML.read_text() != install_yaml():
+            raise ValueError("manifests/install.yaml is not the chart's rendering; run `scripts/check-chart.sh --write`")
+    checks.run("manifests/install.yaml in sync with the chart", in_sync)
+
+
+def main(argv: list[str]) -> int:
+    command = argv[1] if len(argv) > 1 else "check"
+    if command == "render-manifests":
+        INSTALL_YAML.write_text(install_yaml())
+        print(f"wrote {INSTALL_YAML.relative_to(ROOT)}")
+        return 0
+    if command != "check":
+        print(__doc__, file=sys.stderr)
+        return 2
+    checks = Checks()
+    check(checks)
+    print(f"chart: {checks.passed} passed, {len(checks.failures)} failed")
+    return 1 if checks.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
