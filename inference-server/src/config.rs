@@ -105,7 +105,12 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub uninlu_limits: UniNluLimitArgs,
-    // Auth (`AuthArgs`) and TLS (`TlsArgs`) flags are flattened here by their modules.
+
+    #[command(flatten)]
+    pub auth: crate::auth::AuthArgs,
+
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 #[derive(Debug, Clone, Args)]

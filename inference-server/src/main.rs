@@ -12,7 +12,7 @@ async fn main() -> anyhow::Result<()> {
             init_logging(args.log_format);
             args.batching.validate().map_err(anyhow::Error::msg)?;
             let listener = TcpListener::bind(args.listen).await?;
-            serve(*args, listener, shutdown_signal(), |api| api).await
+            serve(*args, listener, shutdown_signal()).await
         }
         Command::Download(args) => {
             init_logging(LogFormat::Text);

@@ -113,6 +113,11 @@ impl Metrics {
         }
     }
 
+    /// For other parts (auth) to register their metrics before the server starts.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// Prometheus text exposition (OpenMetrics 1.0 text).
     pub fn render(&self) -> String {
         let mut out = String::new();

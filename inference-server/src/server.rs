@@ -2,29 +2,44 @@
 //! stop, then drain.
 
 use std::future::{Future, IntoFuture};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::auth::Auth;
 use crate::config::ServeArgs;
 use crate::engine::Engine;
+use crate::http::health::{Health, ReadinessCheck};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::tls;
 
-/// Serves on `listener` until `shutdown` completes, then stops taking connections, finishes the
-/// requests in flight (and so the queued model work) and returns. `protect` wraps the model
-/// routes (the auth layer).
+/// Serves on `listener` (HTTPS with --tls-cert/--tls-key, auth per --auth) until `shutdown`
+/// completes, then stops taking connections, finishes the requests in flight (and so the queued
+/// model work) and returns.
 pub async fn serve(
     args: ServeArgs,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    protect: impl FnOnce(Router<AppState>) -> Router<AppState>,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new());
-    let state = AppState::new(args.task, metrics.clone());
-    let app = http::router(state.clone(), args.limits.max_body_bytes, protect);
+    let mut metrics = Metrics::new();
+    let auth = Auth::from_args(&args.auth, metrics.registry_mut())?;
+    let tls_config = args.tls.server_config()?;
+    let metrics = Arc::new(metrics);
+    let checks: Vec<ReadinessCheck> = match &auth {
+        Some(auth) => {
+            let auth = auth.clone();
+            vec![Box::new(move || auth.readiness())]
+        }
+        None => Vec::new(),
+    };
+    let state = AppState::new(args.task, metrics.clone(), Health::with_checks(checks));
+    let app = http::router(state.clone(), args.limits.max_body_bytes, |api| match &auth {
+        Some(auth) => auth.protect(api),
+        None => api,
+    });
     let drain_delay = Duration::from_millis(args.shutdown_delay_millis);
 
     let loading = tokio::task::spawn_blocking({
@@ -36,18 +51,15 @@ pub async fn serve(
     let graceful = async move {
         shutdown.await;
         health.set_draining();
-        tracing::info!(
-            delay_ms = drain_delay.as_millis() as u64,
-            "shutting down: readiness off, draining"
-        );
+        tracing::info!(delay_ms = drain_delay.as_millis() as u64, "shutting down: readiness off, draining");
         // Load balancers see /readyz fail and stop routing here before the listener closes.
         tokio::time::sleep(drain_delay).await;
     };
-    tracing::info!(addr = %listener.local_addr()?, "listening");
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(graceful)
-        .into_future();
-    tokio::pin!(server);
+    tracing::info!(addr = %listener.local_addr()?, tls = tls_config.is_some(), auth = auth.is_some(), "listening");
+    let mut server: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls_config {
+        Some(config) => Box::pin(tls::serve(listener, app, config, graceful)),
+        None => Box::pin(axum::serve(listener, app).with_graceful_shutdown(graceful).into_future()),
+    };
 
     tokio::select! {
         served = &mut server => served?,

@@ -9,6 +9,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::router::AppState;
+use crate::auth::TenantLabel;
 use crate::metrics::{RequestLabels, RouteLabels};
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -17,8 +18,9 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-/// Who called, as established by the auth layer. The auth layer puts it into the *response*
-/// extensions (also of its refusals), where this middleware reads it after the call.
+/// Who called, as established by the auth layer. The auth layer puts it (and its bounded
+/// metrics label, [`TenantLabel`]) into the *response* extensions, also of its refusals, where
+/// this middleware reads them after the call.
 #[derive(Debug, Clone)]
 pub struct TenantId(pub String);
 
@@ -74,7 +76,8 @@ pub async fn access_log(State(state): State<AppState>, mut req: Request, next: N
         .get_or_create(&RequestLabels {
             route: route.to_owned(),
             status,
-            tenant: tenant.clone(),
+            // The auth layer's bounded label: one series per tenant would grow without end.
+            tenant: response.extensions().get::<TenantLabel>().map(|t| t.0.clone()).unwrap_or_default(),
         })
         .inc();
     state

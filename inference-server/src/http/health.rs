@@ -12,14 +12,23 @@ use super::errors::ApiError;
 use super::router::AppState;
 use crate::engine::ModelInfo;
 
-/// Readiness: the model is loaded and one warm-up batch ran, and shutdown has not begun.
-#[derive(Debug, Default)]
+/// A dependency's own readiness (e.g. the quota backend under fail-closed).
+pub type ReadinessCheck = Box<dyn Fn() -> Result<(), &'static str> + Send + Sync>;
+
+/// Readiness: the model is loaded and one warm-up batch ran, every dependency check passes,
+/// and shutdown has not begun.
+#[derive(Default)]
 pub struct Health {
     warmed_up: AtomicBool,
     draining: AtomicBool,
+    checks: Vec<ReadinessCheck>,
 }
 
 impl Health {
+    pub fn with_checks(checks: Vec<ReadinessCheck>) -> Self {
+        Health { checks, ..Health::default() }
+    }
+
     pub fn set_warmed_up(&self) {
         self.warmed_up.store(true, Ordering::SeqCst);
     }
@@ -35,7 +44,7 @@ impl Health {
         } else if !self.warmed_up.load(Ordering::SeqCst) {
             Err("model loading")
         } else {
-            Ok(())
+            self.checks.iter().try_for_each(|check| check())
         }
     }
 }

@@ -23,11 +23,11 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(task: Task, metrics: Arc<Metrics>) -> Self {
+    pub fn new(task: Task, metrics: Arc<Metrics>, health: health::Health) -> Self {
         AppState {
             task,
             metrics,
-            health: Arc::default(),
+            health: Arc::new(health),
             engine: Arc::default(),
         }
     }

@@ -92,7 +92,6 @@ impl TestServer {
             async move {
                 let _ = stopped.await;
             },
-            |api| api,
         ));
         TestServer {
             addr,
