@@ -1,1 +1,299 @@
-//! End-to-end helpers for the kind suite (see e2e/run.sh).
+//! End-to-end helpers for the kind suite: cluster access, waiting, tenants' tokens and HTTPS calls
+//! through the ingress. `e2e/run.sh` prepares the cluster these tests expect:
+//! - the chart installed in `nlu-system`, ingress-nginx with its HTTPS port mapped to
+//!   `127.0.0.1:$NLU_E2E_HTTPS_PORT`, cert-manager with the ClusterIssuer [`CLUSTER_ISSUER`];
+//! - the namespace [`NAMESPACE`] with the PVC [`MODEL_CLAIM`] holding the UniNLU model folder
+//!   under [`MODEL_PATH`] and the Secret `nlu-redis` (key `url`).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{HeaderMap, StatusCode};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Client, Resource};
+use nlu_crds::{NluService, Tenant};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::sync::OnceCell;
+
+/// Namespace of the services and tenants under test.
+pub const NAMESPACE: &str = "nlu-e2e";
+/// cert-manager ClusterIssuer (a test CA) that signs the ingress certificates.
+pub const CLUSTER_ISSUER: &str = "e2e-ca";
+/// PVC with the model folder, and the folder inside it.
+pub const MODEL_CLAIM: &str = "models";
+pub const MODEL_PATH: &str = "uninlu";
+/// Field manager of everything the tests apply.
+const MANAGER: &str = "nlu-e2e";
+
+/// The cluster the suite runs against.
+pub struct Cluster {
+    pub client: Client,
+    https_port: u16,
+}
+
+static CLUSTER: OnceCell<Cluster> = OnceCell::const_new();
+
+/// The shared connection (the current kubeconfig context, as `e2e/run.sh` sets it).
+pub async fn cluster() -> &'static Cluster {
+    CLUSTER
+        .get_or_init(|| async {
+            // One crypto provider for kube's client and ours; an error means it is already set.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let client = Client::try_default()
+                .await
+                .expect("no Kubernetes cluster configured: run the suite through e2e/run.sh");
+            let https_port = std::env::var("NLU_E2E_HTTPS_PORT")
+                .ok()
+                .map(|p| p.parse().expect("NLU_E2E_HTTPS_PORT must be a port number"))
+                .unwrap_or(8443);
+            Cluster { client, https_port }
+        })
+        .await
+}
+
+impl Cluster {
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), NAMESPACE)
+    }
+
+    /// Creates or updates `obj` with server-side apply.
+    pub async fn apply<K>(&self, obj: &K) -> anyhow::Result<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+        <K as Resource>::DynamicType: Default,
+    {
+        let name = obj.meta().name.clone().context("object without a name")?;
+        Ok(self.api::<K>().patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj)).await?)
+    }
+
+    /// Deletes `name` if it exists.
+    pub async fn delete<K>(&self, name: &str) -> anyhow::Result<()>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+        <K as Resource>::DynamicType: Default,
+    {
+        match self.api::<K>().delete(name, &DeleteParams::foreground()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The tenant's current token, once the operator has issued it.
+    pub async fn tenant_token(&self, tenant: &str) -> anyhow::Result<String> {
+        let secret = format!("{tenant}-token");
+        wait_for(&format!("Secret {secret} with a token"), Duration::from_secs(60), || async {
+            let Some(s) = self.api::<Secret>().get_opt(&secret).await? else { return Ok(None) };
+            Ok(secret_text(&s, "token"))
+        })
+        .await
+    }
+
+    /// An HTTPS client for `host`, trusting the CA that signed the ingress certificate in
+    /// `tls_secret` (cert-manager's CA issuer puts it under `ca.crt`).
+    pub async fn https(&self, host: &str, tls_secret: &str) -> anyhow::Result<Https> {
+        let ca = wait_for(&format!("certificate Secret {tls_secret}"), Duration::from_secs(120), || async {
+            let Some(s) = self.api::<Secret>().get_opt(tls_secret).await? else { return Ok(None) };
+            Ok(secret_text(&s, "ca.crt"))
+        })
+        .await?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+            roots.add(cert.context("ca.crt is not PEM")?)?;
+        }
+        let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        Ok(Https { config: Arc::new(config), host: host.to_string(), port: self.https_port })
+    }
+}
+
+fn secret_text(secret: &Secret, key: &str) -> Option<String> {
+    let bytes = secret.data.as_ref()?.get(key)?;
+    let text = String::from_utf8(bytes.0.clone()).ok()?;
+    (!text.trim().is_empty()).then(|| text.trim().to_string())
+}
+
+/// Polls `check` every half second until it yields a value, or fails after `timeout` naming
+/// what it waited for and the last error seen.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let start = Instant::now();
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if start.elapsed() > timeout {
+            match last_error {
+                Some(e) => bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}"),
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Whether a condition of this type is `True` in a status.
+pub fn condition_true(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition], kind: &str) -> bool {
+    conditions.iter().any(|c| c.type_ == kind && c.status == "True")
+}
+
+/// The UniNLU service most tests call: autoscaled 1..3, behind a TLS ingress, JWT auth.
+pub const SERVICE: &str = "uninlu";
+pub const SERVICE_HOST: &str = "uninlu.nlu-e2e.test";
+pub const SERVICE_TLS_SECRET: &str = "uninlu-tls";
+pub const MIN_REPLICAS: i32 = 1;
+pub const MAX_REPLICAS: i32 = 3;
+
+/// An NluService serving the test model from the PVC, exposed at `host` with a certificate
+/// from the test CA.
+pub fn uninlu_service(name: &str, host: &str, tls_secret: &str) -> NluService {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "nlu.dev/v1alpha1",
+        "kind": "NluService",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "model": {"task": "uninlu", "source": {"pvc": {"claimName": MODEL_CLAIM, "path": MODEL_PATH}}},
+            "autoscaling": {"minReplicas": MIN_REPLICAS, "maxReplicas": MAX_REPLICAS, "targetCPUUtilizationPercentage": 80},
+            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
+            "ingress": {
+                "host": host,
+                "className": "nginx",
+                "tls": {"clusterIssuer": CLUSTER_ISSUER, "secretName": tls_secret}
+            },
+            "auth": {"mode": "jwt", "failurePolicy": "FailClosed"}
+        }
+    }))
+    .expect("the NluService literal matches the CRD types")
+}
+
+/// A tenant of `services` with the given scopes and per-minute limit (0 = unlimited).
+pub fn tenant(name: &str, services: &[&str], scopes: &[&str], requests_per_minute: i64) -> Tenant {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "nlu.dev/v1alpha1",
+        "kind": "Tenant",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "services": services,
+            "scopes": scopes,
+            "quota": {"requestsPerDay": 0, "requestsPerMinute": requests_per_minute},
+            "token": {"ttl": "1h"}
+        }
+    }))
+    .expect("the Tenant literal matches the CRD types")
+}
+
+static SERVICE_READY: OnceCell<()> = OnceCell::const_new();
+
+/// Applies the shared UniNLU service once and waits until it reports Ready (model loaded, pods
+/// ready) and its certificate exists.
+pub async fn ready_service() -> anyhow::Result<&'static Cluster> {
+    let cluster = cluster().await;
+    SERVICE_READY
+        .get_or_try_init(|| async {
+            cluster.apply(&uninlu_service(SERVICE, SERVICE_HOST, SERVICE_TLS_SECRET)).await?;
+            wait_for(&format!("NluService {SERVICE} Ready"), Duration::from_secs(300), || async {
+                let svc = cluster.api::<NluService>().get(SERVICE).await?;
+                Ok(svc.status.filter(|s| condition_true(&s.conditions, "Ready")).map(|_| ()))
+            })
+            .await
+        })
+        .await?;
+    Ok(cluster)
+}
+
+/// A tenant applied and its token issued.
+pub async fn tenant_with_token(tenant: &Tenant) -> anyhow::Result<String> {
+    let cluster = cluster().await;
+    let name = tenant.metadata.name.clone().context("tenant without a name")?;
+    // A fresh record per run: a leftover tenant would carry yesterday's counters and token.
+    cluster.delete::<Tenant>(&name).await?;
+    wait_for(&format!("old Tenant {name} gone"), Duration::from_secs(60), || async {
+        Ok(cluster.api::<Tenant>().get_opt(&name).await?.is_none().then_some(()))
+    })
+    .await?;
+    cluster.apply(tenant).await?;
+    cluster.tenant_token(&name).await
+}
+
+/// HTTPS to one ingress host, resolved to the kind node's mapped port on 127.0.0.1.
+pub struct Https {
+    config: Arc<rustls::ClientConfig>,
+    host: String,
+    port: u16,
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: serde_json::Value,
+}
+
+impl Answer {
+    /// The `error.code` of a JSON error answer.
+    pub fn error_code(&self) -> Option<&str> {
+        self.body.pointer("/error/code").and_then(|c| c.as_str())
+    }
+}
+
+impl Https {
+    /// POSTs JSON to `path` with an optional bearer token (one connection per request).
+    pub async fn post(&self, path: &str, token: Option<&str>, body: &serde_json::Value) -> anyhow::Result<Answer> {
+        let tcp = TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .with_context(|| format!("connect to the ingress on 127.0.0.1:{}", self.port))?;
+        let name = ServerName::try_from(self.host.clone())?;
+        let tls = tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(name, tcp)
+            .await
+            .context("TLS handshake with the ingress (certificate from the test CA for the host)")?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        let mut request = hyper::Request::post(path)
+            .header(hyper::header::HOST, &self.host)
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Full::new(Bytes::from(serde_json::to_vec(body)?)))?;
+        let response = sender.send_request(request).await?;
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await?.to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Ok(Answer { status: parts.status, headers: parts.headers, body })
+    }
+}
+
+/// A UniNLU request: the first fixture case when `NLU_E2E_EXPECTED` names the fixture's
+/// `expected.json` (then the answer must equal its output), else a plain NER request.
+pub fn predict_case() -> anyhow::Result<(serde_json::Value, Option<serde_json::Value>)> {
+    match std::env::var("NLU_E2E_EXPECTED") {
+        Ok(path) => {
+            let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("read {path}"))?)?;
+            let case = cases.as_array().and_then(|c| c.first()).context("NLU_E2E_EXPECTED holds no case")?;
+            let request = serde_json::json!({"text": case["text"], "schema": case["schema"]});
+            Ok((request, Some(case["output"].clone())))
+        }
+        Err(_) => Ok((serde_json::json!({"text": "阿里巴巴的总部在杭州。", "schema": {"组织机构": null, "地理位置": null}}), None)),
+    }
+}
