@@ -230,6 +230,12 @@ def check(checks: Checks) -> None:
         checks.record(f"{crd.relative_to(ROOT)} equals manifests/crds/{crd.name}",
                       None if twin.exists() and twin.read_bytes() == crd.read_bytes() else "differs (run `cargo run -p nlu-crds --bin crdgen`)")
 
+    for workflow in sorted((ROOT / ".github" / "workflows").glob("*.yml")):
+        def jobs(workflow: Path = workflow) -> None:
+            if not (yaml.load(workflow.read_text(), Loader=UniqueKeyLoader) or {}).get("jobs"):
+                raise ValueError("no jobs")
+        checks.run(f"{workflow.relative_to(ROOT)} parses", jobs)
+
     def in_sync() -> None:
         if not INSTALL_YAML.exists() or INSTALL_YAML.read_text() != install_yaml():
             raise ValueError("manifests/install.yaml is not the chart's rendering; run `scripts/check-chart.sh --write`")
