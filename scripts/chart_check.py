@@ -8,6 +8,7 @@ schemas (kubernetes-validate). Run through scripts/check-chart.sh, which install
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -192,6 +193,27 @@ def check_secure_pods(checks: Checks, origin: str, objects: list[dict]) -> None:
         checks.run(f"{origin}: {describe(obj)} pods are locked down", secure)
 
 
+def operator_flags() -> set[str]:
+    """Long flags the operator's CLI defines (`#[arg(long ...)]` fields of operator/src/config.rs)."""
+    source = (ROOT / "operator" / "src" / "config.rs").read_text()
+    fields = re.findall(r"#\[arg\(long[^\]]*\]\s*(?:#\[[^\]]*\]\s*)*pub (\w+):", source)
+    return {"--" + f.replace("_", "-") for f in fields}
+
+
+def check_operator_args(checks: Checks, origin: str, objects: list[dict]) -> None:
+    """Every flag the chart passes exists in the operator (a renamed flag would crash-loop it)."""
+    known = operator_flags()
+    for obj in objects:
+        if obj["kind"] != "Deployment":
+            continue
+        for container in obj["spec"]["template"]["spec"]["containers"]:
+            def flags_exist(container: dict = container) -> None:
+                unknown = [a.split("=")[0] for a in container.get("args", []) if a.split("=")[0] not in known]
+                if unknown:
+                    raise ValueError(f"not flags of nlu-operator: {unknown} (known: {sorted(known)})")
+            checks.run(f"{origin}: {describe(obj)} passes only known operator flags", flags_exist)
+
+
 def check(checks: Checks) -> None:
     for version in KUBE_VERSIONS:
         def lint(version: str = version) -> None:
@@ -208,6 +230,7 @@ def check(checks: Checks) -> None:
         objects = [obj for objs in per_file.values() for obj in objs]
         check_objects(checks, f"render [{label}]", objects)
         check_secure_pods(checks, f"render [{label}]", objects)
+        check_operator_args(checks, f"render [{label}]", objects)
 
     with helm_python.Chart.load(CHART) as chart:
         for label, values in BAD_VALUES.items():
