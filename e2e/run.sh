@@ -160,14 +160,19 @@ if [ "${NLU_E2E_SKIP_BUILD:-0}" != 1 ]; then
 fi
 
 step "chart"
-helm upgrade --install nlu-operator charts/nlu-operator --namespace nlu-system --create-namespace \
+# Both namespaces enforce the `restricted` Pod Security Standard: the operator, Redis and every
+# inference pod the operator creates must run with it.
+for ns in nlu-system "$namespace"; do
+  kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f -
+  kubectl label namespace "$ns" pod-security.kubernetes.io/enforce=restricted --overwrite
+done
+helm upgrade --install nlu-operator charts/nlu-operator --namespace nlu-system \
   --set image.repository=nlu-operator,image.tag=e2e,image.pullPolicy=Never \
   --set serverImage.repository=nlu-server,serverImage.tag=e2e \
   --set operator.logFormat=text,operator.logLevel=info\\,nlu_operator=debug \
   --wait --timeout 5m
 
 step "namespace $namespace: model PVC and Redis URL"
-kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f -
 kubectl apply -f - <<EOF
 apiVersion: v1
 kind: PersistentVolume
