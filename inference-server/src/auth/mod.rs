@@ -215,6 +215,9 @@ impl Auth {
 }
 
 /// Maps the quota script's decision to the limits to report, or to the refusal. Pure.
+// A refusal is built once per refused request and turned into the response at once: boxing
+// it would only add an allocation.
+#[allow(clippy::result_large_err)]
 pub fn decide(outcome: QuotaOutcome, now: chrono::DateTime<chrono::Utc>) -> Result<Option<RateLimit>, Refusal> {
     let forbidden = |code, message| Err(Refusal::forbidden(None, code, message));
     let too_many = |usage, code, message: &str| {

@@ -49,7 +49,9 @@ impl RedisProcess {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install -y redis-server)");
-        // Also stop it if this test process dies without running destructors.
+        // Also stop it if this test process dies without running destructors (the watchdog
+        // outlives the test by design, so nobody waits for it).
+        #[allow(clippy::zombie_processes)]
         Command::new("sh")
             .args(["-c", &format!("while kill -0 {} 2>/dev/null; do sleep 1; done; kill {} 2>/dev/null", std::process::id(), child.id())])
             .stdout(Stdio::null())
