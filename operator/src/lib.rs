@@ -1,1 +1,10 @@
-//! nlu-operator library: controllers and pure builders.
+//! nlu-operator: the NluService and Tenant controllers, their pure builders, and the process
+//! pieces they share (config, context, server-side apply, metrics, admin server, leader election).
+
+pub mod admin;
+pub mod apply;
+pub mod config;
+pub mod context;
+pub mod leader;
+pub mod metrics;
+
