@@ -1,0 +1,166 @@
+//! The Tenant controller: issues each tenant's token into a Secret, writes its access record to
+//! Redis, reports usage, and keeps the signing keys and their public JWK Set.
+//!
+//! Runtime pieces started by [`run`]: the key manager (the key Secret: creation, rotation,
+//! retirement), the JWK Set publisher (ConfigMap `nlu-jwks` per namespace), and the controller
+//! itself ([`controller::reconcile`]).
+
+pub mod controller;
+pub mod jwks_publish;
+pub mod redis_sync;
+pub mod revocation;
+pub mod signing_key;
+pub mod status;
+pub mod token_secret;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
+use kube::{Api, ResourceExt};
+use nlu_crds::access::tokens::DEFAULT_ISSUER;
+use nlu_crds::access::RedisKeys;
+use nlu_crds::{NluService, Tenant};
+use tokio::sync::watch;
+
+use crate::context::Context;
+use controller::TenantContext;
+use signing_key::{KeyChange, KeyRing, SIGNING_KEY_SECRET};
+
+/// Controller name in metrics and logs.
+pub const CONTROLLER: &str = "tenant";
+/// Finalizer that removes the tenant's Redis keys before the Tenant goes.
+pub const FINALIZER: &str = "nlu.dev/tenant-cleanup";
+
+/// How often the key Secret is re-checked without a watch event (retired keys to drop).
+const KEY_RECHECK: Duration = Duration::from_secs(600);
+
+/// Runs the Tenant controller until it stops. Needs `--redis-url`.
+pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
+    let config = &ctx.config;
+    let url = config
+        .redis_url
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("the Tenant controller needs --redis-url (NLU_OPERATOR_REDIS_URL)"))?;
+    let redis = redis_sync::connect(url).await?;
+    let client = ctx.client.clone();
+    let (tenants, services): (Api<Tenant>, Api<NluService>) = match &config.namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let controller = Controller::new(tenants, watcher::Config::default());
+    let tenant_store = controller.store();
+
+    let key_api: Api<Secret> = Api::namespaced(client.clone(), &config.operator_namespace);
+    let ring = first_key_ring(&key_api, &ctx).await;
+    let (ring_tx, ring_rx) = watch::channel(ring);
+    tokio::spawn(manage_keys(key_api, ctx.clone(), tenant_store.clone(), ring_tx));
+
+    let (service_store, writer) = reflector::store();
+    let service_events = reflector::reflector(writer, watcher(services.clone(), watcher::Config::default()))
+        .default_backoff()
+        .touched_objects()
+        .for_each(|_| futures::future::ready(()));
+    tokio::spawn(service_events);
+    tokio::spawn(jwks_publish::run(client.clone(), service_store.clone(), ring_rx.clone()));
+
+    let tenant_ctx = Arc::new(TenantContext::new(
+        ctx.clone(),
+        redis,
+        RedisKeys::new(config.redis_prefix.clone()),
+        ring_rx,
+        service_store,
+        DEFAULT_ISSUER.to_owned(),
+    ));
+    let secrets: Api<Secret> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=nlu-operator");
+    controller
+        .owns(secrets, managed)
+        .watches(services, watcher::Config::default(), move |svc| tenants_using(&tenant_store, &svc))
+        .run(controller::reconcile, controller::error_policy, tenant_ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+    Ok(())
+}
+
+/// The Tenants of the service's namespace that list it (their Secret holds its URL).
+fn tenants_using(tenants: &Store<Tenant>, svc: &NluService) -> Vec<ObjectRef<Tenant>> {
+    let ns = svc.namespace();
+    tenants
+        .state()
+        .iter()
+        .filter(|t| t.namespace() == ns && t.spec.services.contains(&svc.name_any()))
+        .map(|t| ObjectRef::from_obj(t.as_ref()))
+        .collect()
+}
+
+/// The key ring to start with; tokens cannot be issued without one, so this retries.
+async fn first_key_ring(api: &Api<Secret>, ctx: &Context) -> Arc<KeyRing> {
+    loop {
+        match sync_keys(api, ctx, &[]).await {
+            Ok(ring) => return ring,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load or create the signing key; retrying");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+}
+
+async fn sync_keys(api: &Api<Secret>, ctx: &Context, tenants: &[Arc<Tenant>]) -> Result<Arc<KeyRing>, signing_key::KeyError> {
+    let now = chrono::DateTime::from_timestamp(ctx.now().as_second(), 0).unwrap_or_default();
+    let (ring, change) = signing_key::sync(api, now, tenants).await?;
+    if change != KeyChange::Unchanged {
+        tracing::info!(?change, kid = ring.signing.kid(), "signing keys changed");
+    }
+    if let Some(event) = signing_key::key_event(&change) {
+        let reference = signing_key::secret_ref(&ctx.config.operator_namespace);
+        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+            tracing::warn!(error = %e, "could not publish the key event");
+        }
+    }
+    Ok(ring)
+}
+
+/// Re-syncs the key Secret on every change of it (a rotation request) and when a retired key
+/// is due, and hands new rings to the controller and the publisher.
+async fn manage_keys(api: Api<Secret>, ctx: Arc<Context>, tenants: Store<Tenant>, ring: watch::Sender<Arc<KeyRing>>) {
+    let only_key = watcher::Config::default().fields(&format!("metadata.name={SIGNING_KEY_SECRET}"));
+    let mut changes = watcher(api.clone(), only_key).default_backoff().touched_objects().boxed();
+    loop {
+        let due = ring.borrow().next_retirement().map(|at| {
+            let secs = (at - chrono::Utc::now()).num_seconds().max(1);
+            Duration::from_secs(u64::try_from(secs).unwrap_or(1))
+        });
+        tokio::select! {
+            _ = changes.next() => {}
+            () = tokio::time::sleep(due.unwrap_or(KEY_RECHECK).min(KEY_RECHECK)) => {}
+        }
+        // Rotation needs the tenants' lifetimes: wait until the Tenant cache is filled.
+        if tenants.wait_until_ready().await.is_err() {
+            return;
+        }
+        let new = loop {
+            match sync_keys(&api, &ctx, &tenants.state()).await {
+                Ok(new) => break new,
+                Err(e) => {
+                    tracing::warn!(error = %e, "signing key sync failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        };
+        ring.send_if_modified(|old| {
+            let changed = old.signing.kid() != new.signing.kid() || old.retired != new.retired;
+            if changed {
+                *old = new;
+            }
+            changed
+        });
+    }
+}

@@ -1,0 +1,112 @@
+//! The tenant's side of Redis, with the contract's key names: its record (written whole on
+//! every reconcile), today's usage counter (read), and every key of the tenant (deleted when the
+//! Tenant goes).
+
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use nlu_crds::access::{QualifiedName, RedisKeys, TenantRecord};
+use nlu_crds::TenantSpec;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+
+use super::token_secret::scope;
+
+/// A connection that reconnects by itself, failing fast while Redis is away so reconciles
+/// return an error (and are retried) instead of hanging.
+pub async fn connect(url: &str) -> redis::RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(2)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(redis::Client::open(url)?, config)
+}
+
+/// The record the servers check requests against.
+pub fn record(spec: &TenantSpec, gen: u64) -> TenantRecord {
+    let quota = spec.quota.clone().unwrap_or_default();
+    // Negative limits are refused by the CRD schema; treat any that slip through as unlimited.
+    let limit = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
+    let mut scopes: Vec<_> = spec.scopes.iter().map(|s| scope(*s)).collect();
+    scopes.sort();
+    scopes.dedup();
+    let mut services = spec.services.clone();
+    services.sort();
+    services.dedup();
+    TenantRecord {
+        enabled: !spec.suspended,
+        requests_per_day: limit(quota.requests_per_day),
+        requests_per_minute: limit(quota.requests_per_minute),
+        scopes,
+        services,
+        gen,
+    }
+}
+
+/// Writes every field of the record in one `HSET` (atomic: a server never sees half of it).
+pub async fn write_record(
+    conn: &mut ConnectionManager,
+    keys: &RedisKeys,
+    tenant: &QualifiedName,
+    record: &TenantRecord,
+) -> redis::RedisResult<()> {
+    conn.hset_multiple::<_, _, _, ()>(keys.tenant(tenant), &record.to_fields()).await
+}
+
+/// Requests counted for the tenant on `day` (UTC).
+pub async fn read_usage(
+    conn: &mut ConnectionManager,
+    keys: &RedisKeys,
+    tenant: &QualifiedName,
+    day: NaiveDate,
+) -> redis::RedisResult<u64> {
+    let used: Option<u64> = conn.get(keys.usage(tenant, day)).await?;
+    Ok(used.unwrap_or(0))
+}
+
+/// Deletes the record, the minute limiter and every usage counter of the tenant.
+pub async fn delete_tenant(
+    conn: &mut ConnectionManager,
+    keys: &RedisKeys,
+    tenant: &QualifiedName,
+) -> redis::RedisResult<()> {
+    let mut doomed = vec![keys.tenant(tenant), keys.rate(tenant)];
+    {
+        let mut usage: redis::AsyncIter<String> = conn.scan_match(keys.usage_pattern(tenant)).await?;
+        while let Some(key) = futures::StreamExt::next(&mut usage).await {
+            doomed.push(key?);
+        }
+    }
+    conn.del::<_, ()>(doomed).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nlu_crds::access::Scope;
+
+    #[test]
+    fn record_follows_the_spec() {
+        let spec: TenantSpec = serde_json::from_value(serde_json::json!({
+            "services": ["uninlu", "gte"], "scopes": ["predict"], "suspended": true,
+            "quota": {"requestsPerDay": 100}
+        }))
+        .unwrap();
+        let r = record(&spec, 4);
+        assert_eq!(
+            r,
+            TenantRecord {
+                enabled: false,
+                requests_per_day: 100,
+                requests_per_minute: 0,
+                scopes: vec![Scope::Predict],
+                services: vec!["gte".into(), "uninlu".into()],
+                gen: 4,
+            }
+        );
+        let open: TenantSpec = serde_json::from_value(serde_json::json!({"services": ["gte"]})).unwrap();
+        let r = record(&open, 1);
+        assert!(r.enabled && r.scopes.is_empty() && r.requests_per_day == 0 && r.requests_per_minute == 0);
+    }
+}

@@ -1,0 +1,162 @@
+//! The Tenant's status, computed from what the reconcile saw. Pure, so tests can check every
+//! condition and the write throttle without an API.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use nlu_crds::conditions::{condition, set_condition, QUOTA_EXCEEDED, READY, SUSPENDED};
+use nlu_crds::tenant::Usage;
+use nlu_crds::{Tenant, TenantStatus};
+
+/// Usage in status changes at most this often (each change is an API write).
+pub const USAGE_REFRESH: Duration = Duration::from_secs(60);
+
+/// What the reconcile observed.
+pub struct Observed {
+    pub secret_name: String,
+    /// `exp` of the token in the Secret, Unix seconds.
+    pub token_expires_at: i64,
+    /// Today's usage as counted in Redis.
+    pub usage: Usage,
+    /// Whether the usage shown now is older than [`USAGE_REFRESH`] (tracked by the controller).
+    pub usage_stale: bool,
+}
+
+/// The status after a successful reconcile. Usage is only replaced when the shown value is
+/// stale, a new day started or none is shown yet, so a busy tenant does not cause a status write
+/// per request burst.
+pub fn ready_status(tenant: &Tenant, observed: &Observed, now: Time) -> TenantStatus {
+    let mut status = tenant.status.clone().unwrap_or_default();
+    let generation = tenant.metadata.generation;
+    let shown = status.usage.take();
+    let usage = match shown {
+        Some(shown) if !observed.usage_stale && shown.date == observed.usage.date => shown,
+        _ => observed.usage.clone(),
+    };
+    let exceeded = usage.remaining == Some(0);
+    let suspended = tenant.spec.suspended;
+    let c = &mut status.conditions;
+    set_condition(
+        c,
+        condition(
+            READY,
+            true,
+            "TokenIssued",
+            format!("token in Secret {}; access record written", observed.secret_name),
+            generation,
+            now.clone(),
+        ),
+    );
+    set_condition(
+        c,
+        if suspended {
+            condition(SUSPENDED, true, "Suspended", "every request is refused (403)", generation, now.clone())
+        } else {
+            condition(SUSPENDED, false, "Active", "", generation, now.clone())
+        },
+    );
+    set_condition(
+        c,
+        if exceeded {
+            condition(QUOTA_EXCEEDED, true, "DailyQuotaUsed", format!("the quota for {} is used up", usage.date), generation, now)
+        } else {
+            condition(QUOTA_EXCEEDED, false, "WithinQuota", "", generation, now)
+        },
+    );
+    status.usage = Some(usage);
+    status.observed_generation = generation;
+    status.token_secret_name = Some(observed.secret_name.clone());
+    status.token_expires_at = k8s_openapi::jiff::Timestamp::from_second(observed.token_expires_at).ok().map(Time);
+    status
+}
+
+/// The status when the access record could not be written: Ready turns False with the reason;
+/// everything else is left as it was.
+pub fn not_ready_status(tenant: &Tenant, reason: &str, message: String, now: Time) -> TenantStatus {
+    let mut status = tenant.status.clone().unwrap_or_default();
+    set_condition(&mut status.conditions, condition(READY, false, reason, message, tenant.metadata.generation, now));
+    status
+}
+
+/// Today's usage from the count and the daily limit (`0` = unlimited, no `remaining`).
+pub fn usage(date: chrono::NaiveDate, requests: u64, per_day: u64) -> Usage {
+    Usage {
+        date: date.format("%Y-%m-%d").to_string(),
+        requests: i64::try_from(requests).unwrap_or(i64::MAX),
+        remaining: (per_day > 0).then(|| i64::try_from(per_day.saturating_sub(requests)).unwrap_or(i64::MAX)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nlu_crds::conditions::is_true;
+
+    fn at(secs: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    fn day(d: u32) -> chrono::NaiveDate {
+        chrono::NaiveDate::from_ymd_opt(2026, 11, d).unwrap()
+    }
+
+    fn tenant(suspended: bool) -> Tenant {
+        let spec = serde_json::json!({"services": ["gte"], "suspended": suspended});
+        let mut t = Tenant::new("acme", serde_json::from_value(spec).unwrap());
+        t.metadata.generation = Some(3);
+        t
+    }
+
+    fn observed(requests: u64, d: u32, stale: bool) -> Observed {
+        Observed {
+            secret_name: "acme-token".into(),
+            token_expires_at: 5_000,
+            usage: usage(day(d), requests, 10),
+            usage_stale: stale,
+        }
+    }
+
+    #[test]
+    fn usage_counts_remaining_only_with_a_limit() {
+        assert_eq!(usage(day(1), 3, 10).remaining, Some(7));
+        assert_eq!(usage(day(1), 12, 10).remaining, Some(0));
+        assert_eq!(usage(day(1), 3, 0).remaining, None);
+        assert_eq!(usage(day(1), 3, 0).date, "2026-11-01");
+    }
+
+    #[test]
+    fn ready_status_reports_token_usage_and_conditions() {
+        let s = ready_status(&tenant(true), &observed(10, 1, true), at(100));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(s.token_secret_name.as_deref(), Some("acme-token"));
+        assert_eq!(s.token_expires_at, Some(at(5_000)));
+        assert_eq!(s.usage, Some(usage(day(1), 10, 10)));
+        assert!(is_true(&s.conditions, READY));
+        assert!(is_true(&s.conditions, SUSPENDED));
+        assert!(is_true(&s.conditions, QUOTA_EXCEEDED));
+    }
+
+    #[test]
+    fn unchanged_inputs_give_an_equal_status_and_fresh_usage_waits() {
+        let mut t = tenant(false);
+        t.status = Some(ready_status(&t, &observed(1, 1, true), at(100)));
+        let again = ready_status(&t, &observed(1, 1, false), at(200));
+        assert_eq!(Some(&again), t.status.as_ref(), "nothing changed: no write");
+        let busy = ready_status(&t, &observed(5, 1, false), at(200));
+        assert_eq!(busy.usage.unwrap().requests, 1, "usage shown less than a minute ago is kept");
+        let stale = ready_status(&t, &observed(5, 1, true), at(200));
+        assert_eq!(stale.usage.unwrap().requests, 5);
+        let next_day = ready_status(&t, &observed(0, 2, false), at(200));
+        assert_eq!(next_day.usage.unwrap().date, "2026-11-02");
+    }
+
+    #[test]
+    fn failure_turns_only_ready_false() {
+        let mut t = tenant(false);
+        t.status = Some(ready_status(&t, &observed(1, 1, true), at(100)));
+        let s = not_ready_status(&t, "RedisUnavailable", "down".into(), at(200));
+        assert!(!is_true(&s.conditions, READY));
+        assert_eq!(s.usage, t.status.as_ref().unwrap().usage);
+        assert_eq!(s.conditions.len(), 3);
+    }
+}
