@@ -22,6 +22,11 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Download a model from the hub into the cache folder and print its local path.
     Download(DownloadArgs),
+    /// Write a new Ed25519 signing key (signing-key.pem) and its public JWK Set (jwks.json),
+    /// to run --auth jwt without the operator.
+    Keygen(crate::cli_auth::KeygenArgs),
+    /// Print a tenant token signed with a key from `keygen`.
+    Token(crate::cli_auth::TokenArgs),
 }
 
 /// What the served model does; decides which routes answer.

@@ -21,5 +21,14 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", dir.display());
             Ok(())
         }
+        Command::Keygen(args) => {
+            let (key, jwks) = nlu_server::cli_auth::keygen(&args)?;
+            eprintln!("wrote {} (private: keep it secret) and {} (public: --jwks)", key.display(), jwks.display());
+            Ok(())
+        }
+        Command::Token(args) => {
+            println!("{}", nlu_server::cli_auth::token(&args)?);
+            Ok(())
+        }
     }
 }
