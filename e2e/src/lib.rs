@@ -73,20 +73,38 @@ impl Cluster {
     /// Creates or updates `obj` with server-side apply.
     pub async fn apply<K>(&self, obj: &K) -> anyhow::Result<K>
     where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + Serialize
+            + DeserializeOwned
+            + std::fmt::Debug,
         <K as Resource>::DynamicType: Default,
     {
         let name = obj.meta().name.clone().context("object without a name")?;
-        Ok(self.api::<K>().patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj)).await?)
+        Ok(self
+            .api::<K>()
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(obj),
+            )
+            .await?)
     }
 
     /// Deletes `name` if it exists.
     pub async fn delete<K>(&self, name: &str) -> anyhow::Result<()>
     where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
         <K as Resource>::DynamicType: Default,
     {
-        match self.api::<K>().delete(name, &DeleteParams::foreground()).await {
+        match self
+            .api::<K>()
+            .delete(name, &DeleteParams::foreground())
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
             Err(e) => Err(e.into()),
@@ -96,27 +114,45 @@ impl Cluster {
     /// The tenant's current token, once the operator has issued it.
     pub async fn tenant_token(&self, tenant: &str) -> anyhow::Result<String> {
         let secret = format!("{tenant}-token");
-        wait_for(&format!("Secret {secret} with a token"), Duration::from_secs(60), || async {
-            let Some(s) = self.api::<Secret>().get_opt(&secret).await? else { return Ok(None) };
-            Ok(secret_text(&s, "token"))
-        })
+        wait_for(
+            &format!("Secret {secret} with a token"),
+            Duration::from_secs(60),
+            || async {
+                let Some(s) = self.api::<Secret>().get_opt(&secret).await? else {
+                    return Ok(None);
+                };
+                Ok(secret_text(&s, "token"))
+            },
+        )
         .await
     }
 
     /// An HTTPS client for `host`, trusting the CA that signed the ingress certificate in
     /// `tls_secret` (cert-manager's CA issuer puts it under `ca.crt`).
     pub async fn https(&self, host: &str, tls_secret: &str) -> anyhow::Result<Https> {
-        let ca = wait_for(&format!("certificate Secret {tls_secret}"), Duration::from_secs(120), || async {
-            let Some(s) = self.api::<Secret>().get_opt(tls_secret).await? else { return Ok(None) };
-            Ok(secret_text(&s, "ca.crt"))
-        })
+        let ca = wait_for(
+            &format!("certificate Secret {tls_secret}"),
+            Duration::from_secs(120),
+            || async {
+                let Some(s) = self.api::<Secret>().get_opt(tls_secret).await? else {
+                    return Ok(None);
+                };
+                Ok(secret_text(&s, "ca.crt"))
+            },
+        )
         .await?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
             roots.add(cert.context("ca.crt is not PEM")?)?;
         }
-        let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-        Ok(Https { config: Arc::new(config), host: host.to_string(), port: self.https_port })
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Https {
+            config: Arc::new(config),
+            host: host.to_string(),
+            port: self.https_port,
+        })
     }
 }
 
@@ -143,7 +179,9 @@ where
         }
         if start.elapsed() > timeout {
             match last_error {
-                Some(e) => bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}"),
+                Some(e) => {
+                    bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}")
+                }
                 None => bail!("timed out after {timeout:?} waiting for {what}"),
             }
         }
@@ -152,8 +190,13 @@ where
 }
 
 /// Whether a condition of this type is `True` in a status.
-pub fn condition_true(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition], kind: &str) -> bool {
-    conditions.iter().any(|c| c.type_ == kind && c.status == "True")
+pub fn condition_true(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    kind: &str,
+) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == kind && c.status == "True")
 }
 
 /// The UniNLU service most tests call: autoscaled 1..3, behind a TLS ingress, JWT auth.
@@ -209,11 +252,20 @@ pub async fn ready_service() -> anyhow::Result<&'static Cluster> {
     let cluster = cluster().await;
     SERVICE_READY
         .get_or_try_init(|| async {
-            cluster.apply(&uninlu_service(SERVICE, SERVICE_HOST, SERVICE_TLS_SECRET)).await?;
-            wait_for(&format!("NluService {SERVICE} Ready"), Duration::from_secs(300), || async {
-                let svc = cluster.api::<NluService>().get(SERVICE).await?;
-                Ok(svc.status.filter(|s| condition_true(&s.conditions, "Ready")).map(|_| ()))
-            })
+            cluster
+                .apply(&uninlu_service(SERVICE, SERVICE_HOST, SERVICE_TLS_SECRET))
+                .await?;
+            wait_for(
+                &format!("NluService {SERVICE} Ready"),
+                Duration::from_secs(300),
+                || async {
+                    let svc = cluster.api::<NluService>().get(SERVICE).await?;
+                    Ok(svc
+                        .status
+                        .filter(|s| condition_true(&s.conditions, "Ready"))
+                        .map(|_| ()))
+                },
+            )
             .await
         })
         .await?;
@@ -223,12 +275,25 @@ pub async fn ready_service() -> anyhow::Result<&'static Cluster> {
 /// A tenant applied and its token issued.
 pub async fn tenant_with_token(tenant: &Tenant) -> anyhow::Result<String> {
     let cluster = cluster().await;
-    let name = tenant.metadata.name.clone().context("tenant without a name")?;
+    let name = tenant
+        .metadata
+        .name
+        .clone()
+        .context("tenant without a name")?;
     // A fresh record per run: a leftover tenant would carry yesterday's counters and token.
     cluster.delete::<Tenant>(&name).await?;
-    wait_for(&format!("old Tenant {name} gone"), Duration::from_secs(60), || async {
-        Ok(cluster.api::<Tenant>().get_opt(&name).await?.is_none().then_some(()))
-    })
+    wait_for(
+        &format!("old Tenant {name} gone"),
+        Duration::from_secs(60),
+        || async {
+            Ok(cluster
+                .api::<Tenant>()
+                .get_opt(&name)
+                .await?
+                .is_none()
+                .then_some(()))
+        },
+    )
     .await?;
     cluster.apply(tenant).await?;
     cluster.tenant_token(&name).await
@@ -258,7 +323,12 @@ impl Answer {
 
 impl Https {
     /// POSTs JSON to `path` with an optional bearer token (one connection per request).
-    pub async fn post(&self, path: &str, token: Option<&str>, body: &serde_json::Value) -> anyhow::Result<Answer> {
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<Answer> {
         let tcp = TcpStream::connect(("127.0.0.1", self.port))
             .await
             .with_context(|| format!("connect to the ingress on 127.0.0.1:{}", self.port))?;
@@ -266,7 +336,9 @@ impl Https {
         let tls = tokio_rustls::TlsConnector::from(self.config.clone())
             .connect(name, tcp)
             .await
-            .context("TLS handshake with the ingress (certificate from the test CA for the host)")?;
+            .context(
+                "TLS handshake with the ingress (certificate from the test CA for the host)",
+            )?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         tokio::spawn(conn);
         let mut request = hyper::Request::post(path)
@@ -279,21 +351,81 @@ impl Https {
         let response = sender.send_request(request).await?;
         let (parts, body) = response.into_parts();
         let bytes = body.collect().await?.to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Ok(Answer { status: parts.status, headers: parts.headers, body })
+        let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        });
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
     }
 }
 
 /// A UniNLU request: the first fixture case when `NLU_E2E_EXPECTED` names the fixture's
 /// `expected.json` (then the answer must equal its output), else a plain NER request.
 pub fn predict_case() -> anyhow::Result<(serde_json::Value, Option<serde_json::Value>)> {
-    match std::env::var("NLU_E2E_EXPECTED") {
-        Ok(path) => {
-            let cases: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).with_context(|| format!("read {path}"))?)?;
-            let case = cases.as_array().and_then(|c| c.first()).context("NLU_E2E_EXPECTED holds no case")?;
-            let request = serde_json::json!({"text": case["text"], "schema": case["schema"]});
-            Ok((request, Some(case["output"].clone())))
-        }
-        Err(_) => Ok((serde_json::json!({"text": "阿里巴巴的总部在杭州。", "schema": {"组织机构": null, "地理位置": null}}), None)),
+    predict_case_from(std::env::var("NLU_E2E_EXPECTED").ok().as_deref())
+}
+
+fn predict_case_from(
+    expected_json: Option<&str>,
+) -> anyhow::Result<(serde_json::Value, Option<serde_json::Value>)> {
+    let Some(path) = expected_json else {
+        return Ok((
+            serde_json::json!({"text": "阿里巴巴的总部在杭州。", "schema": {"组织机构": null, "地理位置": null}}),
+            None,
+        ));
+    };
+    let cases: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).with_context(|| format!("read {path}"))?)?;
+    let case = cases
+        .as_array()
+        .and_then(|c| c.first())
+        .context("NLU_E2E_EXPECTED holds no case")?;
+    let request = serde_json::json!({"text": case["text"], "schema": case["schema"]});
+    Ok((request, Some(case["output"].clone())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The literals above are checked against the CRD types here, without a cluster, so a CRD
+    // change that breaks them fails CI rather than the next kind run.
+    #[test]
+    fn service_and_tenant_literals_match_the_crd_types() {
+        let svc = uninlu_service("s", "s.example.test", "s-tls");
+        let scaling = svc.spec.autoscaling.as_ref().unwrap();
+        assert_eq!(
+            (scaling.min_replicas, scaling.max_replicas),
+            (MIN_REPLICAS, MAX_REPLICAS)
+        );
+        let pvc = svc.spec.model.source.pvc.as_ref().unwrap();
+        assert_eq!(
+            (pvc.claim_name.as_str(), pvc.path.as_deref()),
+            (MODEL_CLAIM, Some(MODEL_PATH))
+        );
+        let tls = svc.spec.ingress.as_ref().unwrap().tls.as_ref().unwrap();
+        assert_eq!(tls.cluster_issuer.as_deref(), Some(CLUSTER_ISSUER));
+
+        let t = tenant("t", &["s"], &["predict"], 3);
+        assert_eq!(t.spec.services, ["s"]);
+        assert_eq!(t.spec.quota.as_ref().unwrap().requests_per_minute, Some(3));
+        assert_eq!(t.spec.token_ttl().unwrap(), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn predict_case_reads_the_fixture_when_given() {
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/fixtures/uninlu-tiny/expected.json"
+        );
+        let (request, expected) = predict_case_from(Some(fixture)).unwrap();
+        assert!(
+            request["text"].is_string() && request["schema"].is_object(),
+            "{request}"
+        );
+        assert!(expected.unwrap().is_array());
     }
 }

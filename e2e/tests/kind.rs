@@ -21,30 +21,52 @@ async fn uninlu_service_becomes_ready_with_url_and_replicas() {
     let cluster = ready_service().await.unwrap();
     let svc = cluster.api::<NluService>().get(SERVICE).await.unwrap();
     let status = svc.status.expect("status");
-    assert!(status.ready_replicas.unwrap_or(0) >= MIN_REPLICAS, "{status:?}");
+    assert!(
+        status.ready_replicas.unwrap_or(0) >= MIN_REPLICAS,
+        "{status:?}"
+    );
     assert_eq!(status.observed_generation, svc.metadata.generation);
-    assert!(status.url.as_deref().is_some_and(|u| u.starts_with(&format!("https://{SERVICE_HOST}"))), "url: {:?}", status.url);
+    assert!(
+        status
+            .url
+            .as_deref()
+            .is_some_and(|u| u.starts_with(&format!("https://{SERVICE_HOST}"))),
+        "url: {:?}",
+        status.url
+    );
 }
 
 #[tokio::test]
 #[ignore = "needs a kind cluster"]
 async fn tenant_token_calls_predict_through_the_https_ingress() {
     let cluster = ready_service().await.unwrap();
-    let token = tenant_with_token(&tenant("alpha", &[SERVICE], &["predict"], 0)).await.unwrap();
-    let https = cluster.https(SERVICE_HOST, SERVICE_TLS_SECRET).await.unwrap();
+    let token = tenant_with_token(&tenant("alpha", &[SERVICE], &["predict"], 0))
+        .await
+        .unwrap();
+    let https = cluster
+        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
+        .await
+        .unwrap();
     let (request, expected) = predict_case().unwrap();
 
     // The tenant record reaches Redis shortly after the token Secret: allow a few seconds.
-    let answer = wait_for("a 200 from /api/predict", Duration::from_secs(30), || async {
-        let answer = https.post(PREDICT, Some(&token), &request).await?;
-        Ok((answer.status == 200).then_some(answer))
-    })
+    let answer = wait_for(
+        "a 200 from /api/predict",
+        Duration::from_secs(30),
+        || async {
+            let answer = https.post(PREDICT, Some(&token), &request).await?;
+            Ok((answer.status == 200).then_some(answer))
+        },
+    )
     .await
     .unwrap();
     let output = answer.body.get("output").expect("output in the answer");
     assert!(output.is_array(), "{}", answer.body);
     if let Some(expected) = expected {
-        assert_eq!(output, &expected, "the served model must give the fixture's output");
+        assert_eq!(
+            output, &expected,
+            "the served model must give the fixture's output"
+        );
     }
 }
 
@@ -52,31 +74,50 @@ async fn tenant_token_calls_predict_through_the_https_ingress() {
 #[ignore = "needs a kind cluster"]
 async fn request_without_a_token_is_401() {
     let cluster = ready_service().await.unwrap();
-    let https = cluster.https(SERVICE_HOST, SERVICE_TLS_SECRET).await.unwrap();
+    let https = cluster
+        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
+        .await
+        .unwrap();
     let (request, _) = predict_case().unwrap();
     let answer = https.post(PREDICT, None, &request).await.unwrap();
     assert_eq!(answer.status, 401, "{}", answer.body);
     assert_eq!(answer.error_code(), Some("missing_token"));
-    assert_eq!(answer.headers.get("www-authenticate").map(|v| v.to_str().unwrap()), Some("Bearer"));
+    assert_eq!(
+        answer
+            .headers
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap()),
+        Some("Bearer")
+    );
 }
 
 #[tokio::test]
 #[ignore = "needs a kind cluster"]
 async fn another_tenants_service_and_ungranted_operations_are_refused() {
     let cluster = ready_service().await.unwrap();
-    let https = cluster.https(SERVICE_HOST, SERVICE_TLS_SECRET).await.unwrap();
+    let https = cluster
+        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
+        .await
+        .unwrap();
     let (request, _) = predict_case().unwrap();
 
     // A tenant granted a different service: its token's audience does not name this one (401
     // `invalid_token`, wrong audience, per the access contract).
-    let other = tenant_with_token(&tenant("beta", &["someone-elses-service"], &["predict"], 0)).await.unwrap();
+    let other = tenant_with_token(&tenant("beta", &["someone-elses-service"], &["predict"], 0))
+        .await
+        .unwrap();
     let answer = https.post(PREDICT, Some(&other), &request).await.unwrap();
     assert_eq!(answer.status, 401, "{}", answer.body);
     assert_eq!(answer.error_code(), Some("invalid_token"));
 
     // A tenant of this service without the `predict` operation: 403.
-    let embed_only = tenant_with_token(&tenant("gamma", &[SERVICE], &["embed"], 0)).await.unwrap();
-    let answer = https.post(PREDICT, Some(&embed_only), &request).await.unwrap();
+    let embed_only = tenant_with_token(&tenant("gamma", &[SERVICE], &["embed"], 0))
+        .await
+        .unwrap();
+    let answer = https
+        .post(PREDICT, Some(&embed_only), &request)
+        .await
+        .unwrap();
     assert_eq!(answer.status, 403, "{}", answer.body);
     assert_eq!(answer.error_code(), Some("scope_not_granted"));
 }
@@ -85,18 +126,33 @@ async fn another_tenants_service_and_ungranted_operations_are_refused() {
 #[ignore = "needs a kind cluster"]
 async fn quota_exceeded_is_429_with_retry_after() {
     let cluster = ready_service().await.unwrap();
-    let https = cluster.https(SERVICE_HOST, SERVICE_TLS_SECRET).await.unwrap();
+    let https = cluster
+        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
+        .await
+        .unwrap();
     let (request, _) = predict_case().unwrap();
     let limit = 3;
-    let token = tenant_with_token(&tenant("delta", &[SERVICE], &["predict"], limit)).await.unwrap();
+    let token = tenant_with_token(&tenant("delta", &[SERVICE], &["predict"], limit))
+        .await
+        .unwrap();
 
-    let first = wait_for("the first call admitted", Duration::from_secs(30), || async {
-        let answer = https.post(PREDICT, Some(&token), &request).await?;
-        Ok((answer.status == 200).then_some(answer))
-    })
+    let first = wait_for(
+        "the first call admitted",
+        Duration::from_secs(30),
+        || async {
+            let answer = https.post(PREDICT, Some(&token), &request).await?;
+            Ok((answer.status == 200).then_some(answer))
+        },
+    )
     .await
     .unwrap();
-    assert_eq!(first.headers.get("x-ratelimit-limit").map(|v| v.to_str().unwrap()), Some(limit.to_string().as_str()));
+    assert_eq!(
+        first
+            .headers
+            .get("x-ratelimit-limit")
+            .map(|v| v.to_str().unwrap()),
+        Some(limit.to_string().as_str())
+    );
     for _ in 1..limit {
         let answer = https.post(PREDICT, Some(&token), &request).await.unwrap();
         assert_eq!(answer.status, 200, "{}", answer.body);
@@ -104,18 +160,33 @@ async fn quota_exceeded_is_429_with_retry_after() {
     let refused = https.post(PREDICT, Some(&token), &request).await.unwrap();
     assert_eq!(refused.status, 429, "{}", refused.body);
     assert_eq!(refused.error_code(), Some("rate_limited"));
-    let retry_after: u64 = refused.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
-    assert_eq!(refused.headers.get("x-ratelimit-remaining").map(|v| v.to_str().unwrap()), Some("0"));
+    assert_eq!(
+        refused
+            .headers
+            .get("x-ratelimit-remaining")
+            .map(|v| v.to_str().unwrap()),
+        Some("0")
+    );
 }
 
 #[tokio::test]
 #[ignore = "needs a kind cluster"]
 async fn suspending_a_tenant_blocks_it_within_seconds() {
     let cluster = ready_service().await.unwrap();
-    let https = cluster.https(SERVICE_HOST, SERVICE_TLS_SECRET).await.unwrap();
+    let https = cluster
+        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
+        .await
+        .unwrap();
     let (request, _) = predict_case().unwrap();
-    let token = tenant_with_token(&tenant("epsilon", &[SERVICE], &["predict"], 0)).await.unwrap();
+    let token = tenant_with_token(&tenant("epsilon", &[SERVICE], &["predict"], 0))
+        .await
+        .unwrap();
     wait_for("the tenant admitted", Duration::from_secs(30), || async {
         Ok((https.post(PREDICT, Some(&token), &request).await?.status == 200).then_some(()))
     })
@@ -124,7 +195,11 @@ async fn suspending_a_tenant_blocks_it_within_seconds() {
 
     let suspended_at = Instant::now();
     let patch = serde_json::json!({"spec": {"suspended": true}});
-    cluster.api::<Tenant>().patch("epsilon", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    cluster
+        .api::<Tenant>()
+        .patch("epsilon", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
     let answer = wait_for("403 tenant_suspended", Duration::from_secs(10), || async {
         let answer = https.post(PREDICT, Some(&token), &request).await?;
         Ok((answer.status == 403).then_some(answer))
@@ -135,10 +210,18 @@ async fn suspending_a_tenant_blocks_it_within_seconds() {
     println!("suspension took effect after {:?}", suspended_at.elapsed());
 
     let patch = serde_json::json!({"spec": {"suspended": false}});
-    cluster.api::<Tenant>().patch("epsilon", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    wait_for("the tenant admitted again", Duration::from_secs(10), || async {
-        Ok((https.post(PREDICT, Some(&token), &request).await?.status == 200).then_some(()))
-    })
+    cluster
+        .api::<Tenant>()
+        .patch("epsilon", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_for(
+        "the tenant admitted again",
+        Duration::from_secs(10),
+        || async {
+            Ok((https.post(PREDICT, Some(&token), &request).await?.status == 200).then_some(()))
+        },
+    )
     .await
     .unwrap();
 }
@@ -147,14 +230,23 @@ async fn suspending_a_tenant_blocks_it_within_seconds() {
 #[ignore = "needs a kind cluster"]
 async fn hpa_owns_scaling_within_the_spec_bounds() {
     let cluster = ready_service().await.unwrap();
-    let hpa = cluster.api::<HorizontalPodAutoscaler>().get(SERVICE).await.unwrap();
+    let hpa = cluster
+        .api::<HorizontalPodAutoscaler>()
+        .get(SERVICE)
+        .await
+        .unwrap();
     let spec = hpa.spec.expect("HPA spec");
     assert_eq!(spec.min_replicas, Some(MIN_REPLICAS));
     assert_eq!(spec.max_replicas, MAX_REPLICAS);
     assert_eq!(spec.scale_target_ref.kind, "Deployment");
     assert_eq!(spec.scale_target_ref.name, SERVICE);
     // One replica at the minimum: no PodDisruptionBudget (it would block node drains).
-    assert!(cluster.api::<PodDisruptionBudget>().get_opt(SERVICE).await.unwrap().is_none());
+    assert!(cluster
+        .api::<PodDisruptionBudget>()
+        .get_opt(SERVICE)
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
@@ -162,28 +254,55 @@ async fn hpa_owns_scaling_within_the_spec_bounds() {
 async fn deleting_an_nluservice_removes_its_children() {
     let cluster = cluster().await;
     let name = "doomed";
-    cluster.apply(&uninlu_service(name, "doomed.nlu-e2e.test", "doomed-tls")).await.unwrap();
-    wait_for("the children of NluService doomed", Duration::from_secs(120), || async {
-        let present = cluster.api::<Deployment>().get_opt(name).await?.is_some()
-            && cluster.api::<Service>().get_opt(name).await?.is_some()
-            && cluster.api::<Ingress>().get_opt(name).await?.is_some()
-            && cluster.api::<HorizontalPodAutoscaler>().get_opt(name).await?.is_some()
-            && cluster.api::<NetworkPolicy>().get_opt(name).await?.is_some();
-        Ok(present.then_some(()))
-    })
+    cluster
+        .apply(&uninlu_service(name, "doomed.nlu-e2e.test", "doomed-tls"))
+        .await
+        .unwrap();
+    wait_for(
+        "the children of NluService doomed",
+        Duration::from_secs(120),
+        || async {
+            let present = cluster.api::<Deployment>().get_opt(name).await?.is_some()
+                && cluster.api::<Service>().get_opt(name).await?.is_some()
+                && cluster.api::<Ingress>().get_opt(name).await?.is_some()
+                && cluster
+                    .api::<HorizontalPodAutoscaler>()
+                    .get_opt(name)
+                    .await?
+                    .is_some()
+                && cluster
+                    .api::<NetworkPolicy>()
+                    .get_opt(name)
+                    .await?
+                    .is_some();
+            Ok(present.then_some(()))
+        },
+    )
     .await
     .unwrap();
 
     cluster.delete::<NluService>(name).await.unwrap();
-    wait_for("every child of NluService doomed deleted", Duration::from_secs(120), || async {
-        let gone = cluster.api::<NluService>().get_opt(name).await?.is_none()
-            && cluster.api::<Deployment>().get_opt(name).await?.is_none()
-            && cluster.api::<Service>().get_opt(name).await?.is_none()
-            && cluster.api::<Ingress>().get_opt(name).await?.is_none()
-            && cluster.api::<HorizontalPodAutoscaler>().get_opt(name).await?.is_none()
-            && cluster.api::<NetworkPolicy>().get_opt(name).await?.is_none();
-        Ok(gone.then_some(()))
-    })
+    wait_for(
+        "every child of NluService doomed deleted",
+        Duration::from_secs(120),
+        || async {
+            let gone = cluster.api::<NluService>().get_opt(name).await?.is_none()
+                && cluster.api::<Deployment>().get_opt(name).await?.is_none()
+                && cluster.api::<Service>().get_opt(name).await?.is_none()
+                && cluster.api::<Ingress>().get_opt(name).await?.is_none()
+                && cluster
+                    .api::<HorizontalPodAutoscaler>()
+                    .get_opt(name)
+                    .await?
+                    .is_none()
+                && cluster
+                    .api::<NetworkPolicy>()
+                    .get_opt(name)
+                    .await?
+                    .is_none();
+            Ok(gone.then_some(()))
+        },
+    )
     .await
     .unwrap();
 }
