@@ -171,8 +171,11 @@ impl Traversal {
 
     /// Takes the merged logits of the prompts the last [`Traversal::next_prompts`] returned.
     pub fn accept(&mut self, logits: &[Logits]) -> Result<(), PredictError> {
-        let asked = std::mem::take(&mut self.asked);
-        let expected: usize = asked.iter().map(|g| self.level(&g.level).nodes.len()).sum();
+        let expected: usize = self
+            .asked
+            .iter()
+            .map(|g| self.level(&g.level).nodes.len())
+            .sum();
         if logits.len() != expected {
             return Err(ModelError::Input(format!(
                 "expected logits for {expected} prompts, got {}",
@@ -180,6 +183,7 @@ impl Traversal {
             ))
             .into());
         }
+        let asked = std::mem::take(&mut self.asked);
         let text = CharText::new(&self.text);
         let mut logits = logits.iter();
         for group in asked {
@@ -317,5 +321,117 @@ mod tests {
         );
         assert_eq!(classification_labels("no labels here", &output), None);
         assert_eq!(classification_labels("a,b|text", &[]), Some(vec![]));
+    }
+}
+
+#[cfg(test)]
+mod traversal_tests {
+    use super::*;
+    use crate::model::files::TokenizerFiles;
+    use serde_json::json;
+
+    fn tokenizer() -> Tokenizer {
+        let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/fixtures/uninlu-tiny/model");
+        Tokenizer::load(&TokenizerFiles::Json(model.join("tokenizer.json"))).unwrap()
+    }
+
+    /// Logits over `[CLS] 甲 乙 丙 丁 [SEP]` with the given head and tail tokens.
+    fn logits(heads: &[usize], tails: &[usize]) -> Logits {
+        let mark = |on: &[usize]| {
+            (0..6)
+                .map(|i| if on.contains(&i) { 1.0 } else { -1.0 })
+                .collect()
+        };
+        Logits {
+            head: mark(heads),
+            tail: mark(tails),
+        }
+    }
+
+    fn item(kind: &str, span: &str, start: usize, end: usize) -> ChainItem {
+        ChainItem {
+            kind: kind.into(),
+            span: span.into(),
+            offset: [start, end],
+        }
+    }
+
+    #[test]
+    fn expands_found_spans_and_outputs_complete_chains_depth_first() {
+        let tok = tokenizer();
+        let schema =
+            Schema::parse(&json!({"A": {"x": null}, "B": null}), &Limits::default()).unwrap();
+        let mut t = Traversal::new(&tok, "甲乙丙丁", schema, &Limits::default()).unwrap();
+        assert_eq!(t.text_encoding().len(), 6);
+
+        let level1: Vec<String> = t
+            .next_prompts(&tok)
+            .unwrap()
+            .into_iter()
+            .map(|j| j.prompt)
+            .collect();
+        assert_eq!(level1, ["A: ", "B: "]);
+        // A finds 甲 and 丙丁, B finds 乙.
+        t.accept(&[logits(&[1, 3], &[1, 4]), logits(&[2], &[2])])
+            .unwrap();
+
+        let level2: Vec<String> = t
+            .next_prompts(&tok)
+            .unwrap()
+            .into_iter()
+            .map(|j| j.prompt)
+            .collect();
+        assert_eq!(level2, ["A: 甲, x: ", "A: 丙丁, x: "]);
+        assert!(
+            t.accept(&[logits(&[], &[])]).is_err(),
+            "one logits entry per prompt"
+        );
+        // A rejected accept leaves the traversal where it was.
+        // Nothing under 甲 (so its chain is dropped), 甲乙 under 丙丁.
+        t.accept(&[logits(&[], &[]), logits(&[1], &[2])]).unwrap();
+
+        assert!(t.next_prompts(&tok).unwrap().is_empty());
+        assert!(t.is_done());
+        let p = t.finish();
+        assert_eq!(p.prompts, 4);
+        assert_eq!(
+            p.output,
+            vec![
+                vec![item("A", "丙丁", 2, 4), item("x", "甲乙", 0, 2)],
+                vec![item("B", "乙", 1, 2)],
+            ]
+        );
+        assert_eq!(p.labels, None);
+    }
+
+    #[test]
+    fn prompt_budget_is_checked_as_the_traversal_expands() {
+        let tok = tokenizer();
+        let limits = Limits {
+            max_prompts: 3,
+            ..Limits::default()
+        };
+        let schema = Schema::parse(&json!({"A": {"x": null, "y": null}}), &limits).unwrap();
+        let mut t = Traversal::new(&tok, "甲乙丙丁", schema, &limits).unwrap();
+        assert_eq!(t.next_prompts(&tok).unwrap().len(), 1);
+        // One span: 1 + 2 prompts fit the budget of 3.
+        t.accept(&[logits(&[1], &[1])]).unwrap();
+        assert_eq!(t.next_prompts(&tok).unwrap().len(), 2);
+
+        let mut t = Traversal::new(
+            &tok,
+            "甲乙丙丁",
+            Schema::parse(&json!({"A": {"x": null, "y": null}}), &limits).unwrap(),
+            &limits,
+        )
+        .unwrap();
+        t.next_prompts(&tok).unwrap();
+        // Two spans: 1 + 4 prompts exceed it.
+        t.accept(&[logits(&[1, 2], &[2])]).unwrap();
+        assert!(matches!(
+            t.next_prompts(&tok),
+            Err(PredictError::TooManyPrompts { limit: 3 })
+        ));
     }
 }
