@@ -301,6 +301,15 @@ fn tag_tenant(response: &mut Response, tenant: Option<(String, String)>) {
     }
 }
 
+/// Reads what the client is sending (bounded in size and time) before a refusal goes out. Over
+/// HTTP/2 an answer that leaves the request body unread ends with RST_STREAM(NO_ERROR), which is
+/// legal but makes some clients (curl 7.x, older browsers) report a failed request instead of the
+/// 401/403/429.
+async fn drain(body: axum::body::Body) {
+    const LIMIT: usize = 64 * 1024; // HTTP/2's initial window: what a client sends unasked
+    let _ = tokio::time::timeout(Duration::from_millis(250), axum::body::to_bytes(body, LIMIT)).await;
+}
+
 /// The middleware (`from_fn_with_state`); see [`Auth::protect`].
 pub async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -317,6 +326,7 @@ pub async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next:
             response
         }
         Err(refusal) => {
+            drain(req.into_body()).await;
             let label = refusal.tenant.as_ref().map(|(_, l)| l.as_str()).unwrap_or_default();
             auth.metrics.decision(label, refusal.error.code);
             let mut response = refusal.error.into_response();
