@@ -4,4 +4,4 @@ pub mod queue;
 pub mod scheduler;
 
 pub use queue::BatchLimits;
-pub use scheduler::{run_all, BatchError, Batcher, Job, Settings, Worker};
+pub use scheduler::{Arrival, BatchError, Batcher, Job, Settings, Worker};

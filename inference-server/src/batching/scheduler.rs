@@ -55,6 +55,8 @@ struct Entry<I, O> {
 
 struct State<I, O> {
     waiting: Vec<Entry<I, O>>,
+    /// Requests that announced work they are still preparing (tokenizing, decoding).
+    arriving: usize,
     closed: bool,
 }
 
@@ -81,6 +83,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 waiting: Vec::new(),
+                arriving: 0,
                 closed: false,
             }),
             wake: Condvar::new(),
@@ -107,7 +110,12 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// Queues all `jobs` or none. With `admit`, a queue that cannot take them all refuses at
     /// once; follow-up work of an already admitted request (`admit == false`) is always taken,
     /// so a request never fails half-way for a reason it could not have been told up front.
-    pub fn submit(&self, group: u64, jobs: Vec<Job<I>>, admit: bool) -> Result<Vec<Reply<O>>, BatchError> {
+    pub fn submit(
+        &self,
+        group: u64,
+        jobs: Vec<Job<I>>,
+        admit: bool,
+    ) -> Result<Vec<Reply<O>>, BatchError> {
         let mut state = self.shared.state.lock().expect("queue lock");
         if state.closed {
             return Err(BatchError::ShuttingDown);
@@ -131,7 +139,10 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                 rx
             })
             .collect();
-        self.shared.metrics.queue_depth.set(state.waiting.len() as i64);
+        self.shared
+            .metrics
+            .queue_depth
+            .set(state.waiting.len() as i64);
         drop(state);
         self.shared.wake.notify_one();
         Ok(replies)
@@ -157,14 +168,45 @@ impl<I, O> Drop for Batcher<I, O> {
     }
 }
 
-/// Submits `jobs` and waits for all their outputs, in order.
-pub async fn run_all<I: Send + 'static, O: Send + 'static>(
-    batcher: &Batcher<I, O>,
-    group: u64,
-    jobs: Vec<Job<I>>,
-    admit: bool,
-) -> Result<Vec<O>, BatchError> {
-    let replies = batcher.submit(group, jobs, admit)?;
+/// Work a request is preparing and will submit shortly. While any is announced, queued
+/// sequences wait (up to `max_wait`) for it so they can share a batch; with none announced,
+/// waiting could not grow the batch, so it runs at once and a lone request pays no wait.
+pub struct Arrival<'a, I, O> {
+    batcher: &'a Batcher<I, O>,
+}
+
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+    pub fn announce(&self) -> Arrival<'_, I, O> {
+        self.shared.state.lock().expect("queue lock").arriving += 1;
+        Arrival { batcher: self }
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Arrival<'_, I, O> {
+    /// Submits `jobs` (see [`Batcher::submit`]), ends the announcement and waits for all the
+    /// outputs, in order.
+    pub async fn run_all(
+        self,
+        group: u64,
+        jobs: Vec<Job<I>>,
+        admit: bool,
+    ) -> Result<Vec<O>, BatchError> {
+        let replies = self.batcher.submit(group, jobs, admit);
+        drop(self);
+        wait_all(replies?).await
+    }
+}
+
+impl<I, O> Drop for Arrival<'_, I, O> {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.batcher.shared.state.lock() {
+            state.arriving -= 1;
+        }
+        self.batcher.shared.wake.notify_one();
+    }
+}
+
+async fn wait_all<O>(replies: Vec<Reply<O>>) -> Result<Vec<O>, BatchError> {
     let mut outputs = Vec::with_capacity(replies.len());
     for reply in replies {
         // A dropped sender means the model thread is gone: report it instead of hanging.
@@ -179,8 +221,8 @@ fn model_loop<W: Worker>(mut worker: W, shared: &Shared<W::Input, W::Output>) {
     }
 }
 
-/// Blocks until a batch is due: it is full, its oldest sequence waited `max_wait`, or the
-/// queue is closing. `None` once closed and drained.
+/// Blocks until a batch is due: it is full, its oldest sequence waited `max_wait`, no request
+/// is about to add to it, or the queue is closing. `None` once closed and drained.
 fn next_batch<I, O>(shared: &Shared<I, O>) -> Option<Vec<Entry<I, O>>> {
     let settings = &shared.settings;
     let mut state = shared.state.lock().expect("queue lock");
@@ -192,10 +234,16 @@ fn next_batch<I, O>(shared: &Shared<I, O>) -> Option<Vec<Entry<I, O>>> {
             state = shared.wake.wait(state).expect("queue lock");
             continue;
         }
-        let oldest = state.waiting.iter().map(|e| e.enqueued).min().expect("non-empty");
+        let oldest = state
+            .waiting
+            .iter()
+            .map(|e| e.enqueued)
+            .min()
+            .expect("non-empty");
         let deadline = oldest + settings.max_wait;
         let now = Instant::now();
-        if state.closed || now >= deadline || is_full(&state.waiting, settings.limits) {
+        let due = state.closed || state.arriving == 0 || now >= deadline;
+        if due || is_full(&state.waiting, settings.limits) {
             let waiting: Vec<Waiting> = state
                 .waiting
                 .iter()
@@ -209,13 +257,18 @@ fn next_batch<I, O>(shared: &Shared<I, O>) -> Option<Vec<Entry<I, O>>> {
             shared.metrics.queue_depth.set(state.waiting.len() as i64);
             return Some(batch);
         }
-        state = shared.wake.wait_timeout(state, deadline - now).expect("queue lock").0;
+        state = shared
+            .wake
+            .wait_timeout(state, deadline - now)
+            .expect("queue lock")
+            .0;
     }
 }
 
 fn is_full<I, O>(waiting: &[Entry<I, O>], limits: BatchLimits) -> bool {
     let longest = waiting.iter().map(|e| e.tokens).max().unwrap_or(0);
-    waiting.len() >= limits.max_sequences || padded_tokens(longest, waiting.len()) >= limits.max_tokens
+    waiting.len() >= limits.max_sequences
+        || padded_tokens(longest, waiting.len()) >= limits.max_tokens
 }
 
 /// Removes the entries at `sorted` (ascending) indices, keeping the others in order.
@@ -232,7 +285,9 @@ fn run_batch<W: Worker>(worker: &mut W, batch: Vec<Entry<W::Input, W::Output>>, 
     let started = Instant::now();
     let longest = batch.iter().map(|e| e.tokens).max().unwrap_or(0);
     metrics.batch_size.observe(batch.len() as f64);
-    metrics.batch_tokens.observe(padded_tokens(longest, batch.len()) as f64);
+    metrics
+        .batch_tokens
+        .observe(padded_tokens(longest, batch.len()) as f64);
     let mut inputs = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
     for entry in batch {
@@ -252,7 +307,9 @@ fn run_batch<W: Worker>(worker: &mut W, batch: Vec<Entry<W::Input, W::Output>>, 
         Ok(Err(e)) => Err(format!("{e:#}")),
         Err(panic) => Err(panic_message(panic.as_ref())),
     };
-    metrics.inference_seconds.observe(started.elapsed().as_secs_f64());
+    metrics
+        .inference_seconds
+        .observe(started.elapsed().as_secs_f64());
     match result {
         Ok(outputs) => {
             for (reply, output) in replies.into_iter().zip(outputs) {
@@ -297,7 +354,10 @@ mod tests {
         }
     }
 
-    fn batcher(max_queue: usize, max_wait_ms: u64) -> (Batcher<u32, u32>, Arc<Mutex<Vec<Vec<u32>>>>) {
+    fn batcher(
+        max_queue: usize,
+        max_wait_ms: u64,
+    ) -> (Batcher<u32, u32>, Arc<Mutex<Vec<Vec<u32>>>>) {
         let batches = Arc::new(Mutex::new(Vec::new()));
         let settings = Settings {
             limits: BatchLimits {
@@ -320,14 +380,23 @@ mod tests {
     }
 
     fn jobs(xs: &[u32]) -> Vec<Job<u32>> {
-        xs.iter().map(|&x| Job { input: x, tokens: 10 }).collect()
+        xs.iter()
+            .map(|&x| Job {
+                input: x,
+                tokens: 10,
+            })
+            .collect()
     }
 
     #[tokio::test]
     async fn answers_every_caller_in_order_and_batches() {
         let (b, batches) = batcher(100, 50);
         let g = b.new_group();
-        let out = run_all(&b, g, jobs(&[1, 2, 3, 4, 5]), true).await.unwrap();
+        let out = b
+            .announce()
+            .run_all(g, jobs(&[1, 2, 3, 4, 5]), true)
+            .await
+            .unwrap();
         assert_eq!(out, vec![2, 4, 6, 8, 10]);
         let sizes: Vec<usize> = batches.lock().unwrap().iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![4, 1]);
@@ -336,12 +405,54 @@ mod tests {
     #[tokio::test]
     async fn panic_fails_only_its_batch() {
         let (b, _) = batcher(100, 0);
-        let err = run_all(&b, b.new_group(), jobs(&[13]), true).await.unwrap_err();
+        let err = b
+            .announce()
+            .run_all(b.new_group(), jobs(&[13]), true)
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, BatchError::Failed(ref m) if m.contains("unlucky input")),
             "{err:?}"
         );
-        assert_eq!(run_all(&b, b.new_group(), jobs(&[7]), true).await.unwrap(), vec![14]);
+        assert_eq!(
+            b.announce()
+                .run_all(b.new_group(), jobs(&[7]), true)
+                .await
+                .unwrap(),
+            vec![14]
+        );
+    }
+
+    #[tokio::test]
+    async fn lone_request_does_not_wait_but_announced_work_is_awaited() {
+        let (b, batches) = batcher(100, 10_000);
+        let started = Instant::now();
+        assert_eq!(
+            b.announce()
+                .run_all(b.new_group(), jobs(&[1]), true)
+                .await
+                .unwrap(),
+            vec![2]
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no max_wait for a lone request"
+        );
+
+        // A second request announced before the first submits: they share one batch.
+        let b = Arc::new(b);
+        let second = b.announce();
+        let first = {
+            let b = b.clone();
+            tokio::spawn(async move { b.announce().run_all(b.new_group(), jobs(&[3]), true).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let out = second
+            .run_all(b.new_group(), jobs(&[4]), true)
+            .await
+            .unwrap();
+        assert_eq!((first.await.unwrap().unwrap(), out), (vec![6], vec![8]));
+        assert_eq!(batches.lock().unwrap().last().unwrap(), &vec![3, 4]);
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::batching::{run_all, Batcher, Job, Settings, Worker};
+use crate::batching::{Batcher, Job, Settings, Worker};
 use crate::http::ApiError;
 use crate::metrics::Metrics;
 use crate::model::Embedder;
@@ -80,6 +80,7 @@ impl EmbeddingEngine {
 
     pub async fn embed(&self, req: EmbedRequest) -> Result<Embedded, ApiError> {
         check_inputs(&req.texts, self.limits.max_batch_inputs)?;
+        let arrival = self.batcher.announce();
         let started = Instant::now();
         let embedder = self.embedder.clone();
         let max_len = self.limits.max_input_length;
@@ -98,7 +99,9 @@ impl EmbeddingEngine {
         .await
         .map_err(|e| ApiError::internal(format!("tokenizer task failed: {e}")))?
         .map_err(|e| ApiError::bad_request("invalid_input", e.to_string()))?;
-        self.metrics.tokenize_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .tokenize_seconds
+            .observe(started.elapsed().as_secs_f64());
         check_lengths(&encoded, max_len)?;
 
         let tokens = encoded.iter().map(Vec::len).sum();
@@ -109,7 +112,9 @@ impl EmbeddingEngine {
                 input: ids,
             })
             .collect();
-        let mut vectors = run_all(&self.batcher, self.batcher.new_group(), jobs, true).await?;
+        let mut vectors = arrival
+            .run_all(self.batcher.new_group(), jobs, true)
+            .await?;
         if req.normalize {
             vectors.iter_mut().for_each(|v| l2_normalize(v));
         }
@@ -120,7 +125,10 @@ impl EmbeddingEngine {
 /// Pure: the request-level checks that need no tokenizer.
 pub fn check_inputs(texts: &[String], max_inputs: usize) -> Result<(), ApiError> {
     if texts.is_empty() {
-        return Err(ApiError::bad_request("empty_input", "the input list is empty"));
+        return Err(ApiError::bad_request(
+            "empty_input",
+            "the input list is empty",
+        ));
     }
     if texts.len() > max_inputs {
         return Err(ApiError::too_large(format!(
@@ -129,7 +137,10 @@ pub fn check_inputs(texts: &[String], max_inputs: usize) -> Result<(), ApiError>
         )));
     }
     if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
-        return Err(ApiError::bad_request("empty_input", format!("input {i} is empty")));
+        return Err(ApiError::bad_request(
+            "empty_input",
+            format!("input {i} is empty"),
+        ));
     }
     Ok(())
 }
@@ -159,7 +170,10 @@ mod tests {
     fn input_checks_name_the_problem() {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         assert_eq!(check_inputs(&[], 4).unwrap_err().code, "empty_input");
-        assert!(check_inputs(&s(&["a", ""]), 4).unwrap_err().message.contains("input 1"));
+        assert!(check_inputs(&s(&["a", ""]), 4)
+            .unwrap_err()
+            .message
+            .contains("input 1"));
         let e = check_inputs(&s(&["a"; 5]), 4).unwrap_err();
         assert_eq!(e.status, axum::http::StatusCode::PAYLOAD_TOO_LARGE);
         assert!(e.message.contains("--max-batch-inputs"));

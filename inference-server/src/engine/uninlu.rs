@@ -7,7 +7,7 @@ use std::time::Instant;
 use axum::http::StatusCode;
 use serde_json::Value;
 
-use crate::batching::{run_all, Batcher, Job, Settings, Worker};
+use crate::batching::{Batcher, Job, Settings, Worker};
 use crate::http::ApiError;
 use crate::metrics::Metrics;
 use crate::model::{Logits, TextStates, UniNluModel};
@@ -19,7 +19,10 @@ pub enum UniJob {
     /// Lower layers over one text's windows (once per request).
     Encode(Vec<TextWindow>),
     /// One prompt against a text's lower-layer states.
-    Score { text: Arc<TextStates>, prompt: Vec<u32> },
+    Score {
+        text: Arc<TextStates>,
+        prompt: Vec<u32>,
+    },
 }
 
 pub enum UniOut {
@@ -40,11 +43,15 @@ impl Worker for UniWorker {
         let mut texts: Vec<(Arc<TextStates>, Vec<(usize, Vec<u32>)>)> = Vec::new();
         for (i, job) in batch.into_iter().enumerate() {
             match job {
-                UniJob::Encode(windows) => outputs[i] = Some(UniOut::States(Arc::new(self.0.encode_text(&windows)?))),
-                UniJob::Score { text, prompt } => match texts.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &text)) {
-                    Some((_, prompts)) => prompts.push((i, prompt)),
-                    None => texts.push((text, vec![(i, prompt)])),
-                },
+                UniJob::Encode(windows) => {
+                    outputs[i] = Some(UniOut::States(Arc::new(self.0.encode_text(&windows)?)))
+                }
+                UniJob::Score { text, prompt } => {
+                    match texts.iter_mut().find(|(t, _)| Arc::ptr_eq(t, &text)) {
+                        Some((_, prompts)) => prompts.push((i, prompt)),
+                        None => texts.push((text, vec![(i, prompt)])),
+                    }
+                }
             }
         }
         let prompt_ids: Vec<Vec<Vec<u32>>> = texts
@@ -94,7 +101,12 @@ struct Step {
 }
 
 impl UniNluEngine {
-    pub fn start(model: UniNluModel, settings: Settings, limits: Limits, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        model: UniNluModel,
+        settings: Settings,
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let model = Arc::new(model);
         let batcher = Batcher::start(UniWorker(model.clone()), settings, metrics.clone());
         UniNluEngine {
@@ -115,6 +127,7 @@ impl UniNluEngine {
 
     pub async fn predict(&self, text: String, schema: Value) -> Result<Prediction, ApiError> {
         let group = self.batcher.new_group();
+        let arrival = self.batcher.announce();
         let started = Instant::now();
         let (model, limits) = (self.model.clone(), self.limits.clone());
         let traversal = blocking(move || {
@@ -122,24 +135,29 @@ impl UniNluEngine {
             Traversal::new(model.tokenizer(), &text, schema, &limits)
         })
         .await?;
-        self.metrics.tokenize_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .tokenize_seconds
+            .observe(started.elapsed().as_secs_f64());
 
         let windows = traversal.text_windows().to_vec();
         let tokens = windows.len() * windows.first().map_or(0, |w| w.ids.len());
-        let encoded = run_all(
-            &self.batcher,
-            group,
-            vec![Job {
-                input: UniJob::Encode(windows),
-                tokens,
-            }],
-            true,
-        )
-        .await?;
+        let encoded = arrival
+            .run_all(
+                group,
+                vec![Job {
+                    input: UniJob::Encode(windows),
+                    tokens,
+                }],
+                true,
+            )
+            .await?;
         let Some(UniOut::States(states)) = encoded.into_iter().next() else {
-            return Err(ApiError::internal("the model thread answered an encoding with logits"));
+            return Err(ApiError::internal(
+                "the model thread answered an encoding with logits",
+            ));
         };
 
+        let mut arrival = self.batcher.announce();
         let mut step = self.step(traversal, None).await?;
         while !step.jobs.is_empty() {
             let jobs = step
@@ -153,24 +171,35 @@ impl UniNluEngine {
                     tokens,
                 })
                 .collect();
-            let logits = run_all(&self.batcher, group, jobs, false)
+            let logits = arrival
+                .run_all(group, jobs, false)
                 .await?
                 .into_iter()
                 .map(|out| match out {
                     UniOut::Logits(l) => Ok(l),
-                    UniOut::States(_) => Err(ApiError::internal("the model thread answered a prompt with states")),
+                    UniOut::States(_) => Err(ApiError::internal(
+                        "the model thread answered a prompt with states",
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            arrival = self.batcher.announce();
             step = self.step(step.traversal, Some(logits)).await?;
         }
+        drop(arrival);
         let prediction = step.traversal.finish();
-        self.metrics.uninlu_prompts.observe(prediction.prompts as f64);
+        self.metrics
+            .uninlu_prompts
+            .observe(prediction.prompts as f64);
         Ok(prediction)
     }
 
     /// Feeds the last level's logits (decoding) and builds the next level's prompts
     /// (tokenizing), off the async runtime.
-    async fn step(&self, mut traversal: Traversal, logits: Option<Vec<Logits>>) -> Result<Step, ApiError> {
+    async fn step(
+        &self,
+        mut traversal: Traversal,
+        logits: Option<Vec<Logits>>,
+    ) -> Result<Step, ApiError> {
         let model = self.model.clone();
         blocking(move || {
             if let Some(logits) = logits {

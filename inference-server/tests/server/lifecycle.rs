@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::harness::{error_code, gte_tiny, TestServer};
+use super::harness::{error_code, gte_tiny, minilm, TestServer};
 
 /// A hub that accepts connections and never answers: the model stays "loading".
 async fn silent_hub() -> (String, tokio::task::JoinHandle<()>) {
@@ -77,61 +77,43 @@ async fn missing_model_fails_start_with_a_clear_error() {
     assert!(message.contains("/nonexistent/model"), "{message}");
 }
 
+/// A long request of MiniLM inputs, which the model thread works through one by one.
+fn long_inputs(n: usize) -> Value {
+    json!({ "inputs": vec!["word ".repeat(300); n], "truncate": true })
+}
+
+/// Slow work in the queue (MiniLM, one 256-token sequence per batch): a request that does not
+/// fit is refused at once with Retry-After, the admitted one is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_answers_503_at_once() {
-    // Sequences wait up to 800 ms for company, so the first request sits in the queue.
-    let server = std::sync::Arc::new(
-        TestServer::start(&[
-            "--model",
-            &gte_tiny(),
-            "--task",
-            "embedding",
-            "--max-queue",
-            "4",
-            "--max-wait-millis",
-            "800",
-            "--max-batch-requests",
-            "64",
-        ])
-        .await,
-    );
+    let model = minilm();
+    let args = ["--model", &model, "--task", "embedding", "--max-queue", "64", "--max-batch-requests", "1"];
+    let server = std::sync::Arc::new(TestServer::start(&args).await);
     // More inputs than the whole queue holds.
-    let r = server
-        .client
-        .post(server.url("/embed"))
-        .json(&json!({ "inputs": ["a", "b", "c", "d", "e"] }))
-        .send()
-        .await
-        .unwrap();
+    let r = server.client.post(server.url("/embed")).json(&json!({ "inputs": vec!["a"; 65] })).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
 
     let first = {
         let server = server.clone();
-        tokio::spawn(async move { server.post("/embed", &json!({ "inputs": ["一", "二", "三"] })).await })
+        tokio::spawn(async move { server.post("/embed", &long_inputs(64)).await })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for_queue(&server).await;
     let started = Instant::now();
-    let r = server
-        .client
-        .post(server.url("/embed"))
-        .json(&json!({ "inputs": ["四", "五"] }))
-        .send()
-        .await
-        .unwrap();
+    let r = server.client.post(server.url("/embed")).json(&long_inputs(32)).send().await.unwrap();
     assert_eq!(r.status(), 503);
-    assert!(
-        started.elapsed() < Duration::from_millis(300),
-        "refused at once, not after waiting"
-    );
+    assert!(started.elapsed() < Duration::from_millis(500), "refused at once, not after waiting");
     assert_eq!(r.headers()["retry-after"], "1");
     let body: Value = r.json().await.unwrap();
     assert_eq!(error_code(&body), "overloaded");
-    assert_eq!(first.await.unwrap().0, 200, "the admitted request is served");
+    let (status, vectors) = first.await.unwrap();
+    assert_eq!(status, 200, "the admitted request is served");
+    assert_eq!(vectors.as_array().unwrap().len(), 64);
 
     let (_, metrics) = server.get("/metrics").await;
     for name in [
         "nlu_requests_total{route=\"/embed\",status=\"503\",tenant=\"\"} 2",
+        "nlu_requests_total{route=\"/embed\",status=\"200\",tenant=\"\"} 1",
         "nlu_queue_rejections_total 2",
         "nlu_request_seconds_count{route=\"/embed\"}",
         "nlu_queue_seconds_bucket",
@@ -144,6 +126,20 @@ async fn full_queue_answers_503_at_once() {
         "nlu_model_load_seconds ",
     ] {
         assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
+    }
+}
+
+/// Waits until sequences are queued (per the queue-depth gauge).
+async fn wait_for_queue(server: &TestServer) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = server.get("/metrics").await;
+        let depth = metrics.lines().find_map(|l| l.strip_prefix("nlu_queue_depth ")).unwrap().trim().parse::<i64>().unwrap();
+        if depth > 8 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nothing was queued");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -164,38 +160,23 @@ async fn request_id_is_echoed_or_generated() {
 }
 
 /// Shutdown with work queued: the queued request is answered, then `serve` returns Ok.
+/// Shutdown with work queued: the queued request is answered, then `serve` returns Ok.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_queued_work() {
-    let mut server = TestServer::start(&[
-        "--model",
-        &gte_tiny(),
-        "--task",
-        "embedding",
-        "--max-wait-millis",
-        "500",
-        "--max-batch-requests",
-        "64",
-    ])
-    .await;
+    let model = minilm();
+    let mut server = TestServer::start(&["--model", &model, "--task", "embedding", "--max-batch-requests", "1"]).await;
     let client = server.client.clone();
     let url = server.url("/embed");
-    let queued = tokio::spawn(async move {
-        client
-            .post(url)
-            .json(&json!({ "inputs": ["排队", "等待"] }))
-            .send()
-            .await
-    });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    let queued = tokio::spawn(async move { client.post(url).json(&long_inputs(32)).send().await });
+    wait_for_queue(&server).await;
     server.begin_shutdown();
     let response = queued.await.unwrap().expect("the queued request is answered");
     assert_eq!(response.status(), 200);
     let vectors: Vec<Vec<f32>> = response.json().await.unwrap();
-    assert_eq!(vectors.len(), 2);
+    assert_eq!(vectors.len(), 32);
     server.stop().await.unwrap();
 }
 
-/// The real binary: JSON access logs (with request id, no request text), SIGTERM -> exit 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_logs_json_and_exits_cleanly_on_sigterm() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
