@@ -41,24 +41,20 @@ pub struct Cluster {
     https_port: u16,
 }
 
-static CLUSTER: OnceCell<Cluster> = OnceCell::const_new();
-
-/// The shared connection (the current kubeconfig context, as `e2e/run.sh` sets it).
-pub async fn cluster() -> &'static Cluster {
-    CLUSTER
-        .get_or_init(|| async {
-            // One crypto provider for kube's client and ours; an error means it is already set.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let client = Client::try_default()
-                .await
-                .expect("no Kubernetes cluster configured: run the suite through e2e/run.sh");
-            let https_port = std::env::var("NLU_E2E_HTTPS_PORT")
-                .ok()
-                .map(|p| p.parse().expect("NLU_E2E_HTTPS_PORT must be a port number"))
-                .unwrap_or(8443);
-            Cluster { client, https_port }
-        })
+/// A connection to the cluster of the current kubeconfig context (as `e2e/run.sh` sets it).
+/// One per test: every `#[tokio::test]` has its own runtime, and a client's background tasks
+/// die with the runtime that spawned them.
+pub async fn cluster() -> Cluster {
+    // One crypto provider for kube's client and ours; an error means it is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::try_default()
         .await
+        .expect("no Kubernetes cluster configured: run the suite through e2e/run.sh");
+    let https_port = std::env::var("NLU_E2E_HTTPS_PORT")
+        .ok()
+        .map(|p| p.parse().expect("NLU_E2E_HTTPS_PORT must be a port number"))
+        .unwrap_or(8443);
+    Cluster { client, https_port }
 }
 
 impl Cluster {
@@ -246,9 +242,9 @@ pub fn tenant(name: &str, services: &[&str], scopes: &[&str], requests_per_minut
 
 static SERVICE_READY: OnceCell<()> = OnceCell::const_new();
 
-/// Applies the shared UniNLU service once and waits until it reports Ready (model loaded, pods
-/// ready) and its certificate exists.
-pub async fn ready_service() -> anyhow::Result<&'static Cluster> {
+/// Applies the shared UniNLU service once per test run and waits until it reports Ready (model
+/// loaded, pods ready).
+pub async fn ready_service() -> anyhow::Result<Cluster> {
     let cluster = cluster().await;
     SERVICE_READY
         .get_or_try_init(|| async {
