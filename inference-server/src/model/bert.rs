@@ -211,8 +211,17 @@ impl Layer {
         let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
         let att = vb.pp("attention");
         let sa = att.pp("self");
+        let mut qkv = Linear::fused(&[sa.pp("query"), sa.pp("key"), sa.pp("value")], h, h)?;
+        // 1/sqrt(head_dim) folded into the query projection: saves a pass over the scores.
+        let scale = (1.0 / ((h / cfg.num_attention_heads) as f64).sqrt()) as f32;
+        let columns: Vec<f32> = (0..3 * h)
+            .map(|c| if c < h { scale } else { 1.0 })
+            .collect();
+        let columns = Tensor::from_vec(columns, 3 * h, &Device::Cpu)?;
+        qkv.w_t = qkv.w_t.broadcast_mul(&columns)?;
+        qkv.b = (&qkv.b * &columns)?;
         Ok(Self {
-            qkv: Linear::fused(&[sa.pp("query"), sa.pp("key"), sa.pp("value")], h, h)?,
+            qkv,
             attn_out: Linear::load(&att.pp("output.dense"), h, h)?,
             attn_norm: LayerNorm::load(&att.pp("output.LayerNorm"), h, eps)?,
             intermediate: Linear::load(&vb.pp("intermediate.dense"), h, i)?,
@@ -222,8 +231,9 @@ impl Layer {
         })
     }
 
-    /// `x`: `[batch, len, hidden]`; `mask`: additive, `[batch, 1, 1, len]` (see [`additive_mask`]).
-    pub fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// `x`: `[batch, len, hidden]`; `mask`: additive, `[batch, 1, 1, len]`, `None` when no key
+    /// is masked (see [`additive_mask`]).
+    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let (nh, dh) = (self.heads, h / self.heads);
         let x = x.reshape((b * t, h))?;
@@ -235,10 +245,10 @@ impl Layer {
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?;
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let scores = q
-            .matmul(&k.t()?)?
-            .affine(1.0 / (dh as f64).sqrt(), 0.0)?
-            .broadcast_add(mask)?;
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h))?;
         let x = self
@@ -253,7 +263,7 @@ impl Layer {
 }
 
 /// Runs `x` through `layers` in order.
-pub fn run_layers(layers: &[Layer], x: Tensor, mask: &Tensor) -> Result<Tensor> {
+pub fn run_layers(layers: &[Layer], x: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     layers
         .iter()
         .try_fold(x, |x, layer| layer.forward(&x, mask))
@@ -272,13 +282,20 @@ pub fn load_layers(vb: &VarBuilder, prefix: &str, cfg: &BertConfig) -> Result<Ve
 }
 
 /// 0/1 key mask `[batch, len]` (row-major) -> additive `[batch, 1, 1, len]`: 0 for kept keys, the
-/// most negative f32 for masked ones, as transformers does.
-pub fn additive_mask(mask: &[u32], batch: usize, len: usize) -> Result<Tensor> {
+/// most negative f32 for masked ones, as transformers does. `None` when nothing is masked.
+pub fn additive_mask(mask: &[u32], batch: usize, len: usize) -> Result<Option<Tensor>> {
+    if mask.iter().all(|&m| m != 0) {
+        return Ok(None);
+    }
     let values: Vec<f32> = mask
         .iter()
         .map(|&m| if m == 0 { f32::MIN } else { 0.0 })
         .collect();
-    Ok(Tensor::from_vec(values, (batch, 1, 1, len), &Device::Cpu)?)
+    Ok(Some(Tensor::from_vec(
+        values,
+        (batch, 1, 1, len),
+        &Device::Cpu,
+    )?))
 }
 
 /// A plain BERT encoder (embeddings + all layers), as used by sentence-embedding models.
@@ -322,6 +339,6 @@ impl Bert {
             .broadcast_as((batch, len))?;
         let types = Tensor::zeros((batch, len), DType::U32, &dev)?;
         let x = self.embeddings.forward(&ids, &positions, &types)?;
-        run_layers(&self.layers, x, &additive_mask(mask, batch, len)?)
+        run_layers(&self.layers, x, additive_mask(mask, batch, len)?.as_ref())
     }
 }

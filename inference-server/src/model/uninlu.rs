@@ -163,7 +163,7 @@ impl UniNluModel {
             &positions,
             &types,
         )?;
-        let states = run_layers(&self.lower, x, &additive_mask(&mask, n, len)?)?;
+        let states = run_layers(&self.lower, x, additive_mask(&mask, n, len)?.as_ref())?;
         let n_tokens = windows
             .iter()
             .map(|w| w.start + w.mask.iter().filter(|&&m| m != 0).count())
@@ -238,7 +238,11 @@ impl UniNluModel {
             &Tensor::from_vec(positions, (n_prompts, plen), &dev)?,
             &Tensor::ones((n_prompts, plen), DType::U32, &dev)?,
         )?;
-        let prompt_states = run_layers(&self.lower, x, &additive_mask(&pmask, n_prompts, plen)?)?;
+        let prompt_states = run_layers(
+            &self.lower,
+            x,
+            additive_mask(&pmask, n_prompts, plen)?.as_ref(),
+        )?;
 
         // All texts' windows, padded to the longest window.
         let mut window_states = Vec::with_capacity(jobs.len());
@@ -281,7 +285,7 @@ impl UniNluModel {
             1,
         )?;
         let total = tlen + plen;
-        let out = run_layers(&self.upper, x, &additive_mask(&mask, rows, total)?)?;
+        let out = run_layers(&self.upper, x, additive_mask(&mask, rows, total)?.as_ref())?;
         let hidden = out.dim(2)?;
         // Heads over every position (cheap: two outputs) instead of copying out the text part.
         let logits = self

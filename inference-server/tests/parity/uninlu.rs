@@ -22,6 +22,7 @@ fn check_all_cases(model: &UniNluModel, source: &str) {
     let cases = read_json(&fixtures().join("uninlu-tiny/expected.json"));
     let cases = cases.as_array().unwrap();
     assert!(cases.len() >= 13);
+    let mut max_diff = 0f64;
     for case in cases {
         let name = format!("{source}/{}", case["name"].as_str().unwrap());
         let text = case["text"].as_str().unwrap();
@@ -85,6 +86,7 @@ fn check_all_cases(model: &UniNluModel, source: &str) {
                     let want = f64s(want);
                     assert_eq!(got.len(), want.len(), "{name}: {what} length");
                     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        max_diff = max_diff.max((f64::from(*g) - w).abs());
                         assert!(
                             (f64::from(*g) - w).abs() <= TOLERANCE,
                             "{name}: {what}[{i}] of {:?}: got {g}, want {w}",
@@ -111,6 +113,7 @@ fn check_all_cases(model: &UniNluModel, source: &str) {
         let direct = predict(model, text, &case["schema"], &limits).unwrap();
         assert_eq!(direct, prediction, "{name}: predict()");
     }
+    eprintln!("{source}: largest logit difference from the reference: {max_diff:.2e}");
 }
 
 #[test]
