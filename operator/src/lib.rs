@@ -7,4 +7,5 @@ pub mod config;
 pub mod context;
 pub mod leader;
 pub mod metrics;
+pub mod nlu_service;
 

@@ -12,6 +12,7 @@ use nlu_operator::config::{LogFormat, RunArgs};
 use nlu_operator::context::Context;
 use nlu_operator::leader::{self, LeaseSettings};
 use nlu_operator::metrics::Metrics;
+use nlu_operator::nlu_service;
 
 #[derive(Parser)]
 #[command(name = "nlu-operator", version, about = "Kubernetes operator for NluService and Tenant resources")]
@@ -85,8 +86,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Every controller of the operator, until `stop` is cancelled; each drains its running
 /// reconciles before returning.
 async fn run_controllers(ctx: Arc<Context>, stop: CancellationToken) {
-    // Controllers go here, one line each, e.g. `nlu_service::controller::run(ctx.clone(), stop.clone())`.
-    let _ = (ctx, stop.cancelled().await);
+    tokio::join!(
+        nlu_service::controller::run(ctx.clone(), stop.clone()),
+        // Tenant controller: add `tenant::...::run(ctx.clone(), stop.clone()),` here.
+    );
 }
 
 /// Cancels `shutdown` on SIGTERM or Ctrl-C.

@@ -1,0 +1,275 @@
+//! The Deployment of nlu-server pods: arguments from the spec, model volume (download init
+//! container or read-only PVC), probes, drain on stop, and locked-down pod security.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
+use nlu_crds::nlu_service::{AuthMode, FailurePolicy, ModelSource, NluServiceSpec, Pooling, RedisRef};
+use nlu_crds::NluService;
+use serde_json::{json, Value};
+
+use super::labels::{child_meta, labels, selector};
+use super::typed;
+use crate::config::OperatorConfig;
+use crate::nlu_service::validate::relative_model_path;
+use crate::tenant::jwks_publish::{JWKS_CONFIGMAP, JWKS_KEY};
+
+/// Container port of the server (HTTP API, probes and /metrics).
+pub const HTTP_PORT: i32 = 8080;
+/// Where the model volume is mounted.
+pub const MODEL_MOUNT: &str = "/models";
+/// Where the JWK Set ConfigMap is mounted.
+pub const JWKS_MOUNT: &str = "/etc/nlu/jwks";
+/// Seconds the pod keeps serving after it was taken out of the endpoints, before SIGTERM, so
+/// load balancers stop routing to it first; the server then drains in-flight requests.
+pub const DRAIN_SECONDS: i64 = 5;
+/// Seconds a pod may take to load and warm its model before the startup probe gives up
+/// (large models on cold nodes): 10 s x 60.
+const STARTUP_PROBE_PERIOD: i32 = 10;
+const STARTUP_PROBE_FAILURES: i32 = 60;
+/// Non-root user of the server image (distroless `nonroot`).
+const RUN_AS_USER: i64 = 65532;
+
+/// The Deployment of `svc`.
+pub fn deployment(svc: &NluService, cfg: &OperatorConfig) -> Deployment {
+    let spec = &svc.spec;
+    let image = spec.image.clone().unwrap_or_else(|| cfg.image.clone());
+    let download = download_args(&spec.model.source);
+    let init_containers: Vec<Value> = download
+        .iter()
+        .map(|args| {
+            json!({
+                "name": "download-model",
+                "image": image,
+                "args": args,
+                "securityContext": container_security(),
+                "volumeMounts": [
+                    {"name": "model", "mountPath": MODEL_MOUNT},
+                    {"name": "tmp", "mountPath": "/tmp"},
+                ],
+            })
+        })
+        .collect();
+
+    let mut mounts = vec![
+        json!({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": true}),
+        json!({"name": "tmp", "mountPath": "/tmp"}),
+    ];
+    let model_volume = match &spec.model.source.pvc {
+        Some(pvc) => json!({"name": "model", "persistentVolumeClaim": {"claimName": pvc.claim_name, "readOnly": true}}),
+        None => json!({"name": "model", "emptyDir": {}}),
+    };
+    let mut volumes = vec![model_volume, json!({"name": "tmp", "emptyDir": {}})];
+    let jwt = auth_mode(spec) == AuthMode::Jwt;
+    if jwt {
+        mounts.push(json!({"name": "jwks", "mountPath": JWKS_MOUNT, "readOnly": true}));
+        volumes.push(json!({"name": "jwks", "configMap": {"name": JWKS_CONFIGMAP}}));
+    }
+
+    let probe = |path: &str, period: i32, failures: i32| {
+        json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 2})
+    };
+    let container = json!({
+        "name": "server",
+        "image": image,
+        "args": serve_args(svc, cfg),
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "env": redis_env(spec, cfg),
+        "resources": spec.resources.clone().map(|r| serde_json::to_value(r).expect("ResourceRequirements serializes")).unwrap_or_else(default_resources),
+        "startupProbe": probe("/healthz", STARTUP_PROBE_PERIOD, STARTUP_PROBE_FAILURES),
+        "livenessProbe": probe("/healthz", 10, 3),
+        "readinessProbe": probe("/readyz", 5, 2),
+        "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
+        "securityContext": container_security(),
+        "volumeMounts": mounts,
+    });
+
+    let mut deployment_spec = json!({
+        "selector": {"matchLabels": selector(svc)},
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": {
+            "metadata": {"labels": labels(svc)},
+            "spec": {
+                "automountServiceAccountToken": false,
+                "enableServiceLinks": false,
+                "terminationGracePeriodSeconds": 30 + DRAIN_SECONDS,
+                "securityContext": {
+                    "runAsNonRoot": true,
+                    "runAsUser": RUN_AS_USER,
+                    "runAsGroup": RUN_AS_USER,
+                    "fsGroup": RUN_AS_USER,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "initContainers": init_containers,
+                "containers": [container],
+                "volumes": volumes,
+                "nodeSelector": spec.node_selector,
+                "tolerations": spec.tolerations,
+            },
+        },
+    });
+    // With autoscaling the HPA owns the replica count: leaving it out hands the field over.
+    if spec.autoscaling.is_none() {
+        deployment_spec["replicas"] = json!(spec.replicas.unwrap_or(1));
+    }
+    strip_nulls(&mut deployment_spec);
+    Deployment { metadata: child_meta(svc), spec: Some(typed(deployment_spec)), status: None }
+}
+
+/// Requests when the spec gives none: enough for a base-size BERT, and a CPU request so the
+/// HPA's utilisation target has something to divide by.
+fn default_resources() -> Value {
+    json!({"requests": {"cpu": "1", "memory": "1Gi"}})
+}
+
+fn container_security() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "runAsNonRoot": true,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+/// The effective auth mode (default `jwt`).
+pub fn auth_mode(spec: &NluServiceSpec) -> AuthMode {
+    spec.auth.as_ref().and_then(|a| a.mode).unwrap_or_default()
+}
+
+/// Where the server finds the model inside the pod.
+pub fn model_dir(source: &ModelSource) -> String {
+    if let Some(pvc) = &source.pvc {
+        // Validation rejected escaping paths before any build; an invalid one maps to the root.
+        let rel = relative_model_path(pvc.path.as_deref().unwrap_or("")).unwrap_or_default();
+        return if rel.is_empty() { MODEL_MOUNT.to_owned() } else { format!("{MODEL_MOUNT}/{rel}") };
+    }
+    if let Some(hub) = &source.hugging_face {
+        // nlu-server download's cache layout: {cache}/{owner}--{name}/{revision}.
+        let revision = hub.revision.as_deref().unwrap_or("main");
+        return format!("{MODEL_MOUNT}/{}/{revision}", hub.repo.replace('/', "--"));
+    }
+    if let Some(ms) = &source.model_scope {
+        let revision = ms.revision.as_deref().unwrap_or("master");
+        return format!("{MODEL_MOUNT}/modelscope/{}/{revision}", ms.id.replace('/', "--"));
+    }
+    format!("{MODEL_MOUNT}/url")
+}
+
+/// Arguments of the init container that fetches the model, or `None` for a PVC.
+pub fn download_args(source: &ModelSource) -> Option<Vec<String>> {
+    let mut args: Vec<String> = vec!["download".into()];
+    if let Some(hub) = &source.hugging_face {
+        args.extend(["--model".into(), hub.repo.clone(), "--cache-dir".into(), MODEL_MOUNT.into()]);
+        args.extend(hub.revision.iter().flat_map(|r| ["--revision".into(), r.clone()]));
+    } else if let Some(ms) = &source.model_scope {
+        args.extend(["--modelscope".into(), ms.id.clone(), "--output-dir".into(), model_dir(source)]);
+        args.extend(ms.revision.iter().flat_map(|r| ["--revision".into(), r.clone()]));
+    } else if let Some(url) = &source.url {
+        args.extend(["--url".into(), url.clone(), "--output-dir".into(), model_dir(source)]);
+    } else {
+        return None;
+    }
+    Some(args)
+}
+
+/// `nlu-server serve` arguments from the spec.
+pub fn serve_args(svc: &NluService, cfg: &OperatorConfig) -> Vec<String> {
+    let spec = &svc.spec;
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        "--model".into(),
+        model_dir(&spec.model.source),
+        "--task".into(),
+        spec.model.task.as_str().into(),
+        "--listen".into(),
+        format!("0.0.0.0:{HTTP_PORT}"),
+        "--log-format".into(),
+        "json".into(),
+    ];
+    let mut flag = |name: &str, value: Option<String>| {
+        if let Some(value) = value {
+            args.push(format!("--{name}"));
+            args.push(value);
+        }
+    };
+    flag("max-input-length", spec.model.max_sequence_length.map(|n| n.to_string()));
+    flag(
+        "pooling",
+        spec.model.pooling.map(|p| match p {
+            Pooling::Cls => "cls".into(),
+            Pooling::Mean => "mean".into(),
+        }),
+    );
+    let batching = spec.batching.clone().unwrap_or_default();
+    flag("max-batch-tokens", batching.max_batch_tokens.map(|n| n.to_string()));
+    flag("max-batch-requests", batching.max_batch_requests.map(|n| n.to_string()));
+    flag("max-wait-millis", batching.max_wait_millis.map(|n| n.to_string()));
+    flag("max-queue", batching.max_queue.map(|n| n.to_string()));
+    match auth_mode(spec) {
+        AuthMode::None => flag("auth", Some("none".into())),
+        AuthMode::Jwt => {
+            let policy = spec.auth.as_ref().and_then(|a| a.failure_policy).unwrap_or_default();
+            flag("auth", Some("jwt".into()));
+            flag("jwks", Some(format!("{JWKS_MOUNT}/{JWKS_KEY}")));
+            flag("service-id", Some(format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any())));
+            flag("redis-prefix", Some(cfg.redis_prefix.clone()));
+            flag(
+                "redis-failure-policy",
+                Some(match policy {
+                    FailurePolicy::FailClosed => "fail-closed".into(),
+                    FailurePolicy::FailOpen => "fail-open".into(),
+                }),
+            );
+        }
+    }
+    if !playground_on(spec) {
+        args.push("--no-playground".into());
+    }
+    args
+}
+
+/// The playground defaults to on, except behind an Ingress (public exposure).
+pub fn playground_on(spec: &NluServiceSpec) -> bool {
+    spec.playground.unwrap_or(spec.ingress.is_none())
+}
+
+/// The Secret key holding the Redis URL: the spec's reference, else the operator's default
+/// Secret. `None` when auth is off or the URL is given inline.
+pub fn redis_secret(spec: &NluServiceSpec, cfg: &OperatorConfig) -> Option<(String, String)> {
+    if auth_mode(spec) != AuthMode::Jwt {
+        return None;
+    }
+    match spec.auth.as_ref().and_then(|a| a.redis.as_ref()) {
+        Some(RedisRef { url: Some(_), .. }) => None,
+        Some(RedisRef { secret_ref: Some(s), .. }) => {
+            Some((s.name.clone(), s.key.clone().unwrap_or_else(|| "url".into())))
+        }
+        _ => Some((cfg.default_redis_secret.clone(), "url".into())),
+    }
+}
+
+/// `NLU_REDIS_URL` for the server (read from the environment, so the URL and its password never
+/// appear in the pod's arguments).
+fn redis_env(spec: &NluServiceSpec, cfg: &OperatorConfig) -> Value {
+    if auth_mode(spec) != AuthMode::Jwt {
+        return json!([]);
+    }
+    if let Some(url) = spec.auth.as_ref().and_then(|a| a.redis.as_ref()).and_then(|r| r.url.as_ref()) {
+        return json!([{"name": "NLU_REDIS_URL", "value": url}]);
+    }
+    let (name, key) = redis_secret(spec, cfg).expect("jwt auth without an inline URL reads a Secret");
+    json!([{"name": "NLU_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}])
+}
+
+/// Drops `null` members (unset optional spec fields) and empty arrays, so the applied object
+/// claims no field it does not set.
+pub(super) fn strip_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !(v.is_null() || v.as_array().is_some_and(|a| a.is_empty())));
+            map.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}

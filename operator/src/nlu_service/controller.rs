@@ -1,0 +1,211 @@
+//! Reconcile: read the NluService -> check the spec -> build every child (pure) -> apply ->
+//! delete the children switched off -> compute status (pure) -> write status if it changed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::core::NamespaceResourceScope;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client, Resource, ResourceExt};
+use nlu_crds::conditions::{is_true, DEGRADED, READY};
+use nlu_crds::NluService;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use super::build::{self, deployment::redis_secret, labels::APP_NAME};
+use super::status::{self, Observed};
+use super::validate::{self, Problem};
+use crate::apply::{apply, apply_status, delete_owned};
+use crate::context::Context;
+
+/// The `controller` label of this controller's metrics.
+pub const CONTROLLER: &str = "nluservice";
+/// Re-check a healthy service this often even without events (drift repair).
+const RESYNC: Duration = Duration::from_secs(300);
+/// Re-check an invalid spec this often: a missing Secret may appear without touching the CR.
+const RECHECK_INVALID: Duration = Duration::from_secs(60);
+
+/// Why a reconcile failed; the variant name is the metrics `reason`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {kind} {name}: {source}")]
+    Read { kind: &'static str, name: String, source: kube::Error },
+    #[error("applying {kind}: {source}")]
+    Apply { kind: &'static str, source: kube::Error },
+    #[error("deleting {kind}: {source}")]
+    Delete { kind: &'static str, source: kube::Error },
+    #[error("writing status: {0}")]
+    Status(kube::Error),
+}
+
+impl Error {
+    /// Short, bounded label for the failures metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Read { .. } => "ReadFailed",
+            Error::Apply { .. } => "ApplyFailed",
+            Error::Delete { .. } => "DeleteFailed",
+            Error::Status(_) => "StatusFailed",
+        }
+    }
+}
+
+/// One reconcile of `svc`.
+pub async fn reconcile(svc: Arc<NluService>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_started(CONTROLLER);
+    let problem = match validate::check(&svc.spec) {
+        Ok(()) => check_redis_secret(&svc, &ctx).await?,
+        Err(problem) => Some(problem),
+    };
+    let (deployment, ingress) = match &problem {
+        Some(_) => (None, None),
+        None => apply_children(&svc, &ctx).await?,
+    };
+    let seen = Observed { problem: problem.as_ref(), deployment: deployment.as_ref(), ingress: ingress.as_ref() };
+    let new_status = status::compute(&svc, &seen, ctx.now_time());
+    let old_status = svc.status.clone().unwrap_or_default();
+    if new_status != old_status {
+        apply_status(&ctx.client, svc.as_ref(), &new_status).await.map_err(Error::Status)?;
+        publish_flips(&svc, &ctx, &old_status.conditions, &new_status.conditions).await;
+    }
+    ctx.backoff.reset(&backoff_key(&svc));
+    Ok(Action::requeue(if problem.is_some() { RECHECK_INVALID } else { RESYNC }))
+}
+
+/// Requeue with a growing delay and count the failure by reason.
+pub fn error_policy(svc: Arc<NluService>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(CONTROLLER, error.reason());
+    let delay = ctx.backoff.next_delay(&backoff_key(&svc));
+    tracing::warn!(namespace = svc.namespace().as_deref(), name = %svc.name_any(), %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn backoff_key(svc: &NluService) -> String {
+    format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any())
+}
+
+/// With auth on, the Secret holding the Redis URL must exist with its key: otherwise every pod
+/// would fail to start, so the service is Degraded instead.
+async fn check_redis_secret(svc: &NluService, ctx: &Context) -> Result<Option<Problem>, Error> {
+    let Some((name, key)) = redis_secret(&svc.spec, &ctx.config) else {
+        return Ok(None);
+    };
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
+    let secret = api
+        .get_opt(&name)
+        .await
+        .map_err(|source| Error::Read { kind: "Secret", name: name.clone(), source })?;
+    Ok(match secret {
+        None => Some(Problem::new(
+            "RedisSecretMissing",
+            format!("Secret {name:?} (the Redis URL for tenant auth) does not exist in this namespace"),
+        )),
+        Some(s) if !s.data.as_ref().is_some_and(|d| d.contains_key(&key)) && !s.string_data.as_ref().is_some_and(|d| d.contains_key(&key)) => {
+            Some(Problem::new("RedisSecretKeyMissing", format!("Secret {name:?} has no key {key:?} with the Redis URL")))
+        }
+        Some(_) => None,
+    })
+}
+
+/// Applies the wanted children, deletes the unwanted ones, and returns the Deployment and
+/// Ingress as the API server answered (with their status).
+async fn apply_children(svc: &NluService, ctx: &Context) -> Result<(Option<Deployment>, Option<Ingress>), Error> {
+    let want = build::children(svc, &ctx.config);
+    let client = &ctx.client;
+    let deployment = apply(client, &want.deployment).await.map_err(|source| Error::Apply { kind: "Deployment", source })?;
+    apply(client, &want.service).await.map_err(|source| Error::Apply { kind: "Service", source })?;
+    apply(client, &want.network_policy).await.map_err(|source| Error::Apply { kind: "NetworkPolicy", source })?;
+    let ingress = ensure(svc, ctx, want.ingress).await?;
+    ensure(svc, ctx, want.hpa).await?;
+    ensure(svc, ctx, want.pdb).await?;
+    Ok((Some(deployment), ingress))
+}
+
+/// Applies an optional child, or deletes it (if this NluService controls it) when it is `None`.
+async fn ensure<K>(svc: &NluService, ctx: &Context, want: Option<K>) -> Result<Option<K>, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + k8s_openapi::Resource
+        + serde::Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    let kind = <K as k8s_openapi::Resource>::KIND;
+    match want {
+        Some(obj) => apply(&ctx.client, &obj).await.map(Some).map_err(|source| Error::Apply { kind, source }),
+        None => {
+            let ns = svc.namespace().unwrap_or_default();
+            let uid = svc.uid().unwrap_or_default();
+            let deleted = delete_owned::<K>(&ctx.client, &ns, &svc.name_any(), &uid)
+                .await
+                .map_err(|source| Error::Delete { kind, source })?;
+            if deleted {
+                publish(svc, ctx, EventType::Normal, "Deleted", format!("Deleted {kind} {}: its feature is off", svc.name_any())).await;
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Events for the transitions people act on: Degraded on/off, Ready on/off.
+async fn publish_flips(svc: &NluService, ctx: &Context, old: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition], new: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) {
+    let reason_of = |t: &str| new.iter().find(|c| c.type_ == t).map(|c| (c.reason.clone(), c.message.clone())).unwrap_or_default();
+    if is_true(new, DEGRADED) && !is_true(old, DEGRADED) {
+        let (reason, message) = reason_of(DEGRADED);
+        publish(svc, ctx, EventType::Warning, &reason, message).await;
+    }
+    if is_true(new, READY) != is_true(old, READY) {
+        let (reason, message) = reason_of(READY);
+        let kind = if is_true(new, READY) { EventType::Normal } else { EventType::Warning };
+        publish(svc, ctx, kind, &reason, message).await;
+    }
+}
+
+/// Publishes an Event about `svc`; a failure to record it is logged, never fails the reconcile.
+async fn publish(svc: &NluService, ctx: &Context, type_: EventType, reason: &str, note: String) {
+    let event = Event { type_, reason: reason.to_owned(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    if let Err(error) = ctx.recorder.publish(&event, &svc.object_ref(&())).await {
+        tracing::warn!(%error, reason, "could not publish event");
+    }
+}
+
+/// Runs the controller until `stop` is cancelled, then lets running reconciles finish.
+pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    let client = ctx.client.clone();
+    let ns = ctx.config.namespace.clone();
+    // Only our children: the label keeps the watches (and the operator's memory) small.
+    let children = watcher::Config::default().labels(&format!("app.kubernetes.io/name={APP_NAME},app.kubernetes.io/managed-by={}", crate::context::OPERATOR_NAME));
+    Controller::new(scoped::<NluService>(&client, &ns), watcher::Config::default().any_semantic())
+        .owns(scoped::<Deployment>(&client, &ns), children.clone())
+        .owns(scoped::<Service>(&client, &ns), children.clone())
+        .owns(scoped::<NetworkPolicy>(&client, &ns), children.clone())
+        .owns(scoped::<Ingress>(&client, &ns), children.clone())
+        .owns(scoped::<HorizontalPodAutoscaler>(&client, &ns), children.clone())
+        .owns(scoped::<PodDisruptionBudget>(&client, &ns), children)
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
+                Err(error) => tracing::debug!(%error, "reconcile error"),
+            }
+        })
+        .await;
+}
+
+/// An Api over one namespace, or all namespaces when the operator watches everything.
+fn scoped<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}

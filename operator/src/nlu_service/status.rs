@@ -1,0 +1,116 @@
+//! Status from what the cluster reports: a pure function of the NluService, its applied
+//! Deployment and Ingress (as the API server answered), the spec problem if any, and the time.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use nlu_crds::conditions::{condition, set_condition, DEGRADED, INGRESS_READY, MODEL_LOADED, PROGRESSING, READY};
+use nlu_crds::{NluService, NluServiceStatus};
+
+use super::build::ingress::DEFAULT_PATH;
+use super::validate::Problem;
+
+/// What the controller saw in this reconcile.
+pub struct Observed<'a> {
+    /// Why the spec cannot be served; the children were left as they were.
+    pub problem: Option<&'a Problem>,
+    pub deployment: Option<&'a Deployment>,
+    pub ingress: Option<&'a Ingress>,
+}
+
+/// The status to write: the previous conditions updated (transition times kept where the status
+/// did not flip), counts from the Deployment, and the URL clients call.
+pub fn compute(svc: &NluService, seen: &Observed<'_>, now: Time) -> NluServiceStatus {
+    let old = svc.status.clone().unwrap_or_default();
+    let generation = svc.metadata.generation;
+    let mut conditions = old.conditions.clone();
+    let mut set = |type_: &str, ok: bool, reason: &str, message: String| {
+        set_condition(&mut conditions, condition(type_, ok, reason, message, generation, now.clone()));
+    };
+
+    let dep_status = seen.deployment.and_then(|d| d.status.clone()).unwrap_or_default();
+    let desired = seen.deployment.and_then(|d| d.spec.as_ref()?.replicas).unwrap_or(1);
+    let ready = dep_status.ready_replicas.unwrap_or(0);
+    let updated = dep_status.updated_replicas.unwrap_or(0);
+    let rollout_seen = seen
+        .deployment
+        .is_some_and(|d| dep_status.observed_generation >= d.metadata.generation);
+    let deadline_exceeded = dep_status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"));
+
+    match (seen.problem, deadline_exceeded) {
+        (Some(p), _) => set(DEGRADED, true, p.reason, p.message.clone()),
+        (None, Some(c)) => set(
+            DEGRADED,
+            true,
+            "ProgressDeadlineExceeded",
+            c.message.clone().unwrap_or_else(|| "the rollout stopped making progress".into()),
+        ),
+        (None, None) => set(DEGRADED, false, "AsExpected", "the spec is valid and the rollout progresses".into()),
+    }
+
+    if seen.problem.is_some() {
+        set(PROGRESSING, false, "SpecInvalid", "not rolling out an invalid spec".into());
+    } else if !rollout_seen || updated < desired || ready < desired {
+        set(PROGRESSING, true, "RollingOut", format!("{updated}/{desired} pods updated, {ready}/{desired} ready"));
+    } else {
+        set(PROGRESSING, false, "RolloutComplete", format!("{ready}/{desired} pods ready"));
+    }
+
+    if ready > 0 {
+        set(MODEL_LOADED, true, "PodReady", format!("{ready} pod(s) loaded and warmed up the model"));
+    } else {
+        set(MODEL_LOADED, false, "NoReadyPod", "no pod has loaded the model yet".into());
+    }
+
+    let degraded = seen.problem.is_some() || deadline_exceeded.is_some();
+    if degraded {
+        set(READY, false, "Degraded", "see the Degraded condition".into());
+    } else if desired > 0 && ready >= desired {
+        set(READY, true, "AllReplicasReady", format!("{ready}/{desired} pods ready"));
+    } else {
+        set(READY, false, "ReplicasNotReady", format!("{ready}/{desired} pods ready"));
+    }
+
+    if svc.spec.ingress.is_some() {
+        match seen.ingress.and_then(ingress_address) {
+            Some(addr) => set(INGRESS_READY, true, "AddressAssigned", format!("load balancer address {addr}")),
+            None => set(INGRESS_READY, false, "AwaitingAddress", "the ingress controller has not assigned an address yet".into()),
+        }
+    } else {
+        conditions.retain(|c| c.type_ != INGRESS_READY);
+    }
+
+    NluServiceStatus {
+        conditions,
+        observed_generation: generation,
+        replicas: seen.deployment.map(|_| dep_status.replicas.unwrap_or(0)).or(old.replicas),
+        ready_replicas: seen.deployment.map(|_| ready).or(old.ready_replicas),
+        url: Some(url(svc, seen.ingress)),
+    }
+}
+
+fn ingress_address(ingress: &Ingress) -> Option<String> {
+    let lb = ingress.status.as_ref()?.load_balancer.as_ref()?.ingress.as_ref()?.first()?;
+    lb.hostname.clone().or_else(|| lb.ip.clone())
+}
+
+/// The public URL when exposed (host, else the load balancer address), else the Service's
+/// in-cluster URL.
+pub fn url(svc: &NluService, ingress: Option<&Ingress>) -> String {
+    if let Some(spec) = &svc.spec.ingress {
+        let scheme = if spec.tls.is_some() { "https" } else { "http" };
+        let host = spec.host.clone().or_else(|| ingress.and_then(ingress_address));
+        if let Some(host) = host {
+            let path = spec.path.as_deref().unwrap_or(DEFAULT_PATH).trim_end_matches('/');
+            return format!("{scheme}://{host}{path}");
+        }
+    }
+    let ns = svc.namespace().unwrap_or_default();
+    // The Service's http port is 80, the scheme default.
+    format!("http://{}.{ns}.svc", svc.name_any())
+}
