@@ -8,4 +8,5 @@ pub mod context;
 pub mod leader;
 pub mod metrics;
 pub mod nlu_service;
+pub mod tenant;
 
