@@ -137,18 +137,7 @@ impl Cluster {
             },
         )
         .await?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
-            roots.add(cert.context("ca.crt is not PEM")?)?;
-        }
-        let config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        Ok(Https {
-            config: Arc::new(config),
-            host: host.to_string(),
-            port: self.https_port,
-        })
+        Https::new(&ca, host, self.https_port)
     }
 }
 
@@ -318,6 +307,25 @@ impl Answer {
 }
 
 impl Https {
+    /// A client for `host` on `127.0.0.1:port` that trusts only the PEM certificates in `ca_pem`.
+    pub fn new(ca_pem: &str, host: &str, port: u16) -> anyhow::Result<Https> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.context("the CA is not PEM")?)?;
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Https {
+            config: Arc::new(config),
+            host: host.to_string(),
+            port,
+        })
+    }
+
     /// POSTs JSON to `path` with an optional bearer token (one connection per request).
     pub async fn post(
         &self,
@@ -423,5 +431,100 @@ mod tests {
             "{request}"
         );
         assert!(expected.unwrap().is_array());
+    }
+
+    /// A TLS server on loopback with a certificate for `host` from a fresh CA; it answers one
+    /// request with 401 and echoes the Host and Authorization headers it got. Returns the CA PEM
+    /// and the port.
+    async fn one_shot_tls_server(host: &str) -> (String, u16) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        use rustls::pki_types::PrivateKeyDer;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![host.to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = tls.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let request = String::from_utf8_lossy(&request).to_lowercase();
+                let header = |name: &str| {
+                    request
+                        .lines()
+                        .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string))
+                        .unwrap_or_default()
+                };
+                let body = serde_json::json!({"error": {"code": "missing_token", "message": header("host")}, "auth": header("authorization")})
+                    .to_string();
+                let response = format!(
+                    "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\nwww-authenticate: Bearer\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                tls.write_all(response.as_bytes()).await.unwrap();
+                tls.shutdown().await.ok();
+            }
+        });
+        (ca.pem(), port)
+    }
+
+    #[tokio::test]
+    async fn https_client_verifies_the_ca_and_host_and_sends_the_token() {
+        let host = "svc.nlu-e2e.test";
+        let (ca, port) = one_shot_tls_server(host).await;
+        let body = serde_json::json!({"text": "x"});
+
+        let answer = Https::new(&ca, host, port)
+            .unwrap()
+            .post("/api/predict", Some("t0k"), &body)
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 401);
+        assert_eq!(answer.error_code(), Some("missing_token"));
+        assert_eq!(answer.body["error"]["message"], host, "Host header");
+        assert_eq!(answer.body["auth"], "bearer t0k");
+        assert_eq!(answer.headers["www-authenticate"], "Bearer");
+
+        // Another host name than the certificate's, or another CA: the handshake must fail.
+        let wrong_host = Https::new(&ca, "other.nlu-e2e.test", port)
+            .unwrap()
+            .post("/", None, &body)
+            .await;
+        assert!(wrong_host.is_err(), "{wrong_host:?}");
+        let (other_ca, _) = one_shot_tls_server(host).await;
+        let wrong_ca = Https::new(&other_ca, host, port)
+            .unwrap()
+            .post("/", None, &body)
+            .await;
+        assert!(wrong_ca.is_err(), "{wrong_ca:?}");
     }
 }
