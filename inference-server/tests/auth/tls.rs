@@ -68,10 +68,11 @@ struct Reply {
 
 impl Https {
     async fn post(&self, url: &str, token: &str) -> Result<Reply, String> {
-        let request = Request::post(url)
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .body(Full::new(Bytes::from_static(b"{}")))
-            .unwrap();
+        self.send(Request::post(url).header(header::AUTHORIZATION, format!("Bearer {token}")), "{}").await
+    }
+
+    async fn send(&self, request: axum::http::request::Builder, body: &'static str) -> Result<Reply, String> {
+        let request = request.body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap();
         let response = self.0.request(request).await.map_err(|e| format!("{e:?}"))?;
         let (status, version) = (response.status(), response.version());
         let remaining = response.headers().get("x-ratelimit-remaining").map(|v| v.to_str().unwrap().to_string());
@@ -115,4 +116,56 @@ async fn https_with_the_test_ca_plain_http_fails_and_certificate_swaps_are_picke
     })
     .await;
     assert!(first_ca.client().post(&url, &token).await.is_err(), "the old certificate is gone");
+}
+
+/// The real `serve` (model, batching, routes) with auth and TLS from its command line.
+#[tokio::test]
+async fn the_real_server_serves_tenants_over_https() {
+    let redis = shared_redis();
+    let keys = Keys::new();
+    let prefix = unique_prefix();
+    let tenant = "team-a/real";
+    put_record(&redis.url(), &prefix, tenant, &TenantRecord { requests_per_day: 10, ..open_record() }).await;
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test CA");
+    ca.issue_into(certs.path());
+    let model = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/gte-tiny/model");
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let argv = [
+        "nlu-server", "serve", "--model", &path(&model), "--task", "embedding",
+        "--tls-cert", &path(&certs.path().join("tls.crt")), "--tls-key", &path(&certs.path().join("tls.key")),
+        "--auth", "jwt", "--jwks", &path(&keys.jwks_path()), "--service-id", SERVICE,
+        "--redis-url", &redis.url(), "--redis-prefix", &prefix,
+    ]
+    .map(String::from);
+    let nlu_server::config::Command::Serve(args) = <nlu_server::config::Cli as clap::Parser>::try_parse_from(argv).unwrap().command else {
+        panic!("serve")
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("https://localhost:{}", listener.local_addr().unwrap().port());
+    tokio::spawn(nlu_server::server::serve(*args, listener, std::future::pending()));
+    let client = ca.client();
+    eventually(120, "the model is loaded and Redis reachable", || async {
+        client.send(Request::get(format!("{base}/readyz")), "").await.is_ok_and(|r| r.status == StatusCode::OK)
+    })
+    .await;
+
+    let token = keys.token(tenant);
+    let ok = client
+        .send(
+            Request::post(format!("{base}/v1/embeddings")).header(header::AUTHORIZATION, format!("Bearer {token}")),
+            r#"{"input": ["hello", "world"]}"#,
+        )
+        .await
+        .unwrap();
+    assert_eq!((ok.status, ok.remaining.as_deref()), (StatusCode::OK, Some("9")), "{}", ok.body);
+    let body: serde_json::Value = serde_json::from_str(&ok.body).unwrap();
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(2));
+
+    let anonymous = client.send(Request::post(format!("{base}/v1/embeddings")), r#"{"input": "hello"}"#).await.unwrap();
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    let probe = client.send(Request::get(format!("{base}/healthz")), "").await.unwrap();
+    assert_eq!(probe.status, StatusCode::OK, "probes need no token");
+    let metrics = client.send(Request::get(format!("{base}/metrics")), "").await.unwrap().body;
+    assert!(metrics.contains(r#"status="200",tenant="team-a/real""#), "{metrics}");
 }
