@@ -183,6 +183,17 @@ impl Traversal {
             ))
             .into());
         }
+        let n = self.encoding.len();
+        if let Some(l) = logits
+            .iter()
+            .find(|l| l.head.len() != n || l.tail.len() != n)
+        {
+            return Err(ModelError::Input(format!(
+                "logits cover {} tokens, the text has {n}",
+                l.head.len().min(l.tail.len())
+            ))
+            .into());
+        }
         let asked = std::mem::take(&mut self.asked);
         let text = CharText::new(&self.text);
         let mut logits = logits.iter();
