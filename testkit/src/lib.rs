@@ -1,0 +1,22 @@
+//! Harness of the real API server test tier (see `docs/testing.md`).
+//!
+//! - [`api_server`]: one real Kubernetes API server for custom resources per test process
+//!   (etcd + the upstream apiextensions-apiserver built by `../shared/tools/crd-apiserver`), with
+//!   the CRDs from `manifests/crds/` installed and Established. Stopped when the process ends.
+//! - [`ClusterProxy`]: what the controllers talk to. It forwards the `nlu.dev` resources and
+//!   discovery to that real server and serves the core kinds (which the real server cannot) from a
+//!   small in-memory stand-in; it records every request so tests can count writes.
+//! - [`RedisServer`]: a real `redis-server` on a free loopback port, killed on drop.
+//!
+//! When the API server tool is not built, [`api_server`] prints a visible `SKIP` line and returns
+//! `None`; with `NLU_REQUIRE_APISERVER=1` (CI) it panics instead, so the tier cannot pass unseen.
+
+mod apiserver;
+mod proxy;
+mod redis;
+mod skip;
+mod stand_in;
+
+pub use apiserver::{api_server, ApiServer};
+pub use proxy::{ClusterProxy, RecordedRequest};
+pub use redis::RedisServer;
