@@ -69,11 +69,18 @@ pub fn keygen(args: &KeygenArgs) -> anyhow::Result<(PathBuf, PathBuf)> {
     let key_path = args.out_dir.join(SIGNING_KEY_FILE);
     let jwks_path = args.out_dir.join(JWKS_FILE);
     for p in [&key_path, &jwks_path] {
-        anyhow::ensure!(!p.exists(), "{} already exists; not overwriting a key", p.display());
+        anyhow::ensure!(
+            !p.exists(),
+            "{} already exists; not overwriting a key",
+            p.display()
+        );
     }
     let key = SigningKey::generate();
     write_private(&key_path, key.to_pkcs8_pem().as_bytes())?;
-    std::fs::write(&jwks_path, serde_json::to_string_pretty(&jwk_set([&key.verifying_key()]))? + "\n")?;
+    std::fs::write(
+        &jwks_path,
+        serde_json::to_string_pretty(&jwk_set([&key.verifying_key()]))? + "\n",
+    )?;
     Ok((key_path, jwks_path))
 }
 
@@ -125,30 +132,92 @@ mod tests {
     fn keygen_then_token_verifies_against_the_written_jwks() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("keys");
-        let Cmd::Keygen(k) = Cli::parse_from(["x", "keygen", "--out-dir", out.to_str().unwrap()]).cmd else { panic!() };
+        let Cmd::Keygen(k) =
+            Cli::parse_from(["x", "keygen", "--out-dir", out.to_str().unwrap()]).cmd
+        else {
+            panic!()
+        };
         let (key_path, jwks_path) = keygen(&k).unwrap();
         assert!(keygen(&k).is_err(), "never overwrites a key");
         #[cfg(unix)]
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key_path).unwrap().permissions()) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(&key_path).unwrap().permissions()
+            ) & 0o777,
+            0o600
+        );
 
         let Cmd::Token(t) = Cli::parse_from([
-            "x", "token", "--signing-key", key_path.to_str().unwrap(), "--tenant", "ns/alice",
-            "--audience", "ns/gte", "--audience", "ns/uninlu", "--scope", "embed", "--ttl", "60", "--gen", "4",
+            "x",
+            "token",
+            "--signing-key",
+            key_path.to_str().unwrap(),
+            "--tenant",
+            "ns/alice",
+            "--audience",
+            "ns/gte",
+            "--audience",
+            "ns/uninlu",
+            "--scope",
+            "embed",
+            "--ttl",
+            "60",
+            "--gen",
+            "4",
         ])
-        .cmd else { panic!() };
+        .cmd
+        else {
+            panic!()
+        };
         let token = token(&t).unwrap();
         let keys = ed25519_keys(&std::fs::read(&jwks_path).unwrap()).unwrap();
-        let claims = Verifier::new(keys, DEFAULT_ISSUER, &"ns/uninlu".parse().unwrap(), 0).verify(&token).unwrap();
-        assert_eq!((claims.sub.as_str(), claims.gen, claims.scope.clone()), ("ns/alice", 4, vec![Scope::Embed]));
+        let claims = Verifier::new(keys, DEFAULT_ISSUER, &"ns/uninlu".parse().unwrap(), 0)
+            .verify(&token)
+            .unwrap();
+        assert_eq!(
+            (claims.sub.as_str(), claims.gen, claims.scope.clone()),
+            ("ns/alice", 4, vec![Scope::Embed])
+        );
         assert_eq!(claims.exp - claims.iat, 60);
     }
 
     #[test]
     fn bad_token_arguments_are_refused() {
         for args in [
-            vec!["x", "token", "--signing-key", "k", "--tenant", "alice", "--audience", "ns/s"],
-            vec!["x", "token", "--signing-key", "k", "--tenant", "ns/a", "--audience", "ns/s", "--scope", "admin"],
-            vec!["x", "token", "--signing-key", "k", "--tenant", "ns/a", "--audience", "ns/s", "--scope", ""],
+            vec![
+                "x",
+                "token",
+                "--signing-key",
+                "k",
+                "--tenant",
+                "alice",
+                "--audience",
+                "ns/s",
+            ],
+            vec![
+                "x",
+                "token",
+                "--signing-key",
+                "k",
+                "--tenant",
+                "ns/a",
+                "--audience",
+                "ns/s",
+                "--scope",
+                "admin",
+            ],
+            vec![
+                "x",
+                "token",
+                "--signing-key",
+                "k",
+                "--tenant",
+                "ns/a",
+                "--audience",
+                "ns/s",
+                "--scope",
+                "",
+            ],
             vec!["x", "token", "--signing-key", "k", "--tenant", "ns/a"],
         ] {
             assert!(Cli::try_parse_from(&args).is_err(), "{args:?}");

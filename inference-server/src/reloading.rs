@@ -47,7 +47,9 @@ impl<T: Send + Sync + 'static> Reloading<T> {
             let mut tick = tokio::time::interval(POLL_INTERVAL);
             loop {
                 tick.tick().await;
-                let Some(current) = weak.upgrade() else { return };
+                let Some(current) = weak.upgrade() else {
+                    return;
+                };
                 let now = fingerprint(&paths);
                 if now == seen {
                     continue;
@@ -59,7 +61,9 @@ impl<T: Send + Sync + 'static> Reloading<T> {
                         tracing::info!(what, "reloaded after its files changed");
                     }
                     // Half-written files are common during a swap: keep the old value, retry.
-                    Err(e) => tracing::warn!(what, error = %format!("{e:#}"), "reload failed; keeping the previous version"),
+                    Err(e) => {
+                        tracing::warn!(what, error = %format!("{e:#}"), "reload failed; keeping the previous version")
+                    }
                 }
             }
         });

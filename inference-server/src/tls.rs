@@ -43,16 +43,27 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn load_certified_key(cert: &Path, key: &Path, provider: &CryptoProvider) -> anyhow::Result<CertifiedKey> {
-    let read = |p: &Path| std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()));
+fn load_certified_key(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> anyhow::Result<CertifiedKey> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+    };
     let chain = CertificateDer::pem_slice_iter(&read(cert)?)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("{}: invalid PEM certificate: {e}", cert.display()))?;
     anyhow::ensure!(!chain.is_empty(), "{} holds no certificate", cert.display());
     let key_der = PrivateKeyDer::from_pem_slice(&read(key)?)
         .map_err(|e| anyhow::anyhow!("{}: invalid PEM private key: {e}", key.display()))?;
-    let certified = CertifiedKey::from_der(chain, key_der, provider)
-        .map_err(|e| anyhow::anyhow!("{} and {} do not form a usable pair: {e}", cert.display(), key.display()))?;
+    let certified = CertifiedKey::from_der(chain, key_der, provider).map_err(|e| {
+        anyhow::anyhow!(
+            "{} and {} do not form a usable pair: {e}",
+            cert.display(),
+            key.display()
+        )
+    })?;
     Ok(certified)
 }
 
@@ -77,9 +88,11 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig
     let provider = provider();
     let resolver = {
         let (cert, key, provider) = (cert.to_path_buf(), key.to_path_buf(), provider.clone());
-        Reloading::start("TLS certificate", vec![cert.clone(), key.clone()], move || {
-            load_certified_key(&cert, &key, &provider)
-        })?
+        Reloading::start(
+            "TLS certificate",
+            vec![cert.clone(), key.clone()],
+            move || load_certified_key(&cert, &key, &provider),
+        )?
     };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

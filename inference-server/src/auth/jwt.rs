@@ -19,7 +19,9 @@ pub enum BearerError {
 
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
 pub fn bearer(headers: &HeaderMap) -> Result<&str, BearerError> {
-    let value = headers.get(header::AUTHORIZATION).ok_or(BearerError::Missing)?;
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(BearerError::Missing)?;
     let value = value.to_str().map_err(|_| BearerError::Malformed)?;
     let (scheme, token) = value.split_once(' ').ok_or(BearerError::Malformed)?;
     let token = token.trim();

@@ -22,12 +22,20 @@ pub struct TenantLabels {
 
 impl TenantLabels {
     pub fn new(allow: impl IntoIterator<Item = String>, cap: usize) -> Self {
-        Self { allow: allow.into_iter().collect(), cap, seen: Mutex::default() }
+        Self {
+            allow: allow.into_iter().collect(),
+            cap,
+            seen: Mutex::default(),
+        }
     }
 
     pub fn label(&self, tenant: &str) -> String {
         if !self.allow.is_empty() {
-            return if self.allow.contains(tenant) { tenant.to_string() } else { OTHER.to_string() };
+            return if self.allow.contains(tenant) {
+                tenant.to_string()
+            } else {
+                OTHER.to_string()
+            };
         }
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.contains(tenant) || (seen.len() < self.cap && seen.insert(tenant.to_string())) {
@@ -64,18 +72,39 @@ impl AuthMetrics {
             decisions.clone(),
         );
         let backend_errors = Counter::default();
-        registry.register("quota_backend_errors", "Quota checks that failed because Redis did not answer", backend_errors.clone());
+        registry.register(
+            "quota_backend_errors",
+            "Quota checks that failed because Redis did not answer",
+            backend_errors.clone(),
+        );
         let backend_up = Gauge::default();
-        registry.register("quota_backend_up", "1 while Redis answers the probe", backend_up.clone());
+        registry.register(
+            "quota_backend_up",
+            "1 while Redis answers the probe",
+            backend_up.clone(),
+        );
         // 50 µs .. ~0.8 s
         let check_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 15));
-        registry.register("auth_seconds", "Time spent on token verification and the quota check", check_seconds.clone());
-        Self { tenants, decisions, backend_errors, backend_up, check_seconds }
+        registry.register(
+            "auth_seconds",
+            "Time spent on token verification and the quota check",
+            check_seconds.clone(),
+        );
+        Self {
+            tenants,
+            decisions,
+            backend_errors,
+            backend_up,
+            check_seconds,
+        }
     }
 
     pub fn decision(&self, tenant_label: &str, outcome: &str) {
         self.decisions
-            .get_or_create(&DecisionLabels { tenant: tenant_label.to_string(), outcome: outcome.to_string() })
+            .get_or_create(&DecisionLabels {
+                tenant: tenant_label.to_string(),
+                outcome: outcome.to_string(),
+            })
             .inc();
     }
 }
@@ -94,7 +123,10 @@ mod tests {
     #[test]
     fn cap_keeps_the_first_tenants_seen() {
         let labels = TenantLabels::new([], 2);
-        let got: Vec<_> = ["a/1", "a/2", "a/3", "a/1", "a/2", "a/3"].iter().map(|t| labels.label(t)).collect();
+        let got: Vec<_> = ["a/1", "a/2", "a/3", "a/1", "a/2", "a/3"]
+            .iter()
+            .map(|t| labels.label(t))
+            .collect();
         assert_eq!(got, ["a/1", "a/2", OTHER, "a/1", "a/2", OTHER]);
     }
 }

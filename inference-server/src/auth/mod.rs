@@ -62,7 +62,12 @@ pub struct AuthArgs {
     pub service_id: Option<QualifiedName>,
 
     /// Redis holding tenant records and counters, e.g. redis://:password@redis:6379/0.
-    #[arg(long, env = "NLU_REDIS_URL", hide_env_values = true, required_if_eq("auth", "jwt"))]
+    #[arg(
+        long,
+        env = "NLU_REDIS_URL",
+        hide_env_values = true,
+        required_if_eq("auth", "jwt")
+    )]
     pub redis_url: Option<String>,
 
     /// Prefix of every Redis key (must match the operator's).
@@ -74,7 +79,12 @@ pub struct AuthArgs {
     pub redis_timeout_millis: u64,
 
     /// What to do while Redis is unreachable.
-    #[arg(long, env = "NLU_REDIS_FAILURE_POLICY", value_enum, default_value = "fail-closed")]
+    #[arg(
+        long,
+        env = "NLU_REDIS_FAILURE_POLICY",
+        value_enum,
+        default_value = "fail-closed"
+    )]
     pub redis_failure_policy: FailurePolicy,
 
     /// Fail-open only: requests per minute each tenant may make in this process while Redis is down.
@@ -117,20 +127,36 @@ pub struct Auth {
 impl Auth {
     /// `None` for `--auth none`. Registers the auth metrics; must run on the Tokio runtime
     /// (it starts the JWK Set watcher and the Redis probe).
-    pub fn from_args(args: &AuthArgs, registry: &mut Registry) -> anyhow::Result<Option<Arc<Self>>> {
+    pub fn from_args(
+        args: &AuthArgs,
+        registry: &mut Registry,
+    ) -> anyhow::Result<Option<Arc<Self>>> {
         if args.auth == AuthMode::None {
             return Ok(None);
         }
         let missing = |flag: &str| anyhow::anyhow!("--auth jwt needs {flag}");
         let jwks = args.jwks.clone().ok_or_else(|| missing("--jwks"))?;
-        let service = args.service_id.clone().ok_or_else(|| missing("--service-id"))?;
-        let url = args.redis_url.as_deref().ok_or_else(|| missing("--redis-url"))?;
+        let service = args
+            .service_id
+            .clone()
+            .ok_or_else(|| missing("--service-id"))?;
+        let url = args
+            .redis_url
+            .as_deref()
+            .ok_or_else(|| missing("--redis-url"))?;
         let metrics = Arc::new(AuthMetrics::register(
             registry,
-            TenantLabels::new(args.metrics_tenants.iter().map(|t| t.trim().to_string()), args.metrics_max_tenants),
+            TenantLabels::new(
+                args.metrics_tenants.iter().map(|t| t.trim().to_string()),
+                args.metrics_max_tenants,
+            ),
         ));
         let verifier = TokenVerifier::start(jwks, args.jwt_issuer.clone(), service.clone())?;
-        let store = Arc::new(QuotaStore::new(url, &args.redis_prefix, Duration::from_millis(args.redis_timeout_millis))?);
+        let store = Arc::new(QuotaStore::new(
+            url,
+            &args.redis_prefix,
+            Duration::from_millis(args.redis_timeout_millis),
+        )?);
         let health = Arc::new(BackendHealth::new(metrics.clone()));
         policy::spawn_probe(&store, health.clone());
         Ok(Some(Arc::new(Self {
@@ -154,37 +180,76 @@ impl Auth {
     }
 
     /// Puts the auth layer in front of every route of `router` (give it the model routes only).
-    pub fn protect<S: Clone + Send + Sync + 'static>(self: &Arc<Self>, router: Router<S>) -> Router<S> {
-        router.route_layer(axum::middleware::from_fn_with_state(self.clone(), authenticate))
+    pub fn protect<S: Clone + Send + Sync + 'static>(
+        self: &Arc<Self>,
+        router: Router<S>,
+    ) -> Router<S> {
+        router.route_layer(axum::middleware::from_fn_with_state(
+            self.clone(),
+            authenticate,
+        ))
     }
 
     async fn admit(&self, headers: &HeaderMap, path: &str) -> Result<Admitted, Refusal> {
         let token = bearer(headers).map_err(|e| match e {
-            BearerError::Missing => Refusal::unauthenticated("missing_token", "an Authorization: Bearer token is required"),
-            BearerError::Malformed => Refusal::invalid_token("the Authorization header is not a Bearer token"),
+            BearerError::Missing => Refusal::unauthenticated(
+                "missing_token",
+                "an Authorization: Bearer token is required",
+            ),
+            BearerError::Malformed => {
+                Refusal::invalid_token("the Authorization header is not a Bearer token")
+            }
         })?;
-        let scope = Scope::for_route(path)
-            .ok_or_else(|| Refusal::forbidden(None, "scope_not_granted", "this route is not a tenant operation"))?;
-        let claims = self.verifier.verify(token).map_err(|e| Refusal::invalid_token(e.to_string()))?;
-        let tenant = Tenant { id: claims.tenant().map_err(|e| Refusal::invalid_token(e.to_string()))?, token_id: claims.jti.clone() };
+        let scope = Scope::for_route(path).ok_or_else(|| {
+            Refusal::forbidden(
+                None,
+                "scope_not_granted",
+                "this route is not a tenant operation",
+            )
+        })?;
+        let claims = self
+            .verifier
+            .verify(token)
+            .map_err(|e| Refusal::invalid_token(e.to_string()))?;
+        let tenant = Tenant {
+            id: claims
+                .tenant()
+                .map_err(|e| Refusal::invalid_token(e.to_string()))?,
+            token_id: claims.jti.clone(),
+        };
         let label = self.metrics.tenants.label(&tenant.id.to_string());
-        let refuse = |code, message: &str| Refusal::forbidden(Some((&tenant, &label)), code, message);
+        let refuse =
+            |code, message: &str| Refusal::forbidden(Some((&tenant, &label)), code, message);
         if !claims.grants(scope) {
-            return Err(refuse("scope_not_granted", &format!("the token does not grant {scope}")));
+            return Err(refuse(
+                "scope_not_granted",
+                &format!("the token does not grant {scope}"),
+            ));
         }
         if tenant.id.namespace != self.service.namespace {
-            return Err(refuse("service_not_granted", "tenants of another namespace may not call this service"));
+            return Err(refuse(
+                "service_not_granted",
+                "tenants of another namespace may not call this service",
+            ));
         }
         let today = chrono::Utc::now().date_naive();
-        match self.store.check(&tenant.id, claims.gen, scope, &self.service.name, today).await {
+        match self
+            .store
+            .check(&tenant.id, claims.gen, scope, &self.service.name, today)
+            .await
+        {
             Ok(outcome) => {
                 self.health.set(true);
-                decide(outcome, chrono::Utc::now()).map(|limit| Admitted { tenant: tenant.clone(), label: label.clone(), limit }).map_err(
-                    |mut r| {
+                decide(outcome, chrono::Utc::now())
+                    .map(|limit| Admitted {
+                        tenant: tenant.clone(),
+                        label: label.clone(),
+                        limit,
+                    })
+                    .map_err(|mut r| {
                         r.tenant = Some((tenant.id.to_string(), label.clone()));
                         r
-                    },
-                )
+                    })
             }
             Err(e) => {
                 self.health.set(false);
@@ -195,16 +260,28 @@ impl Auth {
                         tenant: Some((tenant.id.to_string(), label)),
                         ..Refusal::new(ApiError {
                             retry_after: Some(1),
-                            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "quota_backend_unavailable", "quotas cannot be checked right now")
+                            ..ApiError::new(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "quota_backend_unavailable",
+                                "quotas cannot be checked right now",
+                            )
                         })
                     }),
                     FailurePolicy::FailOpen => match self.local.check(&tenant.id.to_string()) {
-                        Ok(()) => Ok(Admitted { tenant, label, limit: None }),
+                        Ok(()) => Ok(Admitted {
+                            tenant,
+                            label,
+                            limit: None,
+                        }),
                         Err(wait) => Err(Refusal {
                             tenant: Some((tenant.id.to_string(), label)),
                             ..Refusal::new(ApiError {
                                 retry_after: Some(u32::try_from(wait).unwrap_or(u32::MAX)),
-                                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests; retry later")
+                                ..ApiError::new(
+                                    StatusCode::TOO_MANY_REQUESTS,
+                                    "rate_limited",
+                                    "too many requests; retry later",
+                                )
                             })
                         }),
                     },
@@ -218,7 +295,10 @@ impl Auth {
 // A refusal is built once per refused request and turned into the response at once: boxing
 // it would only add an allocation.
 #[allow(clippy::result_large_err)]
-pub fn decide(outcome: QuotaOutcome, now: chrono::DateTime<chrono::Utc>) -> Result<Option<RateLimit>, Refusal> {
+pub fn decide(
+    outcome: QuotaOutcome,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<RateLimit>, Refusal> {
     let forbidden = |code, message| Err(Refusal::forbidden(None, code, message));
     let too_many = |usage, code, message: &str| {
         let limit = rate_limit(&usage, now);
@@ -236,10 +316,21 @@ pub fn decide(outcome: QuotaOutcome, now: chrono::DateTime<chrono::Utc>) -> Resu
         QuotaOutcome::NoRecord => forbidden("unknown_tenant", "the tenant has no access record"),
         QuotaOutcome::Suspended => forbidden("tenant_suspended", "the tenant is suspended"),
         QuotaOutcome::Revoked => Err(Refusal::invalid_token("token was revoked")),
-        QuotaOutcome::ScopeNotGranted => forbidden("scope_not_granted", "the tenant may not use this operation"),
-        QuotaOutcome::ServiceNotGranted => forbidden("service_not_granted", "the tenant may not call this service"),
-        QuotaOutcome::DailyQuotaExceeded(usage) => too_many(usage, "quota_exceeded", "the daily request quota is used up"),
-        QuotaOutcome::RateLimited(usage) => too_many(usage, "rate_limited", "too many requests this minute"),
+        QuotaOutcome::ScopeNotGranted => {
+            forbidden("scope_not_granted", "the tenant may not use this operation")
+        }
+        QuotaOutcome::ServiceNotGranted => forbidden(
+            "service_not_granted",
+            "the tenant may not call this service",
+        ),
+        QuotaOutcome::DailyQuotaExceeded(usage) => too_many(
+            usage,
+            "quota_exceeded",
+            "the daily request quota is used up",
+        ),
+        QuotaOutcome::RateLimited(usage) => {
+            too_many(usage, "rate_limited", "too many requests this minute")
+        }
     }
 }
 
@@ -262,15 +353,26 @@ pub struct Refusal {
 
 impl Refusal {
     fn new(error: ApiError) -> Self {
-        Self { error, www_authenticate: None, limit: None, tenant: None }
+        Self {
+            error,
+            www_authenticate: None,
+            limit: None,
+            tenant: None,
+        }
     }
 
     fn unauthenticated(code: &'static str, message: impl Into<String>) -> Self {
-        Self { www_authenticate: Some("Bearer"), ..Self::new(ApiError::new(StatusCode::UNAUTHORIZED, code, message)) }
+        Self {
+            www_authenticate: Some("Bearer"),
+            ..Self::new(ApiError::new(StatusCode::UNAUTHORIZED, code, message))
+        }
     }
 
     fn invalid_token(message: impl Into<String>) -> Self {
-        Self { www_authenticate: Some(r#"Bearer error="invalid_token""#), ..Self::unauthenticated("invalid_token", message) }
+        Self {
+            www_authenticate: Some(r#"Bearer error="invalid_token""#),
+            ..Self::unauthenticated("invalid_token", message)
+        }
     }
 
     fn forbidden(tenant: Option<(&Tenant, &String)>, code: &'static str, message: &str) -> Self {
@@ -307,16 +409,26 @@ fn tag_tenant(response: &mut Response, tenant: Option<(String, String)>) {
 /// 401/403/429.
 async fn drain(body: axum::body::Body) {
     const LIMIT: usize = 64 * 1024; // HTTP/2's initial window: what a client sends unasked
-    let _ = tokio::time::timeout(Duration::from_millis(250), axum::body::to_bytes(body, LIMIT)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_millis(250),
+        axum::body::to_bytes(body, LIMIT),
+    )
+    .await;
 }
 
 /// The middleware (`from_fn_with_state`); see [`Auth::protect`].
 pub async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let admitted = auth.admit(req.headers(), req.uri().path()).await;
-    auth.metrics.check_seconds.observe(started.elapsed().as_secs_f64());
+    auth.metrics
+        .check_seconds
+        .observe(started.elapsed().as_secs_f64());
     match admitted {
-        Ok(Admitted { tenant, label, limit }) => {
+        Ok(Admitted {
+            tenant,
+            label,
+            limit,
+        }) => {
             auth.metrics.decision(&label, "allowed");
             let id = tenant.id.to_string();
             req.extensions_mut().insert(tenant);
@@ -327,11 +439,18 @@ pub async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next:
         }
         Err(refusal) => {
             drain(req.into_body()).await;
-            let label = refusal.tenant.as_ref().map(|(_, l)| l.as_str()).unwrap_or_default();
+            let label = refusal
+                .tenant
+                .as_ref()
+                .map(|(_, l)| l.as_str())
+                .unwrap_or_default();
             auth.metrics.decision(label, refusal.error.code);
             let mut response = refusal.error.into_response();
             if let Some(challenge) = refusal.www_authenticate {
-                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
             }
             add_rate_limit_headers(&mut response, refusal.limit);
             tag_tenant(&mut response, refusal.tenant);
@@ -357,25 +476,76 @@ mod tests {
 
     #[test]
     fn outcomes_map_to_the_contract_status_codes() {
-        assert_eq!(status(QuotaOutcome::NoRecord), (StatusCode::FORBIDDEN, "unknown_tenant"));
-        assert_eq!(status(QuotaOutcome::Suspended), (StatusCode::FORBIDDEN, "tenant_suspended"));
-        assert_eq!(status(QuotaOutcome::Revoked), (StatusCode::UNAUTHORIZED, "invalid_token"));
-        assert_eq!(status(QuotaOutcome::ScopeNotGranted).0, StatusCode::FORBIDDEN);
-        assert_eq!(status(QuotaOutcome::ServiceNotGranted).0, StatusCode::FORBIDDEN);
+        assert_eq!(
+            status(QuotaOutcome::NoRecord),
+            (StatusCode::FORBIDDEN, "unknown_tenant")
+        );
+        assert_eq!(
+            status(QuotaOutcome::Suspended),
+            (StatusCode::FORBIDDEN, "tenant_suspended")
+        );
+        assert_eq!(
+            status(QuotaOutcome::Revoked),
+            (StatusCode::UNAUTHORIZED, "invalid_token")
+        );
+        assert_eq!(
+            status(QuotaOutcome::ScopeNotGranted).0,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status(QuotaOutcome::ServiceNotGranted).0,
+            StatusCode::FORBIDDEN
+        );
     }
 
     #[test]
     fn limits_are_reported_and_retry_after_is_the_binding_reset() {
-        let usage = Usage { per_day: 50, used_today: 50, per_minute: 0, used_last_minute: 0, minute_reset_ms: 0 };
+        let usage = Usage {
+            per_day: 50,
+            used_today: 50,
+            per_minute: 0,
+            used_last_minute: 0,
+            minute_reset_ms: 0,
+        };
         let daily = decide(QuotaOutcome::DailyQuotaExceeded(usage), now()).unwrap_err();
-        assert_eq!((daily.error.status, daily.error.retry_after), (StatusCode::TOO_MANY_REQUESTS, Some(3600)));
-        assert_eq!(daily.limit, Some(RateLimit { limit: 50, remaining: 0, reset_secs: 3600 }));
+        assert_eq!(
+            (daily.error.status, daily.error.retry_after),
+            (StatusCode::TOO_MANY_REQUESTS, Some(3600))
+        );
+        assert_eq!(
+            daily.limit,
+            Some(RateLimit {
+                limit: 50,
+                remaining: 0,
+                reset_secs: 3600
+            })
+        );
 
-        let usage = Usage { per_day: 0, used_today: 9, per_minute: 5, used_last_minute: 5, minute_reset_ms: 41_500 };
+        let usage = Usage {
+            per_day: 0,
+            used_today: 9,
+            per_minute: 5,
+            used_last_minute: 5,
+            minute_reset_ms: 41_500,
+        };
         let minute = decide(QuotaOutcome::RateLimited(usage), now()).unwrap_err();
-        assert_eq!((minute.error.code, minute.error.retry_after), ("rate_limited", Some(42)));
+        assert_eq!(
+            (minute.error.code, minute.error.retry_after),
+            ("rate_limited", Some(42))
+        );
 
-        let usage = Usage { per_day: 50, used_today: 1, per_minute: 0, used_last_minute: 0, minute_reset_ms: 0 };
-        assert_eq!(decide(QuotaOutcome::Allowed(usage), now()).unwrap().map(|l| l.remaining), Some(49));
+        let usage = Usage {
+            per_day: 50,
+            used_today: 1,
+            per_minute: 0,
+            used_last_minute: 0,
+            minute_reset_ms: 0,
+        };
+        assert_eq!(
+            decide(QuotaOutcome::Allowed(usage), now())
+                .unwrap()
+                .map(|l| l.remaining),
+            Some(49)
+        );
     }
 }

@@ -32,7 +32,10 @@ pub struct BackendHealth {
 
 impl BackendHealth {
     pub fn new(metrics: Arc<AuthMetrics>) -> Self {
-        Self { up: AtomicBool::new(false), metrics }
+        Self {
+            up: AtomicBool::new(false),
+            metrics,
+        }
     }
 
     pub fn is_up(&self) -> bool {
@@ -72,15 +75,23 @@ pub struct LocalLimiter {
 
 impl LocalLimiter {
     pub fn per_minute(requests: NonZeroU32) -> Self {
-        Self { limiter: RateLimiter::keyed(Quota::per_minute(requests)) }
+        Self {
+            limiter: RateLimiter::keyed(Quota::per_minute(requests)),
+        }
     }
 
     /// `Err(seconds to wait)` when the tenant is over its local budget.
     pub fn check(&self, tenant: &str) -> Result<(), u64> {
         use governor::clock::{Clock, DefaultClock};
-        self.limiter.check_key(&tenant.to_string()).map_err(|not_until| {
-            not_until.wait_time_from(DefaultClock::default().now()).as_secs_f64().ceil().max(1.0) as u64
-        })
+        self.limiter
+            .check_key(&tenant.to_string())
+            .map_err(|not_until| {
+                not_until
+                    .wait_time_from(DefaultClock::default().now())
+                    .as_secs_f64()
+                    .ceil()
+                    .max(1.0) as u64
+            })
     }
 }
 
@@ -93,7 +104,10 @@ mod tests {
         let limiter = LocalLimiter::per_minute(NonZeroU32::new(3).unwrap());
         let outcomes: Vec<_> = (0..5).map(|_| limiter.check("ns/a").is_ok()).collect();
         assert_eq!(outcomes, [true, true, true, false, false]);
-        assert!(limiter.check("ns/b").is_ok(), "tenants have separate budgets");
+        assert!(
+            limiter.check("ns/b").is_ok(),
+            "tenants have separate budgets"
+        );
         let wait = limiter.check("ns/a").unwrap_err();
         assert!((1..=20).contains(&wait), "{wait}");
     }

@@ -26,7 +26,8 @@ impl QuotaStore {
     /// Does not connect yet: the server starts (unready under fail-closed) while Redis is down,
     /// and the connection manager reconnects whenever it returns.
     pub fn new(url: &str, prefix: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("invalid --redis-url: {e}"))?;
+        let client =
+            redis::Client::open(url).map_err(|e| anyhow::anyhow!("invalid --redis-url: {e}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
@@ -34,7 +35,12 @@ impl QuotaStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(200));
         let conn = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self { conn, script: redis::Script::new(QUOTA_SCRIPT), keys: RedisKeys::new(prefix), timeout })
+        Ok(Self {
+            conn,
+            script: redis::Script::new(QUOTA_SCRIPT),
+            keys: RedisKeys::new(prefix),
+            timeout,
+        })
     }
 
     /// Checks the request against the tenant record and limits, counting it when allowed.
@@ -57,19 +63,21 @@ impl QuotaStore {
             .arg(USAGE_TTL_SECS)
             .arg(rand::random::<u64>());
         let mut conn = self.conn.clone();
-        let reply: Vec<i64> = tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
-            .await
-            .map_err(|_| BackendError("timed out".into()))?
-            .map_err(|e| BackendError(e.to_string()))?;
+        let reply: Vec<i64> =
+            tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
+                .await
+                .map_err(|_| BackendError("timed out".into()))?
+                .map_err(|e| BackendError(e.to_string()))?;
         QuotaOutcome::from_reply(&reply).map_err(|e| BackendError(e.to_string()))
     }
 
     pub async fn ping(&self) -> Result<(), BackendError> {
         let mut conn = self.conn.clone();
-        let pong: String = tokio::time::timeout(self.timeout, redis::cmd("PING").query_async(&mut conn))
-            .await
-            .map_err(|_| BackendError("timed out".into()))?
-            .map_err(|e| BackendError(e.to_string()))?;
+        let pong: String =
+            tokio::time::timeout(self.timeout, redis::cmd("PING").query_async(&mut conn))
+                .await
+                .map_err(|_| BackendError("timed out".into()))?
+                .map_err(|e| BackendError(e.to_string()))?;
         if pong == "PONG" {
             Ok(())
         } else {
@@ -89,8 +97,13 @@ pub struct RateLimit {
 
 /// Seconds until the next UTC midnight, when daily counters start over.
 pub fn secs_to_midnight(now: DateTime<Utc>) -> u64 {
-    let next = (now.date_naive() + chrono::Days::new(1)).and_hms_opt(0, 0, 0).expect("midnight exists").and_utc();
-    u64::try_from((next - now).num_seconds()).unwrap_or(0).max(1)
+    let next = (now.date_naive() + chrono::Days::new(1))
+        .and_hms_opt(0, 0, 0)
+        .expect("midnight exists")
+        .and_utc();
+    u64::try_from((next - now).num_seconds())
+        .unwrap_or(0)
+        .max(1)
 }
 
 /// The limit to report; `None` when the tenant has no limits at all.
@@ -106,7 +119,10 @@ pub fn rate_limit(usage: &Usage, now: DateTime<Utc>) -> Option<RateLimit> {
         remaining: usage.per_minute.saturating_sub(usage.used_last_minute),
         reset_secs: usage.minute_reset_ms.div_ceil(1000).max(1),
     });
-    [daily, minute].into_iter().flatten().min_by_key(|r| (r.remaining, std::cmp::Reverse(r.reset_secs)))
+    [daily, minute]
+        .into_iter()
+        .flatten()
+        .min_by_key(|r| (r.remaining, std::cmp::Reverse(r.reset_secs)))
 }
 
 #[cfg(test)]
@@ -118,8 +134,20 @@ mod tests {
         Utc.with_ymd_and_hms(2026, 3, 1, h, m, s).unwrap()
     }
 
-    fn usage(per_day: u64, used_today: u64, per_minute: u64, used_last_minute: u64, reset_ms: u64) -> Usage {
-        Usage { per_day, used_today, per_minute, used_last_minute, minute_reset_ms: reset_ms }
+    fn usage(
+        per_day: u64,
+        used_today: u64,
+        per_minute: u64,
+        used_last_minute: u64,
+        reset_ms: u64,
+    ) -> Usage {
+        Usage {
+            per_day,
+            used_today,
+            per_minute,
+            used_last_minute,
+            minute_reset_ms: reset_ms,
+        }
     }
 
     #[test]
@@ -134,16 +162,28 @@ mod tests {
         assert_eq!(rate_limit(&usage(0, 9, 0, 0, 0), now), None);
         assert_eq!(
             rate_limit(&usage(50, 10, 0, 0, 0), now),
-            Some(RateLimit { limit: 50, remaining: 40, reset_secs: 3600 })
+            Some(RateLimit {
+                limit: 50,
+                remaining: 40,
+                reset_secs: 3600
+            })
         );
         assert_eq!(
             rate_limit(&usage(50, 10, 5, 4, 1200), now),
-            Some(RateLimit { limit: 5, remaining: 1, reset_secs: 2 })
+            Some(RateLimit {
+                limit: 5,
+                remaining: 1,
+                reset_secs: 2
+            })
         );
         // Both exhausted: the daily limit binds longer.
         assert_eq!(
             rate_limit(&usage(50, 50, 5, 5, 1200), now),
-            Some(RateLimit { limit: 50, remaining: 0, reset_secs: 3600 })
+            Some(RateLimit {
+                limit: 50,
+                remaining: 0,
+                reset_secs: 3600
+            })
         );
     }
 }

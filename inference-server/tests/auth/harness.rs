@@ -26,12 +26,19 @@ pub struct RedisProcess {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl RedisProcess {
     pub fn start() -> Self {
-        let mut redis = RedisProcess { port: free_port(), child: None };
+        let mut redis = RedisProcess {
+            port: free_port(),
+            child: None,
+        };
         redis.restart();
         redis
     }
@@ -44,7 +51,16 @@ impl RedisProcess {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -53,7 +69,14 @@ impl RedisProcess {
         // outlives the test by design, so nobody waits for it).
         #[allow(clippy::zombie_processes)]
         Command::new("sh")
-            .args(["-c", &format!("while kill -0 {} 2>/dev/null; do sleep 1; done; kill {} 2>/dev/null", std::process::id(), child.id())])
+            .args([
+                "-c",
+                &format!(
+                    "while kill -0 {} 2>/dev/null; do sleep 1; done; kill {} 2>/dev/null",
+                    std::process::id(),
+                    child.id()
+                ),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -93,19 +116,36 @@ pub fn unique_prefix() -> String {
 }
 
 pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
 }
 
 pub async fn put_record(url: &str, prefix: &str, tenant: &str, record: &TenantRecord) {
     let mut conn = redis_conn(url).await;
     let key = RedisKeys::new(prefix).tenant(&tenant.parse().unwrap());
-    let _: () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.unwrap();
-    let _: () = redis::cmd("HSET").arg(&key).arg(record.to_fields()).query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg(record.to_fields())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 }
 
 /// A record that allows everything with no limits.
 pub fn open_record() -> TenantRecord {
-    TenantRecord { enabled: true, gen: 1, ..TenantRecord::default() }
+    TenantRecord {
+        enabled: true,
+        gen: 1,
+        ..TenantRecord::default()
+    }
 }
 
 pub const SERVICE: &str = "team-a/gte";
@@ -119,7 +159,10 @@ pub struct Keys {
 
 impl Keys {
     pub fn new() -> Self {
-        let keys = Keys { dir: tempfile::tempdir().unwrap(), key: SigningKey::generate() };
+        let keys = Keys {
+            dir: tempfile::tempdir().unwrap(),
+            key: SigningKey::generate(),
+        };
         keys.publish(&[&keys.key]);
         keys
     }
@@ -194,8 +237,17 @@ pub fn auth_args(redis_url: &str, jwks: &Path, prefix: &str, extra: &[&str]) -> 
         auth: AuthArgs,
     }
     let mut argv = vec![
-        "test", "--auth", "jwt", "--jwks", jwks.to_str().unwrap(), "--service-id", SERVICE,
-        "--redis-url", redis_url, "--redis-prefix", prefix,
+        "test",
+        "--auth",
+        "jwt",
+        "--jwks",
+        jwks.to_str().unwrap(),
+        "--service-id",
+        SERVICE,
+        "--redis-url",
+        redis_url,
+        "--redis-prefix",
+        prefix,
     ];
     argv.extend_from_slice(extra);
     Cli::try_parse_from(argv).unwrap().auth
@@ -203,8 +255,13 @@ pub fn auth_args(redis_url: &str, jwks: &Path, prefix: &str, extra: &[&str]) -> 
 
 pub fn app(args: &AuthArgs) -> Router {
     let mut registry = Registry::with_prefix("nlu");
-    let auth = Auth::from_args(args, &mut registry).unwrap().expect("--auth jwt");
-    let state = AppState { auth: auth.clone(), registry: Arc::new(registry) };
+    let auth = Auth::from_args(args, &mut registry)
+        .unwrap()
+        .expect("--auth jwt");
+    let state = AppState {
+        auth: auth.clone(),
+        registry: Arc::new(registry),
+    };
     let api = Router::new()
         .route("/api/predict", post(echo_tenant))
         .route("/v1/embeddings", post(echo_tenant))
@@ -222,7 +279,10 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let app = app(args);
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        TestServer { client: reqwest::Client::new(), base: format!("http://{addr}") }
+        TestServer {
+            client: reqwest::Client::new(),
+            base: format!("http://{addr}"),
+        }
     }
 
     pub async fn call(&self, path: &str, token: Option<&str>) -> reqwest::Response {
@@ -234,14 +294,21 @@ impl TestServer {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(format!("{}{path}", self.base)).send().await.unwrap()
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
     }
 }
 
 /// The `error.code` of a JSON error body.
 pub async fn error_code(response: reqwest::Response) -> String {
     let body: serde_json::Value = response.json().await.expect("errors are JSON");
-    body["error"]["code"].as_str().expect("error.code").to_string()
+    body["error"]["code"]
+        .as_str()
+        .expect("error.code")
+        .to_string()
 }
 
 /// Polls `check` every 100 ms until it is true or `secs` pass.

@@ -24,14 +24,21 @@ impl Ca {
     fn new(name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, name);
-        Ca { issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap() }
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        Ca {
+            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
+        }
     }
 
     /// Writes a leaf certificate for localhost signed by this CA, and its key, atomically.
     fn issue_into(&self, dir: &Path) {
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &self.issuer).unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
         for (name, pem) in [("tls.key", key.serialize_pem()), ("tls.crt", cert.pem())] {
             let tmp = dir.join(format!("{name}.tmp"));
             std::fs::write(&tmp, pem).unwrap();
@@ -42,12 +49,16 @@ impl Ca {
     /// An HTTPS client (HTTP/2 or 1.1 by ALPN) that trusts this CA only.
     fn client(&self) -> Https {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from(self.issuer.der().to_vec())).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        roots
+            .add(CertificateDer::from(self.issuer.der().to_vec()))
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(config)
             .https_only()
@@ -68,16 +79,43 @@ struct Reply {
 
 impl Https {
     async fn post(&self, url: &str, token: &str) -> Result<Reply, String> {
-        self.send(Request::post(url).header(header::AUTHORIZATION, format!("Bearer {token}")), "{}").await
+        self.send(
+            Request::post(url).header(header::AUTHORIZATION, format!("Bearer {token}")),
+            "{}",
+        )
+        .await
     }
 
-    async fn send(&self, request: axum::http::request::Builder, body: &'static str) -> Result<Reply, String> {
-        let request = request.body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap();
-        let response = self.0.request(request).await.map_err(|e| format!("{e:?}"))?;
+    async fn send(
+        &self,
+        request: axum::http::request::Builder,
+        body: &'static str,
+    ) -> Result<Reply, String> {
+        let request = request
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        let response = self
+            .0
+            .request(request)
+            .await
+            .map_err(|e| format!("{e:?}"))?;
         let (status, version) = (response.status(), response.version());
-        let remaining = response.headers().get("x-ratelimit-remaining").map(|v| v.to_str().unwrap().to_string());
-        let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok(Reply { status, version, remaining, body: String::from_utf8_lossy(&body).into_owned() })
+        let remaining = response
+            .headers()
+            .get("x-ratelimit-remaining")
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok(Reply {
+            status,
+            version,
+            remaining,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
     }
 }
 
@@ -87,16 +125,34 @@ async fn https_with_the_test_ca_plain_http_fails_and_certificate_swaps_are_picke
     let keys = Keys::new();
     let prefix = unique_prefix();
     let tenant = "team-a/secure";
-    put_record(&redis.url(), &prefix, tenant, &TenantRecord { requests_per_day: 100, ..open_record() }).await;
+    put_record(
+        &redis.url(),
+        &prefix,
+        tenant,
+        &TenantRecord {
+            requests_per_day: 100,
+            ..open_record()
+        },
+    )
+    .await;
     let certs = tempfile::tempdir().unwrap();
     let (first_ca, second_ca) = (Ca::new("first test CA"), Ca::new("second test CA"));
     first_ca.issue_into(certs.path());
 
-    let tls = nlu_server::tls::server_config(&certs.path().join("tls.crt"), &certs.path().join("tls.key")).unwrap();
+    let tls = nlu_server::tls::server_config(
+        &certs.path().join("tls.crt"),
+        &certs.path().join("tls.key"),
+    )
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let app = app(&auth_args(&redis.url(), &keys.jwks_path(), &prefix, &[]));
-    tokio::spawn(nlu_server::tls::serve(listener, app, tls, std::future::pending()));
+    tokio::spawn(nlu_server::tls::serve(
+        listener,
+        app,
+        tls,
+        std::future::pending(),
+    ));
     let url = format!("https://localhost:{port}/v1/embeddings");
     let token = keys.token(tenant);
 
@@ -106,16 +162,33 @@ async fn https_with_the_test_ca_plain_http_fails_and_certificate_swaps_are_picke
     assert_eq!(reply.remaining.as_deref(), Some("99"));
     assert_eq!(reply.body, "team-a/secure");
 
-    let plain = reqwest::Client::new().post(format!("http://localhost:{port}/v1/embeddings")).bearer_auth(&token).send().await;
-    assert!(plain.is_err(), "plain HTTP to the TLS port must fail: {plain:?}");
-    assert!(second_ca.client().post(&url, &token).await.is_err(), "a client trusting another CA is refused");
+    let plain = reqwest::Client::new()
+        .post(format!("http://localhost:{port}/v1/embeddings"))
+        .bearer_auth(&token)
+        .send()
+        .await;
+    assert!(
+        plain.is_err(),
+        "plain HTTP to the TLS port must fail: {plain:?}"
+    );
+    assert!(
+        second_ca.client().post(&url, &token).await.is_err(),
+        "a client trusting another CA is refused"
+    );
 
     second_ca.issue_into(certs.path());
     eventually(10, "the new certificate is served", || async {
-        second_ca.client().post(&url, &token).await.is_ok_and(|r| r.status == StatusCode::OK)
+        second_ca
+            .client()
+            .post(&url, &token)
+            .await
+            .is_ok_and(|r| r.status == StatusCode::OK)
     })
     .await;
-    assert!(first_ca.client().post(&url, &token).await.is_err(), "the old certificate is gone");
+    assert!(
+        first_ca.client().post(&url, &token).await.is_err(),
+        "the old certificate is gone"
+    );
 }
 
 /// The real `serve` (model, batching, routes) with auth and TLS from its command line.
@@ -125,47 +198,109 @@ async fn the_real_server_serves_tenants_over_https() {
     let keys = Keys::new();
     let prefix = unique_prefix();
     let tenant = "team-a/real";
-    put_record(&redis.url(), &prefix, tenant, &TenantRecord { requests_per_day: 10, ..open_record() }).await;
+    put_record(
+        &redis.url(),
+        &prefix,
+        tenant,
+        &TenantRecord {
+            requests_per_day: 10,
+            ..open_record()
+        },
+    )
+    .await;
     let certs = tempfile::tempdir().unwrap();
     let ca = Ca::new("test CA");
     ca.issue_into(certs.path());
-    let model = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/gte-tiny/model");
+    let model = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/gte-tiny/model");
     let path = |p: &Path| p.to_str().unwrap().to_string();
     let argv = [
-        "nlu-server", "serve", "--model", &path(&model), "--task", "embedding",
-        "--tls-cert", &path(&certs.path().join("tls.crt")), "--tls-key", &path(&certs.path().join("tls.key")),
-        "--auth", "jwt", "--jwks", &path(&keys.jwks_path()), "--service-id", SERVICE,
-        "--redis-url", &redis.url(), "--redis-prefix", &prefix,
+        "nlu-server",
+        "serve",
+        "--model",
+        &path(&model),
+        "--task",
+        "embedding",
+        "--tls-cert",
+        &path(&certs.path().join("tls.crt")),
+        "--tls-key",
+        &path(&certs.path().join("tls.key")),
+        "--auth",
+        "jwt",
+        "--jwks",
+        &path(&keys.jwks_path()),
+        "--service-id",
+        SERVICE,
+        "--redis-url",
+        &redis.url(),
+        "--redis-prefix",
+        &prefix,
     ]
     .map(String::from);
-    let nlu_server::config::Command::Serve(args) = <nlu_server::config::Cli as clap::Parser>::try_parse_from(argv).unwrap().command else {
+    let nlu_server::config::Command::Serve(args) =
+        <nlu_server::config::Cli as clap::Parser>::try_parse_from(argv)
+            .unwrap()
+            .command
+    else {
         panic!("serve")
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("https://localhost:{}", listener.local_addr().unwrap().port());
-    tokio::spawn(nlu_server::server::serve(*args, listener, std::future::pending()));
+    let base = format!(
+        "https://localhost:{}",
+        listener.local_addr().unwrap().port()
+    );
+    tokio::spawn(nlu_server::server::serve(
+        *args,
+        listener,
+        std::future::pending(),
+    ));
     let client = ca.client();
     eventually(120, "the model is loaded and Redis reachable", || async {
-        client.send(Request::get(format!("{base}/readyz")), "").await.is_ok_and(|r| r.status == StatusCode::OK)
+        client
+            .send(Request::get(format!("{base}/readyz")), "")
+            .await
+            .is_ok_and(|r| r.status == StatusCode::OK)
     })
     .await;
 
     let token = keys.token(tenant);
     let ok = client
         .send(
-            Request::post(format!("{base}/v1/embeddings")).header(header::AUTHORIZATION, format!("Bearer {token}")),
+            Request::post(format!("{base}/v1/embeddings"))
+                .header(header::AUTHORIZATION, format!("Bearer {token}")),
             r#"{"input": ["hello", "world"]}"#,
         )
         .await
         .unwrap();
-    assert_eq!((ok.status, ok.remaining.as_deref()), (StatusCode::OK, Some("9")), "{}", ok.body);
+    assert_eq!(
+        (ok.status, ok.remaining.as_deref()),
+        (StatusCode::OK, Some("9")),
+        "{}",
+        ok.body
+    );
     let body: serde_json::Value = serde_json::from_str(&ok.body).unwrap();
     assert_eq!(body["data"].as_array().map(Vec::len), Some(2));
 
-    let anonymous = client.send(Request::post(format!("{base}/v1/embeddings")), r#"{"input": "hello"}"#).await.unwrap();
+    let anonymous = client
+        .send(
+            Request::post(format!("{base}/v1/embeddings")),
+            r#"{"input": "hello"}"#,
+        )
+        .await
+        .unwrap();
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
-    let probe = client.send(Request::get(format!("{base}/healthz")), "").await.unwrap();
+    let probe = client
+        .send(Request::get(format!("{base}/healthz")), "")
+        .await
+        .unwrap();
     assert_eq!(probe.status, StatusCode::OK, "probes need no token");
-    let metrics = client.send(Request::get(format!("{base}/metrics")), "").await.unwrap().body;
-    assert!(metrics.contains(r#"status="200",tenant="team-a/real""#), "{metrics}");
+    let metrics = client
+        .send(Request::get(format!("{base}/metrics")), "")
+        .await
+        .unwrap()
+        .body;
+    assert!(
+        metrics.contains(r#"status="200",tenant="team-a/real""#),
+        "{metrics}"
+    );
 }

@@ -20,16 +20,32 @@ async fn setup(tenant: &str, record: Option<TenantRecord>) -> (Keys, TestServer)
 }
 
 fn unsigned(header: serde_json::Value, claims: &Claims) -> String {
-    format!("{}.{}", B64.encode(header.to_string()), B64.encode(serde_json::to_vec(claims).unwrap()))
+    format!(
+        "{}.{}",
+        B64.encode(header.to_string()),
+        B64.encode(serde_json::to_vec(claims).unwrap())
+    )
 }
 
 #[tokio::test]
 async fn a_valid_token_passes_and_the_handler_sees_the_tenant() {
-    let (keys, server) = setup("team-a/ok", Some(TenantRecord { requests_per_day: 10, ..open_record() })).await;
-    let response = server.call("/v1/embeddings", Some(&keys.token("team-a/ok"))).await;
+    let (keys, server) = setup(
+        "team-a/ok",
+        Some(TenantRecord {
+            requests_per_day: 10,
+            ..open_record()
+        }),
+    )
+    .await;
+    let response = server
+        .call("/v1/embeddings", Some(&keys.token("team-a/ok")))
+        .await;
     assert_eq!(response.status(), StatusCode::OK);
     let header = |name: &str| response.headers()[name].to_str().unwrap().to_string();
-    assert_eq!((header("x-ratelimit-limit"), header("x-ratelimit-remaining")), ("10".into(), "9".into()));
+    assert_eq!(
+        (header("x-ratelimit-limit"), header("x-ratelimit-remaining")),
+        ("10".into(), "9".into())
+    );
     assert!(header("x-ratelimit-reset").parse::<u64>().unwrap() <= 86_400);
     assert_eq!(response.text().await.unwrap(), "team-a/ok");
 }
@@ -37,12 +53,26 @@ async fn a_valid_token_passes_and_the_handler_sees_the_tenant() {
 #[tokio::test]
 async fn bad_tokens_get_401() {
     let tenant = "team-a/bob";
-    let (keys, server) = setup(tenant, Some(TenantRecord { gen: 2, ..open_record() })).await;
+    let (keys, server) = setup(
+        tenant,
+        Some(TenantRecord {
+            gen: 2,
+            ..open_record()
+        }),
+    )
+    .await;
     let now = chrono::Utc::now().timestamp();
-    let claims = Claims { gen: 2, ..Keys::claims(tenant) };
+    let claims = Claims {
+        gen: 2,
+        ..Keys::claims(tenant)
+    };
     let mint = |c: &Claims| keys.key.mint(c).unwrap();
     let good = mint(&claims);
-    assert_eq!(server.call("/embed", Some(&good)).await.status(), StatusCode::OK, "control");
+    assert_eq!(
+        server.call("/embed", Some(&good)).await.status(),
+        StatusCode::OK,
+        "control"
+    );
 
     let stranger = SigningKey::generate();
     let forged = {
@@ -56,15 +86,51 @@ async fn bad_tokens_get_401() {
         let secret = jsonwebtoken::EncodingKey::from_secret(keys.key.verifying_key().as_bytes());
         jsonwebtoken::encode(&header, &claims, &secret).unwrap()
     };
-    let alg_none = format!("{}.", unsigned(serde_json::json!({"alg": "none", "kid": keys.key.kid()}), &claims));
+    let alg_none = format!(
+        "{}.",
+        unsigned(
+            serde_json::json!({"alg": "none", "kid": keys.key.kid()}),
+            &claims
+        )
+    );
     let cases = [
         ("forged signature", forged),
         ("unknown key", stranger.mint(&claims).unwrap()),
-        ("expired", mint(&Claims { exp: now - 120, ..claims.clone() })),
-        ("not yet valid", mint(&Claims { nbf: now + 120, ..claims.clone() })),
-        ("wrong issuer", mint(&Claims { iss: "someone-else".into(), ..claims.clone() })),
-        ("wrong audience", mint(&Claims { aud: vec!["team-a/uninlu".into()], ..claims.clone() })),
-        ("revoked gen", mint(&Claims { gen: 1, ..claims.clone() })),
+        (
+            "expired",
+            mint(&Claims {
+                exp: now - 120,
+                ..claims.clone()
+            }),
+        ),
+        (
+            "not yet valid",
+            mint(&Claims {
+                nbf: now + 120,
+                ..claims.clone()
+            }),
+        ),
+        (
+            "wrong issuer",
+            mint(&Claims {
+                iss: "someone-else".into(),
+                ..claims.clone()
+            }),
+        ),
+        (
+            "wrong audience",
+            mint(&Claims {
+                aud: vec!["team-a/uninlu".into()],
+                ..claims.clone()
+            }),
+        ),
+        (
+            "revoked gen",
+            mint(&Claims {
+                gen: 1,
+                ..claims.clone()
+            }),
+        ),
         ("alg none", alg_none),
         ("HS256 with the public key as secret", hs256_with_public_key),
         ("truncated", good[..good.len() - 10].to_string()),
@@ -73,7 +139,10 @@ async fn bad_tokens_get_401() {
     for (what, token) in cases {
         let response = server.call("/embed", Some(&token)).await;
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{what}");
-        assert!(response.headers().contains_key("www-authenticate"), "{what}");
+        assert!(
+            response.headers().contains_key("www-authenticate"),
+            "{what}"
+        );
         assert_eq!(error_code(response).await, "invalid_token", "{what}");
     }
 }
@@ -85,7 +154,13 @@ async fn missing_header_gets_401_with_a_bearer_challenge() {
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(response.headers()["www-authenticate"], "Bearer");
     assert_eq!(error_code(response).await, "missing_token");
-    let basic = server.client.post(format!("{}/api/predict", server.base)).basic_auth("u", Some("p")).send().await.unwrap();
+    let basic = server
+        .client
+        .post(format!("{}/api/predict", server.base))
+        .basic_auth("u", Some("p"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -95,34 +170,93 @@ async fn tenants_not_allowed_get_403() {
     let keys = Keys::new();
     let prefix = unique_prefix();
     let records = [
-        ("team-a/suspended", TenantRecord { enabled: false, ..open_record() }),
-        ("team-a/predict-only", TenantRecord { scopes: vec![Scope::Predict], ..open_record() }),
-        ("team-a/other-service", TenantRecord { services: vec!["uninlu".into()], ..open_record() }),
-        ("team-a/this-service", TenantRecord { services: vec!["uninlu".into(), "gte".into()], ..open_record() }),
+        (
+            "team-a/suspended",
+            TenantRecord {
+                enabled: false,
+                ..open_record()
+            },
+        ),
+        (
+            "team-a/predict-only",
+            TenantRecord {
+                scopes: vec![Scope::Predict],
+                ..open_record()
+            },
+        ),
+        (
+            "team-a/other-service",
+            TenantRecord {
+                services: vec!["uninlu".into()],
+                ..open_record()
+            },
+        ),
+        (
+            "team-a/this-service",
+            TenantRecord {
+                services: vec!["uninlu".into(), "gte".into()],
+                ..open_record()
+            },
+        ),
     ];
     for (tenant, record) in &records {
         put_record(&redis.url(), &prefix, tenant, record).await;
     }
     let server = TestServer::start(&auth_args(&redis.url(), &keys.jwks_path(), &prefix, &[])).await;
     let embed_only = |tenant: &str| {
-        let req = nlu_crds::access::TokenRequest { scopes: vec![Scope::Embed], ..Keys::request(tenant) };
+        let req = nlu_crds::access::TokenRequest {
+            scopes: vec![Scope::Embed],
+            ..Keys::request(tenant)
+        };
         req.mint(&keys.key).unwrap().0
     };
 
     let cases = [
-        ("team-a/suspended", keys.token("team-a/suspended"), "/embed", "tenant_suspended"),
-        ("missing record", keys.token("team-a/ghost"), "/embed", "unknown_tenant"),
-        ("record narrows scope", keys.token("team-a/predict-only"), "/embed", "scope_not_granted"),
-        ("token narrows scope", embed_only("team-a/this-service"), "/api/predict", "scope_not_granted"),
-        ("service not granted", keys.token("team-a/other-service"), "/similarity", "service_not_granted"),
-        ("other namespace", keys.token("team-b/this-service"), "/embed", "service_not_granted"),
+        (
+            "team-a/suspended",
+            keys.token("team-a/suspended"),
+            "/embed",
+            "tenant_suspended",
+        ),
+        (
+            "missing record",
+            keys.token("team-a/ghost"),
+            "/embed",
+            "unknown_tenant",
+        ),
+        (
+            "record narrows scope",
+            keys.token("team-a/predict-only"),
+            "/embed",
+            "scope_not_granted",
+        ),
+        (
+            "token narrows scope",
+            embed_only("team-a/this-service"),
+            "/api/predict",
+            "scope_not_granted",
+        ),
+        (
+            "service not granted",
+            keys.token("team-a/other-service"),
+            "/similarity",
+            "service_not_granted",
+        ),
+        (
+            "other namespace",
+            keys.token("team-b/this-service"),
+            "/embed",
+            "service_not_granted",
+        ),
     ];
     for (what, token, path, code) in cases {
         let response = server.call(path, Some(&token)).await;
         assert_eq!(response.status(), StatusCode::FORBIDDEN, "{what}");
         assert_eq!(error_code(response).await, code, "{what}");
     }
-    let allowed = server.call("/similarity", Some(&keys.token("team-a/this-service"))).await;
+    let allowed = server
+        .call("/similarity", Some(&keys.token("team-a/this-service")))
+        .await;
     assert_eq!(allowed.status(), StatusCode::OK, "listed service");
 }
 
@@ -133,14 +267,21 @@ async fn a_new_key_is_picked_up_without_restart_and_the_old_one_keeps_working() 
     let old_token = keys.token(tenant);
     let new_key = SigningKey::generate();
     let new_token = Keys::request(tenant).mint(&new_key).unwrap().0;
-    assert_eq!(server.call("/embed", Some(&new_token)).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        server.call("/embed", Some(&new_token)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 
     keys.publish(&[&keys.key, &new_key]);
     eventually(10, "the new key is accepted", || async {
         server.call("/embed", Some(&new_token)).await.status() == StatusCode::OK
     })
     .await;
-    assert_eq!(server.call("/embed", Some(&old_token)).await.status(), StatusCode::OK, "both keys in the set");
+    assert_eq!(
+        server.call("/embed", Some(&old_token)).await.status(),
+        StatusCode::OK,
+        "both keys in the set"
+    );
 
     keys.publish(&[&new_key]);
     eventually(10, "the retired key is refused", || async {
