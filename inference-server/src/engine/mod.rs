@@ -65,7 +65,7 @@ impl Engine {
                 let model_max = sentence_max_seq_length(&files.dir).unwrap_or(model_info.max_positions);
                 let max_input_length = cap(args.limits.max_input_length, model_max.min(model_info.max_positions));
                 let info = ModelInfo {
-                    model: model_info.model,
+                    model: served_name(args, &files),
                     task: Task::Embedding.as_str(),
                     dims: model_info.dims,
                     max_input_length: Some(max_input_length),
@@ -91,7 +91,7 @@ impl Engine {
                     max_prompts: u.max_prompts,
                 };
                 let info = ModelInfo {
-                    model: model.info().model.clone(),
+                    model: served_name(args, &files),
                     task: Task::Uninlu.as_str(),
                     dims: model.info().hidden_size,
                     max_input_length: None,
@@ -164,6 +164,15 @@ fn sentence_max_seq_length(dir: &std::path::Path) -> Option<usize> {
     let text = std::fs::read_to_string(dir.join("sentence_bert_config.json")).ok()?;
     let config: serde_json::Value = serde_json::from_str(&text).ok()?;
     config.get("max_seq_length")?.as_u64().map(|n| n as usize)
+}
+
+/// `--served-model-name`, else the hub id as given, else the folder's name.
+fn served_name(args: &ServeArgs, files: &model::ModelFiles) -> String {
+    match &args.served_model_name {
+        Some(name) => name.clone(),
+        None if model::files::is_hub_id(&args.model) && !std::path::Path::new(&args.model).exists() => args.model.clone(),
+        None => files.name(),
+    }
 }
 
 /// `--max-input-length`, never beyond what the model allows.

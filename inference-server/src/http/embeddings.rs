@@ -40,7 +40,8 @@ pub enum EncodingFormat {
 #[serde(deny_unknown_fields)]
 pub struct OpenAiRequest {
     pub input: Inputs,
-    /// Accepted for compatibility; the server runs the one model it loaded.
+    /// Accepted for compatibility; the server runs the one model it loaded and names that one
+    /// in the response.
     pub model: Option<String>,
     #[serde(default)]
     pub encoding_format: EncodingFormat,
@@ -135,7 +136,7 @@ pub async fn openai(
     Ok(Json(OpenAiResponse {
         object: "list",
         data,
-        model: req.model.unwrap_or_else(|| model_name(&state)),
+        model: model_name(&state),
         usage: Usage {
             prompt_tokens: tokens,
             total_tokens: tokens,

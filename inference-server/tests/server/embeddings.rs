@@ -23,7 +23,7 @@ fn assert_close(got: &[f32], want: &[f32], what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gte_tiny_parity_through_every_route() {
     let expected = read_json(fixtures().join("gte-tiny/expected.json"));
-    let server = TestServer::start(&["--model", &gte_tiny(), "--task", "embedding"]).await;
+    let server = TestServer::start(&["--model", &gte_tiny(), "--task", "embedding", "--served-model-name", "gte-tiny-test"]).await;
 
     for case in cases(&expected) {
         let text = case["text"].as_str().unwrap();
@@ -32,6 +32,7 @@ async fn gte_tiny_parity_through_every_route() {
             .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["object"], "list");
+        assert_eq!(body["model"], "gte-tiny-test", "the served model name, not the requested one");
         assert_eq!(body["data"][0]["object"], "embedding");
         assert_eq!(body["data"][0]["index"], 0);
         assert_close(
