@@ -69,6 +69,10 @@ pub struct ServeArgs {
     #[arg(long, env = "NLU_MODEL")]
     pub model: String,
 
+    /// Name reported in /info and in OpenAI responses (default: the hub id, or the folder's name).
+    #[arg(long, env = "NLU_SERVED_MODEL_NAME")]
+    pub served_model_name: Option<String>,
+
     /// What the model does.
     #[arg(long, env = "NLU_TASK", value_enum)]
     pub task: Task,
