@@ -9,6 +9,7 @@ pub mod controller;
 pub mod jwks_publish;
 pub mod redis_sync;
 pub mod revocation;
+pub mod rotate_key;
 pub mod signing_key;
 pub mod status;
 pub mod token_secret;
@@ -25,6 +26,7 @@ use nlu_crds::access::tokens::DEFAULT_ISSUER;
 use nlu_crds::access::RedisKeys;
 use nlu_crds::{NluService, Tenant};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::context::Context;
 use controller::TenantContext;
@@ -38,13 +40,21 @@ pub const FINALIZER: &str = "nlu.dev/tenant-cleanup";
 /// How often the key Secret is re-checked without a watch event (retired keys to drop).
 const KEY_RECHECK: Duration = Duration::from_secs(600);
 
-/// Runs the Tenant controller until it stops. Needs `--redis-url`.
-pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
+/// Runs the Tenant controller until `stop` is cancelled, then drains running reconciles.
+/// Without `--redis-url` it reports the problem and stays idle (the NluService controller runs on).
+pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
+    if let Err(e) = run_until(ctx, stop.clone()).await {
+        tracing::error!(error = %e, "the Tenant controller cannot run; Tenants are not reconciled");
+        stop.cancelled().await;
+    }
+}
+
+async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result<()> {
     let config = &ctx.config;
     let url = config
         .redis_url
         .as_deref()
-        .ok_or_else(|| anyhow::anyhow!("the Tenant controller needs --redis-url (NLU_OPERATOR_REDIS_URL)"))?;
+        .ok_or_else(|| anyhow::anyhow!("--redis-url (NLU_OPERATOR_REDIS_URL) is not set"))?;
     let redis = redis_sync::connect(url).await?;
     let client = ctx.client.clone();
     let (tenants, services): (Api<Tenant>, Api<NluService>) = match &config.namespace {
@@ -55,17 +65,21 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     let tenant_store = controller.store();
 
     let key_api: Api<Secret> = Api::namespaced(client.clone(), &config.operator_namespace);
-    let ring = first_key_ring(&key_api, &ctx).await;
+    let ring = tokio::select! {
+        ring = first_key_ring(&key_api, &ctx) => ring,
+        () = stop.cancelled() => return Ok(()),
+    };
     let (ring_tx, ring_rx) = watch::channel(ring);
-    tokio::spawn(manage_keys(key_api, ctx.clone(), tenant_store.clone(), ring_tx));
+    let mut helpers = tokio::task::JoinSet::new();
+    helpers.spawn(manage_keys(key_api, ctx.clone(), tenant_store.clone(), ring_tx));
 
     let (service_store, writer) = reflector::store();
     let service_events = reflector::reflector(writer, watcher(services.clone(), watcher::Config::default()))
         .default_backoff()
         .touched_objects()
         .for_each(|_| futures::future::ready(()));
-    tokio::spawn(service_events);
-    tokio::spawn(jwks_publish::run(client.clone(), service_store.clone(), ring_rx.clone()));
+    helpers.spawn(service_events);
+    helpers.spawn(jwks_publish::run(client.clone(), service_store.clone(), ring_rx.clone()));
 
     let tenant_ctx = Arc::new(TenantContext::new(
         ctx.clone(),
@@ -83,9 +97,11 @@ pub async fn run(ctx: Arc<Context>) -> anyhow::Result<()> {
     controller
         .owns(secrets, managed)
         .watches(services, watcher::Config::default(), move |svc| tenants_using(&tenant_store, &svc))
+        .graceful_shutdown_on(stop.cancelled_owned())
         .run(controller::reconcile, controller::error_policy, tenant_ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
+    helpers.abort_all();
     Ok(())
 }
 

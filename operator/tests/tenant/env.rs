@@ -1,0 +1,196 @@
+//! A Tenant controller context wired to the harness, plus the server's admission rules
+//! (verifier, scope, namespace, quota script) used to judge the tokens the controller issues.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::watcher;
+use nlu_crds::access::jwks::ed25519_keys;
+use nlu_crds::access::redis_keys::{QUOTA_SCRIPT, USAGE_TTL_SECS};
+use nlu_crds::access::tokens::DEFAULT_ISSUER;
+use nlu_crds::access::verify::DEFAULT_LEEWAY_SECS;
+use nlu_crds::access::{Claims, QualifiedName, QuotaOutcome, RedisKeys, Scope, TokenError, Verifier};
+use nlu_crds::{NluService, Tenant};
+use nlu_operator::config::OperatorConfig;
+use nlu_operator::context::Context;
+use nlu_operator::metrics::Metrics;
+use nlu_operator::tenant::controller::{self, Error, TenantContext};
+use nlu_operator::tenant::signing_key::KeyRing;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::harness::{FakeApi, Redis};
+
+pub const NS: &str = "team";
+
+pub fn tenant_path(name: &str) -> String {
+    format!("/apis/nlu.dev/v1alpha1/namespaces/{NS}/tenants/{name}")
+}
+
+pub fn secret_path(name: &str) -> String {
+    format!("/api/v1/namespaces/{NS}/secrets/{name}")
+}
+
+pub struct Env {
+    pub redis: Redis,
+    pub api: FakeApi,
+    pub client: kube::Client,
+    pub ring: watch::Sender<Arc<KeyRing>>,
+    pub ctx: Arc<TenantContext>,
+    services: Writer<NluService>,
+}
+
+impl Env {
+    pub async fn new() -> Self {
+        let redis = Redis::start();
+        let (client, api) = FakeApi::start();
+        let (ring, _) = watch::channel(Arc::new(KeyRing::generate()));
+        let (_, services) = reflector::store();
+        let ctx = context(&client, &redis, &ring, &services).await;
+        Self { redis, api, client, ring, ctx, services }
+    }
+
+    /// A new controller context (as after an operator restart: no in-memory throttle state).
+    pub async fn fresh_context(&self) -> Arc<TenantContext> {
+        context(&self.client, &self.redis, &self.ring, &self.services).await
+    }
+
+    /// An NluService with a URL in its status, as the NluService controller reports it.
+    pub fn service(&mut self, name: &str, url: &str) {
+        let mut svc: NluService = serde_json::from_value(json!({
+            "apiVersion": "nlu.dev/v1alpha1", "kind": "NluService",
+            "metadata": {"name": name, "namespace": NS, "uid": format!("svc-{name}")},
+            "spec": {"model": {"task": "embedding", "source": {"url": "https://models.example/m"}}},
+        }))
+        .unwrap();
+        svc.status = Some(nlu_crds::NluServiceStatus { url: Some(url.into()), ..Default::default() });
+        self.services.apply_watcher_event(&watcher::Event::Apply(svc));
+    }
+
+    /// Stores a Tenant as `kubectl apply` would leave it.
+    pub fn create_tenant(&self, name: &str, spec: Value) {
+        self.api.put(
+            &tenant_path(name),
+            json!({"apiVersion": "nlu.dev/v1alpha1", "kind": "Tenant",
+                   "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"), "generation": 1},
+                   "spec": spec}),
+        );
+    }
+
+    /// Changes the spec (the API server bumps `metadata.generation`).
+    pub fn edit_spec(&self, name: &str, f: impl FnOnce(&mut Value)) {
+        self.api.edit(&tenant_path(name), |t| {
+            f(&mut t["spec"]);
+            let g = t["metadata"]["generation"].as_i64().unwrap();
+            t["metadata"]["generation"] = json!(g + 1);
+        });
+    }
+
+    pub fn annotate(&self, name: &str, key: &str, value: &str) {
+        self.api.edit(&tenant_path(name), |t| t["metadata"]["annotations"][key] = json!(value));
+    }
+
+    pub fn tenant(&self, name: &str) -> Tenant {
+        serde_json::from_value(self.api.get(&tenant_path(name)).expect("tenant stored")).unwrap()
+    }
+
+    pub async fn reconcile(&self, name: &str) -> Result<Action, Error> {
+        controller::reconcile(Arc::new(self.tenant(name)), self.ctx.clone()).await
+    }
+
+    /// Reconciles until a pass changes nothing more in the API (the first pass only adds the
+    /// finalizer; a revocation patches the Tenant and is seen by the next pass).
+    pub async fn settle(&self, name: &str) {
+        for _ in 0..5 {
+            let before = self.api.get(&tenant_path(name));
+            let writes_before = self.writes();
+            self.reconcile(name).await.unwrap();
+            if self.api.get(&tenant_path(name)) == before && self.writes() == writes_before {
+                return;
+            }
+        }
+        panic!("tenant {name} did not settle");
+    }
+
+    fn writes(&self) -> usize {
+        self.api.requests().iter().filter(|r| r.method != "GET" && !r.path.ends_with("/events")).count()
+    }
+
+    pub fn secret(&self, name: &str) -> Secret {
+        serde_json::from_value(self.api.get(&secret_path(&format!("{name}-token"))).expect("token Secret")).unwrap()
+    }
+
+    pub fn token(&self, name: &str) -> String {
+        let s = self.secret(name);
+        String::from_utf8(s.data.unwrap()["token"].0.clone()).unwrap()
+    }
+
+    /// The verifier a server for `service` (`namespace/name`) builds from the published JWK Set.
+    pub fn verifier(&self, service: &str) -> Verifier {
+        let jwks = self.ring.borrow().jwks_json();
+        Verifier::new(ed25519_keys(jwks.as_bytes()).unwrap(), DEFAULT_ISSUER, &service.parse().unwrap(), DEFAULT_LEEWAY_SECS)
+    }
+
+    /// What the server decides for `token` on `service` and a route needing `scope`: the same
+    /// steps in the same order as its auth middleware (verify, scope claim, namespace, quota
+    /// script in Redis).
+    pub fn server_decision(&self, token: &str, service: &str, scope: Scope) -> Result<QuotaOutcome, Refused> {
+        let service: QualifiedName = service.parse().unwrap();
+        let claims = self.verifier(&service.to_string()).verify(token).map_err(Refused::Token)?;
+        if !claims.grants(scope) {
+            return Err(Refused::ScopeClaim);
+        }
+        let tenant = claims.tenant().unwrap();
+        if tenant.namespace != service.namespace {
+            return Err(Refused::Namespace);
+        }
+        Ok(self.quota_script(&tenant, &claims, scope, &service.name))
+    }
+
+    pub fn quota_script(&self, tenant: &QualifiedName, claims: &Claims, scope: Scope, service: &str) -> QuotaOutcome {
+        let keys = RedisKeys::default();
+        let today = chrono::Utc::now().date_naive();
+        let reply: Vec<i64> = redis::Script::new(QUOTA_SCRIPT)
+            .key(keys.tenant(tenant))
+            .key(keys.usage(tenant, today))
+            .key(keys.rate(tenant))
+            .arg(claims.gen)
+            .arg(scope.as_str())
+            .arg(service)
+            .arg(USAGE_TTL_SECS)
+            .arg(rand_nonce())
+            .invoke(&mut self.redis.conn())
+            .unwrap();
+        QuotaOutcome::from_reply(&reply).unwrap()
+    }
+}
+
+/// Why the server refused before reaching Redis.
+#[derive(Debug, PartialEq)]
+pub enum Refused {
+    Token(TokenError),
+    ScopeClaim,
+    Namespace,
+}
+
+/// Claims of a token, read the way the server reads them (verified for one of its audiences).
+pub fn claims_of(env: &Env, token: &str, service: &str) -> Claims {
+    env.verifier(service).verify(token).unwrap()
+}
+
+fn rand_nonce() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+async fn context(
+    client: &kube::Client,
+    redis: &Redis,
+    ring: &watch::Sender<Arc<KeyRing>>,
+    services: &Writer<NluService>,
+) -> Arc<TenantContext> {
+    let base = Arc::new(Context::new(client.clone(), OperatorConfig::default(), Arc::new(Metrics::new())));
+    let conn = nlu_operator::tenant::redis_sync::connect(&redis.url()).await.unwrap();
+    Arc::new(TenantContext::new(base, conn, RedisKeys::default(), ring.subscribe(), services.as_reader(), DEFAULT_ISSUER.into()))
+}
