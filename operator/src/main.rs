@@ -13,6 +13,7 @@ use nlu_operator::context::Context;
 use nlu_operator::leader::{self, LeaseSettings};
 use nlu_operator::metrics::Metrics;
 use nlu_operator::nlu_service;
+use nlu_operator::tenant;
 
 #[derive(Parser)]
 #[command(name = "nlu-operator", version, about = "Kubernetes operator for NluService and Tenant resources")]
@@ -29,6 +30,9 @@ struct Cli {
 enum Command {
     /// Run the controllers (the default).
     Run(RunArgs),
+    /// Ask the running operator to rotate its token signing key and wait until it has: new
+    /// tokens are signed with a new key, earlier tokens stay valid until they expire.
+    RotateKey(tenant::rotate_key::RotateKeyArgs),
 }
 
 #[tokio::main]
@@ -37,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         None => run(cli.run).await,
         Some(Command::Run(args)) => run(args).await,
+        Some(Command::RotateKey(args)) => tenant::rotate_key::rotate_key(kube::Client::try_default().await?, &args).await,
     }
 }
 
@@ -88,7 +93,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 async fn run_controllers(ctx: Arc<Context>, stop: CancellationToken) {
     tokio::join!(
         nlu_service::controller::run(ctx.clone(), stop.clone()),
-        // Tenant controller: add `tenant::...::run(ctx.clone(), stop.clone()),` here.
+        tenant::run(ctx.clone(), stop.clone()),
     );
 }
 
