@@ -48,7 +48,8 @@ where
         "status": status,
     });
     let api: Api<K> = Api::namespaced(client.clone(), &owner.namespace().unwrap_or_default());
-    api.patch_status(&owner.name_any(), &apply_params(), &Patch::Apply(&body)).await
+    api.patch_status(&owner.name_any(), &apply_params(), &Patch::Apply(&body))
+        .await
 }
 
 /// Deletes child `name` of kind `K` if it exists and `owner_uid` is its controller. Returns

@@ -36,7 +36,14 @@ impl Context {
             instance: std::env::var("HOSTNAME").ok(),
         };
         let recorder = Recorder::new(client.clone(), reporter);
-        Self { client, config, metrics, recorder, clock: Arc::new(Timestamp::now), backoff: FailureBackoff::default() }
+        Self {
+            client,
+            config,
+            metrics,
+            recorder,
+            clock: Arc::new(Timestamp::now),
+            backoff: FailureBackoff::default(),
+        }
     }
 
     /// The same context with another clock (tests: a fixed or stepping time).

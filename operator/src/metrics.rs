@@ -64,20 +64,35 @@ impl Metrics {
             "1 while this process runs the controllers (holds the Lease or runs without election)",
             leader.clone(),
         );
-        Self { registry, runs, failures, duration, leader }
+        Self {
+            registry,
+            runs,
+            failures,
+            duration,
+            leader,
+        }
     }
 
     /// Counts a reconcile of `controller`; the duration is observed when the guard drops.
     pub fn reconcile_started(&self, controller: &str) -> ReconcileTimer<'_> {
-        let label = ControllerLabel { controller: controller.to_owned() };
+        let label = ControllerLabel {
+            controller: controller.to_owned(),
+        };
         self.runs.get_or_create(&label).inc();
-        ReconcileTimer { metrics: self, label, start: Instant::now() }
+        ReconcileTimer {
+            metrics: self,
+            label,
+            start: Instant::now(),
+        }
     }
 
     /// Counts a failed reconcile of `controller` with a bounded `reason`.
     pub fn reconcile_failed(&self, controller: &str, reason: &str) {
         self.failures
-            .get_or_create(&FailureLabels { controller: controller.to_owned(), reason: reason.to_owned() })
+            .get_or_create(&FailureLabels {
+                controller: controller.to_owned(),
+                reason: reason.to_owned(),
+            })
             .inc();
     }
 
@@ -88,21 +103,27 @@ impl Metrics {
 
     /// Reconciles started by `controller` so far.
     pub fn runs(&self, controller: &str) -> u64 {
-        self.runs.get_or_create(&ControllerLabel { controller: controller.to_owned() }).get()
+        self.runs
+            .get_or_create(&ControllerLabel {
+                controller: controller.to_owned(),
+            })
+            .get()
     }
 
     /// Failures of `controller` with `reason` so far.
     pub fn failures(&self, controller: &str, reason: &str) -> u64 {
         self.failures
-            .get_or_create(&FailureLabels { controller: controller.to_owned(), reason: reason.to_owned() })
+            .get_or_create(&FailureLabels {
+                controller: controller.to_owned(),
+                reason: reason.to_owned(),
+            })
             .get()
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out
     }
 }
@@ -137,8 +158,17 @@ mod tests {
         assert_eq!(metrics.runs("tenant"), 0);
         assert_eq!(metrics.failures("nluservice", "Kube"), 1);
         let text = metrics.encode();
-        assert!(text.contains(r#"nlu_operator_reconcile_runs_total{controller="nluservice"} 2"#), "{text}");
-        assert!(text.contains(r#"nlu_operator_reconcile_duration_seconds_count{controller="nluservice"} 2"#), "{text}");
-        assert!(text.contains(r#"nlu_operator_reconcile_failures_total{controller="nluservice",reason="Kube"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"nlu_operator_reconcile_runs_total{controller="nluservice"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"nlu_operator_reconcile_duration_seconds_count{controller="nluservice"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"nlu_operator_reconcile_failures_total{controller="nluservice",reason="Kube"} 1"#),
+            "{text}"
+        );
     }
 }

@@ -37,7 +37,11 @@ const RECHECK_INVALID: Duration = Duration::from_secs(60);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("reading {kind} {name}: {source}")]
-    Read { kind: &'static str, name: String, source: kube::Error },
+    Read {
+        kind: &'static str,
+        name: String,
+        source: kube::Error,
+    },
     #[error("applying {kind}: {source}")]
     Apply { kind: &'static str, source: kube::Error },
     #[error("deleting {kind}: {source}")]
@@ -69,15 +73,25 @@ pub async fn reconcile(svc: Arc<NluService>, ctx: Arc<Context>) -> Result<Action
         Some(_) => (None, None),
         None => apply_children(&svc, &ctx).await?,
     };
-    let seen = Observed { problem: problem.as_ref(), deployment: deployment.as_ref(), ingress: ingress.as_ref() };
+    let seen = Observed {
+        problem: problem.as_ref(),
+        deployment: deployment.as_ref(),
+        ingress: ingress.as_ref(),
+    };
     let new_status = status::compute(&svc, &seen, ctx.now_time());
     let old_status = svc.status.clone().unwrap_or_default();
     if new_status != old_status {
-        apply_status(&ctx.client, svc.as_ref(), &new_status).await.map_err(Error::Status)?;
+        apply_status(&ctx.client, svc.as_ref(), &new_status)
+            .await
+            .map_err(Error::Status)?;
         publish_flips(&svc, &ctx, &old_status.conditions, &new_status.conditions).await;
     }
     ctx.backoff.reset(&backoff_key(&svc));
-    Ok(Action::requeue(if problem.is_some() { RECHECK_INVALID } else { RESYNC }))
+    Ok(Action::requeue(if problem.is_some() {
+        RECHECK_INVALID
+    } else {
+        RESYNC
+    }))
 }
 
 /// Requeue with a growing delay and count the failure by reason.
@@ -99,17 +113,24 @@ async fn check_redis_secret(svc: &NluService, ctx: &Context) -> Result<Option<Pr
         return Ok(None);
     };
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
-    let secret = api
-        .get_opt(&name)
-        .await
-        .map_err(|source| Error::Read { kind: "Secret", name: name.clone(), source })?;
+    let secret = api.get_opt(&name).await.map_err(|source| Error::Read {
+        kind: "Secret",
+        name: name.clone(),
+        source,
+    })?;
     Ok(match secret {
         None => Some(Problem::new(
             "RedisSecretMissing",
             format!("Secret {name:?} (the Redis URL for tenant auth) does not exist in this namespace"),
         )),
-        Some(s) if !s.data.as_ref().is_some_and(|d| d.contains_key(&key)) && !s.string_data.as_ref().is_some_and(|d| d.contains_key(&key)) => {
-            Some(Problem::new("RedisSecretKeyMissing", format!("Secret {name:?} has no key {key:?} with the Redis URL")))
+        Some(s)
+            if !s.data.as_ref().is_some_and(|d| d.contains_key(&key))
+                && !s.string_data.as_ref().is_some_and(|d| d.contains_key(&key)) =>
+        {
+            Some(Problem::new(
+                "RedisSecretKeyMissing",
+                format!("Secret {name:?} has no key {key:?} with the Redis URL"),
+            ))
         }
         Some(_) => None,
     })
@@ -120,9 +141,20 @@ async fn check_redis_secret(svc: &NluService, ctx: &Context) -> Result<Option<Pr
 async fn apply_children(svc: &NluService, ctx: &Context) -> Result<(Option<Deployment>, Option<Ingress>), Error> {
     let want = build::children(svc, &ctx.config);
     let client = &ctx.client;
-    let deployment = apply(client, &want.deployment).await.map_err(|source| Error::Apply { kind: "Deployment", source })?;
-    apply(client, &want.service).await.map_err(|source| Error::Apply { kind: "Service", source })?;
-    apply(client, &want.network_policy).await.map_err(|source| Error::Apply { kind: "NetworkPolicy", source })?;
+    let deployment = apply(client, &want.deployment).await.map_err(|source| Error::Apply {
+        kind: "Deployment",
+        source,
+    })?;
+    apply(client, &want.service).await.map_err(|source| Error::Apply {
+        kind: "Service",
+        source,
+    })?;
+    apply(client, &want.network_policy)
+        .await
+        .map_err(|source| Error::Apply {
+            kind: "NetworkPolicy",
+            source,
+        })?;
     let ingress = ensure(svc, ctx, want.ingress).await?;
     ensure(svc, ctx, want.hpa).await?;
     ensure(svc, ctx, want.pdb).await?;
@@ -134,11 +166,17 @@ async fn ensure<K>(svc: &NluService, ctx: &Context, want: Option<K>) -> Result<O
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + k8s_openapi::Resource
-        + serde::Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+        + serde::Serialize
+        + DeserializeOwned
+        + Clone
+        + std::fmt::Debug,
 {
     let kind = <K as k8s_openapi::Resource>::KIND;
     match want {
-        Some(obj) => apply(&ctx.client, &obj).await.map(Some).map_err(|source| Error::Apply { kind, source }),
+        Some(obj) => apply(&ctx.client, &obj)
+            .await
+            .map(Some)
+            .map_err(|source| Error::Apply { kind, source }),
         None => {
             let ns = svc.namespace().unwrap_or_default();
             let uid = svc.uid().unwrap_or_default();
@@ -146,7 +184,14 @@ where
                 .await
                 .map_err(|source| Error::Delete { kind, source })?;
             if deleted {
-                publish(svc, ctx, EventType::Normal, "Deleted", format!("Deleted {kind} {}: its feature is off", svc.name_any())).await;
+                publish(
+                    svc,
+                    ctx,
+                    EventType::Normal,
+                    "Deleted",
+                    format!("Deleted {kind} {}: its feature is off", svc.name_any()),
+                )
+                .await;
             }
             Ok(None)
         }
@@ -154,22 +199,42 @@ where
 }
 
 /// Events for the transitions people act on: Degraded on/off, Ready on/off.
-async fn publish_flips(svc: &NluService, ctx: &Context, old: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition], new: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) {
-    let reason_of = |t: &str| new.iter().find(|c| c.type_ == t).map(|c| (c.reason.clone(), c.message.clone())).unwrap_or_default();
+async fn publish_flips(
+    svc: &NluService,
+    ctx: &Context,
+    old: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    new: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) {
+    let reason_of = |t: &str| {
+        new.iter()
+            .find(|c| c.type_ == t)
+            .map(|c| (c.reason.clone(), c.message.clone()))
+            .unwrap_or_default()
+    };
     if is_true(new, DEGRADED) && !is_true(old, DEGRADED) {
         let (reason, message) = reason_of(DEGRADED);
         publish(svc, ctx, EventType::Warning, &reason, message).await;
     }
     if is_true(new, READY) != is_true(old, READY) {
         let (reason, message) = reason_of(READY);
-        let kind = if is_true(new, READY) { EventType::Normal } else { EventType::Warning };
+        let kind = if is_true(new, READY) {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
         publish(svc, ctx, kind, &reason, message).await;
     }
 }
 
 /// Publishes an Event about `svc`; a failure to record it is logged, never fails the reconcile.
 async fn publish(svc: &NluService, ctx: &Context, type_: EventType, reason: &str, note: String) {
-    let event = Event { type_, reason: reason.to_owned(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
     if let Err(error) = ctx.recorder.publish(&event, &svc.object_ref(&())).await {
         tracing::warn!(%error, reason, "could not publish event");
     }
@@ -180,23 +245,29 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     let client = ctx.client.clone();
     let ns = ctx.config.namespace.clone();
     // Only our children: the label keeps the watches (and the operator's memory) small.
-    let children = watcher::Config::default().labels(&format!("app.kubernetes.io/name={APP_NAME},app.kubernetes.io/managed-by={}", crate::context::OPERATOR_NAME));
-    Controller::new(scoped::<NluService>(&client, &ns), watcher::Config::default().any_semantic())
-        .owns(scoped::<Deployment>(&client, &ns), children.clone())
-        .owns(scoped::<Service>(&client, &ns), children.clone())
-        .owns(scoped::<NetworkPolicy>(&client, &ns), children.clone())
-        .owns(scoped::<Ingress>(&client, &ns), children.clone())
-        .owns(scoped::<HorizontalPodAutoscaler>(&client, &ns), children.clone())
-        .owns(scoped::<PodDisruptionBudget>(&client, &ns), children)
-        .graceful_shutdown_on(stop.cancelled_owned())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
-                Err(error) => tracing::debug!(%error, "reconcile error"),
-            }
-        })
-        .await;
+    let children = watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/name={APP_NAME},app.kubernetes.io/managed-by={}",
+        crate::context::OPERATOR_NAME
+    ));
+    Controller::new(
+        scoped::<NluService>(&client, &ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(scoped::<Deployment>(&client, &ns), children.clone())
+    .owns(scoped::<Service>(&client, &ns), children.clone())
+    .owns(scoped::<NetworkPolicy>(&client, &ns), children.clone())
+    .owns(scoped::<Ingress>(&client, &ns), children.clone())
+    .owns(scoped::<HorizontalPodAutoscaler>(&client, &ns), children.clone())
+    .owns(scoped::<PodDisruptionBudget>(&client, &ns), children)
+    .graceful_shutdown_on(stop.cancelled_owned())
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        match result {
+            Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
+            Err(error) => tracing::debug!(%error, "reconcile error"),
+        }
+    })
+    .await;
 }
 
 /// An Api over one namespace, or all namespaces when the operator watches everything.

@@ -26,7 +26,10 @@ pub fn compute(svc: &NluService, seen: &Observed<'_>, now: Time) -> NluServiceSt
     let generation = svc.metadata.generation;
     let mut conditions = old.conditions.clone();
     let mut set = |type_: &str, ok: bool, reason: &str, message: String| {
-        set_condition(&mut conditions, condition(type_, ok, reason, message, generation, now.clone()));
+        set_condition(
+            &mut conditions,
+            condition(type_, ok, reason, message, generation, now.clone()),
+        );
     };
 
     let dep_status = seen.deployment.and_then(|d| d.status.clone()).unwrap_or_default();
@@ -48,23 +51,55 @@ pub fn compute(svc: &NluService, seen: &Observed<'_>, now: Time) -> NluServiceSt
             DEGRADED,
             true,
             "ProgressDeadlineExceeded",
-            c.message.clone().unwrap_or_else(|| "the rollout stopped making progress".into()),
+            c.message
+                .clone()
+                .unwrap_or_else(|| "the rollout stopped making progress".into()),
         ),
-        (None, None) => set(DEGRADED, false, "AsExpected", "the spec is valid and the rollout progresses".into()),
+        (None, None) => set(
+            DEGRADED,
+            false,
+            "AsExpected",
+            "the spec is valid and the rollout progresses".into(),
+        ),
     }
 
     if seen.problem.is_some() {
-        set(PROGRESSING, false, "SpecInvalid", "not rolling out an invalid spec".into());
+        set(
+            PROGRESSING,
+            false,
+            "SpecInvalid",
+            "not rolling out an invalid spec".into(),
+        );
     } else if !rollout_seen || updated < desired || ready < desired {
-        set(PROGRESSING, true, "RollingOut", format!("{updated}/{desired} pods updated, {ready}/{desired} ready"));
+        set(
+            PROGRESSING,
+            true,
+            "RollingOut",
+            format!("{updated}/{desired} pods updated, {ready}/{desired} ready"),
+        );
     } else {
-        set(PROGRESSING, false, "RolloutComplete", format!("{ready}/{desired} pods ready"));
+        set(
+            PROGRESSING,
+            false,
+            "RolloutComplete",
+            format!("{ready}/{desired} pods ready"),
+        );
     }
 
     if ready > 0 {
-        set(MODEL_LOADED, true, "PodReady", format!("{ready} pod(s) loaded and warmed up the model"));
+        set(
+            MODEL_LOADED,
+            true,
+            "PodReady",
+            format!("{ready} pod(s) loaded and warmed up the model"),
+        );
     } else {
-        set(MODEL_LOADED, false, "NoReadyPod", "no pod has loaded the model yet".into());
+        set(
+            MODEL_LOADED,
+            false,
+            "NoReadyPod",
+            "no pod has loaded the model yet".into(),
+        );
     }
 
     let degraded = seen.problem.is_some() || deadline_exceeded.is_some();
@@ -73,13 +108,28 @@ pub fn compute(svc: &NluService, seen: &Observed<'_>, now: Time) -> NluServiceSt
     } else if desired > 0 && ready >= desired {
         set(READY, true, "AllReplicasReady", format!("{ready}/{desired} pods ready"));
     } else {
-        set(READY, false, "ReplicasNotReady", format!("{ready}/{desired} pods ready"));
+        set(
+            READY,
+            false,
+            "ReplicasNotReady",
+            format!("{ready}/{desired} pods ready"),
+        );
     }
 
     if svc.spec.ingress.is_some() {
         match seen.ingress.and_then(ingress_address) {
-            Some(addr) => set(INGRESS_READY, true, "AddressAssigned", format!("load balancer address {addr}")),
-            None => set(INGRESS_READY, false, "AwaitingAddress", "the ingress controller has not assigned an address yet".into()),
+            Some(addr) => set(
+                INGRESS_READY,
+                true,
+                "AddressAssigned",
+                format!("load balancer address {addr}"),
+            ),
+            None => set(
+                INGRESS_READY,
+                false,
+                "AwaitingAddress",
+                "the ingress controller has not assigned an address yet".into(),
+            ),
         }
     } else {
         conditions.retain(|c| c.type_ != INGRESS_READY);
@@ -88,14 +138,24 @@ pub fn compute(svc: &NluService, seen: &Observed<'_>, now: Time) -> NluServiceSt
     NluServiceStatus {
         conditions,
         observed_generation: generation,
-        replicas: seen.deployment.map(|_| dep_status.replicas.unwrap_or(0)).or(old.replicas),
+        replicas: seen
+            .deployment
+            .map(|_| dep_status.replicas.unwrap_or(0))
+            .or(old.replicas),
         ready_replicas: seen.deployment.map(|_| ready).or(old.ready_replicas),
         url: Some(url(svc, seen.ingress)),
     }
 }
 
 fn ingress_address(ingress: &Ingress) -> Option<String> {
-    let lb = ingress.status.as_ref()?.load_balancer.as_ref()?.ingress.as_ref()?.first()?;
+    let lb = ingress
+        .status
+        .as_ref()?
+        .load_balancer
+        .as_ref()?
+        .ingress
+        .as_ref()?
+        .first()?;
     lb.hostname.clone().or_else(|| lb.ip.clone())
 }
 

@@ -14,7 +14,10 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { reason, message: message.into() }
+        Self {
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -22,7 +25,10 @@ impl Problem {
 pub fn check(spec: &NluServiceSpec) -> Result<(), Problem> {
     check_source(&spec.model.source)?;
     if spec.model.task == Task::Uninlu && spec.model.pooling.is_some() {
-        return Err(Problem::new("PoolingNotApplicable", "model.pooling applies to the embedding task only"));
+        return Err(Problem::new(
+            "PoolingNotApplicable",
+            "model.pooling applies to the embedding task only",
+        ));
     }
     if spec.replicas.is_some() && spec.autoscaling.is_some() {
         return Err(Problem::new(
@@ -34,23 +40,43 @@ pub fn check(spec: &NluServiceSpec) -> Result<(), Problem> {
         if a.min_replicas < 1 || a.min_replicas > a.max_replicas {
             return Err(Problem::new(
                 "InvalidAutoscaling",
-                format!("autoscaling needs 1 <= minReplicas <= maxReplicas, got {}..{}", a.min_replicas, a.max_replicas),
+                format!(
+                    "autoscaling needs 1 <= minReplicas <= maxReplicas, got {}..{}",
+                    a.min_replicas, a.max_replicas
+                ),
             ));
         }
     }
     if let Some(tls) = spec.ingress.as_ref().and_then(|i| i.tls.as_ref()) {
-        if spec.ingress.as_ref().and_then(|i| i.host.as_deref()).unwrap_or("").is_empty() {
-            return Err(Problem::new("IngressTlsWithoutHost", "ingress.tls needs ingress.host: certificates are issued for a host name"));
+        if spec
+            .ingress
+            .as_ref()
+            .and_then(|i| i.host.as_deref())
+            .unwrap_or("")
+            .is_empty()
+        {
+            return Err(Problem::new(
+                "IngressTlsWithoutHost",
+                "ingress.tls needs ingress.host: certificates are issued for a host name",
+            ));
         }
         if tls.cluster_issuer.is_some() && tls.issuer.is_some() {
-            return Err(Problem::new("ConflictingIssuers", "set at most one of ingress.tls.clusterIssuer or ingress.tls.issuer"));
+            return Err(Problem::new(
+                "ConflictingIssuers",
+                "set at most one of ingress.tls.clusterIssuer or ingress.tls.issuer",
+            ));
         }
     }
     Ok(())
 }
 
 fn check_source(source: &ModelSource) -> Result<(), Problem> {
-    let set = [source.hugging_face.is_some(), source.model_scope.is_some(), source.pvc.is_some(), source.url.is_some()];
+    let set = [
+        source.hugging_face.is_some(),
+        source.model_scope.is_some(),
+        source.pvc.is_some(),
+        source.url.is_some(),
+    ];
     if set.iter().filter(|s| **s).count() != 1 {
         return Err(Problem::new(
             "InvalidModelSource",
@@ -62,7 +88,10 @@ fn check_source(source: &ModelSource) -> Result<(), Problem> {
     }
     if let Some(url) = &source.url {
         if !(url.starts_with("https://") || url.starts_with("http://")) {
-            return Err(Problem::new("InvalidModelUrl", format!("model.source.url {url:?} is not an http(s) URL")));
+            return Err(Problem::new(
+                "InvalidModelUrl",
+                format!("model.source.url {url:?} is not an http(s) URL"),
+            ));
         }
     }
     Ok(())
@@ -96,7 +125,11 @@ mod tests {
         assert_eq!(relative_model_path("models/./gte//base").unwrap(), "models/gte/base");
         assert_eq!(relative_model_path("").unwrap(), "");
         for bad in ["/etc", "../secrets", "a/../../b", "a/.."] {
-            assert_eq!(relative_model_path(bad).unwrap_err().reason, "InvalidModelPath", "{bad}");
+            assert_eq!(
+                relative_model_path(bad).unwrap_err().reason,
+                "InvalidModelPath",
+                "{bad}"
+            );
         }
     }
 }

@@ -65,9 +65,7 @@ pub fn deployment(svc: &NluService, cfg: &OperatorConfig) -> Deployment {
         volumes.push(json!({"name": "jwks", "configMap": {"name": JWKS_CONFIGMAP}}));
     }
 
-    let probe = |path: &str, period: i32, failures: i32| {
-        json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 2})
-    };
+    let probe = |path: &str, period: i32, failures: i32| json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 2});
     let container = json!({
         "name": "server",
         "image": image,
@@ -112,7 +110,11 @@ pub fn deployment(svc: &NluService, cfg: &OperatorConfig) -> Deployment {
         deployment_spec["replicas"] = json!(spec.replicas.unwrap_or(1));
     }
     strip_nulls(&mut deployment_spec);
-    Deployment { metadata: child_meta(svc), spec: Some(typed(deployment_spec)), status: None }
+    Deployment {
+        metadata: child_meta(svc),
+        spec: Some(typed(deployment_spec)),
+        status: None,
+    }
 }
 
 /// Requests when the spec gives none: enough for a base-size BERT, and a CPU request so the
@@ -141,7 +143,11 @@ pub fn model_dir(source: &ModelSource) -> String {
     if let Some(pvc) = &source.pvc {
         // Validation rejected escaping paths before any build; an invalid one maps to the root.
         let rel = relative_model_path(pvc.path.as_deref().unwrap_or("")).unwrap_or_default();
-        return if rel.is_empty() { MODEL_MOUNT.to_owned() } else { format!("{MODEL_MOUNT}/{rel}") };
+        return if rel.is_empty() {
+            MODEL_MOUNT.to_owned()
+        } else {
+            format!("{MODEL_MOUNT}/{rel}")
+        };
     }
     if let Some(hub) = &source.hugging_face {
         // nlu-server download's cache layout: {cache}/{owner}--{name}/{revision}.
@@ -159,10 +165,20 @@ pub fn model_dir(source: &ModelSource) -> String {
 pub fn download_args(source: &ModelSource) -> Option<Vec<String>> {
     let mut args: Vec<String> = vec!["download".into()];
     if let Some(hub) = &source.hugging_face {
-        args.extend(["--model".into(), hub.repo.clone(), "--cache-dir".into(), MODEL_MOUNT.into()]);
+        args.extend([
+            "--model".into(),
+            hub.repo.clone(),
+            "--cache-dir".into(),
+            MODEL_MOUNT.into(),
+        ]);
         args.extend(hub.revision.iter().flat_map(|r| ["--revision".into(), r.clone()]));
     } else if let Some(ms) = &source.model_scope {
-        args.extend(["--modelscope".into(), ms.id.clone(), "--output-dir".into(), model_dir(source)]);
+        args.extend([
+            "--modelscope".into(),
+            ms.id.clone(),
+            "--output-dir".into(),
+            model_dir(source),
+        ]);
         args.extend(ms.revision.iter().flat_map(|r| ["--revision".into(), r.clone()]));
     } else if let Some(url) = &source.url {
         args.extend(["--url".into(), url.clone(), "--output-dir".into(), model_dir(source)]);
@@ -192,7 +208,10 @@ pub fn serve_args(svc: &NluService, cfg: &OperatorConfig) -> Vec<String> {
             args.push(value);
         }
     };
-    flag("max-input-length", spec.model.max_sequence_length.map(|n| n.to_string()));
+    flag(
+        "max-input-length",
+        spec.model.max_sequence_length.map(|n| n.to_string()),
+    );
     flag(
         "pooling",
         spec.model.pooling.map(|p| match p {
@@ -211,7 +230,10 @@ pub fn serve_args(svc: &NluService, cfg: &OperatorConfig) -> Vec<String> {
             let policy = spec.auth.as_ref().and_then(|a| a.failure_policy).unwrap_or_default();
             flag("auth", Some("jwt".into()));
             flag("jwks", Some(format!("{JWKS_MOUNT}/{JWKS_KEY}")));
-            flag("service-id", Some(format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any())));
+            flag(
+                "service-id",
+                Some(format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any())),
+            );
             flag("redis-prefix", Some(cfg.redis_prefix.clone()));
             flag(
                 "redis-failure-policy",
@@ -241,9 +263,9 @@ pub fn redis_secret(spec: &NluServiceSpec, cfg: &OperatorConfig) -> Option<(Stri
     }
     match spec.auth.as_ref().and_then(|a| a.redis.as_ref()) {
         Some(RedisRef { url: Some(_), .. }) => None,
-        Some(RedisRef { secret_ref: Some(s), .. }) => {
-            Some((s.name.clone(), s.key.clone().unwrap_or_else(|| "url".into())))
-        }
+        Some(RedisRef {
+            secret_ref: Some(s), ..
+        }) => Some((s.name.clone(), s.key.clone().unwrap_or_else(|| "url".into()))),
         _ => Some((cfg.default_redis_secret.clone(), "url".into())),
     }
 }
@@ -254,7 +276,12 @@ fn redis_env(spec: &NluServiceSpec, cfg: &OperatorConfig) -> Value {
     if auth_mode(spec) != AuthMode::Jwt {
         return json!([]);
     }
-    if let Some(url) = spec.auth.as_ref().and_then(|a| a.redis.as_ref()).and_then(|r| r.url.as_ref()) {
+    if let Some(url) = spec
+        .auth
+        .as_ref()
+        .and_then(|a| a.redis.as_ref())
+        .and_then(|r| r.url.as_ref())
+    {
         return json!([{"name": "NLU_REDIS_URL", "value": url}]);
     }
     let (name, key) = redis_secret(spec, cfg).expect("jwt auth without an inline URL reads a Secret");

@@ -26,7 +26,11 @@ pub fn ingress(svc: &NluService) -> Option<Ingress> {
             t.cluster_issuer
                 .as_ref()
                 .map(|i| ("cert-manager.io/cluster-issuer".to_owned(), i.clone()))
-                .or_else(|| t.issuer.as_ref().map(|i| ("cert-manager.io/issuer".to_owned(), i.clone())))
+                .or_else(|| {
+                    t.issuer
+                        .as_ref()
+                        .map(|i| ("cert-manager.io/issuer".to_owned(), i.clone()))
+                })
         })
         .into_iter()
         .collect();
@@ -49,5 +53,9 @@ pub fn ingress(svc: &NluService) -> Option<Ingress> {
         }])),
     });
     strip_nulls(&mut body);
-    Some(Ingress { metadata: meta, spec: Some(typed(body)), status: None })
+    Some(Ingress {
+        metadata: meta,
+        spec: Some(typed(body)),
+        status: None,
+    })
 }

@@ -20,7 +20,9 @@ pub fn min_replicas(svc: &NluService) -> i32 {
 pub fn pdb(svc: &NluService) -> Option<PodDisruptionBudget> {
     (min_replicas(svc) > 1).then(|| PodDisruptionBudget {
         metadata: child_meta(svc),
-        spec: Some(typed(json!({"maxUnavailable": 1, "selector": {"matchLabels": selector(svc)}}))),
+        spec: Some(typed(
+            json!({"maxUnavailable": 1, "selector": {"matchLabels": selector(svc)}}),
+        )),
         status: None,
     })
 }
