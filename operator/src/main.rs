@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controllers (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Ask the running operator to rotate its token signing key and wait until it has: new
     /// tokens are signed with a new key, earlier tokens stay valid until they expire.
     RotateKey(tenant::rotate_key::RotateKeyArgs),
@@ -40,7 +40,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         None => run(cli.run).await,
-        Some(Command::Run(args)) => run(args).await,
+        Some(Command::Run(args)) => run(*args).await,
         Some(Command::RotateKey(args)) => tenant::rotate_key::rotate_key(kube::Client::try_default().await?, &args).await,
     }
 }
