@@ -174,3 +174,65 @@ pub fn url(svc: &NluService, ingress: Option<&Ingress>) -> String {
     // The Service's http port is 80, the scheme default.
     format!("http://{}.{ns}.svc", svc.name_any())
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::Timestamp;
+    use nlu_crds::conditions::is_true;
+    use serde_json::json;
+
+    use super::*;
+
+    fn svc(spec: serde_json::Value) -> NluService {
+        serde_json::from_value(json!({
+            "apiVersion": "nlu.dev/v1alpha1", "kind": "NluService",
+            "metadata": {"name": "s", "namespace": "n", "generation": 3}, "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    fn reason(status: &NluServiceStatus, type_: &str) -> String {
+        status.conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.clone()).unwrap_or_default()
+    }
+
+    fn deployment(status: serde_json::Value) -> Deployment {
+        serde_json::from_value(json!({"metadata": {"generation": 2}, "spec": {"replicas": 2, "selector": {}, "template": {}}, "status": status})).unwrap()
+    }
+
+    #[test]
+    fn ingress_address_makes_ingress_ready_and_the_url_public() {
+        let s = svc(json!({"model": {"task": "embedding", "source": {"url": "https://m"}}, "ingress": {"path": "/api/"}}));
+        let ing: Ingress = serde_json::from_value(json!({"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}})).unwrap();
+        let dep = deployment(json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}));
+        let status = compute(&s, &Observed { problem: None, deployment: Some(&dep), ingress: Some(&ing) }, at(10));
+        assert!(is_true(&status.conditions, INGRESS_READY));
+        assert!(is_true(&status.conditions, READY));
+        assert_eq!(status.url.as_deref(), Some("http://203.0.113.7/api"));
+        assert_eq!(status.observed_generation, Some(3));
+        assert_eq!((status.replicas, status.ready_replicas), (Some(2), Some(2)));
+
+        // Ingress switched off: its condition disappears, the URL falls back to the Service.
+        let off = NluService { spec: svc(json!({"model": {"task": "embedding", "source": {"url": "https://m"}}})).spec, status: Some(status), ..s };
+        let status = compute(&off, &Observed { problem: None, deployment: Some(&dep), ingress: None }, at(20));
+        assert!(status.conditions.iter().all(|c| c.type_ != INGRESS_READY));
+        assert_eq!(status.url.as_deref(), Some("http://s.n.svc"));
+    }
+
+    #[test]
+    fn stalled_rollout_is_degraded_and_not_ready() {
+        let s = svc(json!({"model": {"task": "embedding", "source": {"url": "https://m"}}}));
+        let dep = deployment(json!({
+            "observedGeneration": 2, "replicas": 2, "updatedReplicas": 1, "readyReplicas": 1,
+            "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet has timed out progressing."}],
+        }));
+        let status = compute(&s, &Observed { problem: None, deployment: Some(&dep), ingress: None }, at(10));
+        assert_eq!(reason(&status, DEGRADED), "ProgressDeadlineExceeded");
+        assert_eq!(reason(&status, READY), "Degraded");
+        assert_eq!(reason(&status, PROGRESSING), "RollingOut");
+        assert!(is_true(&status.conditions, MODEL_LOADED), "one pod is serving");
+    }
+}
