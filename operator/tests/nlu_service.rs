@@ -1,5 +1,6 @@
 //! NluService controller without a cluster: pure builders (asserts and YAML snapshots of the
-//! full child set) and reconciles against the recording API stand-in in `nlu_service/mock.rs`.
+//! full child set), reconciles and leader election against the recording API stand-in in
+//! `nlu_service/mock.rs`.
 
 #[path = "nlu_service/mock.rs"]
 pub mod mock;
@@ -15,3 +16,6 @@ mod snapshots;
 
 #[path = "nlu_service/reconcile.rs"]
 mod reconcile;
+
+#[path = "nlu_service/leader.rs"]
+mod leader;

@@ -1,7 +1,7 @@
 //! A stand-in Kubernetes API behind `tower_test::mock::pair`: it records every request exactly
 //! (method, path, query, content type, body) and answers like an API server would for the calls
 //! the controller makes: server-side apply stores the applied object (keeping a status the test
-//! put there), `/status` apply replaces the status, GET/DELETE read/remove stored objects (404
+//! put there), merge patches merge, `/status` apply replaces the status, GET/DELETE read/remove stored objects (404
 //! when absent), POST stores an Event. What it does not do: merge field ownership, validate
 //! schemas, bump generations or watch; the real API server tier covers those.
 
@@ -118,6 +118,14 @@ impl FakeApi {
                     return status(StatusCode::NOT_FOUND, "NotFound", &format!("{parent} not found"));
                 };
                 obj["status"] = body.expect("status body")["status"].clone();
+                respond(StatusCode::OK, obj)
+            }
+            "PATCH" if call.content_type.as_deref() != Some("application/apply-patch+yaml") => {
+                // Merge and strategic-merge patches (leases, repeated events) on scalar fields.
+                let Some(obj) = objects.get_mut(&path) else {
+                    return status(StatusCode::NOT_FOUND, "NotFound", &format!("{path} not found"));
+                };
+                json_patch::merge(obj, &body.expect("patch body"));
                 respond(StatusCode::OK, obj)
             }
             "PATCH" => {
