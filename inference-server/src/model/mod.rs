@@ -12,7 +12,7 @@ pub use embedder::{Embedder, EmbedderInfo};
 pub use files::{download, resolve, HubConfig, ModelFiles};
 pub use pooling::Pooling;
 pub use tokenizer::{Encoding, Tokenizer};
-pub use uninlu::{Logits, TextStates, UniNluModel};
+pub use uninlu::{Logits, TextStates, UniNluInfo, UniNluModel};
 
 use std::path::PathBuf;
 
