@@ -201,7 +201,7 @@ async fn deletion_removes_the_redis_keys_and_retries_while_redis_is_down() {
         k
     };
     let today = chrono::Utc::now().date_naive().format("%Y-%m-%d").to_string();
-    let acme_keys = [format!("nlu:rate:team/acme"), format!("nlu:tenant:team/acme"), format!("nlu:usage:team/acme:{today}")];
+    let acme_keys = ["nlu:rate:team/acme".to_owned(), "nlu:tenant:team/acme".to_owned(), format!("nlu:usage:team/acme:{today}")];
     assert_eq!(keys(&env), [acme_keys[0].clone(), acme_keys[1].clone(), "nlu:tenant:team/acme-b".into(), acme_keys[2].clone()]);
 
     env.api.edit(&tenant_path("acme"), |t| t["metadata"]["deletionTimestamp"] = json!("2026-11-23T12:00:00Z"));

@@ -178,13 +178,14 @@ impl FakeApi {
             "POST" => {
                 let name = body["metadata"]["name"].as_str().unwrap_or("generated").to_owned();
                 let full = format!("{path}/{name}");
-                if s.objects.contains_key(&full) {
-                    Err(StatusCode::CONFLICT)
-                } else {
-                    let mut obj = body;
-                    obj["metadata"]["resourceVersion"] = json!(version);
-                    s.objects.insert(full, obj.clone());
-                    Ok(obj)
+                match s.objects.entry(full) {
+                    std::collections::btree_map::Entry::Occupied(_) => Err(StatusCode::CONFLICT),
+                    std::collections::btree_map::Entry::Vacant(slot) => {
+                        let mut obj = body;
+                        obj["metadata"]["resourceVersion"] = json!(version);
+                        slot.insert(obj.clone());
+                        Ok(obj)
+                    }
                 }
             }
             "PUT" => match s.objects.get(&path) {
