@@ -120,6 +120,30 @@ pub fn relative_model_path(path: &str) -> Result<String, Problem> {
 mod tests {
     use super::*;
 
+    fn spec(yaml: &str) -> NluServiceSpec {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn each_unservable_spec_has_its_reason() {
+        let cases = [
+            ("model: {task: embedding, source: {}}", "InvalidModelSource"),
+            ("model: {task: embedding, source: {url: 'https://a', pvc: {claimName: m}}}", "InvalidModelSource"),
+            ("model: {task: embedding, source: {pvc: {claimName: m, path: /abs}}}", "InvalidModelPath"),
+            ("model: {task: embedding, source: {url: 'ftp://a'}}", "InvalidModelUrl"),
+            ("model: {task: uninlu, source: {url: 'https://a'}, pooling: cls}", "PoolingNotApplicable"),
+            ("model: {task: embedding, source: {url: 'https://a'}}\nreplicas: 2\nautoscaling: {minReplicas: 1, maxReplicas: 2}", "ConflictingReplicas"),
+            ("model: {task: embedding, source: {url: 'https://a'}}\nautoscaling: {minReplicas: 3, maxReplicas: 2}", "InvalidAutoscaling"),
+            ("model: {task: embedding, source: {url: 'https://a'}}\ningress: {tls: {issuer: x}}", "IngressTlsWithoutHost"),
+            ("model: {task: embedding, source: {url: 'https://a'}}\ningress: {host: h, tls: {issuer: x, clusterIssuer: y}}", "ConflictingIssuers"),
+        ];
+        for (yaml, reason) in cases {
+            assert_eq!(check(&spec(yaml)).unwrap_err().reason, reason, "{yaml}");
+        }
+        let fine = "model: {task: embedding, source: {pvc: {claimName: m, path: a/b}}, pooling: mean}\nreplicas: 2\ningress: {host: h, tls: {issuer: x}}";
+        assert_eq!(check(&spec(fine)), Ok(()));
+    }
+
     #[test]
     fn model_paths_stay_inside_the_volume() {
         assert_eq!(relative_model_path("models/./gte//base").unwrap(), "models/gte/base");
