@@ -3,6 +3,8 @@
 
 #[path = "auth/harness.rs"]
 mod harness;
+#[path = "auth/overhead.rs"]
+mod overhead;
 #[path = "auth/quota.rs"]
 mod quota;
 #[path = "auth/redis_failure.rs"]

@@ -275,6 +275,8 @@ pub fn app(args: &AuthArgs) -> Router {
 
 impl TestServer {
     pub async fn start(args: &AuthArgs) -> Self {
+        // reqwest may be built with rustls (features unify across test binaries).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = app(args);
@@ -332,4 +334,30 @@ pub fn metric_value(text: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {text}"))
         .parse()
         .unwrap()
+}
+
+/// The tiny GTE model of the shared fixtures.
+pub fn gte_tiny() -> String {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/gte-tiny/model");
+    dir.to_str().unwrap().to_string()
+}
+
+/// Starts the real `nlu-server serve <args>` in this process on a free port; returns the port.
+pub async fn real_server(args: &[String]) -> u16 {
+    let argv = ["nlu-server".to_string(), "serve".to_string()]
+        .into_iter()
+        .chain(args.iter().cloned());
+    let parsed = <nlu_server::config::Cli as Parser>::try_parse_from(argv).unwrap();
+    let nlu_server::config::Command::Serve(args) = parsed.command else {
+        panic!("serve")
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(nlu_server::server::serve(
+        *args,
+        listener,
+        std::future::pending(),
+    ));
+    port
 }

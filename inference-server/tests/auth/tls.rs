@@ -211,14 +211,10 @@ async fn the_real_server_serves_tenants_over_https() {
     let certs = tempfile::tempdir().unwrap();
     let ca = Ca::new("test CA");
     ca.issue_into(certs.path());
-    let model = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/gte-tiny/model");
     let path = |p: &Path| p.to_str().unwrap().to_string();
-    let argv = [
-        "nlu-server",
-        "serve",
+    let args = [
         "--model",
-        &path(&model),
+        &gte_tiny(),
         "--task",
         "embedding",
         "--tls-cert",
@@ -237,23 +233,7 @@ async fn the_real_server_serves_tenants_over_https() {
         &prefix,
     ]
     .map(String::from);
-    let nlu_server::config::Command::Serve(args) =
-        <nlu_server::config::Cli as clap::Parser>::try_parse_from(argv)
-            .unwrap()
-            .command
-    else {
-        panic!("serve")
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!(
-        "https://localhost:{}",
-        listener.local_addr().unwrap().port()
-    );
-    tokio::spawn(nlu_server::server::serve(
-        *args,
-        listener,
-        std::future::pending(),
-    ));
+    let base = format!("https://localhost:{}", real_server(&args).await);
     let client = ca.client();
     eventually(120, "the model is loaded and Redis reachable", || async {
         client
