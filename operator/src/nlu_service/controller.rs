@@ -65,6 +65,10 @@ impl Error {
 /// One reconcile of `svc`.
 pub async fn reconcile(svc: Arc<NluService>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_started(CONTROLLER);
+    if svc.metadata.deletion_timestamp.is_some() {
+        // Garbage collection removes the children; re-applying them would fight it.
+        return Ok(Action::await_change());
+    }
     let problem = match validate::check(&svc.spec) {
         Ok(()) => check_redis_secret(&svc, &ctx).await?,
         Err(problem) => Some(problem),

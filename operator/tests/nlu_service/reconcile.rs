@@ -524,3 +524,12 @@ async fn applied_bodies_equal_the_built_children() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_service_being_deleted_is_left_to_garbage_collection() {
+    let env = Env::new();
+    let mut svc = fixtures::minimal();
+    svc.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::from_second(1).unwrap()));
+    assert_eq!(env.reconcile(&svc).await.unwrap(), Action::await_change());
+    assert!(env.api.take_calls().is_empty());
+}
