@@ -88,7 +88,9 @@ fn bench_embedder(name: &str, embedder: &Embedder, budget: Duration) -> Result<(
                     seq
                 })
                 .collect();
-            let times = measure(budget, || embedder.embed(&ids, true).map(drop).map_err(Into::into))?;
+            let times = measure(budget, || {
+                embedder.embed(&ids, true).map(drop).map_err(Into::into)
+            })?;
             let mean = mean_secs(&times);
             println!(
                 "| {batch} | {len} | {:.1} | {:.0} | {:.2} | {:.2} | {} |",
@@ -121,20 +123,30 @@ fn bench_uninlu(model: &UniNluModel, budget: Duration) -> Result<()> {
 
     let ner_text = "1944年毕业于北大的名古屋铁道会长谷口清太郎等人在日本积极筹资，共筹款2.7亿日元，参加捐款的日本企业有69家。";
     let ner = json!({"人物": null, "地理位置": null, "组织机构": null});
-    let times = measure(budget, || predict(model, ner_text, &ner, &limits).map(drop).map_err(Into::into))?;
+    let times = measure(budget, || {
+        predict(model, ner_text, &ner, &limits)
+            .map(drop)
+            .map_err(Into::into)
+    })?;
     report("NER, 3 types (predict)", ner_text, 3, &times);
 
     // Relation extraction as the pipeline runs it when one person is found: the root prompt,
     // then the 4 relation prompts under that person. Spelled out with the model calls because
     // random weights find an arbitrary number of spans.
-    let rel_text = "在北京冬奥会自由式中，2月8日上午，滑雪女子大跳台决赛中中国选手谷爱凌以188.25分获得金牌。";
+    let rel_text =
+        "在北京冬奥会自由式中，2月8日上午，滑雪女子大跳台决赛中中国选手谷爱凌以188.25分获得金牌。";
     let tok = model.tokenizer();
     let ids = |p: &str| tok.encode(p, Some(128)).map(|e| e.ids);
     let root = vec![ids("人物: ")?];
-    let relations = ["比赛项目(赛事名称)", "参赛地点(城市)", "获奖时间(时间)", "选手国籍(国籍)"]
-        .iter()
-        .map(|r| ids(&format!("人物: 谷爱凌, {r}: ")))
-        .collect::<Result<Vec<_>, _>>()?;
+    let relations = [
+        "比赛项目(赛事名称)",
+        "参赛地点(城市)",
+        "获奖时间(时间)",
+        "选手国籍(国籍)",
+    ]
+    .iter()
+    .map(|r| ids(&format!("人物: 谷爱凌, {r}: ")))
+    .collect::<Result<Vec<_>, _>>()?;
     let times = measure(budget, || {
         let text = tok.encode(rel_text, None)?;
         let states = model.encode_text(&nlu_server::uninlu::windows::split(&text.ids))?;
@@ -164,7 +176,11 @@ fn random_model(dir: &Path, layers: usize, uninlu: bool) -> Result<ModelFiles> {
         t.insert(name, tensor);
         Ok(())
     };
-    let emb = if uninlu { "plm.embeddings" } else { "embeddings" };
+    let emb = if uninlu {
+        "plm.embeddings"
+    } else {
+        "embeddings"
+    };
     rand(format!("{emb}.word_embeddings.weight"), &[vocab, h])?;
     rand(format!("{emb}.position_embeddings.weight"), &[positions, h])?;
     rand(format!("{emb}.token_type_embeddings.weight"), &[2, h])?;
@@ -205,9 +221,11 @@ fn random_model(dir: &Path, layers: usize, uninlu: bool) -> Result<ModelFiles> {
         "max_position_embeddings": positions, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
     });
     std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/uninlu-tiny/model");
+    let fixtures =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/uninlu-tiny/model");
     for f in ["tokenizer.json", "vocab.txt", "tokenizer_config.json"] {
-        std::fs::copy(fixtures.join(f), dir.join(f)).with_context(|| format!("copy {f} from the fixtures"))?;
+        std::fs::copy(fixtures.join(f), dir.join(f))
+            .with_context(|| format!("copy {f} from the fixtures"))?;
     }
     Ok(ModelFiles::from_dir(dir)?)
 }
@@ -217,7 +235,10 @@ fn minilm_dir(arg: Option<PathBuf>) -> Option<PathBuf> {
         .or_else(|| {
             let cache = std::env::var_os("NLU_TEST_CACHE")
                 .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/nlu-test/minilm")))?;
+                .or_else(|| {
+                    std::env::var_os("HOME")
+                        .map(|h| PathBuf::from(h).join(".cache/nlu-test/minilm"))
+                })?;
             Some(cache.join("model"))
         })
         .filter(|d| d.join("config.json").is_file())
@@ -233,13 +254,21 @@ fn main() -> Result<()> {
         load.trim()
     );
     match minilm_dir(args.minilm) {
-        Some(dir) => bench_embedder("all-MiniLM-L6-v2", &Embedder::load(&ModelFiles::from_dir(&dir)?, None)?, budget)?,
+        Some(dir) => bench_embedder(
+            "all-MiniLM-L6-v2",
+            &Embedder::load(&ModelFiles::from_dir(&dir)?, None)?,
+            budget,
+        )?,
         None => println!("\nMiniLM skipped: run scripts/fetch-minilm.sh or pass --minilm DIR"),
     }
     if !args.skip_base {
         let tmp = tempfile_dir("bert-base")?;
         let files = random_model(&tmp, 12, false)?;
-        bench_embedder("BERT-base shape (random weights)", &Embedder::load(&files, None)?, budget)?;
+        bench_embedder(
+            "BERT-base shape (random weights)",
+            &Embedder::load(&files, None)?,
+            budget,
+        )?;
         std::fs::remove_dir_all(&tmp)?;
     }
     if !args.skip_uninlu {
