@@ -50,7 +50,11 @@ fn services() -> Vec<NluService> {
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -68,7 +72,11 @@ async fn main() {
     for (svc, before) in svcs.iter().zip(&previous) {
         let want = children(svc, &cfg);
         changed += usize::from(want != *before);
-        let seen = Observed { problem: None, deployment: Some(&want.deployment), ingress: want.ingress.as_ref() };
+        let seen = Observed {
+            problem: None,
+            deployment: Some(&want.deployment),
+            ingress: want.ingress.as_ref(),
+        };
         let status = compute(svc, &seen, now.clone());
         changed += usize::from(Some(&status) == svc.status.as_ref());
     }
@@ -81,21 +89,34 @@ async fn main() {
     for svc in &svcs {
         let ns = svc.metadata.namespace.clone().unwrap();
         let name = svc.metadata.name.clone().unwrap();
-        api.put(&format!("/apis/nlu.dev/v1alpha1/namespaces/{ns}/nluservices/{name}"), serde_json::to_value(svc).unwrap());
+        api.put(
+            &format!("/apis/nlu.dev/v1alpha1/namespaces/{ns}/nluservices/{name}"),
+            serde_json::to_value(svc).unwrap(),
+        );
         api.put(&format!("/api/v1/namespaces/{ns}/secrets/nlu-redis"), json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "nlu-redis"}, "data": {"url": "eA=="}}));
     }
     let ctx = Arc::new(Context::new(client, cfg.clone(), Arc::new(Metrics::new())));
     let start = Instant::now();
     for svc in &svcs {
-        reconcile(Arc::new(svc.clone()), ctx.clone()).await.expect("reconcile");
+        reconcile(Arc::new(svc.clone()), ctx.clone())
+            .await
+            .expect("reconcile");
     }
     let full = start.elapsed();
     let requests = api.take_calls().len();
 
     let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / N as f64;
     println!("NluServices: {N}");
-    println!("build + diff + status (pure): {:.1} us/object (target < 1000 us)", per(pure));
-    println!("full reconcile vs mocked API: {:.1} us/object ({} requests, {:.1}/object)", per(full), requests, requests as f64 / N as f64);
+    println!(
+        "build + diff + status (pure): {:.1} us/object (target < 1000 us)",
+        per(pure)
+    );
+    println!(
+        "full reconcile vs mocked API: {:.1} us/object ({} requests, {:.1}/object)",
+        per(full),
+        requests,
+        requests as f64 / N as f64
+    );
     println!(
         "peak RSS: {} MiB before, {} MiB after the pure pass (1,000 CRs + 2 desired sets), {} MiB after the mocked reconciles (the stand-in keeps every object and request body)",
         rss_start / 1024,

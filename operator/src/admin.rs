@@ -35,7 +35,10 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     if state.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not connected to the API server yet")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not connected to the API server yet",
+        )
     }
 }
 
@@ -50,7 +53,11 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 /// Serves the admin routes on `addr` until `shutdown` is cancelled.
-pub async fn serve(addr: SocketAddr, state: AdminState, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "admin server listening");
     axum::serve(listener, router(state))
@@ -82,7 +89,10 @@ mod tests {
         let ready = Arc::new(AtomicBool::new(false));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = AdminState { metrics, ready: ready.clone() };
+        let state = AdminState {
+            metrics,
+            ready: ready.clone(),
+        };
         tokio::spawn(async move { axum::serve(listener, router(state)).await });
 
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
@@ -90,7 +100,10 @@ mod tests {
         ready.store(true, Ordering::Release);
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
         let body = get(addr, "/metrics").await;
-        assert!(body.contains(r#"nlu_operator_reconcile_runs_total{controller="nluservice"} 1"#), "{body}");
+        assert!(
+            body.contains(r#"nlu_operator_reconcile_runs_total{controller="nluservice"} 1"#),
+            "{body}"
+        );
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
     }
 }

@@ -29,7 +29,8 @@ where
 {
     let ns = obj.namespace().unwrap_or_default();
     let api: Api<K> = Api::namespaced(client.clone(), &ns);
-    api.patch(&obj.name_any(), &apply_params(), &Patch::Apply(obj)).await
+    api.patch(&obj.name_any(), &apply_params(), &Patch::Apply(obj))
+        .await
 }
 
 /// Applies `status` to the `/status` subresource of `owner`. The body carries apiVersion, kind
@@ -54,7 +55,12 @@ where
 
 /// Deletes child `name` of kind `K` if it exists and `owner_uid` is its controller. Returns
 /// whether it deleted something. An object of that name that someone else owns is left alone.
-pub async fn delete_owned<K>(client: &Client, ns: &str, name: &str, owner_uid: &str) -> Result<bool, kube::Error>
+pub async fn delete_owned<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    owner_uid: &str,
+) -> Result<bool, kube::Error>
 where
     K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
     K::DynamicType: Default,

@@ -21,16 +21,28 @@ pub struct OperatorConfig {
     pub operator_namespace: String,
 
     /// Namespace of the ingress controller; the NetworkPolicy lets it reach the http port.
-    #[arg(long, env = "NLU_OPERATOR_INGRESS_NAMESPACE", default_value = "ingress-nginx")]
+    #[arg(
+        long,
+        env = "NLU_OPERATOR_INGRESS_NAMESPACE",
+        default_value = "ingress-nginx"
+    )]
     pub ingress_namespace: String,
 
     /// Namespace of the Prometheus scraper; the NetworkPolicy lets it reach the metrics port.
-    #[arg(long, env = "NLU_OPERATOR_MONITORING_NAMESPACE", default_value = "monitoring")]
+    #[arg(
+        long,
+        env = "NLU_OPERATOR_MONITORING_NAMESPACE",
+        default_value = "monitoring"
+    )]
     pub monitoring_namespace: String,
 
     /// Secret (in each NluService's namespace, key `url`) holding the Redis URL, used when an
     /// NluService with auth on names no Redis of its own.
-    #[arg(long, env = "NLU_OPERATOR_DEFAULT_REDIS_SECRET", default_value = "nlu-redis")]
+    #[arg(
+        long,
+        env = "NLU_OPERATOR_DEFAULT_REDIS_SECRET",
+        default_value = "nlu-redis"
+    )]
     pub default_redis_secret: String,
 
     /// TCP port of the Redis server(s), opened in the NetworkPolicy's egress rules.
@@ -82,7 +94,11 @@ pub struct RunArgs {
     pub operator: OperatorConfig,
 
     /// Address of the admin server (/healthz, /readyz, /metrics).
-    #[arg(long, env = "NLU_OPERATOR_ADMIN_LISTEN", default_value = "0.0.0.0:8081")]
+    #[arg(
+        long,
+        env = "NLU_OPERATOR_ADMIN_LISTEN",
+        default_value = "0.0.0.0:8081"
+    )]
     pub admin_listen: SocketAddr,
 
     /// Run the controllers only while holding a Lease, so several replicas can stand by.
@@ -98,6 +114,11 @@ pub struct RunArgs {
     pub identity: Option<String>,
 
     /// Log line format.
-    #[arg(long, env = "NLU_OPERATOR_LOG_FORMAT", value_enum, default_value = "json")]
+    #[arg(
+        long,
+        env = "NLU_OPERATOR_LOG_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
     pub log_format: LogFormat,
 }

@@ -85,6 +85,9 @@ impl FailureBackoff {
 
     /// Forgets the failures of `key` after a successful reconcile.
     pub fn reset(&self, key: &str) {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
     }
 }

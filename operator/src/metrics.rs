@@ -123,7 +123,8 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }
@@ -163,11 +164,15 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains(r#"nlu_operator_reconcile_duration_seconds_count{controller="nluservice"} 2"#),
+            text.contains(
+                r#"nlu_operator_reconcile_duration_seconds_count{controller="nluservice"} 2"#
+            ),
             "{text}"
         );
         assert!(
-            text.contains(r#"nlu_operator_reconcile_failures_total{controller="nluservice",reason="Kube"} 1"#),
+            text.contains(
+                r#"nlu_operator_reconcile_failures_total{controller="nluservice",reason="Kube"} 1"#
+            ),
             "{text}"
         );
     }

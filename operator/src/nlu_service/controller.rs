@@ -43,9 +43,15 @@ pub enum Error {
         source: kube::Error,
     },
     #[error("applying {kind}: {source}")]
-    Apply { kind: &'static str, source: kube::Error },
+    Apply {
+        kind: &'static str,
+        source: kube::Error,
+    },
     #[error("deleting {kind}: {source}")]
-    Delete { kind: &'static str, source: kube::Error },
+    Delete {
+        kind: &'static str,
+        source: kube::Error,
+    },
     #[error("writing status: {0}")]
     Status(kube::Error),
 }
@@ -116,7 +122,8 @@ async fn check_redis_secret(svc: &NluService, ctx: &Context) -> Result<Option<Pr
     let Some((name, key)) = redis_secret(&svc.spec, &ctx.config) else {
         return Ok(None);
     };
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
+    let api: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
     let secret = api.get_opt(&name).await.map_err(|source| Error::Read {
         kind: "Secret",
         name: name.clone(),
@@ -125,7 +132,9 @@ async fn check_redis_secret(svc: &NluService, ctx: &Context) -> Result<Option<Pr
     Ok(match secret {
         None => Some(Problem::new(
             "RedisSecretMissing",
-            format!("Secret {name:?} (the Redis URL for tenant auth) does not exist in this namespace"),
+            format!(
+                "Secret {name:?} (the Redis URL for tenant auth) does not exist in this namespace"
+            ),
         )),
         Some(s)
             if !s.data.as_ref().is_some_and(|d| d.contains_key(&key))
@@ -142,17 +151,24 @@ async fn check_redis_secret(svc: &NluService, ctx: &Context) -> Result<Option<Pr
 
 /// Applies the wanted children, deletes the unwanted ones, and returns the Deployment and
 /// Ingress as the API server answered (with their status).
-async fn apply_children(svc: &NluService, ctx: &Context) -> Result<(Option<Deployment>, Option<Ingress>), Error> {
+async fn apply_children(
+    svc: &NluService,
+    ctx: &Context,
+) -> Result<(Option<Deployment>, Option<Ingress>), Error> {
     let want = build::children(svc, &ctx.config);
     let client = &ctx.client;
-    let deployment = apply(client, &want.deployment).await.map_err(|source| Error::Apply {
-        kind: "Deployment",
-        source,
-    })?;
-    apply(client, &want.service).await.map_err(|source| Error::Apply {
-        kind: "Service",
-        source,
-    })?;
+    let deployment = apply(client, &want.deployment)
+        .await
+        .map_err(|source| Error::Apply {
+            kind: "Deployment",
+            source,
+        })?;
+    apply(client, &want.service)
+        .await
+        .map_err(|source| Error::Apply {
+            kind: "Service",
+            source,
+        })?;
     apply(client, &want.network_policy)
         .await
         .map_err(|source| Error::Apply {
@@ -261,7 +277,10 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     .owns(scoped::<Service>(&client, &ns), children.clone())
     .owns(scoped::<NetworkPolicy>(&client, &ns), children.clone())
     .owns(scoped::<Ingress>(&client, &ns), children.clone())
-    .owns(scoped::<HorizontalPodAutoscaler>(&client, &ns), children.clone())
+    .owns(
+        scoped::<HorizontalPodAutoscaler>(&client, &ns),
+        children.clone(),
+    )
     .owns(scoped::<PodDisruptionBudget>(&client, &ns), children)
     .graceful_shutdown_on(stop.cancelled_owned())
     .run(reconcile, error_policy, ctx)

@@ -5,7 +5,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use nlu_crds::conditions::{condition, set_condition, DEGRADED, INGRESS_READY, MODEL_LOADED, PROGRESSING, READY};
+use nlu_crds::conditions::{
+    condition, set_condition, DEGRADED, INGRESS_READY, MODEL_LOADED, PROGRESSING, READY,
+};
 use nlu_crds::{NluService, NluServiceStatus};
 
 use super::build::ingress::DEFAULT_PATH;
@@ -32,18 +34,22 @@ pub fn compute(svc: &NluService, seen: &Observed<'_>, now: Time) -> NluServiceSt
         );
     };
 
-    let dep_status = seen.deployment.and_then(|d| d.status.clone()).unwrap_or_default();
-    let desired = seen.deployment.and_then(|d| d.spec.as_ref()?.replicas).unwrap_or(1);
+    let dep_status = seen
+        .deployment
+        .and_then(|d| d.status.clone())
+        .unwrap_or_default();
+    let desired = seen
+        .deployment
+        .and_then(|d| d.spec.as_ref()?.replicas)
+        .unwrap_or(1);
     let ready = dep_status.ready_replicas.unwrap_or(0);
     let updated = dep_status.updated_replicas.unwrap_or(0);
     let rollout_seen = seen
         .deployment
         .is_some_and(|d| dep_status.observed_generation >= d.metadata.generation);
-    let deadline_exceeded = dep_status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded"));
+    let deadline_exceeded = dep_status.conditions.iter().flatten().find(|c| {
+        c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    });
 
     match (seen.problem, deadline_exceeded) {
         (Some(p), _) => set(DEGRADED, true, p.reason, p.message.clone()),
@@ -104,9 +110,19 @@ pub fn compute(svc: &NluService, seen: &Observed<'_>, now: Time) -> NluServiceSt
 
     let degraded = seen.problem.is_some() || deadline_exceeded.is_some();
     if degraded {
-        set(READY, false, "Degraded", "see the Degraded condition".into());
+        set(
+            READY,
+            false,
+            "Degraded",
+            "see the Degraded condition".into(),
+        );
     } else if desired > 0 && ready >= desired {
-        set(READY, true, "AllReplicasReady", format!("{ready}/{desired} pods ready"));
+        set(
+            READY,
+            true,
+            "AllReplicasReady",
+            format!("{ready}/{desired} pods ready"),
+        );
     } else {
         set(
             READY,
@@ -164,9 +180,16 @@ fn ingress_address(ingress: &Ingress) -> Option<String> {
 pub fn url(svc: &NluService, ingress: Option<&Ingress>) -> String {
     if let Some(spec) = &svc.spec.ingress {
         let scheme = if spec.tls.is_some() { "https" } else { "http" };
-        let host = spec.host.clone().or_else(|| ingress.and_then(ingress_address));
+        let host = spec
+            .host
+            .clone()
+            .or_else(|| ingress.and_then(ingress_address));
         if let Some(host) = host {
-            let path = spec.path.as_deref().unwrap_or(DEFAULT_PATH).trim_end_matches('/');
+            let path = spec
+                .path
+                .as_deref()
+                .unwrap_or(DEFAULT_PATH)
+                .trim_end_matches('/');
             return format!("{scheme}://{host}{path}");
         }
     }
@@ -196,7 +219,12 @@ mod tests {
     }
 
     fn reason(status: &NluServiceStatus, type_: &str) -> String {
-        status.conditions.iter().find(|c| c.type_ == type_).map(|c| c.reason.clone()).unwrap_or_default()
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| c.reason.clone())
+            .unwrap_or_default()
     }
 
     fn deployment(status: serde_json::Value) -> Deployment {
@@ -205,10 +233,25 @@ mod tests {
 
     #[test]
     fn ingress_address_makes_ingress_ready_and_the_url_public() {
-        let s = svc(json!({"model": {"task": "embedding", "source": {"url": "https://m"}}, "ingress": {"path": "/api/"}}));
-        let ing: Ingress = serde_json::from_value(json!({"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}})).unwrap();
-        let dep = deployment(json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}));
-        let status = compute(&s, &Observed { problem: None, deployment: Some(&dep), ingress: Some(&ing) }, at(10));
+        let s = svc(
+            json!({"model": {"task": "embedding", "source": {"url": "https://m"}}, "ingress": {"path": "/api/"}}),
+        );
+        let ing: Ingress = serde_json::from_value(
+            json!({"status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7"}]}}}),
+        )
+        .unwrap();
+        let dep = deployment(
+            json!({"observedGeneration": 2, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2}),
+        );
+        let status = compute(
+            &s,
+            &Observed {
+                problem: None,
+                deployment: Some(&dep),
+                ingress: Some(&ing),
+            },
+            at(10),
+        );
         assert!(is_true(&status.conditions, INGRESS_READY));
         assert!(is_true(&status.conditions, READY));
         assert_eq!(status.url.as_deref(), Some("http://203.0.113.7/api"));
@@ -216,8 +259,20 @@ mod tests {
         assert_eq!((status.replicas, status.ready_replicas), (Some(2), Some(2)));
 
         // Ingress switched off: its condition disappears, the URL falls back to the Service.
-        let off = NluService { spec: svc(json!({"model": {"task": "embedding", "source": {"url": "https://m"}}})).spec, status: Some(status), ..s };
-        let status = compute(&off, &Observed { problem: None, deployment: Some(&dep), ingress: None }, at(20));
+        let off = NluService {
+            spec: svc(json!({"model": {"task": "embedding", "source": {"url": "https://m"}}})).spec,
+            status: Some(status),
+            ..s
+        };
+        let status = compute(
+            &off,
+            &Observed {
+                problem: None,
+                deployment: Some(&dep),
+                ingress: None,
+            },
+            at(20),
+        );
         assert!(status.conditions.iter().all(|c| c.type_ != INGRESS_READY));
         assert_eq!(status.url.as_deref(), Some("http://s.n.svc"));
     }
@@ -229,10 +284,21 @@ mod tests {
             "observedGeneration": 2, "replicas": 2, "updatedReplicas": 1, "readyReplicas": 1,
             "conditions": [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "ReplicaSet has timed out progressing."}],
         }));
-        let status = compute(&s, &Observed { problem: None, deployment: Some(&dep), ingress: None }, at(10));
+        let status = compute(
+            &s,
+            &Observed {
+                problem: None,
+                deployment: Some(&dep),
+                ingress: None,
+            },
+            at(10),
+        );
         assert_eq!(reason(&status, DEGRADED), "ProgressDeadlineExceeded");
         assert_eq!(reason(&status, READY), "Degraded");
         assert_eq!(reason(&status, PROGRESSING), "RollingOut");
-        assert!(is_true(&status.conditions, MODEL_LOADED), "one pod is serving");
+        assert!(
+            is_true(&status.conditions, MODEL_LOADED),
+            "one pod is serving"
+        );
     }
 }

@@ -146,7 +146,10 @@ mod tests {
 
     #[test]
     fn model_paths_stay_inside_the_volume() {
-        assert_eq!(relative_model_path("models/./gte//base").unwrap(), "models/gte/base");
+        assert_eq!(
+            relative_model_path("models/./gte//base").unwrap(),
+            "models/gte/base"
+        );
         assert_eq!(relative_model_path("").unwrap(), "");
         for bad in ["/etc", "../secrets", "a/../../b", "a/.."] {
             assert_eq!(

@@ -15,7 +15,11 @@ fn pod(c: &Children) -> PodSpec {
 }
 
 fn server(c: &Children) -> Container {
-    pod(c).containers.into_iter().find(|c| c.name == "server").unwrap()
+    pod(c)
+        .containers
+        .into_iter()
+        .find(|c| c.name == "server")
+        .unwrap()
 }
 
 fn args(c: &Children) -> Vec<String> {
@@ -24,7 +28,9 @@ fn args(c: &Children) -> Vec<String> {
 
 /// The value following `flag` in `args`.
 fn flag<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
-    args.iter().position(|a| a == flag).map(|i| args[i + 1].as_str())
+    args.iter()
+        .position(|a| a == flag)
+        .map(|i| args[i + 1].as_str())
 }
 
 #[test]
@@ -56,8 +62,18 @@ fn every_child_carries_labels_and_controller_owner() {
 
 #[test]
 fn replicas_are_left_to_the_hpa_when_autoscaling() {
-    assert_eq!(build(&uninlu_tls_autoscaling()).deployment.spec.unwrap().replicas, None);
-    assert_eq!(build(&embeddings_pvc()).deployment.spec.unwrap().replicas, Some(3));
+    assert_eq!(
+        build(&uninlu_tls_autoscaling())
+            .deployment
+            .spec
+            .unwrap()
+            .replicas,
+        None
+    );
+    assert_eq!(
+        build(&embeddings_pvc()).deployment.spec.unwrap().replicas,
+        Some(3)
+    );
     assert_eq!(build(&minimal()).deployment.spec.unwrap().replicas, Some(1));
 }
 
@@ -77,21 +93,38 @@ fn optional_children_follow_their_features() {
         "one",
         "model: {task: embedding, source: {url: 'https://x/m.tar.gz'}}\nautoscaling: {minReplicas: 1, maxReplicas: 3}",
     );
-    assert!(build(&one).pdb.is_none(), "a PDB on one pod would block drains");
+    assert!(
+        build(&one).pdb.is_none(),
+        "a PDB on one pod would block drains"
+    );
 }
 
 #[test]
 fn pods_are_locked_down() {
-    for svc in [minimal(), uninlu_tls_autoscaling(), embeddings_pvc(), auth_off()] {
+    for svc in [
+        minimal(),
+        uninlu_tls_autoscaling(),
+        embeddings_pvc(),
+        auth_off(),
+    ] {
         let c = build(&svc);
         let pod = pod(&c);
         assert_eq!(pod.automount_service_account_token, Some(false));
         let psc = pod.security_context.clone().unwrap();
         assert_eq!(psc.run_as_non_root, Some(true));
         assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
-        for container in pod.containers.iter().chain(pod.init_containers.iter().flatten()) {
+        for container in pod
+            .containers
+            .iter()
+            .chain(pod.init_containers.iter().flatten())
+        {
             let sc = container.security_context.clone().unwrap();
-            assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", container.name);
+            assert_eq!(
+                sc.read_only_root_filesystem,
+                Some(true),
+                "{}",
+                container.name
+            );
             assert_eq!(sc.allow_privilege_escalation, Some(false));
             assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_owned()]));
             let mounts: Vec<_> = container
@@ -106,7 +139,14 @@ fn pods_are_locked_down() {
                 container.name
             );
         }
-        let strategy = c.deployment.spec.unwrap().strategy.unwrap().rolling_update.unwrap();
+        let strategy = c
+            .deployment
+            .spec
+            .unwrap()
+            .strategy
+            .unwrap()
+            .rolling_update
+            .unwrap();
         assert_eq!(
             strategy.max_unavailable,
             Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0))
@@ -131,7 +171,16 @@ fn probes_and_drain() {
         budget >= 300,
         "model loading may take minutes, startup budget is {budget}s"
     );
-    assert!(s.lifecycle.unwrap().pre_stop.unwrap().sleep.unwrap().seconds > 0);
+    assert!(
+        s.lifecycle
+            .unwrap()
+            .pre_stop
+            .unwrap()
+            .sleep
+            .unwrap()
+            .seconds
+            > 0
+    );
 }
 
 #[test]
@@ -142,7 +191,10 @@ fn hub_model_downloads_into_the_folder_the_server_reads() {
     assert_eq!(init_args[0], "download");
     assert_eq!(flag(&init_args, "--model"), Some("thenlper/gte-base-zh"));
     assert_eq!(flag(&init_args, "--cache-dir"), Some("/models"));
-    assert_eq!(flag(&args(&c), "--model"), Some("/models/thenlper--gte-base-zh/main"));
+    assert_eq!(
+        flag(&args(&c), "--model"),
+        Some("/models/thenlper--gte-base-zh/main")
+    );
     assert_eq!(init.image, server(&c).image);
 }
 
@@ -151,9 +203,17 @@ fn pvc_model_mounts_read_only_without_download() {
     let c = build(&embeddings_pvc());
     let pod = pod(&c);
     assert!(pod.init_containers.is_none());
-    let volume = pod.volumes.unwrap().into_iter().find(|v| v.name == "model").unwrap();
+    let volume = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "model")
+        .unwrap();
     let claim = volume.persistent_volume_claim.unwrap();
-    assert_eq!((claim.claim_name.as_str(), claim.read_only), ("models", Some(true)));
+    assert_eq!(
+        (claim.claim_name.as_str(), claim.read_only),
+        ("models", Some(true))
+    );
     assert_eq!(flag(&args(&c), "--model"), Some("/models/gte/base-zh"));
     assert_eq!(flag(&args(&c), "--pooling"), Some("mean"));
 }
@@ -169,14 +229,23 @@ fn auth_wiring() {
     let env = server(&c).env.unwrap();
     let secret = env[0].value_from.clone().unwrap().secret_key_ref.unwrap();
     assert_eq!(
-        (env[0].name.as_str(), secret.name.as_str(), secret.key.as_str()),
+        (
+            env[0].name.as_str(),
+            secret.name.as_str(),
+            secret.key.as_str()
+        ),
         ("NLU_REDIS_URL", "tenants-redis", "connection")
     );
     assert!(
         !a.iter().any(|x| x.contains("redis://")),
         "the Redis URL never appears in args"
     );
-    let jwks = pod(&c).volumes.unwrap().into_iter().find(|v| v.name == "jwks").unwrap();
+    let jwks = pod(&c)
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "jwks")
+        .unwrap();
     assert_eq!(jwks.config_map.unwrap().name, "nlu-jwks");
 
     let m = build(&minimal());
@@ -220,7 +289,10 @@ fn ingress_uses_cert_manager_and_never_a_secret_object() {
     assert_eq!(spec.ingress_class_name.as_deref(), Some("nginx"));
     let tls = &spec.tls.unwrap()[0];
     assert_eq!(tls.secret_name.as_deref(), Some("uninlu-tls"));
-    assert_eq!(tls.hosts.as_deref(), Some(&["nlu.example.com".to_owned()][..]));
+    assert_eq!(
+        tls.hosts.as_deref(),
+        Some(&["nlu.example.com".to_owned()][..])
+    );
     let rules = spec.rules.unwrap();
     assert_eq!(
         rules[0].http.as_ref().unwrap().paths[0].path.as_deref(),
@@ -229,7 +301,10 @@ fn ingress_uses_cert_manager_and_never_a_secret_object() {
 
     let issuer = build(&auth_off()).ingress.unwrap();
     let ann = issuer.metadata.annotations.unwrap();
-    assert_eq!(ann.get("cert-manager.io/issuer").map(String::as_str), Some("local-ca"));
+    assert_eq!(
+        ann.get("cert-manager.io/issuer").map(String::as_str),
+        Some("local-ca")
+    );
     assert!(!ann.contains_key("cert-manager.io/cluster-issuer"));
     assert_eq!(
         issuer.spec.unwrap().tls.unwrap()[0].secret_name.as_deref(),
@@ -244,7 +319,12 @@ fn hpa_targets_cpu_and_inflight_requests() {
     assert_eq!(hpa.scale_target_ref.kind, "Deployment");
     let metrics = hpa.metrics.unwrap();
     assert_eq!(
-        metrics[0].resource.as_ref().unwrap().target.average_utilization,
+        metrics[0]
+            .resource
+            .as_ref()
+            .unwrap()
+            .target
+            .average_utilization,
         Some(60)
     );
     let pods = metrics[1].pods.as_ref().unwrap();
@@ -267,9 +347,15 @@ fn network_policy_admits_ingress_and_monitoring_and_allows_dns_and_redis() {
         monitoring_namespace: "prom".into(),
         ..OperatorConfig::default()
     };
-    let np = children(&embeddings_pvc(), &cfg).network_policy.spec.unwrap();
+    let np = children(&embeddings_pvc(), &cfg)
+        .network_policy
+        .spec
+        .unwrap();
     let json = serde_json::to_string(&np).unwrap();
-    assert!(json.contains(r#""kubernetes.io/metadata.name":"traefik""#), "{json}");
+    assert!(
+        json.contains(r#""kubernetes.io/metadata.name":"traefik""#),
+        "{json}"
+    );
     assert!(json.contains(r#""kubernetes.io/metadata.name":"prom""#));
     let egress = np.egress.unwrap();
     let ports: Vec<i32> = egress
@@ -284,7 +370,9 @@ fn network_policy_admits_ingress_and_monitoring_and_allows_dns_and_redis() {
     assert!(!ports.contains(&443), "a PVC model needs no web egress");
     let hub = children(&minimal(), &cfg).network_policy.spec.unwrap();
     assert!(
-        serde_json::to_string(&hub).unwrap().contains(r#""port":443"#),
+        serde_json::to_string(&hub)
+            .unwrap()
+            .contains(r#""port":443"#),
         "the download init container needs https"
     );
 }
@@ -297,14 +385,18 @@ fn image_comes_from_the_spec_or_the_operator() {
     };
     let d = deployment(&minimal(), &cfg);
     assert_eq!(
-        d.spec.unwrap().template.spec.unwrap().containers[0].image.as_deref(),
+        d.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .as_deref(),
         Some("registry.local/nlu-server:1")
     );
     let mut own = minimal();
     own.spec.image = Some("mine:2".into());
     let d = deployment(&own, &cfg);
     assert_eq!(
-        d.spec.unwrap().template.spec.unwrap().containers[0].image.as_deref(),
+        d.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .as_deref(),
         Some("mine:2")
     );
 }

@@ -17,7 +17,11 @@ async fn controllers_run_while_leading_and_the_lease_is_released_on_shutdown() {
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
     let started = Arc::new(AtomicUsize::new(0));
-    let lease = LeaseSettings { namespace: "nlu-system".into(), name: "nlu-operator".into(), identity: "pod-a".into() };
+    let lease = LeaseSettings {
+        namespace: "nlu-system".into(),
+        name: "nlu-operator".into(),
+        identity: "pod-a".into(),
+    };
     let runs = started.clone();
     let stop = shutdown.clone();
     let leader_metrics = metrics.clone();
@@ -39,13 +43,25 @@ async fn controllers_run_while_leading_and_the_lease_is_released_on_shutdown() {
     })
     .await
     .expect("controllers started after taking the lease");
-    assert_eq!(api.get(lease_path).unwrap()["spec"]["holderIdentity"], "pod-a");
+    assert_eq!(
+        api.get(lease_path).unwrap()["spec"]["holderIdentity"],
+        "pod-a"
+    );
     assert!(metrics.encode().contains("nlu_operator_leader 1"));
 
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task).await.expect("stopped").unwrap().expect("clean exit");
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("stopped")
+        .unwrap()
+        .expect("clean exit");
     assert_eq!(started.load(Ordering::SeqCst), 1);
     assert!(metrics.encode().contains("nlu_operator_leader 0"));
-    let holder = api.get(lease_path).unwrap()["spec"].get("holderIdentity").cloned();
-    assert!(holder.as_ref().is_none_or(|h| h.is_null()), "released: {holder:?}");
+    let holder = api.get(lease_path).unwrap()["spec"]
+        .get("holderIdentity")
+        .cloned();
+    assert!(
+        holder.as_ref().is_none_or(|h| h.is_null()),
+        "released: {holder:?}"
+    );
 }

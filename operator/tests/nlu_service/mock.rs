@@ -96,26 +96,42 @@ impl FakeApi {
             let mut failing = self.failing.lock().unwrap();
             if let Some(i) = failing.iter().position(|p| *p == path) {
                 failing.remove(i);
-                return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "injected failure");
+                return status(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    "injected failure",
+                );
             }
         }
         let mut objects = self.objects.lock().unwrap();
         match call.method.as_str() {
             "GET" => match objects.get(&path) {
                 Some(obj) => respond(StatusCode::OK, obj),
-                None => status(StatusCode::NOT_FOUND, "NotFound", &format!("{path} not found")),
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("{path} not found"),
+                ),
             },
             "DELETE" => match objects.remove(&path) {
                 Some(_) => respond(
                     StatusCode::OK,
                     &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
                 ),
-                None => status(StatusCode::NOT_FOUND, "NotFound", &format!("{path} not found")),
+                None => status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("{path} not found"),
+                ),
             },
             "PATCH" if path.ends_with("/status") => {
                 let parent = path.trim_end_matches("/status").to_owned();
                 let Some(obj) = objects.get_mut(&parent) else {
-                    return status(StatusCode::NOT_FOUND, "NotFound", &format!("{parent} not found"));
+                    return status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        &format!("{parent} not found"),
+                    );
                 };
                 obj["status"] = body.expect("status body")["status"].clone();
                 respond(StatusCode::OK, obj)
@@ -123,7 +139,11 @@ impl FakeApi {
             "PATCH" if call.content_type.as_deref() != Some("application/apply-patch+yaml") => {
                 // Merge and strategic-merge patches (leases, repeated events) on scalar fields.
                 let Some(obj) = objects.get_mut(&path) else {
-                    return status(StatusCode::NOT_FOUND, "NotFound", &format!("{path} not found"));
+                    return status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        &format!("{path} not found"),
+                    );
                 };
                 json_patch::merge(obj, &body.expect("patch body"));
                 respond(StatusCode::OK, obj)
@@ -140,7 +160,10 @@ impl FakeApi {
             }
             "POST" => {
                 let event = body.expect("event body");
-                let name = event["metadata"]["name"].as_str().unwrap_or("event").to_owned();
+                let name = event["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("event")
+                    .to_owned();
                 objects.insert(format!("{path}/{name}"), event.clone());
                 respond(StatusCode::CREATED, &event)
             }

@@ -30,13 +30,19 @@ fn service_path(n: &str) -> String {
     path("/api/v1", &format!("services/{n}"))
 }
 fn netpol_path(n: &str) -> String {
-    path("/apis/networking.k8s.io/v1", &format!("networkpolicies/{n}"))
+    path(
+        "/apis/networking.k8s.io/v1",
+        &format!("networkpolicies/{n}"),
+    )
 }
 fn ingress_path(n: &str) -> String {
     path("/apis/networking.k8s.io/v1", &format!("ingresses/{n}"))
 }
 fn hpa_path(n: &str) -> String {
-    path("/apis/autoscaling/v2", &format!("horizontalpodautoscalers/{n}"))
+    path(
+        "/apis/autoscaling/v2",
+        &format!("horizontalpodautoscalers/{n}"),
+    )
 }
 fn pdb_path(n: &str) -> String {
     path("/apis/policy/v1", &format!("poddisruptionbudgets/{n}"))
@@ -64,8 +70,8 @@ impl Env {
         let (client, api) = FakeApi::start();
         let seconds = Arc::new(AtomicI64::new(1_800_000_000));
         let clock = seconds.clone();
-        let ctx =
-            Context::new(client, OperatorConfig::default(), Arc::new(Metrics::new())).with_clock(Arc::new(move || {
+        let ctx = Context::new(client, OperatorConfig::default(), Arc::new(Metrics::new()))
+            .with_clock(Arc::new(move || {
                 Timestamp::from_second(clock.load(Ordering::SeqCst)).unwrap()
             }));
         api.put(&secret_path("nlu-redis"), json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "nlu-redis", "namespace": NS}, "data": {"url": "cmVkaXM6Ly9yZWRpcw=="}}));
@@ -85,9 +91,12 @@ impl Env {
         }
         self.api.put(&path, stored.clone());
         let svc: NluService = serde_json::from_value(stored).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(svc), self.ctx.clone()))
-            .await
-            .expect("reconcile finished")
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            reconcile(Arc::new(svc), self.ctx.clone()),
+        )
+        .await
+        .expect("reconcile finished")
     }
 
     fn status(&self, name: &str) -> Value {
@@ -124,7 +133,10 @@ fn assert_apply(call: &Call, path: &str, expected: Value) {
         ]),
         "{path}"
     );
-    assert_eq!(call.content_type.as_deref(), Some("application/apply-patch+yaml"));
+    assert_eq!(
+        call.content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
     assert_eq!(call.body.as_ref(), Some(&expected), "{path}");
 }
 
@@ -154,18 +166,34 @@ async fn first_reconcile_applies_the_snapshotted_children_and_writes_status() {
                 "PATCH {}?&force=true&fieldManager=nlu-operator",
                 deployment_path("uninlu")
             ),
-            format!("PATCH {}?&force=true&fieldManager=nlu-operator", service_path("uninlu")),
-            format!("PATCH {}?&force=true&fieldManager=nlu-operator", netpol_path("uninlu")),
-            format!("PATCH {}?&force=true&fieldManager=nlu-operator", ingress_path("uninlu")),
-            format!("PATCH {}?&force=true&fieldManager=nlu-operator", hpa_path("uninlu")),
-            format!("PATCH {}?&force=true&fieldManager=nlu-operator", pdb_path("uninlu")),
+            format!(
+                "PATCH {}?&force=true&fieldManager=nlu-operator",
+                service_path("uninlu")
+            ),
+            format!(
+                "PATCH {}?&force=true&fieldManager=nlu-operator",
+                netpol_path("uninlu")
+            ),
+            format!(
+                "PATCH {}?&force=true&fieldManager=nlu-operator",
+                ingress_path("uninlu")
+            ),
+            format!(
+                "PATCH {}?&force=true&fieldManager=nlu-operator",
+                hpa_path("uninlu")
+            ),
+            format!(
+                "PATCH {}?&force=true&fieldManager=nlu-operator",
+                pdb_path("uninlu")
+            ),
             format!(
                 "PATCH {}/status?&force=true&fieldManager=nlu-operator",
                 nlus_path("uninlu")
             ),
         ]
     );
-    let snapshot = std::fs::read_to_string(crate::snapshots::snapshot_path("uninlu-tls-autoscaling")).unwrap();
+    let snapshot =
+        std::fs::read_to_string(crate::snapshots::snapshot_path("uninlu-tls-autoscaling")).unwrap();
     let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&snapshot)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();
@@ -190,7 +218,10 @@ async fn first_reconcile_applies_the_snapshotted_children_and_writes_status() {
     assert_eq!(body["apiVersion"], "nlu.dev/v1alpha1");
     assert_eq!(body["kind"], "NluService");
     assert_eq!(body["metadata"], json!({"name": "uninlu"}));
-    assert!(body.get("spec").is_none(), "status writes never touch the spec");
+    assert!(
+        body.get("spec").is_none(),
+        "status writes never touch the spec"
+    );
     let status = &body["status"];
     assert_eq!(status["observedGeneration"], 1);
     assert_eq!(status["url"], "https://nlu.example.com/uninlu");
@@ -199,8 +230,14 @@ async fn first_reconcile_applies_the_snapshotted_children_and_writes_status() {
     assert_eq!(condition(status, "Progressing")["status"], "True");
     assert_eq!(condition(status, "Degraded")["status"], "False");
     assert_eq!(condition(status, "ModelLoaded")["reason"], "NoReadyPod");
-    assert_eq!(condition(status, "IngressReady")["reason"], "AwaitingAddress");
-    assert_eq!(condition(status, "Ready")["lastTransitionTime"], "2027-01-15T08:00:00Z");
+    assert_eq!(
+        condition(status, "IngressReady")["reason"],
+        "AwaitingAddress"
+    );
+    assert_eq!(
+        condition(status, "Ready")["lastTransitionTime"],
+        "2027-01-15T08:00:00Z"
+    );
 }
 
 #[tokio::test]
@@ -217,7 +254,10 @@ async fn unchanged_status_is_not_written_and_transition_times_hold() {
         "no status write: {:?}",
         lines(&calls)
     );
-    assert!(calls.iter().all(|c| c.method != "POST"), "no event without a flip");
+    assert!(
+        calls.iter().all(|c| c.method != "POST"),
+        "no event without a flip"
+    );
 
     // The pods become ready: Ready flips (new time, Normal event), Degraded holds (old time).
     let before = env.status("gte");
@@ -239,14 +279,20 @@ async fn unchanged_status_is_not_written_and_transition_times_hold() {
         condition(&before, "Degraded")["lastTransitionTime"]
     );
     assert_eq!(condition(&after, "ModelLoaded")["status"], "True");
-    assert_eq!(condition(&after, "Progressing")["reason"], "RolloutComplete");
+    assert_eq!(
+        condition(&after, "Progressing")["reason"],
+        "RolloutComplete"
+    );
     assert_eq!(
         (after["replicas"].clone(), after["readyReplicas"].clone()),
         (json!(1), json!(1))
     );
     assert_eq!(after["url"], "http://gte.nlp.svc");
     let calls = env.api.take_calls();
-    let event = calls.iter().find(|c| c.method == "POST").expect("Ready event");
+    let event = calls
+        .iter()
+        .find(|c| c.method == "POST")
+        .expect("Ready event");
     assert_eq!(event.path, events_path());
     let body = event.body.clone().unwrap();
     assert_eq!(
@@ -297,7 +343,10 @@ async fn toggle(feature_on: &str, child_path: fn(&str) -> String, kind: &str) {
         "{kind}"
     );
     let delete = calls.iter().find(|c| c.method == "DELETE").unwrap();
-    assert_eq!(delete.body.as_ref().unwrap()["propagationPolicy"], "Background");
+    assert_eq!(
+        delete.body.as_ref().unwrap()["propagationPolicy"],
+        "Background"
+    );
     assert!(env.api.get(&child_path("gte")).is_none(), "{kind} gone");
     let event = calls
         .iter()
@@ -312,7 +361,11 @@ async fn toggle(feature_on: &str, child_path: fn(&str) -> String, kind: &str) {
     // Switched off and gone: the next reconcile only looks.
     env.reconcile(&base).await.unwrap();
     let calls = env.api.take_calls();
-    assert!(calls.iter().all(|c| c.method != "DELETE"), "{:?}", lines(&calls));
+    assert!(
+        calls.iter().all(|c| c.method != "DELETE"),
+        "{:?}",
+        lines(&calls)
+    );
 }
 
 #[tokio::test]
@@ -341,9 +394,13 @@ async fn autoscaling_on_then_off_hands_replicas_over_and_back() {
     let mut svc = fixtures::minimal();
     svc.spec.replicas = Some(2);
     env.reconcile(&svc).await.unwrap();
-    assert_eq!(env.api.get(&deployment_path("gte")).unwrap()["spec"]["replicas"], 2);
+    assert_eq!(
+        env.api.get(&deployment_path("gte")).unwrap()["spec"]["replicas"],
+        2
+    );
     svc.spec.replicas = None;
-    svc.spec.autoscaling = serde_json::from_value(json!({"minReplicas": 2, "maxReplicas": 5})).unwrap();
+    svc.spec.autoscaling =
+        serde_json::from_value(json!({"minReplicas": 2, "maxReplicas": 5})).unwrap();
     env.api.take_calls();
     env.reconcile(&svc).await.unwrap();
     let calls = env.api.take_calls();
@@ -371,7 +428,9 @@ async fn autoscaling_on_then_off_hands_replicas_over_and_back() {
         .clone()
         .unwrap();
     assert_eq!(body["spec"]["replicas"], 3, "replicas handed back");
-    assert!(calls.iter().any(|c| c.line() == format!("DELETE {}", hpa_path("gte"))));
+    assert!(calls
+        .iter()
+        .any(|c| c.line() == format!("DELETE {}", hpa_path("gte"))));
 }
 
 #[tokio::test]
@@ -386,11 +445,20 @@ async fn a_child_of_the_same_name_owned_by_someone_else_is_not_deleted() {
 
 async fn assert_degraded(env: &Env, svc: &NluService, reason: &str, message_part: &str) {
     let name = svc.metadata.name.clone().unwrap();
-    let action = env.reconcile(svc).await.expect("a bad spec is not a reconcile error");
-    assert_eq!(action, Action::requeue(Duration::from_secs(60)), "checked again later");
+    let action = env
+        .reconcile(svc)
+        .await
+        .expect("a bad spec is not a reconcile error");
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(60)),
+        "checked again later"
+    );
     let calls = env.api.take_calls();
     assert!(
-        calls.iter().all(|c| c.path.ends_with("/status") || c.method != "PATCH"),
+        calls
+            .iter()
+            .all(|c| c.path.ends_with("/status") || c.method != "PATCH"),
         "nothing applied: {:?}",
         lines(&calls)
     );
@@ -422,7 +490,9 @@ async fn assert_degraded(env: &Env, svc: &NluService, reason: &str, message_part
     env.reconcile(svc).await.unwrap();
     let calls = env.api.take_calls();
     assert!(
-        calls.iter().all(|c| !c.path.ends_with("/status") && c.method != "POST"),
+        calls
+            .iter()
+            .all(|c| !c.path.ends_with("/status") && c.method != "POST"),
         "{:?}",
         lines(&calls)
     );
@@ -437,7 +507,10 @@ async fn missing_redis_secret_degrades() {
     // The Secret appears: the next reconcile applies and clears Degraded.
     env.api.put(&secret_path("tenants-redis"), json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tenants-redis"}, "data": {"connection": "eA=="}}));
     env.reconcile(&svc).await.unwrap();
-    assert_eq!(condition(&env.status("uninlu"), "Degraded")["status"], "False");
+    assert_eq!(
+        condition(&env.status("uninlu"), "Degraded")["status"],
+        "False"
+    );
     assert!(env.api.get(&deployment_path("uninlu")).is_some());
 }
 
@@ -473,8 +546,10 @@ async fn escaping_pvc_path_degrades() {
 async fn api_failures_back_off_and_are_counted() {
     let env = Env::new();
     let svc = Arc::new(fixtures::minimal());
-    env.api
-        .put(&nlus_path("gte"), serde_json::to_value(svc.as_ref()).unwrap());
+    env.api.put(
+        &nlus_path("gte"),
+        serde_json::to_value(svc.as_ref()).unwrap(),
+    );
     env.api.fail_next_write(&deployment_path("gte"));
     let err = reconcile(svc.clone(), env.ctx.clone()).await.unwrap_err();
     assert_eq!(err.reason(), "ApplyFailed");
@@ -529,7 +604,9 @@ async fn applied_bodies_equal_the_built_children() {
 async fn a_service_being_deleted_is_left_to_garbage_collection() {
     let env = Env::new();
     let mut svc = fixtures::minimal();
-    svc.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::from_second(1).unwrap()));
+    svc.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        Timestamp::from_second(1).unwrap(),
+    ));
     assert_eq!(env.reconcile(&svc).await.unwrap(), Action::await_change());
     assert!(env.api.take_calls().is_empty());
 }

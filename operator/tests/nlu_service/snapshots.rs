@@ -41,8 +41,12 @@ fn child_sets_match_snapshots() {
             std::fs::write(&path, &rendered).unwrap();
             continue;
         }
-        let expected = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_SNAPSHOTS=1 to create it)", path.display()));
+        let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run with UPDATE_SNAPSHOTS=1 to create it)",
+                path.display()
+            )
+        });
         if expected != rendered {
             failures.push(format!(
                 "--- {name}: expected {}\n{expected}\n--- got\n{rendered}",
@@ -67,18 +71,28 @@ fn snapshots_parse_as_kubernetes_objects() {
             let value = serde_yaml::Value::deserialize(doc).unwrap();
             let kind = value["kind"].as_str().unwrap_or_default().to_owned();
             let ok = match kind.as_str() {
-                "Deployment" => serde_yaml::from_value::<k8s_openapi::api::apps::v1::Deployment>(value).is_ok(),
-                "Service" => serde_yaml::from_value::<k8s_openapi::api::core::v1::Service>(value).is_ok(),
+                "Deployment" => {
+                    serde_yaml::from_value::<k8s_openapi::api::apps::v1::Deployment>(value).is_ok()
+                }
+                "Service" => {
+                    serde_yaml::from_value::<k8s_openapi::api::core::v1::Service>(value).is_ok()
+                }
                 "NetworkPolicy" => {
-                    serde_yaml::from_value::<k8s_openapi::api::networking::v1::NetworkPolicy>(value).is_ok()
+                    serde_yaml::from_value::<k8s_openapi::api::networking::v1::NetworkPolicy>(value)
+                        .is_ok()
                 }
-                "Ingress" => serde_yaml::from_value::<k8s_openapi::api::networking::v1::Ingress>(value).is_ok(),
-                "HorizontalPodAutoscaler" => {
-                    serde_yaml::from_value::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>(value).is_ok()
+                "Ingress" => {
+                    serde_yaml::from_value::<k8s_openapi::api::networking::v1::Ingress>(value)
+                        .is_ok()
                 }
-                "PodDisruptionBudget" => {
-                    serde_yaml::from_value::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(value).is_ok()
-                }
+                "HorizontalPodAutoscaler" => serde_yaml::from_value::<
+                    k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler,
+                >(value)
+                .is_ok(),
+                "PodDisruptionBudget" => serde_yaml::from_value::<
+                    k8s_openapi::api::policy::v1::PodDisruptionBudget,
+                >(value)
+                .is_ok(),
                 _ => false,
             };
             assert!(ok, "{name}: document of kind {kind:?} does not parse");

@@ -3,7 +3,9 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
-use nlu_crds::nlu_service::{AuthMode, FailurePolicy, ModelSource, NluServiceSpec, Pooling, RedisRef};
+use nlu_crds::nlu_service::{
+    AuthMode, FailurePolicy, ModelSource, NluServiceSpec, Pooling, RedisRef,
+};
 use nlu_crds::NluService;
 use serde_json::{json, Value};
 
@@ -55,7 +57,9 @@ pub fn deployment(svc: &NluService, cfg: &OperatorConfig) -> Deployment {
         json!({"name": "tmp", "mountPath": "/tmp"}),
     ];
     let model_volume = match &spec.model.source.pvc {
-        Some(pvc) => json!({"name": "model", "persistentVolumeClaim": {"claimName": pvc.claim_name, "readOnly": true}}),
+        Some(pvc) => {
+            json!({"name": "model", "persistentVolumeClaim": {"claimName": pvc.claim_name, "readOnly": true}})
+        }
         None => json!({"name": "model", "emptyDir": {}}),
     };
     let mut volumes = vec![model_volume, json!({"name": "tmp", "emptyDir": {}})];
@@ -156,7 +160,10 @@ pub fn model_dir(source: &ModelSource) -> String {
     }
     if let Some(ms) = &source.model_scope {
         let revision = ms.revision.as_deref().unwrap_or("master");
-        return format!("{MODEL_MOUNT}/modelscope/{}/{revision}", ms.id.replace('/', "--"));
+        return format!(
+            "{MODEL_MOUNT}/modelscope/{}/{revision}",
+            ms.id.replace('/', "--")
+        );
     }
     format!("{MODEL_MOUNT}/url")
 }
@@ -171,7 +178,11 @@ pub fn download_args(source: &ModelSource) -> Option<Vec<String>> {
             "--cache-dir".into(),
             MODEL_MOUNT.into(),
         ]);
-        args.extend(hub.revision.iter().flat_map(|r| ["--revision".into(), r.clone()]));
+        args.extend(
+            hub.revision
+                .iter()
+                .flat_map(|r| ["--revision".into(), r.clone()]),
+        );
     } else if let Some(ms) = &source.model_scope {
         args.extend([
             "--modelscope".into(),
@@ -179,9 +190,18 @@ pub fn download_args(source: &ModelSource) -> Option<Vec<String>> {
             "--output-dir".into(),
             model_dir(source),
         ]);
-        args.extend(ms.revision.iter().flat_map(|r| ["--revision".into(), r.clone()]));
+        args.extend(
+            ms.revision
+                .iter()
+                .flat_map(|r| ["--revision".into(), r.clone()]),
+        );
     } else if let Some(url) = &source.url {
-        args.extend(["--url".into(), url.clone(), "--output-dir".into(), model_dir(source)]);
+        args.extend([
+            "--url".into(),
+            url.clone(),
+            "--output-dir".into(),
+            model_dir(source),
+        ]);
     } else {
         return None;
     }
@@ -220,19 +240,36 @@ pub fn serve_args(svc: &NluService, cfg: &OperatorConfig) -> Vec<String> {
         }),
     );
     let batching = spec.batching.clone().unwrap_or_default();
-    flag("max-batch-tokens", batching.max_batch_tokens.map(|n| n.to_string()));
-    flag("max-batch-requests", batching.max_batch_requests.map(|n| n.to_string()));
-    flag("max-wait-millis", batching.max_wait_millis.map(|n| n.to_string()));
+    flag(
+        "max-batch-tokens",
+        batching.max_batch_tokens.map(|n| n.to_string()),
+    );
+    flag(
+        "max-batch-requests",
+        batching.max_batch_requests.map(|n| n.to_string()),
+    );
+    flag(
+        "max-wait-millis",
+        batching.max_wait_millis.map(|n| n.to_string()),
+    );
     flag("max-queue", batching.max_queue.map(|n| n.to_string()));
     match auth_mode(spec) {
         AuthMode::None => flag("auth", Some("none".into())),
         AuthMode::Jwt => {
-            let policy = spec.auth.as_ref().and_then(|a| a.failure_policy).unwrap_or_default();
+            let policy = spec
+                .auth
+                .as_ref()
+                .and_then(|a| a.failure_policy)
+                .unwrap_or_default();
             flag("auth", Some("jwt".into()));
             flag("jwks", Some(format!("{JWKS_MOUNT}/{JWKS_KEY}")));
             flag(
                 "service-id",
-                Some(format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any())),
+                Some(format!(
+                    "{}/{}",
+                    svc.namespace().unwrap_or_default(),
+                    svc.name_any()
+                )),
             );
             flag("redis-prefix", Some(cfg.redis_prefix.clone()));
             flag(
@@ -264,8 +301,12 @@ pub fn redis_secret(spec: &NluServiceSpec, cfg: &OperatorConfig) -> Option<(Stri
     match spec.auth.as_ref().and_then(|a| a.redis.as_ref()) {
         Some(RedisRef { url: Some(_), .. }) => None,
         Some(RedisRef {
-            secret_ref: Some(s), ..
-        }) => Some((s.name.clone(), s.key.clone().unwrap_or_else(|| "url".into()))),
+            secret_ref: Some(s),
+            ..
+        }) => Some((
+            s.name.clone(),
+            s.key.clone().unwrap_or_else(|| "url".into()),
+        )),
         _ => Some((cfg.default_redis_secret.clone(), "url".into())),
     }
 }
@@ -284,7 +325,8 @@ fn redis_env(spec: &NluServiceSpec, cfg: &OperatorConfig) -> Value {
     {
         return json!([{"name": "NLU_REDIS_URL", "value": url}]);
     }
-    let (name, key) = redis_secret(spec, cfg).expect("jwt auth without an inline URL reads a Secret");
+    let (name, key) =
+        redis_secret(spec, cfg).expect("jwt auth without an inline URL reads a Secret");
     json!([{"name": "NLU_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}])
 }
 
