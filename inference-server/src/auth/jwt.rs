@@ -1,7 +1,9 @@
 //! Bearer tokens: taken from the `Authorization` header, verified against the JWK Set file
 //! (`--jwks`), which is re-read when it changes so keys rotate without a restart.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use axum::http::{header, HeaderMap};
 use nlu_crds::access::jwks::ed25519_keys;
@@ -33,7 +35,41 @@ pub fn bearer(headers: &HeaderMap) -> Result<&str, BearerError> {
 
 /// Verifies tokens with the keys currently in the JWK Set file.
 pub struct TokenVerifier {
-    verifier: Reloading<Verifier>,
+    verifier: Reloading<CachingVerifier>,
+}
+
+/// Most verified tokens remembered; the cache starts over when full.
+const CACHE_CAPACITY: usize = 10_000;
+
+/// A verifier that remembers the tokens whose signatures it checked: tenants send the same
+/// token for its whole lifetime, and the Ed25519 check is most of the cost of auth. Lifetime
+/// (`exp`, `nbf`) is checked again on every use; a new JWK Set brings a new, empty cache, so a
+/// removed key stops working at once.
+struct CachingVerifier {
+    verifier: Verifier,
+    verified: Mutex<HashMap<String, Claims>>,
+}
+
+impl CachingVerifier {
+    fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let now = chrono::Utc::now().timestamp();
+        let leeway = DEFAULT_LEEWAY_SECS as i64;
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(claims) = verified.get(token) {
+            if claims.exp + leeway >= now && claims.nbf - leeway <= now {
+                return Ok(claims.clone());
+            }
+            verified.remove(token);
+        }
+        drop(verified);
+        let claims = self.verifier.verify(token)?;
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= CACHE_CAPACITY {
+            verified.clear();
+        }
+        verified.insert(token.to_string(), claims.clone());
+        Ok(claims)
+    }
 }
 
 impl TokenVerifier {
@@ -47,11 +83,15 @@ impl TokenVerifier {
                 if keys.is_empty() {
                     tracing::warn!(file = %jwks.display(), "the JWK Set has no Ed25519 keys: every token is refused");
                 }
-                Ok(Verifier::new(keys, &issuer, &service, DEFAULT_LEEWAY_SECS))
+                let verifier = Verifier::new(keys, &issuer, &service, DEFAULT_LEEWAY_SECS);
+                Ok(CachingVerifier {
+                    verifier,
+                    verified: Mutex::default(),
+                })
             }
         };
         let verifier = Reloading::start("JWK Set", vec![jwks], load)?;
-        tracing::info!(keys = verifier.get().key_count(), "JWK Set loaded");
+        tracing::info!(keys = verifier.get().verifier.key_count(), "JWK Set loaded");
         Ok(Self { verifier })
     }
 
