@@ -106,6 +106,10 @@ pub struct ServeArgs {
     #[arg(long, env = "NLU_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// Do not serve the playground page at / (e.g. behind an internet-facing ingress).
+    #[arg(long, env = "NLU_NO_PLAYGROUND")]
+    pub no_playground: bool,
+
     #[command(flatten)]
     pub batching: BatchingArgs,
 

@@ -35,7 +35,7 @@ pub async fn serve(
         }
         None => Vec::new(),
     };
-    let state = AppState::new(args.task, metrics.clone(), Health::with_checks(checks));
+    let state = AppState::new(args.task, metrics.clone(), Health::with_checks(checks)).with_playground(!args.no_playground);
     let app = http::router(state.clone(), args.limits.max_body_bytes, |api| match &auth {
         Some(auth) => auth.protect(api),
         None => api,

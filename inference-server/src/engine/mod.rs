@@ -20,9 +20,11 @@ use crate::model::{self, Embedder, HubConfig, Pooling, UniNluModel};
 use crate::uninlu::Limits;
 
 /// What GET /info reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ModelInfo {
     pub model: String,
+    /// `embedding` or `uninlu`.
+    #[schema(value_type = String)]
     pub task: &'static str,
     /// Embedding size (hidden size of the encoder).
     pub dims: usize,

@@ -35,6 +35,8 @@ pub fn route_label(path: &str) -> &'static str {
         "/readyz",
         "/metrics",
         "/info",
+        "/openapi.json",
+        "/",
     ];
     ROUTES.iter().find(|r| **r == path).copied().unwrap_or("other")
 }

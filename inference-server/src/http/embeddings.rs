@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::Json;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::errors::{ApiError, ApiJson};
 use super::router::AppState;
@@ -11,7 +12,7 @@ use crate::config::Task;
 use crate::engine::{EmbedRequest, Embedded, EmbeddingEngine};
 
 /// A string or a list of strings.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged, expecting = "a string or an array of strings")]
 pub enum Inputs {
     One(String),
@@ -27,7 +28,7 @@ impl Inputs {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EncodingFormat {
     #[default]
@@ -36,7 +37,7 @@ pub enum EncodingFormat {
     Base64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAiRequest {
     pub input: Inputs,
@@ -49,35 +50,39 @@ pub struct OpenAiRequest {
     pub user: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OpenAiResponse {
+    /// Always `list`.
+    #[schema(value_type = String)]
     pub object: &'static str,
     pub data: Vec<OpenAiEmbedding>,
     pub model: String,
     pub usage: Usage,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OpenAiEmbedding {
+    /// Always `embedding`.
+    #[schema(value_type = String)]
     pub object: &'static str,
     pub index: usize,
     pub embedding: EmbeddingValue,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingValue {
     Float(Vec<f32>),
     Base64(String),
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub total_tokens: usize,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TeiRequest {
     pub inputs: Inputs,
@@ -88,14 +93,15 @@ pub struct TeiRequest {
     pub truncate: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SimilarityRequest {
     pub source_sentence: String,
+    #[schema(min_items = 1)]
     pub sentences_to_compare: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SimilarityResponse {
     pub scores: Vec<f32>,
 }
@@ -112,6 +118,11 @@ fn model_name(state: &AppState) -> String {
     state.engine.get().map(|e| e.info().model.clone()).unwrap_or_default()
 }
 
+/// OpenAI-compatible embeddings.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "embedding",
+    request_body = OpenAiRequest,
+    security((), ("bearer" = [])),
+    responses((status = 200, description = "One embedding per input, in input order", body = OpenAiResponse), super::openapi::ModelErrors))]
 pub async fn openai(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<OpenAiRequest>,
@@ -154,6 +165,11 @@ fn encode(vector: Vec<f32>, format: EncodingFormat) -> EmbeddingValue {
     }
 }
 
+/// text-embeddings-inference compatible embeddings: one vector per input.
+#[utoipa::path(post, path = "/embed", tag = "embedding",
+    request_body = TeiRequest,
+    security((), ("bearer" = [])),
+    responses((status = 200, description = "One vector per input, in input order", body = Vec<Vec<f32>>), super::openapi::ModelErrors))]
 pub async fn tei(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<TeiRequest>,
@@ -170,6 +186,11 @@ pub async fn tei(
     Ok(Json(embedded.vectors))
 }
 
+/// Cosine similarity of each sentence to the source sentence.
+#[utoipa::path(post, path = "/similarity", tag = "embedding",
+    request_body = SimilarityRequest,
+    security((), ("bearer" = [])),
+    responses((status = 200, description = "One score per compared sentence, in order", body = SimilarityResponse), super::openapi::ModelErrors))]
 pub async fn similarity(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<SimilarityRequest>,

@@ -49,10 +49,19 @@ impl Health {
     }
 }
 
+/// Liveness: answers while the process serves HTTP, also while the model loads.
+#[utoipa::path(get, path = "/healthz", tag = "probes",
+    responses((status = 200, description = "Alive", body = super::openapi::Status, example = json!({"status": "alive"}))))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "alive" }))
 }
 
+/// Readiness: the model is loaded and warmed up, dependencies (Redis under auth) are reachable,
+/// and shutdown has not begun.
+#[utoipa::path(get, path = "/readyz", tag = "probes",
+    responses(
+        (status = 200, description = "Ready", body = super::openapi::Status, example = json!({"status": "ready"})),
+        (status = 503, description = "Not ready (loading, a dependency down, or shutting down)", body = super::errors::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     state
         .health
@@ -61,6 +70,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
         .map_err(|reason| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason))
 }
 
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "probes",
+    responses((status = 200, description = "OpenMetrics exposition", body = String,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
@@ -71,6 +84,11 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
+/// The served model.
+#[utoipa::path(get, path = "/info", tag = "probes",
+    responses(
+        (status = 200, description = "The served model and its limits", body = ModelInfo),
+        (status = 503, description = "The model is still loading", body = super::errors::ErrorBody)))]
 pub async fn info(State(state): State<AppState>) -> Result<Json<ModelInfo>, ApiError> {
     Ok(Json(state.engine()?.info().clone()))
 }

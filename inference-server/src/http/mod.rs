@@ -4,6 +4,8 @@ pub mod access_log;
 pub mod embeddings;
 pub mod errors;
 pub mod health;
+pub mod openapi;
+pub mod playground;
 pub mod predict;
 pub mod router;
 

@@ -4,6 +4,7 @@ use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use super::errors::{ApiError, ApiJson};
 use super::router::AppState;
@@ -12,11 +13,17 @@ use crate::uninlu::Prediction;
 
 /// `text` (or `input`, as the original pipeline call names it) and a schema, which is a JSON
 /// object or a string holding one. Kept as raw JSON so the checks below can say what is wrong.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"text": "1月22日，在北京举行的比赛中，中国队战胜了日本队。", "schema": {"地理位置": null, "组织机构": null}}))]
 pub struct PredictRequest {
+    /// The text; for classification-like tasks `label1,label2|text` (see docs).
+    #[schema(value_type = String, required = false, min_length = 1)]
     pub text: Option<Value>,
+    /// Another name for `text` (as the original pipeline calls it); give one of the two.
+    #[schema(value_type = String, required = false, min_length = 1)]
     pub input: Option<Value>,
+    #[schema(required = true, schema_with = super::openapi::uninlu_schema)]
     pub schema: Option<Value>,
 }
 
@@ -44,6 +51,12 @@ pub fn text_and_schema(req: PredictRequest) -> Result<(String, Value), ApiError>
     Ok((text, schema))
 }
 
+/// UniNLU: extract spans for a schema (NER, relations, events, sentiment, classification,
+/// matching, NLI, reading comprehension).
+#[utoipa::path(post, path = "/api/predict", tag = "uninlu",
+    request_body = PredictRequest,
+    security((), ("bearer" = [])),
+    responses((status = 200, description = "Complete chains, root to leaf", body = Prediction), super::openapi::ModelErrors))]
 pub async fn predict(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<PredictRequest>,

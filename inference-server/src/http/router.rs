@@ -8,7 +8,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Router};
 
 use super::errors::ApiError;
-use super::{access_log, embeddings, health, predict};
+use super::{access_log, embeddings, health, openapi, playground, predict};
 use crate::config::Task;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
@@ -20,6 +20,8 @@ pub struct AppState {
     pub health: Arc<health::Health>,
     /// Set once the model is loaded; the server listens (and answers /healthz) before that.
     pub engine: Arc<OnceLock<Engine>>,
+    /// Serve the playground page at `/` (off: --no-playground).
+    pub playground: bool,
 }
 
 impl AppState {
@@ -29,7 +31,12 @@ impl AppState {
             metrics,
             health: Arc::new(health),
             engine: Arc::default(),
+            playground: false,
         }
+    }
+
+    pub fn with_playground(self, playground: bool) -> Self {
+        AppState { playground, ..self }
     }
 
     pub fn engine(&self) -> Result<&Engine, ApiError> {
@@ -68,7 +75,9 @@ pub fn router(
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .route("/info", get(health::info));
+        .route("/info", get(health::info))
+        .route("/openapi.json", get(openapi::openapi_json));
+    let open = if state.playground { open.merge(playground::routes()) } else { open };
     protect(api)
         .merge(open)
         .fallback(|| async { ApiError::not_found("no such route") })

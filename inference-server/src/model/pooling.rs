@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ModelError, Result};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
     /// The first token's state.

@@ -9,11 +9,13 @@ use serde::{Deserialize, Serialize};
 pub const THRESHOLD: f32 = 0.5;
 
 /// One element of an output chain: `{"type", "span", "offset": [start, end]}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChainItem {
     #[serde(rename = "type")]
     pub kind: String,
     pub span: String,
+    /// `[start, end)` in Unicode code points of the input text.
+    #[schema(value_type = Vec<usize>, min_items = 2, max_items = 2)]
     pub offset: [usize; 2],
 }
 

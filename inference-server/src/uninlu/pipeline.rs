@@ -35,7 +35,7 @@ pub struct PromptJob {
 }
 
 /// The answer to one request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Prediction {
     /// Complete chains, root to leaf, in depth-first schema order.
     pub output: Vec<Vec<ChainItem>>,

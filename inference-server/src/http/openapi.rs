@@ -1,0 +1,133 @@
+//! The OpenAPI 3.1 document of the HTTP API, generated from the handlers' `#[utoipa::path]`
+//! annotations and the request/response types, served at `GET /openapi.json`. A committed copy
+//! lives in `docs/openapi.json` (kept in sync by `tests/contract.rs`).
+
+use std::sync::LazyLock;
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::RefOr;
+use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
+
+use super::errors::ErrorBody;
+use super::{embeddings, health, playground, predict};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "nlu-server",
+        description = "CPU inference server for SiameseUniNLU (span extraction guided by a schema) and \
+                       sentence embeddings. Every error answer is `{\"error\": {\"code\", \"message\"}}`. \
+                       With `--auth jwt` the model routes need a tenant token (`Authorization: Bearer`); \
+                       probes, metrics and this document never do."
+    ),
+    paths(
+        predict::predict,
+        embeddings::openai,
+        embeddings::tei,
+        embeddings::similarity,
+        health::healthz,
+        health::readyz,
+        health::metrics,
+        health::info,
+        openapi_json,
+        playground::index,
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "uninlu", description = "SiameseUniNLU (servers started with --task uninlu)"),
+        (name = "embedding", description = "Sentence embeddings (servers started with --task embedding)"),
+        (name = "probes", description = "Health, readiness, metrics and model info; never need a token"),
+        (name = "meta", description = "This document and the playground page"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as pretty JSON (what `/openapi.json` serves and `docs/openapi.json` holds).
+pub fn json() -> String {
+    ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serializes")
+}
+
+static JSON: LazyLock<String> = LazyLock::new(json);
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object, content_type = "application/json")))]
+pub async fn openapi_json() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], JSON.as_str())
+}
+
+/// The errors every model route may answer.
+#[derive(IntoResponses)]
+pub enum ModelErrors {
+    /// Not JSON, wrong field types, unknown fields, empty input, invalid schema.
+    #[response(status = 400, description = "The request is malformed")]
+    BadRequest(ErrorBody),
+    /// `www-authenticate: Bearer` comes with it.
+    #[response(status = 401, description = "Auth on: the token is missing, invalid, expired or revoked")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "Auth on: the tenant is disabled, or may not use this service or operation")]
+    Forbidden(ErrorBody),
+    #[response(status = 404, description = "This server runs the other task (see /info)")]
+    NotFound(ErrorBody),
+    #[response(status = 413, description = "The body or an input is longer than the server's limits")]
+    TooLarge(ErrorBody),
+    #[response(status = 422, description = "UniNLU: the schema or text exceeds a limit (depth, keys, prompts, windows)")]
+    Unprocessable(ErrorBody),
+    #[response(status = 429, description = "Auth on: the tenant's daily quota or per-minute rate is used up")]
+    TooMany(ErrorBody),
+    #[response(status = 503, description = "Loading, overloaded, shutting down, or (auth on, fail-closed) Redis unreachable; see retry-after")]
+    Unavailable(ErrorBody),
+}
+
+/// A probe's answer, e.g. `{"status": "ready"}`.
+#[derive(ToSchema)]
+pub struct Status {
+    pub status: String,
+}
+
+/// A UniNLU schema: an object whose keys are types and whose values are `null` (a leaf) or a
+/// nested schema, or a string holding that JSON. Key order is significant.
+pub fn uninlu_schema() -> impl Into<RefOr<Schema>> {
+    let level = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .min_properties(Some(1))
+        .description(Some("keys are types; values are null (leaf) or a nested schema"));
+    let nested = ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::Object, Type::Null]));
+    OneOfBuilder::new()
+        .item(level.additional_properties(Some(AdditionalProperties::from(nested))))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some("the same schema as a JSON string")),
+        )
+        .description(Some(
+            "The schema: an object whose keys are types and whose values are null (a leaf) or a \
+             nested schema, or a string holding that JSON. Key order is significant.",
+        ))
+        .examples([serde_json::json!({"人物": null, "地理位置": null, "组织机构": null})])
+}
+
+/// The `bearer` scheme the model routes accept when the server runs `--auth jwt`.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi.components.get_or_insert_with(Default::default).add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "Tenant token (EdDSA JWT) from the operator or `nlu-server token`; required \
+                         when the server runs --auth jwt",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}

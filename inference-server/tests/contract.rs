@@ -1,0 +1,11 @@
+//! The API contract: the committed OpenAPI document matches the code, the served one matches the
+//! committed one, every documented route exists, and the playground is served (or not).
+
+#[path = "server/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
+mod contract {
+    pub mod openapi;
+    pub mod playground;
+}
