@@ -354,10 +354,10 @@ mod tests {
         }
     }
 
-    fn batcher(
-        max_queue: usize,
-        max_wait_ms: u64,
-    ) -> (Batcher<u32, u32>, Arc<Mutex<Vec<Vec<u32>>>>) {
+    /// Every batch the worker ran, in order.
+    type Seen = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    fn batcher(max_queue: usize, max_wait_ms: u64) -> (Batcher<u32, u32>, Seen) {
         let batches = Arc::new(Mutex::new(Vec::new()));
         let settings = Settings {
             limits: BatchLimits {

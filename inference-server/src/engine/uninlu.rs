@@ -32,6 +32,9 @@ pub enum UniOut {
 
 struct UniWorker(Arc<UniNluModel>);
 
+/// A prompt's ids and its position in the batch.
+type Indexed = (usize, Vec<u32>);
+
 impl Worker for UniWorker {
     type Input = UniJob;
     type Output = UniOut;
@@ -40,7 +43,7 @@ impl Worker for UniWorker {
     /// one forward, grouped by their text.
     fn run(&mut self, batch: Vec<UniJob>) -> anyhow::Result<Vec<UniOut>> {
         let mut outputs: Vec<Option<UniOut>> = batch.iter().map(|_| None).collect();
-        let mut texts: Vec<(Arc<TextStates>, Vec<(usize, Vec<u32>)>)> = Vec::new();
+        let mut texts: Vec<(Arc<TextStates>, Vec<Indexed>)> = Vec::new();
         for (i, job) in batch.into_iter().enumerate() {
             match job {
                 UniJob::Encode(windows) => {
