@@ -275,3 +275,47 @@ async fn key_rotation_keeps_earlier_tokens_valid_until_they_expire() {
     assert_eq!(env.verifier("team/gte").verify(&before), Err(TokenError::UnknownKey));
     claims_of(&env, &after, "team/gte");
 }
+
+#[tokio::test]
+async fn the_jwk_set_is_published_where_services_check_tokens_and_follows_rotation() {
+    use kube::runtime::{reflector, watcher};
+    use nlu_operator::tenant::jwks_publish::{self, JWKS_CONFIGMAP, JWKS_KEY};
+
+    let env = Env::new().await;
+    let (services, mut writer) = reflector::store();
+    for (ns, name, auth) in [("team", "gte", json!(null)), ("open", "demo", json!({"mode": "none"}))] {
+        let mut spec = json!({"model": {"task": "embedding", "source": {"url": "https://models.example/m"}}});
+        if !auth.is_null() {
+            spec["auth"] = auth;
+        }
+        let svc = serde_json::from_value(json!({"apiVersion": "nlu.dev/v1alpha1", "kind": "NluService",
+            "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}")}, "spec": spec}))
+        .unwrap();
+        writer.apply_watcher_event(&watcher::Event::Apply(svc));
+    }
+    let publisher = tokio::spawn(jwks_publish::run(env.client.clone(), services, env.ring.subscribe()));
+    let path = format!("/api/v1/namespaces/team/configmaps/{JWKS_CONFIGMAP}");
+    let published = || env.api.get(&path).map(|cm| cm["data"][JWKS_KEY].as_str().unwrap().to_owned());
+    let wait_for = |want: String| async move {
+        for _ in 0..100 {
+            if published().as_deref() == Some(want.as_str()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("JWK Set not published: {:?}", published());
+    };
+    wait_for(env.ring.borrow().jwks_json()).await;
+    assert!(env.api.get(&format!("/api/v1/namespaces/open/configmaps/{JWKS_CONFIGMAP}")).is_none(), "auth none: nothing to verify");
+
+    let rotated = KeyRing::from_secret(&k8s_openapi::api::core::v1::Secret {
+        data: Some(env.ring.borrow().to_secret_data()),
+        ..Default::default()
+    })
+    .unwrap()
+    .rotate(chrono::Utc::now() + chrono::Duration::hours(1));
+    let want = rotated.jwks_json();
+    env.ring.send_replace(Arc::new(rotated));
+    wait_for(want).await;
+    publisher.abort();
+}
