@@ -51,9 +51,8 @@ impl Error {
             Error::Invalid(_) => "Invalid",
             Error::Sign(_) => "Sign",
             Error::Finalizer(e) => match e.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
-                    e.reason()
-                }
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.reason(),
                 _ => "Finalizer",
             },
         }
@@ -99,8 +98,19 @@ impl TenantContext {
     }
 
     async fn event(&self, tenant: &Tenant, type_: EventType, reason: &str, note: String) {
-        let event = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
-        if let Err(e) = self.base.recorder.publish(&event, &tenant.object_ref(&())).await {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .base
+            .recorder
+            .publish(&event, &tenant.object_ref(&()))
+            .await
+        {
             tracing::warn!(tenant = %tenant.name_any(), reason, error = %e, "could not publish event");
         }
     }
@@ -109,8 +119,15 @@ impl TenantContext {
 /// Reconciles one Tenant (entry point of the controller and of tests).
 pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<TenantContext>) -> Result<Action, Error> {
     let _timer = ctx.base.metrics.reconcile_started(CONTROLLER);
-    let key = format!("{}/{}", tenant.namespace().unwrap_or_default(), tenant.name_any());
-    let api: Api<Tenant> = Api::namespaced(ctx.base.client.clone(), &tenant.namespace().unwrap_or_default());
+    let key = format!(
+        "{}/{}",
+        tenant.namespace().unwrap_or_default(),
+        tenant.name_any()
+    );
+    let api: Api<Tenant> = Api::namespaced(
+        ctx.base.client.clone(),
+        &tenant.namespace().unwrap_or_default(),
+    );
     let result = finalizer(&api, FINALIZER, tenant, |event| async {
         match event {
             Finalizer::Apply(t) => apply(&t, &api, &ctx).await,
@@ -127,8 +144,14 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<TenantContext>) -> Result<A
 
 /// Requeue after a failure: 2 s doubling per consecutive failure, at most 5 minutes.
 pub fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<TenantContext>) -> Action {
-    ctx.base.metrics.reconcile_failed(CONTROLLER, error.reason());
-    let key = format!("{}/{}", tenant.namespace().unwrap_or_default(), tenant.name_any());
+    ctx.base
+        .metrics
+        .reconcile_failed(CONTROLLER, error.reason());
+    let key = format!(
+        "{}/{}",
+        tenant.namespace().unwrap_or_default(),
+        tenant.name_any()
+    );
     let mut failures = ctx.failures.lock().expect("not poisoned");
     let n = failures.entry(key.clone()).or_insert(0);
     *n = n.saturating_add(1);
@@ -144,23 +167,37 @@ pub fn backoff(failures: u32) -> Duration {
 
 async fn apply(tenant: &Tenant, api: &Api<Tenant>, ctx: &TenantContext) -> Result<Action, Error> {
     let ns = tenant.namespace().unwrap_or_default();
-    let id = QualifiedName::new(ns.clone(), tenant.name_any()).map_err(|e| Error::Invalid(e.to_string()))?;
+    let id = QualifiedName::new(ns.clone(), tenant.name_any())
+        .map_err(|e| Error::Invalid(e.to_string()))?;
     let now = ctx.base.now();
-    let ttl = tenant.spec.token_ttl().map_err(|e| Error::Invalid(format!("spec.token.ttl: {e}")))?;
+    let ttl = tenant
+        .spec
+        .token_ttl()
+        .map_err(|e| Error::Invalid(format!("spec.token.ttl: {e}")))?;
 
     let mut revoked = revocations(tenant);
     if let Some(value) = pending_revoke(tenant) {
         revoked += 1;
-        api.patch(&tenant.name_any(), &PatchParams::default(), &Patch::Merge(handled_patch(&value, revoked))).await?;
-        let note = format!("every token below generation {} stops working", generation(tenant, revoked));
+        api.patch(
+            &tenant.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(handled_patch(&value, revoked)),
+        )
+        .await?;
+        let note = format!(
+            "every token below generation {} stops working",
+            generation(tenant, revoked)
+        );
         ctx.event(tenant, EventType::Normal, "Revoked", note).await;
     }
     let gen = generation(tenant, revoked);
 
     let record = redis_sync::record(&tenant.spec, gen);
-    if let Err(e) = redis_sync::write_record(&mut ctx.redis.clone(), &ctx.keys, &id, &record).await {
+    if let Err(e) = redis_sync::write_record(&mut ctx.redis.clone(), &ctx.keys, &id, &record).await
+    {
         let message = format!("cannot write the access record to Redis: {e}");
-        let failed = status::not_ready_status(tenant, "RedisUnavailable", message, ctx.base.now_time());
+        let failed =
+            status::not_ready_status(tenant, "RedisUnavailable", message, ctx.base.now_time());
         if tenant.status.as_ref() != Some(&failed) {
             if let Err(e) = crate::apply::apply_status(&ctx.base.client, tenant, &failed).await {
                 tracing::warn!(tenant = %id, error = %e, "could not report the Redis failure in status");
@@ -168,17 +205,17 @@ async fn apply(tenant: &Tenant, api: &Api<Tenant>, ctx: &TenantContext) -> Resul
         }
         return Err(e.into());
     }
-    let was_suspended = tenant
-        .status
-        .as_ref()
-        .is_some_and(|s| nlu_crds::conditions::is_true(&s.conditions, nlu_crds::conditions::SUSPENDED));
+    let was_suspended = tenant.status.as_ref().is_some_and(|s| {
+        nlu_crds::conditions::is_true(&s.conditions, nlu_crds::conditions::SUSPENDED)
+    });
     if tenant.spec.suspended != was_suspended {
         let (reason, note) = if tenant.spec.suspended {
             ("Suspended", "every request of this tenant is refused (403)")
         } else {
             ("Resumed", "requests of this tenant are served again")
         };
-        ctx.event(tenant, EventType::Normal, reason, note.into()).await;
+        ctx.event(tenant, EventType::Normal, reason, note.into())
+            .await;
     }
 
     let secrets: Api<Secret> = Api::namespaced(ctx.base.client.clone(), &ns);
@@ -188,7 +225,15 @@ async fn apply(tenant: &Tenant, api: &Api<Tenant>, ctx: &TenantContext) -> Resul
     let request = token_request(tenant, &ctx.issuer, ttl, gen)?;
     let hash = grant_hash(&request);
     let ring = ctx.ring.borrow().clone();
-    let token = match (reissue_reason(current.as_ref(), &hash, |kid| ring.publishes(kid), now.as_second()), current) {
+    let token = match (
+        reissue_reason(
+            current.as_ref(),
+            &hash,
+            |kid| ring.publishes(kid),
+            now.as_second(),
+        ),
+        current,
+    ) {
         (None, Some(current)) => current,
         (reason, _) => {
             let claims = request.claims_at(now.as_second(), jti());
@@ -200,16 +245,27 @@ async fn apply(tenant: &Tenant, api: &Api<Tenant>, ctx: &TenantContext) -> Resul
                 expires_at: claims.exp,
             };
             let reason = reason.map_or("TokenIssued", |r| r.as_str());
-            ctx.event(tenant, EventType::Normal, reason, issued_note(&claims, &secret_name)).await;
+            ctx.event(
+                tenant,
+                EventType::Normal,
+                reason,
+                issued_note(&claims, &secret_name),
+            )
+            .await;
             token
         }
     };
     let desired = token_secret::secret(tenant, &token, &service_urls(tenant, &ctx.services));
-    if !observed.as_ref().is_some_and(|o| token_secret::up_to_date(o, &desired)) {
+    if !observed
+        .as_ref()
+        .is_some_and(|o| token_secret::up_to_date(o, &desired))
+    {
         crate::apply::apply(&ctx.base.client, &desired).await?;
     }
 
-    let today = chrono::DateTime::from_timestamp(now.as_second(), 0).unwrap_or_default().date_naive();
+    let today = chrono::DateTime::from_timestamp(now.as_second(), 0)
+        .unwrap_or_default()
+        .date_naive();
     let used = redis_sync::read_usage(&mut ctx.redis.clone(), &ctx.keys, &id, today).await?;
     let key = id.to_string();
     let usage_stale = ctx
@@ -228,19 +284,27 @@ async fn apply(tenant: &Tenant, api: &Api<Tenant>, ctx: &TenantContext) -> Resul
     if tenant.status.as_ref() != Some(&new_status) {
         crate::apply::apply_status(&ctx.base.client, tenant, &new_status).await?;
         if tenant.status.as_ref().and_then(|s| s.usage.as_ref()) != new_status.usage.as_ref() {
-            ctx.usage_written.lock().expect("not poisoned").insert(key, Instant::now());
+            ctx.usage_written
+                .lock()
+                .expect("not poisoned")
+                .insert(key, Instant::now());
         }
     }
 
     let until_renewal = u64::try_from(token.renew_at() - now.as_second()).unwrap_or(0);
-    Ok(Action::requeue(USAGE_REFRESH.min(Duration::from_secs(until_renewal.max(1)))))
+    Ok(Action::requeue(
+        USAGE_REFRESH.min(Duration::from_secs(until_renewal.max(1))),
+    ))
 }
 
 async fn cleanup(tenant: &Tenant, ctx: &TenantContext) -> Result<Action, Error> {
     let id = QualifiedName::new(tenant.namespace().unwrap_or_default(), tenant.name_any())
         .map_err(|e| Error::Invalid(e.to_string()))?;
     redis_sync::delete_tenant(&mut ctx.redis.clone(), &ctx.keys, &id).await?;
-    ctx.usage_written.lock().expect("not poisoned").remove(&id.to_string());
+    ctx.usage_written
+        .lock()
+        .expect("not poisoned")
+        .remove(&id.to_string());
     tracing::info!(tenant = %id, "removed the tenant's Redis keys");
     Ok(Action::await_change())
 }
@@ -260,8 +324,13 @@ fn service_urls(tenant: &Tenant, services: &Store<NluService>) -> BTreeMap<Strin
 }
 
 fn issued_note(claims: &Claims, secret: &str) -> String {
-    let expires = chrono::DateTime::from_timestamp(claims.exp, 0).map(|t| t.to_rfc3339()).unwrap_or_default();
-    format!("new token (generation {}) in Secret {secret}, expires {expires}", claims.gen)
+    let expires = chrono::DateTime::from_timestamp(claims.exp, 0)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default();
+    format!(
+        "new token (generation {}) in Secret {secret}, expires {expires}",
+        claims.gen
+    )
 }
 
 fn jti() -> String {

@@ -26,13 +26,21 @@ const POLL: Duration = Duration::from_secs(5);
 
 /// Whether the service checks tenant tokens (auth unset means `jwt`).
 pub fn auth_on(svc: &NluService) -> bool {
-    svc.spec.auth.as_ref().and_then(|a| a.mode).unwrap_or_default() == AuthMode::Jwt
+    svc.spec
+        .auth
+        .as_ref()
+        .and_then(|a| a.mode)
+        .unwrap_or_default()
+        == AuthMode::Jwt
 }
 
 /// One ConfigMap per namespace with auth-on services, owned by all of them.
 pub fn desired(services: &[Arc<NluService>], jwks_json: &str) -> BTreeMap<String, ConfigMap> {
     let mut by_ns: BTreeMap<String, Vec<_>> = BTreeMap::new();
-    for svc in services.iter().filter(|s| auth_on(s) && s.meta().deletion_timestamp.is_none()) {
+    for svc in services
+        .iter()
+        .filter(|s| auth_on(s) && s.meta().deletion_timestamp.is_none())
+    {
         if let (Some(ns), Some(owner)) = (svc.namespace(), svc.owner_ref(&())) {
             by_ns.entry(ns).or_default().push(owner);
         }
@@ -52,7 +60,10 @@ pub fn desired(services: &[Arc<NluService>], jwks_json: &str) -> BTreeMap<String
                     )])),
                     ..ObjectMeta::default()
                 },
-                data: Some(BTreeMap::from([(JWKS_KEY.to_owned(), jwks_json.to_owned())])),
+                data: Some(BTreeMap::from([(
+                    JWKS_KEY.to_owned(),
+                    jwks_json.to_owned(),
+                )])),
                 ..ConfigMap::default()
             };
             (ns, cm)
@@ -62,7 +73,11 @@ pub fn desired(services: &[Arc<NluService>], jwks_json: &str) -> BTreeMap<String
 
 /// Keeps the ConfigMaps current: applies a namespace's ConfigMap when its content or owners
 /// differ from what was last applied there (and all of them again after a failure).
-pub async fn run(client: Client, services: Store<NluService>, mut ring: watch::Receiver<Arc<KeyRing>>) {
+pub async fn run(
+    client: Client,
+    services: Store<NluService>,
+    mut ring: watch::Receiver<Arc<KeyRing>>,
+) {
     let mut applied: HashMap<String, ConfigMap> = HashMap::new();
     loop {
         let jwks = ring.borrow_and_update().jwks_json();
@@ -75,7 +90,9 @@ pub async fn run(client: Client, services: Store<NluService>, mut ring: watch::R
                     tracing::info!(namespace = %ns, "published the JWK Set");
                     applied.insert(ns, cm);
                 }
-                Err(e) => tracing::warn!(namespace = %ns, error = %e, "could not publish the JWK Set; retrying"),
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, error = %e, "could not publish the JWK Set; retrying")
+                }
             }
         }
         tokio::select! {
@@ -90,7 +107,8 @@ mod tests {
     use super::*;
 
     fn svc(ns: &str, name: &str, auth: Option<&str>) -> Arc<NluService> {
-        let mut spec = serde_json::json!({"model": {"task": "embedding", "source": {"url": "https://m"}}});
+        let mut spec =
+            serde_json::json!({"model": {"task": "embedding", "source": {"url": "https://m"}}});
         if let Some(mode) = auth {
             spec["auth"] = serde_json::json!({"mode": mode});
         }
@@ -112,9 +130,16 @@ mod tests {
         assert_eq!(out.keys().collect::<Vec<_>>(), ["a", "c"]);
         let a = &out["a"];
         assert_eq!(a.metadata.name.as_deref(), Some(JWKS_CONFIGMAP));
-        let owners: Vec<_> = a.owner_references().iter().map(|o| o.name.as_str()).collect();
+        let owners: Vec<_> = a
+            .owner_references()
+            .iter()
+            .map(|o| o.name.as_str())
+            .collect();
         assert_eq!(owners, ["gte", "uninlu"]);
-        assert!(a.owner_references().iter().all(|o| o.controller.is_none()), "several owners, none the controller");
+        assert!(
+            a.owner_references().iter().all(|o| o.controller.is_none()),
+            "several owners, none the controller"
+        );
         assert_eq!(a.data.as_ref().unwrap()[JWKS_KEY], "{\"keys\":[]}");
     }
 }

@@ -58,7 +58,10 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
     let redis = redis_sync::connect(url).await?;
     let client = ctx.client.clone();
     let (tenants, services): (Api<Tenant>, Api<NluService>) = match &config.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let controller = Controller::new(tenants, watcher::Config::default());
@@ -71,15 +74,27 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
     };
     let (ring_tx, ring_rx) = watch::channel(ring);
     let mut helpers = tokio::task::JoinSet::new();
-    helpers.spawn(manage_keys(key_api, ctx.clone(), tenant_store.clone(), ring_tx));
+    helpers.spawn(manage_keys(
+        key_api,
+        ctx.clone(),
+        tenant_store.clone(),
+        ring_tx,
+    ));
 
     let (service_store, writer) = reflector::store();
-    let service_events = reflector::reflector(writer, watcher(services.clone(), watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .for_each(|_| futures::future::ready(()));
+    let service_events = reflector::reflector(
+        writer,
+        watcher(services.clone(), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|_| futures::future::ready(()));
     helpers.spawn(service_events);
-    helpers.spawn(jwks_publish::run(client.clone(), service_store.clone(), ring_rx.clone()));
+    helpers.spawn(jwks_publish::run(
+        client.clone(),
+        service_store.clone(),
+        ring_rx.clone(),
+    ));
 
     let tenant_ctx = Arc::new(TenantContext::new(
         ctx.clone(),
@@ -96,7 +111,9 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=nlu-operator");
     controller
         .owns(secrets, managed)
-        .watches(services, watcher::Config::default(), move |svc| tenants_using(&tenant_store, &svc))
+        .watches(services, watcher::Config::default(), move |svc| {
+            tenants_using(&tenant_store, &svc)
+        })
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(controller::reconcile, controller::error_policy, tenant_ctx)
         .for_each(|_| futures::future::ready(()))
@@ -129,7 +146,11 @@ async fn first_key_ring(api: &Api<Secret>, ctx: &Context) -> Arc<KeyRing> {
     }
 }
 
-async fn sync_keys(api: &Api<Secret>, ctx: &Context, tenants: &[Arc<Tenant>]) -> Result<Arc<KeyRing>, signing_key::KeyError> {
+async fn sync_keys(
+    api: &Api<Secret>,
+    ctx: &Context,
+    tenants: &[Arc<Tenant>],
+) -> Result<Arc<KeyRing>, signing_key::KeyError> {
     let now = chrono::DateTime::from_timestamp(ctx.now().as_second(), 0).unwrap_or_default();
     let (ring, change) = signing_key::sync(api, now, tenants).await?;
     if change != KeyChange::Unchanged {
@@ -146,9 +167,18 @@ async fn sync_keys(api: &Api<Secret>, ctx: &Context, tenants: &[Arc<Tenant>]) ->
 
 /// Re-syncs the key Secret on every change of it (a rotation request) and when a retired key
 /// is due, and hands new rings to the controller and the publisher.
-async fn manage_keys(api: Api<Secret>, ctx: Arc<Context>, tenants: Store<Tenant>, ring: watch::Sender<Arc<KeyRing>>) {
-    let only_key = watcher::Config::default().fields(&format!("metadata.name={SIGNING_KEY_SECRET}"));
-    let mut changes = watcher(api.clone(), only_key).default_backoff().touched_objects().boxed();
+async fn manage_keys(
+    api: Api<Secret>,
+    ctx: Arc<Context>,
+    tenants: Store<Tenant>,
+    ring: watch::Sender<Arc<KeyRing>>,
+) {
+    let only_key =
+        watcher::Config::default().fields(&format!("metadata.name={SIGNING_KEY_SECRET}"));
+    let mut changes = watcher(api.clone(), only_key)
+        .default_backoff()
+        .touched_objects()
+        .boxed();
     loop {
         let due = ring.borrow().next_retirement().map(|at| {
             let secs = (at - chrono::Utc::now()).num_seconds().max(1);

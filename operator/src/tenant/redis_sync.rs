@@ -51,7 +51,8 @@ pub async fn write_record(
     tenant: &QualifiedName,
     record: &TenantRecord,
 ) -> redis::RedisResult<()> {
-    conn.hset_multiple::<_, _, _, ()>(keys.tenant(tenant), &record.to_fields()).await
+    conn.hset_multiple::<_, _, _, ()>(keys.tenant(tenant), &record.to_fields())
+        .await
 }
 
 /// Requests counted for the tenant on `day` (UTC).
@@ -73,7 +74,8 @@ pub async fn delete_tenant(
 ) -> redis::RedisResult<()> {
     let mut doomed = vec![keys.tenant(tenant), keys.rate(tenant)];
     {
-        let mut usage: redis::AsyncIter<String> = conn.scan_match(keys.usage_pattern(tenant)).await?;
+        let mut usage: redis::AsyncIter<String> =
+            conn.scan_match(keys.usage_pattern(tenant)).await?;
         while let Some(key) = futures::StreamExt::next(&mut usage).await {
             doomed.push(key?);
         }
@@ -105,8 +107,14 @@ mod tests {
                 gen: 4,
             }
         );
-        let open: TenantSpec = serde_json::from_value(serde_json::json!({"services": ["gte"]})).unwrap();
+        let open: TenantSpec =
+            serde_json::from_value(serde_json::json!({"services": ["gte"]})).unwrap();
         let r = record(&open, 1);
-        assert!(r.enabled && r.scopes.is_empty() && r.requests_per_day == 0 && r.requests_per_minute == 0);
+        assert!(
+            r.enabled
+                && r.scopes.is_empty()
+                && r.requests_per_day == 0
+                && r.requests_per_minute == 0
+        );
     }
 }

@@ -16,7 +16,11 @@ pub const REVOCATIONS_ANNOTATION: &str = "nlu.dev/revocations";
 
 /// Revocations already counted.
 pub fn revocations(tenant: &Tenant) -> u64 {
-    tenant.annotations().get(REVOCATIONS_ANNOTATION).and_then(|v| v.parse().ok()).unwrap_or(0)
+    tenant
+        .annotations()
+        .get(REVOCATIONS_ANNOTATION)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The `nlu.dev/revoke` value not acted on yet, if any.
@@ -28,7 +32,10 @@ pub fn pending_revoke(tenant: &Tenant) -> Option<String> {
 
 /// The generation tokens must carry: `spec.token.generation` (at least 1) plus revocations.
 pub fn generation(tenant: &Tenant, revocations: u64) -> u64 {
-    u64::try_from(tenant.spec.token_generation()).unwrap_or(1).max(1) + revocations
+    u64::try_from(tenant.spec.token_generation())
+        .unwrap_or(1)
+        .max(1)
+        + revocations
 }
 
 /// Merge patch recording a handled revocation.
@@ -49,7 +56,12 @@ mod tests {
             spec["token"] = serde_json::json!({"generation": g});
         }
         let mut t = Tenant::new("acme", serde_json::from_value(spec).unwrap());
-        t.metadata.annotations = Some(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        t.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
         t
     }
 
@@ -69,7 +81,9 @@ mod tests {
         let patch = handled_patch("now", 1);
         let annotations = patch["metadata"]["annotations"].as_object().unwrap();
         for (k, v) in annotations {
-            handled.annotations_mut().insert(k.clone(), v.as_str().unwrap().to_owned());
+            handled
+                .annotations_mut()
+                .insert(k.clone(), v.as_str().unwrap().to_owned());
         }
         assert_eq!(pending_revoke(&handled), None);
         assert_eq!(revocations(&handled), 1);

@@ -60,7 +60,10 @@ pub struct KeyRing {
 
 impl KeyRing {
     pub fn generate() -> Self {
-        Self { signing: SigningKey::generate(), retired: Vec::new() }
+        Self {
+            signing: SigningKey::generate(),
+            retired: Vec::new(),
+        }
     }
 
     /// Reads the Secret's data; a missing or broken active key is an error (never replaced
@@ -68,11 +71,16 @@ impl KeyRing {
     pub fn from_secret(secret: &Secret) -> Result<Self, KeyError> {
         let bad = |why: String| KeyError::Invalid(secret.name_any(), why);
         let data = secret.data.clone().unwrap_or_default();
-        let pem = data.get(KEY_FIELD).ok_or_else(|| bad(format!("no {KEY_FIELD}")))?;
-        let pem = std::str::from_utf8(&pem.0).map_err(|_| bad(format!("{KEY_FIELD} is not text")))?;
+        let pem = data
+            .get(KEY_FIELD)
+            .ok_or_else(|| bad(format!("no {KEY_FIELD}")))?;
+        let pem =
+            std::str::from_utf8(&pem.0).map_err(|_| bad(format!("{KEY_FIELD} is not text")))?;
         let signing = SigningKey::from_pkcs8_pem(pem).map_err(|e| bad(e.to_string()))?;
         let retired = match data.get(RETIRED_FIELD) {
-            Some(json) => serde_json::from_slice(&json.0).map_err(|e| bad(format!("{RETIRED_FIELD}: {e}")))?,
+            Some(json) => {
+                serde_json::from_slice(&json.0).map_err(|e| bad(format!("{RETIRED_FIELD}: {e}")))?
+            }
             None => Vec::new(),
         };
         Ok(Self { signing, retired })
@@ -81,7 +89,10 @@ impl KeyRing {
     pub fn to_secret_data(&self) -> BTreeMap<String, ByteString> {
         let retired = serde_json::to_vec(&self.retired).expect("retired keys serialize");
         BTreeMap::from([
-            (KEY_FIELD.to_owned(), ByteString(self.signing.to_pkcs8_pem().into_bytes())),
+            (
+                KEY_FIELD.to_owned(),
+                ByteString(self.signing.to_pkcs8_pem().into_bytes()),
+            ),
             (RETIRED_FIELD.to_owned(), ByteString(retired)),
         ])
     }
@@ -89,8 +100,14 @@ impl KeyRing {
     /// A fresh key signs from now on; the old one stays published until `retire_after`.
     pub fn rotate(self, retire_after: DateTime<Utc>) -> Self {
         let mut retired = self.retired;
-        retired.push(RetiredKey { jwk: self.signing.public_jwk(), retire_after });
-        Self { signing: SigningKey::generate(), retired }
+        retired.push(RetiredKey {
+            jwk: self.signing.public_jwk(),
+            retire_after,
+        });
+        Self {
+            signing: SigningKey::generate(),
+            retired,
+        }
     }
 
     /// Drops retired keys whose tokens have all expired; whether any was dropped.
@@ -119,7 +136,11 @@ impl KeyRing {
 
     /// Whether tokens with this `kid` still verify.
     pub fn publishes(&self, kid: &str) -> bool {
-        self.signing.kid() == kid || self.retired.iter().any(|k| k.jwk.common.key_id.as_deref() == Some(kid))
+        self.signing.kid() == kid
+            || self
+                .retired
+                .iter()
+                .any(|k| k.jwk.common.key_id.as_deref() == Some(kid))
     }
 }
 
@@ -187,8 +208,13 @@ pub async fn sync(
     if let Some(request) = rotation_request(&secret) {
         let old_kid = ring.signing.kid().to_owned();
         ring = ring.rotate(retire_after(now, tenants));
-        change = KeyChange::Rotated { old_kid, new_kid: ring.signing.kid().to_owned() };
-        secret.annotations_mut().insert(ROTATED_ANNOTATION.to_owned(), request);
+        change = KeyChange::Rotated {
+            old_kid,
+            new_kid: ring.signing.kid().to_owned(),
+        };
+        secret
+            .annotations_mut()
+            .insert(ROTATED_ANNOTATION.to_owned(), request);
     }
     if ring.prune(now) && change == KeyChange::Unchanged {
         change = KeyChange::Pruned;
@@ -196,7 +222,8 @@ pub async fn sync(
     if change != KeyChange::Unchanged {
         secret.data = Some(ring.to_secret_data());
         // Replace carries the resourceVersion read above: a concurrent write fails with 409.
-        api.replace(SIGNING_KEY_SECRET, &PostParams::default(), &secret).await?;
+        api.replace(SIGNING_KEY_SECRET, &PostParams::default(), &secret)
+            .await?;
     }
     Ok((Arc::new(ring), change))
 }
@@ -239,10 +266,17 @@ mod tests {
     }
 
     fn secret_of(ring: &KeyRing, annotations: &[(&str, &str)]) -> Secret {
-        let mut s = Secret { data: Some(ring.to_secret_data()), ..Secret::default() };
+        let mut s = Secret {
+            data: Some(ring.to_secret_data()),
+            ..Secret::default()
+        };
         s.metadata.name = Some(SIGNING_KEY_SECRET.into());
-        s.metadata.annotations =
-            Some(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        s.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
         s
     }
 
@@ -260,7 +294,10 @@ mod tests {
     #[test]
     fn broken_or_missing_key_is_an_error_not_a_new_key() {
         let mut s = secret_of(&KeyRing::generate(), &[]);
-        s.data.as_mut().unwrap().insert(KEY_FIELD.into(), ByteString(b"garbage".to_vec()));
+        s.data
+            .as_mut()
+            .unwrap()
+            .insert(KEY_FIELD.into(), ByteString(b"garbage".to_vec()));
         assert!(KeyRing::from_secret(&s).is_err());
         s.data.as_mut().unwrap().remove(KEY_FIELD);
         assert!(KeyRing::from_secret(&s).is_err());
@@ -284,18 +321,26 @@ mod tests {
     fn rotation_requests_are_handled_once() {
         let ring = KeyRing::generate();
         assert_eq!(rotation_request(&secret_of(&ring, &[])), None);
-        assert_eq!(rotation_request(&secret_of(&ring, &[(ROTATE_ANNOTATION, "t1")])), Some("t1".into()));
+        assert_eq!(
+            rotation_request(&secret_of(&ring, &[(ROTATE_ANNOTATION, "t1")])),
+            Some("t1".into())
+        );
         let handled = [(ROTATE_ANNOTATION, "t1"), (ROTATED_ANNOTATION, "t1")];
         assert_eq!(rotation_request(&secret_of(&ring, &handled)), None);
         let again = [(ROTATE_ANNOTATION, "t2"), (ROTATED_ANNOTATION, "t1")];
-        assert_eq!(rotation_request(&secret_of(&ring, &again)), Some("t2".into()));
+        assert_eq!(
+            rotation_request(&secret_of(&ring, &again)),
+            Some("t2".into())
+        );
     }
 
     #[test]
     fn retirement_waits_for_the_longest_ttl_or_latest_issued_expiry() {
         let tenant = |ttl: &str, expires: Option<i64>| {
-            let spec: nlu_crds::TenantSpec =
-                serde_json::from_value(serde_json::json!({"services": ["s"], "token": {"ttl": ttl}})).unwrap();
+            let spec: nlu_crds::TenantSpec = serde_json::from_value(
+                serde_json::json!({"services": ["s"], "token": {"ttl": ttl}}),
+            )
+            .unwrap();
             let mut t = Tenant::new("t", spec);
             t.status = expires.map(|e| nlu_crds::TenantStatus {
                 token_expires_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -312,6 +357,9 @@ mod tests {
         assert_eq!(retire_after(now, &ttl_wins), at(1_000_000 + 7200 + margin));
         // A token issued under a longer TTL that was since shortened.
         let status_wins = [tenant("1h", Some(1_000_000 + 86_400))];
-        assert_eq!(retire_after(now, &status_wins), at(1_000_000 + 86_400 + margin));
+        assert_eq!(
+            retire_after(now, &status_wins),
+            at(1_000_000 + 86_400 + margin)
+        );
     }
 }

@@ -42,7 +42,10 @@ pub fn ready_status(tenant: &Tenant, observed: &Observed, now: Time) -> TenantSt
             READY,
             true,
             "TokenIssued",
-            format!("token in Secret {}; access record written", observed.secret_name),
+            format!(
+                "token in Secret {}; access record written",
+                observed.secret_name
+            ),
             generation,
             now.clone(),
         ),
@@ -50,7 +53,14 @@ pub fn ready_status(tenant: &Tenant, observed: &Observed, now: Time) -> TenantSt
     set_condition(
         c,
         if suspended {
-            condition(SUSPENDED, true, "Suspended", "every request is refused (403)", generation, now.clone())
+            condition(
+                SUSPENDED,
+                true,
+                "Suspended",
+                "every request is refused (403)",
+                generation,
+                now.clone(),
+            )
         } else {
             condition(SUSPENDED, false, "Active", "", generation, now.clone())
         },
@@ -58,7 +68,14 @@ pub fn ready_status(tenant: &Tenant, observed: &Observed, now: Time) -> TenantSt
     set_condition(
         c,
         if exceeded {
-            condition(QUOTA_EXCEEDED, true, "DailyQuotaUsed", format!("the quota for {} is used up", usage.date), generation, now)
+            condition(
+                QUOTA_EXCEEDED,
+                true,
+                "DailyQuotaUsed",
+                format!("the quota for {} is used up", usage.date),
+                generation,
+                now,
+            )
         } else {
             condition(QUOTA_EXCEEDED, false, "WithinQuota", "", generation, now)
         },
@@ -66,7 +83,9 @@ pub fn ready_status(tenant: &Tenant, observed: &Observed, now: Time) -> TenantSt
     status.usage = Some(usage);
     status.observed_generation = generation;
     status.token_secret_name = Some(observed.secret_name.clone());
-    status.token_expires_at = k8s_openapi::jiff::Timestamp::from_second(observed.token_expires_at).ok().map(Time);
+    status.token_expires_at = k8s_openapi::jiff::Timestamp::from_second(observed.token_expires_at)
+        .ok()
+        .map(Time);
     status
 }
 
@@ -74,7 +93,17 @@ pub fn ready_status(tenant: &Tenant, observed: &Observed, now: Time) -> TenantSt
 /// everything else is left as it was.
 pub fn not_ready_status(tenant: &Tenant, reason: &str, message: String, now: Time) -> TenantStatus {
     let mut status = tenant.status.clone().unwrap_or_default();
-    set_condition(&mut status.conditions, condition(READY, false, reason, message, tenant.metadata.generation, now));
+    set_condition(
+        &mut status.conditions,
+        condition(
+            READY,
+            false,
+            reason,
+            message,
+            tenant.metadata.generation,
+            now,
+        ),
+    );
     status
 }
 
@@ -83,7 +112,8 @@ pub fn usage(date: chrono::NaiveDate, requests: u64, per_day: u64) -> Usage {
     Usage {
         date: date.format("%Y-%m-%d").to_string(),
         requests: i64::try_from(requests).unwrap_or(i64::MAX),
-        remaining: (per_day > 0).then(|| i64::try_from(per_day.saturating_sub(requests)).unwrap_or(i64::MAX)),
+        remaining: (per_day > 0)
+            .then(|| i64::try_from(per_day.saturating_sub(requests)).unwrap_or(i64::MAX)),
     }
 }
 
@@ -143,7 +173,11 @@ mod tests {
         let again = ready_status(&t, &observed(1, 1, false), at(200));
         assert_eq!(Some(&again), t.status.as_ref(), "nothing changed: no write");
         let busy = ready_status(&t, &observed(5, 1, false), at(200));
-        assert_eq!(busy.usage.unwrap().requests, 1, "usage shown less than a minute ago is kept");
+        assert_eq!(
+            busy.usage.unwrap().requests,
+            1,
+            "usage shown less than a minute ago is kept"
+        );
         let stale = ready_status(&t, &observed(5, 1, true), at(200));
         assert_eq!(stale.usage.unwrap().requests, 5);
         let next_day = ready_status(&t, &observed(0, 2, false), at(200));

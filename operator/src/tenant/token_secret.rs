@@ -83,7 +83,10 @@ pub fn grant_hash(req: &TokenRequest) -> String {
         req.ttl.as_secs(),
         req.gen
     );
-    Sha256::digest(text.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The token currently in the Secret, as its annotations describe it.
@@ -149,7 +152,9 @@ pub fn reissue_reason(
     key_published: impl Fn(&str) -> bool,
     now: i64,
 ) -> Option<IssueReason> {
-    let Some(current) = current else { return Some(IssueReason::Missing) };
+    let Some(current) = current else {
+        return Some(IssueReason::Missing);
+    };
     if current.grant_hash != grant_hash {
         Some(IssueReason::GrantChanged)
     } else if !key_published(&current.kid) {
@@ -164,9 +169,15 @@ pub fn reissue_reason(
 /// The Secret to apply: owned by the Tenant (deleted with it), holding only the token and the
 /// service URLs.
 pub fn secret(tenant: &Tenant, token: &IssuedToken, urls: &BTreeMap<String, String>) -> Secret {
-    let mut data = BTreeMap::from([(TOKEN_FIELD.to_owned(), ByteString(token.token.clone().into_bytes()))]);
+    let mut data = BTreeMap::from([(
+        TOKEN_FIELD.to_owned(),
+        ByteString(token.token.clone().into_bytes()),
+    )]);
     for (service, url) in urls {
-        data.insert(format!("{URL_FIELD_PREFIX}{service}"), ByteString(url.clone().into_bytes()));
+        data.insert(
+            format!("{URL_FIELD_PREFIX}{service}"),
+            ByteString(url.clone().into_bytes()),
+        );
     }
     Secret {
         metadata: ObjectMeta {
@@ -174,14 +185,20 @@ pub fn secret(tenant: &Tenant, token: &IssuedToken, urls: &BTreeMap<String, Stri
             namespace: tenant.namespace(),
             owner_references: tenant.controller_owner_ref(&()).map(|r| vec![r]),
             labels: Some(BTreeMap::from([
-                ("app.kubernetes.io/managed-by".to_owned(), crate::context::OPERATOR_NAME.to_owned()),
+                (
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    crate::context::OPERATOR_NAME.to_owned(),
+                ),
                 ("nlu.dev/tenant".to_owned(), tenant.name_any()),
             ])),
             annotations: Some(BTreeMap::from([
                 (GRANT_HASH_ANNOTATION.to_owned(), token.grant_hash.clone()),
                 (KID_ANNOTATION.to_owned(), token.kid.clone()),
                 (ISSUED_AT_ANNOTATION.to_owned(), token.issued_at.to_string()),
-                (EXPIRES_AT_ANNOTATION.to_owned(), token.expires_at.to_string()),
+                (
+                    EXPIRES_AT_ANNOTATION.to_owned(),
+                    token.expires_at.to_string(),
+                ),
             ])),
             ..ObjectMeta::default()
         },
@@ -214,12 +231,19 @@ mod tests {
     }
 
     fn issued(hash: &str, iat: i64, exp: i64) -> IssuedToken {
-        IssuedToken { token: "t".into(), kid: "k".into(), grant_hash: hash.into(), issued_at: iat, expires_at: exp }
+        IssuedToken {
+            token: "t".into(),
+            kid: "k".into(),
+            grant_hash: hash.into(),
+            issued_at: iat,
+            expires_at: exp,
+        }
     }
 
     #[test]
     fn request_names_services_as_audiences_in_the_tenant_namespace() {
-        let t = tenant(serde_json::json!({"services": ["uninlu", "gte", "gte"], "scopes": ["embed"]}));
+        let t =
+            tenant(serde_json::json!({"services": ["uninlu", "gte", "gte"], "scopes": ["embed"]}));
         let req = token_request(&t, "iss", Duration::from_secs(60), 3).unwrap();
         let aud: Vec<String> = req.audience.iter().map(ToString::to_string).collect();
         assert_eq!(aud, ["team/gte", "team/uninlu"]);
@@ -235,11 +259,26 @@ mod tests {
         let h = grant_hash(&base);
         assert_eq!(h, grant_hash(&base.clone()));
         let variants = [
-            TokenRequest { gen: 2, ..base.clone() },
-            TokenRequest { ttl: Duration::from_secs(61), ..base.clone() },
-            TokenRequest { scopes: vec![Scope::Predict], ..base.clone() },
-            TokenRequest { audience: vec!["team/other".parse().unwrap()], ..base.clone() },
-            TokenRequest { issuer: "other".into(), ..base.clone() },
+            TokenRequest {
+                gen: 2,
+                ..base.clone()
+            },
+            TokenRequest {
+                ttl: Duration::from_secs(61),
+                ..base.clone()
+            },
+            TokenRequest {
+                scopes: vec![Scope::Predict],
+                ..base.clone()
+            },
+            TokenRequest {
+                audience: vec!["team/other".parse().unwrap()],
+                ..base.clone()
+            },
+            TokenRequest {
+                issuer: "other".into(),
+                ..base.clone()
+            },
         ];
         for v in variants {
             assert_ne!(grant_hash(&v), h, "{v:?}");
@@ -249,13 +288,25 @@ mod tests {
     #[test]
     fn reissues_when_missing_changed_unpublished_or_at_80_percent() {
         let published = |kid: &str| kid == "k";
-        assert_eq!(reissue_reason(None, "h", published, 0), Some(IssueReason::Missing));
+        assert_eq!(
+            reissue_reason(None, "h", published, 0),
+            Some(IssueReason::Missing)
+        );
         let cur = issued("h", 1000, 2000);
         assert_eq!(cur.renew_at(), 1800);
-        assert_eq!(reissue_reason(Some(&cur), "h2", published, 1001), Some(IssueReason::GrantChanged));
-        assert_eq!(reissue_reason(Some(&cur), "h", |_| false, 1001), Some(IssueReason::KeyRetired));
+        assert_eq!(
+            reissue_reason(Some(&cur), "h2", published, 1001),
+            Some(IssueReason::GrantChanged)
+        );
+        assert_eq!(
+            reissue_reason(Some(&cur), "h", |_| false, 1001),
+            Some(IssueReason::KeyRetired)
+        );
         assert_eq!(reissue_reason(Some(&cur), "h", published, 1799), None);
-        assert_eq!(reissue_reason(Some(&cur), "h", published, 1800), Some(IssueReason::Renewal));
+        assert_eq!(
+            reissue_reason(Some(&cur), "h", published, 1800),
+            Some(IssueReason::Renewal)
+        );
     }
 
     #[test]
@@ -267,7 +318,10 @@ mod tests {
         assert_eq!(keys, ["token", "url.gte"]);
         assert_eq!(s.metadata.name.as_deref(), Some("acme-token"));
         let owner = &s.owner_references()[0];
-        assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("Tenant", "uid-1", Some(true)));
+        assert_eq!(
+            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+            ("Tenant", "uid-1", Some(true))
+        );
         assert_eq!(IssuedToken::from_secret(&s), Some(issued("h", 1, 2)));
         assert!(up_to_date(&s, &s));
         let other = secret(&t, &issued("h", 1, 2), &BTreeMap::new());

@@ -11,7 +11,9 @@ use nlu_crds::access::jwks::ed25519_keys;
 use nlu_crds::access::redis_keys::{QUOTA_SCRIPT, USAGE_TTL_SECS};
 use nlu_crds::access::tokens::DEFAULT_ISSUER;
 use nlu_crds::access::verify::DEFAULT_LEEWAY_SECS;
-use nlu_crds::access::{Claims, QualifiedName, QuotaOutcome, RedisKeys, Scope, TokenError, Verifier};
+use nlu_crds::access::{
+    Claims, QualifiedName, QuotaOutcome, RedisKeys, Scope, TokenError, Verifier,
+};
 use nlu_crds::{NluService, Tenant};
 use nlu_operator::config::OperatorConfig;
 use nlu_operator::context::Context;
@@ -49,7 +51,14 @@ impl Env {
         let (ring, _) = watch::channel(Arc::new(KeyRing::generate()));
         let (_, services) = reflector::store();
         let ctx = context(&client, &redis, &ring, &services).await;
-        Self { redis, api, client, ring, ctx, services }
+        Self {
+            redis,
+            api,
+            client,
+            ring,
+            ctx,
+            services,
+        }
     }
 
     /// A new controller context (as after an operator restart: no in-memory throttle state).
@@ -65,8 +74,12 @@ impl Env {
             "spec": {"model": {"task": "embedding", "source": {"url": "https://models.example/m"}}},
         }))
         .unwrap();
-        svc.status = Some(nlu_crds::NluServiceStatus { url: Some(url.into()), ..Default::default() });
-        self.services.apply_watcher_event(&watcher::Event::Apply(svc));
+        svc.status = Some(nlu_crds::NluServiceStatus {
+            url: Some(url.into()),
+            ..Default::default()
+        });
+        self.services
+            .apply_watcher_event(&watcher::Event::Apply(svc));
     }
 
     /// Stores a Tenant as `kubectl apply` would leave it.
@@ -89,7 +102,9 @@ impl Env {
     }
 
     pub fn annotate(&self, name: &str, key: &str, value: &str) {
-        self.api.edit(&tenant_path(name), |t| t["metadata"]["annotations"][key] = json!(value));
+        self.api.edit(&tenant_path(name), |t| {
+            t["metadata"]["annotations"][key] = json!(value)
+        });
     }
 
     pub fn tenant(&self, name: &str) -> Tenant {
@@ -115,11 +130,20 @@ impl Env {
     }
 
     fn writes(&self) -> usize {
-        self.api.requests().iter().filter(|r| r.method != "GET" && !r.path.ends_with("/events")).count()
+        self.api
+            .requests()
+            .iter()
+            .filter(|r| r.method != "GET" && !r.path.ends_with("/events"))
+            .count()
     }
 
     pub fn secret(&self, name: &str) -> Secret {
-        serde_json::from_value(self.api.get(&secret_path(&format!("{name}-token"))).expect("token Secret")).unwrap()
+        serde_json::from_value(
+            self.api
+                .get(&secret_path(&format!("{name}-token")))
+                .expect("token Secret"),
+        )
+        .unwrap()
     }
 
     pub fn token(&self, name: &str) -> String {
@@ -130,15 +154,28 @@ impl Env {
     /// The verifier a server for `service` (`namespace/name`) builds from the published JWK Set.
     pub fn verifier(&self, service: &str) -> Verifier {
         let jwks = self.ring.borrow().jwks_json();
-        Verifier::new(ed25519_keys(jwks.as_bytes()).unwrap(), DEFAULT_ISSUER, &service.parse().unwrap(), DEFAULT_LEEWAY_SECS)
+        Verifier::new(
+            ed25519_keys(jwks.as_bytes()).unwrap(),
+            DEFAULT_ISSUER,
+            &service.parse().unwrap(),
+            DEFAULT_LEEWAY_SECS,
+        )
     }
 
     /// What the server decides for `token` on `service` and a route needing `scope`: the same
     /// steps in the same order as its auth middleware (verify, scope claim, namespace, quota
     /// script in Redis).
-    pub fn server_decision(&self, token: &str, service: &str, scope: Scope) -> Result<QuotaOutcome, Refused> {
+    pub fn server_decision(
+        &self,
+        token: &str,
+        service: &str,
+        scope: Scope,
+    ) -> Result<QuotaOutcome, Refused> {
         let service: QualifiedName = service.parse().unwrap();
-        let claims = self.verifier(&service.to_string()).verify(token).map_err(Refused::Token)?;
+        let claims = self
+            .verifier(&service.to_string())
+            .verify(token)
+            .map_err(Refused::Token)?;
         if !claims.grants(scope) {
             return Err(Refused::ScopeClaim);
         }
@@ -149,7 +186,13 @@ impl Env {
         Ok(self.quota_script(&tenant, &claims, scope, &service.name))
     }
 
-    pub fn quota_script(&self, tenant: &QualifiedName, claims: &Claims, scope: Scope, service: &str) -> QuotaOutcome {
+    pub fn quota_script(
+        &self,
+        tenant: &QualifiedName,
+        claims: &Claims,
+        scope: Scope,
+        service: &str,
+    ) -> QuotaOutcome {
         let keys = RedisKeys::default();
         let today = chrono::Utc::now().date_naive();
         let reply: Vec<i64> = redis::Script::new(QUOTA_SCRIPT)
@@ -181,7 +224,10 @@ pub fn claims_of(env: &Env, token: &str, service: &str) -> Claims {
 }
 
 fn rand_nonce() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 async fn context(
@@ -190,7 +236,20 @@ async fn context(
     ring: &watch::Sender<Arc<KeyRing>>,
     services: &Writer<NluService>,
 ) -> Arc<TenantContext> {
-    let base = Arc::new(Context::new(client.clone(), OperatorConfig::default(), Arc::new(Metrics::new())));
-    let conn = nlu_operator::tenant::redis_sync::connect(&redis.url()).await.unwrap();
-    Arc::new(TenantContext::new(base, conn, RedisKeys::default(), ring.subscribe(), services.as_reader(), DEFAULT_ISSUER.into()))
+    let base = Arc::new(Context::new(
+        client.clone(),
+        OperatorConfig::default(),
+        Arc::new(Metrics::new()),
+    ));
+    let conn = nlu_operator::tenant::redis_sync::connect(&redis.url())
+        .await
+        .unwrap();
+    Arc::new(TenantContext::new(
+        base,
+        conn,
+        RedisKeys::default(),
+        ring.subscribe(),
+        services.as_reader(),
+        DEFAULT_ISSUER.into(),
+    ))
 }

@@ -10,7 +10,9 @@ use kube::ResourceExt;
 use nlu_crds::access::redis_keys::field;
 use nlu_crds::access::{QualifiedName, QuotaOutcome, RedisKeys, Scope, TokenError};
 use nlu_crds::conditions::{is_true, QUOTA_EXCEEDED, READY, SUSPENDED};
-use nlu_operator::tenant::signing_key::{self, KeyRing, ROTATED_ANNOTATION, ROTATE_ANNOTATION, SIGNING_KEY_SECRET};
+use nlu_operator::tenant::signing_key::{
+    self, KeyRing, ROTATED_ANNOTATION, ROTATE_ANNOTATION, SIGNING_KEY_SECRET,
+};
 use nlu_operator::tenant::{controller, FINALIZER};
 use redis::Commands;
 use serde_json::json;
@@ -22,7 +24,10 @@ fn acme() -> QualifiedName {
 }
 
 fn record(env: &Env) -> HashMap<String, String> {
-    env.redis.conn().hgetall(RedisKeys::default().tenant(&acme())).unwrap()
+    env.redis
+        .conn()
+        .hgetall(RedisKeys::default().tenant(&acme()))
+        .unwrap()
 }
 
 #[tokio::test]
@@ -40,26 +45,55 @@ async fn token_is_accepted_for_its_services_and_scopes_only() {
     assert_eq!(claims.gen, 1);
     assert_eq!(claims.exp - claims.iat, 720 * 3600, "default TTL");
 
-    assert!(matches!(env.server_decision(&token, "team/gte", Scope::Embed), Ok(QuotaOutcome::Allowed(_))));
-    assert!(matches!(env.server_decision(&token, "team/uninlu", Scope::Embed), Ok(QuotaOutcome::Allowed(_))));
-    assert_eq!(env.server_decision(&token, "team/gte", Scope::Predict), Err(Refused::ScopeClaim));
-    assert_eq!(env.server_decision(&token, "team/bert", Scope::Embed), Err(Refused::Token(TokenError::WrongAudience)));
-    assert_eq!(env.server_decision(&token, "other/gte", Scope::Embed), Err(Refused::Token(TokenError::WrongAudience)));
+    assert!(matches!(
+        env.server_decision(&token, "team/gte", Scope::Embed),
+        Ok(QuotaOutcome::Allowed(_))
+    ));
+    assert!(matches!(
+        env.server_decision(&token, "team/uninlu", Scope::Embed),
+        Ok(QuotaOutcome::Allowed(_))
+    ));
+    assert_eq!(
+        env.server_decision(&token, "team/gte", Scope::Predict),
+        Err(Refused::ScopeClaim)
+    );
+    assert_eq!(
+        env.server_decision(&token, "team/bert", Scope::Embed),
+        Err(Refused::Token(TokenError::WrongAudience))
+    );
+    assert_eq!(
+        env.server_decision(&token, "other/gte", Scope::Embed),
+        Err(Refused::Token(TokenError::WrongAudience))
+    );
 
     // The Redis record narrows as the spec does, independently of the token's claims.
     let r = record(&env);
     assert_eq!(
-        (r[field::ENABLED].as_str(), r[field::SCOPES].as_str(), r[field::SERVICES].as_str()),
+        (
+            r[field::ENABLED].as_str(),
+            r[field::SCOPES].as_str(),
+            r[field::SERVICES].as_str()
+        ),
         ("1", "embed", "gte,uninlu")
     );
-    assert_eq!((r[field::REQUESTS_PER_DAY].as_str(), r[field::REQUESTS_PER_MINUTE].as_str(), r[field::GEN].as_str()), ("100", "0", "1"));
+    assert_eq!(
+        (
+            r[field::REQUESTS_PER_DAY].as_str(),
+            r[field::REQUESTS_PER_MINUTE].as_str(),
+            r[field::GEN].as_str()
+        ),
+        ("100", "0", "1")
+    );
 
     let status = env.tenant("acme").status.unwrap();
     assert!(is_true(&status.conditions, READY));
     assert_eq!(status.token_secret_name.as_deref(), Some("acme-token"));
     assert_eq!(status.token_expires_at.unwrap().0.as_second(), claims.exp);
     assert_eq!(status.observed_generation, Some(1));
-    assert!(env.tenant("acme").finalizers().contains(&FINALIZER.to_owned()));
+    assert!(env
+        .tenant("acme")
+        .finalizers()
+        .contains(&FINALIZER.to_owned()));
     assert_eq!(env.api.event_reasons(), ["TokenIssued"]);
 }
 
@@ -72,27 +106,49 @@ async fn the_secret_holds_only_the_token_and_service_urls() {
 
     let secret = env.secret("acme");
     let data = secret.data.clone().unwrap();
-    assert_eq!(data.keys().collect::<Vec<_>>(), ["token", "url.gte"], "uninlu has no URL yet");
+    assert_eq!(
+        data.keys().collect::<Vec<_>>(),
+        ["token", "url.gte"],
+        "uninlu has no URL yet"
+    );
     assert_eq!(data["url.gte"].0, b"https://gte.example.com");
     let pem = env.ring.borrow().signing.to_pkcs8_pem();
     let key_body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     for value in data.values() {
         let text = String::from_utf8_lossy(&value.0);
-        assert!(!text.contains("PRIVATE KEY") && !text.contains(&key_body), "private key material in the Secret");
+        assert!(
+            !text.contains("PRIVATE KEY") && !text.contains(&key_body),
+            "private key material in the Secret"
+        );
     }
     let owner = &secret.owner_references()[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str(), owner.controller), ("Tenant", "acme", Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("Tenant", "acme", Some(true))
+    );
 
     // Applied with the operator's field manager, forced.
-    let apply = env.api.requests().into_iter().find(|r| r.method == "PATCH" && r.path == secret_path("acme-token")).unwrap();
+    let apply = env
+        .api
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "PATCH" && r.path == secret_path("acme-token"))
+        .unwrap();
     assert_eq!(apply.content_type, "application/apply-patch+yaml");
-    assert!(apply.query.contains("fieldManager=nlu-operator") && apply.query.contains("force=true"), "{}", apply.query);
+    assert!(
+        apply.query.contains("fieldManager=nlu-operator") && apply.query.contains("force=true"),
+        "{}",
+        apply.query
+    );
 
     // A URL appearing later is added without a new token.
     let token = env.token("acme");
     env.service("uninlu", "https://uninlu.example.com");
     env.settle("acme").await;
-    assert_eq!(env.secret("acme").data.unwrap().keys().collect::<Vec<_>>(), ["token", "url.gte", "url.uninlu"]);
+    assert_eq!(
+        env.secret("acme").data.unwrap().keys().collect::<Vec<_>>(),
+        ["token", "url.gte", "url.uninlu"]
+    );
     assert_eq!(env.token("acme"), token);
 }
 
@@ -107,7 +163,10 @@ async fn suspend_then_resume_flips_enabled_in_redis() {
     env.edit_spec("acme", |s| s["suspended"] = json!(true));
     env.settle("acme").await;
     assert_eq!(record(&env)[field::ENABLED], "0");
-    assert_eq!(env.server_decision(&token, "team/gte", Scope::Embed), Ok(QuotaOutcome::Suspended));
+    assert_eq!(
+        env.server_decision(&token, "team/gte", Scope::Embed),
+        Ok(QuotaOutcome::Suspended)
+    );
     let status = env.tenant("acme").status.unwrap();
     assert!(is_true(&status.conditions, SUSPENDED));
     assert_eq!(status.observed_generation, Some(2));
@@ -116,42 +175,78 @@ async fn suspend_then_resume_flips_enabled_in_redis() {
     env.edit_spec("acme", |s| s["suspended"] = json!(false));
     env.settle("acme").await;
     assert_eq!(record(&env)[field::ENABLED], "1");
-    assert!(matches!(env.server_decision(&token, "team/gte", Scope::Embed), Ok(QuotaOutcome::Allowed(_))));
-    assert!(!is_true(&env.tenant("acme").status.unwrap().conditions, SUSPENDED));
-    assert_eq!(env.api.event_reasons(), ["TokenIssued", "Suspended", "Resumed"]);
+    assert!(matches!(
+        env.server_decision(&token, "team/gte", Scope::Embed),
+        Ok(QuotaOutcome::Allowed(_))
+    ));
+    assert!(!is_true(
+        &env.tenant("acme").status.unwrap().conditions,
+        SUSPENDED
+    ));
+    assert_eq!(
+        env.api.event_reasons(),
+        ["TokenIssued", "Suspended", "Resumed"]
+    );
 }
 
 #[tokio::test]
 async fn usage_appears_in_status_throttled_to_once_a_minute() {
     let env = Env::new().await;
-    env.create_tenant("acme", json!({"services": ["gte"], "quota": {"requestsPerDay": 5}}));
+    env.create_tenant(
+        "acme",
+        json!({"services": ["gte"], "quota": {"requestsPerDay": 5}}),
+    );
     env.settle("acme").await;
     let token = env.token("acme");
-    let today = chrono::Utc::now().date_naive().format("%Y-%m-%d").to_string();
+    let today = chrono::Utc::now()
+        .date_naive()
+        .format("%Y-%m-%d")
+        .to_string();
     let usage = env.tenant("acme").status.unwrap().usage.unwrap();
-    assert_eq!((usage.date.as_str(), usage.requests, usage.remaining), (today.as_str(), 0, Some(5)));
+    assert_eq!(
+        (usage.date.as_str(), usage.requests, usage.remaining),
+        (today.as_str(), 0, Some(5))
+    );
 
     for _ in 0..3 {
-        assert!(matches!(env.server_decision(&token, "team/gte", Scope::Embed), Ok(QuotaOutcome::Allowed(_))));
+        assert!(matches!(
+            env.server_decision(&token, "team/gte", Scope::Embed),
+            Ok(QuotaOutcome::Allowed(_))
+        ));
     }
     // Shown usage is less than a minute old: no status write.
-    let status_writes = || env.api.requests().iter().filter(|r| r.path.ends_with("/status")).count();
+    let status_writes = || {
+        env.api
+            .requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/status"))
+            .count()
+    };
     let before = status_writes();
     env.settle("acme").await;
     assert_eq!(status_writes(), before);
-    assert_eq!(env.tenant("acme").status.unwrap().usage.unwrap().requests, 0);
+    assert_eq!(
+        env.tenant("acme").status.unwrap().usage.unwrap().requests,
+        0
+    );
 
     // A fresh context has shown nothing yet, so it refreshes (as a reconcile a minute later does).
     for _ in 0..2 {
-        env.server_decision(&token, "team/gte", Scope::Embed).unwrap();
+        env.server_decision(&token, "team/gte", Scope::Embed)
+            .unwrap();
     }
     let ctx = env.fresh_context().await;
-    nlu_operator::tenant::controller::reconcile(Arc::new(env.tenant("acme")), ctx).await.unwrap();
+    nlu_operator::tenant::controller::reconcile(Arc::new(env.tenant("acme")), ctx)
+        .await
+        .unwrap();
     let status = env.tenant("acme").status.unwrap();
     let usage = status.usage.unwrap();
     assert_eq!((usage.requests, usage.remaining), (5, Some(0)));
     assert!(is_true(&status.conditions, QUOTA_EXCEEDED));
-    assert!(matches!(env.server_decision(&token, "team/gte", Scope::Embed), Ok(QuotaOutcome::DailyQuotaExceeded(_))));
+    assert!(matches!(
+        env.server_decision(&token, "team/gte", Scope::Embed),
+        Ok(QuotaOutcome::DailyQuotaExceeded(_))
+    ));
 }
 
 #[tokio::test]
@@ -164,12 +259,21 @@ async fn revocation_makes_older_tokens_stale_once_per_request() {
     env.annotate("acme", "nlu.dev/revoke", "2026-11-23T12:00:00Z");
     env.settle("acme").await;
     assert_eq!(record(&env)[field::GEN], "2");
-    assert_eq!(env.server_decision(&old, "team/gte", Scope::Embed), Ok(QuotaOutcome::Revoked));
+    assert_eq!(
+        env.server_decision(&old, "team/gte", Scope::Embed),
+        Ok(QuotaOutcome::Revoked)
+    );
     let new = env.token("acme");
     assert_eq!(claims_of(&env, &new, "team/gte").gen, 2);
-    assert!(matches!(env.server_decision(&new, "team/gte", Scope::Embed), Ok(QuotaOutcome::Allowed(_))));
+    assert!(matches!(
+        env.server_decision(&new, "team/gte", Scope::Embed),
+        Ok(QuotaOutcome::Allowed(_))
+    ));
     let annotations = env.tenant("acme").annotations().clone();
-    assert_eq!(annotations["nlu.dev/revoke-handled"], "2026-11-23T12:00:00Z");
+    assert_eq!(
+        annotations["nlu.dev/revoke-handled"],
+        "2026-11-23T12:00:00Z"
+    );
 
     // Settled above: the same annotation is not counted again.
     env.reconcile("acme").await.unwrap();
@@ -178,39 +282,84 @@ async fn revocation_makes_older_tokens_stale_once_per_request() {
     // Raising spec.token.generation revokes too.
     env.edit_spec("acme", |s| s["token"] = json!({"generation": 3}));
     env.settle("acme").await;
-    assert_eq!(record(&env)[field::GEN], "4", "generation 3 plus one revocation");
-    assert_eq!(env.server_decision(&new, "team/gte", Scope::Embed), Ok(QuotaOutcome::Revoked));
+    assert_eq!(
+        record(&env)[field::GEN],
+        "4",
+        "generation 3 plus one revocation"
+    );
+    assert_eq!(
+        env.server_decision(&new, "team/gte", Scope::Embed),
+        Ok(QuotaOutcome::Revoked)
+    );
     // The second re-issue is recorded as a repeat (series) of the first Event, as kube's recorder does.
-    assert_eq!(env.api.event_reasons(), ["TokenIssued", "Revoked", "TokenReissued"]);
-    let repeats = env.api.requests().into_iter().filter(|r| r.method == "PATCH" && r.path.contains("/events/")).count();
+    assert_eq!(
+        env.api.event_reasons(),
+        ["TokenIssued", "Revoked", "TokenReissued"]
+    );
+    let repeats = env
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path.contains("/events/"))
+        .count();
     assert_eq!(repeats, 1);
 }
 
 #[tokio::test]
 async fn deletion_removes_the_redis_keys_and_retries_while_redis_is_down() {
     let mut env = Env::new().await;
-    env.create_tenant("acme", json!({"services": ["gte"], "quota": {"requestsPerMinute": 10}}));
+    env.create_tenant(
+        "acme",
+        json!({"services": ["gte"], "quota": {"requestsPerMinute": 10}}),
+    );
     env.create_tenant("acme-b", json!({"services": ["gte"]}));
     env.settle("acme").await;
     env.settle("acme-b").await;
     let token = env.token("acme");
-    env.server_decision(&token, "team/gte", Scope::Embed).unwrap();
+    env.server_decision(&token, "team/gte", Scope::Embed)
+        .unwrap();
     let keys = |env: &Env| -> Vec<String> {
         let mut k: Vec<String> = env.redis.conn().keys("nlu:*").unwrap();
         k.sort();
         k
     };
-    let today = chrono::Utc::now().date_naive().format("%Y-%m-%d").to_string();
-    let acme_keys = ["nlu:rate:team/acme".to_owned(), "nlu:tenant:team/acme".to_owned(), format!("nlu:usage:team/acme:{today}")];
-    assert_eq!(keys(&env), [acme_keys[0].clone(), acme_keys[1].clone(), "nlu:tenant:team/acme-b".into(), acme_keys[2].clone()]);
+    let today = chrono::Utc::now()
+        .date_naive()
+        .format("%Y-%m-%d")
+        .to_string();
+    let acme_keys = [
+        "nlu:rate:team/acme".to_owned(),
+        "nlu:tenant:team/acme".to_owned(),
+        format!("nlu:usage:team/acme:{today}"),
+    ];
+    assert_eq!(
+        keys(&env),
+        [
+            acme_keys[0].clone(),
+            acme_keys[1].clone(),
+            "nlu:tenant:team/acme-b".into(),
+            acme_keys[2].clone()
+        ]
+    );
 
-    env.api.edit(&tenant_path("acme"), |t| t["metadata"]["deletionTimestamp"] = json!("2026-11-23T12:00:00Z"));
+    env.api.edit(&tenant_path("acme"), |t| {
+        t["metadata"]["deletionTimestamp"] = json!("2026-11-23T12:00:00Z")
+    });
     env.redis.stop();
     let err = env.reconcile("acme").await.unwrap_err();
     assert_eq!(err.reason(), "Redis", "{err}");
     let retry = controller::error_policy(Arc::new(env.tenant("acme")), &err, env.ctx.clone());
-    assert_eq!(retry, Action::requeue(Duration::from_secs(2)), "retried with backoff");
-    assert!(env.tenant("acme").finalizers().contains(&FINALIZER.to_owned()), "finalizer kept while Redis is down");
+    assert_eq!(
+        retry,
+        Action::requeue(Duration::from_secs(2)),
+        "retried with backoff"
+    );
+    assert!(
+        env.tenant("acme")
+            .finalizers()
+            .contains(&FINALIZER.to_owned()),
+        "finalizer kept while Redis is down"
+    );
 
     // Redis returns. It runs without persistence, so put the keys back as a persistent Redis
     // would still hold them: the point is that cleanup now runs and removes them.
@@ -221,15 +370,23 @@ async fn deletion_removes_the_redis_keys_and_retries_while_redis_is_down() {
     }
     let _: () = conn.hset("nlu:tenant:team/acme-b", "enabled", "1").unwrap();
     env.reconcile("acme").await.unwrap();
-    assert_eq!(keys(&env), ["nlu:tenant:team/acme-b"], "only the other tenant's record is left");
-    assert!(env.tenant("acme").finalizers().is_empty(), "finalizer removed");
+    assert_eq!(
+        keys(&env),
+        ["nlu:tenant:team/acme-b"],
+        "only the other tenant's record is left"
+    );
+    assert!(
+        env.tenant("acme").finalizers().is_empty(),
+        "finalizer removed"
+    );
 }
 
 #[tokio::test]
 async fn key_rotation_keeps_earlier_tokens_valid_until_they_expire() {
     let env = Env::new().await;
     // The key Secret goes through the same sync the operator runs: created, then rotated on request.
-    let key_api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(env.client.clone(), "nlu-system");
+    let key_api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(env.client.clone(), "nlu-system");
     let now = chrono::Utc::now();
     let (ring, change) = signing_key::sync(&key_api, now, &[]).await.unwrap();
     assert_eq!(change, signing_key::KeyChange::Created);
@@ -240,13 +397,27 @@ async fn key_rotation_keeps_earlier_tokens_valid_until_they_expire() {
     let old_kid = env.ring.borrow().signing.kid().to_owned();
 
     let key_path = format!("/api/v1/namespaces/nlu-system/secrets/{SIGNING_KEY_SECRET}");
-    env.api.edit(&key_path, |s| s["metadata"]["annotations"] = json!({ROTATE_ANNOTATION: "1"}));
+    env.api.edit(&key_path, |s| {
+        s["metadata"]["annotations"] = json!({ROTATE_ANNOTATION: "1"})
+    });
     let tenants = [Arc::new(env.tenant("acme"))];
     let (ring, change) = signing_key::sync(&key_api, now, &tenants).await.unwrap();
-    assert!(matches!(&change, signing_key::KeyChange::Rotated { old_kid: k, .. } if *k == old_kid), "{change:?}");
-    assert_eq!(env.api.get(&key_path).unwrap()["metadata"]["annotations"][ROTATED_ANNOTATION], "1");
-    let stored = KeyRing::from_secret(&serde_json::from_value(env.api.get(&key_path).unwrap()).unwrap()).unwrap();
-    assert_eq!(stored.signing.kid(), ring.signing.kid(), "the rotation is persisted");
+    assert!(
+        matches!(&change, signing_key::KeyChange::Rotated { old_kid: k, .. } if *k == old_kid),
+        "{change:?}"
+    );
+    assert_eq!(
+        env.api.get(&key_path).unwrap()["metadata"]["annotations"][ROTATED_ANNOTATION],
+        "1"
+    );
+    let stored =
+        KeyRing::from_secret(&serde_json::from_value(env.api.get(&key_path).unwrap()).unwrap())
+            .unwrap();
+    assert_eq!(
+        stored.signing.kid(),
+        ring.signing.kid(),
+        "the rotation is persisted"
+    );
     let retire_after = ring.next_retirement().unwrap();
     env.ring.send_replace(ring);
     // The same request is not handled twice.
@@ -255,9 +426,16 @@ async fn key_rotation_keeps_earlier_tokens_valid_until_they_expire() {
 
     // The earlier token still verifies with the published set and outlives no key.
     let claims = claims_of(&env, &before, "team/gte");
-    assert!(claims.exp < retire_after.timestamp(), "token expires before its key leaves the set");
+    assert!(
+        claims.exp < retire_after.timestamp(),
+        "token expires before its key leaves the set"
+    );
     env.settle("acme").await;
-    assert_eq!(env.token("acme"), before, "no new token just because the key rotated");
+    assert_eq!(
+        env.token("acme"),
+        before,
+        "no new token just because the key rotated"
+    );
 
     // New tokens are signed with the new key.
     env.edit_spec("acme", |s| s["scopes"] = json!(["embed"]));
@@ -269,10 +447,15 @@ async fn key_rotation_keeps_earlier_tokens_valid_until_they_expire() {
     claims_of(&env, &after, "team/gte");
 
     // Once every token of the old key has expired, the key leaves the set.
-    let (ring, change) = signing_key::sync(&key_api, retire_after, &tenants).await.unwrap();
+    let (ring, change) = signing_key::sync(&key_api, retire_after, &tenants)
+        .await
+        .unwrap();
     assert_eq!(change, signing_key::KeyChange::Pruned);
     env.ring.send_replace(ring);
-    assert_eq!(env.verifier("team/gte").verify(&before), Err(TokenError::UnknownKey));
+    assert_eq!(
+        env.verifier("team/gte").verify(&before),
+        Err(TokenError::UnknownKey)
+    );
     claims_of(&env, &after, "team/gte");
 }
 
@@ -283,8 +466,12 @@ async fn the_jwk_set_is_published_where_services_check_tokens_and_follows_rotati
 
     let env = Env::new().await;
     let (services, mut writer) = reflector::store();
-    for (ns, name, auth) in [("team", "gte", json!(null)), ("open", "demo", json!({"mode": "none"}))] {
-        let mut spec = json!({"model": {"task": "embedding", "source": {"url": "https://models.example/m"}}});
+    for (ns, name, auth) in [
+        ("team", "gte", json!(null)),
+        ("open", "demo", json!({"mode": "none"})),
+    ] {
+        let mut spec =
+            json!({"model": {"task": "embedding", "source": {"url": "https://models.example/m"}}});
         if !auth.is_null() {
             spec["auth"] = auth;
         }
@@ -293,9 +480,17 @@ async fn the_jwk_set_is_published_where_services_check_tokens_and_follows_rotati
         .unwrap();
         writer.apply_watcher_event(&watcher::Event::Apply(svc));
     }
-    let publisher = tokio::spawn(jwks_publish::run(env.client.clone(), services, env.ring.subscribe()));
+    let publisher = tokio::spawn(jwks_publish::run(
+        env.client.clone(),
+        services,
+        env.ring.subscribe(),
+    ));
     let path = format!("/api/v1/namespaces/team/configmaps/{JWKS_CONFIGMAP}");
-    let published = || env.api.get(&path).map(|cm| cm["data"][JWKS_KEY].as_str().unwrap().to_owned());
+    let published = || {
+        env.api
+            .get(&path)
+            .map(|cm| cm["data"][JWKS_KEY].as_str().unwrap().to_owned())
+    };
     let wait_for = |want: String| async move {
         for _ in 0..100 {
             if published().as_deref() == Some(want.as_str()) {
@@ -306,7 +501,14 @@ async fn the_jwk_set_is_published_where_services_check_tokens_and_follows_rotati
         panic!("JWK Set not published: {:?}", published());
     };
     wait_for(env.ring.borrow().jwks_json()).await;
-    assert!(env.api.get(&format!("/api/v1/namespaces/open/configmaps/{JWKS_CONFIGMAP}")).is_none(), "auth none: nothing to verify");
+    assert!(
+        env.api
+            .get(&format!(
+                "/api/v1/namespaces/open/configmaps/{JWKS_CONFIGMAP}"
+            ))
+            .is_none(),
+        "auth none: nothing to verify"
+    );
 
     let rotated = KeyRing::from_secret(&k8s_openapi::api::core::v1::Secret {
         data: Some(env.ring.borrow().to_secret_data()),

@@ -25,7 +25,11 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut redis = Self { port, child: None };
         redis.restart();
         redis
@@ -39,7 +43,16 @@ impl Redis {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "already running");
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -53,7 +66,11 @@ impl Redis {
                     return;
                 }
             }
-            assert!(Instant::now() < deadline, "redis-server did not start on port {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -67,7 +84,10 @@ impl Redis {
 
     /// A plain synchronous connection for assertions.
     pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
     }
 }
 
@@ -104,7 +124,9 @@ impl FakeApi {
     /// A client talking to a new stand-in.
     pub fn start() -> (kube::Client, FakeApi) {
         let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let api = FakeApi { state: Arc::default() };
+        let api = FakeApi {
+            state: Arc::default(),
+        };
         let served = api.clone();
         tokio::spawn(async move {
             while let Some((request, send)) = handle.next_request().await {
@@ -158,7 +180,11 @@ impl FakeApi {
             .unwrap_or_default()
             .to_owned();
         let bytes = request.into_body().collect_bytes().await.unwrap();
-        let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
         let mut s = self.state.lock().unwrap();
         s.requests.push(Recorded {
             method: method.clone(),
@@ -176,7 +202,10 @@ impl FakeApi {
         let result = match method.as_str() {
             "GET" => s.objects.get(&path).cloned().ok_or(StatusCode::NOT_FOUND),
             "POST" => {
-                let name = body["metadata"]["name"].as_str().unwrap_or("generated").to_owned();
+                let name = body["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or("generated")
+                    .to_owned();
                 let full = format!("{path}/{name}");
                 match s.objects.entry(full) {
                     std::collections::btree_map::Entry::Occupied(_) => Err(StatusCode::CONFLICT),
@@ -189,7 +218,10 @@ impl FakeApi {
                 }
             }
             "PUT" => match s.objects.get(&path) {
-                Some(old) if old["metadata"]["resourceVersion"] != body["metadata"]["resourceVersion"] => {
+                Some(old)
+                    if old["metadata"]["resourceVersion"]
+                        != body["metadata"]["resourceVersion"] =>
+                {
                     Err(StatusCode::CONFLICT)
                 }
                 Some(_) => {
@@ -221,7 +253,12 @@ impl FakeApi {
     }
 }
 
-fn patch(existing: Option<Value>, content_type: &str, subresource: bool, body: Value) -> Result<Value, StatusCode> {
+fn patch(
+    existing: Option<Value>,
+    content_type: &str,
+    subresource: bool,
+    body: Value,
+) -> Result<Value, StatusCode> {
     match content_type {
         "application/apply-patch+yaml" => Ok(match (existing, subresource) {
             (Some(mut obj), true) => {
@@ -247,7 +284,8 @@ fn patch(existing: Option<Value>, content_type: &str, subresource: bool, body: V
             if obj["metadata"].get("finalizers").is_none() {
                 obj["metadata"]["finalizers"] = Value::Null;
             }
-            let ops: json_patch::Patch = serde_json::from_value(body).map_err(|_| StatusCode::BAD_REQUEST)?;
+            let ops: json_patch::Patch =
+                serde_json::from_value(body).map_err(|_| StatusCode::BAD_REQUEST)?;
             json_patch::patch(&mut obj, &ops).map_err(|_| StatusCode::UNPROCESSABLE_ENTITY)?;
             Ok(obj)
         }
