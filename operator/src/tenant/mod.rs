@@ -136,7 +136,7 @@ fn tenants_using(tenants: &Store<Tenant>, svc: &NluService) -> Vec<ObjectRef<Ten
 /// The key ring to start with; tokens cannot be issued without one, so this retries.
 async fn first_key_ring(api: &Api<Secret>, ctx: &Context) -> Arc<KeyRing> {
     loop {
-        match sync_keys(api, ctx, &[]).await {
+        match sync_keys(api, ctx, None).await {
             Ok(ring) => return ring,
             Err(e) => {
                 tracing::error!(error = %e, "cannot load or create the signing key; retrying");
@@ -149,7 +149,7 @@ async fn first_key_ring(api: &Api<Secret>, ctx: &Context) -> Arc<KeyRing> {
 async fn sync_keys(
     api: &Api<Secret>,
     ctx: &Context,
-    tenants: &[Arc<Tenant>],
+    tenants: Option<&[Arc<Tenant>]>,
 ) -> Result<Arc<KeyRing>, signing_key::KeyError> {
     let now = chrono::DateTime::from_timestamp(ctx.now().as_second(), 0).unwrap_or_default();
     let (ring, change) = signing_key::sync(api, now, tenants).await?;
@@ -193,7 +193,7 @@ async fn manage_keys(
             return;
         }
         let new = loop {
-            match sync_keys(&api, &ctx, &tenants.state()).await {
+            match sync_keys(&api, &ctx, Some(&tenants.state())).await {
                 Ok(new) => break new,
                 Err(e) => {
                     tracing::warn!(error = %e, "signing key sync failed; retrying");

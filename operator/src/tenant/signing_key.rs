@@ -178,12 +178,14 @@ pub enum KeyChange {
 }
 
 /// Brings the key Secret up to date: creates it when absent, performs a requested rotation and
-/// drops retired keys past their time. A conflict (someone wrote in between) is returned as an
-/// error; the caller retries from a fresh read.
+/// drops retired keys past their time. `tenants` is `None` while their token lifetimes are not
+/// known yet (at start-up): a rotation then waits, since the old key's retirement time depends on
+/// them. A conflict (someone wrote in between) is returned as an error; the caller retries from a
+/// fresh read.
 pub async fn sync(
     api: &Api<Secret>,
     now: DateTime<Utc>,
-    tenants: &[Arc<Tenant>],
+    tenants: Option<&[Arc<Tenant>]>,
 ) -> Result<(Arc<KeyRing>, KeyChange), KeyError> {
     let Some(mut secret) = api.get_opt(SIGNING_KEY_SECRET).await? else {
         let ring = KeyRing::generate();
@@ -205,7 +207,7 @@ pub async fn sync(
     };
     let mut ring = KeyRing::from_secret(&secret)?;
     let mut change = KeyChange::Unchanged;
-    if let Some(request) = rotation_request(&secret) {
+    if let (Some(request), Some(tenants)) = (rotation_request(&secret), tenants) {
         let old_kid = ring.signing.kid().to_owned();
         ring = ring.rotate(retire_after(now, tenants));
         change = KeyChange::Rotated {
