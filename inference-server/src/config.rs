@@ -20,7 +20,7 @@ pub struct Cli {
 pub enum Command {
     /// Load a model and serve it over HTTP.
     Serve(Box<ServeArgs>),
-    /// Download a model from the hub into the cache folder and print its local path.
+    /// Download a model (Hugging Face, ModelScope or a .tar.gz URL) and print its local folder.
     Download(DownloadArgs),
     /// Write a new Ed25519 signing key (signing-key.pem) and its public JWK Set (jwks.json),
     /// to run --auth jwt without the operator.
@@ -186,17 +186,39 @@ pub struct UniNluLimitArgs {
 
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
-    /// Hub id, e.g. thenlper/gte-large-zh.
-    #[arg(long, env = "NLU_MODEL")]
-    pub model: String,
+    /// Hugging Face hub id, e.g. thenlper/gte-large-zh. Exactly one of --model, --modelscope
+    /// and --url is required.
+    #[arg(long, env = "NLU_MODEL", required_unless_present_any = ["modelscope", "url"], conflicts_with_all = ["modelscope", "url"])]
+    pub model: Option<String>,
 
-    /// Where to store it (default: ~/.cache/nlu-server/models).
+    /// ModelScope model id, e.g. damo/nlp_structbert_siamese-uninlu_chinese-base.
+    #[arg(long, conflicts_with = "url")]
+    pub modelscope: Option<String>,
+
+    /// http(s) URL of a .tar.gz holding the model folder (at its root or in one top-level
+    /// folder). Needs --output-dir.
+    #[arg(long, requires = "output_dir")]
+    pub url: Option<String>,
+
+    /// Branch, tag or commit (default: main on Hugging Face, master on ModelScope).
+    #[arg(long, conflicts_with = "url")]
+    pub revision: Option<String>,
+
+    /// Folder to put the model in (default: {cache-dir}/{owner}--{name}/{revision}).
+    #[arg(long)]
+    pub output_dir: Option<PathBuf>,
+
+    /// Where to store hub downloads (default: ~/.cache/nlu-server/models).
     #[arg(long, env = "NLU_MODEL_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
 
     /// Hugging Face compatible hub (default: $HF_ENDPOINT or https://huggingface.co).
     #[arg(long, env = "NLU_HUB_ENDPOINT")]
     pub hub_endpoint: Option<String>,
+
+    /// ModelScope endpoint (default: https://www.modelscope.cn).
+    #[arg(long, env = "NLU_MODELSCOPE_ENDPOINT")]
+    pub modelscope_endpoint: Option<String>,
 }
 
 impl BatchingArgs {

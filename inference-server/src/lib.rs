@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod batching;
 pub mod cli_auth;
+pub mod cli_download;
 pub mod config;
 pub mod engine;
 pub mod http;

@@ -2,7 +2,6 @@ use clap::Parser;
 use tokio::net::TcpListener;
 
 use nlu_server::config::{Cli, Command, LogFormat};
-use nlu_server::engine::hub_config;
 use nlu_server::server::{init_logging, serve, shutdown_signal};
 
 #[tokio::main]
@@ -16,8 +15,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Download(args) => {
             init_logging(LogFormat::Text);
-            let hub = hub_config(args.cache_dir.as_deref(), args.hub_endpoint.as_deref());
-            let dir = tokio::task::spawn_blocking(move || nlu_server::model::download(&args.model, &hub)).await??;
+            let dir = tokio::task::spawn_blocking(move || nlu_server::cli_download::run(&args)).await??;
             println!("{}", dir.display());
             Ok(())
         }

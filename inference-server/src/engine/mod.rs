@@ -172,7 +172,7 @@ fn sentence_max_seq_length(dir: &std::path::Path) -> Option<usize> {
 fn served_name(args: &ServeArgs, files: &model::ModelFiles) -> String {
     match &args.served_model_name {
         Some(name) => name.clone(),
-        None if model::files::is_hub_id(&args.model) && !std::path::Path::new(&args.model).exists() => args.model.clone(),
+        None if model::download::is_hub_id(&args.model) && !std::path::Path::new(&args.model).exists() => args.model.clone(),
         None => files.name(),
     }
 }

@@ -2,6 +2,7 @@
 //! encoder on candle, pooling, the sentence embedder and the SiameseUniNLU model.
 
 pub mod bert;
+pub mod download;
 pub mod embedder;
 pub mod files;
 pub mod pooling;
@@ -9,7 +10,8 @@ pub mod tokenizer;
 pub mod uninlu;
 
 pub use embedder::{Embedder, EmbedderInfo};
-pub use files::{download, resolve, HubConfig, ModelFiles};
+pub use download::{download, download_archive, download_into, HubConfig, HubKind};
+pub use files::{resolve, ModelFiles};
 pub use pooling::Pooling;
 pub use tokenizer::{Encoding, Tokenizer};
 pub use uninlu::{Logits, TextStates, UniNluInfo, UniNluModel};

@@ -9,12 +9,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nlu_server::model::{download, resolve, Embedder, HubConfig, ModelError};
+use nlu_server::model::{
+    download, download_archive, download_into, resolve, Embedder, HubConfig, HubKind, ModelError,
+    ModelFiles,
+};
 
 use super::common::fixtures;
 
-/// Serves `{root}` as `/{repo}/resolve/main/{file}` (HTTP/1.1, one request per connection),
-/// 404 for anything else. Returns the endpoint and a counter of requests served.
+/// Serves `{root}` as `/{repo}/resolve/main/{file}` (Hugging Face layout) and
+/// `/api/v1/models/{repo}/repo?Revision=master&FilePath={file}` (ModelScope layout), HTTP/1.1,
+/// one request per connection, 404 for anything else. Returns the endpoint and a counter of requests served.
 fn stand_in_hub(repo: &'static str, root: PathBuf) -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -42,9 +46,11 @@ fn stand_in_hub(repo: &'static str, root: PathBuf) -> (String, Arc<AtomicUsize>)
                 .nth(1)
                 .unwrap_or("")
                 .to_string();
-            let prefix = format!("/{repo}/resolve/main/");
+            let hugging_face = format!("/{repo}/resolve/main/");
+            let modelscope = format!("/api/v1/models/{repo}/repo?Revision=master&FilePath=");
             let body = path
-                .strip_prefix(&prefix)
+                .strip_prefix(&hugging_face)
+                .or_else(|| path.strip_prefix(&modelscope))
                 .filter(|f| !f.contains(".."))
                 .and_then(|f| std::fs::read(root.join(f)).ok());
             let (status, body) = match body {
@@ -65,6 +71,7 @@ fn stand_in_hub(repo: &'static str, root: PathBuf) -> (String, Arc<AtomicUsize>)
 
 fn hub(endpoint: String, cache: &std::path::Path) -> HubConfig {
     HubConfig {
+        kind: HubKind::HuggingFace,
         endpoint,
         revision: "main".into(),
         cache_dir: cache.to_path_buf(),
@@ -168,4 +175,64 @@ fn neither_folder_nor_hub_id() {
             "{spec}"
         );
     }
+}
+
+#[test]
+fn downloads_from_a_modelscope_layout() {
+    let model = fixtures().join("uninlu-tiny/model");
+    let (endpoint, _) = stand_in_hub("damo/uninlu-tiny", model.clone());
+    let out = tempfile::tempdir().unwrap();
+    let cfg = HubConfig {
+        kind: HubKind::ModelScope,
+        revision: "master".into(),
+        ..hub(endpoint, out.path())
+    };
+    let dir = download_into("damo/uninlu-tiny", &cfg, &out.path().join("m")).unwrap();
+    // The repository has safetensors, so the torch checkpoint is not fetched.
+    for name in ["config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"] {
+        assert_eq!(std::fs::read(dir.join(name)).unwrap(), std::fs::read(model.join(name)).unwrap(), "{name}");
+    }
+    assert!(!dir.join("pytorch_model.bin").exists());
+}
+
+/// A `.tar.gz` of the gte-tiny folder under one top-level folder, as `tar czf` makes it.
+fn gte_archive(into: &std::path::Path) {
+    let file = std::fs::File::create(into.join("model.tar.gz")).unwrap();
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast()));
+    tar.append_dir_all("gte-tiny", fixtures().join("gte-tiny/model")).unwrap();
+    tar.into_inner().unwrap().finish().unwrap();
+}
+
+#[test]
+fn downloads_and_unpacks_a_model_archive() {
+    let served = tempfile::tempdir().unwrap();
+    gte_archive(served.path());
+    std::fs::write(served.path().join("junk.tar.gz"), b"not gzip").unwrap();
+    let (endpoint, _) = stand_in_hub("files/models", served.path().to_path_buf());
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("url");
+    let url = format!("{endpoint}/files/models/resolve/main/model.tar.gz");
+
+    let dir = download_archive(&url, &target, Duration::from_secs(2)).unwrap();
+    assert_eq!(dir, target);
+    let files = ModelFiles::from_dir(&dir).unwrap();
+    let local = ModelFiles::from_dir(&fixtures().join("gte-tiny/model")).unwrap();
+    let ids = vec![vec![101, 6484, 4263, 102]];
+    assert_eq!(
+        Embedder::load(&files, None).unwrap().embed(&ids, true).unwrap(),
+        Embedder::load(&local, None).unwrap().embed(&ids, true).unwrap()
+    );
+    // Nothing but the model folder is left behind.
+    let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["url"]);
+
+    let err = download_archive(
+        &format!("{endpoint}/files/models/resolve/main/junk.tar.gz"),
+        &out.path().join("junk"),
+        Duration::from_secs(2),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("not a readable .tar.gz"), "{err}");
+    let err = download_archive("ftp://example/m.tar.gz", &out.path().join("ftp"), Duration::from_secs(2)).unwrap_err();
+    assert!(err.to_string().contains("only http(s)"), "{err}");
 }

@@ -1,0 +1,32 @@
+//! `nlu-server download`: fetch a model folder before serving (the operator's init container).
+
+use std::path::PathBuf;
+
+use crate::config::DownloadArgs;
+use crate::model::{self, HubConfig};
+
+/// Downloads the model the arguments name and returns its local folder.
+pub fn run(args: &DownloadArgs) -> model::Result<PathBuf> {
+    if let Some(url) = &args.url {
+        // clap guarantees --output-dir with --url.
+        let dir = args.output_dir.clone().unwrap_or_default();
+        return model::download_archive(url, &dir, HubConfig::from_env().connect_timeout);
+    }
+    let (repo, mut hub) = match (&args.model, &args.modelscope) {
+        (_, Some(id)) => (id, HubConfig::modelscope_from_env()),
+        (Some(repo), None) => (repo, HubConfig::from_env()),
+        (None, None) => return Err(model::ModelError::BadSpec(String::new())),
+    };
+    let endpoint = if args.modelscope.is_some() { &args.modelscope_endpoint } else { &args.hub_endpoint };
+    if let Some(endpoint) = endpoint {
+        hub.endpoint = endpoint.trim_end_matches('/').to_owned();
+    }
+    if let Some(dir) = &args.cache_dir {
+        hub.cache_dir = dir.clone();
+    }
+    if let Some(revision) = &args.revision {
+        hub.revision = revision.clone();
+    }
+    let dir = args.output_dir.clone().unwrap_or_else(|| hub.cache_path(repo));
+    model::download_into(repo, &hub, &dir)
+}
