@@ -1,0 +1,88 @@
+// Drives the system Chromium (no browser download) through the playground of a running
+// UniNLU server: picks the NER template, submits, and checks that the highlighted text and the
+// chain list match what the API answers for the same input. Screenshot into OUT_DIR.
+//
+//   node scripts/browser-test.mjs http://127.0.0.1:PORT OUT_DIR
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createRequire } from "node:module";
+
+const require = createRequire(import.meta.url);
+const { chromium } = require(process.env.PLAYWRIGHT_CORE_DIR);
+
+const [base, outDir] = process.argv.slice(2);
+const fail = (message) => {
+  throw new Error(message);
+};
+
+const profile = mkdtempSync(join(tmpdir(), "nlu-browser-test-"));
+const context = await chromium.launchPersistentContext(profile, {
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+  viewport: { width: 1100, height: 900 },
+});
+try {
+  const page = await context.newPage();
+  const problems = [];
+  page.on("console", (m) => m.type() === "error" && problems.push("console: " + m.text()));
+  page.on("pageerror", (e) => problems.push("page error: " + e.message));
+  page.on("requestfailed", (r) => problems.push("request failed: " + r.url()));
+  page.on("request", (r) => !r.url().startsWith(base) && problems.push("request elsewhere: " + r.url()));
+
+  await page.goto(base + "/");
+  await page.waitForSelector("body[data-ready=uninlu]", { timeout: 30000 });
+  await page.selectOption("#template", { label: "NER (named entities)" });
+  const text = await page.inputValue("#text");
+  const schema = JSON.parse(await page.inputValue("#schema"));
+  if (Object.keys(schema).join() !== "人物,地理位置,组织机构") fail("the NER template's schema: " + JSON.stringify(schema));
+  await page.click("#predict");
+  await page.waitForSelector("#uninlu-result:not([hidden])", { timeout: 30000 });
+
+  // The API's answer for the same input, asked directly.
+  const response = await fetch(base + "/api/predict", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ text, schema }),
+  });
+  if (!response.ok) fail("API answered " + response.status);
+  const answer = await response.json();
+  const spans = answer.output.flat();
+  if (spans.length === 0) fail("the API found no spans: the test would prove nothing");
+
+  // Highlighted characters = the union of the API's spans, and each mark's text = that slice.
+  const chars = Array.from(text);
+  const expected = new Set();
+  for (const s of spans) {
+    if (chars.slice(s.offset[0], s.offset[1]).join("") !== s.span) fail("span text vs offset: " + JSON.stringify(s));
+    for (let i = s.offset[0]; i < s.offset[1]; i++) expected.add(i);
+  }
+  const marks = await page.$$eval("#highlighted mark", (ms) =>
+    ms.map((m) => ({ start: Number(m.dataset.start), end: Number(m.dataset.end), text: m.textContent })));
+  const shown = new Set();
+  for (const m of marks) {
+    if (chars.slice(m.start, m.end).join("") !== m.text) fail("mark text vs offsets: " + JSON.stringify(m));
+    for (let i = m.start; i < m.end; i++) shown.add(i);
+  }
+  const same = expected.size === shown.size && [...expected].every((i) => shown.has(i));
+  if (!same) fail(`highlighted characters ${[...shown]} differ from the API's spans ${[...expected]}`);
+  const pageText = await page.$eval("#highlighted", (p) => p.textContent);
+  if (pageText !== text) fail("the highlighted paragraph does not show the whole text");
+
+  // One list item per chain, each naming its items' types and spans in order.
+  const chains = await page.$$eval("#chains li", (lis) =>
+    lis.map((li) => [...li.querySelectorAll(".chain-item")].map((c) => c.querySelector(".type").textContent + "=" + c.childNodes[1].textContent)));
+  const want = answer.output.map((chain) => chain.map((item) => item.type + "=" + item.span));
+  if (JSON.stringify(chains) !== JSON.stringify(want)) fail(`chains ${JSON.stringify(chains)} != API ${JSON.stringify(want)}`);
+
+  await page.screenshot({ path: join(outDir, "ner.png"), fullPage: true });
+  if (problems.length) fail(problems.join("\n"));
+  console.log(`browser test passed: ${spans.length} spans, ${marks.length} highlighted pieces, ${want.length} chains; screenshot ${join(outDir, "ner.png")}`);
+} finally {
+  await context.close();
+  rmSync(profile, { recursive: true, force: true });
+}
