@@ -18,5 +18,5 @@ mod skip;
 mod stand_in;
 
 pub use apiserver::{api_server, ApiServer};
-pub use proxy::{ClusterProxy, RecordedRequest};
+pub use proxy::{Call, ClusterProxy, RecordedRequest};
 pub use redis::RedisServer;

@@ -19,6 +19,8 @@ pub struct RecordedRequest {
     pub method: http::Method,
     pub path: String,
     pub query: String,
+    /// Content type without parameters (e.g. `application/apply-patch+yaml`); empty if none.
+    pub content_type: String,
     /// Status code of the answer (for a watch: of its header).
     pub status: StatusCode,
     /// Whether the real API server answered (else the stand-in).
@@ -29,6 +31,8 @@ struct Shared {
     upstream: kube::Client,
     store: Store,
     log: Mutex<Vec<RecordedRequest>>,
+    /// Concurrent writes to make just before the first request with this method and path.
+    interference: Mutex<Vec<(http::Method, String, Call)>>,
 }
 
 /// A routing proxy on a loopback port, running on the Tokio runtime of the test that started it.
@@ -41,7 +45,7 @@ pub struct ClusterProxy {
 impl ClusterProxy {
     /// Starts the proxy in front of `upstream` (a client of the real server).
     pub async fn start(upstream: kube::Client) -> ClusterProxy {
-        let shared = Arc::new(Shared { upstream, store: Store::new(), log: Mutex::default() });
+        let shared = Arc::new(Shared { upstream, store: Store::new(), log: Mutex::default(), interference: Mutex::default() });
         let app = axum::Router::new().fallback(handle).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
         let address = listener.local_addr().expect("bound address");
@@ -55,6 +59,13 @@ impl ClusterProxy {
     pub fn client(&self) -> kube::Client {
         let url = format!("http://{}", self.address).parse().expect("proxy URL");
         kube::Client::try_from(kube::Config::new(url)).expect("client of the proxy")
+    }
+
+    /// Makes `write` (as another client would, through the same routing) right before the first
+    /// later request with `method` and `path` is handled, so that request meets a state it did
+    /// not read: how a test provokes a genuine conflict at a chosen moment.
+    pub fn interfere_once(&self, method: http::Method, path: &str, write: Call) {
+        self.shared.interference.lock().unwrap().push((method, path.to_owned(), write));
     }
 
     /// Every request so far, oldest first.
@@ -71,26 +82,59 @@ impl Drop for ClusterProxy {
 
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let method = parts.method.clone();
-    let path = parts.uri.path().to_owned();
-    let query = parts.uri.query().unwrap_or_default().to_owned();
-    let (response, real) = match stand_in::route(&path) {
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(body) => body,
+        Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+    };
+    let content_type = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let request = Call {
+        method: parts.method.clone(),
+        path_and_query: parts.uri.path_and_query().map_or("/".to_owned(), |pq| pq.to_string()),
+        content_type: content_type.split(';').next().unwrap_or("").trim().to_owned(),
+        body: body.to_vec(),
+    };
+    let interference = {
+        let mut pending = shared.interference.lock().unwrap();
+        let due = pending.iter().position(|(method, path, _)| *method == request.method && *path == request.path());
+        due.map(|i| pending.remove(i).2)
+    };
+    if let Some(write) = interference {
+        dispatch(&shared, write).await;
+    }
+    dispatch(&shared, request).await
+}
+
+/// A request as the proxy handles it (also the shape of an injected concurrent write).
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub method: http::Method,
+    /// Path with the query string, e.g. `/api/v1/namespaces/a/secrets?watch=1`.
+    pub path_and_query: String,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl Call {
+    fn path(&self) -> &str {
+        self.path_and_query.split('?').next().unwrap_or("")
+    }
+}
+
+/// Routes one call to the stand-in or the real server and records it.
+async fn dispatch(shared: &Shared, call: Call) -> Response {
+    let (path, query) = call.path_and_query.split_once('?').unwrap_or((&call.path_and_query, ""));
+    let (response, real) = match stand_in::route(path) {
         Some(route) => {
-            let body = match axum::body::to_bytes(body, usize::MAX).await {
-                Ok(body) => body,
-                Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
-            };
-            let content_type = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-            let content_type = content_type.split(';').next().unwrap_or("").trim();
-            let reply = shared.store.handle(&parts.method, route, &Query::parse(parts.uri.query()), content_type, &body);
+            let reply = shared.store.handle(&call.method, route, &Query::parse(Some(query)), &call.content_type, &call.body);
             (stand_in_response(reply), false)
         }
-        None => (forward(&shared.upstream, parts, body).await, true),
+        None => (forward(&shared.upstream, &call).await, true),
     };
     shared.log.lock().unwrap().push(RecordedRequest {
-        method,
-        path,
-        query,
+        method: call.method.clone(),
+        path: path.to_owned(),
+        query: query.to_owned(),
+        content_type: call.content_type.clone(),
         status: response.status(),
         real,
     });
@@ -107,19 +151,18 @@ fn stand_in_response(reply: Reply) -> Response {
     }
 }
 
-/// Sends the request as it came to the real server (the upstream client adds its address and
+/// Sends the call as it came to the real server (the upstream client adds its address and
 /// client certificate) and streams the answer back.
-async fn forward(upstream: &kube::Client, parts: http::request::Parts, body: Body) -> Response {
-    let body = match axum::body::to_bytes(body, usize::MAX).await {
-        Ok(body) => body,
+async fn forward(upstream: &kube::Client, call: &Call) -> Response {
+    let mut request = http::Request::new(kube::client::Body::from(call.body.clone()));
+    *request.method_mut() = call.method.clone();
+    *request.uri_mut() = match call.path_and_query.parse() {
+        Ok(uri) => uri,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
-    let mut request = http::Request::new(kube::client::Body::from(body));
-    *request.method_mut() = parts.method;
-    *request.uri_mut() = parts.uri.path_and_query().map_or("/".into(), |pq| pq.as_str()).parse().expect("path and query");
-    for name in [CONTENT_TYPE, http::header::ACCEPT] {
-        if let Some(value) = parts.headers.get(&name) {
-            request.headers_mut().insert(name, value.clone());
+    if !call.content_type.is_empty() {
+        if let Ok(value) = call.content_type.parse() {
+            request.headers_mut().insert(CONTENT_TYPE, value);
         }
     }
     match upstream.send(request).await {
