@@ -12,7 +12,7 @@ use crate::config::Task;
 use crate::engine::{EmbedRequest, Embedded, EmbeddingEngine};
 
 /// A string or a list of strings.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Deserialize)]
 #[serde(untagged, expecting = "a string or an array of strings")]
 pub enum Inputs {
     One(String),
@@ -40,6 +40,7 @@ pub enum EncodingFormat {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OpenAiRequest {
+    #[schema(schema_with = super::openapi::inputs)]
     pub input: Inputs,
     /// Accepted for compatibility; the server runs the one model it loaded and names that one
     /// in the response.
@@ -85,6 +86,7 @@ pub struct Usage {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TeiRequest {
+    #[schema(schema_with = super::openapi::inputs)]
     pub inputs: Inputs,
     /// Default: the server's setting (on unless started with --no-normalize).
     pub normalize: Option<bool>,
@@ -96,8 +98,9 @@ pub struct TeiRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SimilarityRequest {
+    #[schema(schema_with = super::openapi::text)]
     pub source_sentence: String,
-    #[schema(min_items = 1)]
+    #[schema(schema_with = super::openapi::texts)]
     pub sentences_to_compare: Vec<String>,
 }
 

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use axum::http::header;
 use axum::response::IntoResponse;
-use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::schema::{AdditionalProperties, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::RefOr;
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
@@ -109,6 +109,27 @@ pub fn uninlu_schema() -> impl Into<RefOr<Schema>> {
              nested schema, or a string holding that JSON. Key order is significant.",
         ))
         .examples([serde_json::json!({"人物": null, "地理位置": null, "组织机构": null})])
+}
+
+/// One input text: not empty, not only whitespace (the server answers 400 `empty_input`).
+pub fn text() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .pattern(Some(r"\S"))
+}
+
+/// A non-empty list of texts.
+pub fn texts() -> ArrayBuilder {
+    ArrayBuilder::new().items(text()).min_items(Some(1))
+}
+
+/// Embedding inputs: one text or a non-empty list of them.
+pub fn inputs() -> impl Into<RefOr<Schema>> {
+    OneOfBuilder::new()
+        .item(text())
+        .item(texts())
+        .description(Some("a string or a non-empty array of strings; none empty or only whitespace"))
 }
 
 /// The `bearer` scheme the model routes accept when the server runs `--auth jwt`.

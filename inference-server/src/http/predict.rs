@@ -18,10 +18,10 @@ use crate::uninlu::Prediction;
 #[schema(example = json!({"text": "1月22日，在北京举行的比赛中，中国队战胜了日本队。", "schema": {"地理位置": null, "组织机构": null}}))]
 pub struct PredictRequest {
     /// The text; for classification-like tasks `label1,label2|text` (see docs).
-    #[schema(value_type = Option<String>, min_length = 1)]
+    #[schema(value_type = Option<String>, min_length = 1, pattern = r"\S")]
     pub text: Option<Value>,
     /// Another name for `text` (as the original pipeline calls it); give one of the two.
-    #[schema(value_type = Option<String>, min_length = 1)]
+    #[schema(value_type = Option<String>, min_length = 1, pattern = r"\S")]
     pub input: Option<Value>,
     #[schema(required = true, schema_with = super::openapi::uninlu_schema)]
     pub schema: Option<Value>,
