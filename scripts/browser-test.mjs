@@ -1,8 +1,9 @@
-// Drives the system Chromium (no browser download) through the playground of a running
-// UniNLU server: picks the NER template, submits, and checks that the highlighted text and the
-// chain list match what the API answers for the same input. Screenshot into OUT_DIR.
+// Drives the system Chromium (no browser download) through the playground: on a UniNLU server
+// picks the NER template, submits, and checks that the highlighted text and the chain list match
+// what the API answers for the same input; on an embedding server checks the similarity bars
+// against /similarity. Screenshots into OUT_DIR.
 //
-//   node scripts/browser-test.mjs http://127.0.0.1:PORT OUT_DIR
+//   node scripts/browser-test.mjs UNINLU_URL EMBEDDING_URL OUT_DIR
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -11,7 +12,7 @@ import { createRequire } from "node:module";
 const require = createRequire(import.meta.url);
 const { chromium } = require(process.env.PLAYWRIGHT_CORE_DIR);
 
-const [base, outDir] = process.argv.slice(2);
+const [base, embeddingBase, outDir] = process.argv.slice(2);
 const fail = (message) => {
   throw new Error(message);
 };
@@ -32,7 +33,7 @@ try {
   page.on("console", (m) => m.type() === "error" && problems.push("console: " + m.text()));
   page.on("pageerror", (e) => problems.push("page error: " + e.message));
   page.on("requestfailed", (r) => problems.push("request failed: " + r.url()));
-  page.on("request", (r) => !r.url().startsWith(base) && problems.push("request elsewhere: " + r.url()));
+  page.on("request", (r) => ![base, embeddingBase].some((b) => r.url().startsWith(b)) && problems.push("request elsewhere: " + r.url()));
 
   await page.goto(base + "/");
   await page.waitForSelector("body[data-ready=uninlu]", { timeout: 30000 });
@@ -80,8 +81,38 @@ try {
   if (JSON.stringify(chains) !== JSON.stringify(want)) fail(`chains ${JSON.stringify(chains)} != API ${JSON.stringify(want)}`);
 
   await page.screenshot({ path: join(outDir, "ner.png"), fullPage: true });
+  console.log(`NER: ${spans.length} spans, ${marks.length} highlighted pieces, ${want.length} chains; screenshot ${join(outDir, "ner.png")}`);
+
+  // Similarity: one bar per sentence, scores as the API gives them.
+  await page.goto(embeddingBase + "/");
+  await page.waitForSelector("body[data-ready=embedding]", { timeout: 30000 });
+  const source = await page.inputValue("#source");
+  const sentences = (await page.inputValue("#sentences")).split("\n").map((l) => l.trim()).filter(Boolean);
+  await page.click("#compare");
+  await page.waitForSelector("#similarity-result:not([hidden])", { timeout: 30000 });
+  const apiScores = await (await fetch(embeddingBase + "/similarity", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ source_sentence: source, sentences_to_compare: sentences }),
+  })).json();
+  const rows = await page.$$eval("#scores li", (lis) => lis.map((li) => ({
+    label: li.children[0].textContent,
+    score: li.querySelector(".score").textContent,
+    width: li.querySelector(".bar span").style.width,
+  })));
+  const wantRows = apiScores.scores.map((score, i) => ({
+    label: sentences[i],
+    score: score.toFixed(3),
+    width: `${Math.max(0, Math.min(1, score)) * 100}%`,
+  }));
+  // The browser keeps a bar's width to 4 decimals.
+  const sameRow = (a, b) => a.label === b.label && a.score === b.score && Math.abs(parseFloat(a.width) - parseFloat(b.width)) < 0.01;
+  if (rows.length < 2 || rows.length !== wantRows.length || !rows.every((r, i) => sameRow(r, wantRows[i]))) fail(`bars ${JSON.stringify(rows)} != API ${JSON.stringify(wantRows)}`);
+  await page.screenshot({ path: join(outDir, "similarity.png"), fullPage: true });
+  console.log(`similarity: ${rows.length} bars; screenshot ${join(outDir, "similarity.png")}`);
+
   if (problems.length) fail(problems.join("\n"));
-  console.log(`browser test passed: ${spans.length} spans, ${marks.length} highlighted pieces, ${want.length} chains; screenshot ${join(outDir, "ner.png")}`);
+  console.log("browser test passed");
 } finally {
   await context.close();
   rmSync(profile, { recursive: true, force: true });

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Browser test of the playground in headless Debian Chromium, driven by playwright-core (npm;
-# it never downloads a browser): starts nlu-server on the uninlu-tiny fixture, picks the NER
-# template, submits, compares the highlighted spans and chains with the API's answer, and saves
-# a screenshot to target/browser-test/ner.png.
+# it never downloads a browser): starts nlu-server on the uninlu-tiny and gte-tiny fixtures, picks
+# the NER template, submits, compares the highlighted spans and chains with the API's answer,
+# checks the similarity bars, and saves screenshots to target/browser-test/.
 #
 # Needs /usr/bin/chromium (Debian: apt-get install -y chromium), node >= 18, npm (first run).
 set -euo pipefail
@@ -22,16 +22,26 @@ if [[ ! -f $NODE_DIR/node_modules/playwright-core/package.json ]]; then
 fi
 cargo build -q -p nlu-server --bin nlu-server
 
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$ROOT/target/debug/nlu-server" serve --model "$FIXTURES/uninlu-tiny/model" --task uninlu \
-    --listen "127.0.0.1:$PORT" >"$OUT/server.log" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 1 600); do
-    curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break
-    sleep 0.1
-done
-curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null || { cat "$OUT/server.log" >&2; exit 1; }
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+PIDS=()
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
+# start NAME MODEL TASK: starts a server, waits for /readyz, prints its URL.
+start() {
+    local port
+    port=$(free_port)
+    "$ROOT/target/debug/nlu-server" serve --model "$2" --task "$3" --listen "127.0.0.1:$port" >"$OUT/$1.log" 2>&1 &
+    PIDS+=($!)
+    for _ in $(seq 1 600); do
+        curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && { echo "http://127.0.0.1:$port"; return; }
+        sleep 0.1
+    done
+    cat "$OUT/$1.log" >&2
+    exit 1
+}
+UNINLU_URL=$(start uninlu "$FIXTURES/uninlu-tiny/model" uninlu)
+EMBEDDING_URL=$(start embedding "$FIXTURES/gte-tiny/model" embedding)
 
 PLAYWRIGHT_CORE_DIR=$NODE_DIR/node_modules/playwright-core \
-    timeout 120 node "$ROOT/scripts/browser-test.mjs" "http://127.0.0.1:$PORT" "$OUT"
+    timeout 120 node "$ROOT/scripts/browser-test.mjs" "$UNINLU_URL" "$EMBEDDING_URL" "$OUT"
