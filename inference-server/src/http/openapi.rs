@@ -6,7 +6,9 @@ use std::sync::LazyLock;
 
 use axum::http::header;
 use axum::response::IntoResponse;
-use utoipa::openapi::schema::{AdditionalProperties, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::schema::{
+    AdditionalProperties, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type,
+};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::RefOr;
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
@@ -48,7 +50,9 @@ pub struct ApiDoc;
 
 /// The document as pretty JSON (what `/openapi.json` serves and `docs/openapi.json` holds).
 pub fn json() -> String {
-    ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serializes")
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
 }
 
 static JSON: LazyLock<String> = LazyLock::new(json);
@@ -67,19 +71,40 @@ pub enum ModelErrors {
     #[response(status = 400, description = "The request is malformed")]
     BadRequest(ErrorBody),
     /// `www-authenticate: Bearer` comes with it.
-    #[response(status = 401, description = "Auth on: the token is missing, invalid, expired or revoked")]
+    #[response(
+        status = 401,
+        description = "Auth on: the token is missing, invalid, expired or revoked"
+    )]
     Unauthorized(ErrorBody),
-    #[response(status = 403, description = "Auth on: the tenant is disabled, or may not use this service or operation")]
+    #[response(
+        status = 403,
+        description = "Auth on: the tenant is disabled, or may not use this service or operation"
+    )]
     Forbidden(ErrorBody),
-    #[response(status = 404, description = "This server runs the other task (see /info)")]
+    #[response(
+        status = 404,
+        description = "This server runs the other task (see /info)"
+    )]
     NotFound(ErrorBody),
-    #[response(status = 413, description = "The body or an input is longer than the server's limits")]
+    #[response(
+        status = 413,
+        description = "The body or an input is longer than the server's limits"
+    )]
     TooLarge(ErrorBody),
-    #[response(status = 422, description = "UniNLU: the schema or text exceeds a limit (depth, keys, prompts, windows)")]
+    #[response(
+        status = 422,
+        description = "UniNLU: the schema or text exceeds a limit (depth, keys, prompts, windows)"
+    )]
     Unprocessable(ErrorBody),
-    #[response(status = 429, description = "Auth on: the tenant's daily quota or per-minute rate is used up")]
+    #[response(
+        status = 429,
+        description = "Auth on: the tenant's daily quota or per-minute rate is used up"
+    )]
     TooMany(ErrorBody),
-    #[response(status = 503, description = "Loading, overloaded, shutting down, or (auth on, fail-closed) Redis unreachable; see retry-after")]
+    #[response(
+        status = 503,
+        description = "Loading, overloaded, shutting down, or (auth on, fail-closed) Redis unreachable; see retry-after"
+    )]
     Unavailable(ErrorBody),
 }
 
@@ -95,8 +120,11 @@ pub fn uninlu_schema() -> impl Into<RefOr<Schema>> {
     let level = ObjectBuilder::new()
         .schema_type(Type::Object)
         .min_properties(Some(1))
-        .description(Some("keys are types; values are null (leaf) or a nested schema"));
-    let nested = ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::Object, Type::Null]));
+        .description(Some(
+            "keys are types; values are null (leaf) or a nested schema",
+        ));
+    let nested =
+        ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::Object, Type::Null]));
     OneOfBuilder::new()
         .item(level.additional_properties(Some(AdditionalProperties::from(nested))))
         .item(
@@ -129,7 +157,9 @@ pub fn inputs() -> impl Into<RefOr<Schema>> {
     OneOfBuilder::new()
         .item(text())
         .item(texts())
-        .description(Some("a string or a non-empty array of strings; none empty or only whitespace"))
+        .description(Some(
+            "a string or a non-empty array of strings; none empty or only whitespace",
+        ))
 }
 
 /// The `bearer` scheme the model routes accept when the server runs `--auth jwt`.

@@ -36,6 +36,12 @@ pub async fn index() -> impl IntoResponse {
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(index))
-        .route("/playground/playground.js", get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }))
-        .route("/playground/playground.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
+        .route(
+            "/playground/playground.js",
+            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
+        )
+        .route(
+            "/playground/playground.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
 }

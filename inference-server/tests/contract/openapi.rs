@@ -34,13 +34,25 @@ fn document_describes_every_route_errors_and_auth() {
     assert_eq!(
         names,
         [
-            "/", "/api/predict", "/embed", "/healthz", "/info", "/metrics", "/openapi.json", "/readyz",
-            "/similarity", "/v1/embeddings"
+            "/",
+            "/api/predict",
+            "/embed",
+            "/healthz",
+            "/info",
+            "/metrics",
+            "/openapi.json",
+            "/readyz",
+            "/similarity",
+            "/v1/embeddings"
         ]
     );
     for route in ["/api/predict", "/embed", "/similarity", "/v1/embeddings"] {
         let op = &paths[route]["post"];
-        assert_eq!(op["security"], serde_json::json!([{}, {"bearer": []}]), "{route}");
+        assert_eq!(
+            op["security"],
+            serde_json::json!([{}, {"bearer": []}]),
+            "{route}"
+        );
         for status in ["400", "401", "403", "413", "429", "503"] {
             assert_eq!(
                 op["responses"][status]["content"]["application/json"]["schema"]["$ref"],
@@ -49,7 +61,10 @@ fn document_describes_every_route_errors_and_auth() {
             );
         }
     }
-    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
     let error = &doc["components"]["schemas"]["ErrorDetail"];
     assert_eq!(error["required"], serde_json::json!(["code", "message"]));
 }
@@ -59,7 +74,15 @@ fn document_describes_every_route_errors_and_auth() {
 #[tokio::test]
 async fn served_document_matches_and_every_operation_is_routed() {
     let server = TestServer::start(&["--model", &uninlu_tiny(), "--task", "uninlu"]).await;
-    let served: Value = server.client.get(server.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let served: Value = server
+        .client
+        .get(server.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let generated: Value = serde_json::from_str(&nlu_server::http::openapi::json()).unwrap();
     assert_eq!(served, generated);
 
