@@ -23,7 +23,9 @@ pub struct ApiServer {
 #[track_caller]
 pub fn api_server() -> Option<&'static ApiServer> {
     static SERVER: OnceLock<Option<ApiServer>> = OnceLock::new();
-    let server = SERVER.get_or_init(|| is_built().then(ApiServer::start)).as_ref();
+    let server = SERVER
+        .get_or_init(|| is_built().then(ApiServer::start))
+        .as_ref();
     if server.is_none() {
         skip::missing(
             "the CRD API server (../shared/tools/crd-apiserver)",
@@ -43,7 +45,10 @@ impl ApiServer {
             .join(format!("{name}-{}", std::process::id()));
         let run_sh = tool_dir().join("run.sh");
 
-        let started = checked(Command::new("bash").arg(&run_sh).arg("start").arg(&dir), "run.sh start");
+        let started = checked(
+            Command::new("bash").arg(&run_sh).arg("start").arg(&dir),
+            "run.sh start",
+        );
         let kubeconfig = PathBuf::from(String::from_utf8_lossy(&started.stdout).trim());
         stop_when_process_ends(&run_sh, &dir);
 
@@ -51,7 +56,13 @@ impl ApiServer {
         let crds = workspace_root().join("manifests/crds");
         let crds = crds.to_str().expect("UTF-8 path");
         server.kubectl_ok(&["apply", "--server-side", "-f", crds]);
-        server.kubectl_ok(&["wait", "--for=condition=Established", "--timeout=60s", "-f", crds]);
+        server.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "-f",
+            crds,
+        ]);
         server
     }
 
@@ -63,10 +74,12 @@ impl ApiServer {
     /// A client of the real server. Make one per test: a client belongs to the Tokio runtime of
     /// the test that made it.
     pub async fn client(&self) -> kube::Client {
-        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig written by run.sh");
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .expect("kubeconfig usable by kube");
+        let kubeconfig =
+            Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig written by run.sh");
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .expect("kubeconfig usable by kube");
         kube::Client::try_from(config).expect("client from kubeconfig")
     }
 
@@ -83,14 +96,22 @@ impl ApiServer {
     /// Runs `kubectl` and panics with its stderr unless it succeeds; returns its stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
-        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
 
 fn checked(command: &mut Command, what: &str) -> Output {
     let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -123,7 +144,9 @@ fn tool_dir() -> PathBuf {
 fn tool_home() -> PathBuf {
     match std::env::var_os("CRD_APISERVER_HOME") {
         Some(home) => PathBuf::from(home),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/crd-apiserver"),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/crd-apiserver")
+        }
     }
 }
 

@@ -45,19 +45,34 @@ pub struct ClusterProxy {
 impl ClusterProxy {
     /// Starts the proxy in front of `upstream` (a client of the real server).
     pub async fn start(upstream: kube::Client) -> ClusterProxy {
-        let shared = Arc::new(Shared { upstream, store: Store::new(), log: Mutex::default(), interference: Mutex::default() });
-        let app = axum::Router::new().fallback(handle).with_state(shared.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let shared = Arc::new(Shared {
+            upstream,
+            store: Store::new(),
+            log: Mutex::default(),
+            interference: Mutex::default(),
+        });
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
         let address = listener.local_addr().expect("bound address");
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("proxy serves");
         });
-        ClusterProxy { address, shared, server }
+        ClusterProxy {
+            address,
+            shared,
+            server,
+        }
     }
 
     /// A client for the code under test: plain HTTP to the proxy, default namespace `default`.
     pub fn client(&self) -> kube::Client {
-        let url = format!("http://{}", self.address).parse().expect("proxy URL");
+        let url = format!("http://{}", self.address)
+            .parse()
+            .expect("proxy URL");
         kube::Client::try_from(kube::Config::new(url)).expect("client of the proxy")
     }
 
@@ -65,7 +80,11 @@ impl ClusterProxy {
     /// later request with `method` and `path` is handled, so that request meets a state it did
     /// not read: how a test provokes a genuine conflict at a chosen moment.
     pub fn interfere_once(&self, method: http::Method, path: &str, write: Call) {
-        self.shared.interference.lock().unwrap().push((method, path.to_owned(), write));
+        self.shared
+            .interference
+            .lock()
+            .unwrap()
+            .push((method, path.to_owned(), write));
     }
 
     /// Every request so far, oldest first.
@@ -86,16 +105,30 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         Ok(body) => body,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
-    let content_type = parts.headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let content_type = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let request = Call {
         method: parts.method.clone(),
-        path_and_query: parts.uri.path_and_query().map_or("/".to_owned(), |pq| pq.to_string()),
-        content_type: content_type.split(';').next().unwrap_or("").trim().to_owned(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map_or("/".to_owned(), |pq| pq.to_string()),
+        content_type: content_type
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned(),
         body: body.to_vec(),
     };
     let interference = {
         let mut pending = shared.interference.lock().unwrap();
-        let due = pending.iter().position(|(method, path, _)| *method == request.method && *path == request.path());
+        let due = pending
+            .iter()
+            .position(|(method, path, _)| *method == request.method && *path == request.path());
         due.map(|i| pending.remove(i).2)
     };
     if let Some(write) = interference {
@@ -122,10 +155,19 @@ impl Call {
 
 /// Routes one call to the stand-in or the real server and records it.
 async fn dispatch(shared: &Shared, call: Call) -> Response {
-    let (path, query) = call.path_and_query.split_once('?').unwrap_or((&call.path_and_query, ""));
+    let (path, query) = call
+        .path_and_query
+        .split_once('?')
+        .unwrap_or((&call.path_and_query, ""));
     let (response, real) = match stand_in::route(path) {
         Some(route) => {
-            let reply = shared.store.handle(&call.method, route, &Query::parse(Some(query)), &call.content_type, &call.body);
+            let reply = shared.store.handle(
+                &call.method,
+                route,
+                &Query::parse(Some(query)),
+                &call.content_type,
+                &call.body,
+            );
             (stand_in_response(reply), false)
         }
         None => (forward(&shared.upstream, &call).await, true),
@@ -143,10 +185,18 @@ async fn dispatch(shared: &Shared, call: Call) -> Response {
 
 fn stand_in_response(reply: Reply) -> Response {
     match reply {
-        Reply::Json(code, value) => (code, [(CONTENT_TYPE, "application/json")], value.to_string()).into_response(),
+        Reply::Json(code, value) => (
+            code,
+            [(CONTENT_TYPE, "application/json")],
+            value.to_string(),
+        )
+            .into_response(),
         Reply::Watch(events) => Response::builder()
             .header(CONTENT_TYPE, "application/json")
-            .body(Body::from_stream(futures::StreamExt::map(events, Ok::<_, std::convert::Infallible>)))
+            .body(Body::from_stream(futures::StreamExt::map(
+                events,
+                Ok::<_, std::convert::Infallible>,
+            )))
             .expect("watch response"),
     }
 }
@@ -175,6 +225,10 @@ async fn forward(upstream: &kube::Client, call: &Call) -> Response {
             }
             response
         }
-        Err(e) => (StatusCode::BAD_GATEWAY, format!("real API server unreachable: {e}")).into_response(),
+        Err(e) => (
+            StatusCode::BAD_GATEWAY,
+            format!("real API server unreachable: {e}"),
+        )
+            .into_response(),
     }
 }

@@ -19,17 +19,33 @@ impl RedisServer {
     pub fn start() -> Option<RedisServer> {
         let port = free_port();
         let spawned = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
         let Ok(child) = spawned else {
-            skip::missing("redis-server", "NLU_REQUIRE_REDIS", "apt-get install -y redis-server");
+            skip::missing(
+                "redis-server",
+                "NLU_REQUIRE_REDIS",
+                "apt-get install -y redis-server",
+            );
             return None;
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen on port {port} within 10 s");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on port {port} within 10 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Some(RedisServer { port, child })

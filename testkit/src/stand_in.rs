@@ -31,7 +31,11 @@ pub(crate) struct Kind {
 }
 
 const fn kind(api_version: &'static str, plural: &'static str, kind: &'static str) -> Kind {
-    Kind { api_version, plural, kind }
+    Kind {
+        api_version,
+        plural,
+        kind,
+    }
 }
 
 /// The core kinds our operator writes or reads. Anything else (the `nlu.dev` group, discovery,
@@ -46,7 +50,11 @@ const KINDS: &[Kind] = &[
     kind("apps/v1", "deployments", "Deployment"),
     kind("networking.k8s.io/v1", "ingresses", "Ingress"),
     kind("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy"),
-    kind("autoscaling/v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
+    kind(
+        "autoscaling/v2",
+        "horizontalpodautoscalers",
+        "HorizontalPodAutoscaler",
+    ),
     kind("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget"),
     kind("events.k8s.io/v1", "events", "Event"),
     kind("coordination.k8s.io/v1", "leases", "Lease"),
@@ -75,7 +83,9 @@ pub(crate) fn route(path: &str) -> Option<Route> {
         [plural] => (None, *plural, None, None),
         _ => return None,
     };
-    let kind = KINDS.iter().find(|k| k.api_version == api_version && k.plural == plural)?;
+    let kind = KINDS
+        .iter()
+        .find(|k| k.api_version == api_version && k.plural == plural)?;
     Some(Route {
         kind,
         namespace,
@@ -113,10 +123,20 @@ pub(crate) struct Store {
 
 impl Store {
     pub(crate) fn new() -> Store {
-        Store { state: Mutex::default(), changes: broadcast::channel(1024).0 }
+        Store {
+            state: Mutex::default(),
+            changes: broadcast::channel(1024).0,
+        }
     }
 
-    pub(crate) fn handle(&self, method: &Method, route: Route, query: &Query, content_type: &str, body: &[u8]) -> Reply {
+    pub(crate) fn handle(
+        &self,
+        method: &Method,
+        route: Route,
+        query: &Query,
+        content_type: &str,
+        body: &[u8],
+    ) -> Reply {
         let result = match (method, route.name.is_some()) {
             (&Method::GET, false) if query.flag("watch") => return self.watch(&route, query),
             (&Method::GET, false) => self.list(&route, query),
@@ -125,7 +145,11 @@ impl Store {
             (&Method::PUT, true) => parse(body).and_then(|object| self.replace(&route, object)),
             (&Method::PATCH, true) => self.patch(&route, content_type, body),
             (&Method::DELETE, true) => self.delete(&route),
-            _ => Err(status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "not supported by the stand-in")),
+            _ => Err(status(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                "not supported by the stand-in",
+            )),
         };
         match result {
             Ok((code, object)) => Reply::Json(code, object),
@@ -170,15 +194,30 @@ impl Store {
         let plural = route.kind.plural;
         let matches = move |change: &Change| {
             change.plural == plural
-                && namespace.as_deref().is_none_or(|ns| field(&change.object, "namespace") == Some(ns))
+                && namespace
+                    .as_deref()
+                    .is_none_or(|ns| field(&change.object, "namespace") == Some(ns))
                 && selector.matches(&change.object)
         };
         let (backlog, receiver) = {
             let state = self.state.lock().unwrap();
-            let since = query.get("resourceVersion").filter(|rv| !rv.is_empty() && *rv != "0");
+            let since = query
+                .get("resourceVersion")
+                .filter(|rv| !rv.is_empty() && *rv != "0");
             let backlog: Vec<Change> = match since.map(str::parse::<u64>) {
-                Some(Ok(since)) => state.history.iter().filter(|c| c.resource_version > since).cloned().collect(),
-                Some(Err(_)) => return status(StatusCode::BAD_REQUEST, "BadRequest", "resourceVersion is not a number"),
+                Some(Ok(since)) => state
+                    .history
+                    .iter()
+                    .filter(|c| c.resource_version > since)
+                    .cloned()
+                    .collect(),
+                Some(Err(_)) => {
+                    return status(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        "resourceVersion is not a number",
+                    )
+                }
                 None => state
                     .objects
                     .values()
@@ -194,22 +233,34 @@ impl Store {
             (backlog, self.changes.subscribe())
         };
         let backlog: Vec<Change> = backlog.into_iter().filter(&matches).collect();
-        let live = stream::unfold((receiver, matches.clone()), |(mut receiver, matches)| async move {
-            loop {
-                match receiver.recv().await {
-                    Ok(change) if matches(&change) => return Some((change, (receiver, matches))),
-                    Ok(_) => continue,
-                    // A lagging watcher ends; the client watches again from its last version.
-                    Err(_) => return None,
+        let live = stream::unfold(
+            (receiver, matches.clone()),
+            |(mut receiver, matches)| async move {
+                loop {
+                    match receiver.recv().await {
+                        Ok(change) if matches(&change) => {
+                            return Some((change, (receiver, matches)))
+                        }
+                        Ok(_) => continue,
+                        // A lagging watcher ends; the client watches again from its last version.
+                        Err(_) => return None,
+                    }
                 }
-            }
-        });
-        let timeout = Duration::from_secs(query.get("timeoutSeconds").and_then(|s| s.parse().ok()).unwrap_or(300));
+            },
+        );
+        let timeout = Duration::from_secs(
+            query
+                .get("timeoutSeconds")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(300),
+        );
         let events = stream::iter(backlog)
             .chain(live)
             .take_until(tokio::time::sleep(timeout))
             .map(|change| {
-                let mut line = serde_json::to_vec(&json!({"type": change.event, "object": change.object})).unwrap();
+                let mut line =
+                    serde_json::to_vec(&json!({"type": change.event, "object": change.object}))
+                        .unwrap();
                 line.push(b'\n');
                 Bytes::from(line)
             });
@@ -219,17 +270,32 @@ impl Store {
     fn create(&self, route: &Route, mut object: Value) -> Outcome {
         let mut state = self.state.lock().unwrap();
         let meta = metadata_mut(&mut object)?;
-        if meta.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if meta
+            .get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
             let Some(prefix) = meta.get("generateName").and_then(Value::as_str) else {
-                return Err(status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", "metadata.name: Required value"));
+                return Err(status(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid",
+                    "metadata.name: Required value",
+                ));
             };
             let name = format!("{prefix}{:05x}", state.resource_version + 1);
             meta.insert("name".into(), name.into());
         }
         let name = meta["name"].as_str().unwrap_or_default().to_owned();
-        let route = Route { name: Some(name), ..route.clone() };
+        let route = Route {
+            name: Some(name),
+            ..route.clone()
+        };
         if state.objects.contains_key(&key(&route)) {
-            return Err(status(StatusCode::CONFLICT, "AlreadyExists", &format!("{} {:?} already exists", route.kind.plural, route.name)));
+            return Err(status(
+                StatusCode::CONFLICT,
+                "AlreadyExists",
+                &format!("{} {:?} already exists", route.kind.plural, route.name),
+            ));
         }
         // Status is the business of whoever runs the object (a test here), never of its creator.
         set_or_remove(&mut object, "status", None);
@@ -241,12 +307,19 @@ impl Store {
             "generation": 1,
         });
         let object = prepare(&route, object, Some(server_owned), None);
-        Ok((StatusCode::CREATED, self.commit(&mut state, &route, "ADDED", object)))
+        Ok((
+            StatusCode::CREATED,
+            self.commit(&mut state, &route, "ADDED", object),
+        ))
     }
 
     fn replace(&self, route: &Route, object: Value) -> Outcome {
         let mut state = self.state.lock().unwrap();
-        let existing = state.objects.get(&key(route)).cloned().ok_or_else(|| not_found(route))?;
+        let existing = state
+            .objects
+            .get(&key(route))
+            .cloned()
+            .ok_or_else(|| not_found(route))?;
         check_precondition(&existing, &object)?;
         self.update(&mut state, route, existing, object)
     }
@@ -260,7 +333,12 @@ impl Store {
                 drop(state);
                 return self.create(route, patch);
             }
-            ("application/apply-patch+yaml" | "application/merge-patch+json" | "application/strategic-merge-patch+json", Some(mut object)) => {
+            (
+                "application/apply-patch+yaml"
+                | "application/merge-patch+json"
+                | "application/strategic-merge-patch+json",
+                Some(mut object),
+            ) => {
                 check_precondition(&object, &patch)?;
                 json_patch::merge(&mut object, &patch);
                 object
@@ -268,13 +346,18 @@ impl Store {
             ("application/json-patch+json", Some(mut object)) => {
                 let operations: json_patch::Patch = serde_json::from_value(patch)
                     .map_err(|e| status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()))?;
-                json_patch::patch(&mut object, &operations)
-                    .map_err(|e| status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &e.to_string()))?;
+                json_patch::patch(&mut object, &operations).map_err(|e| {
+                    status(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &e.to_string())
+                })?;
                 object
             }
             (_, None) => return Err(not_found(route)),
             (other, _) => {
-                return Err(status(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", &format!("patch type {other:?}")))
+                return Err(status(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    &format!("patch type {other:?}"),
+                ))
             }
         };
         self.update(&mut state, route, existing.unwrap_or_default(), patched)
@@ -282,7 +365,10 @@ impl Store {
 
     fn delete(&self, route: &Route) -> Outcome {
         let mut state = self.state.lock().unwrap();
-        let mut object = state.objects.remove(&key(route)).ok_or_else(|| not_found(route))?;
+        let mut object = state
+            .objects
+            .remove(&key(route))
+            .ok_or_else(|| not_found(route))?;
         state.resource_version += 1;
         object["metadata"]["resourceVersion"] = state.resource_version.to_string().into();
         self.record(&mut state, "DELETED", route.kind.plural, object.clone());
@@ -291,16 +377,32 @@ impl Store {
 
     /// Stores `candidate` over `existing` with the status-subresource split and the metadata the
     /// server owns; a write that changes nothing keeps the resource version and sends no event.
-    fn update(&self, state: &mut State, route: &Route, existing: Value, candidate: Value) -> Outcome {
+    fn update(
+        &self,
+        state: &mut State,
+        route: &Route,
+        existing: Value,
+        candidate: Value,
+    ) -> Outcome {
         let (mut object, keep_status) = match route.subresource.as_deref() {
             Some("status") => (existing.clone(), candidate.get("status").cloned()),
-            Some(other) => return Err(status(StatusCode::NOT_FOUND, "NotFound", &format!("subresource {other:?}"))),
+            Some(other) => {
+                return Err(status(
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    &format!("subresource {other:?}"),
+                ))
+            }
             None => (candidate, existing.get("status").cloned()),
         };
         set_or_remove(&mut object, "status", keep_status);
         let server_owned = ["uid", "creationTimestamp", "generation", "resourceVersion"]
             .into_iter()
-            .filter_map(|f| existing["metadata"].get(f).map(|v| (f.to_owned(), v.clone())))
+            .filter_map(|f| {
+                existing["metadata"]
+                    .get(f)
+                    .map(|v| (f.to_owned(), v.clone()))
+            })
             .collect::<Map<_, _>>();
         let mut object = prepare(route, object, Some(Value::Object(server_owned)), None);
         if object == existing {
@@ -311,11 +413,20 @@ impl Store {
             object["metadata"]["generation"] = generation.into();
         }
         state.resource_version += 1;
-        Ok((StatusCode::OK, self.commit(state, route, "MODIFIED", object)))
+        Ok((
+            StatusCode::OK,
+            self.commit(state, route, "MODIFIED", object),
+        ))
     }
 
     /// Stores `object` at the current resource version and announces it; returns it as stored.
-    fn commit(&self, state: &mut State, route: &Route, event: &'static str, object: Value) -> Value {
+    fn commit(
+        &self,
+        state: &mut State,
+        route: &Route,
+        event: &'static str,
+        object: Value,
+    ) -> Value {
         let object = prepare(route, object, None, Some(state.resource_version));
         state.objects.insert(key(route), object.clone());
         self.record(state, event, route.kind.plural, object.clone());
@@ -323,7 +434,12 @@ impl Store {
     }
 
     fn record(&self, state: &mut State, event: &'static str, plural: &'static str, object: Value) {
-        let change = Change { resource_version: state.resource_version, event, plural, object };
+        let change = Change {
+            resource_version: state.resource_version,
+            event,
+            plural,
+            object,
+        };
         state.history.push(change.clone());
         // No receiver (no watch open) is fine.
         let _ = self.changes.send(change);
@@ -348,11 +464,18 @@ pub(crate) struct Query(Vec<(String, String)>);
 
 impl Query {
     pub(crate) fn parse(query: Option<&str>) -> Query {
-        Query(form_urlencoded::parse(query.unwrap_or("").as_bytes()).into_owned().collect())
+        Query(
+            form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .into_owned()
+                .collect(),
+        )
     }
 
     fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     fn flag(&self, name: &str) -> bool {
@@ -386,7 +509,9 @@ impl Selector {
 
     fn matches(&self, object: &Value) -> bool {
         let labels = &object["metadata"]["labels"];
-        self.labels.iter().all(|(k, r)| r.holds(labels.get(k).and_then(Value::as_str)))
+        self.labels
+            .iter()
+            .all(|(k, r)| r.holds(labels.get(k).and_then(Value::as_str)))
             && self.fields.iter().all(|(k, r)| {
                 let value = match k.as_str() {
                     "metadata.name" => field(object, "name"),
@@ -413,7 +538,11 @@ fn requirements(text: &str) -> Result<Vec<(String, Requirement)>, Reply> {
     let mut out = Vec::new();
     for term in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         if term.contains(" in ") || term.contains(" notin ") || term.contains('(') {
-            return Err(status(StatusCode::BAD_REQUEST, "BadRequest", &format!("set-based selector {term:?} not supported by the stand-in")));
+            return Err(status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("set-based selector {term:?} not supported by the stand-in"),
+            ));
         }
         let requirement = if let Some((k, v)) = term.split_once("!=") {
             (k, Requirement::NotEquals(v.to_owned()))
@@ -440,7 +569,10 @@ fn key(route: &Route) -> (String, String, String) {
 fn in_scope(route: &Route, object: &Value) -> bool {
     object["apiVersion"] == route.kind.api_version
         && kind_of(object) == route.kind.plural
-        && route.namespace.as_deref().is_none_or(|ns| field(object, "namespace") == Some(ns))
+        && route
+            .namespace
+            .as_deref()
+            .is_none_or(|ns| field(object, "namespace") == Some(ns))
 }
 
 fn kind_of(object: &Value) -> &'static str {
@@ -468,8 +600,15 @@ fn check_precondition(existing: &Value, incoming: &Value) -> Result<(), Reply> {
 
 /// Sets kind, apiVersion, namespace and name from the route, the given server-owned metadata
 /// and resource version, and folds a Secret's `stringData` into `data`.
-fn prepare(route: &Route, mut object: Value, server_owned: Option<Value>, resource_version: Option<u64>) -> Value {
-    let Some(map) = object.as_object_mut() else { return object };
+fn prepare(
+    route: &Route,
+    mut object: Value,
+    server_owned: Option<Value>,
+    resource_version: Option<u64>,
+) -> Value {
+    let Some(map) = object.as_object_mut() else {
+        return object;
+    };
     map.insert("apiVersion".into(), route.kind.api_version.into());
     map.insert("kind".into(), route.kind.kind.into());
     let meta = map.entry("metadata").or_insert_with(|| json!({}));
@@ -491,7 +630,8 @@ fn prepare(route: &Route, mut object: Value, server_owned: Option<Value>, resour
         if let Some(Value::Object(strings)) = map.remove("stringData") {
             let data = map.entry("data").or_insert_with(|| json!({}));
             for (k, v) in strings {
-                let encoded = base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default());
+                let encoded = base64::engine::general_purpose::STANDARD
+                    .encode(v.as_str().unwrap_or_default());
                 data[k] = encoded.into();
             }
         }
@@ -522,16 +662,32 @@ fn metadata_mut(object: &mut Value) -> Result<&mut Map<String, Value>, Reply> {
         .as_object_mut()
         .map(|map| map.entry("metadata").or_insert_with(|| json!({})))
         .and_then(Value::as_object_mut)
-        .ok_or_else(|| status(StatusCode::BAD_REQUEST, "BadRequest", "the body must be an object with metadata"))
+        .ok_or_else(|| {
+            status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "the body must be an object with metadata",
+            )
+        })
 }
 
 fn parse(body: &[u8]) -> Result<Value, Reply> {
-    serde_json::from_slice(body).map_err(|e| status(StatusCode::BAD_REQUEST, "BadRequest", &format!("body is not JSON: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            &format!("body is not JSON: {e}"),
+        )
+    })
 }
 
 fn not_found(route: &Route) -> Reply {
     let name = route.name.as_deref().unwrap_or_default();
-    status(StatusCode::NOT_FOUND, "NotFound", &format!("{} {name:?} not found", route.kind.plural))
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        &format!("{} {name:?} not found", route.kind.plural),
+    )
 }
 
 /// A `metav1.Status` failure, as the real server sends it.

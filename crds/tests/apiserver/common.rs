@@ -30,7 +30,9 @@ pub fn collection(object: &Value) -> String {
         Some("Tenant") => "tenants",
         other => panic!("not one of our kinds: {other:?}"),
     };
-    let namespace = object["metadata"]["namespace"].as_str().expect("namespaced object");
+    let namespace = object["metadata"]["namespace"]
+        .as_str()
+        .expect("namespaced object");
     format!("/apis/nlu.dev/v1alpha1/namespaces/{namespace}/{plural}")
 }
 
@@ -43,8 +45,16 @@ pub fn item(object: &Value, subresource: Option<&str>) -> String {
 
 /// One request with a JSON body; returns the status code and the JSON answer (a `Status` on
 /// failure, with its `details.causes`, which `kube::Error` does not keep).
-pub async fn send(client: &kube::Client, method: Method, url: &str, content_type: &str, body: Option<&Value>) -> (StatusCode, Value) {
-    let body = body.map(|b| serde_json::to_vec(b).unwrap()).unwrap_or_default();
+pub async fn send(
+    client: &kube::Client,
+    method: Method,
+    url: &str,
+    content_type: &str,
+    body: Option<&Value>,
+) -> (StatusCode, Value) {
+    let body = body
+        .map(|b| serde_json::to_vec(b).unwrap())
+        .unwrap_or_default();
     let request = Request::builder()
         .method(method)
         .uri(url)
@@ -54,29 +64,62 @@ pub async fn send(client: &kube::Client, method: Method, url: &str, content_type
     let response = client.send(request).await.expect("the API server answers");
     let status = response.status();
     let bytes = response.into_body().collect_bytes().await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 pub async fn create(client: &kube::Client, object: &Value) -> (StatusCode, Value) {
-    send(client, Method::POST, &collection(object), "application/json", Some(object)).await
+    send(
+        client,
+        Method::POST,
+        &collection(object),
+        "application/json",
+        Some(object),
+    )
+    .await
 }
 
 /// Creates `object` and panics with the server's answer unless it is accepted.
 pub async fn create_ok(client: &kube::Client, object: &Value) -> Value {
     let (status, answer) = create(client, object).await;
-    assert_eq!(status, StatusCode::CREATED, "{} rejected: {answer:#}", object["metadata"]["name"]);
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{} rejected: {answer:#}",
+        object["metadata"]["name"]
+    );
     answer
 }
 
 pub async fn get(client: &kube::Client, object: &Value) -> Value {
-    let (status, answer) = send(client, Method::GET, &item(object, None), "application/json", None).await;
+    let (status, answer) = send(
+        client,
+        Method::GET,
+        &item(object, None),
+        "application/json",
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{answer:#}");
     answer
 }
 
 /// `object` replaced through the main resource or a subresource (a PUT of the whole object).
-pub async fn replace(client: &kube::Client, object: &Value, subresource: Option<&str>) -> (StatusCode, Value) {
-    send(client, Method::PUT, &item(object, subresource), "application/json", Some(object)).await
+pub async fn replace(
+    client: &kube::Client,
+    object: &Value,
+    subresource: Option<&str>,
+) -> (StatusCode, Value) {
+    send(
+        client,
+        Method::PUT,
+        &item(object, subresource),
+        "application/json",
+        Some(object),
+    )
+    .await
 }
 
 /// The `(reason, field, message)` causes of a failure `Status`.
@@ -84,7 +127,12 @@ pub fn causes(status: &Value) -> Vec<(String, String, String)> {
     let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     status["details"]["causes"]
         .as_array()
-        .map(|causes| causes.iter().map(|c| (text(&c["reason"]), text(&c["field"]), text(&c["message"]))).collect())
+        .map(|causes| {
+            causes
+                .iter()
+                .map(|c| (text(&c["reason"]), text(&c["field"]), text(&c["message"])))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -95,7 +143,11 @@ pub fn with(mut object: Value, pointer: &str, value: Value) -> Value {
     for part in parent.split('/').skip(1) {
         node = match node {
             Value::Array(items) => &mut items[part.parse::<usize>().unwrap()],
-            _ => node.as_object_mut().unwrap().entry(part).or_insert(json!({})),
+            _ => node
+                .as_object_mut()
+                .unwrap()
+                .entry(part)
+                .or_insert(json!({})),
         };
     }
     match (node, value) {

@@ -23,25 +23,41 @@ fn table(block: &str) -> Vec<Vec<String>> {
         .map(|line| {
             starts
                 .windows(2)
-                .map(|w| line.get(w[0]..w[1].min(line.len())).unwrap_or("").trim().to_owned())
+                .map(|w| {
+                    line.get(w[0]..w[1].min(line.len()))
+                        .unwrap_or("")
+                        .trim()
+                        .to_owned()
+                })
                 .collect()
         })
         .collect()
 }
 
 fn row<'a>(table: &'a [Vec<String>], name: &str) -> &'a [String] {
-    table.iter().find(|r| r[0] == name).unwrap_or_else(|| panic!("no row {name} in {table:?}"))
+    table
+        .iter()
+        .find(|r| r[0] == name)
+        .unwrap_or_else(|| panic!("no row {name} in {table:?}"))
 }
 
 fn is_age(cell: &str) -> bool {
-    cell.len() >= 2 && cell.ends_with('s') && cell[..cell.len() - 1].chars().all(|c| c.is_ascii_digit())
+    cell.len() >= 2
+        && cell.ends_with('s')
+        && cell[..cell.len() - 1].chars().all(|c| c.is_ascii_digit())
 }
 
 #[tokio::test]
 async fn get_shows_the_printer_columns_with_their_values() {
-    let Some(server) = nlu_testkit::api_server() else { return };
+    let Some(server) = nlu_testkit::api_server() else {
+        return;
+    };
     let client = server.client().await;
-    let uninlu = create_ok(&client, &placed(sample("nluservice-uninlu.yaml"), NAMESPACE, "uninlu")).await;
+    let uninlu = create_ok(
+        &client,
+        &placed(sample("nluservice-uninlu.yaml"), NAMESPACE, "uninlu"),
+    )
+    .await;
     let status = json!({
         "conditions": [
             {"type": "Progressing", "status": "False", "reason": "Done", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"},
@@ -50,7 +66,11 @@ async fn get_shows_the_printer_columns_with_their_values() {
     });
     let (code, answer) = replace(&client, &with(uninlu, "/status", status), Some("status")).await;
     assert_eq!(code, StatusCode::OK, "{answer:#}");
-    create_ok(&client, &placed(sample("nluservice-embedding.yaml"), NAMESPACE, "gte")).await;
+    create_ok(
+        &client,
+        &placed(sample("nluservice-embedding.yaml"), NAMESPACE, "gte"),
+    )
+    .await;
     let tenant = create_ok(&client, &placed(sample("tenant.yaml"), NAMESPACE, "acme")).await;
     let usage = json!({"usage": {"date": "2026-11-23", "requests": 42, "remaining": 9958}});
     let (code, answer) = replace(&client, &with(tenant, "/status", usage), Some("status")).await;
@@ -61,15 +81,31 @@ async fn get_shows_the_printer_columns_with_their_values() {
     assert_eq!(blocks.len(), 2, "one table per kind:\n{out}");
 
     let services = table(blocks[0]);
-    assert_eq!(services[0], ["NAME", "TASK", "READY", "REPLICAS", "URL", "AGE"], "\n{out}");
+    assert_eq!(
+        services[0],
+        ["NAME", "TASK", "READY", "REPLICAS", "URL", "AGE"],
+        "\n{out}"
+    );
     let row_uninlu = row(&services, "nluservice.nlu.dev/uninlu");
-    assert_eq!(row_uninlu[1..5], ["uninlu", "True", "3", "https://nlu.example.com/"], "\n{out}");
+    assert_eq!(
+        row_uninlu[1..5],
+        ["uninlu", "True", "3", "https://nlu.example.com/"],
+        "\n{out}"
+    );
     let row_gte = row(&services, "nluservice.nlu.dev/gte");
-    assert_eq!(row_gte[1..5], ["embedding", "", "", ""], "no status yet: empty cells\n{out}");
+    assert_eq!(
+        row_gte[1..5],
+        ["embedding", "", "", ""],
+        "no status yet: empty cells\n{out}"
+    );
     assert!(is_age(&row_uninlu[5]) && is_age(&row_gte[5]), "\n{out}");
 
     let tenants = table(blocks[1]);
-    assert_eq!(tenants[0], ["NAME", "QUOTA", "USAGE", "SUSPENDED", "AGE"], "\n{out}");
+    assert_eq!(
+        tenants[0],
+        ["NAME", "QUOTA", "USAGE", "SUSPENDED", "AGE"],
+        "\n{out}"
+    );
     let acme = row(&tenants, "tenant.nlu.dev/acme");
     assert_eq!(acme[1..4], ["10000", "42", "false"], "\n{out}");
     assert!(is_age(&acme[4]), "\n{out}");
@@ -94,27 +130,49 @@ fn opening(description: &str) -> String {
 
 #[test]
 fn explain_shows_our_field_docs() {
-    let Some(server) = nlu_testkit::api_server() else { return };
+    let Some(server) = nlu_testkit::api_server() else {
+        return;
+    };
     let nlus = schema("nluservices.nlu.dev.yaml");
     let tenants = schema("tenants.nlu.dev.yaml");
     let targets = [
         ("nluservice", &nlus),
         ("nluservice.spec", &nlus["properties"]["spec"]),
-        ("nluservice.spec.model.source", &nlus["properties"]["spec"]["properties"]["model"]["properties"]["source"]),
+        (
+            "nluservice.spec.model.source",
+            &nlus["properties"]["spec"]["properties"]["model"]["properties"]["source"],
+        ),
         ("tenant.spec", &tenants["properties"]["spec"]),
-        ("tenant.spec.token", &tenants["properties"]["spec"]["properties"]["token"]),
+        (
+            "tenant.spec.token",
+            &tenants["properties"]["spec"]["properties"]["token"],
+        ),
     ];
     for (path, node) in targets {
         let shown = words(&server.kubectl_ok(&["explain", path]));
         let own = opening(node["description"].as_str().unwrap());
-        assert!(shown.contains(&own), "kubectl explain {path} lacks {own:?}:\n{shown}");
+        assert!(
+            shown.contains(&own),
+            "kubectl explain {path} lacks {own:?}:\n{shown}"
+        );
         for (field, property) in node["properties"].as_object().unwrap() {
-            if path == "nluservice" && ["apiVersion", "kind", "metadata"].contains(&field.as_str()) {
+            if path == "nluservice" && ["apiVersion", "kind", "metadata"].contains(&field.as_str())
+            {
                 continue;
             }
-            let doc = opening(property["description"].as_str().unwrap_or_else(|| panic!("{path}.{field} has no doc")));
-            assert!(shown.contains(&format!("{field} <")), "kubectl explain {path} lacks the field {field}:\n{shown}");
-            assert!(shown.contains(&doc), "kubectl explain {path} lacks the doc of {field} ({doc:?}):\n{shown}");
+            let doc = opening(
+                property["description"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{path}.{field} has no doc")),
+            );
+            assert!(
+                shown.contains(&format!("{field} <")),
+                "kubectl explain {path} lacks the field {field}:\n{shown}"
+            );
+            assert!(
+                shown.contains(&doc),
+                "kubectl explain {path} lacks the doc of {field} ({doc:?}):\n{shown}"
+            );
         }
     }
 }

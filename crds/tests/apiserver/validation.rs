@@ -43,12 +43,38 @@ const UNINLU: &str = "nluservice-uninlu.yaml";
 const GTE: &str = "nluservice-embedding.yaml";
 const TENANT: &str = "tenant.yaml";
 
-const fn case(site: &'static str, base: &'static str, edits: &'static [(&'static str, &'static str)], field: &'static str, expect: Expect) -> Case {
-    Case { site, base, edits, field, expect, at_limit: None }
+const fn case(
+    site: &'static str,
+    base: &'static str,
+    edits: &'static [(&'static str, &'static str)],
+    field: &'static str,
+    expect: Expect,
+) -> Case {
+    Case {
+        site,
+        base,
+        edits,
+        field,
+        expect,
+        at_limit: None,
+    }
 }
 
-const fn limit(site: &'static str, base: &'static str, edits: &'static [(&'static str, &'static str)], field: &'static str, at_limit: &'static str) -> Case {
-    Case { site, base, edits, field, expect: Expect::Invalid, at_limit: Some(at_limit) }
+const fn limit(
+    site: &'static str,
+    base: &'static str,
+    edits: &'static [(&'static str, &'static str)],
+    field: &'static str,
+    at_limit: &'static str,
+) -> Case {
+    Case {
+        site,
+        base,
+        edits,
+        field,
+        expect: Expect::Invalid,
+        at_limit: Some(at_limit),
+    }
 }
 
 use Expect::*;
@@ -207,7 +233,9 @@ const NAMESPACE: &str = "validation";
 
 #[tokio::test]
 async fn every_constraint_rejects_a_violation_with_its_field_and_message() {
-    let Some(server) = nlu_testkit::api_server() else { return };
+    let Some(server) = nlu_testkit::api_server() else {
+        return;
+    };
     let client = server.client().await;
     let mut failures = Vec::new();
     for (index, case) in CASES.iter().enumerate() {
@@ -215,29 +243,46 @@ async fn every_constraint_rejects_a_violation_with_its_field_and_message() {
             failures.push(format!("{}: {failure}", case.site));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), CASES.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        CASES.len(),
+        failures.join("\n")
+    );
 }
 
 async fn run(client: &kube::Client, index: usize, case: &Case) -> Result<(), String> {
     let name = format!("case-{index}");
     let base = placed(sample(case.base), NAMESPACE, &name);
-    let (status_edits, spec_edits): (Vec<_>, Vec<_>) = case.edits.iter().partition(|(pointer, _)| pointer.starts_with("/status"));
+    let (status_edits, spec_edits): (Vec<_>, Vec<_>) = case
+        .edits
+        .iter()
+        .partition(|(pointer, _)| pointer.starts_with("/status"));
     let object = edited(base, &spec_edits);
     let last = case.edits.last().expect("a case edits something").0;
 
     if status_edits.is_empty() {
         check(case, create(client, &object).await)?;
         if let Some(value) = case.at_limit {
-            let at_limit = with(placed(object, NAMESPACE, &format!("{name}-limit")), last, parse(value));
+            let at_limit = with(
+                placed(object, NAMESPACE, &format!("{name}-limit")),
+                last,
+                parse(value),
+            );
             let (code, answer) = create(client, &at_limit).await;
             expect_ok(code, StatusCode::CREATED, &answer)?;
         }
     } else {
         let created = create_ok(client, &object).await;
-        let bad = edited(with(created.clone(), "/status", valid_status()), &status_edits);
+        let bad = edited(
+            with(created.clone(), "/status", valid_status()),
+            &status_edits,
+        );
         check(case, replace(client, &bad, Some("status")).await)?;
         if let Some(value) = case.at_limit {
-            let (code, answer) = replace(client, &with(bad, last, parse(value)), Some("status")).await;
+            let (code, answer) =
+                replace(client, &with(bad, last, parse(value)), Some("status")).await;
             expect_ok(code, StatusCode::OK, &answer)?;
         }
     }
@@ -245,7 +290,9 @@ async fn run(client: &kube::Client, index: usize, case: &Case) -> Result<(), Str
 }
 
 fn edited(object: Value, edits: &[&(&str, &str)]) -> Value {
-    edits.iter().fold(object, |object, (pointer, value)| with(object, pointer, parse(value)))
+    edits.iter().fold(object, |object, (pointer, value)| {
+        with(object, pointer, parse(value))
+    })
 }
 
 fn parse(text: &str) -> Value {
@@ -256,7 +303,10 @@ fn expect_ok(code: StatusCode, want: StatusCode, answer: &Value) -> Result<(), S
     if code == want {
         Ok(())
     } else {
-        Err(format!("the value at the limit was refused ({code}): {}", answer["message"]))
+        Err(format!(
+            "the value at the limit was refused ({code}): {}",
+            answer["message"]
+        ))
     }
 }
 
@@ -271,16 +321,23 @@ fn check(case: &Case, (code, answer): (StatusCode, Value)) -> Result<(), String>
         Duplicate => ("FieldValueDuplicate", None),
         Invalid => ("FieldValueInvalid", None),
         Format => ("FieldValueTypeInvalid", None),
-        Rule => ("FieldValueInvalid", Some(case.site.split_once(" rule: ").expect("rule site").1)),
+        Rule => (
+            "FieldValueInvalid",
+            Some(case.site.split_once(" rule: ").expect("rule site").1),
+        ),
     };
     let causes = causes(&answer);
-    let found = causes
-        .iter()
-        .any(|(r, field, text)| r == reason && field == case.field && message.is_none_or(|m| text.contains(m)));
+    let found = causes.iter().any(|(r, field, text)| {
+        r == reason && field == case.field && message.is_none_or(|m| text.contains(m))
+    });
     if found {
         Ok(())
     } else {
-        Err(format!("no {reason} cause for {}{}; causes: {causes:?}", case.field, message.map(|m| format!(" with {m:?}")).unwrap_or_default()))
+        Err(format!(
+            "no {reason} cause for {}{}; causes: {causes:?}",
+            case.field,
+            message.map(|m| format!(" with {m:?}")).unwrap_or_default()
+        ))
     }
 }
 
@@ -291,13 +348,29 @@ fn every_constraint_of_the_crds_has_a_case() {
         let text = std::fs::read_to_string(root().join("manifests/crds").join(file)).unwrap();
         let crd: Value = serde_yaml::from_str(&text).unwrap();
         let kind = crd["spec"]["names"]["kind"].as_str().unwrap().to_owned();
-        constraint_sites(&crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"], &kind, "", &mut in_crds);
+        constraint_sites(
+            &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"],
+            &kind,
+            "",
+            &mut in_crds,
+        );
     }
-    let tested: BTreeSet<String> = CASES.iter().map(|c| c.site).chain(COVERED_ELSEWHERE.iter().copied()).map(String::from).collect();
+    let tested: BTreeSet<String> = CASES
+        .iter()
+        .map(|c| c.site)
+        .chain(COVERED_ELSEWHERE.iter().copied())
+        .map(String::from)
+        .collect();
     let untested: Vec<_> = in_crds.difference(&tested).collect();
     let stale: Vec<_> = tested.difference(&in_crds).collect();
-    assert!(untested.is_empty(), "constraints without a case: {untested:#?}");
-    assert!(stale.is_empty(), "cases for constraints the CRDs no longer have: {stale:#?}");
+    assert!(
+        untested.is_empty(),
+        "constraints without a case: {untested:#?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "cases for constraints the CRDs no longer have: {stale:#?}"
+    );
 }
 
 /// Names every constraint of a schema node and its children: `<Kind> <path> <constraint>`.
@@ -306,7 +379,17 @@ fn constraint_sites(node: &Value, kind: &str, path: &str, out: &mut BTreeSet<Str
     let mut add = |what: String| {
         out.insert(format!("{kind} {path} {what}"));
     };
-    for keyword in ["minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems", "pattern", "enum", "default"] {
+    for keyword in [
+        "minimum",
+        "maximum",
+        "minLength",
+        "maxLength",
+        "minItems",
+        "maxItems",
+        "pattern",
+        "enum",
+        "default",
+    ] {
         if node.get(keyword).is_some() {
             add(keyword.to_owned());
         }
@@ -314,15 +397,39 @@ fn constraint_sites(node: &Value, kind: &str, path: &str, out: &mut BTreeSet<Str
     if node["format"] == "date-time" {
         add("format date-time".to_owned());
     }
-    if node.get("x-kubernetes-list-type").is_some_and(|t| t != "atomic") {
-        add(format!("listType {}", node["x-kubernetes-list-type"].as_str().unwrap_or_default()));
+    if node
+        .get("x-kubernetes-list-type")
+        .is_some_and(|t| t != "atomic")
+    {
+        add(format!(
+            "listType {}",
+            node["x-kubernetes-list-type"].as_str().unwrap_or_default()
+        ));
     }
-    for rule in node["x-kubernetes-validations"].as_array().into_iter().flatten() {
-        add(format!("rule: {}", rule["message"].as_str().unwrap_or_else(|| panic!("{kind} {path}: a CEL rule without a message"))));
+    for rule in node["x-kubernetes-validations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        add(format!(
+            "rule: {}",
+            rule["message"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{kind} {path}: a CEL rule without a message"))
+        ));
     }
-    let child = |name: &str| if path.is_empty() { name.to_owned() } else { format!("{path}.{name}") };
+    let child = |name: &str| {
+        if path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
     for required in node["required"].as_array().into_iter().flatten() {
-        out.insert(format!("{kind} {} required", child(required.as_str().unwrap())));
+        out.insert(format!(
+            "{kind} {} required",
+            child(required.as_str().unwrap())
+        ));
     }
     for (name, property) in node["properties"].as_object().into_iter().flatten() {
         constraint_sites(property, kind, &child(name), out);

@@ -21,8 +21,14 @@ pub struct Running {
 impl Running {
     /// The NluService controller, watching `namespace` only.
     pub async fn nlu_service(server: &ApiServer, namespace: &str) -> Running {
-        let config = OperatorConfig { namespace: Some(namespace.into()), ..OperatorConfig::default() };
-        Running::start(server, config, |ctx, stop| nlu_operator::nlu_service::controller::run(ctx, stop)).await
+        let config = OperatorConfig {
+            namespace: Some(namespace.into()),
+            ..OperatorConfig::default()
+        };
+        Running::start(server, config, |ctx, stop| {
+            nlu_operator::nlu_service::controller::run(ctx, stop)
+        })
+        .await
     }
 
     /// The Tenant controller (with its key manager and JWKS publisher), watching `namespace`;
@@ -34,7 +40,10 @@ impl Running {
             redis_url: Some(redis_url.into()),
             ..OperatorConfig::default()
         };
-        Running::start(server, config, |ctx, stop| nlu_operator::tenant::run(ctx, stop)).await
+        Running::start(server, config, |ctx, stop| {
+            nlu_operator::tenant::run(ctx, stop)
+        })
+        .await
     }
 
     async fn start<F, Fut>(server: &ApiServer, config: OperatorConfig, run: F) -> Running
@@ -43,23 +52,43 @@ impl Running {
         Fut: Future<Output = ()> + Send + 'static,
     {
         // The controllers' warnings go to the test's captured output: shown when a test fails.
-        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("warn")
+            .try_init();
         let proxy = ClusterProxy::start(server.client().await).await;
-        let ctx = Arc::new(Context::new(proxy.client(), config, Arc::new(Metrics::new())));
+        let ctx = Arc::new(Context::new(
+            proxy.client(),
+            config,
+            Arc::new(Metrics::new()),
+        ));
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(ctx, stop.clone()));
         let client = proxy.client();
-        Running { proxy, client, stop, task }
+        Running {
+            proxy,
+            client,
+            stop,
+            task,
+        }
     }
 
     /// Requests so far whose path is `path` exactly and whose method is not GET.
     pub fn writes_to(&self, path: &str) -> Vec<RecordedRequest> {
-        self.proxy.requests().into_iter().filter(|r| r.path == path && r.method != http::Method::GET).collect()
+        self.proxy
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == path && r.method != http::Method::GET)
+            .collect()
     }
 
     /// Number of requests so far with this method and path.
     pub fn count(&self, method: http::Method, path: &str) -> usize {
-        self.proxy.requests().iter().filter(|r| r.method == method && r.path == path).count()
+        self.proxy
+            .requests()
+            .iter()
+            .filter(|r| r.method == method && r.path == path)
+            .count()
     }
 }
 
@@ -80,15 +109,21 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {seconds} s waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {seconds} s waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// A sample of `manifests/samples/` as a typed object, renamed into `namespace`.
 pub fn sample<K: serde::de::DeserializeOwned>(file: &str, namespace: &str, name: &str) -> K {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/samples").join(file);
-    let mut object: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/samples")
+        .join(file);
+    let mut object: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     object["metadata"] = serde_json::json!({"name": name, "namespace": namespace});
     serde_json::from_value(object).unwrap()
 }

@@ -15,100 +15,202 @@ use serde_json::json;
 use crate::harness::{eventually, sample, Running};
 
 fn condition<'a>(status: &'a NluServiceStatus, type_: &str) -> &'a Condition {
-    status.conditions.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no {type_} condition in {status:?}"))
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status:?}"))
 }
 
 /// What the kubelet and the Deployment controller would report: `ready` of the Deployment's pods
 /// ready, all updated, its current generation observed.
 async fn play_kubelet(deployments: &Api<Deployment>, name: &str, ready: i32) {
     let deployment = deployments.get(name).await.unwrap();
-    let desired = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let desired = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1);
     let status = json!({"status": {
         "observedGeneration": deployment.metadata.generation,
         "replicas": desired, "updatedReplicas": desired, "readyReplicas": ready, "availableReplicas": ready,
     }});
-    deployments.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    deployments
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
 }
 
-async fn status_where(api: &Api<NluService>, what: &str, test: impl Fn(&NluServiceStatus) -> bool) -> NluServiceStatus {
-    eventually(what, 20, || async { api.get("gte").await.ok()?.status.filter(|s| test(s)) }).await
+async fn status_where(
+    api: &Api<NluService>,
+    what: &str,
+    test: impl Fn(&NluServiceStatus) -> bool,
+) -> NluServiceStatus {
+    eventually(what, 20, || async {
+        api.get("gte").await.ok()?.status.filter(|s| test(s))
+    })
+    .await
 }
 
 #[tokio::test]
 async fn status_follows_the_deployment_through_the_status_subresource() {
-    let Some(server) = nlu_testkit::api_server() else { return };
+    let Some(server) = nlu_testkit::api_server() else {
+        return;
+    };
     let ns = "nlus-status";
     let op = Running::nlu_service(server, ns).await;
     let services: Api<NluService> = Api::namespaced(op.client.clone(), ns);
     let deployments: Api<Deployment> = Api::namespaced(op.client.clone(), ns);
     // The embedding sample: 2 fixed replicas, the Redis URL in the Secret nlu-redis (stand-in).
-    let redis_url = json!({"metadata": {"name": "nlu-redis"}, "stringData": {"url": "redis://redis:6379/0"}});
+    let redis_url =
+        json!({"metadata": {"name": "nlu-redis"}, "stringData": {"url": "redis://redis:6379/0"}});
     let secrets: Api<Secret> = Api::namespaced(op.client.clone(), ns);
-    secrets.create(&PostParams::default(), &serde_json::from_value(redis_url).unwrap()).await.unwrap();
-    let created = services.create(&PostParams::default(), &sample("nluservice-embedding.yaml", ns, "gte")).await.unwrap();
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(redis_url).unwrap(),
+        )
+        .await
+        .unwrap();
+    let created = services
+        .create(
+            &PostParams::default(),
+            &sample("nluservice-embedding.yaml", ns, "gte"),
+        )
+        .await
+        .unwrap();
 
-    let first = status_where(&services, "the first status", |s| s.observed_generation == Some(1)).await;
+    let first = status_where(&services, "the first status", |s| {
+        s.observed_generation == Some(1)
+    })
+    .await;
     let ready = condition(&first, "Ready");
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "ReplicasNotReady"), "{first:?}");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "ReplicasNotReady"),
+        "{first:?}"
+    );
     assert_eq!(ready.observed_generation, Some(1));
     assert_eq!(condition(&first, "Progressing").status, "True");
     assert_eq!(first.ready_replicas, Some(0));
     assert_eq!(first.url.as_deref(), Some("http://gte.nlus-status.svc"));
     let deployment = deployments.get("gte").await.unwrap();
     assert_eq!(deployment.spec.as_ref().unwrap().replicas, Some(2));
-    assert!(deployment.owner_references().iter().any(|o| Some(&o.uid) == created.metadata.uid.as_ref() && o.controller == Some(true)));
+    assert!(deployment
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == created.metadata.uid.as_ref() && o.controller == Some(true)));
 
     // One of two pods ready: Ready stays False (new message, same lastTransitionTime), ModelLoaded
     // flips to True (new lastTransitionTime). Timestamps have second precision: let one pass.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     play_kubelet(&deployments, "gte", 1).await;
-    let half = status_where(&services, "readyReplicas 1", |s| s.ready_replicas == Some(1)).await;
+    let half = status_where(&services, "readyReplicas 1", |s| {
+        s.ready_replicas == Some(1)
+    })
+    .await;
     let (ready_then, ready_now) = (condition(&first, "Ready"), condition(&half, "Ready"));
     assert_eq!(ready_now.status, "False");
-    assert_ne!(ready_now.message, ready_then.message, "the message reports 1 of 2");
-    assert_eq!(ready_now.last_transition_time, ready_then.last_transition_time, "Ready did not flip: its time must hold");
-    let (loaded_then, loaded_now) = (condition(&first, "ModelLoaded"), condition(&half, "ModelLoaded"));
-    assert_eq!((loaded_then.status.as_str(), loaded_now.status.as_str()), ("False", "True"));
-    assert!(loaded_now.last_transition_time.0 > loaded_then.last_transition_time.0, "ModelLoaded flipped: new time");
+    assert_ne!(
+        ready_now.message, ready_then.message,
+        "the message reports 1 of 2"
+    );
+    assert_eq!(
+        ready_now.last_transition_time, ready_then.last_transition_time,
+        "Ready did not flip: its time must hold"
+    );
+    let (loaded_then, loaded_now) = (
+        condition(&first, "ModelLoaded"),
+        condition(&half, "ModelLoaded"),
+    );
+    assert_eq!(
+        (loaded_then.status.as_str(), loaded_now.status.as_str()),
+        ("False", "True")
+    );
+    assert!(
+        loaded_now.last_transition_time.0 > loaded_then.last_transition_time.0,
+        "ModelLoaded flipped: new time"
+    );
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     play_kubelet(&deployments, "gte", 2).await;
-    let all = status_where(&services, "Ready True", |s| nlu_crds::conditions::is_true(&s.conditions, "Ready")).await;
+    let all = status_where(&services, "Ready True", |s| {
+        nlu_crds::conditions::is_true(&s.conditions, "Ready")
+    })
+    .await;
     assert!(condition(&all, "Ready").last_transition_time.0 > ready_then.last_transition_time.0);
-    assert_eq!(condition(&all, "ModelLoaded").last_transition_time, loaded_now.last_transition_time);
+    assert_eq!(
+        condition(&all, "ModelLoaded").last_transition_time,
+        loaded_now.last_transition_time
+    );
 
     // Every write of the controller to the NluService went through /status, as server-side apply.
     let main = format!("/apis/nlu.dev/v1alpha1/namespaces/{ns}/nluservices/gte");
-    assert!(op.writes_to(&main).is_empty(), "writes to the main resource: {:?}", op.writes_to(&main));
+    assert!(
+        op.writes_to(&main).is_empty(),
+        "writes to the main resource: {:?}",
+        op.writes_to(&main)
+    );
     let status_path = format!("{main}/status");
     let status_writes = op.writes_to(&status_path);
     assert!(status_writes.len() >= 3, "{status_writes:?}");
     assert!(
-        status_writes.iter().all(|w| w.real && w.status == 200 && w.method == Method::PATCH && w.content_type == "application/apply-patch+yaml"),
+        status_writes.iter().all(|w| w.real
+            && w.status == 200
+            && w.method == Method::PATCH
+            && w.content_type == "application/apply-patch+yaml"),
         "{status_writes:?}"
     );
 
     // Nothing changed: a reconcile (caused by a metadata-only touch) re-applies the children but
     // writes no status; the server's resourceVersion stays where the touch left it.
     let writes_before = status_writes.len();
-    let applies_before = op.count(Method::PATCH, &format!("/apis/apps/v1/namespaces/{ns}/deployments/gte"));
+    let applies_before = op.count(
+        Method::PATCH,
+        &format!("/apis/apps/v1/namespaces/{ns}/deployments/gte"),
+    );
     let touch = json!({"metadata": {"annotations": {"example.com/touch": "1"}}});
-    let touched = services.patch("gte", &PatchParams::default(), &Patch::Merge(&touch)).await.unwrap();
+    let touched = services
+        .patch("gte", &PatchParams::default(), &Patch::Merge(&touch))
+        .await
+        .unwrap();
     eventually("a reconcile after the touch", 20, || async {
-        (op.count(Method::PATCH, &format!("/apis/apps/v1/namespaces/{ns}/deployments/gte")) > applies_before).then_some(())
+        (op.count(
+            Method::PATCH,
+            &format!("/apis/apps/v1/namespaces/{ns}/deployments/gte"),
+        ) > applies_before)
+            .then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(op.writes_to(&status_path).len(), writes_before, "a status write although nothing changed");
+    assert_eq!(
+        op.writes_to(&status_path).len(),
+        writes_before,
+        "a status write although nothing changed"
+    );
     let now = services.get("gte").await.unwrap();
     assert_eq!(now.resource_version(), touched.resource_version());
     assert_eq!(now.status.as_ref(), Some(&all));
 
     // A spec change bumps generation; status and conditions follow it, the Deployment too.
     let more = json!({"spec": {"replicas": 3}});
-    services.patch("gte", &PatchParams::default(), &Patch::Merge(&more)).await.unwrap();
-    let next = status_where(&services, "observedGeneration 2", |s| s.observed_generation == Some(2)).await;
-    assert!(next.conditions.iter().all(|c| c.observed_generation == Some(2)), "{next:?}");
+    services
+        .patch("gte", &PatchParams::default(), &Patch::Merge(&more))
+        .await
+        .unwrap();
+    let next = status_where(&services, "observedGeneration 2", |s| {
+        s.observed_generation == Some(2)
+    })
+    .await;
+    assert!(
+        next.conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(2)),
+        "{next:?}"
+    );
     assert_eq!(condition(&next, "Ready").status, "False", "2 of 3 ready");
-    assert_eq!(deployments.get("gte").await.unwrap().spec.unwrap().replicas, Some(3));
+    assert_eq!(
+        deployments.get("gte").await.unwrap().spec.unwrap().replicas,
+        Some(3)
+    );
 }

@@ -17,8 +17,17 @@ use serde_json::json;
 use crate::harness::{eventually, sample, Running};
 
 async fn redis_has(url: &str, key: &str) -> bool {
-    let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("EXISTS").arg(key).query_async::<i64>(&mut conn).await.unwrap() == 1
+    let mut conn = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async::<i64>(&mut conn)
+        .await
+        .unwrap()
+        == 1
 }
 
 fn record_key(ns: &str, name: &str) -> String {
@@ -30,61 +39,140 @@ async fn ready(api: &Api<Tenant>, name: &str) -> Tenant {
     eventually("the tenant Ready", 30, || async {
         let tenant = api.get(name).await.ok()?;
         let status = tenant.status.as_ref()?;
-        (is_true(&status.conditions, "Ready") && status.observed_generation == tenant.metadata.generation).then_some(tenant)
+        (is_true(&status.conditions, "Ready")
+            && status.observed_generation == tenant.metadata.generation)
+            .then_some(tenant)
     })
     .await
 }
 
 #[tokio::test]
 async fn finalizer_keeps_the_tenant_until_its_redis_record_is_gone() {
-    let Some(server) = nlu_testkit::api_server() else { return };
-    let Some(redis) = RedisServer::start() else { return };
+    let Some(server) = nlu_testkit::api_server() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
     let ns = "tenant-flow";
     let op = Running::tenant(server, ns, &redis.url()).await;
     let tenants: Api<Tenant> = Api::namespaced(op.client.clone(), ns);
-    tenants.create(&PostParams::default(), &sample("tenant.yaml", ns, "acme")).await.unwrap();
+    tenants
+        .create(&PostParams::default(), &sample("tenant.yaml", ns, "acme"))
+        .await
+        .unwrap();
 
     let tenant = ready(&tenants, "acme").await;
     assert_eq!(tenant.finalizers(), [FINALIZER]);
-    assert!(redis_has(&redis.url(), &record_key(ns, "acme")).await, "access record written to Redis");
+    assert!(
+        redis_has(&redis.url(), &record_key(ns, "acme")).await,
+        "access record written to Redis"
+    );
     let status = tenant.status.clone().unwrap();
-    let secret_name = status.token_secret_name.clone().expect("status names the token Secret");
-    let secret = Api::<Secret>::namespaced(op.client.clone(), ns).get(&secret_name).await.unwrap();
-    assert!(secret.data.unwrap().get("token").is_some_and(|t| !t.0.is_empty()), "token in the Secret");
+    let secret_name = status
+        .token_secret_name
+        .clone()
+        .expect("status names the token Secret");
+    let secret = Api::<Secret>::namespaced(op.client.clone(), ns)
+        .get(&secret_name)
+        .await
+        .unwrap();
+    assert!(
+        secret
+            .data
+            .unwrap()
+            .get("token")
+            .is_some_and(|t| !t.0.is_empty()),
+        "token in the Secret"
+    );
 
     // Writes to the Tenant itself: only the finalizer JSON patch; status only through /status.
     let main = format!("/apis/nlu.dev/v1alpha1/namespaces/{ns}/tenants/acme");
     let main_writes = op.writes_to(&main);
-    assert!(main_writes.iter().all(|w| w.content_type == "application/json-patch+json"), "{main_writes:?}");
+    assert!(
+        main_writes
+            .iter()
+            .all(|w| w.content_type == "application/json-patch+json"),
+        "{main_writes:?}"
+    );
     let status_writes = op.writes_to(&format!("{main}/status"));
-    assert!(!status_writes.is_empty() && status_writes.iter().all(|w| w.real && w.status == 200 && w.content_type == "application/apply-patch+yaml"));
+    assert!(
+        !status_writes.is_empty()
+            && status_writes.iter().all(|w| w.real
+                && w.status == 200
+                && w.content_type == "application/apply-patch+yaml")
+    );
 
     // Nothing changed: a metadata-only touch makes a reconcile (it reads the token Secret) but no
     // status write, and keeps the conditions' transition times.
-    let reads_before = op.count(Method::GET, &format!("/api/v1/namespaces/{ns}/secrets/{secret_name}"));
+    let reads_before = op.count(
+        Method::GET,
+        &format!("/api/v1/namespaces/{ns}/secrets/{secret_name}"),
+    );
     let touch = json!({"metadata": {"annotations": {"example.com/touch": "1"}}});
-    tenants.patch("acme", &PatchParams::default(), &Patch::Merge(&touch)).await.unwrap();
+    tenants
+        .patch("acme", &PatchParams::default(), &Patch::Merge(&touch))
+        .await
+        .unwrap();
     eventually("a reconcile after the touch", 20, || async {
-        (op.count(Method::GET, &format!("/api/v1/namespaces/{ns}/secrets/{secret_name}")) > reads_before).then_some(())
+        (op.count(
+            Method::GET,
+            &format!("/api/v1/namespaces/{ns}/secrets/{secret_name}"),
+        ) > reads_before)
+            .then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(op.writes_to(&format!("{main}/status")).len(), status_writes.len(), "a status write although nothing changed");
-    assert_eq!(tenants.get("acme").await.unwrap().status.unwrap().conditions, status.conditions);
+    assert_eq!(
+        op.writes_to(&format!("{main}/status")).len(),
+        status_writes.len(),
+        "a status write although nothing changed"
+    );
+    assert_eq!(
+        tenants
+            .get("acme")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .conditions,
+        status.conditions
+    );
 
     // Deletion: the server only marks it; the controller removes the Redis keys, then its
     // finalizer, and the server lets the object go.
-    tenants.delete("acme", &DeleteParams::default()).await.unwrap();
-    eventually("the tenant gone", 30, || async { tenants.get_opt("acme").await.unwrap().is_none().then_some(()) }).await;
-    assert!(!redis_has(&redis.url(), &record_key(ns, "acme")).await, "Redis record removed before the finalizer");
+    tenants
+        .delete("acme", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the tenant gone", 30, || async {
+        tenants
+            .get_opt("acme")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        !redis_has(&redis.url(), &record_key(ns, "acme")).await,
+        "Redis record removed before the finalizer"
+    );
     let removal = op.writes_to(&main);
-    assert_eq!(removal.last().map(|w| (w.content_type.as_str(), w.status)), Some(("application/json-patch+json", http::StatusCode::OK)));
+    assert_eq!(
+        removal.last().map(|w| (w.content_type.as_str(), w.status)),
+        Some(("application/json-patch+json", http::StatusCode::OK))
+    );
 }
 
 #[tokio::test]
 async fn finalizer_patch_on_a_stale_view_is_refused_by_the_server_and_retried() {
-    let Some(server) = nlu_testkit::api_server() else { return };
-    let Some(redis) = RedisServer::start() else { return };
+    let Some(server) = nlu_testkit::api_server() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
     let ns = "tenant-stale";
     let op = Running::tenant(server, ns, &redis.url()).await;
     let main = format!("/apis/nlu.dev/v1alpha1/namespaces/{ns}/tenants/acme");
@@ -94,14 +182,30 @@ async fn finalizer_patch_on_a_stale_view_is_refused_by_the_server_and_retried() 
         method: Method::PATCH,
         path_and_query: main.clone(),
         content_type: "application/merge-patch+json".into(),
-        body: serde_json::to_vec(&json!({"metadata": {"finalizers": ["example.com/keep"]}})).unwrap(),
+        body: serde_json::to_vec(&json!({"metadata": {"finalizers": ["example.com/keep"]}}))
+            .unwrap(),
     };
     op.proxy.interfere_once(Method::PATCH, &main, other);
     let tenants: Api<Tenant> = Api::namespaced(op.client.clone(), ns);
-    tenants.create(&PostParams::default(), &sample("tenant.yaml", ns, "acme")).await.unwrap();
+    tenants
+        .create(&PostParams::default(), &sample("tenant.yaml", ns, "acme"))
+        .await
+        .unwrap();
 
     let tenant = ready(&tenants, "acme").await;
-    assert_eq!(tenant.finalizers(), ["example.com/keep", FINALIZER], "the other finalizer is kept, ours appended");
-    let outcomes: Vec<u16> = op.writes_to(&main).iter().map(|w| w.status.as_u16()).collect();
-    assert_eq!(outcomes, [200, 422, 200], "the injected write, the refused stale patch, the retry");
+    assert_eq!(
+        tenant.finalizers(),
+        ["example.com/keep", FINALIZER],
+        "the other finalizer is kept, ours appended"
+    );
+    let outcomes: Vec<u16> = op
+        .writes_to(&main)
+        .iter()
+        .map(|w| w.status.as_u16())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [200, 422, 200],
+        "the injected write, the refused stale patch, the retry"
+    );
 }
