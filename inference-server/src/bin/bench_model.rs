@@ -3,7 +3,7 @@
 //! (NER with 3 types, relation extraction with 4 relations) on a StructBERT-base-shaped random
 //! model. Prints markdown tables and the machine load.
 //!
-//! `cargo run -p nlu-server --bin bench_model --release -- [--minilm DIR] [--seconds S] [--skip-base] [--skip-uninlu]`
+//! `cargo run -p nlu-server --bin bench_model --release -- [--minilm DIR] [--seconds S] [--skip-base] [--skip-uninlu] [--shapes 8x64,1x16]`
 //! MiniLM defaults to the folder `scripts/fetch-minilm.sh` prints.
 
 use std::collections::HashMap;
@@ -24,6 +24,8 @@ struct Args {
     seconds: f64,
     skip_base: bool,
     skip_uninlu: bool,
+    /// `BATCHxLEN` pairs to run instead of the full grid (quick A/B comparisons).
+    shapes: Option<Vec<(usize, usize)>>,
 }
 
 fn args() -> Result<Args> {
@@ -32,6 +34,7 @@ fn args() -> Result<Args> {
         seconds: 3.0,
         skip_base: false,
         skip_uninlu: false,
+        shapes: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -40,10 +43,22 @@ fn args() -> Result<Args> {
             "--seconds" => args.seconds = it.next().context("--seconds S")?.parse()?,
             "--skip-base" => args.skip_base = true,
             "--skip-uninlu" => args.skip_uninlu = true,
+            "--shapes" => {
+                args.shapes = Some(parse_shapes(&it.next().context("--shapes 8x64,1x16")?)?)
+            }
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
     Ok(args)
+}
+
+fn parse_shapes(list: &str) -> Result<Vec<(usize, usize)>> {
+    list.split(',')
+        .map(|s| {
+            let (b, t) = s.split_once('x').context("shape BATCHxLEN")?;
+            Ok((b.parse()?, t.parse()?))
+        })
+        .collect()
 }
 
 /// Runs `f` once to warm up, then until `budget` is spent (at least 3 runs); returns sorted
@@ -73,12 +88,17 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn bench_embedder(name: &str, embedder: &Embedder, budget: Duration) -> Result<()> {
+fn bench_embedder(
+    name: &str,
+    embedder: &Embedder,
+    budget: Duration,
+    shapes: &[(usize, usize)],
+) -> Result<()> {
     println!("\n### Embeddings: {name}\n");
     println!("| batch | seq | inputs/s | tokens/s | p50 ms | p99 ms | runs |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for &len in &LENGTHS {
-        for &batch in &BATCHES {
+    for &(batch, len) in shapes {
+        {
             // Plain word-piece ids in the common range of both vocabularies.
             let ids: Vec<Vec<u32>> = (0..batch)
                 .map(|b| {
@@ -247,6 +267,11 @@ fn minilm_dir(arg: Option<PathBuf>) -> Option<PathBuf> {
 fn main() -> Result<()> {
     let args = args()?;
     let budget = Duration::from_secs_f64(args.seconds);
+    let grid: Vec<(usize, usize)> = LENGTHS
+        .iter()
+        .flat_map(|&t| BATCHES.iter().map(move |&b| (b, t)))
+        .collect();
+    let shapes = args.shapes.as_deref().unwrap_or(&grid);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "# bench_model\n\nthreads: {}, loadavg at start: {}",
@@ -258,6 +283,7 @@ fn main() -> Result<()> {
             "all-MiniLM-L6-v2",
             &Embedder::load(&ModelFiles::from_dir(&dir)?, None)?,
             budget,
+            shapes,
         )?,
         None => println!("\nMiniLM skipped: run scripts/fetch-minilm.sh or pass --minilm DIR"),
     }
@@ -268,6 +294,7 @@ fn main() -> Result<()> {
             "BERT-base shape (random weights)",
             &Embedder::load(&files, None)?,
             budget,
+            shapes,
         )?;
         std::fs::remove_dir_all(&tmp)?;
     }

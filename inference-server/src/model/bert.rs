@@ -1,15 +1,17 @@
 //! A BERT encoder on candle tensors, laid out for CPU speed: Q, K and V are one fused matmul
-//! against weights transposed once at load time, softmax/LayerNorm use candle's fused kernels,
+//! against weights transposed once at load time, attention runs per (sequence, head) straight
+//! from that matmul's rows ([`super::kernels::attention`]), LayerNorm uses candle's fused kernel,
 //! and layers are separate values so that models can run any slice of them (UniNLU runs the
 //! lower and upper halves on different inputs). Embeddings take explicit position and
 //! token-type ids.
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Storage, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
+use super::kernels::attention::{attention, Dims};
 use super::{ModelError, Result};
 
 /// The fields of `config.json` the encoder needs.
@@ -235,22 +237,19 @@ impl Layer {
     /// is masked (see [`additive_mask`]).
     pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
-        let (nh, dh) = (self.heads, h / self.heads);
         let x = x.reshape((b * t, h))?;
-        // One copy puts q, k and v head-major: [3, b, heads, t, dh].
-        let qkv = self
-            .qkv
-            .forward(&x)?
-            .reshape((b, t, 3, nh, dh))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-        let mut scores = q.matmul(&k.t()?)?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b * t, h))?;
+        let qkv = self.qkv.forward(&x)?;
+        let mask = mask
+            .map(|m| m.flatten_all()?.to_vec1::<f32>())
+            .transpose()?;
+        let dims = Dims {
+            batch: b,
+            len: t,
+            heads: self.heads,
+            head_dim: h / self.heads,
+        };
+        let context = with_f32_slice(&qkv, |qkv| attention(qkv, mask.as_deref(), dims))?;
+        let context = Tensor::from_vec(context, (b * t, h), &Device::Cpu)?;
         let x = self
             .attn_norm
             .forward(&(self.attn_out.forward(&context)? + &x)?)?;
@@ -260,6 +259,17 @@ impl Layer {
             .forward(&(self.output.forward(&inner)? + &x)?)?;
         Ok(y.reshape((b, t, h))?)
     }
+}
+
+/// Runs `f` on the f32 values of the contiguous CPU tensor `x`, without copying them.
+fn with_f32_slice<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = x.storage_and_layout();
+    let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
+        return Err(
+            candle_core::Error::Msg("attention needs a contiguous CPU tensor".into()).into(),
+        );
+    };
+    Ok(f(&cpu.as_slice::<f32>()?[start..end]))
 }
 
 /// Runs `x` through `layers` in order.

@@ -5,6 +5,7 @@ pub mod bert;
 pub mod download;
 pub mod embedder;
 pub mod files;
+pub mod kernels;
 pub mod pooling;
 pub mod tokenizer;
 pub mod uninlu;

@@ -1,0 +1,4 @@
+//! Hand-written CPU kernels for the spots where chaining candle ops costs copies and thread
+//! barriers (see docs/benchmarks.md, "Model engine").
+
+pub mod attention;
