@@ -12,6 +12,7 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::kernels::attention::{attention, Dims};
+use super::kernels::linear::{linear, Activation};
 use super::{ModelError, Result};
 
 /// The fields of `config.json` the encoder needs.
@@ -112,7 +113,17 @@ impl Linear {
 
     /// `x`: `[rows, in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(x.matmul(&self.w_t)?.broadcast_add(&self.b)?)
+        self.forward_then(x, Activation::None)
+    }
+
+    /// `act(x @ w_t + b)` in one output buffer ([`linear`]).
+    fn forward_then(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        let x = x.contiguous()?;
+        let (rows, _) = x.dims2()?;
+        let out = with_f32_slices(&[&x, &self.w_t, &self.b], |s| {
+            linear(s[0], s[1], s[2], rows, act)
+        })?;
+        Ok(Tensor::from_vec(out, (rows, self.b.dim(0)?), &Device::Cpu)?)
     }
 }
 
@@ -248,12 +259,12 @@ impl Layer {
             heads: self.heads,
             head_dim: h / self.heads,
         };
-        let context = with_f32_slice(&qkv, |qkv| attention(qkv, mask.as_deref(), dims))?;
+        let context = with_f32_slices(&[&qkv], |s| attention(s[0], mask.as_deref(), dims))?;
         let context = Tensor::from_vec(context, (b * t, h), &Device::Cpu)?;
         let x = self
             .attn_norm
             .forward(&(self.attn_out.forward(&context)? + &x)?)?;
-        let inner = self.intermediate.forward(&x)?.gelu_erf()?;
+        let inner = self.intermediate.forward_then(&x, Activation::GeluErf)?;
         let y = self
             .out_norm
             .forward(&(self.output.forward(&inner)? + &x)?)?;
@@ -261,15 +272,21 @@ impl Layer {
     }
 }
 
-/// Runs `f` on the f32 values of the contiguous CPU tensor `x`, without copying them.
-fn with_f32_slice<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (storage, layout) = x.storage_and_layout();
-    let (Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
-        return Err(
-            candle_core::Error::Msg("attention needs a contiguous CPU tensor".into()).into(),
-        );
-    };
-    Ok(f(&cpu.as_slice::<f32>()?[start..end]))
+/// Runs `f` on the f32 values of contiguous CPU tensors, without copying them.
+fn with_f32_slices<R>(xs: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Result<R> {
+    let guards: Vec<_> = xs.iter().map(|x| x.storage_and_layout()).collect();
+    let slices = guards
+        .iter()
+        .map(
+            |(storage, layout)| match (&**storage, layout.contiguous_offsets()) {
+                (Storage::Cpu(cpu), Some((start, end))) => Ok(&cpu.as_slice::<f32>()?[start..end]),
+                _ => Err(candle_core::Error::Msg(
+                    "the CPU kernels need contiguous CPU tensors".into(),
+                )),
+            },
+        )
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(f(&slices))
 }
 
 /// Runs `x` through `layers` in order.

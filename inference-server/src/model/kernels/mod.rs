@@ -2,3 +2,4 @@
 //! barriers (see docs/benchmarks.md, "Model engine").
 
 pub mod attention;
+pub mod linear;

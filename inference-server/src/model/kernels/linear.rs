@@ -1,0 +1,129 @@
+//! `x · w_t + b`, optionally followed by GELU (erf), in one output buffer: the bias is written
+//! first and gemm accumulates into it, and GELU runs in place, where candle's
+//! `matmul` + `broadcast_add` + `gelu_erf` makes two more passes and two more tensors.
+
+use candle_core::cpu::erf::erf_f32;
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+/// What follows the affine map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    None,
+    /// `0.5 x (1 + erf(x / √2))`, as candle's `gelu_erf` and PyTorch's exact GELU.
+    GeluErf,
+}
+
+/// `x`: `[rows, k]`, `w_t`: `[k, n]`, `b`: `[n]`, all row-major; returns `[rows, n]`.
+pub fn linear(x: &[f32], w_t: &[f32], b: &[f32], rows: usize, act: Activation) -> Vec<f32> {
+    let n = b.len();
+    assert!(n > 0, "empty bias");
+    let k = w_t.len() / n;
+    assert_eq!(w_t.len(), k * n, "weight size");
+    assert_eq!(x.len(), rows * k, "input size");
+    let mut out: Vec<f32> = Vec::with_capacity(rows * n);
+    for _ in 0..rows {
+        out.extend_from_slice(b);
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let parallelism = if threads > 1 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the three buffers hold exactly [rows, n], [rows, k] and [k, n] row-major values,
+    // as asserted above.
+    unsafe {
+        gemm(
+            rows,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w_t.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    if act == Activation::GeluErf {
+        out.par_chunks_mut(n).for_each(|r| {
+            for v in r {
+                *v = (erf_f32(*v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * *v;
+            }
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(x: &[f32], w_t: &[f32], b: &[f32], rows: usize, act: Activation) -> Vec<f32> {
+        let (k, n) = (x.len() / rows, b.len());
+        let mut out = Vec::with_capacity(rows * n);
+        for r in 0..rows {
+            for c in 0..n {
+                let v = b[c] as f64
+                    + (0..k)
+                        .map(|i| x[r * k + i] as f64 * w_t[i * n + c] as f64)
+                        .sum::<f64>();
+                out.push(match act {
+                    Activation::None => v,
+                    Activation::GeluErf => 0.5 * v * (1.0 + libm_erf(v / std::f64::consts::SQRT_2)),
+                } as f32);
+            }
+        }
+        out
+    }
+
+    /// erf in f64 by its Taylor series (|x| is small in these tests).
+    fn libm_erf(x: f64) -> f64 {
+        let (mut term, mut sum) = (x, x);
+        for n in 1..80 {
+            term *= -x * x / n as f64;
+            sum += term / (2 * n + 1) as f64;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7919 + seed * 104729) % 1000) as f32 / 500.0 - 1.0) * 0.5)
+            .collect()
+    }
+
+    #[test]
+    fn matches_the_definition_on_odd_shapes() {
+        for (rows, k, n) in [
+            (1, 1, 1),
+            (1, 7, 3),
+            (5, 13, 17),
+            (33, 70, 65),
+            (3, 384, 1536),
+        ] {
+            for act in [Activation::None, Activation::GeluErf] {
+                let (x, w, b) = (values(rows * k, 1), values(k * n, 2), values(n, 3));
+                let got = linear(&x, &w, &b, rows, act);
+                let want = naive(&x, &w, &b, rows, act);
+                let worst = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(worst < 1e-4, "{rows}x{k}x{n} {act:?}: max abs diff {worst}");
+            }
+        }
+    }
+}
