@@ -11,12 +11,17 @@
 //! When the API server tool is not built, [`api_server`] prints a visible `SKIP` line and returns
 //! `None`; with `NLU_REQUIRE_APISERVER=1` (CI) it panics instead, so the tier cannot pass unseen.
 
+#[cfg(feature = "apiserver")]
 mod apiserver;
+#[cfg(feature = "apiserver")]
 mod proxy;
 mod redis;
 mod skip;
+#[cfg(feature = "apiserver")]
 mod stand_in;
 
+#[cfg(feature = "apiserver")]
 pub use apiserver::{api_server, ApiServer};
+#[cfg(feature = "apiserver")]
 pub use proxy::{Call, ClusterProxy, RecordedRequest};
 pub use redis::RedisServer;

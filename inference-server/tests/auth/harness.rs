@@ -2,7 +2,6 @@
 //! in front of trivial model routes.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -17,96 +16,18 @@ use nlu_crds::access::jwks::jwk_set;
 use nlu_crds::access::{Claims, RedisKeys, SigningKey, TenantRecord, TokenRequest};
 use nlu_server::auth::{Auth, AuthArgs, Tenant};
 use prometheus_client::registry::Registry;
+use nlu_testkit::RedisServer;
 use tokio::net::TcpListener;
 
-/// A `redis-server` on a free loopback port, without persistence; killed on drop.
-pub struct RedisProcess {
-    pub port: u16,
-    child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl RedisProcess {
-    pub fn start() -> Self {
-        let mut redis = RedisProcess {
-            port: free_port(),
-            child: None,
-        };
-        redis.restart();
-        redis
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// Starts it (again) on the same port and waits until it answers.
-    pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install -y redis-server)");
-        // Also stop it if this test process dies without running destructors (the watchdog
-        // outlives the test by design, so nobody waits for it).
-        #[allow(clippy::zombie_processes)]
-        Command::new("sh")
-            .args([
-                "-c",
-                &format!(
-                    "while kill -0 {} 2>/dev/null; do sleep 1; done; kill {} 2>/dev/null",
-                    std::process::id(),
-                    child.id()
-                ),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for RedisProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// A real `redis-server` for the tests that stop and restart it.
+pub fn redis() -> RedisServer {
+    RedisServer::start().expect("the auth tests need redis-server (apt-get install -y redis-server)")
 }
 
 /// The Redis shared by the tests that never kill it (tests keep apart by key prefix).
-pub fn shared_redis() -> &'static RedisProcess {
-    static REDIS: OnceLock<RedisProcess> = OnceLock::new();
-    REDIS.get_or_init(RedisProcess::start)
+pub fn shared_redis() -> &'static RedisServer {
+    static REDIS: OnceLock<RedisServer> = OnceLock::new();
+    REDIS.get_or_init(redis)
 }
 
 /// A prefix no other test uses.

@@ -8,7 +8,7 @@ use crate::harness::*;
 
 #[tokio::test]
 async fn fail_closed_refuses_and_turns_unready_until_redis_returns() {
-    let mut redis = RedisProcess::start();
+    let mut redis = redis();
     let keys = Keys::new();
     let prefix = unique_prefix();
     let tenant = "team-a/steady";
@@ -30,7 +30,7 @@ async fn fail_closed_refuses_and_turns_unready_until_redis_returns() {
         StatusCode::OK
     );
 
-    redis.kill();
+    redis.stop();
     let response = server.call("/embed", Some(&token)).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(response.headers().contains_key("retry-after"));
@@ -58,7 +58,7 @@ async fn fail_closed_refuses_and_turns_unready_until_redis_returns() {
 
 #[tokio::test]
 async fn fail_open_serves_within_the_local_limit_while_redis_is_down() {
-    let mut redis = RedisProcess::start();
+    let mut redis = redis();
     let keys = Keys::new();
     let prefix = unique_prefix();
     let tenant = "team-a/lenient";
@@ -92,7 +92,7 @@ async fn fail_open_serves_within_the_local_limit_while_redis_is_down() {
         StatusCode::OK
     );
 
-    redis.kill();
+    redis.stop();
     let mut statuses = Vec::new();
     for _ in 0..5 {
         statuses.push(server.call("/embed", Some(&token)).await.status());

@@ -23,7 +23,9 @@ use nlu_operator::tenant::signing_key::KeyRing;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::harness::{FakeApi, Redis};
+use nlu_testkit::RedisServer;
+
+use crate::harness::{redis_conn, FakeApi};
 
 pub const NS: &str = "team";
 
@@ -36,7 +38,7 @@ pub fn secret_path(name: &str) -> String {
 }
 
 pub struct Env {
-    pub redis: Redis,
+    pub redis: RedisServer,
     pub api: FakeApi,
     pub client: kube::Client,
     pub ring: watch::Sender<Arc<KeyRing>>,
@@ -46,7 +48,7 @@ pub struct Env {
 
 impl Env {
     pub async fn new() -> Self {
-        let redis = Redis::start();
+        let redis = crate::harness::redis();
         let (client, api) = FakeApi::start();
         let (ring, _) = watch::channel(Arc::new(KeyRing::generate()));
         let (_, services) = reflector::store();
@@ -204,7 +206,7 @@ impl Env {
             .arg(service)
             .arg(USAGE_TTL_SECS)
             .arg(rand_nonce())
-            .invoke(&mut self.redis.conn())
+            .invoke(&mut redis_conn(&self.redis))
             .unwrap();
         QuotaOutcome::from_reply(&reply).unwrap()
     }
@@ -232,7 +234,7 @@ fn rand_nonce() -> u64 {
 
 async fn context(
     client: &kube::Client,
-    redis: &Redis,
+    redis: &RedisServer,
     ring: &watch::Sender<Arc<KeyRing>>,
     services: &Writer<NluService>,
 ) -> Arc<TenantContext> {

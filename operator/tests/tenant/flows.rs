@@ -17,6 +17,7 @@ use nlu_operator::tenant::{controller, FINALIZER};
 use redis::Commands;
 use serde_json::json;
 
+use crate::harness::redis_conn;
 use crate::env::{claims_of, secret_path, tenant_path, Env, Refused, NS};
 
 fn acme() -> QualifiedName {
@@ -24,8 +25,7 @@ fn acme() -> QualifiedName {
 }
 
 fn record(env: &Env) -> HashMap<String, String> {
-    env.redis
-        .conn()
+    redis_conn(&env.redis)
         .hgetall(RedisKeys::default().tenant(&acme()))
         .unwrap()
 }
@@ -319,7 +319,7 @@ async fn deletion_removes_the_redis_keys_and_retries_while_redis_is_down() {
     env.server_decision(&token, "team/gte", Scope::Embed)
         .unwrap();
     let keys = |env: &Env| -> Vec<String> {
-        let mut k: Vec<String> = env.redis.conn().keys("nlu:*").unwrap();
+        let mut k: Vec<String> = redis_conn(&env.redis).keys("nlu:*").unwrap();
         k.sort();
         k
     };
@@ -364,7 +364,7 @@ async fn deletion_removes_the_redis_keys_and_retries_while_redis_is_down() {
     // Redis returns. It runs without persistence, so put the keys back as a persistent Redis
     // would still hold them: the point is that cleanup now runs and removes them.
     env.redis.restart();
-    let mut conn = env.redis.conn();
+    let mut conn = redis_conn(&env.redis);
     for k in &acme_keys {
         let _: () = conn.set(k, "1").unwrap();
     }
