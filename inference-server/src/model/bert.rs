@@ -113,15 +113,22 @@ impl Linear {
 
     /// `x`: `[rows, in]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_then(x, Activation::None)
+        self.forward_then(x, None, Activation::None)
     }
 
-    /// `act(x @ w_t + b)` in one output buffer ([`linear`]).
-    fn forward_then(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+    /// `act(x @ w_t + b + residual)` in one output buffer ([`linear`]).
+    fn forward_then(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        act: Activation,
+    ) -> Result<Tensor> {
         let x = x.contiguous()?;
         let (rows, _) = x.dims2()?;
-        let out = with_f32_slices(&[&x, &self.w_t, &self.b], |s| {
-            linear(s[0], s[1], s[2], rows, act)
+        let mut inputs = vec![&x, &self.w_t, &self.b];
+        inputs.extend(residual);
+        let out = with_f32_slices(&inputs, |s| {
+            linear(s[0], s[1], s[2], s.get(3).copied(), rows, act)
         })?;
         Ok(Tensor::from_vec(out, (rows, self.b.dim(0)?), &Device::Cpu)?)
     }
@@ -261,13 +268,19 @@ impl Layer {
         };
         let context = with_f32_slices(&[&qkv], |s| attention(s[0], mask.as_deref(), dims))?;
         let context = Tensor::from_vec(context, (b * t, h), &Device::Cpu)?;
-        let x = self
-            .attn_norm
-            .forward(&(self.attn_out.forward(&context)? + &x)?)?;
-        let inner = self.intermediate.forward_then(&x, Activation::GeluErf)?;
-        let y = self
-            .out_norm
-            .forward(&(self.output.forward(&inner)? + &x)?)?;
+        let x = self.attn_norm.forward(&self.attn_out.forward_then(
+            &context,
+            Some(&x),
+            Activation::None,
+        )?)?;
+        let inner = self
+            .intermediate
+            .forward_then(&x, None, Activation::GeluErf)?;
+        let y = self.out_norm.forward(&self.output.forward_then(
+            &inner,
+            Some(&x),
+            Activation::None,
+        )?)?;
         Ok(y.reshape((b, t, h))?)
     }
 }

@@ -1,6 +1,7 @@
-//! `x · w_t + b`, optionally followed by GELU (erf), in one output buffer: the bias is written
-//! first and gemm accumulates into it, and GELU runs in place, where candle's
-//! `matmul` + `broadcast_add` + `gelu_erf` makes two more passes and two more tensors.
+//! `x · w_t + b (+ residual)`, optionally followed by GELU (erf), in one output buffer: the
+//! bias (plus the residual) is written first and gemm accumulates into it, and GELU runs in
+//! place, where candle's `matmul` + `broadcast_add` + `add` / `gelu_erf` makes more passes and
+//! more tensors.
 
 use candle_core::cpu::erf::erf_f32;
 use gemm::{gemm, Parallelism};
@@ -14,16 +15,25 @@ pub enum Activation {
     GeluErf,
 }
 
-/// `x`: `[rows, k]`, `w_t`: `[k, n]`, `b`: `[n]`, all row-major; returns `[rows, n]`.
-pub fn linear(x: &[f32], w_t: &[f32], b: &[f32], rows: usize, act: Activation) -> Vec<f32> {
+/// `x`: `[rows, k]`, `w_t`: `[k, n]`, `b`: `[n]`, `residual`: `[rows, n]`, all row-major;
+/// returns `act(x · w_t + b + residual)`, `[rows, n]`.
+pub fn linear(
+    x: &[f32],
+    w_t: &[f32],
+    b: &[f32],
+    residual: Option<&[f32]>,
+    rows: usize,
+    act: Activation,
+) -> Vec<f32> {
     let n = b.len();
     assert!(n > 0, "empty bias");
     let k = w_t.len() / n;
     assert_eq!(w_t.len(), k * n, "weight size");
     assert_eq!(x.len(), rows * k, "input size");
-    let mut out: Vec<f32> = Vec::with_capacity(rows * n);
-    for _ in 0..rows {
-        out.extend_from_slice(b);
+    let mut out = b.repeat(rows);
+    if let Some(res) = residual {
+        assert_eq!(res.len(), rows * n, "residual size");
+        out.iter_mut().zip(res).for_each(|(o, r)| *o += r);
     }
     let threads = candle_core::utils::get_num_threads();
     let parallelism = if threads > 1 {
@@ -70,12 +80,20 @@ pub fn linear(x: &[f32], w_t: &[f32], b: &[f32], rows: usize, act: Activation) -
 mod tests {
     use super::*;
 
-    fn naive(x: &[f32], w_t: &[f32], b: &[f32], rows: usize, act: Activation) -> Vec<f32> {
+    fn naive(
+        x: &[f32],
+        w_t: &[f32],
+        b: &[f32],
+        residual: Option<&[f32]>,
+        rows: usize,
+        act: Activation,
+    ) -> Vec<f32> {
         let (k, n) = (x.len() / rows, b.len());
         let mut out = Vec::with_capacity(rows * n);
         for r in 0..rows {
             for c in 0..n {
                 let v = b[c] as f64
+                    + residual.map_or(0.0, |res| res[r * n + c] as f64)
                     + (0..k)
                         .map(|i| x[r * k + i] as f64 * w_t[i * n + c] as f64)
                         .sum::<f64>();
@@ -113,16 +131,25 @@ mod tests {
             (33, 70, 65),
             (3, 384, 1536),
         ] {
-            for act in [Activation::None, Activation::GeluErf] {
+            let res = values(rows * n, 4);
+            for (act, residual) in [
+                (Activation::None, None),
+                (Activation::GeluErf, None),
+                (Activation::None, Some(res.as_slice())),
+            ] {
                 let (x, w, b) = (values(rows * k, 1), values(k * n, 2), values(n, 3));
-                let got = linear(&x, &w, &b, rows, act);
-                let want = naive(&x, &w, &b, rows, act);
+                let got = linear(&x, &w, &b, residual, rows, act);
+                let want = naive(&x, &w, &b, residual, rows, act);
                 let worst = got
                     .iter()
                     .zip(&want)
                     .map(|(a, b)| (a - b).abs())
                     .fold(0.0, f32::max);
-                assert!(worst < 1e-4, "{rows}x{k}x{n} {act:?}: max abs diff {worst}");
+                assert!(
+                    worst < 1e-4,
+                    "{rows}x{k}x{n} {act:?} residual {}: max abs diff {worst}",
+                    residual.is_some()
+                );
             }
         }
     }
