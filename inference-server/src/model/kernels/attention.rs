@@ -23,6 +23,13 @@ struct Out(*mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
+impl Out {
+    /// Through a method, so that closures capture the whole (`Sync`) value, not its pointer.
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
 /// `qkv`: `[batch * len, 3 * hidden]`, rows `[q | k | v]` with q already scaled by
 /// `1/sqrt(head_dim)`; `mask`: additive, `[batch, len]` over keys. Returns the context
 /// `softmax(q kᵀ + mask) v`, `[batch * len, hidden]`.
@@ -47,7 +54,6 @@ pub fn attention(qkv: &[f32], mask: Option<&[f32]>, d: Dims) -> Vec<f32> {
             let (b, j) = (task / heads, task % heads);
             let q = &qkv[b * t * row + j * dh..];
             let (k, v) = (&q[h..], &q[2 * h..]);
-            let dst = dst;
             // SAFETY: every read stays inside `qkv` (row `b*t + t-1`, column below 3h);
             // every write goes to rows b*t.. b*t+t-1, columns j*dh.. j*dh+dh-1 of `out`,
             // which no other task touches; `out` outlives the parallel loop.
@@ -85,7 +91,7 @@ pub fn attention(qkv: &[f32], mask: Option<&[f32]>, d: Dims) -> Vec<f32> {
                     t,
                     dh,
                     t,
-                    dst.0.add(b * t * h + j * dh),
+                    dst.at(b * t * h + j * dh),
                     1,
                     h as isize,
                     false,
