@@ -259,20 +259,8 @@ async fn deleting_an_nluservice_removes_its_children() {
         "the children of NluService doomed",
         Duration::from_secs(120),
         || async {
-            let present = cluster.api::<Deployment>().get_opt(name).await?.is_some()
-                && cluster.api::<Service>().get_opt(name).await?.is_some()
-                && cluster.api::<Ingress>().get_opt(name).await?.is_some()
-                && cluster
-                    .api::<HorizontalPodAutoscaler>()
-                    .get_opt(name)
-                    .await?
-                    .is_some()
-                && cluster
-                    .api::<NetworkPolicy>()
-                    .get_opt(name)
-                    .await?
-                    .is_some();
-            Ok(present.then_some(()))
+            let present = children_present(&cluster, name).await?;
+            Ok(present.iter().all(|&p| p).then_some(()))
         },
     )
     .await
@@ -284,22 +272,30 @@ async fn deleting_an_nluservice_removes_its_children() {
         Duration::from_secs(120),
         || async {
             let gone = cluster.api::<NluService>().get_opt(name).await?.is_none()
-                && cluster.api::<Deployment>().get_opt(name).await?.is_none()
-                && cluster.api::<Service>().get_opt(name).await?.is_none()
-                && cluster.api::<Ingress>().get_opt(name).await?.is_none()
-                && cluster
-                    .api::<HorizontalPodAutoscaler>()
-                    .get_opt(name)
-                    .await?
-                    .is_none()
-                && cluster
-                    .api::<NetworkPolicy>()
-                    .get_opt(name)
-                    .await?
-                    .is_none();
+                && !children_present(&cluster, name).await?.contains(&true);
             Ok(gone.then_some(()))
         },
     )
     .await
     .unwrap();
+}
+
+/// Whether each child kind an NluService with Ingress and autoscaling owns exists: Deployment,
+/// Service, Ingress, HPA, NetworkPolicy.
+async fn children_present(cluster: &Cluster, name: &str) -> kube::Result<[bool; 5]> {
+    Ok([
+        cluster.api::<Deployment>().get_opt(name).await?.is_some(),
+        cluster.api::<Service>().get_opt(name).await?.is_some(),
+        cluster.api::<Ingress>().get_opt(name).await?.is_some(),
+        cluster
+            .api::<HorizontalPodAutoscaler>()
+            .get_opt(name)
+            .await?
+            .is_some(),
+        cluster
+            .api::<NetworkPolicy>()
+            .get_opt(name)
+            .await?
+            .is_some(),
+    ])
 }
