@@ -198,7 +198,7 @@ def check_secure_pods(checks: Checks, origin: str, objects: list[dict]) -> None:
 def operator_flags() -> set[str]:
     """Long flags the operator's CLI defines (`#[arg(long ...)]` fields of operator/src/config.rs)."""
     source = (ROOT / "operator" / "src" / "config.rs").read_text()
-    fields = re.findall(r"#\[arg\(long[^\]]*\]\s*(?:#\[[^\]]*\]\s*)*pub (\w+):", source)
+    fields = re.findall(r"#\[arg\(\s*long[^\]]*\]\s*(?:#\[[^\]]*\]\s*)*pub (\w+):", source)
     return {"--" + f.replace("_", "-") for f in fields}
 
 
