@@ -19,7 +19,8 @@ if [ "${NLU_SKIP_INSTALL:-0}" != 1 ]; then
   command -v curl >/dev/null || missing+=(curl)
   # The playground's browser test drives the system Chromium (never a downloaded browser);
   # CJK fonts only make its screenshots legible.
-  [ -x /usr/bin/chromium ] || missing+=(chromium fonts-noto-cjk)
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  dpkg -s fonts-noto-cjk >/dev/null 2>&1 || missing+=(fonts-noto-cjk)
   python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
   if [ ${#missing[@]} -gt 0 ]; then
     sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
