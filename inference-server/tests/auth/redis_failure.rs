@@ -62,16 +62,12 @@ async fn fail_open_serves_within_the_local_limit_while_redis_is_down() {
     let keys = Keys::new();
     let prefix = unique_prefix();
     let tenant = "team-a/lenient";
-    put_record(
-        &redis.url(),
-        &prefix,
-        tenant,
-        &TenantRecord {
-            requests_per_minute: 1000,
-            ..open_record()
-        },
-    )
-    .await;
+    // Written again after the restart: the restarted Redis is empty.
+    let record = TenantRecord {
+        requests_per_minute: 1000,
+        ..open_record()
+    };
+    put_record(&redis.url(), &prefix, tenant, &record).await;
     let args = auth_args(
         &redis.url(),
         &keys.jwks_path(),
@@ -113,16 +109,7 @@ async fn fail_open_serves_within_the_local_limit_while_redis_is_down() {
     assert_eq!(metric_value(&metrics, "nlu_quota_backend_errors_total"), 5);
 
     redis.restart();
-    put_record(
-        &redis.url(),
-        &prefix,
-        tenant,
-        &TenantRecord {
-            requests_per_minute: 1000,
-            ..open_record()
-        },
-    )
-    .await;
+    put_record(&redis.url(), &prefix, tenant, &record).await;
     eventually(10, "Redis limits apply again", || async {
         let r = server.call("/embed", Some(&token)).await;
         r.status() == StatusCode::OK
