@@ -1,0 +1,499 @@
+//! `out += x · W` in bf16 on AMX tiles with f32 accumulation (the `--dtype bf16` path).
+//!
+//! AMX intrinsics are unstable in Rust, so the tile instructions are inline asm. `W` is converted
+//! and arranged once at load time ([`PackedWeights`]); `x` is converted per call into the same
+//! tile order, so every tile load reads 1 KiB of contiguous memory (64-byte stride), which the
+//! hardware prefetchers follow. Each output block of 32 x 32 f32 lives in four accumulator tiles
+//! (tmm0-3) for a whole K chunk; tmm4-5 hold A (16 rows x 32 bf16), tmm6-7 hold B (16 k-pairs x
+//! 16 columns x 2, the VNNI order `tdpbf16ps` wants).
+
+use std::arch::asm;
+use std::arch::x86_64::{
+    __cpuid_count, __m512i, _mm512_cvtne2ps_pbh, _mm512_maskz_loadu_ps, _mm512_storeu_si512,
+};
+use std::sync::OnceLock;
+
+use half::bf16;
+use rayon::prelude::*;
+
+/// Rows of a tile, and k-pairs of a B tile.
+const TILE_ROWS: usize = 16;
+/// bf16 values in a tile row (64 bytes): the k extent of one `tdpbf16ps`.
+const TILE_K: usize = 32;
+/// bf16 values in one tile (1 KiB).
+const TILE_ELEMS: usize = TILE_ROWS * TILE_K;
+/// Rows and columns of the output block held in the four accumulator tiles.
+const BLOCK: usize = 2 * TILE_ROWS;
+/// Output blocks per task, in rows and in columns: a task's A rows and B columns of one K chunk
+/// stay in L2 while it walks its blocks.
+const TASK_ROW_BLOCKS: usize = 4;
+const TASK_COL_BLOCKS: usize = 8;
+/// K steps (of [`TILE_K`]) per chunk: bounds what a task touches per pass over its blocks.
+const CHUNK_K_STEPS: usize = 8;
+/// Below this many multiply-adds the work runs on the calling thread: a rayon fan-out costs
+/// more than it saves.
+const SERIAL_MACS: usize = 1 << 23;
+
+/// True when the CPU has AMX-BF16 (and AVX-512 BF16, used to convert `x`) and the kernel granted
+/// this process the tile-data state. Checked once.
+pub fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(detect)
+}
+
+fn detect() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    const AMX_BF16: u32 = 1 << 22;
+    const AMX_TILE: u32 = 1 << 24;
+    if !std::arch::is_x86_feature_detected!("avx512bf16") {
+        return false;
+    }
+    // Leaf 7 exists: AVX-512 BF16 is reported there.
+    let leaf7 = __cpuid_count(7, 0);
+    if leaf7.edx & (AMX_BF16 | AMX_TILE) != AMX_BF16 | AMX_TILE {
+        return false;
+    }
+    // Linux hands out the 8 KiB tile state only on request; the request fails where the kernel
+    // or the hypervisor does not enable it in XCR0, which is the OS-support check.
+    // SAFETY: arch_prctl with these arguments only changes this process's permitted xfeatures.
+    unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        ) == 0
+    }
+}
+
+/// `W` (`[k, n]`) in bf16, in tile order: for each 16-column tile, for each 32-deep K step, one
+/// 1 KiB B tile whose row `p` holds `(W[2p][c], W[2p + 1][c])` for its 16 columns `c`. Zero-padded
+/// to whole tiles and to an even number of column tiles.
+pub struct PackedWeights {
+    k: usize,
+    n: usize,
+    k_steps: usize,
+    data: Vec<u16>,
+}
+
+impl PackedWeights {
+    /// `w_t`: `[k, n]` row-major f32, rounded to the nearest bf16 (ties to even).
+    pub fn pack(w_t: &[f32], k: usize, n: usize) -> Self {
+        assert!(k > 0 && n > 0, "empty weight");
+        assert_eq!(w_t.len(), k * n, "weight size");
+        let k_steps = k.div_ceil(TILE_K);
+        let col_tiles = n.div_ceil(BLOCK) * 2;
+        let mut data = vec![0u16; col_tiles * k_steps * TILE_ELEMS];
+        for (kk, row) in w_t.chunks_exact(n).enumerate() {
+            let (step, pair, half) = (kk / TILE_K, kk % TILE_K / 2, kk % 2);
+            for (c, &v) in row.iter().enumerate() {
+                let tile = c / TILE_ROWS * k_steps + step;
+                data[tile * TILE_ELEMS + pair * TILE_K + c % TILE_ROWS * 2 + half] =
+                    bf16::from_f32(v).to_bits();
+            }
+        }
+        Self {
+            k,
+            n,
+            k_steps,
+            data,
+        }
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+}
+
+/// `out[rows, n] += x[rows, k] · W`, `x` rounded to bf16, products summed in f32.
+/// Panics when [`available`] is false or the sizes disagree.
+pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f32]) {
+    assert!(
+        available(),
+        "AMX-BF16 matmul called on a CPU or kernel without AMX-BF16 tiles (check amx::available())"
+    );
+    let (k, n) = (w.k, w.n);
+    assert_eq!(x.len(), rows * k, "input size");
+    assert_eq!(out.len(), rows * n, "output size");
+    if rows == 0 {
+        return;
+    }
+    let a = pack_rows(x, rows, k, w.k_steps);
+    let row_groups = rows.div_ceil(BLOCK * TASK_ROW_BLOCKS);
+    let col_groups = n.div_ceil(BLOCK * TASK_COL_BLOCKS);
+    let out = OutPtr(out.as_mut_ptr());
+    let job = Job {
+        a: &a,
+        w,
+        rows,
+        out,
+    };
+    let task = |t: usize| job.run(t / col_groups, t % col_groups);
+    if rows * k * n < SERIAL_MACS || rayon::current_num_threads() == 1 {
+        (0..row_groups * col_groups).for_each(task);
+    } else {
+        (0..row_groups * col_groups).into_par_iter().for_each(task);
+    }
+}
+
+/// `x` in bf16, in tile order: for each 16-row tile, for each K step, one 1 KiB A tile.
+/// Zero-padded to whole tiles and to an even number of row tiles (one output block).
+fn pack_rows(x: &[f32], rows: usize, k: usize, k_steps: usize) -> Vec<u16> {
+    let row_tiles = rows.div_ceil(BLOCK) * 2;
+    let mut a = vec![0u16; row_tiles * k_steps * TILE_ELEMS];
+    let tile_rows = k_steps * TILE_ELEMS;
+    let pack_tile = |(t, dst): (usize, &mut [u16])| {
+        for r in 0..TILE_ROWS.min(rows.saturating_sub(t * TILE_ROWS)) {
+            let src = &x[(t * TILE_ROWS + r) * k..][..k];
+            for step in 0..k_steps {
+                let part = &src[step * TILE_K..(step * TILE_K + TILE_K).min(k)];
+                let at = (step * TILE_ROWS + r) * TILE_K;
+                // SAFETY: `available()` (asserted by the caller) implies AVX-512 BF16.
+                unsafe { to_bf16(part, (&mut dst[at..at + TILE_K]).try_into().unwrap()) };
+            }
+        }
+    };
+    if rows * k < SERIAL_MACS / 64 {
+        a.chunks_mut(tile_rows).enumerate().for_each(pack_tile);
+    } else {
+        a.par_chunks_mut(tile_rows).enumerate().for_each(pack_tile);
+    }
+    a
+}
+
+/// Rounds up to 32 values to bf16 (nearest, ties to even) and zero-fills the rest of `dst`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn to_bf16(src: &[f32], dst: &mut [u16; TILE_K]) {
+    let len = src.len();
+    debug_assert!(len <= TILE_K);
+    let mask = |from: usize| (((1u64 << len.clamp(from, from + 16)) >> from) - 1) as u16;
+    // SAFETY: the masks cover only the first `len` values of `src`; `dst` holds 64 bytes.
+    unsafe {
+        let lo = _mm512_maskz_loadu_ps(mask(0), src.as_ptr());
+        let hi = _mm512_maskz_loadu_ps(mask(16), src.as_ptr().wrapping_add(16));
+        let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_storeu_si512(dst.as_mut_ptr().cast(), v);
+    }
+}
+
+/// The output pointer shared by the tasks, which write disjoint blocks.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes only its own output blocks.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+struct Job<'a> {
+    a: &'a [u16],
+    w: &'a PackedWeights,
+    rows: usize,
+    out: OutPtr,
+}
+
+impl Job<'_> {
+    /// One task: the output blocks of row group `rg` and column group `cg`, K chunk by K chunk.
+    fn run(&self, rg: usize, cg: usize) {
+        let (n, k_steps) = (self.w.n, self.w.k_steps);
+        let row_blocks =
+            rg * TASK_ROW_BLOCKS..((rg + 1) * TASK_ROW_BLOCKS).min(self.rows.div_ceil(BLOCK));
+        let col_blocks = cg * TASK_COL_BLOCKS..((cg + 1) * TASK_COL_BLOCKS).min(n.div_ceil(BLOCK));
+        let tile_stream = k_steps * TILE_ELEMS;
+        let _tiles = Tiles::configure();
+        for step in (0..k_steps).step_by(CHUNK_K_STEPS) {
+            let steps = CHUNK_K_STEPS.min(k_steps - step);
+            for rb in row_blocks.clone() {
+                let a0 = &self.a[2 * rb * tile_stream + step * TILE_ELEMS..];
+                for cb in col_blocks.clone() {
+                    let b0 = &self.w.data[2 * cb * tile_stream + step * TILE_ELEMS..];
+                    let (r0, c0) = (rb * BLOCK, cb * BLOCK);
+                    let (h, w) = (BLOCK.min(self.rows - r0), BLOCK.min(n - c0));
+                    // SAFETY: `a0` and `b0` start two tile streams of `k_steps` tiles each, and
+                    // `steps` stays within them; the output block is either whole inside `out`
+                    // (row stride `n`) or goes through the scratch block.
+                    unsafe {
+                        let c = self.out.0.add(r0 * n + c0);
+                        if h == BLOCK && w == BLOCK {
+                            block(c, n, a0.as_ptr(), b0.as_ptr(), tile_stream, steps);
+                        } else {
+                            let mut scratch = [0f32; BLOCK * BLOCK];
+                            for r in 0..h {
+                                std::ptr::copy_nonoverlapping(
+                                    c.add(r * n),
+                                    scratch[r * BLOCK..].as_mut_ptr(),
+                                    w,
+                                );
+                            }
+                            block(
+                                scratch.as_mut_ptr(),
+                                BLOCK,
+                                a0.as_ptr(),
+                                b0.as_ptr(),
+                                tile_stream,
+                                steps,
+                            );
+                            for r in 0..h {
+                                std::ptr::copy_nonoverlapping(
+                                    scratch[r * BLOCK..].as_ptr(),
+                                    c.add(r * n),
+                                    w,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// This thread's tile configuration, for the life of the value: eight tiles of 16 rows x 64
+/// bytes (palette 1). The configuration and the tile state are per thread.
+struct Tiles;
+
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    bytes_per_row: [u16; 16],
+    rows: [u8; 16],
+}
+
+impl Tiles {
+    fn configure() -> Self {
+        let mut config = TileConfig {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            bytes_per_row: [0; 16],
+            rows: [0; 16],
+        };
+        config.bytes_per_row[..8].fill(64);
+        config.rows[..8].fill(TILE_ROWS as u8);
+        // SAFETY: a valid palette-1 configuration; the tile state was granted by `available()`.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly)) };
+        Tiles
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        // SAFETY: returns the tiles to their initial state, which also lets the kernel skip
+        // saving 8 KiB on context switches.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+}
+
+/// `c[32 x 32] += A · B` over `steps` K steps: `a` and `a + stream` are the two A tile streams
+/// (rows 0-15 and 16-31), `b` and `b + stream` the two B tile streams (columns 0-15 and
+/// 16-31), each advancing 1 KiB per step; `c` has a row stride of `ldc` f32.
+///
+/// # Safety
+/// Tiles configured by [`Tiles`]; the pointers valid for `steps` tiles and 32 rows of `c`.
+#[inline]
+unsafe fn block(
+    c: *mut f32,
+    ldc: usize,
+    a: *const u16,
+    b: *const u16,
+    stream: usize,
+    steps: usize,
+) {
+    debug_assert!(steps > 0);
+    let c_stride = ldc * 4;
+    // SAFETY: per the contract above; tmm0-7 are not used by compiled code.
+    unsafe {
+        asm!(
+            "tileloadd tmm0, [{c} + {cs} * 1]",
+            "tileloadd tmm1, [{c} + {cs} * 1 + 64]",
+            "tileloadd tmm2, [{c2} + {cs} * 1]",
+            "tileloadd tmm3, [{c2} + {cs} * 1 + 64]",
+            "2:",
+            "tileloadd tmm4, [{a0} + {s} * 1]",
+            "tileloadd tmm6, [{b0} + {s} * 1]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b1} + {s} * 1]",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a1} + {s} * 1]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a0}, 1024",
+            "add {a1}, 1024",
+            "add {b0}, 1024",
+            "add {b1}, 1024",
+            "dec {n}",
+            "jnz 2b",
+            "tilestored [{c} + {cs} * 1], tmm0",
+            "tilestored [{c} + {cs} * 1 + 64], tmm1",
+            "tilestored [{c2} + {cs} * 1], tmm2",
+            "tilestored [{c2} + {cs} * 1 + 64], tmm3",
+            c = in(reg) c,
+            c2 = in(reg) c.add(TILE_ROWS * ldc),
+            cs = in(reg) c_stride,
+            s = in(reg) 64usize,
+            a0 = inout(reg) a => _,
+            a1 = inout(reg) a.add(stream) => _,
+            b0 = inout(reg) b => _,
+            b1 = inout(reg) b.add(stream) => _,
+            n = inout(reg) steps => _,
+            options(nostack),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7919 + seed * 104729) % 1999) as f32 / 999.5 - 1.0) * 0.7)
+            .collect()
+    }
+
+    fn skip() -> bool {
+        if !available() {
+            eprintln!("skipping: CPU has no AMX-BF16 (or the kernel refused the tile state)");
+        }
+        !available()
+    }
+
+    /// `out + x · W` in f64 on the bf16-rounded inputs, and the bound the f32 accumulation may
+    /// stray from it: a small multiple of the f32 epsilon times the sum of |terms|.
+    fn reference(x: &[f32], w: &[f32], out: &[f32], rows: usize) -> (Vec<f64>, Vec<f64>) {
+        let round = |v: f32| bf16::from_f32(v).to_f64();
+        let (k, n) = (x.len() / rows, out.len() / rows);
+        let (mut want, mut bound) = (Vec::new(), Vec::new());
+        for r in 0..rows {
+            for c in 0..n {
+                let terms = (0..k).map(|i| round(x[r * k + i]) * round(w[i * n + c]));
+                let (sum, abs) = terms.fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()));
+                let prior = out[r * n + c] as f64;
+                want.push(prior + sum);
+                bound.push(1e-5 * (abs + prior.abs()) + 1e-6);
+            }
+        }
+        (want, bound)
+    }
+
+    #[test]
+    fn matches_the_definition_on_odd_shapes() {
+        if skip() {
+            return;
+        }
+        for (rows, k, n) in [
+            (1, 1, 1),
+            (1, 7, 3),
+            (5, 33, 17),
+            (33, 70, 65),
+            (16, 64, 32),
+            (64, 300, 96),
+            (17, 768, 2304),
+            (130, 3072, 768),
+        ] {
+            let (x, w) = (values(rows * k, 1), values(k * n, 2));
+            let prior = values(rows * n, 3);
+            let mut out = prior.clone();
+            matmul_accumulate(&x, rows, &PackedWeights::pack(&w, k, n), &mut out);
+            let (want, bound) = reference(&x, &w, &prior, rows);
+            for (i, ((got, want), bound)) in out.iter().zip(&want).zip(&bound).enumerate() {
+                assert!(
+                    (*got as f64 - want).abs() <= *bound,
+                    "{rows}x{k}x{n} at ({}, {}): got {got}, want {want} ± {bound}",
+                    i / n,
+                    i % n
+                );
+            }
+        }
+    }
+
+    /// Small integers are exact in bf16 and their sums exact in f32, so the result must equal
+    /// the integer arithmetic exactly, including the values `out` held before.
+    #[test]
+    fn adds_to_what_the_output_held() {
+        if skip() {
+            return;
+        }
+        let (rows, k, n) = (40, 96, 48);
+        let int = |len: usize, seed: usize| -> Vec<i64> {
+            (0..len)
+                .map(|i| ((i * 37 + seed * 11) % 15) as i64 - 7)
+                .collect()
+        };
+        let (x, w, prior) = (int(rows * k, 1), int(k * n, 2), int(rows * n, 3));
+        let float = |v: &[i64]| v.iter().map(|&v| v as f32).collect::<Vec<_>>();
+        let mut out = float(&prior);
+        matmul_accumulate(
+            &float(&x),
+            rows,
+            &PackedWeights::pack(&float(&w), k, n),
+            &mut out,
+        );
+        for r in 0..rows {
+            for c in 0..n {
+                let dot: i64 = (0..k).map(|i| x[r * k + i] * w[i * n + c]).sum();
+                assert_eq!(
+                    out[r * n + c],
+                    (prior[r * n + c] + dot) as f32,
+                    "at ({r}, {c})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rounds_inputs_to_nearest_even_bf16() {
+        if skip() {
+            return;
+        }
+        // 1 + 2^-8 lies halfway between two bf16 values: ties go to the even one (1.0);
+        // 1 + 3·2^-9 rounds up to 1 + 2^-7.
+        for (v, want) in [
+            (1.0 + 1.0 / 256.0, 1.0),
+            (1.0 + 3.0 / 512.0, 1.0 + 1.0 / 128.0),
+        ] {
+            let mut out = [0.0];
+            matmul_accumulate(&[v], 1, &PackedWeights::pack(&[1.0], 1, 1), &mut out);
+            assert_eq!(out[0], want, "x = {v}");
+            matmul_accumulate(&[1.0], 1, &PackedWeights::pack(&[v], 1, 1), &mut out);
+            assert_eq!(out[0], 2.0 * want, "w = {v}");
+        }
+    }
+
+    /// GFLOP/s at BERT-base shapes:
+    /// `cargo test -p nlu-server --release --lib amx -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn throughput() {
+        if skip() {
+            return;
+        }
+        for (rows, k, n) in [
+            (1024, 768, 3072),
+            (4096, 768, 768),
+            (1024, 3072, 768),
+            (4096, 768, 2304),
+        ] {
+            let (x, w) = (values(rows * k, 1), values(k * n, 2));
+            let packed = PackedWeights::pack(&w, k, n);
+            let mut out = vec![0.0; rows * n];
+            matmul_accumulate(&x, rows, &packed, &mut out);
+            let runs = 20;
+            let start = std::time::Instant::now();
+            for _ in 0..runs {
+                matmul_accumulate(&x, rows, &packed, &mut out);
+            }
+            let secs = start.elapsed().as_secs_f64() / runs as f64;
+            let gflops = 2.0 * (rows * k * n) as f64 / secs / 1e9;
+            println!(
+                "{rows}x{k}x{n}: {:.3} ms, {gflops:.0} GFLOP/s on {} threads",
+                secs * 1e3,
+                rayon::current_num_threads()
+            );
+        }
+    }
+}
