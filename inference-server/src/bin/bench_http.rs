@@ -1,11 +1,13 @@
 //! End-to-end benchmark through HTTP: the real server (in-process on a loopback port, or an
-//! external one with `--url`) on MiniLM, driven by closed-loop clients. Prints markdown tables:
+//! external one with `--url`) on MiniLM, driven by closed-loop clients. Prints markdown tables
+//! (or JSON lines with `--json`, read by `bench/side_by_side.py`) of the chosen workloads:
 //! server overhead for one 16-token input (HTTP p50 minus the model's own p50), a batch x length
-//! grid, and the mixed-length workload of the performance target (8-60 words per input, 32 inputs
-//! per request). Records /proc/loadavg before and after: these machines are shared.
+//! grid, and the two mixed-length workloads of 32 inputs per request: 8-60 words per input, and
+//! 16-256 characters per input (the target of issue 9). Records /proc/loadavg before and after
+//! every figure: these machines are shared.
 //!
-//! `cargo run --release -p nlu-server --bin bench_http -- [--model DIR] [--url URL] [--seconds S] [--clients N]`
-//! The model defaults to the folder `scripts/fetch-minilm.sh` prints.
+//! `cargo run --release -p nlu-server --bin bench_http -- [--model DIR] [--url URL] [--seconds S] [--clients N] [--workloads mixed-chars,...] [--json]`
+//! The model defaults to the folder `scripts/fetch-minilm.sh` prints. Threads: `RAYON_NUM_THREADS`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,9 +32,47 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
-    /// Concurrent clients of the mixed workload.
+    /// Concurrent clients of the mixed workloads (which also run with one client).
     #[arg(long, default_value_t = 4)]
     clients: usize,
+    /// Workloads to run, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Workload::ALL)]
+    workloads: Vec<Workload>,
+    /// Print one JSON object per figure (with the load before and after it) instead of markdown.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Workload {
+    /// One 16-token input, one client: HTTP p50 against the model's own p50.
+    Overhead,
+    /// Batch 1/8/32 x 16/64/256 tokens, one client.
+    Grid,
+    /// 32 inputs of 8-60 words per request.
+    MixedWords,
+    /// 32 inputs of 16-256 characters per request.
+    MixedChars,
+}
+
+impl Workload {
+    const ALL: [Workload; 4] = [
+        Workload::Overhead,
+        Workload::Grid,
+        Workload::MixedWords,
+        Workload::MixedChars,
+    ];
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use clap::ValueEnum;
+        f.write_str(
+            self.to_possible_value()
+                .expect("no skipped variants")
+                .get_name(),
+        )
+    }
 }
 
 /// Words that are one token each in the MiniLM (bert-base-uncased) vocabulary.
@@ -43,17 +83,37 @@ const WORDS: &[&str] = &[
     "running", "around", "tree", "under", "bright", "blue", "sky",
 ];
 
-/// Deterministic text of `words` words (xorshift, so runs are comparable).
+/// xorshift64: deterministic texts, so runs (and bench/side_by_side.py, which copies this
+/// generator) see the same inputs.
+fn next(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+fn word(seed: &mut u64) -> &'static str {
+    WORDS[(next(seed) % WORDS.len() as u64) as usize]
+}
+
+/// Text of `words` words.
 fn text(words: usize, seed: &mut u64) -> String {
-    (0..words)
-        .map(|_| {
-            *seed ^= *seed << 13;
-            *seed ^= *seed >> 7;
-            *seed ^= *seed << 17;
-            WORDS[(*seed % WORDS.len() as u64) as usize]
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    (0..words).map(|_| word(seed)).collect::<Vec<_>>().join(" ")
+}
+
+/// Text of 16-256 characters: words until that length, cut there (so the last word may be a
+/// fragment, as in real truncated texts).
+fn text_chars(seed: &mut u64) -> String {
+    let chars = 16 + (next(seed) % 241) as usize;
+    let mut out = String::new();
+    while out.len() < chars {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word(seed));
+    }
+    out.truncate(chars);
+    out
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -130,16 +190,37 @@ async fn closed_loop(
     Ok(run)
 }
 
-fn row(label: &str, run: &Run) -> String {
+/// One figure: a markdown row, or a JSON object with the load before and after it.
+fn report(
+    json: bool,
+    workload: Workload,
+    label: &str,
+    clients: usize,
+    run: &Run,
+    load_before: &str,
+) {
     let secs = run.elapsed.as_secs_f64();
-    format!(
-        "| {label} | {:.1} | {:.0} | {} | {} | {} |",
-        run.inputs as f64 / secs,
-        run.tokens as f64 / secs,
-        ms(percentile(&run.latencies, 0.5)),
-        ms(percentile(&run.latencies, 0.99)),
-        run.latencies.len()
-    )
+    let (inputs_s, tokens_s) = (run.inputs as f64 / secs, run.tokens as f64 / secs);
+    let (p50, p99) = (
+        percentile(&run.latencies, 0.5),
+        percentile(&run.latencies, 0.99),
+    );
+    if json {
+        let row = json!({
+            "workload": workload.to_string(), "label": label, "clients": clients,
+            "inputs_per_s": inputs_s, "tokens_per_s": tokens_s,
+            "p50_ms": p50.as_secs_f64() * 1e3, "p99_ms": p99.as_secs_f64() * 1e3,
+            "requests": run.latencies.len(), "load_before": load_before, "load_after": loadavg(),
+        });
+        println!("{row}");
+    } else {
+        println!(
+            "| {label} | {inputs_s:.1} | {tokens_s:.0} | {} | {} | {} |",
+            ms(p50),
+            ms(p99),
+            run.latencies.len()
+        );
+    }
 }
 
 fn minilm_dir() -> Result<PathBuf> {
@@ -182,7 +263,9 @@ async fn main() -> Result<()> {
         Some(m) => m.clone(),
         None => minilm_dir()?,
     };
-    println!("load before: {}", loadavg());
+    if !args.json {
+        println!("load before: {}", loadavg());
+    }
 
     let base = match &args.url {
         Some(url) => url.trim_end_matches('/').to_owned(),
@@ -223,43 +306,106 @@ async fn main() -> Result<()> {
     }
     let url = format!("{base}/v1/embeddings");
     let header = "| workload | inputs/s | tokens/s | p50 ms | p99 ms | requests |\n|---|---|---|---|---|---|";
+    let json = args.json;
+    let section = |title: &str| {
+        if !json {
+            println!("\n### {title}\n\n{header}");
+        }
+    };
 
-    println!("\n### Server overhead: one 16-token input, one client\n");
-    let model_p50 = model_only_p50(&model, args.seconds)?;
-    let single = closed_loop(&client, &url, 1, args.seconds, |seed| vec![text(14, seed)]).await?;
-    let http_p50 = percentile(&single.latencies, 0.5);
-    println!("{header}\n{}", row("HTTP, 1 x 16 tokens", &single));
-    println!(
-        "\nmodel alone p50 {} ms; HTTP p50 {} ms; overhead (HTTP + JSON + queue) {} ms",
-        ms(model_p50),
-        ms(http_p50),
-        ms(http_p50.saturating_sub(model_p50))
-    );
-
-    println!("\n### Batch x length, one client\n\n{header}");
-    for batch in [1usize, 8, 32] {
-        for len in [16usize, 64, 256] {
-            let run = closed_loop(&client, &url, 1, args.seconds, move |seed| {
-                (0..batch).map(|_| text(len - 2, seed)).collect()
-            })
-            .await?;
-            println!("{}", row(&format!("{batch} x {len} tokens"), &run));
+    for &workload in &args.workloads {
+        match workload {
+            Workload::Overhead => {
+                section("Server overhead: one 16-token input, one client");
+                let model_p50 = model_only_p50(&model, args.seconds)?;
+                let load = loadavg();
+                let single =
+                    closed_loop(&client, &url, 1, args.seconds, |seed| vec![text(14, seed)])
+                        .await?;
+                report(json, workload, "HTTP, 1 x 16 tokens", 1, &single, &load);
+                let http_p50 = percentile(&single.latencies, 0.5);
+                let overhead = http_p50.saturating_sub(model_p50);
+                if json {
+                    let row = json!({
+                        "workload": "overhead-model", "model_p50_ms": model_p50.as_secs_f64() * 1e3,
+                        "http_p50_ms": http_p50.as_secs_f64() * 1e3,
+                        "overhead_ms": overhead.as_secs_f64() * 1e3,
+                    });
+                    println!("{row}");
+                } else {
+                    println!(
+                        "\nmodel alone p50 {} ms; HTTP p50 {} ms; overhead (HTTP + JSON + queue) {} ms",
+                        ms(model_p50),
+                        ms(http_p50),
+                        ms(overhead)
+                    );
+                }
+            }
+            Workload::Grid => {
+                section("Batch x length, one client");
+                for batch in [1usize, 8, 32] {
+                    for len in [16usize, 64, 256] {
+                        let load = loadavg();
+                        let run = closed_loop(&client, &url, 1, args.seconds, move |seed| {
+                            (0..batch).map(|_| text(len - 2, seed)).collect()
+                        })
+                        .await?;
+                        report(
+                            json,
+                            workload,
+                            &format!("{batch} x {len} tokens"),
+                            1,
+                            &run,
+                            &load,
+                        );
+                    }
+                }
+            }
+            Workload::MixedWords => {
+                section("Mixed lengths (8-60 words per input, 32 inputs per request)");
+                for clients in [1, args.clients] {
+                    let load = loadavg();
+                    let run = closed_loop(&client, &url, clients, args.seconds, |seed| {
+                        (0..32)
+                            .map(|_| {
+                                let words = 8 + (*seed % 53) as usize;
+                                text(words, seed)
+                            })
+                            .collect()
+                    })
+                    .await?;
+                    report(
+                        json,
+                        workload,
+                        &format!("{clients} client(s)"),
+                        clients,
+                        &run,
+                        &load,
+                    );
+                }
+            }
+            Workload::MixedChars => {
+                section("Mixed lengths (16-256 characters per input, 32 inputs per request)");
+                for clients in [1, args.clients] {
+                    let load = loadavg();
+                    let run = closed_loop(&client, &url, clients, args.seconds, |seed| {
+                        (0..32).map(|_| text_chars(seed)).collect()
+                    })
+                    .await?;
+                    report(
+                        json,
+                        workload,
+                        &format!("{clients} client(s)"),
+                        clients,
+                        &run,
+                        &load,
+                    );
+                }
+            }
         }
     }
-
-    println!("\n### Mixed lengths (8-60 words per input, 32 inputs per request)\n\n{header}");
-    for clients in [1, args.clients] {
-        let run = closed_loop(&client, &url, clients, args.seconds, |seed| {
-            (0..32)
-                .map(|_| {
-                    let words = 8 + (*seed % 53) as usize;
-                    text(words, seed)
-                })
-                .collect()
-        })
-        .await?;
-        println!("{}", row(&format!("{clients} client(s)"), &run));
+    if !json {
+        println!("\nload after: {}", loadavg());
     }
-    println!("\nload after: {}", loadavg());
     Ok(())
 }

@@ -1,10 +1,11 @@
 //! Model-only benchmark (no HTTP): embeddings throughput and latency for batch 1/8/32 x sequence
-//! 16/64/256 on MiniLM (real weights) and a BERT-base-shaped random model, and UniNLU requests
-//! (NER with 3 types, relation extraction with 4 relations) on a StructBERT-base-shaped random
-//! model. Prints markdown tables and the machine load.
+//! 16/64/256 on MiniLM (real weights, or any BERT folder given with `--model`) and a
+//! BERT-base-shaped random model, and UniNLU requests (NER with 3 types, relation extraction with
+//! 4 relations) on a StructBERT-base-shaped random model. Prints markdown tables and the machine
+//! load, or JSON lines (`--json`, read by `bench/side_by_side.py`).
 //!
-//! `cargo run -p nlu-server --bin bench_model --release -- [--minilm DIR] [--seconds S] [--skip-base] [--skip-uninlu] [--shapes 8x64,1x16]`
-//! MiniLM defaults to the folder `scripts/fetch-minilm.sh` prints.
+//! `cargo run -p nlu-server --bin bench_model --release -- [--model DIR] [--seconds S] [--skip-base] [--skip-uninlu] [--shapes 8x64,1x16] [--json]`
+//! The model defaults to MiniLM in the cache of `scripts/fetch-minilm.sh`. Threads: `RAYON_NUM_THREADS`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
+use clap::Parser;
 use nlu_server::model::{Embedder, ModelFiles, UniNluModel};
 use nlu_server::uninlu::{predict, Limits};
 use serde_json::json;
@@ -19,46 +21,51 @@ use serde_json::json;
 const BATCHES: [usize; 3] = [1, 8, 32];
 const LENGTHS: [usize; 3] = [16, 64, 256];
 
+#[derive(Parser)]
+#[command(about = "Model-only benchmark of nlu-server's encoder")]
 struct Args {
-    minilm: Option<PathBuf>,
+    /// BERT model folder (config.json, model.safetensors, tokenizer) to benchmark; default:
+    /// MiniLM from $NLU_MINILM_DIR or the cache of scripts/fetch-minilm.sh (skipped if absent).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Seconds per measurement (after one warm-up run; at least 3 timed runs).
+    #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Skip the BERT-base-shaped random model.
+    #[arg(long)]
     skip_base: bool,
+    /// Skip the UniNLU requests.
+    #[arg(long)]
     skip_uninlu: bool,
-    /// `BATCHxLEN` pairs to run instead of the full grid (quick A/B comparisons).
-    shapes: Option<Vec<(usize, usize)>>,
+    /// `BATCHxLEN` pairs to run instead of the full grid, e.g. `8x128,1x16`.
+    #[arg(long, value_parser = parse_shapes)]
+    shapes: Option<Shapes>,
+    /// Print one JSON object per measurement (with the load before and after it) instead of
+    /// markdown tables.
+    #[arg(long)]
+    json: bool,
 }
 
-fn args() -> Result<Args> {
-    let mut args = Args {
-        minilm: None,
-        seconds: 3.0,
-        skip_base: false,
-        skip_uninlu: false,
-        shapes: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--minilm" => args.minilm = Some(it.next().context("--minilm DIR")?.into()),
-            "--seconds" => args.seconds = it.next().context("--seconds S")?.parse()?,
-            "--skip-base" => args.skip_base = true,
-            "--skip-uninlu" => args.skip_uninlu = true,
-            "--shapes" => {
-                args.shapes = Some(parse_shapes(&it.next().context("--shapes 8x64,1x16")?)?)
-            }
-            other => anyhow::bail!("unknown argument {other}"),
-        }
-    }
-    Ok(args)
-}
+#[derive(Clone)]
+struct Shapes(Vec<(usize, usize)>);
 
-fn parse_shapes(list: &str) -> Result<Vec<(usize, usize)>> {
+fn parse_shapes(list: &str) -> Result<Shapes> {
     list.split(',')
         .map(|s| {
             let (b, t) = s.split_once('x').context("shape BATCHxLEN")?;
-            Ok((b.parse()?, t.parse()?))
+            let (b, t) = (b.parse()?, t.parse()?);
+            anyhow::ensure!(b > 0 && t >= 2, "shape {s}: batch >= 1 and length >= 2");
+            Ok((b, t))
         })
-        .collect()
+        .collect::<Result<_>>()
+        .map(Shapes)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 /// Runs `f` once to warm up, then until `budget` is spent (at least 3 runs); returns sorted
@@ -88,36 +95,51 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Token ids of `batch` sequences of `len` tokens ([CLS], plain word pieces in the common range
+/// of the BERT vocabularies, [SEP]); `bench/side_by_side.py` builds the same ids for its peers.
+fn synthetic_ids(batch: usize, len: usize) -> Vec<Vec<u32>> {
+    (0..batch)
+        .map(|b| {
+            let mut seq = vec![101u32];
+            seq.extend((0..len - 2).map(|i| 2000 + ((i * 31 + b * 7) % 5000) as u32));
+            seq.push(102);
+            seq
+        })
+        .collect()
+}
+
 fn bench_embedder(
     name: &str,
     embedder: &Embedder,
     budget: Duration,
     shapes: &[(usize, usize)],
+    json: bool,
 ) -> Result<()> {
-    println!("\n### Embeddings: {name}\n");
-    println!("| batch | seq | inputs/s | tokens/s | p50 ms | p99 ms | runs |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    if !json {
+        println!("\n### Embeddings: {name}\n");
+        println!("| batch | seq | inputs/s | tokens/s | p50 ms | p99 ms | runs |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|");
+    }
     for &(batch, len) in shapes {
-        {
-            // Plain word-piece ids in the common range of both vocabularies.
-            let ids: Vec<Vec<u32>> = (0..batch)
-                .map(|b| {
-                    let mut seq = vec![101u32];
-                    seq.extend((0..len - 2).map(|i| 2000 + ((i * 31 + b * 7) % 5000) as u32));
-                    seq.push(102);
-                    seq
-                })
-                .collect();
-            let times = measure(budget, || {
-                embedder.embed(&ids, true).map(drop).map_err(Into::into)
-            })?;
-            let mean = mean_secs(&times);
+        let ids = synthetic_ids(batch, len);
+        let load_before = loadavg();
+        let times = measure(budget, || {
+            embedder.embed(&ids, true).map(drop).map_err(Into::into)
+        })?;
+        let mean = mean_secs(&times);
+        let (inputs_s, tokens_s) = (batch as f64 / mean, (batch * len) as f64 / mean);
+        let (p50, p99) = (ms(percentile(&times, 0.5)), ms(percentile(&times, 0.99)));
+        if json {
+            let row = json!({
+                "kind": "embeddings", "model": name, "batch": batch, "seq": len,
+                "inputs_per_s": inputs_s, "tokens_per_s": tokens_s, "p50_ms": p50, "p99_ms": p99,
+                "runs": times.len(), "threads": candle_core::utils::get_num_threads(),
+                "load_before": load_before, "load_after": loadavg(),
+            });
+            println!("{row}");
+        } else {
             println!(
-                "| {batch} | {len} | {:.1} | {:.0} | {:.2} | {:.2} | {} |",
-                batch as f64 / mean,
-                (batch * len) as f64 / mean,
-                ms(percentile(&times, 0.5)),
-                ms(percentile(&times, 0.99)),
+                "| {batch} | {len} | {inputs_s:.1} | {tokens_s:.0} | {p50:.2} | {p99:.2} | {} |",
                 times.len()
             );
         }
@@ -125,20 +147,29 @@ fn bench_embedder(
     Ok(())
 }
 
-fn bench_uninlu(model: &UniNluModel, budget: Duration) -> Result<()> {
-    println!("\n### UniNLU requests (StructBERT-base shape, random weights)\n");
-    println!("| request | text chars | prompts | requests/s | p50 ms | p99 ms | runs |");
-    println!("|---|---:|---:|---:|---:|---:|---:|");
+fn bench_uninlu(model: &UniNluModel, budget: Duration, json: bool) -> Result<()> {
+    if !json {
+        println!("\n### UniNLU requests (StructBERT-base shape, random weights)\n");
+        println!("| request | text chars | prompts | requests/s | p50 ms | p99 ms | runs |");
+        println!("|---|---:|---:|---:|---:|---:|---:|");
+    }
     let limits = Limits::default();
     let report = |name: &str, text: &str, prompts: usize, times: &[Duration]| {
-        println!(
-            "| {name} | {} | {prompts} | {:.2} | {:.1} | {:.1} | {} |",
-            text.chars().count(),
-            1.0 / mean_secs(times),
-            ms(percentile(times, 0.5)),
-            ms(percentile(times, 0.99)),
-            times.len()
-        );
+        let (chars, per_s) = (text.chars().count(), 1.0 / mean_secs(times));
+        let (p50, p99) = (ms(percentile(times, 0.5)), ms(percentile(times, 0.99)));
+        if json {
+            let row = json!({
+                "kind": "uninlu", "request": name, "text_chars": chars, "prompts": prompts,
+                "requests_per_s": per_s, "p50_ms": p50, "p99_ms": p99, "runs": times.len(),
+                "load_after": loadavg(),
+            });
+            println!("{row}");
+        } else {
+            println!(
+                "| {name} | {chars} | {prompts} | {per_s:.2} | {p50:.1} | {p99:.1} | {} |",
+                times.len()
+            );
+        }
     };
 
     let ner_text = "1944年毕业于北大的名古屋铁道会长谷口清太郎等人在日本积极筹资，共筹款2.7亿日元，参加捐款的日本企业有69家。";
@@ -250,8 +281,9 @@ fn random_model(dir: &Path, layers: usize, uninlu: bool) -> Result<ModelFiles> {
     Ok(ModelFiles::from_dir(dir)?)
 }
 
-fn minilm_dir(arg: Option<PathBuf>) -> Option<PathBuf> {
-    arg.or_else(|| std::env::var_os("NLU_MINILM_DIR").map(PathBuf::from))
+fn minilm_dir() -> Option<PathBuf> {
+    std::env::var_os("NLU_MINILM_DIR")
+        .map(PathBuf::from)
         .or_else(|| {
             let cache = std::env::var_os("NLU_TEST_CACHE")
                 .map(PathBuf::from)
@@ -265,47 +297,48 @@ fn minilm_dir(arg: Option<PathBuf>) -> Option<PathBuf> {
 }
 
 fn main() -> Result<()> {
-    let args = args()?;
+    let args = Args::parse();
     let budget = Duration::from_secs_f64(args.seconds);
     let grid: Vec<(usize, usize)> = LENGTHS
         .iter()
         .flat_map(|&t| BATCHES.iter().map(move |&b| (b, t)))
         .collect();
-    let shapes = args.shapes.as_deref().unwrap_or(&grid);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!(
-        "# bench_model\n\nthreads: {}, loadavg at start: {}",
-        candle_core::utils::get_num_threads(),
-        load.trim()
-    );
-    match minilm_dir(args.minilm) {
-        Some(dir) => bench_embedder(
-            "all-MiniLM-L6-v2",
-            &Embedder::load(&ModelFiles::from_dir(&dir)?, None)?,
-            budget,
-            shapes,
-        )?,
-        None => println!("\nMiniLM skipped: run scripts/fetch-minilm.sh or pass --minilm DIR"),
+    let shapes = args.shapes.as_ref().map_or(&grid, |s| &s.0);
+    if !args.json {
+        println!(
+            "# bench_model\n\nthreads: {}, loadavg at start: {}",
+            candle_core::utils::get_num_threads(),
+            loadavg()
+        );
+    }
+    let model = match args.model {
+        Some(dir) => Some((ModelFiles::from_dir(&dir)?.name(), dir)),
+        None => minilm_dir().map(|dir| ("all-MiniLM-L6-v2".to_owned(), dir)),
+    };
+    match model {
+        Some((name, dir)) => {
+            let embedder = Embedder::load(&ModelFiles::from_dir(&dir)?, None)?;
+            bench_embedder(&name, &embedder, budget, shapes, args.json)?
+        }
+        None => eprintln!("MiniLM skipped: run scripts/fetch-minilm.sh or pass --model DIR"),
     }
     if !args.skip_base {
         let tmp = tempfile_dir("bert-base")?;
         let files = random_model(&tmp, 12, false)?;
-        bench_embedder(
-            "BERT-base shape (random weights)",
-            &Embedder::load(&files, None)?,
-            budget,
-            shapes,
-        )?;
+        let embedder = Embedder::load(&files, None)?;
+        let name = "BERT-base shape (random weights)";
+        bench_embedder(name, &embedder, budget, shapes, args.json)?;
         std::fs::remove_dir_all(&tmp)?;
     }
     if !args.skip_uninlu {
         let tmp = tempfile_dir("uninlu-base")?;
         let files = random_model(&tmp, 12, true)?;
-        bench_uninlu(&UniNluModel::load(&files)?, budget)?;
+        bench_uninlu(&UniNluModel::load(&files)?, budget, args.json)?;
         std::fs::remove_dir_all(&tmp)?;
     }
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!("\nloadavg at end: {}", load.trim());
+    if !args.json {
+        println!("\nloadavg at end: {}", loadavg());
+    }
     Ok(())
 }
 
