@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::model::Dtype;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "nlu-server",
@@ -92,6 +94,13 @@ pub struct ServeArgs {
     /// Embedding pooling; default from the model folder's 1_Pooling/config.json.
     #[arg(long, env = "NLU_POOLING", value_enum)]
     pub pooling: Option<PoolingArg>,
+
+    /// Number format of the weight matrices: `f32`, or `bf16` (products accumulated in f32) on
+    /// CPUs with AMX-BF16 (Intel Sapphire Rapids and later), several times faster with
+    /// embeddings within cosine 0.999 of f32. On a CPU without AMX, `bf16` logs a warning and
+    /// runs f32.
+    #[arg(long, env = "NLU_DTYPE", default_value = "f32")]
+    pub dtype: Dtype,
 
     /// Return raw pooled vectors instead of L2-normalised ones by default.
     #[arg(long, env = "NLU_NO_NORMALIZE")]
@@ -225,7 +234,10 @@ impl BatchingArgs {
     /// Rejects settings under which no batch could ever form.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_batch_requests == 0 || self.max_batch_tokens == 0 || self.max_queue == 0 {
-            return Err("--max-batch-requests, --max-batch-tokens and --max-queue must be at least 1".into());
+            return Err(
+                "--max-batch-requests, --max-batch-tokens and --max-queue must be at least 1"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -243,7 +255,9 @@ mod tests {
 
     #[test]
     fn flags_parse_with_defaults() {
-        let cli = Cli::try_parse_from(["nlu-server", "serve", "--model", "m", "--task", "embedding"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["nlu-server", "serve", "--model", "m", "--task", "embedding"])
+                .unwrap();
         let Command::Serve(args) = cli.command else {
             panic!("expected serve")
         };

@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::batching::{Batcher, Job, Settings, Worker};
 use crate::http::ApiError;
 use crate::metrics::Metrics;
+use crate::model::pooling::l2_normalize;
 use crate::model::Embedder;
 
 /// Runs batches of token ids through the embedder; vectors come back raw (normalised per request).
@@ -156,12 +157,6 @@ pub fn check_lengths(encoded: &[Vec<u32>], max_len: usize) -> Result<(), ApiErro
     }
 }
 
-/// `x / max(||x||, 1e-12)`, as sentence-transformers normalises.
-fn l2_normalize(v: &mut [f32]) {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    v.iter_mut().for_each(|x| *x /= norm);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,15 +184,5 @@ mod tests {
             e.message
         );
         assert!(check_lengths(&[vec![1, 2]], 2).is_ok());
-    }
-
-    #[test]
-    fn normalised_vectors_have_unit_length() {
-        let mut v = vec![3.0, 4.0];
-        l2_normalize(&mut v);
-        assert_eq!(v, vec![0.6, 0.8]);
-        let mut zero = vec![0.0, 0.0];
-        l2_normalize(&mut zero);
-        assert_eq!(zero, vec![0.0, 0.0]);
     }
 }

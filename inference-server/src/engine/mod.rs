@@ -16,8 +16,20 @@ pub use uninlu::UniNluEngine;
 use crate::batching::{BatchLimits, Settings};
 use crate::config::{BatchingArgs, PoolingArg, ServeArgs, Task};
 use crate::metrics::Metrics;
-use crate::model::{self, Embedder, HubConfig, Pooling, UniNluModel};
+use crate::model::kernels::amx;
+use crate::model::{self, Dtype, Embedder, HubConfig, Pooling, UniNluModel};
 use crate::uninlu::Limits;
+
+/// The dtype the model will run in: bf16 only where the AMX kernel can run.
+fn runnable(requested: Dtype) -> Dtype {
+    if requested == Dtype::Bf16 && !amx::available() {
+        tracing::warn!(
+            "--dtype bf16 needs a CPU with AMX-BF16 (and a kernel that grants it); running f32"
+        );
+        return Dtype::F32;
+    }
+    requested
+}
 
 /// What GET /info reports.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -40,11 +52,20 @@ pub struct ModelInfo {
     /// Embedding task only: whether vectors are L2-normalised unless a request says otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub normalize: Option<bool>,
+    /// Number format of the weights: `f32` or `bf16`.
+    #[schema(value_type = String)]
+    pub dtype: Dtype,
 }
 
 pub enum Engine {
-    Embedding { engine: EmbeddingEngine, info: ModelInfo },
-    UniNlu { engine: UniNluEngine, info: ModelInfo },
+    Embedding {
+        engine: EmbeddingEngine,
+        info: ModelInfo,
+    },
+    UniNlu {
+        engine: UniNluEngine,
+        info: ModelInfo,
+    },
 }
 
 impl Engine {
@@ -52,20 +73,28 @@ impl Engine {
     pub fn load(args: &ServeArgs, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let files = model::resolve(
             &args.model,
-            &hub_config(args.model_cache_dir.as_deref(), args.hub_endpoint.as_deref()),
+            &hub_config(
+                args.model_cache_dir.as_deref(),
+                args.hub_endpoint.as_deref(),
+            ),
         )
         .with_context(|| format!("cannot load model {}", args.model))?;
         let settings = batch_settings(&args.batching);
+        let dtype = runnable(args.dtype);
         match args.task {
             Task::Embedding => {
                 let pooling = args.pooling.map(|p| match p {
                     PoolingArg::Cls => Pooling::Cls,
                     PoolingArg::Mean => Pooling::Mean,
                 });
-                let embedder = Embedder::load(&files, pooling)?;
+                let embedder = Embedder::load(&files, pooling, dtype)?;
                 let model_info = embedder.info().clone();
-                let model_max = sentence_max_seq_length(&files.dir).unwrap_or(model_info.max_positions);
-                let max_input_length = cap(args.limits.max_input_length, model_max.min(model_info.max_positions));
+                let model_max =
+                    sentence_max_seq_length(&files.dir).unwrap_or(model_info.max_positions);
+                let max_input_length = cap(
+                    args.limits.max_input_length,
+                    model_max.min(model_info.max_positions),
+                );
                 let info = ModelInfo {
                     model: served_name(args, &files),
                     task: Task::Embedding.as_str(),
@@ -74,16 +103,18 @@ impl Engine {
                     max_text_chars: None,
                     pooling: Some(model_info.pooling),
                     normalize: Some(!args.no_normalize),
+                    dtype,
                 };
                 let limits = embedding::EmbedLimits {
                     max_input_length,
                     max_batch_inputs: args.limits.max_batch_inputs,
                 };
-                let engine = EmbeddingEngine::start(embedder, settings, limits, !args.no_normalize, metrics);
+                let engine =
+                    EmbeddingEngine::start(embedder, settings, limits, !args.no_normalize, metrics);
                 Ok(Engine::Embedding { engine, info })
             }
             Task::Uninlu => {
-                let model = UniNluModel::load(&files)?;
+                let model = UniNluModel::load(&files, dtype)?;
                 let u = &args.uninlu_limits;
                 let limits = Limits {
                     max_text_chars: u.max_text_chars,
@@ -100,6 +131,7 @@ impl Engine {
                     max_text_chars: Some(limits.max_text_chars),
                     pooling: None,
                     normalize: None,
+                    dtype,
                 };
                 Ok(Engine::UniNlu {
                     engine: UniNluEngine::start(model, settings, limits, metrics),
@@ -148,7 +180,8 @@ impl Engine {
                     .map(drop),
             }
         };
-        futures::executor::block_on(run).map_err(|e| anyhow::anyhow!("warm-up failed: {}", e.message))
+        futures::executor::block_on(run)
+            .map_err(|e| anyhow::anyhow!("warm-up failed: {}", e.message))
     }
 
     /// Finishes the queued work and stops the model thread.
@@ -172,7 +205,11 @@ fn sentence_max_seq_length(dir: &std::path::Path) -> Option<usize> {
 fn served_name(args: &ServeArgs, files: &model::ModelFiles) -> String {
     match &args.served_model_name {
         Some(name) => name.clone(),
-        None if model::download::is_hub_id(&args.model) && !std::path::Path::new(&args.model).exists() => args.model.clone(),
+        None if model::download::is_hub_id(&args.model)
+            && !std::path::Path::new(&args.model).exists() =>
+        {
+            args.model.clone()
+        }
         None => files.name(),
     }
 }

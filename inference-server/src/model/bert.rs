@@ -1,20 +1,22 @@
-//! A BERT encoder on candle tensors, laid out for CPU speed: Q, K and V are one fused matmul
-//! against weights transposed once at load time, attention runs per (sequence, head) straight
-//! from that matmul's rows ([`super::kernels::attention`]), LayerNorm uses candle's fused kernel,
-//! and layers are separate values so that models can run any slice of them (UniNLU runs the
-//! lower and upper halves on different inputs). Embeddings take explicit position and
+//! A BERT encoder laid out for CPU speed. Weights come from candle's `VarBuilder` and are
+//! arranged once at load time for the matmul kernel ([`Weights`]); activations are plain
+//! `[tokens, hidden]` f32 buffers that the kernels in [`super::kernels`] fill in place: Q, K and
+//! V are one fused matmul, attention runs per (sequence, head) straight from its rows, the
+//! residual is accumulated by the output matmul and LayerNorm normalises that buffer in place.
+//! Batches are packed: the tokens of all sequences back to back, no padding (so no mask), and
+//! the linear layers only do real work. Layers are separate values so that models can run any slice of them (UniNLU
+//! runs the lower and upper halves on different inputs). Embeddings take explicit position and
 //! token-type ids.
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Storage, Tensor};
 use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::kernels::attention::{attention, Dims};
-use super::kernels::linear::{linear, Activation};
+use super::kernels::linear::{linear, Activation, Dtype, Weights};
+use super::kernels::norm::layer_norm_in_place;
 use super::{ModelError, Result};
-
 /// The fields of `config.json` the encoder needs.
 #[derive(Clone, Debug, Deserialize)]
 pub struct BertConfig {
@@ -84,137 +86,174 @@ impl BertConfig {
     }
 }
 
-/// `x @ w_t + b` with `w_t` stored `[in, out]` row-major, so the matmul reads it without a
-/// transposed view.
-#[derive(Clone, Debug)]
+/// `x · W + b` with `W` `[in, out]` laid out for the matmul kernel.
 pub struct Linear {
-    w_t: Tensor,
-    b: Tensor,
+    w: Weights,
+    b: Vec<f32>,
 }
 
 impl Linear {
-    fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
-        Self::fused(std::slice::from_ref(vb), in_dim, out_dim)
+    fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize, dtype: Dtype) -> Result<Self> {
+        Self::fused(std::slice::from_ref(vb), in_dim, out_dim, dtype)
     }
 
     /// Several `Linear(in -> out)` checkpoint layers as one `Linear(in -> n*out)`.
-    pub(crate) fn fused(vbs: &[VarBuilder], in_dim: usize, out_dim: usize) -> Result<Self> {
-        let mut ws = Vec::with_capacity(vbs.len());
-        let mut bs = Vec::with_capacity(vbs.len());
-        for vb in vbs {
-            ws.push(vb.get((out_dim, in_dim), "weight")?);
-            bs.push(vb.get(out_dim, "bias")?);
+    pub(crate) fn fused(
+        vbs: &[VarBuilder],
+        in_dim: usize,
+        out_dim: usize,
+        dtype: Dtype,
+    ) -> Result<Self> {
+        Self::fused_scaled(vbs, in_dim, out_dim, dtype, |_| 1.0)
+    }
+
+    /// [`Linear::fused`] with output column `c` (weights and bias) multiplied by `scale(c)`.
+    fn fused_scaled(
+        vbs: &[VarBuilder],
+        in_dim: usize,
+        out_dim: usize,
+        dtype: Dtype,
+        scale: impl Fn(usize) -> f32,
+    ) -> Result<Self> {
+        let n = vbs.len() * out_dim;
+        let mut w_t = vec![0f32; in_dim * n];
+        let mut b = Vec::with_capacity(n);
+        for (part, vb) in vbs.iter().enumerate() {
+            // Checkpoints store `[out, in]`; the kernels want `[in, out]`.
+            let w = vb.get((out_dim, in_dim), "weight")?.to_vec2::<f32>()?;
+            for (o, row) in w.iter().enumerate() {
+                let c = part * out_dim + o;
+                for (i, v) in row.iter().enumerate() {
+                    w_t[i * n + c] = v * scale(c);
+                }
+            }
+            let bias = vb.get(out_dim, "bias")?.to_vec1::<f32>()?;
+            b.extend(
+                bias.iter()
+                    .enumerate()
+                    .map(|(o, v)| v * scale(part * out_dim + o)),
+            );
         }
         Ok(Self {
-            w_t: Tensor::cat(&ws, 0)?.t()?.contiguous()?,
-            b: Tensor::cat(&bs, 0)?,
+            w: Weights::new(w_t, in_dim, n, dtype),
+            b,
         })
     }
 
-    /// `x`: `[rows, in]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// `x`: `[rows, in]`; returns `[rows, out]`.
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
         self.forward_then(x, None, Activation::None)
     }
 
-    /// `act(x @ w_t + b + residual)` in one output buffer ([`linear`]).
-    fn forward_then(
-        &self,
-        x: &Tensor,
-        residual: Option<&Tensor>,
-        act: Activation,
-    ) -> Result<Tensor> {
-        let x = x.contiguous()?;
-        let (rows, _) = x.dims2()?;
-        let mut inputs = vec![&x, &self.w_t, &self.b];
-        inputs.extend(residual);
-        let out = with_f32_slices(&inputs, |s| {
-            linear(s[0], s[1], s[2], s.get(3).copied(), rows, act)
-        })?;
-        Ok(Tensor::from_vec(out, (rows, self.b.dim(0)?), &Device::Cpu)?)
+    /// `act(x · W + b + residual)` in one output buffer ([`linear`]).
+    fn forward_then(&self, x: &[f32], residual: Option<&[f32]>, act: Activation) -> Vec<f32> {
+        linear(x, &self.w, &self.b, residual, x.len() / self.w.k(), act)
     }
 }
 
 #[derive(Clone, Debug)]
 struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
     eps: f32,
 }
 
 impl LayerNorm {
     fn load(vb: &VarBuilder, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self {
-            weight: vb.get(dim, "weight")?,
-            bias: vb.get(dim, "bias")?,
+            weight: vb.get(dim, "weight")?.to_vec1()?,
+            bias: vb.get(dim, "bias")?.to_vec1()?,
             eps: eps as f32,
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm(
-            x,
-            &self.weight,
-            &self.bias,
-            self.eps,
-        )?)
+    fn apply(&self, mut x: Vec<f32>) -> Vec<f32> {
+        layer_norm_in_place(&mut x, &self.weight, &self.bias, self.eps);
+        x
+    }
+}
+
+/// Token, position and token-type ids of a batch's tokens, sequences back to back (packed) or
+/// padded to one length.
+#[derive(Clone, Debug, Default)]
+pub struct TokenIds {
+    pub ids: Vec<u32>,
+    pub positions: Vec<u32>,
+    pub token_types: Vec<u32>,
+}
+
+impl TokenIds {
+    /// Sequences packed back to back, positions from 0, token type 0.
+    pub fn packed(seqs: &[Vec<u32>]) -> Self {
+        let mut t = Self::default();
+        for seq in seqs {
+            t.ids.extend_from_slice(seq);
+            t.positions.extend(0..seq.len() as u32);
+        }
+        t.token_types = vec![0; t.ids.len()];
+        t
     }
 }
 
 /// `LayerNorm(word + token_type + position)`.
 #[derive(Clone, Debug)]
 pub struct Embeddings {
-    word: Tensor,
-    position: Tensor,
-    token_type: Tensor,
+    word: Vec<f32>,
+    position: Vec<f32>,
+    token_type: Vec<f32>,
+    hidden: usize,
     norm: LayerNorm,
 }
 
 impl Embeddings {
     pub fn load(vb: &VarBuilder, cfg: &BertConfig) -> Result<Self> {
         let h = cfg.hidden_size;
+        let table = |rows: usize, name: &str| -> Result<Vec<f32>> {
+            Ok(vb.get((rows, h), name)?.flatten_all()?.to_vec1()?)
+        };
         Ok(Self {
-            word: vb.get((cfg.vocab_size, h), "word_embeddings.weight")?,
-            position: vb.get(
-                (cfg.max_position_embeddings, h),
-                "position_embeddings.weight",
-            )?,
-            token_type: vb.get((cfg.type_vocab_size, h), "token_type_embeddings.weight")?,
+            word: table(cfg.vocab_size, "word_embeddings.weight")?,
+            position: table(cfg.max_position_embeddings, "position_embeddings.weight")?,
+            token_type: table(cfg.type_vocab_size, "token_type_embeddings.weight")?,
+            hidden: h,
             norm: LayerNorm::load(&vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
         })
     }
 
-    /// All three id tensors are `[batch, len]` u32; returns `[batch, len, hidden]`.
-    pub fn forward(
-        &self,
-        ids: &Tensor,
-        positions: &Tensor,
-        token_types: &Tensor,
-    ) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        let h = self.word.dim(1)?;
-        let lookup = |table: &Tensor, idx: &Tensor| -> Result<Tensor> {
-            Ok(table.index_select(&idx.flatten_all()?, 0)?)
-        };
-        // Same summation order as transformers' BertEmbeddings.
-        let x = ((lookup(&self.word, ids)? + lookup(&self.token_type, token_types)?)?
-            + lookup(&self.position, positions)?)?;
-        self.norm
-            .forward(&x)?
-            .reshape((b, t, h))
-            .map_err(Into::into)
+    /// Returns `[tokens, hidden]`. Ids must be inside the tables (callers check the vocabulary
+    /// and the position count before, to answer with a clear error).
+    pub fn forward(&self, t: &TokenIds) -> Vec<f32> {
+        let h = self.hidden;
+        let mut x = Vec::with_capacity(t.ids.len() * h);
+        for ((&id, &pos), &tt) in t.ids.iter().zip(&t.positions).zip(&t.token_types) {
+            fn row(table: &[f32], i: u32, h: usize) -> &[f32] {
+                &table[i as usize * h..(i as usize + 1) * h]
+            }
+            let (w, ty, p) = (
+                row(&self.word, id, h),
+                row(&self.token_type, tt, h),
+                row(&self.position, pos, h),
+            );
+            // Same summation order as transformers' BertEmbeddings.
+            x.extend(w.iter().zip(ty).zip(p).map(|((w, ty), p)| (w + ty) + p));
+        }
+        self.norm.apply(x)
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.word.dims()[0]
+        self.word.len() / self.hidden
     }
 
     pub fn max_positions(&self) -> usize {
-        self.position.dims()[0]
+        self.position.len() / self.hidden
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        self.hidden
     }
 }
 
 /// One transformer layer (post-LayerNorm BERT).
-#[derive(Clone, Debug)]
 pub struct Layer {
     qkv: Linear,
     attn_out: Linear,
@@ -227,119 +266,77 @@ pub struct Layer {
 
 impl Layer {
     /// `vb` points at `...layer.{i}`.
-    pub fn load(vb: &VarBuilder, cfg: &BertConfig) -> Result<Self> {
+    pub fn load(vb: &VarBuilder, cfg: &BertConfig, dtype: Dtype) -> Result<Self> {
         let (h, i, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
         let att = vb.pp("attention");
         let sa = att.pp("self");
-        let mut qkv = Linear::fused(&[sa.pp("query"), sa.pp("key"), sa.pp("value")], h, h)?;
         // 1/sqrt(head_dim) folded into the query projection: saves a pass over the scores.
         let scale = (1.0 / ((h / cfg.num_attention_heads) as f64).sqrt()) as f32;
-        let columns: Vec<f32> = (0..3 * h)
-            .map(|c| if c < h { scale } else { 1.0 })
-            .collect();
-        let columns = Tensor::from_vec(columns, 3 * h, &Device::Cpu)?;
-        qkv.w_t = qkv.w_t.broadcast_mul(&columns)?;
-        qkv.b = (&qkv.b * &columns)?;
+        let qkv = Linear::fused_scaled(
+            &[sa.pp("query"), sa.pp("key"), sa.pp("value")],
+            h,
+            h,
+            dtype,
+            |c| if c < h { scale } else { 1.0 },
+        )?;
         Ok(Self {
             qkv,
-            attn_out: Linear::load(&att.pp("output.dense"), h, h)?,
+            attn_out: Linear::load(&att.pp("output.dense"), h, h, dtype)?,
             attn_norm: LayerNorm::load(&att.pp("output.LayerNorm"), h, eps)?,
-            intermediate: Linear::load(&vb.pp("intermediate.dense"), h, i)?,
-            output: Linear::load(&vb.pp("output.dense"), i, h)?,
+            intermediate: Linear::load(&vb.pp("intermediate.dense"), h, i, dtype)?,
+            output: Linear::load(&vb.pp("output.dense"), i, h, dtype)?,
             out_norm: LayerNorm::load(&vb.pp("output.LayerNorm"), h, eps)?,
             heads: cfg.num_attention_heads,
         })
     }
 
-    /// `x`: `[batch, len, hidden]`; `mask`: additive, `[batch, 1, 1, len]`, `None` when no key
-    /// is masked (see [`additive_mask`]).
-    pub fn forward(&self, x: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (b, t, h) = x.dims3()?;
-        let x = x.reshape((b * t, h))?;
-        let qkv = self.qkv.forward(&x)?;
-        let mask = mask
-            .map(|m| m.flatten_all()?.to_vec1::<f32>())
-            .transpose()?;
+    /// `x`: `[tokens, hidden]`, the sequences of `lens` back to back.
+    pub fn forward(&self, x: &[f32], lens: &[usize]) -> Vec<f32> {
+        let qkv = self.qkv.forward(x);
+        let h = self.attn_out.b.len();
         let dims = Dims {
-            batch: b,
-            len: t,
+            lens,
             heads: self.heads,
             head_dim: h / self.heads,
         };
-        let context = with_f32_slices(&[&qkv], |s| attention(s[0], mask.as_deref(), dims))?;
-        let context = Tensor::from_vec(context, (b * t, h), &Device::Cpu)?;
-        let x = self.attn_norm.forward(&self.attn_out.forward_then(
+        let context = attention(&qkv, dims);
+        drop(qkv);
+        let x = self.attn_norm.apply(self.attn_out.forward_then(
             &context,
-            Some(&x),
+            Some(x),
             Activation::None,
-        )?)?;
+        ));
         let inner = self
             .intermediate
-            .forward_then(&x, None, Activation::GeluErf)?;
-        let y = self.out_norm.forward(&self.output.forward_then(
-            &inner,
-            Some(&x),
-            Activation::None,
-        )?)?;
-        Ok(y.reshape((b, t, h))?)
+            .forward_then(&x, None, Activation::GeluErf);
+        self.out_norm
+            .apply(self.output.forward_then(&inner, Some(&x), Activation::None))
     }
 }
 
-/// Runs `f` on the f32 values of contiguous CPU tensors, without copying them.
-fn with_f32_slices<R>(xs: &[&Tensor], f: impl FnOnce(&[&[f32]]) -> R) -> Result<R> {
-    let guards: Vec<_> = xs.iter().map(|x| x.storage_and_layout()).collect();
-    let slices = guards
-        .iter()
-        .map(
-            |(storage, layout)| match (&**storage, layout.contiguous_offsets()) {
-                (Storage::Cpu(cpu), Some((start, end))) => Ok(&cpu.as_slice::<f32>()?[start..end]),
-                _ => Err(candle_core::Error::Msg(
-                    "the CPU kernels need contiguous CPU tensors".into(),
-                )),
-            },
-        )
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    Ok(f(&slices))
-}
-
-/// Runs `x` through `layers` in order.
-pub fn run_layers(layers: &[Layer], x: Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-    layers
-        .iter()
-        .try_fold(x, |x, layer| layer.forward(&x, mask))
+/// Runs `x` through `layers` in order (arguments as [`Layer::forward`]).
+pub fn run_layers(layers: &[Layer], x: Vec<f32>, lens: &[usize]) -> Vec<f32> {
+    layers.iter().fold(x, |x, layer| layer.forward(&x, lens))
 }
 
 /// Loads `{prefix}.0`, `{prefix}.1`, ... for as many layers as the checkpoint holds.
-pub fn load_layers(vb: &VarBuilder, prefix: &str, cfg: &BertConfig) -> Result<Vec<Layer>> {
+pub fn load_layers(
+    vb: &VarBuilder,
+    prefix: &str,
+    cfg: &BertConfig,
+    dtype: Dtype,
+) -> Result<Vec<Layer>> {
     let mut layers = Vec::new();
     loop {
         let layer_vb = vb.pp(format!("{prefix}.{}", layers.len()));
         if !layer_vb.contains_tensor("attention.self.query.weight") {
             return Ok(layers);
         }
-        layers.push(Layer::load(&layer_vb, cfg)?);
+        layers.push(Layer::load(&layer_vb, cfg, dtype)?);
     }
-}
-
-/// 0/1 key mask `[batch, len]` (row-major) -> additive `[batch, 1, 1, len]`: 0 for kept keys, the
-/// most negative f32 for masked ones, as transformers does. `None` when nothing is masked.
-pub fn additive_mask(mask: &[u32], batch: usize, len: usize) -> Result<Option<Tensor>> {
-    if mask.iter().all(|&m| m != 0) {
-        return Ok(None);
-    }
-    let values: Vec<f32> = mask
-        .iter()
-        .map(|&m| if m == 0 { f32::MIN } else { 0.0 })
-        .collect();
-    Ok(Some(Tensor::from_vec(
-        values,
-        (batch, 1, 1, len),
-        &Device::Cpu,
-    )?))
 }
 
 /// A plain BERT encoder (embeddings + all layers), as used by sentence-embedding models.
-#[derive(Clone, Debug)]
 pub struct Bert {
     embeddings: Embeddings,
     layers: Vec<Layer>,
@@ -347,13 +344,13 @@ pub struct Bert {
 
 impl Bert {
     /// Accepts unprefixed keys (sentence-transformers, GTE) and `bert.`-prefixed ones.
-    pub fn load(vb: &VarBuilder, cfg: &BertConfig) -> Result<Self> {
+    pub fn load(vb: &VarBuilder, cfg: &BertConfig, dtype: Dtype) -> Result<Self> {
         let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
             vb.pp("bert")
         } else {
             vb.clone()
         };
-        let layers = load_layers(&vb, "encoder.layer", cfg)?;
+        let layers = load_layers(&vb, "encoder.layer", cfg, dtype)?;
         if layers.is_empty() {
             return Err(ModelError::Config(
                 "the checkpoint has no encoder.layer.* weights".into(),
@@ -369,16 +366,11 @@ impl Bert {
         &self.embeddings
     }
 
-    /// `ids` and `mask`: `[batch, len]` row-major; returns the last hidden states
-    /// `[batch, len, hidden]`.
-    pub fn forward(&self, ids: &[u32], mask: &[u32], batch: usize, len: usize) -> Result<Tensor> {
-        let dev = Device::Cpu;
-        let ids = Tensor::from_slice(ids, (batch, len), &dev)?;
-        let positions = Tensor::arange(0u32, len as u32, &dev)?
-            .unsqueeze(0)?
-            .broadcast_as((batch, len))?;
-        let types = Tensor::zeros((batch, len), DType::U32, &dev)?;
-        let x = self.embeddings.forward(&ids, &positions, &types)?;
-        run_layers(&self.layers, x, additive_mask(mask, batch, len)?.as_ref())
+    /// The last hidden states of every token of `seqs`, packed: `[total tokens, hidden]`, the
+    /// sequences back to back. Ids and lengths must fit the model (see [`Embeddings::forward`]).
+    pub fn forward(&self, seqs: &[Vec<u32>]) -> Vec<f32> {
+        let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
+        let x = self.embeddings.forward(&TokenIds::packed(seqs));
+        run_layers(&self.layers, x, &lens)
     }
 }

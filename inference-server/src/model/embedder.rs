@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::bert::{Bert, BertConfig};
 use super::files::ModelFiles;
+use super::kernels::linear::Dtype;
 use super::pooling::{l2_normalize, Pooling};
 use super::tokenizer::Tokenizer;
 use super::{ModelError, Result};
@@ -17,6 +18,8 @@ pub struct EmbedderInfo {
     /// The longest token sequence the position table allows.
     pub max_positions: usize,
     pub pooling: Pooling,
+    /// What the weights are multiplied in.
+    pub dtype: Dtype,
 }
 
 pub struct Embedder {
@@ -29,20 +32,21 @@ pub struct Embedder {
 impl Embedder {
     /// `pooling` overrides the folder's `1_Pooling/config.json`; with neither, CLS pooling
     /// (what BERT-style embedding models such as GTE use).
-    pub fn load(files: &ModelFiles, pooling: Option<Pooling>) -> Result<Self> {
+    pub fn load(files: &ModelFiles, pooling: Option<Pooling>, dtype: Dtype) -> Result<Self> {
         let cfg = BertConfig::load(&files.config)?;
         let pooling = match (pooling, &files.pooling_config) {
             (Some(p), _) => p,
             (None, Some(path)) => Pooling::from_config_file(path)?,
             (None, None) => Pooling::Cls,
         };
-        let bert = Bert::load(&files.weights.var_builder()?, &cfg)?;
+        let bert = Bert::load(&files.weights.var_builder()?, &cfg, dtype)?;
         let tokenizer = Tokenizer::load(&files.tokenizer)?;
         let info = EmbedderInfo {
             model: files.name(),
             dims: cfg.hidden_size,
             max_positions: bert.embeddings().max_positions(),
             pooling,
+            dtype,
         };
         Ok(Self {
             bert,
@@ -60,13 +64,12 @@ impl Embedder {
         &self.info
     }
 
-    /// One vector per sequence. Sequences are padded to the longest one internally (masked),
-    /// so a batch gives the same vectors as one-by-one calls.
+    /// One vector per sequence. The batch runs packed (no padding), so it gives the same vectors
+    /// as one-by-one calls.
     pub fn embed(&self, batch: &[Vec<u32>], normalize: bool) -> Result<Vec<Vec<f32>>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let len = batch.iter().map(Vec::len).max().unwrap_or(0);
         let vocab = self.bert.embeddings().vocab_size();
         for seq in batch {
             if seq.is_empty() {
@@ -85,17 +88,12 @@ impl Embedder {
                 )));
             }
         }
-        let mut ids = vec![0u32; batch.len() * len];
-        let mut mask = vec![0u32; batch.len() * len];
-        for (row, seq) in batch.iter().enumerate() {
-            ids[row * len..row * len + seq.len()].copy_from_slice(seq);
-            mask[row * len..row * len + seq.len()].fill(1);
-        }
-        let hidden = self.bert.forward(&ids, &mask, batch.len(), len)?;
-        let mut pooled = self.pooling.pool(&hidden, &mask)?;
+        let hidden = self.bert.forward(batch);
+        let lens: Vec<usize> = batch.iter().map(Vec::len).collect();
+        let mut pooled = self.pooling.pool(&hidden, &lens, self.info.dims);
         if normalize {
-            pooled = l2_normalize(&pooled)?;
+            pooled.iter_mut().for_each(|v| l2_normalize(v));
         }
-        Ok(pooled.to_vec2::<f32>()?)
+        Ok(pooled)
     }
 }

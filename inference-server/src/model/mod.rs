@@ -10,9 +10,10 @@ pub mod pooling;
 pub mod tokenizer;
 pub mod uninlu;
 
-pub use embedder::{Embedder, EmbedderInfo};
 pub use download::{download, download_archive, download_into, HubConfig, HubKind};
+pub use embedder::{Embedder, EmbedderInfo};
 pub use files::{resolve, ModelFiles};
+pub use kernels::linear::Dtype;
 pub use pooling::Pooling;
 pub use tokenizer::{Encoding, Tokenizer};
 pub use uninlu::{Logits, TextStates, UniNluInfo, UniNluModel};

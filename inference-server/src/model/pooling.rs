@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::str::FromStr;
 
-use candle_core::{Tensor, D};
 use serde::{Deserialize, Serialize};
 
 use super::{ModelError, Result};
@@ -56,63 +55,61 @@ impl Pooling {
     }
 
     /// `hidden`: `[batch, len, dim]`; `mask`: 0/1 `[batch, len]` row-major. Returns `[batch, dim]`.
-    pub fn pool(self, hidden: &Tensor, mask: &[u32]) -> Result<Tensor> {
-        let (b, t, _) = hidden.dims3()?;
-        Ok(match self {
-            Self::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
-            Self::Mean => {
-                let m: Vec<f32> = mask.iter().map(|&v| v as f32).collect();
-                let m = Tensor::from_vec(m, (b, t, 1), hidden.device())?;
-                let sum = hidden.broadcast_mul(&m)?.sum(1)?;
-                let count = m.sum(1)?.clamp(1e-9f32, f32::MAX)?;
-                sum.broadcast_div(&count)?
-            }
-        })
+    /// `hidden`: `[tokens, dims]`, the sequences of `lens` back to back (see
+    /// [`super::bert::Bert::forward`]); one vector per sequence.
+    pub fn pool(self, hidden: &[f32], lens: &[usize], dims: usize) -> Vec<Vec<f32>> {
+        let mut first = 0;
+        lens.iter()
+            .map(|&len| {
+                let rows = &hidden[first * dims..(first + len) * dims];
+                first += len;
+                match self {
+                    Self::Cls => rows[..dims].to_vec(),
+                    Self::Mean => {
+                        let mut sum = vec![0f32; dims];
+                        for row in rows.chunks_exact(dims) {
+                            sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                        }
+                        sum.iter().map(|s| s / len.max(1) as f32).collect()
+                    }
+                }
+            })
+            .collect()
     }
 }
 
-/// `x / max(||x||, 1e-12)` per row of `[batch, dim]`, like `torch.nn.functional.normalize`.
-pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
-    let norm = x
-        .sqr()?
-        .sum_keepdim(D::Minus1)?
-        .sqrt()?
-        .clamp(1e-12f32, f32::MAX)?;
-    Ok(x.broadcast_div(&norm)?)
+/// Scales `v` to unit L2 norm (a zero vector stays zero).
+pub fn l2_normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     #[test]
-    fn mean_ignores_masked_tokens_and_cls_takes_first() {
-        let h = Tensor::from_vec(
-            vec![1f32, 2., 3., 4., 100., 100., 5., 6., 7., 8., 9., 10.],
-            (2, 3, 2),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let mask = [1, 1, 0, 1, 1, 1];
-        let mean = Pooling::Mean
-            .pool(&h, &mask)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        assert_eq!(mean, vec![vec![2., 3.], vec![7., 8.]]);
-        let cls = Pooling::Cls
-            .pool(&h, &mask)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        assert_eq!(cls, vec![vec![1., 2.], vec![5., 6.]]);
+    fn mean_averages_each_sequence_and_cls_takes_its_first_row() {
+        // Two sequences of lengths 2 and 3, dims 2, packed back to back.
+        let h = [1f32, 2., 3., 4., 5., 6., 7., 8., 9., 10.];
+        let lens = [2, 3];
+        assert_eq!(
+            Pooling::Mean.pool(&h, &lens, 2),
+            vec![vec![2., 3.], vec![7., 8.]]
+        );
+        assert_eq!(
+            Pooling::Cls.pool(&h, &lens, 2),
+            vec![vec![1., 2.], vec![5., 6.]]
+        );
     }
 
     #[test]
     fn normalize_rows_and_zero_vector() {
-        let x = Tensor::from_vec(vec![3f32, 4., 0., 0.], (2, 2), &Device::Cpu).unwrap();
-        let n = l2_normalize(&x).unwrap().to_vec2::<f32>().unwrap();
-        assert_eq!(n, vec![vec![0.6, 0.8], vec![0., 0.]]);
+        let mut v = [3f32, 4.];
+        l2_normalize(&mut v);
+        assert_eq!(v, [0.6, 0.8]);
+        let mut zero = [0f32, 0.];
+        l2_normalize(&mut zero);
+        assert_eq!(zero, [0., 0.]);
     }
 }

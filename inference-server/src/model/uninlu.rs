@@ -6,17 +6,14 @@
 //! once per text (all windows in one batch), and [`UniNluModel::score_many`] scores any number of
 //! prompts, for any number of texts, in one batched forward.
 
-use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-use super::bert::{additive_mask, load_layers, run_layers, BertConfig, Embeddings, Layer, Linear};
+use super::bert::{load_layers, run_layers, BertConfig, Embeddings, Layer, Linear, TokenIds};
 use super::files::ModelFiles;
+use super::kernels::linear::Dtype;
 use super::tokenizer::Tokenizer;
 use super::{ModelError, Result};
 use crate::uninlu::windows::{merge, TextWindow};
-
-/// Added to the logits of padding positions, as the original does.
-const PAD_LOGIT: f32 = -10000.0;
 
 /// What `/info` reports.
 #[derive(Clone, Debug, Serialize)]
@@ -41,10 +38,10 @@ pub struct UniNluModel {
 /// Lower-layer states of one text's windows, reusable for every prompt of the request.
 #[derive(Clone, Debug)]
 pub struct TextStates {
-    /// `[windows, window_len, hidden]`.
-    states: Tensor,
-    /// 0/1, `[windows * window_len]`.
-    mask: Vec<u32>,
+    /// `[real tokens of all windows, hidden]`, windows back to back without their padding.
+    states: Vec<f32>,
+    /// Real tokens per window.
+    lens: Vec<usize>,
     starts: Vec<usize>,
     window_len: usize,
     n_tokens: usize,
@@ -74,11 +71,11 @@ pub struct Logits {
 }
 
 impl UniNluModel {
-    pub fn load(files: &ModelFiles) -> Result<Self> {
+    pub fn load(files: &ModelFiles, dtype: Dtype) -> Result<Self> {
         let cfg = BertConfig::load(&files.config)?;
         let vb = files.weights.var_builder()?;
-        let lower = load_layers(&vb, "plm.encoder.layer", &cfg)?;
-        let upper = load_layers(&vb, "crossattention.layer", &cfg)?;
+        let lower = load_layers(&vb, "plm.encoder.layer", &cfg, dtype)?;
+        let upper = load_layers(&vb, "crossattention.layer", &cfg, dtype)?;
         if lower.is_empty() || upper.is_empty() {
             return Err(ModelError::Config(format!(
                 "not a SiameseUniNLU checkpoint: {} plm.encoder.layer.* and {} crossattention.layer.* layers",
@@ -91,6 +88,7 @@ impl UniNluModel {
             &[vb.pp("head_clsf"), vb.pp("tail_clsf")],
             cfg.hidden_size,
             1,
+            Dtype::F32,
         )?;
         let info = UniNluInfo {
             model: files.name(),
@@ -128,7 +126,9 @@ impl UniNluModel {
     }
 
     /// Runs the lower layers over all windows of one text at once (token type 0, positions
-    /// from 0). Windows come from [`crate::uninlu::windows::split`].
+    /// from 0), packed: window padding is dropped, which leaves the real tokens' states as they
+    /// are (padding is masked) and the padding's logits are never used (see
+    /// [`crate::uninlu::windows::merge`]). Windows come from [`crate::uninlu::windows::split`].
     pub fn encode_text(&self, windows: &[TextWindow]) -> Result<TextStates> {
         let len = windows.first().map(|w| w.ids.len()).unwrap_or(0);
         if len == 0
@@ -146,32 +146,36 @@ impl UniNluModel {
                 self.info.max_positions
             )));
         }
-        let ids: Vec<u32> = windows.iter().flat_map(|w| w.ids.iter().copied()).collect();
-        let mask: Vec<u32> = windows
+        let lens: Vec<usize> = windows
             .iter()
-            .flat_map(|w| w.mask.iter().copied())
+            .map(|w| w.mask.iter().take_while(|&&m| m != 0).count())
             .collect();
-        self.check_ids(&ids)?;
-        let n = windows.len();
-        let dev = Device::Cpu;
-        let positions = Tensor::arange(0u32, len as u32, &dev)?
-            .unsqueeze(0)?
-            .broadcast_as((n, len))?;
-        let types = Tensor::zeros((n, len), DType::U32, &dev)?;
-        let x = self.embeddings.forward(
-            &Tensor::from_slice(&ids, (n, len), &dev)?,
-            &positions,
-            &types,
-        )?;
-        let states = run_layers(&self.lower, x, additive_mask(&mask, n, len)?.as_ref())?;
+        if windows
+            .iter()
+            .zip(&lens)
+            .any(|(w, &real)| real == 0 || w.mask[real..].iter().any(|&m| m != 0))
+        {
+            return Err(ModelError::Input(
+                "each window's mask must mark a non-empty prefix of real tokens".into(),
+            ));
+        }
+        let real: Vec<Vec<u32>> = windows
+            .iter()
+            .zip(&lens)
+            .map(|(w, &n)| w.ids[..n].to_vec())
+            .collect();
+        let ids = TokenIds::packed(&real);
+        self.check_ids(&ids.ids)?;
+        let states = run_layers(&self.lower, self.embeddings.forward(&ids), &lens);
         let n_tokens = windows
             .iter()
-            .map(|w| w.start + w.mask.iter().filter(|&&m| m != 0).count())
+            .zip(&lens)
+            .map(|(w, n)| w.start + n)
             .max()
             .unwrap_or(0);
         Ok(TextStates {
             states,
-            mask,
+            lens,
             starts: windows.iter().map(|w| w.start).collect(),
             window_len: len,
             n_tokens,
@@ -187,21 +191,14 @@ impl UniNluModel {
     }
 
     /// Scores every job's prompts against its text in one batched forward; results are per job,
-    /// per prompt, merged over the text's windows. Prompts are padded to the longest (masked);
-    /// texts of different lengths are padded to the longest window (masked), which changes
-    /// nothing in the result since the upper layers have no position input.
+    /// per prompt, merged over the text's windows. Everything runs packed: the lower layers
+    /// over the prompts back to back, the upper layers over one `[window ; prompt]` sequence
+    /// per (job, prompt, window), without padding (the upper layers have no position input).
     pub fn score_many(&self, jobs: &[(&TextStates, &[Vec<u32>])]) -> Result<Vec<Vec<Logits>>> {
-        let dev = Device::Cpu;
         let n_prompts: usize = jobs.iter().map(|(_, p)| p.len()).sum();
         if n_prompts == 0 {
             return Ok(jobs.iter().map(|_| Vec::new()).collect());
         }
-        let plen = jobs
-            .iter()
-            .flat_map(|(_, ps)| ps.iter().map(Vec::len))
-            .max()
-            .unwrap_or(0);
-        let tlen = jobs.iter().map(|(t, _)| t.window_len).max().unwrap_or(0);
         for (text, prompts) in jobs {
             for p in prompts.iter() {
                 if p.is_empty() || text.window_len + p.len() > self.info.max_positions {
@@ -216,110 +213,59 @@ impl UniNluModel {
             }
         }
 
-        // Lower layers over all prompts: positions continue after their text's window,
-        // token type 1 everywhere (padding included).
-        let mut ids = vec![0u32; n_prompts * plen];
-        let mut pmask = vec![0u32; n_prompts * plen];
-        let mut positions = vec![0u32; n_prompts * plen];
-        let mut row = 0;
+        // Lower layers over all prompts: positions continue after their text's (padded) window,
+        // token type 1.
+        let mut ids = TokenIds::default();
+        let mut prompt_lens = Vec::with_capacity(n_prompts);
         for (text, prompts) in jobs {
             for p in prompts.iter() {
-                let r = row * plen;
-                ids[r..r + p.len()].copy_from_slice(p);
-                pmask[r..r + p.len()].fill(1);
-                for (j, pos) in positions[r..r + plen].iter_mut().enumerate() {
-                    *pos = (text.window_len + j) as u32;
-                }
-                row += 1;
+                ids.ids.extend_from_slice(p);
+                ids.positions
+                    .extend((0..p.len()).map(|j| (text.window_len + j) as u32));
+                prompt_lens.push(p.len());
             }
         }
-        let x = self.embeddings.forward(
-            &Tensor::from_vec(ids, (n_prompts, plen), &dev)?,
-            &Tensor::from_vec(positions, (n_prompts, plen), &dev)?,
-            &Tensor::ones((n_prompts, plen), DType::U32, &dev)?,
-        )?;
-        let prompt_states = run_layers(
-            &self.lower,
-            x,
-            additive_mask(&pmask, n_prompts, plen)?.as_ref(),
-        )?;
+        ids.token_types = vec![1; ids.ids.len()];
+        let prompt_states = run_layers(&self.lower, self.embeddings.forward(&ids), &prompt_lens);
 
-        // All texts' windows, padded to the longest window.
-        let mut window_states = Vec::with_capacity(jobs.len());
-        let mut window_masks: Vec<Vec<u32>> = Vec::new();
-        for (text, _) in jobs {
-            let pad = tlen - text.window_len;
-            window_states.push(text.states.pad_with_zeros(1, 0, pad)?);
-            for m in text.mask.chunks(text.window_len) {
-                let mut m = m.to_vec();
-                m.resize(tlen, 0);
-                window_masks.push(m);
-            }
-        }
-        let window_states = Tensor::cat(&window_states, 0)?;
-
-        // One row per (job, prompt, window): [text window ; prompt].
-        let (mut text_rows, mut prompt_rows, mut mask) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut first_window, mut first_prompt) = (0u32, 0u32);
+        // One sequence per (job, prompt, window): [text window ; prompt].
+        let h = self.info.hidden_size;
+        let rows = |states: &[f32], first: usize, len: usize| {
+            states[first * h..(first + len) * h].to_vec()
+        };
+        let (mut x, mut lens) = (Vec::new(), Vec::new());
+        let mut first_prompt_row = 0;
         for (text, prompts) in jobs {
-            for p in 0..prompts.len() as u32 {
-                for w in 0..text.windows() as u32 {
-                    text_rows.push(first_window + w);
-                    prompt_rows.push(first_prompt + p);
-                    mask.extend_from_slice(&window_masks[(first_window + w) as usize]);
-                    let pr = ((first_prompt + p) as usize) * plen;
-                    mask.extend_from_slice(&pmask[pr..pr + plen]);
+            for p in prompts.iter() {
+                let mut first_window_row = 0;
+                for &wlen in &text.lens {
+                    x.extend(rows(&text.states, first_window_row, wlen));
+                    x.extend(rows(&prompt_states, first_prompt_row, p.len()));
+                    lens.push(wlen + p.len());
+                    first_window_row += wlen;
                 }
+                first_prompt_row += p.len();
             }
-            first_window += text.windows() as u32;
-            first_prompt += prompts.len() as u32;
         }
-        let rows = text_rows.len();
-        let text_rows = Tensor::from_vec(text_rows, rows, &dev)?;
-        let prompt_rows = Tensor::from_vec(prompt_rows, rows, &dev)?;
-        let x = Tensor::cat(
-            &[
-                window_states.index_select(&text_rows, 0)?,
-                prompt_states.index_select(&prompt_rows, 0)?,
-            ],
-            1,
-        )?;
-        let total = tlen + plen;
-        let out = run_layers(&self.upper, x, additive_mask(&mask, rows, total)?.as_ref())?;
-        let hidden = out.dim(2)?;
+        let out = run_layers(&self.upper, x, &lens);
         // Heads over every position (cheap: two outputs) instead of copying out the text part.
-        let logits = self
-            .heads
-            .forward(&out.reshape((rows * total, hidden))?)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let logits = self.heads.forward(&out);
 
         let mut results = Vec::with_capacity(jobs.len());
-        let mut row = 0;
+        let (mut seq, mut first_row) = (0, 0);
         for (text, prompts) in jobs {
             let mut per_prompt = Vec::with_capacity(prompts.len());
             for _ in 0..prompts.len() {
                 let mut heads = Vec::with_capacity(text.windows());
                 let mut tails = Vec::with_capacity(text.windows());
-                for w in 0..text.windows() {
-                    let base = (row + w) * total;
-                    let wmask = &text.mask[w * text.window_len..(w + 1) * text.window_len];
+                for &wlen in &text.lens {
                     let pick = |k: usize| -> Vec<f32> {
-                        wmask
-                            .iter()
-                            .enumerate()
-                            .map(|(j, &m)| {
-                                let v = logits[(base + j) * 2 + k];
-                                if m == 0 {
-                                    v + PAD_LOGIT
-                                } else {
-                                    v
-                                }
-                            })
-                            .collect()
+                        (0..wlen).map(|j| logits[(first_row + j) * 2 + k]).collect()
                     };
                     heads.push(pick(0));
                     tails.push(pick(1));
+                    first_row += lens[seq];
+                    seq += 1;
                 }
                 let windows = |vals: &[Vec<f32>]| -> Vec<f32> {
                     merge(
@@ -334,7 +280,6 @@ impl UniNluModel {
                     head: windows(&heads),
                     tail: windows(&tails),
                 });
-                row += text.windows();
             }
             results.push(per_prompt);
         }

@@ -1,7 +1,7 @@
 //! GTE-layout BERT embeddings against `gte-tiny/expected.json`: ids from both tokenizer sources,
 //! CLS (normalised and raw) and mean pooling, all texts in one padded batch.
 
-use nlu_server::model::{Embedder, ModelFiles, Pooling};
+use nlu_server::model::{Dtype, Embedder, ModelFiles, Pooling};
 
 use super::common::{cosine, f64s, fixtures, read_json, select, u32s};
 
@@ -13,14 +13,14 @@ fn check(names: &[&str], source: &str) {
     let max_len = expected["max_length"].as_u64().unwrap() as usize;
     let cases = expected["cases"].as_array().unwrap();
 
-    let default = Embedder::load(&files, None).unwrap();
+    let default = Embedder::load(&files, None, Dtype::F32).unwrap();
     assert_eq!(
         default.info().pooling,
         Pooling::Cls,
         "pooling from 1_Pooling/config.json"
     );
     assert_eq!(default.info().dims, 64);
-    let mean = Embedder::load(&files, Some(Pooling::Mean)).unwrap();
+    let mean = Embedder::load(&files, Some(Pooling::Mean), Dtype::F32).unwrap();
 
     let ids: Vec<Vec<u32>> = cases
         .iter()

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nlu_server::model::{
-    download, download_archive, download_into, resolve, Embedder, HubConfig, HubKind, ModelError,
-    ModelFiles,
+    download, download_archive, download_into, resolve, Dtype, Embedder, HubConfig, HubKind,
+    ModelError, ModelFiles,
 };
 
 use super::common::fixtures;
@@ -103,10 +103,11 @@ fn downloads_into_the_cache_and_reuses_it() {
     }
     // No pytorch_model.bin request: safetensors exist.
     assert!(!files.dir.join("pytorch_model.bin").exists());
-    let downloaded = Embedder::load(&files, None).unwrap();
+    let downloaded = Embedder::load(&files, None, Dtype::F32).unwrap();
     let local = Embedder::load(
         &nlu_server::model::ModelFiles::from_dir(&model).unwrap(),
         None,
+        Dtype::F32,
     )
     .unwrap();
     let ids = vec![
@@ -189,8 +190,17 @@ fn downloads_from_a_modelscope_layout() {
     };
     let dir = download_into("damo/uninlu-tiny", &cfg, &out.path().join("m")).unwrap();
     // The repository has safetensors, so the torch checkpoint is not fetched.
-    for name in ["config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"] {
-        assert_eq!(std::fs::read(dir.join(name)).unwrap(), std::fs::read(model.join(name)).unwrap(), "{name}");
+    for name in [
+        "config.json",
+        "model.safetensors",
+        "vocab.txt",
+        "tokenizer_config.json",
+    ] {
+        assert_eq!(
+            std::fs::read(dir.join(name)).unwrap(),
+            std::fs::read(model.join(name)).unwrap(),
+            "{name}"
+        );
     }
     assert!(!dir.join("pytorch_model.bin").exists());
 }
@@ -198,8 +208,12 @@ fn downloads_from_a_modelscope_layout() {
 /// A `.tar.gz` of the gte-tiny folder under one top-level folder, as `tar czf` makes it.
 fn gte_archive(into: &std::path::Path) {
     let file = std::fs::File::create(into.join("model.tar.gz")).unwrap();
-    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast()));
-    tar.append_dir_all("gte-tiny", fixtures().join("gte-tiny/model")).unwrap();
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        file,
+        flate2::Compression::fast(),
+    ));
+    tar.append_dir_all("gte-tiny", fixtures().join("gte-tiny/model"))
+        .unwrap();
     tar.into_inner().unwrap().finish().unwrap();
 }
 
@@ -219,11 +233,20 @@ fn downloads_and_unpacks_a_model_archive() {
     let local = ModelFiles::from_dir(&fixtures().join("gte-tiny/model")).unwrap();
     let ids = vec![vec![101, 6484, 4263, 102]];
     assert_eq!(
-        Embedder::load(&files, None).unwrap().embed(&ids, true).unwrap(),
-        Embedder::load(&local, None).unwrap().embed(&ids, true).unwrap()
+        Embedder::load(&files, None, Dtype::F32)
+            .unwrap()
+            .embed(&ids, true)
+            .unwrap(),
+        Embedder::load(&local, None, Dtype::F32)
+            .unwrap()
+            .embed(&ids, true)
+            .unwrap()
     );
     // Nothing but the model folder is left behind.
-    let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(left, ["url"]);
 
     let err = download_archive(
@@ -233,6 +256,11 @@ fn downloads_and_unpacks_a_model_archive() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("not a readable .tar.gz"), "{err}");
-    let err = download_archive("ftp://example/m.tar.gz", &out.path().join("ftp"), Duration::from_secs(2)).unwrap_err();
+    let err = download_archive(
+        "ftp://example/m.tar.gz",
+        &out.path().join("ftp"),
+        Duration::from_secs(2),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("only http(s)"), "{err}");
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use nlu_server::model::{Embedder, ModelFiles, Pooling};
+use nlu_server::model::{Dtype, Embedder, ModelFiles, Pooling};
 
 use super::common::{cosine, f64s, fixtures, read_json, select, u32s};
 
@@ -57,7 +57,8 @@ fn minilm_matches_sentence_transformers() {
         ),
     ] {
         let dir = select(&src, names);
-        let embedder = Embedder::load(&ModelFiles::from_dir(dir.path()).unwrap(), None).unwrap();
+        let embedder =
+            Embedder::load(&ModelFiles::from_dir(dir.path()).unwrap(), None, Dtype::F32).unwrap();
         assert_eq!(embedder.info().pooling, Pooling::Mean);
         assert_eq!(embedder.info().dims, 384);
         let ids: Vec<Vec<u32>> = cases

@@ -1,14 +1,17 @@
 //! Odd input never panics: it gives a prediction or a typed error with the right status.
 
-use nlu_server::model::{Embedder, ModelFiles, UniNluModel};
+use nlu_server::model::{Dtype, Embedder, ModelFiles, UniNluModel};
 use nlu_server::uninlu::{predict, Limits, PredictError};
 use serde_json::json;
 
 use super::common::fixtures;
 
 fn model() -> UniNluModel {
-    UniNluModel::load(&ModelFiles::from_dir(&fixtures().join("uninlu-tiny/model")).unwrap())
-        .unwrap()
+    UniNluModel::load(
+        &ModelFiles::from_dir(&fixtures().join("uninlu-tiny/model")).unwrap(),
+        Dtype::F32,
+    )
+    .unwrap()
 }
 
 #[test]
@@ -116,6 +119,7 @@ fn embedder_rejects_bad_sequences() {
     let embedder = Embedder::load(
         &ModelFiles::from_dir(&fixtures().join("gte-tiny/model")).unwrap(),
         None,
+        Dtype::F32,
     )
     .unwrap();
     assert!(embedder.embed(&[], true).unwrap().is_empty());

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use nlu_server::model::{ModelFiles, UniNluModel};
+use nlu_server::model::{Dtype, ModelFiles, UniNluModel};
 use nlu_server::uninlu::{predict, Limits, Schema, Traversal};
 use serde_json::Value;
 
@@ -14,7 +14,7 @@ const TOLERANCE: f64 = 1e-3;
 fn load(names: &[&str]) -> (tempfile::TempDir, UniNluModel) {
     let dir = select(&fixtures().join("uninlu-tiny/model"), names);
     let files = ModelFiles::from_dir(dir.path()).unwrap();
-    let model = UniNluModel::load(&files).unwrap();
+    let model = UniNluModel::load(&files, Dtype::F32).unwrap();
     (dir, model)
 }
 

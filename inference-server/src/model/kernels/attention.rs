@@ -8,11 +8,11 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-/// Sizes of one attention call; `hidden = heads * head_dim`.
+/// Shape of one attention call: the rows of `qkv` are the tokens of the sequences one after
+/// another (a packed batch: no padding, so no mask); `hidden = heads * head_dim`.
 #[derive(Clone, Copy, Debug)]
-pub struct Dims {
-    pub batch: usize,
-    pub len: usize,
+pub struct Dims<'a> {
+    pub lens: &'a [usize],
     pub heads: usize,
     pub head_dim: usize,
 }
@@ -30,32 +30,43 @@ impl Out {
     }
 }
 
-/// `qkv`: `[batch * len, 3 * hidden]`, rows `[q | k | v]` with q already scaled by
-/// `1/sqrt(head_dim)`; `mask`: additive, `[batch, len]` over keys. Returns the context
-/// `softmax(q kᵀ + mask) v`, `[batch * len, hidden]`.
-pub fn attention(qkv: &[f32], mask: Option<&[f32]>, d: Dims) -> Vec<f32> {
+/// `qkv`: `[tokens, 3 * hidden]`, rows `[q | k | v]` with q already scaled by
+/// `1/sqrt(head_dim)`. Returns the context `softmax(q kᵀ) v` of every sequence,
+/// `[tokens, hidden]`.
+pub fn attention(qkv: &[f32], d: Dims) -> Vec<f32> {
     let Dims {
-        batch,
-        len: t,
+        lens,
         heads,
         head_dim: dh,
     } = d;
     let h = heads * dh;
     let row = 3 * h;
-    assert_eq!(qkv.len(), batch * t * row, "qkv size");
-    if let Some(m) = mask {
-        assert_eq!(m.len(), batch * t, "mask size");
-    }
-    let mut out = vec![0f32; batch * t * h];
+    let tokens: usize = lens.iter().sum();
+    assert_eq!(qkv.len(), tokens * row, "qkv size");
+    let starts: Vec<usize> = lens
+        .iter()
+        .scan(0, |next, &len| {
+            let start = *next;
+            *next += len;
+            Some(start)
+        })
+        .collect();
+    let longest = lens.iter().copied().max().unwrap_or(0);
+    let mut out = vec![0f32; tokens * h];
     let dst = Out(out.as_mut_ptr());
-    (0..batch * heads).into_par_iter().for_each_init(
-        || vec![0f32; t * t],
+    (0..lens.len() * heads).into_par_iter().for_each_init(
+        || vec![0f32; longest * longest],
         |scores, task| {
-            let (b, j) = (task / heads, task % heads);
-            let q = &qkv[b * t * row + j * dh..];
+            let (s, j) = (task / heads, task % heads);
+            let (first, t) = (starts[s], lens[s]);
+            if t == 0 {
+                return;
+            }
+            let scores = &mut scores[..t * t];
+            let q = &qkv[first * row + j * dh..];
             let (k, v) = (&q[h..], &q[2 * h..]);
-            // SAFETY: every read stays inside `qkv` (row `b*t + t-1`, column below 3h);
-            // every write goes to rows b*t.. b*t+t-1, columns j*dh.. j*dh+dh-1 of `out`,
+            // SAFETY: every read stays inside `qkv` (row `first + t-1`, column below 3h);
+            // every write goes to rows first.. first+t-1, columns j*dh.. j*dh+dh-1 of `out`,
             // which no other task touches; `out` outlives the parallel loop.
             unsafe {
                 // scores[t, t] = q[t, dh] · kᵀ: element (d, key) of kᵀ is k[key*row + d].
@@ -81,17 +92,14 @@ pub fn attention(qkv: &[f32], mask: Option<&[f32]>, d: Dims) -> Vec<f32> {
                     Parallelism::None,
                 );
             }
-            let key_mask = mask.map(|m| &m[b * t..(b + 1) * t]);
-            for r in scores.chunks_exact_mut(t) {
-                softmax_row(r, key_mask);
-            }
+            scores.chunks_exact_mut(t).for_each(softmax_row);
             unsafe {
                 // context[t, dh] = p[t, t] · v[t, dh], written into out's head columns.
                 gemm(
                     t,
                     dh,
                     t,
-                    dst.at(b * t * h + j * dh),
+                    dst.at(first * h + j * dh),
                     1,
                     h as isize,
                     false,
@@ -114,11 +122,8 @@ pub fn attention(qkv: &[f32], mask: Option<&[f32]>, d: Dims) -> Vec<f32> {
     out
 }
 
-/// In place: `softmax(r + mask)`, max-subtracted like candle's and PyTorch's.
-fn softmax_row(r: &mut [f32], mask: Option<&[f32]>) {
-    if let Some(m) = mask {
-        r.iter_mut().zip(m).for_each(|(x, m)| *x += m);
-    }
+/// In place, max-subtracted like candle's and PyTorch's.
+fn softmax_row(r: &mut [f32]) {
     let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for x in r.iter_mut() {
@@ -132,36 +137,38 @@ fn softmax_row(r: &mut [f32], mask: Option<&[f32]>) {
 mod tests {
     use super::*;
 
-    /// Straight from the definition, in f64.
-    fn naive(qkv: &[f32], mask: Option<&[f32]>, d: Dims) -> Vec<f32> {
+    /// Straight from the definition, in f64, one sequence after another.
+    fn naive(qkv: &[f32], d: Dims) -> Vec<f32> {
         let h = d.heads * d.head_dim;
-        let at = |b: usize, i: usize, c: usize| qkv[(b * d.len + i) * 3 * h + c] as f64;
-        let mut out = vec![0f32; d.batch * d.len * h];
-        for b in 0..d.batch {
+        let tokens: usize = d.lens.iter().sum();
+        let at = |first: usize, i: usize, c: usize| qkv[(first + i) * 3 * h + c] as f64;
+        let mut out = vec![0f32; tokens * h];
+        let mut first = 0;
+        for &len in d.lens {
             for j in 0..d.heads {
-                for i in 0..d.len {
-                    let s: Vec<f64> = (0..d.len)
+                for i in 0..len {
+                    let s: Vec<f64> = (0..len)
                         .map(|key| {
-                            let dot: f64 = (0..d.head_dim)
+                            (0..d.head_dim)
                                 .map(|c| {
-                                    at(b, i, j * d.head_dim + c)
-                                        * at(b, key, h + j * d.head_dim + c)
+                                    at(first, i, j * d.head_dim + c)
+                                        * at(first, key, h + j * d.head_dim + c)
                                 })
-                                .sum();
-                            dot + mask.map_or(0.0, |m| m[b * d.len + key] as f64)
+                                .sum()
                         })
                         .collect();
                     let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                     let e: Vec<f64> = s.iter().map(|x| (x - max).exp()).collect();
                     let z: f64 = e.iter().sum();
                     for c in 0..d.head_dim {
-                        let v: f64 = (0..d.len)
-                            .map(|key| e[key] / z * at(b, key, 2 * h + j * d.head_dim + c))
+                        let v: f64 = (0..len)
+                            .map(|key| e[key] / z * at(first, key, 2 * h + j * d.head_dim + c))
                             .sum();
-                        out[(b * d.len + i) * h + j * d.head_dim + c] = v as f32;
+                        out[(first + i) * h + j * d.head_dim + c] = v as f32;
                     }
                 }
             }
+            first += len;
         }
         out
     }
@@ -181,49 +188,31 @@ mod tests {
             .collect()
     }
 
-    fn check(d: Dims, masked_tail: usize) {
-        let h = d.heads * d.head_dim;
-        let qkv = values(d.batch * d.len * 3 * h, (d.len * 31 + d.heads) as u64);
-        // The last `masked_tail` keys of every other sequence are padding.
-        let mask: Vec<f32> = (0..d.batch * d.len)
-            .map(|i| {
-                let (b, key) = (i / d.len, i % d.len);
-                if b % 2 == 1 && key >= d.len - masked_tail {
-                    f32::MIN
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask = (masked_tail > 0).then_some(mask.as_slice());
-        let got = attention(&qkv, mask, d);
-        let want = naive(&qkv, mask, d);
-        let worst = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        assert!(worst < 1e-5, "{d:?}: max abs diff {worst}");
-    }
-
+    /// Sequences of different lengths (an empty one too) back to back, odd head sizes.
     #[test]
-    fn matches_the_definition_on_odd_shapes() {
-        for (batch, len, heads, head_dim, masked) in [
-            (1, 1, 1, 1, 0),
-            (1, 1, 2, 3, 0),
-            (3, 5, 3, 7, 2),
-            (2, 17, 4, 16, 5),
-            (2, 33, 2, 64, 31),
+    fn packed_batches_match_the_definition() {
+        for (lens, heads, head_dim) in [
+            (vec![1], 1, 1),
+            (vec![1], 2, 3),
+            (vec![5, 5, 5], 3, 7),
+            (vec![17, 1, 0, 9], 4, 16),
+            (vec![33, 2], 2, 64),
         ] {
-            check(
-                Dims {
-                    batch,
-                    len,
-                    heads,
-                    head_dim,
-                },
-                masked,
+            let d = Dims {
+                lens: &lens,
+                heads,
+                head_dim,
+            };
+            let qkv = values(
+                lens.iter().sum::<usize>() * 3 * heads * head_dim,
+                lens[0] as u64,
             );
+            let worst = attention(&qkv, d)
+                .iter()
+                .zip(&naive(&qkv, d))
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(worst < 1e-5, "{d:?}: max abs diff {worst}");
         }
     }
 }

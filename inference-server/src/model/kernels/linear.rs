@@ -1,11 +1,14 @@
-//! `x · w_t + b (+ residual)`, optionally followed by GELU (erf), in one output buffer: the
-//! bias (plus the residual) is written first and gemm accumulates into it, and GELU runs in
-//! place, where candle's `matmul` + `broadcast_add` + `add` / `gelu_erf` makes more passes and
-//! more tensors.
+//! `x · W + b (+ residual)`, optionally followed by GELU (erf), in one output buffer: the
+//! bias (plus the residual) is written first and the matmul accumulates into it, and GELU runs
+//! in place, where candle's `matmul` + `broadcast_add` + `add` / `gelu_erf` makes more passes and
+//! more tensors. The matmul is gemm's f32 kernel or, for `--dtype bf16`, the AMX kernel
+//! ([`super::amx`]).
 
 use candle_core::cpu::erf::erf_f32;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
+
+use super::amx;
 
 /// What follows the affine map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,57 +18,133 @@ pub enum Activation {
     GeluErf,
 }
 
-/// `x`: `[rows, k]`, `w_t`: `[k, n]`, `b`: `[n]`, `residual`: `[rows, n]`, all row-major;
-/// returns `act(x · w_t + b + residual)`, `[rows, n]`.
+/// The number format weights are stored and multiplied in (activations stay f32 between
+/// layers; bf16 products accumulate in f32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!("unknown dtype {other:?} (expected f32 or bf16)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+/// A weight matrix `[k, n]` laid out once, at load time, for its matmul kernel.
+pub enum Weights {
+    /// Row-major `[k, n]`: gemm reads it without a transposed view.
+    F32 {
+        w_t: Vec<f32>,
+        n: usize,
+    },
+    Bf16(amx::PackedWeights),
+}
+
+impl Weights {
+    /// `w_t`: `[k, n]` row-major. bf16 needs AMX: the caller checks [`amx::available`].
+    pub fn new(w_t: Vec<f32>, k: usize, n: usize, dtype: Dtype) -> Self {
+        assert_eq!(w_t.len(), k * n, "weight size");
+        match dtype {
+            Dtype::F32 => Self::F32 { w_t, n },
+            Dtype::Bf16 => Self::Bf16(amx::PackedWeights::pack(&w_t, k, n)),
+        }
+    }
+
+    pub fn k(&self) -> usize {
+        match self {
+            Self::F32 { w_t, n } => w_t.len() / n,
+            Self::Bf16(w) => w.k(),
+        }
+    }
+
+    pub fn n(&self) -> usize {
+        match self {
+            Self::F32 { n, .. } => *n,
+            Self::Bf16(w) => w.n(),
+        }
+    }
+
+    /// `out[rows, n] += x[rows, k] · W`.
+    fn accumulate(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+        let (k, n) = (self.k(), self.n());
+        assert_eq!(x.len(), rows * k, "input size");
+        assert_eq!(out.len(), rows * n, "output size");
+        match self {
+            Self::Bf16(w) => amx::matmul_accumulate(x, rows, w, out),
+            Self::F32 { w_t, .. } => {
+                let threads = candle_core::utils::get_num_threads();
+                let parallelism = if threads > 1 {
+                    Parallelism::Rayon(threads)
+                } else {
+                    Parallelism::None
+                };
+                // SAFETY: the three buffers hold exactly [rows, n], [rows, k] and [k, n]
+                // row-major values, as asserted above.
+                unsafe {
+                    gemm(
+                        rows,
+                        n,
+                        k,
+                        out.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        true,
+                        x.as_ptr(),
+                        1,
+                        k as isize,
+                        w_t.as_ptr(),
+                        1,
+                        n as isize,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// `x`: `[rows, k]`, `b`: `[n]`, `residual`: `[rows, n]`, all row-major; returns
+/// `act(x · W + b + residual)`, `[rows, n]`.
 pub fn linear(
     x: &[f32],
-    w_t: &[f32],
+    w: &Weights,
     b: &[f32],
     residual: Option<&[f32]>,
     rows: usize,
     act: Activation,
 ) -> Vec<f32> {
-    let n = b.len();
-    assert!(n > 0, "empty bias");
-    let k = w_t.len() / n;
-    assert_eq!(w_t.len(), k * n, "weight size");
-    assert_eq!(x.len(), rows * k, "input size");
+    let n = w.n();
+    assert_eq!(b.len(), n, "bias size");
     let mut out = b.repeat(rows);
     if let Some(res) = residual {
         assert_eq!(res.len(), rows * n, "residual size");
         out.iter_mut().zip(res).for_each(|(o, r)| *o += r);
     }
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
-    // SAFETY: the three buffers hold exactly [rows, n], [rows, k] and [k, n] row-major values,
-    // as asserted above.
-    unsafe {
-        gemm(
-            rows,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w_t.as_ptr(),
-            1,
-            n as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    w.accumulate(x, rows, &mut out);
     if act == Activation::GeluErf {
         out.par_chunks_mut(n).for_each(|r| {
             for v in r {
@@ -138,7 +217,8 @@ mod tests {
                 (Activation::None, Some(res.as_slice())),
             ] {
                 let (x, w, b) = (values(rows * k, 1), values(k * n, 2), values(n, 3));
-                let got = linear(&x, &w, &b, residual, rows, act);
+                let weights = Weights::new(w.clone(), k, n, Dtype::F32);
+                let got = linear(&x, &weights, &b, residual, rows, act);
                 let want = naive(&x, &w, &b, residual, rows, act);
                 let worst = got
                     .iter()
