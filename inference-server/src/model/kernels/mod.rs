@@ -4,3 +4,4 @@
 pub mod amx;
 pub mod attention;
 pub mod linear;
+pub mod norm;
