@@ -2,16 +2,22 @@
 //!
 //! AMX intrinsics are unstable in Rust, so the tile instructions are inline asm. `W` is converted
 //! and arranged once at load time ([`PackedWeights`]); `x` is converted per call into the same
-//! tile order, so every tile load reads 1 KiB of contiguous memory (64-byte stride), which the
-//! hardware prefetchers follow. Each output block of 32 x 32 f32 lives in four accumulator tiles
-//! (tmm0-3) for a whole K chunk; tmm4-5 hold A (16 rows x 32 bf16), tmm6-7 hold B (16 k-pairs x
-//! 16 columns x 2, the VNNI order `tdpbf16ps` wants).
+//! tile order, so every tile load reads 1 KiB of contiguous memory (64-byte stride). Each output
+//! block of 32 x 32 f32 lives in four accumulator tiles (tmm0-3) over the whole K; tmm4-5 hold A
+//! (16 rows x 32 bf16), tmm6-7 hold B (16 k-pairs x 16 columns x 2, the VNNI order `tdpbf16ps`
+//! wants).
+//!
+//! Tile loads, not `tdpbf16ps`, bound the speed (measured on this machine class: a
+//! `tdpbf16ps` every 5 ns, a tile load about 12 ns from L1 and 20 ns from L2, twice that from
+//! L3), and the 2 x 2 block, the most eight tiles allow, needs one load per `tdpbf16ps`. So what
+//! matters is where the operands come from: tasks keep their weights in L2, and the kernel
+//! prefetches the next tiles into L1.
 
 use std::arch::asm;
 use std::arch::x86_64::{
     __cpuid_count, __m512i, _mm512_cvtne2ps_pbh, _mm512_maskz_loadu_ps, _mm512_storeu_si512,
 };
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use half::bf16;
 use rayon::prelude::*;
@@ -24,12 +30,10 @@ const TILE_K: usize = 32;
 const TILE_ELEMS: usize = TILE_ROWS * TILE_K;
 /// Rows and columns of the output block held in the four accumulator tiles.
 const BLOCK: usize = 2 * TILE_ROWS;
-/// Output blocks per task, in rows and in columns: a task's A rows and B columns of one K chunk
-/// stay in L2 while it walks its blocks.
+/// Output blocks per task, in rows and in columns: a task's A rows and B columns stay in L2
+/// while it walks its blocks.
 const TASK_ROW_BLOCKS: usize = 4;
 const TASK_COL_BLOCKS: usize = 8;
-/// K steps (of [`TILE_K`]) per chunk: bounds what a task touches per pass over its blocks.
-const CHUNK_K_STEPS: usize = 8;
 /// Below this many multiply-adds the work runs on the calling thread: a rayon fan-out costs
 /// more than it saves.
 const SERIAL_MACS: usize = 1 << 23;
@@ -122,7 +126,11 @@ pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f
     if rows == 0 {
         return;
     }
-    let a = pack_rows(x, rows, k, w.k_steps);
+    // A reused buffer: a fresh one of this size would be mmapped and page-faulted in on every
+    // call (about 8 % of the time at BERT shapes).
+    static BUFFERS: Mutex<Vec<Vec<u16>>> = Mutex::new(Vec::new());
+    let mut a = BUFFERS.lock().unwrap().pop().unwrap_or_default();
+    pack_rows(x, rows, k, w.k_steps, &mut a);
     let row_groups = rows.div_ceil(BLOCK * TASK_ROW_BLOCKS);
     let col_groups = n.div_ceil(BLOCK * TASK_COL_BLOCKS);
     let out = OutPtr(out.as_mut_ptr());
@@ -132,29 +140,28 @@ pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f
         rows,
         out,
     };
-    let task = |t: usize| job.run(t / col_groups, t % col_groups);
+    // Column group major: consecutive tasks (which rayon keeps on one thread) share their
+    // weights, which stay in L2.
+    let task = |t: usize| job.run(t % row_groups, t / row_groups);
     if rows * k * n < SERIAL_MACS || rayon::current_num_threads() == 1 {
         (0..row_groups * col_groups).for_each(task);
     } else {
         (0..row_groups * col_groups).into_par_iter().for_each(task);
     }
+    BUFFERS.lock().unwrap().push(a);
 }
 
-/// `x` in bf16, in tile order: for each 16-row tile, for each K step, one 1 KiB A tile.
-/// Zero-padded to whole tiles and to an even number of row tiles (one output block).
-fn pack_rows(x: &[f32], rows: usize, k: usize, k_steps: usize) -> Vec<u16> {
-    let row_tiles = rows.div_ceil(BLOCK) * 2;
-    let mut a = vec![0u16; row_tiles * k_steps * TILE_ELEMS];
+/// Writes `x` in bf16 to `a` in tile order: for each 16-row tile, for each K step, one 1 KiB A
+/// tile. Zero-padded to whole tiles and to an even number of row tiles (one output block).
+fn pack_rows(x: &[f32], rows: usize, k: usize, k_steps: usize, a: &mut Vec<u16>) {
     let tile_rows = k_steps * TILE_ELEMS;
-    let pack_tile = |(t, dst): (usize, &mut [u16])| {
-        for r in 0..TILE_ROWS.min(rows.saturating_sub(t * TILE_ROWS)) {
-            let src = &x[(t * TILE_ROWS + r) * k..][..k];
-            for step in 0..k_steps {
-                let part = &src[step * TILE_K..(step * TILE_K + TILE_K).min(k)];
-                let at = (step * TILE_ROWS + r) * TILE_K;
-                // SAFETY: `available()` (asserted by the caller) implies AVX-512 BF16.
-                unsafe { to_bf16(part, (&mut dst[at..at + TILE_K]).try_into().unwrap()) };
-            }
+    a.resize(rows.div_ceil(BLOCK) * 2 * tile_rows, 0);
+    let pack_tile = |(t, tile_rows): (usize, &mut [u16])| {
+        for r in 0..TILE_ROWS {
+            let row = t * TILE_ROWS + r;
+            let src = if row < rows { &x[row * k..][..k] } else { &[] };
+            // SAFETY: `available()` (asserted by the caller) implies AVX-512 BF16.
+            unsafe { pack_row(src, k_steps, &mut tile_rows[r * TILE_K..]) };
         }
     };
     if rows * k < SERIAL_MACS / 64 {
@@ -162,21 +169,27 @@ fn pack_rows(x: &[f32], rows: usize, k: usize, k_steps: usize) -> Vec<u16> {
     } else {
         a.par_chunks_mut(tile_rows).enumerate().for_each(pack_tile);
     }
-    a
 }
 
-/// Rounds up to 32 values to bf16 (nearest, ties to even) and zero-fills the rest of `dst`.
+/// Rounds one row of `x` to bf16 (nearest, ties to even) into its row of each of `k_steps` A
+/// tiles, the first at `dst[0..32]`, the next 1 KiB on; zeros past the end of `src` (which is
+/// empty for the padding rows).
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn to_bf16(src: &[f32], dst: &mut [u16; TILE_K]) {
-    let len = src.len();
-    debug_assert!(len <= TILE_K);
-    let mask = |from: usize| (((1u64 << len.clamp(from, from + 16)) >> from) - 1) as u16;
-    // SAFETY: the masks cover only the first `len` values of `src`; `dst` holds 64 bytes.
-    unsafe {
-        let lo = _mm512_maskz_loadu_ps(mask(0), src.as_ptr());
-        let hi = _mm512_maskz_loadu_ps(mask(16), src.as_ptr().wrapping_add(16));
-        let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-        _mm512_storeu_si512(dst.as_mut_ptr().cast(), v);
+unsafe fn pack_row(src: &[f32], k_steps: usize, dst: &mut [u16]) {
+    assert!(dst.len() >= (k_steps - 1) * TILE_ELEMS + TILE_K);
+    for step in 0..k_steps {
+        let from = step * TILE_K;
+        let len = src.len().saturating_sub(from).min(TILE_K);
+        let mask = |half: usize| (((1u64 << len.clamp(half, half + 16)) >> half) - 1) as u16;
+        // SAFETY: the masks cover only the `len` values of `src` from `from`, and `dst` holds
+        // 32 values from `step * TILE_ELEMS`, as asserted.
+        unsafe {
+            let at = src.as_ptr().wrapping_add(from);
+            let lo = _mm512_maskz_loadu_ps(mask(0), at);
+            let hi = _mm512_maskz_loadu_ps(mask(16), at.wrapping_add(16));
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(dst.as_mut_ptr().add(step * TILE_ELEMS).cast(), v);
+        }
     }
 }
 
@@ -195,59 +208,41 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// One task: the output blocks of row group `rg` and column group `cg`, K chunk by K chunk.
+    /// One task: the output blocks of row group `rg` and column group `cg`.
     fn run(&self, rg: usize, cg: usize) {
         let (n, k_steps) = (self.w.n, self.w.k_steps);
         let row_blocks =
             rg * TASK_ROW_BLOCKS..((rg + 1) * TASK_ROW_BLOCKS).min(self.rows.div_ceil(BLOCK));
         let col_blocks = cg * TASK_COL_BLOCKS..((cg + 1) * TASK_COL_BLOCKS).min(n.div_ceil(BLOCK));
-        let tile_stream = k_steps * TILE_ELEMS;
+        let stream = k_steps * TILE_ELEMS;
+        let mut sums = [0f32; BLOCK * BLOCK];
         let _tiles = Tiles::configure();
-        for step in (0..k_steps).step_by(CHUNK_K_STEPS) {
-            let steps = CHUNK_K_STEPS.min(k_steps - step);
-            for rb in row_blocks.clone() {
-                let a0 = &self.a[2 * rb * tile_stream + step * TILE_ELEMS..];
-                for cb in col_blocks.clone() {
-                    let b0 = &self.w.data[2 * cb * tile_stream + step * TILE_ELEMS..];
-                    let (r0, c0) = (rb * BLOCK, cb * BLOCK);
-                    let (h, w) = (BLOCK.min(self.rows - r0), BLOCK.min(n - c0));
-                    // SAFETY: `a0` and `b0` start two tile streams of `k_steps` tiles each, and
-                    // `steps` stays within them; the output block is either whole inside `out`
-                    // (row stride `n`) or goes through the scratch block.
-                    unsafe {
-                        let c = self.out.0.add(r0 * n + c0);
-                        if h == BLOCK && w == BLOCK {
-                            block(c, n, a0.as_ptr(), b0.as_ptr(), tile_stream, steps);
-                        } else {
-                            let mut scratch = [0f32; BLOCK * BLOCK];
-                            for r in 0..h {
-                                std::ptr::copy_nonoverlapping(
-                                    c.add(r * n),
-                                    scratch[r * BLOCK..].as_mut_ptr(),
-                                    w,
-                                );
-                            }
-                            block(
-                                scratch.as_mut_ptr(),
-                                BLOCK,
-                                a0.as_ptr(),
-                                b0.as_ptr(),
-                                tile_stream,
-                                steps,
-                            );
-                            for r in 0..h {
-                                std::ptr::copy_nonoverlapping(
-                                    scratch[r * BLOCK..].as_ptr(),
-                                    c.add(r * n),
-                                    w,
-                                );
-                            }
-                        }
-                    }
+        for rb in row_blocks {
+            let a = &self.a[2 * rb * stream..][..2 * stream];
+            for cb in col_blocks.clone() {
+                let b = &self.w.data[2 * cb * stream..][..2 * stream];
+                // SAFETY: `a` and `b` each hold two tile streams of `k_steps` tiles.
+                unsafe { block(&mut sums, a.as_ptr(), b.as_ptr(), stream, k_steps) };
+                let (r0, c0) = (rb * BLOCK, cb * BLOCK);
+                let width = BLOCK.min(n - c0);
+                for (r, sums) in (r0..self.rows.min(r0 + BLOCK)).zip(sums.chunks_exact(BLOCK)) {
+                    // SAFETY: row `r` < rows and columns `c0..c0 + width` <= n lie in `out`,
+                    // and no other task writes this block.
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(self.out.0.add(r * n + c0), width)
+                    };
+                    // SAFETY: `available()` implies AVX-512.
+                    unsafe { add(out, sums) };
                 }
             }
         }
     }
+}
+
+/// `out += sums` (element-wise, up to the shorter), vectorised for AVX-512.
+#[target_feature(enable = "avx512f")]
+fn add(out: &mut [f32], sums: &[f32]) {
+    out.iter_mut().zip(sums).for_each(|(o, s)| *o += s);
 }
 
 /// This thread's tile configuration, for the life of the value: eight tiles of 16 rows x 64
@@ -288,30 +283,33 @@ impl Drop for Tiles {
     }
 }
 
-/// `c[32 x 32] += A · B` over `steps` K steps: `a` and `a + stream` are the two A tile streams
+/// `sums[32 x 32] = A · B` over `steps` K steps: `a` and `a + stream` are the two A tile streams
 /// (rows 0-15 and 16-31), `b` and `b + stream` the two B tile streams (columns 0-15 and
-/// 16-31), each advancing 1 KiB per step; `c` has a row stride of `ldc` f32.
+/// 16-31), each advancing 1 KiB per step.
+///
+/// The accumulators start from zero and go to a scratch block that the caller adds to `out`:
+/// as fast as loading and storing `out` in place (measured), and the same path for the edge
+/// blocks.
 ///
 /// # Safety
-/// Tiles configured by [`Tiles`]; the pointers valid for `steps` tiles and 32 rows of `c`.
+/// Tiles configured by [`Tiles`]; both streams of `a` and `b` hold `steps` tiles.
 #[inline]
 unsafe fn block(
-    c: *mut f32,
-    ldc: usize,
+    sums: &mut [f32; BLOCK * BLOCK],
     a: *const u16,
     b: *const u16,
     stream: usize,
     steps: usize,
 ) {
     debug_assert!(steps > 0);
-    let c_stride = ldc * 4;
+    let c = sums.as_mut_ptr();
     // SAFETY: per the contract above; tmm0-7 are not used by compiled code.
     unsafe {
         asm!(
-            "tileloadd tmm0, [{c} + {cs} * 1]",
-            "tileloadd tmm1, [{c} + {cs} * 1 + 64]",
-            "tileloadd tmm2, [{c2} + {cs} * 1]",
-            "tileloadd tmm3, [{c2} + {cs} * 1 + 64]",
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
             "2:",
             "tileloadd tmm4, [{a0} + {s} * 1]",
             "tileloadd tmm6, [{b0} + {s} * 1]",
@@ -321,6 +319,14 @@ unsafe fn block(
             "tileloadd tmm5, [{a1} + {s} * 1]",
             "tdpbf16ps tmm2, tmm5, tmm6",
             "tdpbf16ps tmm3, tmm5, tmm7",
+            // The next-but-one step's tiles, into L1: tile loads that miss L1 cost about
+            // twice as much, and the hardware prefetchers do not cover them.
+            ".irp off, 0,64,128,192,256,320,384,448,512,576,640,704,768,832,896,960",
+            "prefetcht0 [{a0} + \\off + 2048]",
+            "prefetcht0 [{a1} + \\off + 2048]",
+            "prefetcht0 [{b0} + \\off + 2048]",
+            "prefetcht0 [{b1} + \\off + 2048]",
+            ".endr",
             "add {a0}, 1024",
             "add {a1}, 1024",
             "add {b0}, 1024",
@@ -332,8 +338,8 @@ unsafe fn block(
             "tilestored [{c2} + {cs} * 1], tmm2",
             "tilestored [{c2} + {cs} * 1 + 64], tmm3",
             c = in(reg) c,
-            c2 = in(reg) c.add(TILE_ROWS * ldc),
-            cs = in(reg) c_stride,
+            c2 = in(reg) c.add(TILE_ROWS * BLOCK),
+            cs = in(reg) BLOCK * 4,
             s = in(reg) 64usize,
             a0 = inout(reg) a => _,
             a1 = inout(reg) a.add(stream) => _,
