@@ -6,7 +6,7 @@
 //! 16-256 characters per input (the target of issue 9). Records /proc/loadavg before and after
 //! every figure: these machines are shared.
 //!
-//! `cargo run --release -p nlu-server --bin bench_http -- [--model DIR] [--url URL] [--seconds S] [--clients N] [--workloads mixed-chars,...] [--json]`
+//! `cargo run --release -p nlu-server --bin bench_http -- [--model DIR] [--url URL] [--seconds S] [--clients N] [--workloads mixed-chars,...] [--dtype bf16] [--json]`
 //! The model defaults to the folder `scripts/fetch-minilm.sh` prints. Threads: `RAYON_NUM_THREADS`.
 
 use std::path::PathBuf;
@@ -18,7 +18,7 @@ use clap::Parser;
 use serde_json::{json, Value};
 
 use nlu_server::config::{Cli, Command};
-use nlu_server::model::{Embedder, ModelFiles};
+use nlu_server::model::{Dtype, Embedder, ModelFiles};
 
 #[derive(Parser)]
 #[command(about = "HTTP benchmark of nlu-server on MiniLM")]
@@ -38,6 +38,9 @@ struct Args {
     /// Workloads to run, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Workload::ALL)]
     workloads: Vec<Workload>,
+    /// Number format of the in-process server's weights (`serve --dtype`): `f32` or `bf16`.
+    #[arg(long, default_value = "f32")]
+    dtype: Dtype,
     /// Print one JSON object per figure (with the load before and after it) instead of markdown.
     #[arg(long)]
     json: bool,
@@ -241,8 +244,8 @@ fn minilm_dir() -> Result<PathBuf> {
 }
 
 /// The model's own p50 for one 16-token input, to subtract from the HTTP latency.
-fn model_only_p50(dir: &std::path::Path, seconds: f64) -> Result<Duration> {
-    let embedder = Embedder::load(&ModelFiles::from_dir(dir)?, None)?;
+fn model_only_p50(dir: &std::path::Path, dtype: Dtype, seconds: f64) -> Result<Duration> {
+    let embedder = Embedder::load(&ModelFiles::from_dir(dir)?, None, dtype)?;
     let ids = embedder.tokenizer().encode(&text(14, &mut 7), None)?.ids;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut latencies = Vec::new();
@@ -270,7 +273,7 @@ async fn main() -> Result<()> {
     let base = match &args.url {
         Some(url) => url.trim_end_matches('/').to_owned(),
         None => {
-            let model = model.display().to_string();
+            let (model, dtype) = (model.display().to_string(), args.dtype.to_string());
             let argv = [
                 "nlu-server",
                 "serve",
@@ -280,6 +283,8 @@ async fn main() -> Result<()> {
                 "embedding",
                 "--max-batch-inputs",
                 "1024",
+                "--dtype",
+                &dtype,
             ];
             let Command::Serve(serve) = Cli::try_parse_from(argv)?.command else {
                 unreachable!()
@@ -317,7 +322,7 @@ async fn main() -> Result<()> {
         match workload {
             Workload::Overhead => {
                 section("Server overhead: one 16-token input, one client");
-                let model_p50 = model_only_p50(&model, args.seconds)?;
+                let model_p50 = model_only_p50(&model, args.dtype, args.seconds)?;
                 let load = loadavg();
                 let single =
                     closed_loop(&client, &url, 1, args.seconds, |seed| vec![text(14, seed)])

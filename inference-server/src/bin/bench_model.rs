@@ -4,7 +4,7 @@
 //! 4 relations) on a StructBERT-base-shaped random model. Prints markdown tables and the machine
 //! load, or JSON lines (`--json`, read by `bench/side_by_side.py`).
 //!
-//! `cargo run -p nlu-server --bin bench_model --release -- [--model DIR] [--seconds S] [--skip-base] [--skip-uninlu] [--shapes 8x64,1x16] [--json]`
+//! `cargo run -p nlu-server --bin bench_model --release -- [--model DIR] [--seconds S] [--skip-base] [--skip-uninlu] [--shapes 8x64,1x16] [--dtype bf16] [--json]`
 //! The model defaults to MiniLM in the cache of `scripts/fetch-minilm.sh`. Threads: `RAYON_NUM_THREADS`.
 
 use std::collections::HashMap;
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
-use nlu_server::model::{Embedder, ModelFiles, UniNluModel};
+use nlu_server::model::{Dtype, Embedder, ModelFiles, UniNluModel};
 use nlu_server::uninlu::{predict, Limits};
 use serde_json::json;
 
@@ -40,6 +40,10 @@ struct Args {
     /// `BATCHxLEN` pairs to run instead of the full grid, e.g. `8x128,1x16`.
     #[arg(long, value_parser = parse_shapes)]
     shapes: Option<Shapes>,
+    /// Number format of the weight matrices: `f32`, or `bf16` (AMX tiles, f32 accumulation; the
+    /// library falls back to f32 with a warning where the CPU lacks AMX).
+    #[arg(long, default_value = "f32")]
+    dtype: Dtype,
     /// Print one JSON object per measurement (with the load before and after it) instead of
     /// markdown tables.
     #[arg(long)]
@@ -110,13 +114,14 @@ fn synthetic_ids(batch: usize, len: usize) -> Vec<Vec<u32>> {
 
 fn bench_embedder(
     name: &str,
+    dtype: Dtype,
     embedder: &Embedder,
     budget: Duration,
     shapes: &[(usize, usize)],
     json: bool,
 ) -> Result<()> {
     if !json {
-        println!("\n### Embeddings: {name}\n");
+        println!("\n### Embeddings: {name}, {dtype}\n");
         println!("| batch | seq | inputs/s | tokens/s | p50 ms | p99 ms | runs |");
         println!("|---:|---:|---:|---:|---:|---:|---:|");
     }
@@ -131,7 +136,7 @@ fn bench_embedder(
         let (p50, p99) = (ms(percentile(&times, 0.5)), ms(percentile(&times, 0.99)));
         if json {
             let row = json!({
-                "kind": "embeddings", "model": name, "batch": batch, "seq": len,
+                "kind": "embeddings", "model": name, "dtype": dtype.to_string(), "batch": batch, "seq": len,
                 "inputs_per_s": inputs_s, "tokens_per_s": tokens_s, "p50_ms": p50, "p99_ms": p99,
                 "runs": times.len(), "threads": candle_core::utils::get_num_threads(),
                 "load_before": load_before, "load_after": loadavg(),
@@ -317,23 +322,23 @@ fn main() -> Result<()> {
     };
     match model {
         Some((name, dir)) => {
-            let embedder = Embedder::load(&ModelFiles::from_dir(&dir)?, None)?;
-            bench_embedder(&name, &embedder, budget, shapes, args.json)?
+            let embedder = Embedder::load(&ModelFiles::from_dir(&dir)?, None, args.dtype)?;
+            bench_embedder(&name, args.dtype, &embedder, budget, shapes, args.json)?
         }
         None => eprintln!("MiniLM skipped: run scripts/fetch-minilm.sh or pass --model DIR"),
     }
     if !args.skip_base {
         let tmp = tempfile_dir("bert-base")?;
         let files = random_model(&tmp, 12, false)?;
-        let embedder = Embedder::load(&files, None)?;
+        let embedder = Embedder::load(&files, None, args.dtype)?;
         let name = "BERT-base shape (random weights)";
-        bench_embedder(name, &embedder, budget, shapes, args.json)?;
+        bench_embedder(name, args.dtype, &embedder, budget, shapes, args.json)?;
         std::fs::remove_dir_all(&tmp)?;
     }
     if !args.skip_uninlu {
         let tmp = tempfile_dir("uninlu-base")?;
         let files = random_model(&tmp, 12, true)?;
-        bench_uninlu(&UniNluModel::load(&files)?, budget, args.json)?;
+        bench_uninlu(&UniNluModel::load(&files, args.dtype)?, budget, args.json)?;
         std::fs::remove_dir_all(&tmp)?;
     }
     if !args.json {

@@ -1,0 +1,404 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: nlu-server against ONNX Runtime and PyTorch, same weights, same threads,
+same machine, one run. Not part of CI.
+
+Model only (no tokenizer, no HTTP), for each model folder of `bench/make_models.py` (MiniLM with
+real weights, BERT-base and BERT-large shapes with random weights) and each batch x sequence shape:
+  - ours: `target/release/bench_model --model DIR --shapes BxS --json` (f32; and `--dtype bf16`
+    once bench_model has that flag),
+  - ONNX Runtime: model.onnx, intra-op threads = --threads, inter-op 1, all graph optimisations,
+  - PyTorch eager fp32 and PyTorch bf16 autocast (transformers' BertModel), when torch imports.
+The ids are the synthetic ones bench_model uses (all tokens real, no padding). Ours also pools
+and normalises (negligible next to the encoder); the peers stop at last_hidden_state.
+
+End to end, MiniLM, the workload of issue 9's target: texts of 16-256 characters, 32 per request,
+through HTTP (`target/release/bench_http --workloads mixed-chars --json`, 1 and --clients clients)
+next to PyTorch (and ONNX Runtime) in-process on texts from the same generator (tokenizer +
+encoder + mean pooling + L2 normalisation, one batch of 32 after the other).
+
+Every figure is taken only when the 1-minute load average is at most --max-load (waiting up to
+--settle seconds for it, since the previous figure loads the machine too); otherwise the script
+exits non-zero without a report, unless --force. The load before and after every figure is
+printed with it.
+
+    python3 bench/make_models.py
+    cargo build --release -p nlu-server --bin bench_model --bin bench_http
+    python3 bench/side_by_side.py [--threads 2] [--seconds 3] [--models minilm,bert-base,bert-large]
+        [--shapes 1x16,1x128,8x128,32x128] [--large-shapes 1x16,8x128] [--max-load 0.75] [--force]
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+PEAK_FP32_PER_CORE = 230e9  # AVX-512 FMA, measured on this machine class (engineering notes)
+
+WORDS = (
+    "the cat sat on mat while people walked through city after rain and market was busy with fresh "
+    "fruit from farms near river music played in old square children laughed at small dog running "
+    "around tree under bright blue sky"
+).split()
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs: the same ids as bench_model, the same texts as bench_http.
+
+def synthetic_ids(batch, seq):
+    """bench_model's ids: [CLS], word pieces 2000-6999, [SEP]; no padding."""
+    rows = [[101] + [2000 + (i * 31 + b * 7) % 5000 for i in range(seq - 2)] + [102] for b in range(batch)]
+    ids = np.array(rows, dtype=np.int64)
+    return ids, np.ones_like(ids)
+
+
+class Texts:
+    """bench_http's xorshift64 text generator (client 0's seed), so both sides see the same texts."""
+
+    MASK = (1 << 64) - 1
+
+    def __init__(self, seed=0x9E3779B97F4A7C15 ^ 1):
+        self.s = seed
+
+    def next(self):
+        s = self.s
+        s ^= (s << 13) & self.MASK
+        s ^= s >> 7
+        s ^= (s << 17) & self.MASK
+        self.s = s
+        return s
+
+    def word(self):
+        return WORDS[self.next() % len(WORDS)]
+
+    def chars(self):
+        """A text of 16-256 characters: words until that length, cut there."""
+        n = 16 + self.next() % 241
+        out = ""
+        while len(out) < n:
+            out = f"{out} {self.word()}" if out else self.word()
+        return out[:n]
+
+    def request(self):
+        return [self.chars() for _ in range(32)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine load: every figure is gated on it and reported with it.
+
+def loadavg():
+    """The 1-minute load average and the whole /proc/loadavg line."""
+    line = pathlib.Path("/proc/loadavg").read_text().strip()
+    return float(line.split()[0]), line
+
+
+def wait_for_quiet(args, what):
+    """Returns the load line once the 1-minute load is at most --max-load; exits without a report
+    when it stays above for --settle seconds (unless --force)."""
+    deadline = time.monotonic() + args.settle
+    one, line = loadavg()
+    while one > args.max_load and time.monotonic() < deadline:
+        time.sleep(2)
+        one, line = loadavg()
+    if one > args.max_load:
+        if not args.force:
+            sys.exit(
+                f"refusing to measure {what}: 1-minute load {one} > --max-load {args.max_load} "
+                f"after waiting {args.settle:.0f} s ({line}); the machine is busy. "
+                "Retry later, or pass --force to report anyway."
+            )
+        print(f"warning: measuring {what} at load {one} (--force)", file=sys.stderr)
+    return line
+
+
+def figure(args, results, what, run):
+    """Takes one figure: waits for a quiet machine, runs `run()` (a dict of results), records the
+    load around it."""
+    before = wait_for_quiet(args, what)
+    print(f"measuring {what} (load {before.split()[0]})", file=sys.stderr)
+    row = run()
+    if row is not None:
+        row.update(what=what, load_before=before, load_after=loadavg()[1])
+        results.append(row)
+    return row
+
+
+def timed(fn, seconds):
+    """One warm-up call, then calls until `seconds` pass (at least 3). `fn` returns the tokens it
+    ran. Returns the sorted latencies (s) and the tokens of the timed calls."""
+    fn()
+    times, tokens, start = [], 0, time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        tokens += fn()
+        times.append(time.perf_counter() - t)
+    return sorted(times), tokens
+
+
+def summary(times, inputs_per_call, tokens):
+    total = sum(times)
+    pct = lambda q: times[round((len(times) - 1) * q)] * 1e3
+    return dict(inputs_per_s=inputs_per_call * len(times) / total, tokens_per_s=tokens / total,
+                p50_ms=pct(0.5), p99_ms=pct(0.99), runs=len(times))
+
+
+# ---------------------------------------------------------------------------------------------
+# Engines.
+
+def env(args):
+    return dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+
+
+def has_flag(binary, flag):
+    out = subprocess.run([binary, "--help"], capture_output=True, text=True)
+    return flag in out.stdout
+
+
+def ours(args, folder, batch, seq, dtype=None):
+    cmd = [str(args.bin / "bench_model"), "--model", str(folder), "--skip-base", "--skip-uninlu",
+           "--shapes", f"{batch}x{seq}", "--seconds", str(args.seconds), "--json"]
+    if dtype:
+        cmd += ["--dtype", dtype]
+    out = subprocess.run(cmd, env=env(args), check=True, capture_output=True, text=True).stdout
+    row = json.loads(out.strip().splitlines()[-1])
+    return {k: row[k] for k in ("inputs_per_s", "tokens_per_s", "p50_ms", "p99_ms", "runs")}
+
+
+def ort_session(args, folder):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+
+
+def ort_forward(session):
+    return lambda ids, mask: session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
+
+def torch_forward(model, bf16):
+    import torch
+
+    def forward(ids, mask):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.float().numpy()
+
+    return forward
+
+
+def model_only(args, forward, batch, seq):
+    ids, mask = synthetic_ids(batch, seq)
+
+    def step():
+        forward(ids, mask)
+        return batch * seq
+
+    times, tokens = timed(step, args.seconds)
+    return summary(times, batch, tokens)
+
+
+def in_process_texts(args, tokenizer, forward):
+    """Tokenizer + encoder + mean pooling + L2 normalisation, batches of 32 mixed texts."""
+    texts = Texts()
+
+    def step():
+        batch = tokenizer(texts.request(), padding=True, truncation=True, max_length=256, return_tensors="np")
+        ids, mask = batch["input_ids"].astype(np.int64), batch["attention_mask"].astype(np.int64)
+        hidden = forward(ids, mask)
+        weights = mask[..., None].astype(np.float32)
+        pooled = (hidden * weights).sum(1) / np.maximum(weights.sum(1), 1e-9)
+        pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+        return int(mask.sum())
+
+    times, tokens = timed(step, args.http_seconds)
+    return summary(times, 32, tokens)
+
+
+def ours_http(args, folder):
+    cmd = [str(args.bin / "bench_http"), "--model", str(folder), "--workloads", "mixed-chars",
+           "--clients", str(args.clients), "--seconds", str(args.http_seconds), "--json"]
+    out = subprocess.run(cmd, env=env(args), check=True, capture_output=True, text=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Work per token, for the fraction of peak.
+
+def flops_per_token(config, seq):
+    """2 x weights of the linear layers + attention (QK^T and PV: 4 x seq x hidden), per layer."""
+    h, i, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    return layers * (2 * (4 * h * h + 2 * h * i) + 4 * seq * h)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report.
+
+def fmt(row):
+    return "skipped" if row is None else f"{row['tokens_per_s']:,.0f} ({row['p50_ms']:.1f} ms)"
+
+
+def ratio(a, b):
+    return "" if a is None or b is None else f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}"
+
+
+def model_table(args, grid):
+    head = ["model", "batch x seq", "ours f32", "ORT", "PyTorch fp32", "PyTorch bf16", "ours bf16",
+            "ours/ORT", "ours/PyTorch fp32", "ours bf16/PyTorch bf16", "ours % of fp32 peak"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    peak = args.threads * PEAK_FP32_PER_CORE
+    for (model, batch, seq), rows in grid.items():
+        config = rows["config"]
+        o, x, t, tb, ob = (rows.get(k) for k in ("ours", "ort", "torch", "torch-bf16", "ours-bf16"))
+        frac = "" if o is None else f"{100 * o['tokens_per_s'] * flops_per_token(config, seq) / peak:.0f} %"
+        cells = [model, f"{batch} x {seq}", fmt(o), fmt(x), fmt(t), fmt(tb), fmt(ob),
+                 ratio(o, x), ratio(o, t), ratio(ob, tb), frac]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def figures_table(results):
+    lines = ["| figure | inputs/s | tokens/s | p50 ms | p99 ms | runs | loadavg before | loadavg after |",
+             "|---|---:|---:|---:|---:|---:|---|---|"]
+    for r in results:
+        load = lambda s: " ".join(s.split()[:3])
+        lines.append(f"| {r['what']} | {r['inputs_per_s']:.1f} | {r['tokens_per_s']:,.0f} | {r['p50_ms']:.1f} | "
+                     f"{r['p99_ms']:.1f} | {r['runs']} | {load(r['load_before'])} | {load(r['load_after'])} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def parse_shapes(text):
+    return [tuple(int(n) for n in s.split("x")) for s in text.split(",")]
+
+
+def run_models(args, results, torch_ok, ours_bf16):
+    grid = {}
+    for name in args.models.split(","):
+        folder = args.cache / name
+        if not (folder / ".complete").is_file():
+            sys.exit(f"{folder} missing: run bench/make_models.py first")
+        config = json.loads((folder / "config.json").read_text())
+        session = ort_session(args, folder)
+        if torch_ok:
+            from transformers import BertModel
+            model = BertModel.from_pretrained(folder, add_pooling_layer=False).eval()
+        shapes = args.large_shapes if name == "bert-large" else args.shapes
+        for batch, seq in shapes:
+            rows = grid.setdefault((name, batch, seq), {"config": config})
+            what = lambda engine: f"{name} {batch}x{seq} {engine}"
+            rows["ours"] = figure(args, results, what("ours f32"), lambda: ours(args, folder, batch, seq))
+            rows["ort"] = figure(args, results, what("ORT"), lambda: model_only(args, ort_forward(session), batch, seq))
+            if torch_ok:
+                rows["torch"] = figure(args, results, what("PyTorch fp32"),
+                                       lambda: model_only(args, torch_forward(model, False), batch, seq))
+                rows["torch-bf16"] = figure(args, results, what("PyTorch bf16"),
+                                            lambda: model_only(args, torch_forward(model, True), batch, seq))
+            if ours_bf16:
+                rows["ours-bf16"] = figure(args, results, what("ours bf16"),
+                                           lambda: ours(args, folder, batch, seq, "bf16"))
+    return grid
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--cache", type=pathlib.Path, default=REPO / "target/bench-models",
+                    help="folder of bench/make_models.py (default: target/bench-models)")
+    ap.add_argument("--bin", type=pathlib.Path, default=REPO / "target/release",
+                    help="folder with bench_model and bench_http (default: target/release)")
+    ap.add_argument("--models", default="minilm,bert-base,bert-large", help="models to run, comma-separated")
+    ap.add_argument("--shapes", type=parse_shapes, default=parse_shapes("1x16,1x128,8x128,32x128"),
+                    help="BATCHxSEQ list for MiniLM and BERT-base (default: 1x16,1x128,8x128,32x128)")
+    ap.add_argument("--large-shapes", type=parse_shapes, default=parse_shapes("1x16,8x128"),
+                    help="BATCHxSEQ list for BERT-large (default: 1x16,8x128; 32x128 takes minutes per figure)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads of every engine (default: all cores)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="seconds per model-only figure (after a warm-up run)")
+    ap.add_argument("--http-seconds", type=float, default=10.0, help="seconds per end-to-end figure")
+    ap.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients of the end-to-end figure")
+    ap.add_argument("--skip-http", action="store_true", help="model-only figures only")
+    ap.add_argument("--max-load", type=float, default=0.75,
+                    help="highest 1-minute load average at which a figure is taken (default 0.75)")
+    ap.add_argument("--settle", type=float, default=300.0,
+                    help="seconds to wait for the load to fall below --max-load before refusing (default 300)")
+    ap.add_argument("--force", action="store_true", help="measure and report even on a busy machine")
+    args = ap.parse_args()
+
+    for binary in ("bench_model", "bench_http"):
+        if not (args.bin / binary).is_file():
+            sys.exit(f"{args.bin / binary} missing: cargo build --release -p nlu-server --bin bench_model --bin bench_http")
+    try:
+        import torch
+        import transformers
+
+        transformers.logging.set_verbosity_error()  # MiniLM's unused pooler weights are expected
+        torch.set_num_threads(args.threads)
+        torch.set_num_interop_threads(1)
+        torch_ok = True
+    except ImportError as e:
+        torch_ok = False
+        print(f"note: PyTorch skipped ({e})", file=sys.stderr)
+    ours_bf16 = has_flag(str(args.bin / "bench_model"), "--dtype")
+    notes = [f"threads: {args.threads}; max load {args.max_load}; {args.seconds} s per model-only figure"]
+    if not ours_bf16:
+        notes.append("ours bf16: skipped (bench_model has no --dtype yet)")
+    if not torch_ok:
+        notes.append("PyTorch: skipped (not importable)")
+
+    results = []
+    grid = run_models(args, results, torch_ok, ours_bf16)
+
+    e2e = []
+    if not args.skip_http:
+        folder = args.cache / "minilm"
+        for row in figure_list(args, results, "minilm mixed 16-256 chars x 32, HTTP ours", lambda: ours_http(args, folder)):
+            e2e.append((f"ours via HTTP, {row['clients']} client(s)", row))
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        session = ort_session(args, folder)
+        peers = [("ONNX Runtime in-process", ort_forward(session))]
+        if torch_ok:
+            from transformers import BertModel
+            model = BertModel.from_pretrained(folder, add_pooling_layer=False).eval()
+            peers = [("PyTorch fp32 in-process", torch_forward(model, False)),
+                     ("PyTorch bf16 in-process", torch_forward(model, True))] + peers
+        for label, forward in peers:
+            row = figure(args, results, f"minilm mixed 16-256 chars x 32, {label}",
+                         lambda: in_process_texts(args, tokenizer, forward))
+            e2e.append((label, row))
+
+    print("\n".join(f"- {n}" for n in notes))
+    print(f"\n### Model only (tokens/s, p50 latency)\n\n{model_table(args, grid)}")
+    if e2e:
+        base = next((r for label, r in e2e if label.startswith("PyTorch fp32")), None)
+        print("\n### End to end, MiniLM, 16-256 character texts, 32 per request\n")
+        print("| engine | inputs/s | p50 ms per request | vs PyTorch fp32 in-process |\n|---|---:|---:|---:|")
+        for label, r in e2e:
+            rel = "" if base is None else f"{r['inputs_per_s'] / base['inputs_per_s']:.2f}"
+            print(f"| {label} | {r['inputs_per_s']:.1f} | {r['p50_ms']:.1f} | {rel} |")
+    print(f"\n### Every figure with the load around it\n\n{figures_table(results)}")
+
+
+def figure_list(args, results, what, run):
+    """Like `figure`, for a run that yields several rows (bench_http: 1 and N clients)."""
+    before = wait_for_quiet(args, what)
+    print(f"measuring {what} (load {before.split()[0]})", file=sys.stderr)
+    rows = run()
+    after = loadavg()[1]
+    for row in rows:
+        row.update(what=f"{what}, {row['clients']} client(s)", load_before=before, load_after=after,
+                   runs=row["requests"])
+        results.append(row)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
