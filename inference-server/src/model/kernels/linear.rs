@@ -8,7 +8,7 @@ use candle_core::cpu::erf::erf_f32;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::amx;
+use super::{amx, avx512};
 
 /// What follows the affine map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,8 +51,10 @@ impl std::fmt::Display for Dtype {
 
 /// A weight matrix `[k, n]` laid out once, at load time, for its matmul kernel.
 pub enum Weights {
-    /// Row-major `[k, n]`: gemm reads it without a transposed view.
-    F32 {
+    /// f32 on AVX-512 ([`avx512`]), where the CPU has it.
+    F32(avx512::PackedWeights),
+    /// f32 elsewhere: row-major `[k, n]`, which gemm reads without a transposed view.
+    F32Portable {
         w_t: Vec<f32>,
         n: usize,
     },
@@ -64,21 +66,24 @@ impl Weights {
     pub fn new(w_t: Vec<f32>, k: usize, n: usize, dtype: Dtype) -> Self {
         assert_eq!(w_t.len(), k * n, "weight size");
         match dtype {
-            Dtype::F32 => Self::F32 { w_t, n },
+            Dtype::F32 if avx512::available() => Self::F32(avx512::PackedWeights::pack(&w_t, k, n)),
+            Dtype::F32 => Self::F32Portable { w_t, n },
             Dtype::Bf16 => Self::Bf16(amx::PackedWeights::pack(&w_t, k, n)),
         }
     }
 
     pub fn k(&self) -> usize {
         match self {
-            Self::F32 { w_t, n } => w_t.len() / n,
+            Self::F32(w) => w.k(),
+            Self::F32Portable { w_t, n } => w_t.len() / n,
             Self::Bf16(w) => w.k(),
         }
     }
 
     pub fn n(&self) -> usize {
         match self {
-            Self::F32 { n, .. } => *n,
+            Self::F32(w) => w.n(),
+            Self::F32Portable { n, .. } => *n,
             Self::Bf16(w) => w.n(),
         }
     }
@@ -89,8 +94,9 @@ impl Weights {
         assert_eq!(x.len(), rows * k, "input size");
         assert_eq!(out.len(), rows * n, "output size");
         match self {
+            Self::F32(w) => avx512::matmul_accumulate(x, rows, w, out),
             Self::Bf16(w) => amx::matmul_accumulate(x, rows, w, out),
-            Self::F32 { w_t, .. } => {
+            Self::F32Portable { w_t, .. } => {
                 let threads = candle_core::utils::get_num_threads();
                 let parallelism = if threads > 1 {
                     Parallelism::Rayon(threads)
@@ -217,20 +223,54 @@ mod tests {
                 (Activation::None, Some(res.as_slice())),
             ] {
                 let (x, w, b) = (values(rows * k, 1), values(k * n, 2), values(n, 3));
-                let weights = Weights::new(w.clone(), k, n, Dtype::F32);
-                let got = linear(&x, &weights, &b, residual, rows, act);
                 let want = naive(&x, &w, &b, residual, rows, act);
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0, f32::max);
-                assert!(
-                    worst < 1e-4,
-                    "{rows}x{k}x{n} {act:?} residual {}: max abs diff {worst}",
-                    residual.is_some()
-                );
+                for weights in [
+                    Weights::new(w.clone(), k, n, Dtype::F32),
+                    Weights::F32Portable { w_t: w.clone(), n },
+                ] {
+                    let got = linear(&x, &weights, &b, residual, rows, act);
+                    let worst = got
+                        .iter()
+                        .zip(&want)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0.0, f32::max);
+                    assert!(
+                        worst < 1e-4,
+                        "{rows}x{k}x{n} {act:?} residual {}: max abs diff {worst}",
+                        residual.is_some()
+                    );
+                }
             }
+        }
+    }
+
+    /// GFLOP/s of every f32 matmul kernel on encoder shapes (BERT-base at 8 x 128 tokens, one
+    /// 16-token query). `cargo test --release -p nlu-server --lib kernels::linear::tests::throughput -- --ignored --nocapture`
+    #[test]
+    #[ignore = "timing, run on demand"]
+    fn throughput() {
+        for (rows, k, n) in [
+            (1024, 768, 2304),
+            (1024, 768, 3072),
+            (1024, 3072, 768),
+            (16, 768, 2304),
+            (16, 3072, 768),
+        ] {
+            let (x, w, b) = (values(rows * k, 1), values(k * n, 2), values(n, 3));
+            let mut line = format!("{rows}x{k}x{n}:");
+            for (name, weights) in [
+                ("avx512", Weights::new(w.clone(), k, n, Dtype::F32)),
+                ("gemm", Weights::F32Portable { w_t: w.clone(), n }),
+            ] {
+                let runs = (2e10 / (2 * rows * k * n) as f64).ceil() as usize;
+                let started = std::time::Instant::now();
+                for _ in 0..runs {
+                    std::hint::black_box(linear(&x, &weights, &b, None, rows, Activation::None));
+                }
+                let flops = (2 * rows * k * n * runs) as f64 / started.elapsed().as_secs_f64();
+                line += &format!(" {name} {:.0} GFLOP/s", flops / 1e9);
+            }
+            eprintln!("{line}");
         }
     }
 }

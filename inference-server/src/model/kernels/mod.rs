@@ -3,5 +3,6 @@
 
 pub mod amx;
 pub mod attention;
+pub mod avx512;
 pub mod linear;
 pub mod norm;

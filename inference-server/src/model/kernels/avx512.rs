@@ -1,0 +1,253 @@
+//! `out += x · W` in f32 on AVX-512, against weights packed once at load time: the default
+//! matmul of the encoder where the CPU has AVX-512 (gemm, candle's matmul crate, only uses it
+//! behind a cargo feature that is slower for small batches).
+//!
+//! The classic register-blocked design: `W` is cut into panels of 32 columns stored k-major
+//! (each k step is two contiguous zmm loads), and a micro-kernel keeps a 12 x 32 block of the
+//! output in 24 zmm accumulators, broadcasting one `x` value per row per k step. A task is a
+//! block of rows times a group of panels: the row block stays in L2 while the panels stream
+//! through it.
+
+use std::arch::x86_64::*;
+
+use rayon::prelude::*;
+
+/// Output columns per panel (two zmm registers).
+const NR: usize = 32;
+/// Output rows per micro-kernel call (24 of the 32 zmm registers hold the accumulators).
+const MR: usize = 12;
+/// Rows per task: their `x` rows (`MC * k * 4` bytes) stay in L2 while panels pass.
+const MC: usize = 240;
+/// Below this many multiply-adds a task is not worth a rayon hop.
+const MIN_TASK_WORK: usize = 1 << 20;
+
+/// True when this CPU runs the kernel (checked once by std).
+pub fn available() -> bool {
+    is_x86_feature_detected!("avx512f")
+}
+
+/// `W` `[k, n]` as column panels of [`NR`], each `k * NR` values, zero-padded past `n`.
+#[derive(Debug)]
+pub struct PackedWeights {
+    panels: Vec<f32>,
+    k: usize,
+    n: usize,
+}
+
+impl PackedWeights {
+    /// `w_t`: `[k, n]` row-major.
+    pub fn pack(w_t: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(w_t.len(), k * n, "weight size");
+        let count = n.div_ceil(NR);
+        let mut panels = vec![0f32; count * k * NR];
+        for (p, panel) in panels.chunks_exact_mut(k * NR).enumerate() {
+            let (first, width) = (p * NR, NR.min(n - p * NR));
+            for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                dst[..width].copy_from_slice(&w_t[kk * n + first..kk * n + first + width]);
+            }
+        }
+        Self { panels, k, n }
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    fn panel(&self, p: usize) -> &[f32] {
+        &self.panels[p * self.k * NR..(p + 1) * self.k * NR]
+    }
+}
+
+/// The output buffer, shared by tasks that write disjoint blocks of it.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// Through a method, so that closures capture the whole (`Sync`) value, not its pointer.
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+
+/// `out[rows, n] += x[rows, k] · W`, all row-major. Panics if the CPU lacks AVX-512
+/// (callers check [`available`]).
+pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f32]) {
+    assert!(available(), "the AVX-512 kernel needs a CPU with AVX-512F");
+    let (k, n) = (w.k, w.n);
+    assert_eq!(x.len(), rows * k, "input size");
+    assert_eq!(out.len(), rows * n, "output size");
+    if rows == 0 || n == 0 {
+        return;
+    }
+    let panels = n.div_ceil(NR);
+    let row_blocks = rows.div_ceil(MC);
+    // Split the panels too when there are fewer row blocks than threads, as long as each task
+    // keeps enough work.
+    let threads = rayon::current_num_threads();
+    let per_panel = MC.min(rows) * k * NR;
+    let groups = (threads.div_ceil(row_blocks))
+        .min(panels)
+        .min((panels * per_panel / MIN_TASK_WORK).max(1));
+    let group_size = panels.div_ceil(groups);
+    let dst = Out(out.as_mut_ptr());
+    let task = |t: usize| {
+        let (block, group) = (t / groups, t % groups);
+        let first_row = block * MC;
+        let block_rows = MC.min(rows - first_row);
+        for p in group * group_size..((group + 1) * group_size).min(panels) {
+            let cols = NR.min(n - p * NR);
+            let panel = w.panel(p);
+            let mut r = 0;
+            while r < block_rows {
+                let mr = MR.min(block_rows - r);
+                let row = first_row + r;
+                // SAFETY: rows row..row+mr of `x` and of `out` exist (row + mr <= rows), the
+                // panel holds k * NR values, and columns p*NR..p*NR+cols of those output rows
+                // belong to this task alone; `out` outlives the parallel loop.
+                unsafe {
+                    micro(
+                        mr,
+                        x.as_ptr().add(row * k),
+                        k,
+                        panel.as_ptr(),
+                        dst.at(row * n + p * NR),
+                        n,
+                        cols,
+                    );
+                }
+                r += mr;
+            }
+        }
+    };
+    let tasks = row_blocks * groups;
+    if tasks == 1 {
+        task(0);
+    } else {
+        (0..tasks).into_par_iter().for_each(task);
+    }
+}
+
+/// Dispatches to the micro-kernel compiled for `mr` rows.
+///
+/// # Safety
+/// As [`kernel`], and `1 <= mr <= MR`.
+unsafe fn micro(
+    mr: usize,
+    a: *const f32,
+    k: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+) {
+    match mr {
+        12 => kernel::<12>(a, k, b, c, ldc, cols),
+        11 => kernel::<11>(a, k, b, c, ldc, cols),
+        10 => kernel::<10>(a, k, b, c, ldc, cols),
+        9 => kernel::<9>(a, k, b, c, ldc, cols),
+        8 => kernel::<8>(a, k, b, c, ldc, cols),
+        7 => kernel::<7>(a, k, b, c, ldc, cols),
+        6 => kernel::<6>(a, k, b, c, ldc, cols),
+        5 => kernel::<5>(a, k, b, c, ldc, cols),
+        4 => kernel::<4>(a, k, b, c, ldc, cols),
+        3 => kernel::<3>(a, k, b, c, ldc, cols),
+        2 => kernel::<2>(a, k, b, c, ldc, cols),
+        1 => kernel::<1>(a, k, b, c, ldc, cols),
+        _ => unreachable!("micro-kernel rows {mr}"),
+    }
+}
+
+/// `c[R, cols] += a[R, k] · b[k, NR]` (only the first `cols` columns stored).
+///
+/// # Safety
+/// `a` points at `R` rows of `k` values (row stride `k`), `b` at `k * NR` values, `c` at `R`
+/// rows (stride `ldc`) with `cols <= NR` writable values each; the CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel<const R: usize>(
+    a: *const f32,
+    k: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for kk in 0..k {
+        let b0 = _mm512_loadu_ps(b.add(kk * NR));
+        let b1 = _mm512_loadu_ps(b.add(kk * NR + 16));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*a.add(r * k + kk));
+            acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+            acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+        }
+    }
+    // Lane masks of the two halves for a panel cut short by n.
+    let m0: __mmask16 = if cols >= 16 {
+        0xffff
+    } else {
+        (1u16 << cols) - 1
+    };
+    let m1: __mmask16 = match cols {
+        32.. => 0xffff,
+        17..=31 => (1u16 << (cols - 16)) - 1,
+        _ => 0,
+    };
+    for (r, acc) in acc.iter().enumerate() {
+        let row = c.add(r * ldc);
+        let v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, row), acc[0]);
+        _mm512_mask_storeu_ps(row, m0, v0);
+        let v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, row.add(16)), acc[1]);
+        _mm512_mask_storeu_ps(row.add(16), m1, v1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 7919 + seed * 104729) % 1000) as f32 / 500.0 - 1.0) * 0.5)
+            .collect()
+    }
+
+    #[test]
+    fn adds_the_product_on_odd_shapes() {
+        if !available() {
+            eprintln!("skipping: this CPU has no AVX-512F");
+            return;
+        }
+        for (rows, k, n) in [
+            (1, 1, 1),
+            (1, 7, 3),
+            (5, 13, 17),
+            (12, 5, 32),
+            (13, 70, 65),
+            (33, 384, 100),
+            (250, 64, 48),
+            (500, 96, 1100),
+        ] {
+            let (x, w) = (values(rows * k, 1), values(k * n, 2));
+            let start = values(rows * n, 3);
+            let mut got = start.clone();
+            matmul_accumulate(&x, rows, &PackedWeights::pack(&w, k, n), &mut got);
+            let worst = (0..rows * n)
+                .map(|i| {
+                    let (r, c) = (i / n, i % n);
+                    let want = start[i] as f64
+                        + (0..k)
+                            .map(|j| x[r * k + j] as f64 * w[j * n + c] as f64)
+                            .sum::<f64>();
+                    (got[i] as f64 - want).abs()
+                })
+                .fold(0.0, f64::max);
+            assert!(worst < 1e-4, "{rows}x{k}x{n}: max abs diff {worst}");
+        }
+    }
+}
