@@ -16,6 +16,7 @@
 use std::arch::asm;
 use std::arch::x86_64::{
     __cpuid_count, __m512i, _mm512_cvtne2ps_pbh, _mm512_maskz_loadu_ps, _mm512_storeu_si512,
+    _mm_prefetch, _MM_HINT_T0,
 };
 use std::sync::{Mutex, OnceLock};
 
@@ -26,8 +27,13 @@ use rayon::prelude::*;
 const TILE_ROWS: usize = 16;
 /// bf16 values in a tile row (64 bytes): the k extent of one `tdpbf16ps`.
 const TILE_K: usize = 32;
-/// bf16 values in one tile (1 KiB).
-const TILE_ELEMS: usize = TILE_ROWS * TILE_K;
+/// One tile row: 32 bf16 values (as bits), on a cache line of its own. Tile loads of rows that
+/// straddle two lines run at a third of the speed (measured), and `Vec<u16>` is only 16-byte
+/// aligned.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+struct TileRow([u16; TILE_K]);
+
 /// Rows and columns of the output block held in the four accumulator tiles.
 const BLOCK: usize = 2 * TILE_ROWS;
 /// Output blocks per task, in rows and in columns: a task's A rows and B columns stay in L2
@@ -77,7 +83,7 @@ pub struct PackedWeights {
     k: usize,
     n: usize,
     k_steps: usize,
-    data: Vec<u16>,
+    data: Vec<TileRow>,
 }
 
 impl PackedWeights {
@@ -87,12 +93,12 @@ impl PackedWeights {
         assert_eq!(w_t.len(), k * n, "weight size");
         let k_steps = k.div_ceil(TILE_K);
         let col_tiles = n.div_ceil(BLOCK) * 2;
-        let mut data = vec![0u16; col_tiles * k_steps * TILE_ELEMS];
+        let mut data = vec![TileRow::default(); col_tiles * k_steps * TILE_ROWS];
         for (kk, row) in w_t.chunks_exact(n).enumerate() {
             let (step, pair, half) = (kk / TILE_K, kk % TILE_K / 2, kk % 2);
             for (c, &v) in row.iter().enumerate() {
                 let tile = c / TILE_ROWS * k_steps + step;
-                data[tile * TILE_ELEMS + pair * TILE_K + c % TILE_ROWS * 2 + half] =
+                data[tile * TILE_ROWS + pair].0[c % TILE_ROWS * 2 + half] =
                     bf16::from_f32(v).to_bits();
             }
         }
@@ -128,7 +134,7 @@ pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f
     }
     // A reused buffer: a fresh one of this size would be mmapped and page-faulted in on every
     // call (about 8 % of the time at BERT shapes).
-    static BUFFERS: Mutex<Vec<Vec<u16>>> = Mutex::new(Vec::new());
+    static BUFFERS: Mutex<Vec<Vec<TileRow>>> = Mutex::new(Vec::new());
     let mut a = BUFFERS.lock().unwrap().pop().unwrap_or_default();
     pack_rows(x, rows, k, w.k_steps, &mut a);
     let row_groups = rows.div_ceil(BLOCK * TASK_ROW_BLOCKS);
@@ -153,42 +159,41 @@ pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f
 
 /// Writes `x` in bf16 to `a` in tile order: for each 16-row tile, for each K step, one 1 KiB A
 /// tile. Zero-padded to whole tiles and to an even number of row tiles (one output block).
-fn pack_rows(x: &[f32], rows: usize, k: usize, k_steps: usize, a: &mut Vec<u16>) {
-    let tile_rows = k_steps * TILE_ELEMS;
-    a.resize(rows.div_ceil(BLOCK) * 2 * tile_rows, 0);
-    let pack_tile = |(t, tile_rows): (usize, &mut [u16])| {
+fn pack_rows(x: &[f32], rows: usize, k: usize, k_steps: usize, a: &mut Vec<TileRow>) {
+    let stream = k_steps * TILE_ROWS;
+    a.resize(rows.div_ceil(BLOCK) * 2 * stream, TileRow::default());
+    let pack_tiles = |(t, tiles): (usize, &mut [TileRow])| {
         for r in 0..TILE_ROWS {
             let row = t * TILE_ROWS + r;
             let src = if row < rows { &x[row * k..][..k] } else { &[] };
             // SAFETY: `available()` (asserted by the caller) implies AVX-512 BF16.
-            unsafe { pack_row(src, k_steps, &mut tile_rows[r * TILE_K..]) };
+            unsafe { pack_row(src, k_steps, &mut tiles[r..]) };
         }
     };
     if rows * k < SERIAL_MACS / 64 {
-        a.chunks_mut(tile_rows).enumerate().for_each(pack_tile);
+        a.chunks_mut(stream).enumerate().for_each(pack_tiles);
     } else {
-        a.par_chunks_mut(tile_rows).enumerate().for_each(pack_tile);
+        a.par_chunks_mut(stream).enumerate().for_each(pack_tiles);
     }
 }
 
 /// Rounds one row of `x` to bf16 (nearest, ties to even) into its row of each of `k_steps` A
-/// tiles, the first at `dst[0..32]`, the next 1 KiB on; zeros past the end of `src` (which is
-/// empty for the padding rows).
+/// tiles: `dst[0]`, `dst[16]`, ...; zeros past the end of `src` (which is empty for the padding
+/// rows).
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn pack_row(src: &[f32], k_steps: usize, dst: &mut [u16]) {
-    assert!(dst.len() >= (k_steps - 1) * TILE_ELEMS + TILE_K);
+fn pack_row(src: &[f32], k_steps: usize, dst: &mut [TileRow]) {
     for step in 0..k_steps {
         let from = step * TILE_K;
         let len = src.len().saturating_sub(from).min(TILE_K);
         let mask = |half: usize| (((1u64 << len.clamp(half, half + 16)) >> half) - 1) as u16;
-        // SAFETY: the masks cover only the `len` values of `src` from `from`, and `dst` holds
-        // 32 values from `step * TILE_ELEMS`, as asserted.
+        let dst = &mut dst[step * TILE_ROWS].0;
+        // SAFETY: the masks cover only the `len` values of `src` from `from`; `dst` is 64 bytes.
         unsafe {
             let at = src.as_ptr().wrapping_add(from);
             let lo = _mm512_maskz_loadu_ps(mask(0), at);
             let hi = _mm512_maskz_loadu_ps(mask(16), at.wrapping_add(16));
             let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-            _mm512_storeu_si512(dst.as_mut_ptr().add(step * TILE_ELEMS).cast(), v);
+            _mm512_storeu_si512(dst.as_mut_ptr().cast(), v);
         }
     }
 }
@@ -201,7 +206,7 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 struct Job<'a> {
-    a: &'a [u16],
+    a: &'a [TileRow],
     w: &'a PackedWeights,
     rows: usize,
     out: OutPtr,
@@ -214,18 +219,28 @@ impl Job<'_> {
         let row_blocks =
             rg * TASK_ROW_BLOCKS..((rg + 1) * TASK_ROW_BLOCKS).min(self.rows.div_ceil(BLOCK));
         let col_blocks = cg * TASK_COL_BLOCKS..((cg + 1) * TASK_COL_BLOCKS).min(n.div_ceil(BLOCK));
-        let stream = k_steps * TILE_ELEMS;
-        let mut sums = [0f32; BLOCK * BLOCK];
+        let stream = k_steps * TILE_ROWS;
+        let mut sums = Sums([0.0; BLOCK * BLOCK]);
         let _tiles = Tiles::configure();
         for rb in row_blocks {
             let a = &self.a[2 * rb * stream..][..2 * stream];
             for cb in col_blocks.clone() {
                 let b = &self.w.data[2 * cb * stream..][..2 * stream];
+                let (r0, c0) = (rb * BLOCK, cb * BLOCK);
+                let (rows, width) = (r0..self.rows.min(r0 + BLOCK), BLOCK.min(n - c0));
+                // The block's output rows are far apart (and, at BERT sizes, not in L2):
+                // fetch them while the tiles work.
+                for r in rows.clone() {
+                    let row = self.out.0.wrapping_add(r * n + c0);
+                    // SAFETY: SSE is baseline on x86_64; a prefetch never faults.
+                    unsafe {
+                        _mm_prefetch::<_MM_HINT_T0>(row.cast());
+                        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(width - 1).cast());
+                    }
+                }
                 // SAFETY: `a` and `b` each hold two tile streams of `k_steps` tiles.
                 unsafe { block(&mut sums, a.as_ptr(), b.as_ptr(), stream, k_steps) };
-                let (r0, c0) = (rb * BLOCK, cb * BLOCK);
-                let width = BLOCK.min(n - c0);
-                for (r, sums) in (r0..self.rows.min(r0 + BLOCK)).zip(sums.chunks_exact(BLOCK)) {
+                for (r, sums) in rows.zip(sums.0.chunks_exact(BLOCK)) {
                     // SAFETY: row `r` < rows and columns `c0..c0 + width` <= n lie in `out`,
                     // and no other task writes this block.
                     let out = unsafe {
@@ -238,6 +253,10 @@ impl Job<'_> {
         }
     }
 }
+
+/// One output block of f32 sums, row-major, its rows on whole cache lines (as [`TileRow`]).
+#[repr(C, align(64))]
+struct Sums([f32; BLOCK * BLOCK]);
 
 /// `out += sums` (element-wise, up to the shorter), vectorised for AVX-512.
 #[target_feature(enable = "avx512f")]
@@ -295,14 +314,14 @@ impl Drop for Tiles {
 /// Tiles configured by [`Tiles`]; both streams of `a` and `b` hold `steps` tiles.
 #[inline]
 unsafe fn block(
-    sums: &mut [f32; BLOCK * BLOCK],
-    a: *const u16,
-    b: *const u16,
+    sums: &mut Sums,
+    a: *const TileRow,
+    b: *const TileRow,
     stream: usize,
     steps: usize,
 ) {
     debug_assert!(steps > 0);
-    let c = sums.as_mut_ptr();
+    let c = sums.0.as_mut_ptr();
     // SAFETY: per the contract above; tmm0-7 are not used by compiled code.
     unsafe {
         asm!(
