@@ -36,10 +36,13 @@ struct TileRow([u16; TILE_K]);
 
 /// Rows and columns of the output block held in the four accumulator tiles.
 const BLOCK: usize = 2 * TILE_ROWS;
-/// Output blocks per task, in rows and in columns: a task's A rows and B columns stay in L2
-/// while it walks its blocks.
+/// Output row blocks per task.
 const TASK_ROW_BLOCKS: usize = 4;
-const TASK_COL_BLOCKS: usize = 8;
+/// Bytes of weights per task at most: with the task's A rows they stay in L2 (2 MiB here) while
+/// it walks its blocks; tile loads from L3 cost about three times as much (measured).
+const TASK_WEIGHT_BYTES: usize = 768 << 10;
+/// Tasks per thread at least, where the weights bound allows: for the balance between threads.
+const TASKS_PER_THREAD: usize = 4;
 /// Below this many multiply-adds the work runs on the calling thread: a rayon fan-out costs
 /// more than it saves.
 const SERIAL_MACS: usize = 1 << 23;
@@ -137,19 +140,25 @@ pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f
     static BUFFERS: Mutex<Vec<Vec<TileRow>>> = Mutex::new(Vec::new());
     let mut a = BUFFERS.lock().unwrap().pop().unwrap_or_default();
     pack_rows(x, rows, k, w.k_steps, &mut a);
+    let threads = rayon::current_num_threads();
     let row_groups = rows.div_ceil(BLOCK * TASK_ROW_BLOCKS);
-    let col_groups = n.div_ceil(BLOCK * TASK_COL_BLOCKS);
+    let col_blocks = n.div_ceil(BLOCK);
+    let col_group = (TASK_WEIGHT_BYTES / (2 * w.k_steps * size_of::<[TileRow; TILE_ROWS]>()))
+        .min(col_blocks.div_ceil((TASKS_PER_THREAD * threads).div_ceil(row_groups)))
+        .max(1);
+    let col_groups = col_blocks.div_ceil(col_group);
     let out = OutPtr(out.as_mut_ptr());
     let job = Job {
         a: &a,
         w,
         rows,
+        col_group,
         out,
     };
     // Column group major: consecutive tasks (which rayon keeps on one thread) share their
     // weights, which stay in L2.
     let task = |t: usize| job.run(t % row_groups, t / row_groups);
-    if rows * k * n < SERIAL_MACS || rayon::current_num_threads() == 1 {
+    if rows * k * n < SERIAL_MACS || threads == 1 {
         (0..row_groups * col_groups).for_each(task);
     } else {
         (0..row_groups * col_groups).into_par_iter().for_each(task);
@@ -209,6 +218,8 @@ struct Job<'a> {
     a: &'a [TileRow],
     w: &'a PackedWeights,
     rows: usize,
+    /// Output column blocks per task.
+    col_group: usize,
     out: OutPtr,
 }
 
@@ -218,7 +229,7 @@ impl Job<'_> {
         let (n, k_steps) = (self.w.n, self.w.k_steps);
         let row_blocks =
             rg * TASK_ROW_BLOCKS..((rg + 1) * TASK_ROW_BLOCKS).min(self.rows.div_ceil(BLOCK));
-        let col_blocks = cg * TASK_COL_BLOCKS..((cg + 1) * TASK_COL_BLOCKS).min(n.div_ceil(BLOCK));
+        let col_blocks = cg * self.col_group..((cg + 1) * self.col_group).min(n.div_ceil(BLOCK));
         let stream = k_steps * TILE_ROWS;
         let mut sums = Sums([0.0; BLOCK * BLOCK]);
         let _tiles = Tiles::configure();
