@@ -46,9 +46,9 @@ const TASK_ROW_BLOCKS: usize = 4;
 const TASK_WEIGHT_BYTES: usize = 768 << 10;
 /// Tasks per thread at least, where the weights bound allows: for the balance between threads.
 const TASKS_PER_THREAD: usize = 4;
-/// Below this many multiply-adds the work runs on the calling thread: a rayon fan-out costs
-/// more than it saves.
-const SERIAL_MACS: usize = 1 << 23;
+/// Below this many multiply-adds (about 40 µs on one core) the work runs on the calling thread:
+/// a rayon fan-out costs more than it saves, or waits for a busy core.
+const SERIAL_MACS: usize = 1 << 24;
 
 /// True when the CPU has AMX-BF16 (and AVX-512 BF16, used to convert `x`) and the kernel granted
 /// this process the tile-data state. Checked once.
