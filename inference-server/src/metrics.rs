@@ -73,7 +73,7 @@ impl Metrics {
         let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
         registry.register("batch_size", "Sequences per model batch", batch_size.clone());
         let batch_tokens = Histogram::new(exponential_buckets(16.0, 2.0, 14));
-        registry.register("batch_tokens", "Padded tokens per model batch", batch_tokens.clone());
+        registry.register("batch_tokens", "Tokens per model batch (packed, no padding)", batch_tokens.clone());
         let queue_depth = Gauge::default();
         registry.register("queue_depth", "Sequences waiting for the model", queue_depth.clone());
         let in_flight = Gauge::default();

@@ -3,7 +3,7 @@
 /// Bounds on one model batch.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchLimits {
-    /// Longest sequence x number of sequences (padding is real work for the model).
+    /// Tokens of all sequences together (the model runs batches packed, without padding).
     pub max_tokens: usize,
     pub max_sequences: usize,
 }
@@ -11,15 +11,36 @@ pub struct BatchLimits {
 /// What the selection needs to know about one waiting sequence.
 #[derive(Debug, Clone, Copy)]
 pub struct Waiting {
-    /// Sequence length in tokens (the model pads the batch to its longest).
+    /// Sequence length in tokens.
     pub tokens: usize,
     /// The request it belongs to: requests take turns.
     pub group: u64,
 }
 
-/// Padded cost of a batch whose longest sequence is `longest`.
-pub fn padded_tokens(longest: usize, sequences: usize) -> usize {
-    longest * sequences
+/// What the scheduler knows when it decides whether queued work runs now or waits briefly
+/// for more to join its batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Pending {
+    /// Requests with sequences in the queue.
+    pub requests: usize,
+    /// Requests that are tokenizing and about to queue.
+    pub arriving: usize,
+    /// Requests in the previous batch: under load, clients answered together come back
+    /// together, so about as many are worth a short wait.
+    pub expected: usize,
+    /// The queue holds a full batch.
+    pub full: bool,
+    /// The oldest queued sequence has waited `max_wait`.
+    pub waited_enough: bool,
+    pub closing: bool,
+}
+
+/// Runs when waiting cannot grow the batch or must not go on: the batch is full, its oldest
+/// sequence waited long enough, the queue closes, or no request is arriving and as many are
+/// queued as the previous batch held (so a lone client never waits, and a burst of clients
+/// does not run one by one).
+pub fn run_now(p: Pending) -> bool {
+    p.full || p.waited_enough || p.closing || (p.arriving == 0 && p.requests >= p.expected)
 }
 
 /// Indices (ascending) of the waiting sequences to run next.
@@ -27,7 +48,8 @@ pub fn padded_tokens(longest: usize, sequences: usize) -> usize {
 /// Requests take turns (round-robin by request, oldest first), so a request with hundreds of
 /// prompts cannot starve one with two. The first sequence in that order is always taken, so
 /// nothing waits forever; the others are chosen from a look-ahead window by closeness of length
-/// to it, which keeps padding low without reordering across the whole queue.
+/// to it, so that short inputs are not held up behind long ones and attention work (quadratic
+/// in length) stays even across the batch, without reordering across the whole queue.
 pub fn select_batch(waiting: &[Waiting], limits: BatchLimits) -> Vec<usize> {
     let fair = fair_order(waiting);
     let Some((&anchor, rest)) = fair.split_first() else {
@@ -40,15 +62,14 @@ pub fn select_batch(waiting: &[Waiting], limits: BatchLimits) -> Vec<usize> {
     candidates.sort_by_key(|&i| waiting[i].tokens.abs_diff(anchor_len));
 
     let mut chosen = vec![anchor];
-    let mut longest = anchor_len;
+    let mut tokens = anchor_len;
     for i in candidates {
         if chosen.len() == limits.max_sequences {
             break;
         }
-        let new_longest = longest.max(waiting[i].tokens);
-        if padded_tokens(new_longest, chosen.len() + 1) <= limits.max_tokens {
+        if tokens + waiting[i].tokens <= limits.max_tokens {
             chosen.push(i);
-            longest = new_longest;
+            tokens += waiting[i].tokens;
         }
     }
     chosen.sort_unstable();
@@ -102,19 +123,61 @@ mod tests {
     }
 
     #[test]
-    fn padded_token_limit_holds() {
-        // 100 + 10 would pad to 2 x 100 = 200 > 150: the short one must wait.
-        let q = [w(100, 1), w(10, 2), w(100, 3)];
+    fn token_limit_counts_real_tokens() {
+        // 100 + 100 > 150, but 100 + 10 + 30 fits: no padding is counted.
+        let q = [w(100, 1), w(100, 2), w(10, 3), w(30, 4)];
         let limits = BatchLimits {
             max_tokens: 150,
             max_sequences: 8,
         };
-        assert_eq!(select_batch(&q, limits), vec![0]);
+        assert_eq!(select_batch(&q, limits), vec![0, 2, 3]);
         let limits = BatchLimits {
             max_tokens: 200,
             max_sequences: 8,
         };
-        assert_eq!(select_batch(&q, limits), vec![0, 2]);
+        assert_eq!(select_batch(&q, limits), vec![0, 1]);
+    }
+
+    #[test]
+    fn waits_only_while_the_batch_can_grow() {
+        let idle = Pending {
+            requests: 1,
+            arriving: 0,
+            expected: 1,
+            full: false,
+            waited_enough: false,
+            closing: false,
+        };
+        assert!(run_now(idle), "a lone request runs at once");
+        assert!(
+            !run_now(Pending {
+                arriving: 1,
+                ..idle
+            }),
+            "one is tokenizing"
+        );
+        let burst = Pending {
+            expected: 4,
+            ..idle
+        };
+        assert!(!run_now(burst), "the previous batch had 4 requests");
+        assert!(run_now(Pending {
+            requests: 4,
+            ..burst
+        }));
+        assert!(run_now(Pending {
+            waited_enough: true,
+            ..burst
+        }));
+        assert!(run_now(Pending {
+            full: true,
+            arriving: 3,
+            ..burst
+        }));
+        assert!(run_now(Pending {
+            closing: true,
+            ..burst
+        }));
     }
 
     #[test]

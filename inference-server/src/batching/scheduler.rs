@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::queue::{padded_tokens, select_batch, BatchLimits, Waiting};
+use super::queue::{run_now, select_batch, BatchLimits, Pending, Waiting};
 use crate::metrics::Metrics;
 
 /// Runs one batch on the model. Owned by the model thread, so it needs no locking.
@@ -57,6 +57,8 @@ struct State<I, O> {
     waiting: Vec<Entry<I, O>>,
     /// Requests that announced work they are still preparing (tokenizing, decoding).
     arriving: usize,
+    /// Requests in the batch taken last ([`Pending::expected`]).
+    last_batch_requests: usize,
     closed: bool,
 }
 
@@ -84,6 +86,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
             state: Mutex::new(State {
                 waiting: Vec::new(),
                 arriving: 0,
+                last_batch_requests: 1,
                 closed: false,
             }),
             wake: Condvar::new(),
@@ -221,8 +224,7 @@ fn model_loop<W: Worker>(mut worker: W, shared: &Shared<W::Input, W::Output>) {
     }
 }
 
-/// Blocks until a batch is due: it is full, its oldest sequence waited `max_wait`, no request
-/// is about to add to it, or the queue is closing. `None` once closed and drained.
+/// Blocks until a batch is due ([`run_now`]). `None` once closed and drained.
 fn next_batch<I, O>(shared: &Shared<I, O>) -> Option<Vec<Entry<I, O>>> {
     let settings = &shared.settings;
     let mut state = shared.state.lock().expect("queue lock");
@@ -242,8 +244,15 @@ fn next_batch<I, O>(shared: &Shared<I, O>) -> Option<Vec<Entry<I, O>>> {
             .expect("non-empty");
         let deadline = oldest + settings.max_wait;
         let now = Instant::now();
-        let due = state.closed || state.arriving == 0 || now >= deadline;
-        if due || is_full(&state.waiting, settings.limits) {
+        let pending = Pending {
+            requests: distinct_groups(state.waiting.iter().map(|e| e.group)),
+            arriving: state.arriving,
+            expected: state.last_batch_requests,
+            full: is_full(&state.waiting, settings.limits),
+            waited_enough: now >= deadline,
+            closing: state.closed,
+        };
+        if run_now(pending) {
             let waiting: Vec<Waiting> = state
                 .waiting
                 .iter()
@@ -254,6 +263,7 @@ fn next_batch<I, O>(shared: &Shared<I, O>) -> Option<Vec<Entry<I, O>>> {
                 .collect();
             let chosen = select_batch(&waiting, settings.limits);
             let batch = take_indices(&mut state.waiting, &chosen);
+            state.last_batch_requests = distinct_groups(batch.iter().map(|e| e.group));
             shared.metrics.queue_depth.set(state.waiting.len() as i64);
             return Some(batch);
         }
@@ -266,9 +276,15 @@ fn next_batch<I, O>(shared: &Shared<I, O>) -> Option<Vec<Entry<I, O>>> {
 }
 
 fn is_full<I, O>(waiting: &[Entry<I, O>], limits: BatchLimits) -> bool {
-    let longest = waiting.iter().map(|e| e.tokens).max().unwrap_or(0);
     waiting.len() >= limits.max_sequences
-        || padded_tokens(longest, waiting.len()) >= limits.max_tokens
+        || waiting.iter().map(|e| e.tokens).sum::<usize>() >= limits.max_tokens
+}
+
+fn distinct_groups(groups: impl Iterator<Item = u64>) -> usize {
+    let mut groups: Vec<u64> = groups.collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups.len()
 }
 
 /// Removes the entries at `sorted` (ascending) indices, keeping the others in order.
@@ -283,11 +299,10 @@ fn take_indices<T>(items: &mut Vec<T>, sorted: &[usize]) -> Vec<T> {
 
 fn run_batch<W: Worker>(worker: &mut W, batch: Vec<Entry<W::Input, W::Output>>, metrics: &Metrics) {
     let started = Instant::now();
-    let longest = batch.iter().map(|e| e.tokens).max().unwrap_or(0);
     metrics.batch_size.observe(batch.len() as f64);
     metrics
         .batch_tokens
-        .observe(padded_tokens(longest, batch.len()) as f64);
+        .observe(batch.iter().map(|e| e.tokens).sum::<usize>() as f64);
     let mut inputs = Vec::with_capacity(batch.len());
     let mut replies = Vec::with_capacity(batch.len());
     for entry in batch {
@@ -453,6 +468,33 @@ mod tests {
             .unwrap();
         assert_eq!((first.await.unwrap().unwrap(), out), (vec![6], vec![8]));
         assert_eq!(batches.lock().unwrap().last().unwrap(), &vec![3, 4]);
+    }
+
+    #[tokio::test]
+    async fn after_a_batch_of_two_requests_a_lone_one_waits_once() {
+        let (b, batches) = batcher(100, 300);
+        // Two requests in one batch: the announcement holds the first until the second is in.
+        let holder = b.announce();
+        let first = b.submit(b.new_group(), jobs(&[1]), true).unwrap();
+        let second = b.submit(b.new_group(), jobs(&[2]), true).unwrap();
+        drop(holder);
+        assert_eq!(wait_all(first).await.unwrap(), vec![2]);
+        assert_eq!(wait_all(second).await.unwrap(), vec![4]);
+        assert_eq!(batches.lock().unwrap().last().unwrap(), &vec![1, 2]);
+
+        let lone = |x| {
+            let b = &b;
+            async move {
+                let started = Instant::now();
+                let out = b.announce().run_all(b.new_group(), jobs(&[x]), true).await;
+                assert_eq!(out.unwrap(), vec![x * 2]);
+                started.elapsed()
+            }
+        };
+        // Expecting a second request, the batcher waits for it, but only up to max_wait...
+        assert!(lone(3).await >= Duration::from_millis(300));
+        // ...and then expects one request per batch again.
+        assert!(lone(4).await < Duration::from_millis(300));
     }
 
     #[tokio::test]
