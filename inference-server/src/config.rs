@@ -137,7 +137,8 @@ pub struct ServeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct BatchingArgs {
-    /// Most tokens in one model batch, padding counted (longest sequence x sequences).
+    /// Most tokens in one model batch, summed over its sequences (batches run packed, without
+    /// padding).
     #[arg(long, env = "NLU_MAX_BATCH_TOKENS", default_value_t = 16384)]
     pub max_batch_tokens: usize,
 
@@ -145,7 +146,10 @@ pub struct BatchingArgs {
     #[arg(long, env = "NLU_MAX_BATCH_REQUESTS", default_value_t = 32)]
     pub max_batch_requests: usize,
 
-    /// How long the first queued sequence may wait for others to join its batch.
+    /// How long the first queued sequence may wait for others to join its batch. It waits only
+    /// while the batch can grow: while a request is tokenizing, or while fewer requests are
+    /// queued than the previous batch held (under load, clients answered together come back
+    /// together); a lone client never waits.
     #[arg(long, env = "NLU_MAX_WAIT_MILLIS", default_value_t = 2)]
     pub max_wait_millis: u64,
 

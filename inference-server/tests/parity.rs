@@ -3,6 +3,7 @@
 //! loopback stand-in and robustness on odd input. One test binary (linking is slow).
 
 mod parity {
+    mod bf16;
     pub mod common;
     mod gte;
     mod hub;

@@ -16,13 +16,13 @@ pub use uninlu::UniNluEngine;
 use crate::batching::{BatchLimits, Settings};
 use crate::config::{BatchingArgs, PoolingArg, ServeArgs, Task};
 use crate::metrics::Metrics;
-use crate::model::kernels::amx;
+use crate::model::kernels::linear::bf16_available;
 use crate::model::{self, Dtype, Embedder, HubConfig, Pooling, UniNluModel};
 use crate::uninlu::Limits;
 
 /// The dtype the model will run in: bf16 only where the AMX kernel can run.
 fn runnable(requested: Dtype) -> Dtype {
-    if requested == Dtype::Bf16 && !amx::available() {
+    if requested == Dtype::Bf16 && !bf16_available() {
         tracing::warn!(
             "--dtype bf16 needs a CPU with AMX-BF16 (and a kernel that grants it); running f32"
         );

@@ -10,7 +10,7 @@ use nlu_server::model::{Dtype, Embedder, ModelFiles, Pooling};
 use super::common::{cosine, f64s, fixtures, read_json, select, u32s};
 
 /// `$NLU_MINILM_DIR` when set, else what the fetch script prints (it reuses its cache).
-fn model_dir() -> PathBuf {
+pub(super) fn model_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("NLU_MINILM_DIR") {
         return dir.into();
     }
@@ -83,7 +83,7 @@ fn minilm_matches_sentence_transformers() {
             ids.iter().any(|i| i.len() == max_len),
             "a case exercises truncation"
         );
-        // One padded batch and one-by-one calls both match the reference.
+        // One packed batch and one-by-one calls both match the reference.
         let batch = embedder.embed(&ids, true).unwrap();
         for (i, case) in cases.iter().enumerate() {
             let want = f64s(&case["mean_normalized"]);

@@ -8,6 +8,8 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
+use super::math::softmax_in_place;
+
 /// Shape of one attention call: the rows of `qkv` are the tokens of the sequences one after
 /// another (a packed batch: no padding, so no mask); `hidden = heads * head_dim`.
 #[derive(Clone, Copy, Debug)]
@@ -92,7 +94,7 @@ pub fn attention(qkv: &[f32], d: Dims) -> Vec<f32> {
                     Parallelism::None,
                 );
             }
-            scores.chunks_exact_mut(t).for_each(softmax_row);
+            scores.chunks_exact_mut(t).for_each(softmax_in_place);
             unsafe {
                 // context[t, dh] = p[t, t] · v[t, dh], written into out's head columns.
                 gemm(
@@ -120,17 +122,6 @@ pub fn attention(qkv: &[f32], d: Dims) -> Vec<f32> {
         },
     );
     out
-}
-
-/// In place, max-subtracted like candle's and PyTorch's.
-fn softmax_row(r: &mut [f32]) {
-    let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for x in r.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    r.iter_mut().for_each(|x| *x /= sum);
 }
 
 #[cfg(test)]

@@ -16,8 +16,10 @@ use rayon::prelude::*;
 const NR: usize = 32;
 /// Output rows per micro-kernel call (24 of the 32 zmm registers hold the accumulators).
 const MR: usize = 12;
-/// Rows per task: their `x` rows (`MC * k * 4` bytes) stay in L2 while panels pass.
+/// Rows per task: their `x` rows (`MC * KC * 4` bytes) stay in L2 while panels pass.
 const MC: usize = 240;
+/// Depth of one pass: a `KC x NR` panel block (32 KiB) stays in L1 for all the task's rows.
+const KC: usize = 256;
 /// Below this many multiply-adds a task is not worth a rayon hop.
 const MIN_TASK_WORK: usize = 1 << 20;
 
@@ -26,10 +28,16 @@ pub fn available() -> bool {
     is_x86_feature_detected!("avx512f")
 }
 
+/// One cache line of f32 values: panels are built of them so every zmm load is aligned
+/// (a load split over two lines costs about twice as much).
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
 /// `W` `[k, n]` as column panels of [`NR`], each `k * NR` values, zero-padded past `n`.
 #[derive(Debug)]
 pub struct PackedWeights {
-    panels: Vec<f32>,
+    lines: Vec<Line>,
     k: usize,
     n: usize,
 }
@@ -39,14 +47,17 @@ impl PackedWeights {
     pub fn pack(w_t: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(w_t.len(), k * n, "weight size");
         let count = n.div_ceil(NR);
-        let mut panels = vec![0f32; count * k * NR];
-        for (p, panel) in panels.chunks_exact_mut(k * NR).enumerate() {
+        let mut lines = vec![Line([0.0; 16]); count * k * NR / 16];
+        for (p, panel) in lines.chunks_exact_mut(k * NR / 16).enumerate() {
             let (first, width) = (p * NR, NR.min(n - p * NR));
-            for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                dst[..width].copy_from_slice(&w_t[kk * n + first..kk * n + first + width]);
+            for (kk, step) in panel.chunks_exact_mut(NR / 16).enumerate() {
+                let src = &w_t[kk * n + first..kk * n + first + width];
+                for (i, &v) in src.iter().enumerate() {
+                    step[i / 16].0[i % 16] = v;
+                }
             }
         }
-        Self { panels, k, n }
+        Self { lines, k, n }
     }
 
     pub fn k(&self) -> usize {
@@ -57,8 +68,11 @@ impl PackedWeights {
         self.n
     }
 
+    /// Panel `p`, `k * NR` values.
     fn panel(&self, p: usize) -> &[f32] {
-        &self.panels[p * self.k * NR..(p + 1) * self.k * NR]
+        let lines = &self.lines[p * self.k * NR / 16..(p + 1) * self.k * NR / 16];
+        // SAFETY: `Line` is `repr(C)` around 16 f32 values, so the lines are contiguous f32s.
+        unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<f32>(), lines.len() * 16) }
     }
 }
 
@@ -100,28 +114,33 @@ pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f
         let (block, group) = (t / groups, t % groups);
         let first_row = block * MC;
         let block_rows = MC.min(rows - first_row);
-        for p in group * group_size..((group + 1) * group_size).min(panels) {
-            let cols = NR.min(n - p * NR);
-            let panel = w.panel(p);
-            let mut r = 0;
-            while r < block_rows {
-                let mr = MR.min(block_rows - r);
-                let row = first_row + r;
-                // SAFETY: rows row..row+mr of `x` and of `out` exist (row + mr <= rows), the
-                // panel holds k * NR values, and columns p*NR..p*NR+cols of those output rows
-                // belong to this task alone; `out` outlives the parallel loop.
-                unsafe {
-                    micro(
-                        mr,
-                        x.as_ptr().add(row * k),
-                        k,
-                        panel.as_ptr(),
-                        dst.at(row * n + p * NR),
-                        n,
-                        cols,
-                    );
+        for depth in (0..k).step_by(KC) {
+            let kc = KC.min(k - depth);
+            for p in group * group_size..((group + 1) * group_size).min(panels) {
+                let cols = NR.min(n - p * NR);
+                let panel = &w.panel(p)[depth * NR..];
+                let mut r = 0;
+                while r < block_rows {
+                    let mr = MR.min(block_rows - r);
+                    let row = first_row + r;
+                    // SAFETY: rows row..row+mr of `x` and of `out` exist (row + mr <= rows),
+                    // columns depth..depth+kc of those `x` rows too, the panel slice holds
+                    // kc * NR values from `depth` on, and columns p*NR..p*NR+cols of those
+                    // output rows belong to this task alone; `out` outlives the parallel loop.
+                    unsafe {
+                        micro(
+                            mr,
+                            x.as_ptr().add(row * k + depth),
+                            k,
+                            kc,
+                            panel.as_ptr(),
+                            dst.at(row * n + p * NR),
+                            n,
+                            cols,
+                        );
+                    }
+                    r += mr;
                 }
-                r += mr;
             }
         }
     };
@@ -140,6 +159,7 @@ pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f
 unsafe fn micro(
     mr: usize,
     a: *const f32,
+    lda: usize,
     k: usize,
     b: *const f32,
     c: *mut f32,
@@ -147,18 +167,18 @@ unsafe fn micro(
     cols: usize,
 ) {
     match mr {
-        12 => kernel::<12>(a, k, b, c, ldc, cols),
-        11 => kernel::<11>(a, k, b, c, ldc, cols),
-        10 => kernel::<10>(a, k, b, c, ldc, cols),
-        9 => kernel::<9>(a, k, b, c, ldc, cols),
-        8 => kernel::<8>(a, k, b, c, ldc, cols),
-        7 => kernel::<7>(a, k, b, c, ldc, cols),
-        6 => kernel::<6>(a, k, b, c, ldc, cols),
-        5 => kernel::<5>(a, k, b, c, ldc, cols),
-        4 => kernel::<4>(a, k, b, c, ldc, cols),
-        3 => kernel::<3>(a, k, b, c, ldc, cols),
-        2 => kernel::<2>(a, k, b, c, ldc, cols),
-        1 => kernel::<1>(a, k, b, c, ldc, cols),
+        12 => kernel::<12>(a, lda, k, b, c, ldc, cols),
+        11 => kernel::<11>(a, lda, k, b, c, ldc, cols),
+        10 => kernel::<10>(a, lda, k, b, c, ldc, cols),
+        9 => kernel::<9>(a, lda, k, b, c, ldc, cols),
+        8 => kernel::<8>(a, lda, k, b, c, ldc, cols),
+        7 => kernel::<7>(a, lda, k, b, c, ldc, cols),
+        6 => kernel::<6>(a, lda, k, b, c, ldc, cols),
+        5 => kernel::<5>(a, lda, k, b, c, ldc, cols),
+        4 => kernel::<4>(a, lda, k, b, c, ldc, cols),
+        3 => kernel::<3>(a, lda, k, b, c, ldc, cols),
+        2 => kernel::<2>(a, lda, k, b, c, ldc, cols),
+        1 => kernel::<1>(a, lda, k, b, c, ldc, cols),
         _ => unreachable!("micro-kernel rows {mr}"),
     }
 }
@@ -166,11 +186,13 @@ unsafe fn micro(
 /// `c[R, cols] += a[R, k] · b[k, NR]` (only the first `cols` columns stored).
 ///
 /// # Safety
-/// `a` points at `R` rows of `k` values (row stride `k`), `b` at `k * NR` values, `c` at `R`
+/// `a` points at `R` rows of `k` values (row stride `lda`), `b` at `k * NR` values aligned to 64
+/// bytes, `c` at `R`
 /// rows (stride `ldc`) with `cols <= NR` writable values each; the CPU has AVX-512F.
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel<const R: usize>(
     a: *const f32,
+    lda: usize,
     k: usize,
     b: *const f32,
     c: *mut f32,
@@ -179,10 +201,10 @@ unsafe fn kernel<const R: usize>(
 ) {
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for kk in 0..k {
-        let b0 = _mm512_loadu_ps(b.add(kk * NR));
-        let b1 = _mm512_loadu_ps(b.add(kk * NR + 16));
+        let b0 = _mm512_load_ps(b.add(kk * NR));
+        let b1 = _mm512_load_ps(b.add(kk * NR + 16));
         for (r, acc) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*a.add(r * k + kk));
+            let av = _mm512_set1_ps(*a.add(r * lda + kk));
             acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
             acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
         }

@@ -4,11 +4,14 @@
 //! more tensors. The matmul is gemm's f32 kernel or, for `--dtype bf16`, the AMX kernel
 //! ([`super::amx`]).
 
-use candle_core::cpu::erf::erf_f32;
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::{amx, avx512};
+use super::math::gelu_erf_in_place;
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+use super::amx;
+#[cfg(target_arch = "x86_64")]
+use super::avx512;
 
 /// What follows the affine map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,38 +55,55 @@ impl std::fmt::Display for Dtype {
 /// A weight matrix `[k, n]` laid out once, at load time, for its matmul kernel.
 pub enum Weights {
     /// f32 on AVX-512 ([`avx512`]), where the CPU has it.
+    #[cfg(target_arch = "x86_64")]
     F32(avx512::PackedWeights),
     /// f32 elsewhere: row-major `[k, n]`, which gemm reads without a transposed view.
-    F32Portable {
-        w_t: Vec<f32>,
-        n: usize,
-    },
+    F32Portable { w_t: Vec<f32>, n: usize },
+    /// bf16 on AMX tiles ([`amx`]), where the CPU has them.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     Bf16(amx::PackedWeights),
 }
 
+/// Whether this CPU runs `--dtype bf16` (AMX-BF16, and the kernel granted the tile permission).
+pub fn bf16_available() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    return amx::available();
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    false
+}
+
 impl Weights {
-    /// `w_t`: `[k, n]` row-major. bf16 needs AMX: the caller checks [`amx::available`].
+    /// `w_t`: `[k, n]` row-major. Panics for bf16 where [`bf16_available`] is false (the
+    /// caller checks it).
     pub fn new(w_t: Vec<f32>, k: usize, n: usize, dtype: Dtype) -> Self {
         assert_eq!(w_t.len(), k * n, "weight size");
         match dtype {
+            #[cfg(target_arch = "x86_64")]
             Dtype::F32 if avx512::available() => Self::F32(avx512::PackedWeights::pack(&w_t, k, n)),
             Dtype::F32 => Self::F32Portable { w_t, n },
+            #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             Dtype::Bf16 => Self::Bf16(amx::PackedWeights::pack(&w_t, k, n)),
+            #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+            Dtype::Bf16 => panic!("--dtype bf16 needs Linux on an x86-64 CPU with AMX"),
         }
     }
 
     pub fn k(&self) -> usize {
         match self {
+            #[cfg(target_arch = "x86_64")]
             Self::F32(w) => w.k(),
             Self::F32Portable { w_t, n } => w_t.len() / n,
+            #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             Self::Bf16(w) => w.k(),
         }
     }
 
     pub fn n(&self) -> usize {
         match self {
+            #[cfg(target_arch = "x86_64")]
             Self::F32(w) => w.n(),
             Self::F32Portable { n, .. } => *n,
+            #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             Self::Bf16(w) => w.n(),
         }
     }
@@ -94,7 +114,9 @@ impl Weights {
         assert_eq!(x.len(), rows * k, "input size");
         assert_eq!(out.len(), rows * n, "output size");
         match self {
+            #[cfg(target_arch = "x86_64")]
             Self::F32(w) => avx512::matmul_accumulate(x, rows, w, out),
+            #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             Self::Bf16(w) => amx::matmul_accumulate(x, rows, w, out),
             Self::F32Portable { w_t, .. } => {
                 let threads = candle_core::utils::get_num_threads();
@@ -152,11 +174,7 @@ pub fn linear(
     }
     w.accumulate(x, rows, &mut out);
     if act == Activation::GeluErf {
-        out.par_chunks_mut(n).for_each(|r| {
-            for v in r {
-                *v = (erf_f32(*v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * *v;
-            }
-        });
+        out.par_chunks_mut(n).for_each(gelu_erf_in_place);
     }
     out
 }
