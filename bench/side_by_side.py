@@ -129,8 +129,10 @@ def figure(args, results, what, run):
 
 
 def timed(fn, seconds):
-    """One warm-up call, then calls until `seconds` pass (at least 3). `fn` returns the tokens it
-    ran. Returns the sorted latencies (s) and the tokens of the timed calls."""
+    """Two warm-up calls (oneDNN builds its kernels on the first bf16 call of a shape), then calls
+    until `seconds` pass (at least 3). `fn` returns the tokens it ran. Returns the sorted
+    latencies (s) and the tokens of the timed calls."""
+    fn()
     fn()
     times, tokens, start = [], 0, time.perf_counter()
     while len(times) < 3 or time.perf_counter() - start < seconds:
@@ -276,6 +278,25 @@ def figures_table(results):
 
 # ---------------------------------------------------------------------------------------------
 
+def cpu_model():
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def versions(torch_ok):
+    import onnxruntime
+    import transformers
+
+    found = [f"onnxruntime {onnxruntime.__version__}", f"transformers {transformers.__version__}"]
+    if torch_ok:
+        import torch
+
+        found.append(f"torch {torch.__version__}")
+    return ", ".join(found)
+
+
 def parse_shapes(text):
     return [tuple(int(n) for n in s.split("x")) for s in text.split(",")]
 
@@ -330,6 +351,7 @@ def main():
     ap.add_argument("--settle", type=float, default=300.0,
                     help="seconds to wait for the load to fall below --max-load before refusing (default 300)")
     ap.add_argument("--force", action="store_true", help="measure and report even on a busy machine")
+    ap.add_argument("--json-out", type=pathlib.Path, help="also write every figure to this JSON file")
     args = ap.parse_args()
 
     for binary in ("bench_model", "bench_http"):
@@ -347,7 +369,9 @@ def main():
         torch_ok = False
         print(f"note: PyTorch skipped ({e})", file=sys.stderr)
     ours_bf16 = has_flag(str(args.bin / "bench_model"), "--dtype")
-    notes = [f"threads: {args.threads}; max load {args.max_load}; {args.seconds} s per model-only figure"]
+    notes = [f"threads: {args.threads}; max load {args.max_load}; {args.seconds} s per model-only figure; "
+             f"fp32 peak taken as {args.threads} x {PEAK_FP32_PER_CORE / 1e9:.0f} GFLOP/s",
+             f"CPU: {cpu_model()}; {versions(torch_ok)}"]
     if not ours_bf16:
         notes.append("ours bf16: skipped (bench_model has no --dtype yet)")
     if not torch_ok:
@@ -385,6 +409,8 @@ def main():
             rel = "" if base is None else f"{r['inputs_per_s'] / base['inputs_per_s']:.2f}"
             print(f"| {label} | {r['inputs_per_s']:.1f} | {r['p50_ms']:.1f} | {rel} |")
     print(f"\n### Every figure with the load around it\n\n{figures_table(results)}")
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"notes": notes, "figures": results}, indent=1))
 
 
 def figure_list(args, results, what, run):
