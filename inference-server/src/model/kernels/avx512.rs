@@ -18,8 +18,11 @@ const NR: usize = 32;
 const MR: usize = 12;
 /// Rows per task: their `x` rows (`MC * KC * 4` bytes) stay in L2 while panels pass.
 const MC: usize = 240;
-/// Depth of one pass: a `KC x NR` panel block (32 KiB) stays in L1 for all the task's rows.
+/// Depth of one pass: the `MR x KC` slice of `x` (12 KiB) stays in L1 while the panels of a
+/// chunk stream past it from L2.
 const KC: usize = 256;
+/// Panels per chunk: `KC x NR x NC_PANELS` weights (512 KiB) stay in L2 for all the task's rows.
+const NC_PANELS: usize = 16;
 /// Below this many multiply-adds a task is not worth a rayon hop.
 const MIN_TASK_WORK: usize = 1 << 20;
 
@@ -100,11 +103,18 @@ pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f
         return;
     }
     let panels = n.div_ceil(NR);
-    let row_blocks = rows.div_ceil(MC);
+    let threads = rayon::current_num_threads();
+    // Row blocks of at most MC rows, as many as a multiple of the threads so that every thread
+    // gets the same share (5 blocks on 2 threads would leave one idle a fifth of the time).
+    let mut row_blocks = rows.div_ceil(MC);
+    if row_blocks > 1 {
+        row_blocks = row_blocks.next_multiple_of(threads);
+    }
+    let block_len = rows.div_ceil(row_blocks).next_multiple_of(MR);
+    let row_blocks = rows.div_ceil(block_len);
     // Split the panels too when there are fewer row blocks than threads, as long as each task
     // keeps enough work.
-    let threads = rayon::current_num_threads();
-    let per_panel = MC.min(rows) * k * NR;
+    let per_panel = block_len * k * NR;
     let groups = (threads.div_ceil(row_blocks))
         .min(panels)
         .min((panels * per_panel / MIN_TASK_WORK).max(1));
@@ -112,32 +122,37 @@ pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f
     let dst = Out(out.as_mut_ptr());
     let task = |t: usize| {
         let (block, group) = (t / groups, t % groups);
-        let first_row = block * MC;
-        let block_rows = MC.min(rows - first_row);
+        let first_row = block * block_len;
+        let block_rows = block_len.min(rows - first_row);
+        let group_panels = group * group_size..((group + 1) * group_size).min(panels);
         for depth in (0..k).step_by(KC) {
             let kc = KC.min(k - depth);
-            for p in group * group_size..((group + 1) * group_size).min(panels) {
-                let cols = NR.min(n - p * NR);
-                let panel = &w.panel(p)[depth * NR..];
+            for chunk in group_panels.clone().step_by(NC_PANELS) {
+                let chunk = chunk..(chunk + NC_PANELS).min(group_panels.end);
                 let mut r = 0;
                 while r < block_rows {
                     let mr = MR.min(block_rows - r);
                     let row = first_row + r;
-                    // SAFETY: rows row..row+mr of `x` and of `out` exist (row + mr <= rows),
-                    // columns depth..depth+kc of those `x` rows too, the panel slice holds
-                    // kc * NR values from `depth` on, and columns p*NR..p*NR+cols of those
-                    // output rows belong to this task alone; `out` outlives the parallel loop.
-                    unsafe {
-                        micro(
-                            mr,
-                            x.as_ptr().add(row * k + depth),
-                            k,
-                            kc,
-                            panel.as_ptr(),
-                            dst.at(row * n + p * NR),
-                            n,
-                            cols,
-                        );
+                    for p in chunk.clone() {
+                        let cols = NR.min(n - p * NR);
+                        let panel = &w.panel(p)[depth * NR..];
+                        // SAFETY: rows row..row+mr of `x` and of `out` exist (row + mr <=
+                        // rows), columns depth..depth+kc of those `x` rows too, the panel
+                        // slice holds kc * NR values from `depth` on, and columns
+                        // p*NR..p*NR+cols of those output rows belong to this task alone;
+                        // `out` outlives the parallel loop.
+                        unsafe {
+                            micro(
+                                mr,
+                                x.as_ptr().add(row * k + depth),
+                                k,
+                                kc,
+                                panel.as_ptr(),
+                                dst.at(row * n + p * NR),
+                                n,
+                                cols,
+                            );
+                        }
                     }
                     r += mr;
                 }
@@ -199,6 +214,11 @@ unsafe fn kernel<const R: usize>(
     ldc: usize,
     cols: usize,
 ) {
+    // The output rows are touched once per call, after the k loop: fetch them during it.
+    for r in 0..R {
+        _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc).cast());
+        _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + 16).cast());
+    }
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for kk in 0..k {
         let b0 = _mm512_load_ps(b.add(kk * NR));
