@@ -285,6 +285,12 @@ def cpu_model():
     return "unknown"
 
 
+def source_version():
+    """The commit the binaries were presumably built from; `-dirty` when the tree had edits."""
+    out = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
 def versions(torch_ok):
     import onnxruntime
     import transformers
@@ -371,7 +377,7 @@ def main():
     ours_bf16 = has_flag(str(args.bin / "bench_model"), "--dtype")
     notes = [f"threads: {args.threads}; max load {args.max_load}; {args.seconds} s per model-only figure; "
              f"fp32 peak taken as {args.threads} x {PEAK_FP32_PER_CORE / 1e9:.0f} GFLOP/s",
-             f"CPU: {cpu_model()}; {versions(torch_ok)}"]
+             f"CPU: {cpu_model()}; {versions(torch_ok)}; source {source_version()} (binaries: {args.bin})"]
     if not ours_bf16:
         notes.append("ours bf16: skipped (bench_model has no --dtype yet)")
     if not torch_ok:
