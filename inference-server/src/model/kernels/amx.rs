@@ -26,6 +26,8 @@ use std::sync::{Mutex, OnceLock};
 use half::bf16;
 use rayon::prelude::*;
 
+use super::SharedOut;
+
 /// Rows of a tile, and k-pairs of a B tile.
 const TILE_ROWS: usize = 16;
 /// bf16 values in a tile row (64 bytes): the k extent of one `tdpbf16ps`.
@@ -150,7 +152,7 @@ pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f
         .min(col_blocks.div_ceil((TASKS_PER_THREAD * threads).div_ceil(row_groups)))
         .max(1);
     let col_groups = col_blocks.div_ceil(col_group);
-    let out = OutPtr(out.as_mut_ptr());
+    let out = SharedOut::new(out);
     let job = Job {
         a: &a,
         w,
@@ -210,20 +212,13 @@ fn pack_row(src: &[f32], k_steps: usize, dst: &mut [TileRow]) {
     }
 }
 
-/// The output pointer shared by the tasks, which write disjoint blocks.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes only its own output blocks.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
 struct Job<'a> {
     a: &'a [TileRow],
     w: &'a PackedWeights,
     rows: usize,
     /// Output column blocks per task.
     col_group: usize,
-    out: OutPtr,
+    out: SharedOut,
 }
 
 impl Job<'_> {
@@ -245,7 +240,7 @@ impl Job<'_> {
                 // The block's output rows are far apart (and, at BERT sizes, not in L2):
                 // fetch them while the tiles work.
                 for r in rows.clone() {
-                    let row = self.out.0.wrapping_add(r * n + c0);
+                    let row = self.out.at(r * n + c0);
                     // SAFETY: SSE is baseline on x86_64; a prefetch never faults.
                     unsafe {
                         _mm_prefetch::<_MM_HINT_T0>(row.cast());
@@ -257,9 +252,8 @@ impl Job<'_> {
                 for (r, sums) in rows.zip(sums.0.chunks_exact(BLOCK)) {
                     // SAFETY: row `r` < rows and columns `c0..c0 + width` <= n lie in `out`,
                     // and no other task writes this block.
-                    let out = unsafe {
-                        std::slice::from_raw_parts_mut(self.out.0.add(r * n + c0), width)
-                    };
+                    let out =
+                        unsafe { std::slice::from_raw_parts_mut(self.out.at(r * n + c0), width) };
                     // SAFETY: `available()` implies AVX-512.
                     unsafe { add(out, sums) };
                 }

@@ -9,6 +9,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::math::softmax_in_place;
+use super::SharedOut;
 
 /// Shape of one attention call: the rows of `qkv` are the tokens of the sequences one after
 /// another (a packed batch: no padding, so no mask); `hidden = heads * head_dim`.
@@ -17,19 +18,6 @@ pub struct Dims<'a> {
     pub lens: &'a [usize],
     pub heads: usize,
     pub head_dim: usize,
-}
-
-/// The output buffer, shared by tasks that write disjoint (sequence, head) blocks of it.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// Through a method, so that closures capture the whole (`Sync`) value, not its pointer.
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
 }
 
 /// `qkv`: `[tokens, 3 * hidden]`, rows `[q | k | v]` with q already scaled by
@@ -55,7 +43,7 @@ pub fn attention(qkv: &[f32], d: Dims) -> Vec<f32> {
         .collect();
     let longest = lens.iter().copied().max().unwrap_or(0);
     let mut out = vec![0f32; tokens * h];
-    let dst = Out(out.as_mut_ptr());
+    let dst = SharedOut::new(&mut out);
     (0..lens.len() * heads).into_par_iter().for_each_init(
         || vec![0f32; longest * longest],
         |scores, task| {

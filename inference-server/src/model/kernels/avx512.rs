@@ -12,6 +12,8 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
+use super::SharedOut;
+
 /// Output columns per panel (two zmm registers).
 const NR: usize = 32;
 /// Output rows per micro-kernel call (24 of the 32 zmm registers hold the accumulators).
@@ -79,19 +81,6 @@ impl PackedWeights {
     }
 }
 
-/// The output buffer, shared by tasks that write disjoint blocks of it.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// Through a method, so that closures capture the whole (`Sync`) value, not its pointer.
-    fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
 /// `out[rows, n] += x[rows, k] · W`, all row-major. Panics if the CPU lacks AVX-512
 /// (callers check [`available`]).
 pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f32]) {
@@ -119,7 +108,7 @@ pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f
         .min(panels)
         .min((panels * per_panel / MIN_TASK_WORK).max(1));
     let group_size = panels.div_ceil(groups);
-    let dst = Out(out.as_mut_ptr());
+    let dst = SharedOut::new(out);
     let task = |t: usize| {
         let (block, group) = (t / groups, t % groups);
         let first_row = block * block_len;

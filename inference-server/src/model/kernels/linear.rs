@@ -7,11 +7,11 @@
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-use super::math::gelu_erf_in_place;
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 use super::amx;
 #[cfg(target_arch = "x86_64")]
 use super::avx512;
+use super::math::gelu_erf_in_place;
 
 /// What follows the affine map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
