@@ -12,17 +12,24 @@ use std::f32::consts::{FRAC_1_SQRT_2, LOG2_E};
 const LN2_HI: f32 = 0.693_145_75;
 const LN2_LO: f32 = 1.428_606_8e-6;
 
+/// 1.5 * 2^23: adding it rounds to an integer (ties to even) and leaves that integer in the low
+/// mantissa bits, with no float-to-int conversion (Rust's saturating `as i32` does not
+/// vectorise).
+const ROUND: f32 = 12_582_912.0;
+
 #[inline(always)]
 fn exp(x: f32) -> f32 {
     // Outside this range e^x over- or underflows f32 anyway.
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2_E).round_ties_even();
+    let t = x * LOG2_E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (1.0 / 2.0
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // t's bits are 0x4B40_0000 + n: adding the bias and shifting leaves 2^n's exponent field.
+    p * f32::from_bits(t.to_bits().wrapping_add(127) << 23)
 }
 
 #[inline(always)]
