@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use super::kernels::attention::{attention, Dims};
 use super::kernels::linear::{linear, Activation, Dtype, Weights};
+use super::kernels::memory::buffer;
 use super::kernels::norm::layer_norm_in_place;
 use super::{ModelError, Result};
 /// The fields of `config.json` the encoder needs.
@@ -224,7 +225,7 @@ impl Embeddings {
     /// and the position count before, to answer with a clear error).
     pub fn forward(&self, t: &TokenIds) -> Vec<f32> {
         let h = self.hidden;
-        let mut x = Vec::with_capacity(t.ids.len() * h);
+        let mut x = buffer(t.ids.len() * h);
         for ((&id, &pos), &tt) in t.ids.iter().zip(&t.positions).zip(&t.token_types) {
             fn row(table: &[f32], i: u32, h: usize) -> &[f32] {
                 &table[i as usize * h..(i as usize + 1) * h]

@@ -26,6 +26,7 @@ use std::sync::{Mutex, OnceLock};
 use half::bf16;
 use rayon::prelude::*;
 
+use super::memory::{buffer, filled};
 use super::SharedOut;
 
 /// Rows of a tile, and k-pairs of a B tile.
@@ -101,7 +102,7 @@ impl PackedWeights {
         assert_eq!(w_t.len(), k * n, "weight size");
         let k_steps = k.div_ceil(TILE_K);
         let col_tiles = n.div_ceil(BLOCK) * 2;
-        let mut data = vec![TileRow::default(); col_tiles * k_steps * TILE_ROWS];
+        let mut data = filled(col_tiles * k_steps * TILE_ROWS, TileRow::default());
         for (kk, row) in w_t.chunks_exact(n).enumerate() {
             let (step, pair, half) = (kk / TILE_K, kk % TILE_K / 2, kk % 2);
             for (c, &v) in row.iter().enumerate() {
@@ -175,7 +176,11 @@ pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f
 /// tile. Zero-padded to whole tiles and to an even number of row tiles (one output block).
 fn pack_rows(x: &[f32], rows: usize, k: usize, k_steps: usize, a: &mut Vec<TileRow>) {
     let stream = k_steps * TILE_ROWS;
-    a.resize(rows.div_ceil(BLOCK) * 2 * stream, TileRow::default());
+    let len = rows.div_ceil(BLOCK) * 2 * stream;
+    if a.capacity() < len {
+        *a = buffer(len);
+    }
+    a.resize(len, TileRow::default());
     let pack_tiles = |(t, tiles): (usize, &mut [TileRow])| {
         for r in 0..TILE_ROWS {
             let row = t * TILE_ROWS + r;

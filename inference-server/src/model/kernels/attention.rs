@@ -9,6 +9,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::math::softmax_in_place;
+use super::memory::filled;
 use super::SharedOut;
 
 /// Shape of one attention call: the rows of `qkv` are the tokens of the sequences one after
@@ -42,7 +43,7 @@ pub fn attention(qkv: &[f32], d: Dims) -> Vec<f32> {
         })
         .collect();
     let longest = lens.iter().copied().max().unwrap_or(0);
-    let mut out = vec![0f32; tokens * h];
+    let mut out = filled(tokens * h, 0f32);
     let dst = SharedOut::new(&mut out);
     (0..lens.len() * heads).into_par_iter().for_each_init(
         || vec![0f32; longest * longest],

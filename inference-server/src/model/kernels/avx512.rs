@@ -12,6 +12,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
+use super::memory::filled;
 use super::SharedOut;
 
 /// Output columns per panel (two zmm registers).
@@ -52,7 +53,7 @@ impl PackedWeights {
     pub fn pack(w_t: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(w_t.len(), k * n, "weight size");
         let count = n.div_ceil(NR);
-        let mut lines = vec![Line([0.0; 16]); count * k * NR / 16];
+        let mut lines = filled(count * k * NR / 16, Line([0.0; 16]));
         for (p, panel) in lines.chunks_exact_mut(k * NR / 16).enumerate() {
             let (first, width) = (p * NR, NR.min(n - p * NR));
             for (kk, step) in panel.chunks_exact_mut(NR / 16).enumerate() {

@@ -12,6 +12,7 @@ use super::amx;
 #[cfg(target_arch = "x86_64")]
 use super::avx512;
 use super::math::gelu_erf_in_place;
+use super::memory::buffer;
 
 /// What follows the affine map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,10 +168,15 @@ pub fn linear(
 ) -> Vec<f32> {
     let n = w.n();
     assert_eq!(b.len(), n, "bias size");
-    let mut out = b.repeat(rows);
-    if let Some(res) = residual {
-        assert_eq!(res.len(), rows * n, "residual size");
-        out.iter_mut().zip(res).for_each(|(o, r)| *o += r);
+    let mut out = buffer(rows * n);
+    match residual {
+        Some(res) => {
+            assert_eq!(res.len(), rows * n, "residual size");
+            for res in res.chunks_exact(n) {
+                out.extend(b.iter().zip(res).map(|(b, r)| b + r));
+            }
+        }
+        None => (0..rows).for_each(|_| out.extend_from_slice(b)),
     }
     w.accumulate(x, rows, &mut out);
     if act == Activation::GeluErf {

@@ -8,6 +8,7 @@ pub mod attention;
 pub mod avx512;
 pub mod linear;
 pub mod math;
+pub mod memory;
 pub mod norm;
 
 /// An output buffer shared by parallel tasks that each write their own disjoint part of it.
