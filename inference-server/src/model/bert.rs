@@ -14,7 +14,7 @@ use candle_nn::VarBuilder;
 use serde::Deserialize;
 
 use super::kernels::attention::{attention, Dims};
-use super::kernels::linear::{linear, Activation, Dtype, Weights};
+use super::kernels::linear::{linear, linear_into, Activation, Dtype, Weights};
 use super::kernels::memory::buffer;
 use super::kernels::norm::layer_norm_in_place;
 use super::{ModelError, Result};
@@ -143,12 +143,33 @@ impl Linear {
 
     /// `x`: `[rows, in]`; returns `[rows, out]`.
     pub fn forward(&self, x: &[f32]) -> Vec<f32> {
-        self.forward_then(x, None, Activation::None)
+        linear(
+            x,
+            &self.w,
+            &self.b,
+            None,
+            x.len() / self.w.k(),
+            Activation::None,
+        )
     }
 
-    /// `act(x · W + b + residual)` in one output buffer ([`linear`]).
-    fn forward_then(&self, x: &[f32], residual: Option<&[f32]>, act: Activation) -> Vec<f32> {
-        linear(x, &self.w, &self.b, residual, x.len() / self.w.k(), act)
+    /// `act(x · W + b + residual)` into `out` ([`linear_into`]).
+    fn forward_into(
+        &self,
+        x: &[f32],
+        residual: Option<&[f32]>,
+        act: Activation,
+        out: &mut Vec<f32>,
+    ) {
+        linear_into(
+            x,
+            &self.w,
+            &self.b,
+            residual,
+            x.len() / self.w.k(),
+            act,
+            out,
+        )
     }
 }
 
@@ -168,9 +189,8 @@ impl LayerNorm {
         })
     }
 
-    fn apply(&self, mut x: Vec<f32>) -> Vec<f32> {
-        layer_norm_in_place(&mut x, &self.weight, &self.bias, self.eps);
-        x
+    fn apply(&self, x: &mut [f32]) {
+        layer_norm_in_place(x, &self.weight, &self.bias, self.eps);
     }
 }
 
@@ -238,7 +258,8 @@ impl Embeddings {
             // Same summation order as transformers' BertEmbeddings.
             x.extend(w.iter().zip(ty).zip(p).map(|((w, ty), p)| (w + ty) + p));
         }
-        self.norm.apply(x)
+        self.norm.apply(&mut x);
+        x
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -291,33 +312,53 @@ impl Layer {
         })
     }
 
-    /// `x`: `[tokens, hidden]`, the sequences of `lens` back to back.
-    pub fn forward(&self, x: &[f32], lens: &[usize]) -> Vec<f32> {
-        let qkv = self.qkv.forward(x);
+    /// `x`: `[tokens, hidden]`, the sequences of `lens` back to back; replaced by the layer's
+    /// output. `scratch` holds the intermediate buffers (reused from layer to layer).
+    fn forward(&self, x: &mut Vec<f32>, lens: &[usize], scratch: &mut Scratch) {
         let h = self.attn_out.b.len();
         let dims = Dims {
             lens,
             heads: self.heads,
             head_dim: h / self.heads,
         };
-        let context = attention(&qkv, dims);
-        drop(qkv);
-        let x = self.attn_norm.apply(self.attn_out.forward_then(
-            &context,
-            Some(x),
-            Activation::None,
-        ));
-        let inner = self
-            .intermediate
-            .forward_then(&x, None, Activation::GeluErf);
-        self.out_norm
-            .apply(self.output.forward_then(&inner, Some(&x), Activation::None))
+        let Scratch {
+            qkv,
+            context,
+            inner,
+            next,
+        } = scratch;
+        self.qkv.forward_into(x, None, Activation::None, qkv);
+        attention(qkv, dims, context);
+        self.attn_out
+            .forward_into(context, Some(x), Activation::None, next);
+        self.attn_norm.apply(next);
+        std::mem::swap(x, next);
+        self.intermediate
+            .forward_into(x, None, Activation::GeluErf, inner);
+        self.output
+            .forward_into(inner, Some(x), Activation::None, next);
+        self.out_norm.apply(next);
+        std::mem::swap(x, next);
     }
 }
 
-/// Runs `x` through `layers` in order (arguments as [`Layer::forward`]).
-pub fn run_layers(layers: &[Layer], x: Vec<f32>, lens: &[usize]) -> Vec<f32> {
-    layers.iter().fold(x, |x, layer| layer.forward(&x, lens))
+/// The buffers a layer works in besides its input and output.
+#[derive(Default)]
+struct Scratch {
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    inner: Vec<f32>,
+    next: Vec<f32>,
+}
+
+/// Runs `x` (`[tokens, hidden]`, the sequences of `lens` back to back) through `layers` in
+/// order.
+pub fn run_layers(layers: &[Layer], mut x: Vec<f32>, lens: &[usize]) -> Vec<f32> {
+    let mut scratch = Scratch::default();
+    for layer in layers {
+        layer.forward(&mut x, lens, &mut scratch);
+    }
+    x
 }
 
 /// Loads `{prefix}.0`, `{prefix}.1`, ... for as many layers as the checkpoint holds.

@@ -9,7 +9,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::math::softmax_in_place;
-use super::memory::filled;
+use super::memory::reuse;
 use super::SharedOut;
 
 /// Shape of one attention call: the rows of `qkv` are the tokens of the sequences one after
@@ -23,8 +23,8 @@ pub struct Dims<'a> {
 
 /// `qkv`: `[tokens, 3 * hidden]`, rows `[q | k | v]` with q already scaled by
 /// `1/sqrt(head_dim)`. Returns the context `softmax(q kᵀ) v` of every sequence,
-/// `[tokens, hidden]`.
-pub fn attention(qkv: &[f32], d: Dims) -> Vec<f32> {
+/// `[tokens, hidden]`, into `out` (its old contents are dropped).
+pub fn attention(qkv: &[f32], d: Dims, out: &mut Vec<f32>) {
     let Dims {
         lens,
         heads,
@@ -43,8 +43,9 @@ pub fn attention(qkv: &[f32], d: Dims) -> Vec<f32> {
         })
         .collect();
     let longest = lens.iter().copied().max().unwrap_or(0);
-    let mut out = filled(tokens * h, 0f32);
-    let dst = SharedOut::new(&mut out);
+    reuse(out, tokens * h);
+    out.resize(tokens * h, 0.0);
+    let dst = SharedOut::new(out);
     (0..lens.len() * heads).into_par_iter().for_each_init(
         || vec![0f32; longest * longest],
         |scores, task| {
@@ -110,7 +111,6 @@ pub fn attention(qkv: &[f32], d: Dims) -> Vec<f32> {
             }
         },
     );
-    out
 }
 
 #[cfg(test)]
@@ -187,7 +187,9 @@ mod tests {
                 lens.iter().sum::<usize>() * 3 * heads * head_dim,
                 lens[0] as u64,
             );
-            let worst = attention(&qkv, d)
+            let mut got = Vec::new();
+            attention(&qkv, d, &mut got);
+            let worst = got
                 .iter()
                 .zip(&naive(&qkv, d))
                 .map(|(a, b)| (a - b).abs())

@@ -12,7 +12,7 @@ use super::amx;
 #[cfg(target_arch = "x86_64")]
 use super::avx512;
 use super::math::gelu_erf_in_place;
-use super::memory::buffer;
+use super::memory::reuse;
 
 /// What follows the affine map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,9 +166,25 @@ pub fn linear(
     rows: usize,
     act: Activation,
 ) -> Vec<f32> {
+    let mut out = Vec::new();
+    linear_into(x, w, b, residual, rows, act, &mut out);
+    out
+}
+
+/// [`linear`] into `out` (its old contents are dropped): reusing one buffer across layers
+/// spares the page faults of a fresh allocation per layer.
+pub fn linear_into(
+    x: &[f32],
+    w: &Weights,
+    b: &[f32],
+    residual: Option<&[f32]>,
+    rows: usize,
+    act: Activation,
+    out: &mut Vec<f32>,
+) {
     let n = w.n();
     assert_eq!(b.len(), n, "bias size");
-    let mut out = buffer(rows * n);
+    reuse(out, rows * n);
     match residual {
         Some(res) => {
             assert_eq!(res.len(), rows * n, "residual size");
@@ -178,11 +194,10 @@ pub fn linear(
         }
         None => (0..rows).for_each(|_| out.extend_from_slice(b)),
     }
-    w.accumulate(x, rows, &mut out);
+    w.accumulate(x, rows, out);
     if act == Activation::GeluErf {
         out.par_chunks_mut(n).for_each(gelu_erf_in_place);
     }
-    out
 }
 
 #[cfg(test)]

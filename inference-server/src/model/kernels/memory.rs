@@ -18,6 +18,15 @@ pub fn buffer<T>(capacity: usize) -> Vec<T> {
     v
 }
 
+/// Empties `v` for `capacity` new values, replacing it with a fresh [`buffer`] only when it is
+/// too small.
+pub fn reuse<T>(v: &mut Vec<T>, capacity: usize) {
+    v.clear();
+    if v.capacity() < capacity {
+        *v = buffer(capacity);
+    }
+}
+
 /// `buffer` filled with `value`.
 pub fn filled<T: Clone>(len: usize, value: T) -> Vec<T> {
     let mut v = buffer(len);
