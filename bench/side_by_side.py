@@ -224,9 +224,9 @@ def in_process_texts(args, tokenizer, forward):
     return summary(times, 32, tokens)
 
 
-def ours_http(args, folder):
+def ours_http(args, folder, dtype):
     cmd = [str(args.bin / "bench_http"), "--model", str(folder), "--workloads", "mixed-chars",
-           "--clients", str(args.clients), "--seconds", str(args.http_seconds), "--json"]
+           "--clients", str(args.clients), "--seconds", str(args.http_seconds), "--dtype", dtype, "--json"]
     out = subprocess.run(cmd, env=env(args), check=True, capture_output=True, text=True).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
@@ -389,8 +389,10 @@ def main():
     e2e = []
     if not args.skip_http:
         folder = args.cache / "minilm"
-        for row in figure_list(args, results, "minilm mixed 16-256 chars x 32, HTTP ours", lambda: ours_http(args, folder)):
-            e2e.append((f"ours via HTTP, {row['clients']} client(s)", row))
+        for dtype in ["f32", "bf16"] if ours_bf16 else ["f32"]:
+            what = f"minilm mixed 16-256 chars x 32, HTTP ours {dtype}"
+            for row in figure_list(args, results, what, lambda: ours_http(args, folder, dtype)):
+                e2e.append((f"ours {dtype} via HTTP, {row['clients']} client(s)", row))
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(folder)
         session = ort_session(args, folder)
