@@ -128,6 +128,19 @@ def figure(args, results, what, run):
     return row
 
 
+def figure_list(args, results, what, run):
+    """Like `figure`, for a run that yields several rows (bench_http: 1 and N clients)."""
+    before = wait_for_quiet(args, what)
+    print(f"measuring {what} (load {before.split()[0]})", file=sys.stderr)
+    rows = run()
+    after = loadavg()[1]
+    for row in rows:
+        row.update(what=f"{what}, {row['clients']} client(s)", load_before=before, load_after=after,
+                   runs=row["requests"])
+        results.append(row)
+    return rows
+
+
 def timed(fn, seconds):
     """Two warm-up calls (oneDNN builds its kernels on the first bf16 call of a shape), then calls
     until `seconds` pass (at least 3). `fn` returns the tokens it ran. Returns the sorted
@@ -419,19 +432,6 @@ def main():
     print(f"\n### Every figure with the load around it\n\n{figures_table(results)}")
     if args.json_out:
         args.json_out.write_text(json.dumps({"notes": notes, "figures": results}, indent=1))
-
-
-def figure_list(args, results, what, run):
-    """Like `figure`, for a run that yields several rows (bench_http: 1 and N clients)."""
-    before = wait_for_quiet(args, what)
-    print(f"measuring {what} (load {before.split()[0]})", file=sys.stderr)
-    rows = run()
-    after = loadavg()[1]
-    for row in rows:
-        row.update(what=f"{what}, {row['clients']} client(s)", load_before=before, load_after=after,
-                   runs=row["requests"])
-        results.append(row)
-    return rows
 
 
 if __name__ == "__main__":
