@@ -26,6 +26,8 @@ const MC: usize = 240;
 const KC: usize = 256;
 /// Panels per chunk: `KC x NR x NC_PANELS` weights (512 KiB) stay in L2 for all the task's rows.
 const NC_PANELS: usize = 16;
+/// How many k steps ahead the kernel prefetches its weight panel (into L1).
+const PREFETCH: usize = 16;
 /// Below this many multiply-adds a task is not worth a rayon hop.
 const MIN_TASK_WORK: usize = 1 << 20;
 
@@ -211,6 +213,8 @@ unsafe fn kernel<const R: usize>(
     }
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for kk in 0..k {
+        _mm_prefetch::<_MM_HINT_T0>(b.add((kk + PREFETCH) * NR).cast());
+        _mm_prefetch::<_MM_HINT_T0>(b.add((kk + PREFETCH) * NR + 16).cast());
         let b0 = _mm512_load_ps(b.add(kk * NR));
         let b1 = _mm512_load_ps(b.add(kk * NR + 16));
         for (r, acc) in acc.iter_mut().enumerate() {
