@@ -131,6 +131,18 @@ impl PackedWeights {
 /// `out[rows, n] += x[rows, k] · W`, `x` rounded to bf16, products summed in f32.
 /// Panics when [`available`] is false or the sizes disagree.
 pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f32]) {
+    matmul_accumulate_then(x, rows, w, out, |_| {});
+}
+
+/// [`matmul_accumulate`], then `finish` on every finished piece of an output row while it is
+/// still in L1 (an activation in place, without another pass over memory).
+pub fn matmul_accumulate_then(
+    x: &[f32],
+    rows: usize,
+    w: &PackedWeights,
+    out: &mut [f32],
+    finish: impl Fn(&mut [f32]) + Sync,
+) {
     assert!(
         available(),
         "AMX-BF16 matmul called on a CPU or kernel without AMX-BF16 tiles (check amx::available())"
@@ -160,6 +172,7 @@ pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f
         rows,
         col_group,
         out,
+        finish: &finish,
     };
     // Column group major: consecutive tasks (which rayon keeps on one thread) share their
     // weights, which stay in L2.
@@ -224,6 +237,7 @@ struct Job<'a> {
     /// Output column blocks per task.
     col_group: usize,
     out: SharedOut,
+    finish: &'a (dyn Fn(&mut [f32]) + Sync),
 }
 
 impl Job<'_> {
@@ -261,6 +275,7 @@ impl Job<'_> {
                         unsafe { std::slice::from_raw_parts_mut(self.out.at(r * n + c0), width) };
                     // SAFETY: `available()` implies AVX-512.
                     unsafe { add(out, sums) };
+                    (self.finish)(out);
                 }
             }
         }

@@ -87,6 +87,18 @@ impl PackedWeights {
 /// `out[rows, n] += x[rows, k] · W`, all row-major. Panics if the CPU lacks AVX-512
 /// (callers check [`available`]).
 pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f32]) {
+    matmul_accumulate_then(x, rows, w, out, |_| {});
+}
+
+/// [`matmul_accumulate`], then `finish` on every finished piece of an output row while it is
+/// still in L1 (an activation in place, without another pass over memory).
+pub fn matmul_accumulate_then(
+    x: &[f32],
+    rows: usize,
+    w: &PackedWeights,
+    out: &mut [f32],
+    finish: impl Fn(&mut [f32]) + Sync,
+) {
     assert!(available(), "the AVX-512 kernel needs a CPU with AVX-512F");
     let (k, n) = (w.k, w.n);
     assert_eq!(x.len(), rows * k, "input size");
@@ -144,6 +156,14 @@ pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f
                                 n,
                                 cols,
                             );
+                        }
+                        if depth + kc == k {
+                            for r in row..row + mr {
+                                // SAFETY: as above: this task's own, finished output columns.
+                                finish(unsafe {
+                                    std::slice::from_raw_parts_mut(dst.at(r * n + p * NR), cols)
+                                });
+                            }
                         }
                     }
                     r += mr;

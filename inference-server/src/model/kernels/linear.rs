@@ -22,6 +22,15 @@ pub enum Activation {
     GeluErf,
 }
 
+impl Activation {
+    /// In place, on any piece of the output.
+    fn apply(self, out: &mut [f32]) {
+        if self == Self::GeluErf {
+            gelu_erf_in_place(out);
+        }
+    }
+}
+
 /// The number format weights are stored and multiplied in (activations stay f32 between
 /// layers; bf16 products accumulate in f32).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -109,16 +118,17 @@ impl Weights {
         }
     }
 
-    /// `out[rows, n] += x[rows, k] · W`.
-    fn accumulate(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+    /// `out[rows, n] = act(out + x[rows, k] · W)`.
+    fn accumulate(&self, x: &[f32], rows: usize, out: &mut [f32], act: Activation) {
         let (k, n) = (self.k(), self.n());
         assert_eq!(x.len(), rows * k, "input size");
         assert_eq!(out.len(), rows * n, "output size");
         match self {
+            // The activation runs on each finished piece of output while it is in L1.
             #[cfg(target_arch = "x86_64")]
-            Self::F32(w) => avx512::matmul_accumulate(x, rows, w, out),
+            Self::F32(w) => avx512::matmul_accumulate_then(x, rows, w, out, |o| act.apply(o)),
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-            Self::Bf16(w) => amx::matmul_accumulate(x, rows, w, out),
+            Self::Bf16(w) => amx::matmul_accumulate_then(x, rows, w, out, |o| act.apply(o)),
             Self::F32Portable { w_t, .. } => {
                 let threads = candle_core::utils::get_num_threads();
                 let parallelism = if threads > 1 {
@@ -151,6 +161,7 @@ impl Weights {
                         parallelism,
                     );
                 }
+                out.par_chunks_mut(n).for_each(|row| act.apply(row));
             }
         }
     }
@@ -194,10 +205,7 @@ pub fn linear_into(
         }
         None => (0..rows).for_each(|_| out.extend_from_slice(b)),
     }
-    w.accumulate(x, rows, out);
-    if act == Activation::GeluErf {
-        out.par_chunks_mut(n).for_each(gelu_erf_in_place);
-    }
+    w.accumulate(x, rows, out, act);
 }
 
 #[cfg(test)]
