@@ -195,16 +195,28 @@ pub fn linear_into(
 ) {
     let n = w.n();
     assert_eq!(b.len(), n, "bias size");
-    reuse(out, rows * n);
-    match residual {
-        Some(res) => {
-            assert_eq!(res.len(), rows * n, "residual size");
-            for res in res.chunks_exact(n) {
-                out.extend(b.iter().zip(res).map(|(b, r)| b + r));
-            }
-        }
-        None => (0..rows).for_each(|_| out.extend_from_slice(b)),
+    if let Some(res) = residual {
+        assert_eq!(res.len(), rows * n, "residual size");
     }
+    reuse(out, rows * n);
+    // Written by all threads: a pass over a buffer this size is memory-bound.
+    out.spare_capacity_mut()[..rows * n]
+        .par_chunks_mut(n)
+        .enumerate()
+        .for_each(|(r, row)| match residual {
+            Some(res) => {
+                for ((o, b), r) in row.iter_mut().zip(b).zip(&res[r * n..(r + 1) * n]) {
+                    o.write(b + r);
+                }
+            }
+            None => {
+                for (o, b) in row.iter_mut().zip(b) {
+                    o.write(*b);
+                }
+            }
+        });
+    // SAFETY: the loop above wrote all rows * n values (rows of n, each value once).
+    unsafe { out.set_len(rows * n) };
     w.accumulate(x, rows, out, act);
 }
 
