@@ -246,10 +246,10 @@ impl Embeddings {
     pub fn forward(&self, t: &TokenIds) -> Vec<f32> {
         let h = self.hidden;
         let mut x = buffer(t.ids.len() * h);
+        fn row(table: &[f32], i: u32, h: usize) -> &[f32] {
+            &table[i as usize * h..(i as usize + 1) * h]
+        }
         for ((&id, &pos), &tt) in t.ids.iter().zip(&t.positions).zip(&t.token_types) {
-            fn row(table: &[f32], i: u32, h: usize) -> &[f32] {
-                &table[i as usize * h..(i as usize + 1) * h]
-            }
             let (w, ty, p) = (
                 row(&self.word, id, h),
                 row(&self.token_type, tt, h),

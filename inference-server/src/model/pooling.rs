@@ -1,5 +1,5 @@
-//! Sentence pooling over token states (CLS or mask-aware mean) and L2 normalisation, as
-//! sentence-transformers computes them.
+//! Sentence pooling over a packed batch's token states (CLS, or the mean of each sequence's
+//! tokens) and L2 normalisation, as sentence-transformers computes them.
 
 use std::path::Path;
 use std::str::FromStr;
