@@ -25,11 +25,12 @@ cargo build -q -p nlu-server --bin nlu-server
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
-PIDS=()
+# Servers start inside $(...) subshells, so their pids go to a file the cleanup can read.
+PIDS=$(mktemp)
 stop_servers() {
     local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$PIDS"
+    rm -f "$PIDS"
 }
 trap stop_servers EXIT
 # start NAME MODEL TASK: starts a server, waits for /readyz, prints its URL.
@@ -37,7 +38,7 @@ start() {
     local port
     port=$(free_port)
     "$ROOT/target/debug/nlu-server" serve --model "$2" --task "$3" --listen "127.0.0.1:$port" >"$OUT/$1.log" 2>&1 &
-    PIDS+=($!)
+    echo "$!" >>"$PIDS"
     for _ in $(seq 1 600); do
         curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && { echo "http://127.0.0.1:$port"; return; }
         sleep 0.1

@@ -27,10 +27,11 @@ cargo build -q -p nlu-server --bin nlu-server
 BIN=$ROOT/target/debug/nlu-server
 
 WORK=$(mktemp -d)
-PIDS=()
+# Servers start inside $(...) subshells, so their pids go to a file the cleanup can read.
+PIDS=$WORK/pids
 cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    local pid
+    while read -r pid; do kill "$pid" 2>/dev/null || true; done < <(cat "$PIDS" 2>/dev/null)
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -45,7 +46,7 @@ start_server() {
     port=$(free_port)
     log=$OUT/server-$port.log
     "$BIN" serve --listen "127.0.0.1:$port" "$@" >"$log" 2>&1 &
-    PIDS+=($!)
+    echo "$!" >>"$PIDS"
     for _ in $(seq 1 600); do
         if curl -sf "http://127.0.0.1:$port/readyz" >/dev/null; then
             echo "$port"
