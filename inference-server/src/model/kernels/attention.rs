@@ -9,7 +9,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 use super::math::softmax_in_place;
-use super::memory::reuse;
+use super::memory::resize_for_overwrite;
 use super::SharedOut;
 
 /// Shape of one attention call: the rows of `qkv` are the tokens of the sequences one after
@@ -43,8 +43,8 @@ pub fn attention(qkv: &[f32], d: Dims, out: &mut Vec<f32>) {
         })
         .collect();
     let longest = lens.iter().copied().max().unwrap_or(0);
-    reuse(out, tokens * h);
-    out.resize(tokens * h, 0.0);
+    // Every head of every sequence writes its columns of its rows.
+    resize_for_overwrite(out, tokens * h);
     let dst = SharedOut::new(out);
     (0..lens.len() * heads).into_par_iter().for_each_init(
         || vec![0f32; longest * longest],

@@ -86,18 +86,24 @@ impl PackedWeights {
     }
 }
 
-/// `out[rows, n] += x[rows, k] · W`, all row-major. Panics if the CPU lacks AVX-512
-/// (callers check [`available`]).
-pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f32]) {
-    matmul_accumulate_then(x, rows, w, out, |_| {});
+/// What the output starts from before `x · W` is added: `bias` (`[n]`) plus, when given,
+/// `residual` (`[rows, n]`, row-major).
+#[derive(Clone, Copy)]
+pub struct Start<'a> {
+    pub bias: &'a [f32],
+    pub residual: Option<&'a [f32]>,
 }
 
-/// [`matmul_accumulate`], then `finish` on every finished piece of an output row while it is
-/// still in L1 (an activation in place, without another pass over memory).
-pub fn matmul_accumulate_then(
+/// `out[rows, n] = finish(start + x[rows, k] · W)`, all row-major; `finish` runs on every
+/// finished piece of an output row while it is still in L1 (an activation in place, without
+/// another pass over memory). The start values are added by the kernel's first pass over the
+/// output, so `out`'s old contents are never read. Panics if the CPU lacks AVX-512 (callers
+/// check [`available`]).
+pub fn matmul_then(
     x: &[f32],
     rows: usize,
     w: &PackedWeights,
+    start: Start,
     out: &mut [f32],
     finish: impl Fn(&mut [f32]) + Sync,
 ) {
@@ -105,6 +111,10 @@ pub fn matmul_accumulate_then(
     let (k, n) = (w.k, w.n);
     assert_eq!(x.len(), rows * k, "input size");
     assert_eq!(out.len(), rows * n, "output size");
+    assert_eq!(start.bias.len(), n, "bias size");
+    if let Some(res) = start.residual {
+        assert_eq!(res.len(), rows * n, "residual size");
+    }
     if rows == 0 || n == 0 {
         return;
     }
@@ -144,11 +154,17 @@ pub fn matmul_accumulate_then(
                     for p in chunk.clone() {
                         let cols = NR.min(n - p * NR);
                         let panel = &w.panel(p)[depth * NR..];
-                        // SAFETY: rows row..row+mr of `x` and of `out` exist (row + mr <=
-                        // rows), columns depth..depth+kc of those `x` rows too, the panel
-                        // slice holds kc * NR values from `depth` on, and columns
-                        // p*NR..p*NR+cols of those output rows belong to this task alone;
-                        // `out` outlives the parallel loop.
+                        let first = (depth == 0).then(|| Origin {
+                            bias: start.bias[p * NR..].as_ptr(),
+                            residual: start
+                                .residual
+                                .map_or(std::ptr::null(), |res| res[row * n + p * NR..].as_ptr()),
+                        });
+                        // SAFETY: rows row..row+mr of `x`, `out` and the residual exist (row +
+                        // mr <= rows), columns depth..depth+kc of those `x` rows too, the
+                        // panel slice holds kc * NR values from `depth` on, the bias `cols`
+                        // from p*NR on, and columns p*NR..p*NR+cols of those output rows
+                        // belong to this task alone; `out` outlives the parallel loop.
                         unsafe {
                             micro(
                                 mr,
@@ -159,6 +175,7 @@ pub fn matmul_accumulate_then(
                                 dst.at(row * n + p * NR),
                                 n,
                                 cols,
+                                first,
                             );
                         }
                         if depth + kc == k {
@@ -196,32 +213,42 @@ unsafe fn micro(
     c: *mut f32,
     ldc: usize,
     cols: usize,
+    first: Option<Origin>,
 ) {
     match mr {
-        14 => kernel::<14>(a, lda, k, b, c, ldc, cols),
-        13 => kernel::<13>(a, lda, k, b, c, ldc, cols),
-        12 => kernel::<12>(a, lda, k, b, c, ldc, cols),
-        11 => kernel::<11>(a, lda, k, b, c, ldc, cols),
-        10 => kernel::<10>(a, lda, k, b, c, ldc, cols),
-        9 => kernel::<9>(a, lda, k, b, c, ldc, cols),
-        8 => kernel::<8>(a, lda, k, b, c, ldc, cols),
-        7 => kernel::<7>(a, lda, k, b, c, ldc, cols),
-        6 => kernel::<6>(a, lda, k, b, c, ldc, cols),
-        5 => kernel::<5>(a, lda, k, b, c, ldc, cols),
-        4 => kernel::<4>(a, lda, k, b, c, ldc, cols),
-        3 => kernel::<3>(a, lda, k, b, c, ldc, cols),
-        2 => kernel::<2>(a, lda, k, b, c, ldc, cols),
-        1 => kernel::<1>(a, lda, k, b, c, ldc, cols),
+        14 => kernel::<14>(a, lda, k, b, c, ldc, cols, first),
+        13 => kernel::<13>(a, lda, k, b, c, ldc, cols, first),
+        12 => kernel::<12>(a, lda, k, b, c, ldc, cols, first),
+        11 => kernel::<11>(a, lda, k, b, c, ldc, cols, first),
+        10 => kernel::<10>(a, lda, k, b, c, ldc, cols, first),
+        9 => kernel::<9>(a, lda, k, b, c, ldc, cols, first),
+        8 => kernel::<8>(a, lda, k, b, c, ldc, cols, first),
+        7 => kernel::<7>(a, lda, k, b, c, ldc, cols, first),
+        6 => kernel::<6>(a, lda, k, b, c, ldc, cols, first),
+        5 => kernel::<5>(a, lda, k, b, c, ldc, cols, first),
+        4 => kernel::<4>(a, lda, k, b, c, ldc, cols, first),
+        3 => kernel::<3>(a, lda, k, b, c, ldc, cols, first),
+        2 => kernel::<2>(a, lda, k, b, c, ldc, cols, first),
+        1 => kernel::<1>(a, lda, k, b, c, ldc, cols, first),
         _ => unreachable!("micro-kernel rows {mr}"),
     }
 }
 
-/// `c[R, cols] += a[R, k] · b[k, NR]` (only the first `cols` columns stored).
+/// Where the first pass over an output block starts from, at the block's first row and column.
+#[derive(Clone, Copy)]
+struct Origin {
+    bias: *const f32,
+    /// Null without a residual; rows `ldc` apart like the output's.
+    residual: *const f32,
+}
+
+/// `c[R, cols] += a[R, k] · b[k, NR]` (only the first `cols` columns stored); with `first`, `c`
+/// is not read: `c = bias + residual + a · b`.
 ///
 /// # Safety
 /// `a` points at `R` rows of `k` values (row stride `lda`), `b` at `k * NR` values aligned to 64
-/// bytes, `c` at `R`
-/// rows (stride `ldc`) with `cols <= NR` writable values each; the CPU has AVX-512F.
+/// bytes, `c` (and `first`'s residual when not null) at `R` rows (stride `ldc`) with `cols <=
+/// NR` writable (readable) values each, `first`'s bias at `cols` values; the CPU has AVX-512F.
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel<const R: usize>(
     a: *const f32,
@@ -231,11 +258,20 @@ unsafe fn kernel<const R: usize>(
     c: *mut f32,
     ldc: usize,
     cols: usize,
+    first: Option<Origin>,
 ) {
-    // The output rows are touched once per call, after the k loop: fetch them during it.
-    for r in 0..R {
-        _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc).cast());
-        _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + 16).cast());
+    // The output rows (or the residual's) are read once per call, after the k loop: fetch
+    // them during it.
+    let read = match first {
+        Some(o) if !o.residual.is_null() => o.residual,
+        Some(_) => std::ptr::null(),
+        None => c,
+    };
+    if !read.is_null() {
+        for r in 0..R {
+            _mm_prefetch::<_MM_HINT_T0>(read.add(r * ldc).cast());
+            _mm_prefetch::<_MM_HINT_T0>(read.add(r * ldc + 16).cast());
+        }
     }
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     for kk in 0..k {
@@ -260,12 +296,25 @@ unsafe fn kernel<const R: usize>(
         17..=31 => (1u16 << (cols - 16)) - 1,
         _ => 0,
     };
+    let load = |p: *const f32| {
+        [
+            _mm512_maskz_loadu_ps(m0, p),
+            _mm512_maskz_loadu_ps(m1, p.add(16)),
+        ]
+    };
+    let bias = first.map(|o| load(o.bias));
     for (r, acc) in acc.iter().enumerate() {
         let row = c.add(r * ldc);
-        let v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, row), acc[0]);
-        _mm512_mask_storeu_ps(row, m0, v0);
-        let v1 = _mm512_add_ps(_mm512_maskz_loadu_ps(m1, row.add(16)), acc[1]);
-        _mm512_mask_storeu_ps(row.add(16), m1, v1);
+        let base = match (first, bias) {
+            (Some(o), Some(b)) if !o.residual.is_null() => {
+                let res = load(o.residual.add(r * ldc));
+                [_mm512_add_ps(b[0], res[0]), _mm512_add_ps(b[1], res[1])]
+            }
+            (_, Some(b)) => b,
+            _ => load(row),
+        };
+        _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(base[0], acc[0]));
+        _mm512_mask_storeu_ps(row.add(16), m1, _mm512_add_ps(base[1], acc[1]));
     }
 }
 
@@ -280,7 +329,7 @@ mod tests {
     }
 
     #[test]
-    fn adds_the_product_on_odd_shapes() {
+    fn starts_from_bias_and_residual_on_odd_shapes() {
         if !available() {
             eprintln!("skipping: this CPU has no AVX-512F");
             return;
@@ -289,27 +338,51 @@ mod tests {
             (1, 1, 1),
             (1, 7, 3),
             (5, 13, 17),
-            (12, 5, 32),
+            (14, 5, 32),
             (13, 70, 65),
             (33, 384, 100),
             (250, 64, 48),
             (500, 96, 1100),
         ] {
             let (x, w) = (values(rows * k, 1), values(k * n, 2));
-            let start = values(rows * n, 3);
-            let mut got = start.clone();
-            matmul_accumulate(&x, rows, &PackedWeights::pack(&w, k, n), &mut got);
-            let worst = (0..rows * n)
-                .map(|i| {
-                    let (r, c) = (i / n, i % n);
-                    let want = start[i] as f64
-                        + (0..k)
-                            .map(|j| x[r * k + j] as f64 * w[j * n + c] as f64)
-                            .sum::<f64>();
-                    (got[i] as f64 - want).abs()
-                })
-                .fold(0.0, f64::max);
-            assert!(worst < 1e-4, "{rows}x{k}x{n}: max abs diff {worst}");
+            let (bias, residual) = (values(n, 3), values(rows * n, 4));
+            for residual in [None, Some(&residual[..])] {
+                // Stale contents, as in a reused buffer: must not be read.
+                let mut got = vec![f32::NAN; rows * n];
+                let start = Start {
+                    bias: &bias,
+                    residual,
+                };
+                let packed = PackedWeights::pack(&w, k, n);
+                matmul_then(&x, rows, &packed, start, &mut got, |_| {});
+                let worst = (0..rows * n)
+                    .map(|i| {
+                        let (r, c) = (i / n, i % n);
+                        let want = bias[c] as f64
+                            + residual.map_or(0.0, |res| res[i] as f64)
+                            + (0..k)
+                                .map(|j| x[r * k + j] as f64 * w[j * n + c] as f64)
+                                .sum::<f64>();
+                        (got[i] as f64 - want).abs()
+                    })
+                    // A NaN (an output never written) must fail, and f64::max drops NaNs.
+                    .fold(0.0, |worst: f64, d| {
+                        if d.is_nan() {
+                            f64::INFINITY
+                        } else {
+                            worst.max(d)
+                        }
+                    });
+                let with = if residual.is_some() {
+                    "with"
+                } else {
+                    "without"
+                };
+                assert!(
+                    worst < 1e-4,
+                    "{rows}x{k}x{n} {with} residual: max abs diff {worst}"
+                );
+            }
         }
     }
 }

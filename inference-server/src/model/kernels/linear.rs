@@ -12,7 +12,7 @@ use super::amx;
 #[cfg(target_arch = "x86_64")]
 use super::avx512;
 use super::math::gelu_erf_in_place;
-use super::memory::reuse;
+use super::memory::resize_for_overwrite;
 
 /// What follows the affine map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,18 +118,38 @@ impl Weights {
         }
     }
 
-    /// `out[rows, n] = act(out + x[rows, k] · W)`.
-    fn accumulate(&self, x: &[f32], rows: usize, out: &mut [f32], act: Activation) {
+    /// `out[rows, n] = act(x[rows, k] · W + b + residual)`; `out`'s old contents are not read.
+    fn compute(
+        &self,
+        x: &[f32],
+        rows: usize,
+        b: &[f32],
+        residual: Option<&[f32]>,
+        out: &mut [f32],
+        act: Activation,
+    ) {
         let (k, n) = (self.k(), self.n());
         assert_eq!(x.len(), rows * k, "input size");
         assert_eq!(out.len(), rows * n, "output size");
+        assert_eq!(b.len(), n, "bias size");
+        if let Some(res) = residual {
+            assert_eq!(res.len(), rows * n, "residual size");
+        }
         match self {
-            // The activation runs on each finished piece of output while it is in L1.
+            // The bias and residual enter in the kernel's first pass over the output, the
+            // activation on each finished piece of output while it is in L1.
             #[cfg(target_arch = "x86_64")]
-            Self::F32(w) => avx512::matmul_accumulate_then(x, rows, w, out, |o| act.apply(o)),
+            Self::F32(w) => {
+                let start = avx512::Start { bias: b, residual };
+                avx512::matmul_then(x, rows, w, start, out, |o| act.apply(o))
+            }
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-            Self::Bf16(w) => amx::matmul_accumulate_then(x, rows, w, out, |o| act.apply(o)),
+            Self::Bf16(w) => {
+                start_from(out, b, residual);
+                amx::matmul_accumulate_then(x, rows, w, out, |o| act.apply(o))
+            }
             Self::F32Portable { w_t, .. } => {
+                start_from(out, b, residual);
                 let threads = candle_core::utils::get_num_threads();
                 let parallelism = if threads > 1 {
                     Parallelism::Rayon(threads)
@@ -167,6 +187,20 @@ impl Weights {
     }
 }
 
+/// `out = b + residual`, row by row, for the kernels that accumulate into their output.
+fn start_from(out: &mut [f32], b: &[f32], residual: Option<&[f32]>) {
+    let n = b.len();
+    // Written by all threads: a pass over a buffer this size is memory-bound.
+    out.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+        row.copy_from_slice(b);
+        if let Some(res) = residual {
+            for (o, r) in row.iter_mut().zip(&res[r * n..(r + 1) * n]) {
+                *o += r;
+            }
+        }
+    });
+}
+
 /// `x`: `[rows, k]`, `b`: `[n]`, `residual`: `[rows, n]`, all row-major; returns
 /// `act(x · W + b + residual)`, `[rows, n]`.
 pub fn linear(
@@ -182,7 +216,7 @@ pub fn linear(
     out
 }
 
-/// [`linear`] into `out` (its old contents are dropped): reusing one buffer across layers
+/// [`linear`] into `out` (its old contents are never read): reusing one buffer across layers
 /// spares the page faults of a fresh allocation per layer.
 pub fn linear_into(
     x: &[f32],
@@ -193,31 +227,8 @@ pub fn linear_into(
     act: Activation,
     out: &mut Vec<f32>,
 ) {
-    let n = w.n();
-    assert_eq!(b.len(), n, "bias size");
-    if let Some(res) = residual {
-        assert_eq!(res.len(), rows * n, "residual size");
-    }
-    reuse(out, rows * n);
-    // Written by all threads: a pass over a buffer this size is memory-bound.
-    out.spare_capacity_mut()[..rows * n]
-        .par_chunks_mut(n)
-        .enumerate()
-        .for_each(|(r, row)| match residual {
-            Some(res) => {
-                for ((o, b), r) in row.iter_mut().zip(b).zip(&res[r * n..(r + 1) * n]) {
-                    o.write(b + r);
-                }
-            }
-            None => {
-                for (o, b) in row.iter_mut().zip(b) {
-                    o.write(*b);
-                }
-            }
-        });
-    // SAFETY: the loop above wrote all rows * n values (rows of n, each value once).
-    unsafe { out.set_len(rows * n) };
-    w.accumulate(x, rows, out, act);
+    resize_for_overwrite(out, rows * w.n());
+    w.compute(x, rows, b, residual, out, act);
 }
 
 #[cfg(test)]

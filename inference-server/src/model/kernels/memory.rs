@@ -18,13 +18,14 @@ pub fn buffer<T>(capacity: usize) -> Vec<T> {
     v
 }
 
-/// Empties `v` for `capacity` new values, replacing it with a fresh [`buffer`] only when it is
-/// too small.
-pub fn reuse<T>(v: &mut Vec<T>, capacity: usize) {
-    v.clear();
-    if v.capacity() < capacity {
-        *v = buffer(capacity);
+/// Makes `v` hold `len` values of unspecified contents (its old values where it held some,
+/// defaults past them), for a caller that overwrites them all: a buffer reused from layer to
+/// layer is then neither reallocated (page faults) nor cleared (a pass over memory).
+pub fn resize_for_overwrite<T: Clone + Default>(v: &mut Vec<T>, len: usize) {
+    if v.capacity() < len {
+        *v = buffer(len);
     }
+    v.resize(len, T::default());
 }
 
 /// `buffer` filled with `value`.
