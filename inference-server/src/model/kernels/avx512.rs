@@ -138,56 +138,70 @@ pub fn matmul_then(
         .min((panels * per_panel / MIN_TASK_WORK).max(1));
     let group_size = panels.div_ceil(groups);
     let dst = SharedOut::new(out);
+    // One micro-kernel call: output rows row..row+mr, panel p, the depth slice from `depth`.
+    let call = |row: usize, mr: usize, p: usize, depth: usize| {
+        let (kc, cols) = (KC.min(k - depth), NR.min(n - p * NR));
+        let first = (depth == 0).then(|| Origin {
+            bias: start.bias[p * NR..].as_ptr(),
+            residual: start
+                .residual
+                .map_or(std::ptr::null(), |res| res[row * n + p * NR..].as_ptr()),
+        });
+        // SAFETY: rows row..row+mr of `x`, `out` and the residual exist (row + mr <= rows),
+        // columns depth..depth+kc of those `x` rows too, the panel slice holds kc * NR values
+        // from `depth` on, the bias `cols` from p*NR on, and columns p*NR..p*NR+cols of those
+        // output rows belong to this task alone; `out` outlives the parallel loop.
+        unsafe {
+            micro(
+                mr,
+                x.as_ptr().add(row * k + depth),
+                k,
+                kc,
+                w.panel(p)[depth * NR..].as_ptr(),
+                dst.at(row * n + p * NR),
+                n,
+                cols,
+                first,
+            );
+        }
+        if depth + kc == k {
+            for r in row..row + mr {
+                // SAFETY: as above: this task's own, finished output columns.
+                finish(unsafe { std::slice::from_raw_parts_mut(dst.at(r * n + p * NR), cols) });
+            }
+        }
+    };
     let task = |t: usize| {
         let (block, group) = (t / groups, t % groups);
         let first_row = block * block_len;
-        let block_rows = block_len.min(rows - first_row);
+        let block_end = (first_row + block_len).min(rows);
+        let row_calls = || {
+            (first_row..block_end)
+                .step_by(MR)
+                .map(|row| (row, MR.min(block_end - row)))
+        };
         let group_panels = group * group_size..((group + 1) * group_size).min(panels);
-        for depth in (0..k).step_by(KC) {
-            let kc = KC.min(k - depth);
-            for chunk in group_panels.clone().step_by(NC_PANELS) {
-                let chunk = chunk..(chunk + NC_PANELS).min(group_panels.end);
-                let mut r = 0;
-                while r < block_rows {
-                    let mr = MR.min(block_rows - r);
-                    let row = first_row + r;
-                    for p in chunk.clone() {
-                        let cols = NR.min(n - p * NR);
-                        let panel = &w.panel(p)[depth * NR..];
-                        let first = (depth == 0).then(|| Origin {
-                            bias: start.bias[p * NR..].as_ptr(),
-                            residual: start
-                                .residual
-                                .map_or(std::ptr::null(), |res| res[row * n + p * NR..].as_ptr()),
-                        });
-                        // SAFETY: rows row..row+mr of `x`, `out` and the residual exist (row +
-                        // mr <= rows), columns depth..depth+kc of those `x` rows too, the
-                        // panel slice holds kc * NR values from `depth` on, the bias `cols`
-                        // from p*NR on, and columns p*NR..p*NR+cols of those output rows
-                        // belong to this task alone; `out` outlives the parallel loop.
-                        unsafe {
-                            micro(
-                                mr,
-                                x.as_ptr().add(row * k + depth),
-                                k,
-                                kc,
-                                panel.as_ptr(),
-                                dst.at(row * n + p * NR),
-                                n,
-                                cols,
-                                first,
-                            );
-                        }
-                        if depth + kc == k {
-                            for r in row..row + mr {
-                                // SAFETY: as above: this task's own, finished output columns.
-                                finish(unsafe {
-                                    std::slice::from_raw_parts_mut(dst.at(r * n + p * NR), cols)
-                                });
-                            }
-                        }
+        if block_end - first_row <= 2 * MR {
+            // Few rows (short batches): bound by streaming the weights from memory, so read
+            // them in storage order, panel after panel, each from depth 0 to k; `x` and the
+            // output block stay in L1.
+            for p in group_panels {
+                for depth in (0..k).step_by(KC) {
+                    for (row, mr) in row_calls() {
+                        call(row, mr, p, depth);
                     }
-                    r += mr;
+                }
+            }
+            return;
+        }
+        // Otherwise a depth slice of a row call's `x` stays in L1 while the panels of a chunk
+        // stream past it from L2.
+        for depth in (0..k).step_by(KC) {
+            for chunk in group_panels.clone().step_by(NC_PANELS) {
+                for (row, mr) in row_calls() {
+                    for p in chunk..(chunk + NC_PANELS).min(group_panels.end) {
+                        call(row, mr, p, depth);
+                    }
                 }
             }
         }
@@ -382,6 +396,47 @@ mod tests {
                     worst < 1e-4,
                     "{rows}x{k}x{n} {with} residual: max abs diff {worst}"
                 );
+            }
+        }
+    }
+}
+#[cfg(test)]
+mod probe {
+    use super::*;
+    #[target_feature(enable = "avx512f")]
+    unsafe fn sum(p: &[f32]) -> f32 {
+        let mut acc = [_mm512_setzero_ps(); 8];
+        let mut i = 0;
+        while i + 128 <= p.len() {
+            for j in 0..8 {
+                acc[j] = _mm512_add_ps(acc[j], _mm512_loadu_ps(p.as_ptr().add(i + j * 16)));
+            }
+            i += 128;
+        }
+        let mut t = _mm512_setzero_ps();
+        for a in acc {
+            t = _mm512_add_ps(t, a);
+        }
+        _mm512_reduce_add_ps(t)
+    }
+    #[test]
+    #[ignore]
+    fn bandwidth() {
+        let buf = super::super::memory::filled(85_000_000usize, 1.0f32);
+        for threads in [1usize, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for _ in 0..3 {
+                let t = std::time::Instant::now();
+                let s: f32 = pool.install(|| {
+                    buf.par_chunks(buf.len() / threads)
+                        .map(|c| unsafe { sum(c) })
+                        .sum()
+                });
+                let secs = t.elapsed().as_secs_f64();
+                eprintln!("{threads} threads: {:.1} GB/s ({s})", 340e6 / secs / 1e9);
             }
         }
     }
