@@ -292,18 +292,17 @@ unsafe fn kernel<const R: usize>(
         }
     }
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    for kk in 0..k {
-        _mm_prefetch::<_MM_HINT_T0>(b.add((kk + PREFETCH) * NR).cast());
-        _mm_prefetch::<_MM_HINT_T0>(b.add((kk + PREFETCH) * NR + 16).cast());
-        _mm_prefetch::<_MM_HINT_T1>(b.add((kk + FAR_PREFETCH) * NR).cast());
-        _mm_prefetch::<_MM_HINT_T1>(b.add((kk + FAR_PREFETCH) * NR + 16).cast());
-        let b0 = _mm512_load_ps(b.add(kk * NR));
-        let b1 = _mm512_load_ps(b.add(kk * NR + 16));
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let av = _mm512_set1_ps(*a.add(r * lda + kk));
-            acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
-            acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
-        }
+    if R == 14 {
+        // SAFETY: R == 14, so `acc` is that array type; the rest as this function's contract.
+        k_loop_14(
+            &mut *acc.as_mut_ptr().cast::<[[__m512; 2]; 14]>(),
+            a,
+            lda,
+            k,
+            b,
+        );
+    } else {
+        k_loop(&mut acc, a, lda, k, b);
     }
     // Lane masks of the two halves for a panel cut short by n.
     let m0: __mmask16 = if cols >= 16 {
@@ -336,6 +335,149 @@ unsafe fn kernel<const R: usize>(
         _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(base[0], acc[0]));
         _mm512_mask_storeu_ps(row.add(16), m1, _mm512_add_ps(base[1], acc[1]));
     }
+}
+
+/// `acc[r] += a[r, ..k] · b[..k, NR]` for every row: the micro-kernel's k loop.
+///
+/// # Safety
+/// As [`kernel`].
+#[target_feature(enable = "avx512f")]
+unsafe fn k_loop<const R: usize>(
+    acc: &mut [[__m512; 2]; R],
+    a: *const f32,
+    lda: usize,
+    k: usize,
+    b: *const f32,
+) {
+    for kk in 0..k {
+        _mm_prefetch::<_MM_HINT_T0>(b.add((kk + PREFETCH) * NR).cast());
+        _mm_prefetch::<_MM_HINT_T0>(b.add((kk + PREFETCH) * NR + 16).cast());
+        _mm_prefetch::<_MM_HINT_T1>(b.add((kk + FAR_PREFETCH) * NR).cast());
+        _mm_prefetch::<_MM_HINT_T1>(b.add((kk + FAR_PREFETCH) * NR + 16).cast());
+        let b0 = _mm512_load_ps(b.add(kk * NR));
+        let b1 = _mm512_load_ps(b.add(kk * NR + 16));
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*a.add(r * lda + kk));
+            acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+            acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+        }
+    }
+}
+
+/// One row's broadcast and its two multiply-adds, for [`k_loop_14`].
+macro_rules! row {
+    ($bc:literal, $addr:literal, $z0:literal, $z1:literal) => {
+        concat!(
+            "vbroadcastss zmm",
+            $bc,
+            ", dword ptr ",
+            $addr,
+            "\n",
+            "vfmadd231ps zmm",
+            $z0,
+            ", zmm28, zmm",
+            $bc,
+            "\n",
+            "vfmadd231ps zmm",
+            $z1,
+            ", zmm29, zmm",
+            $bc,
+        )
+    };
+}
+
+/// [`k_loop`] for 14 rows in assembly. LLVM recomputes the 14 row addresses of `a` at every
+/// step (a chain of 14 dependent adds per 28 FMAs, on the ALUs the FMAs need); here four row
+/// pointers and two strides reach all 14 rows through addressing modes, so a step is 28 FMAs,
+/// 16 loads, 4 prefetches and 7 integer ops.
+///
+/// # Safety
+/// As [`kernel`] with `R` = 14.
+#[target_feature(enable = "avx512f")]
+unsafe fn k_loop_14(
+    acc: &mut [[__m512; 2]; 14],
+    a: *const f32,
+    lda: usize,
+    k: usize,
+    b: *const f32,
+) {
+    if k == 0 {
+        return;
+    }
+    let s = lda * size_of::<f32>();
+    std::arch::asm!(
+        "2:",
+        "vmovaps zmm28, [{b}]",
+        "vmovaps zmm29, [{b} + 64]",
+        row!("30", "[{a0}]", "0", "1"),
+        row!("31", "[{a0} + {s}]", "2", "3"),
+        row!("30", "[{a0} + {s}*2]", "4", "5"),
+        row!("31", "[{a3}]", "6", "7"),
+        "prefetcht0 [{b} + {near}]",
+        row!("30", "[{a0} + {s}*4]", "8", "9"),
+        row!("31", "[{a3} + {s}*2]", "10", "11"),
+        row!("30", "[{a6}]", "12", "13"),
+        row!("31", "[{a3} + {s}*4]", "14", "15"),
+        "prefetcht0 [{b} + {near} + 64]",
+        row!("30", "[{a0} + {s}*8]", "16", "17"),
+        row!("31", "[{a9}]", "18", "19"),
+        "prefetcht1 [{b} + {far}]",
+        row!("30", "[{a6} + {s}*4]", "20", "21"),
+        row!("31", "[{a3} + {s}*8]", "22", "23"),
+        "prefetcht1 [{b} + {far} + 64]",
+        row!("30", "[{a0} + {s3}*4]", "24", "25"),
+        row!("31", "[{a9} + {s}*4]", "26", "27"),
+        "add {a0}, 4",
+        "add {a3}, 4",
+        "add {a6}, 4",
+        "add {a9}, 4",
+        "sub {b}, -128",
+        "dec {k}",
+        "jnz 2b",
+        a0 = inout(reg) a => _,
+        a3 = inout(reg) a.add(3 * lda) => _,
+        a6 = inout(reg) a.add(6 * lda) => _,
+        a9 = inout(reg) a.add(9 * lda) => _,
+        s = in(reg) s,
+        s3 = in(reg) 3 * s,
+        b = inout(reg) b => _,
+        k = inout(reg) k => _,
+        near = const PREFETCH * NR * size_of::<f32>(),
+        far = const FAR_PREFETCH * NR * size_of::<f32>(),
+        inout("zmm0") acc[0][0],
+        inout("zmm1") acc[0][1],
+        inout("zmm2") acc[1][0],
+        inout("zmm3") acc[1][1],
+        inout("zmm4") acc[2][0],
+        inout("zmm5") acc[2][1],
+        inout("zmm6") acc[3][0],
+        inout("zmm7") acc[3][1],
+        inout("zmm8") acc[4][0],
+        inout("zmm9") acc[4][1],
+        inout("zmm10") acc[5][0],
+        inout("zmm11") acc[5][1],
+        inout("zmm12") acc[6][0],
+        inout("zmm13") acc[6][1],
+        inout("zmm14") acc[7][0],
+        inout("zmm15") acc[7][1],
+        inout("zmm16") acc[8][0],
+        inout("zmm17") acc[8][1],
+        inout("zmm18") acc[9][0],
+        inout("zmm19") acc[9][1],
+        inout("zmm20") acc[10][0],
+        inout("zmm21") acc[10][1],
+        inout("zmm22") acc[11][0],
+        inout("zmm23") acc[11][1],
+        inout("zmm24") acc[12][0],
+        inout("zmm25") acc[12][1],
+        inout("zmm26") acc[13][0],
+        inout("zmm27") acc[13][1],
+        out("zmm28") _,
+        out("zmm29") _,
+        out("zmm30") _,
+        out("zmm31") _,
+        options(nostack, readonly),
+    );
 }
 
 #[cfg(test)]
