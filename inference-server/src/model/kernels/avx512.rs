@@ -126,17 +126,21 @@ pub fn matmul_then(
     let threads = rayon::current_num_threads();
     // Row blocks of at most MC rows, as many as a multiple of the threads so that every thread
     // gets the same share (5 blocks on 2 threads would leave one idle a fifth of the time).
-    let mut row_blocks = rows.div_ceil(MC);
+    let calls = rows.div_ceil(MR);
+    let mut row_blocks = rows.div_ceil(MC).min(calls);
     if row_blocks > 1 {
-        row_blocks = row_blocks.next_multiple_of(threads);
+        row_blocks = row_blocks.next_multiple_of(threads).min(calls);
     }
-    // Not rounded up to whole micro-kernel calls: 1024 rows as 6 blocks of 182 would give one
-    // thread 546 rows and the other 478.
-    let block_len = rows.div_ceil(row_blocks);
-    let row_blocks = rows.div_ceil(block_len);
+    // Blocks of whole 14-row calls, their numbers differing by at most one (1024 rows: 12 or
+    // 13 calls per block, a 2-row call in the last): equal blocks of 171 rows would each end
+    // in a 1- to 3-row call, which runs at a fraction of the speed (too few accumulators to
+    // cover the FMA latency), and blocks all rounded up (182) would leave the last one short
+    // and the threads unbalanced.
+    let block_rows =
+        |b: usize| (b * calls / row_blocks * MR)..((b + 1) * calls / row_blocks * MR).min(rows);
     // Split the panels too when there are fewer row blocks than threads, as long as each task
     // keeps enough work.
-    let per_panel = block_len * k * NR;
+    let per_panel = rows.div_ceil(row_blocks) * k * NR;
     let groups = (threads.div_ceil(row_blocks))
         .min(panels)
         .min((panels * per_panel / MIN_TASK_WORK).max(1));
@@ -177,8 +181,7 @@ pub fn matmul_then(
     };
     let task = |t: usize| {
         let (block, group) = (t / groups, t % groups);
-        let first_row = block * block_len;
-        let block_end = (first_row + block_len).min(rows);
+        let (first_row, block_end) = (block_rows(block).start, block_rows(block).end);
         let row_calls = || {
             (first_row..block_end)
                 .step_by(MR)
