@@ -353,10 +353,10 @@ unsafe fn k_loop<const R: usize>(
     b: *const f32,
 ) {
     for kk in 0..k {
-        _mm_prefetch::<_MM_HINT_T0>(b.add((kk + PREFETCH) * NR).cast());
-        _mm_prefetch::<_MM_HINT_T0>(b.add((kk + PREFETCH) * NR + 16).cast());
-        _mm_prefetch::<_MM_HINT_T1>(b.add((kk + FAR_PREFETCH) * NR).cast());
-        _mm_prefetch::<_MM_HINT_T1>(b.add((kk + FAR_PREFETCH) * NR + 16).cast());
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((kk + PREFETCH) * NR).cast());
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((kk + PREFETCH) * NR + 16).cast());
+        _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add((kk + FAR_PREFETCH) * NR).cast());
+        _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add((kk + FAR_PREFETCH) * NR + 16).cast());
         let b0 = _mm512_load_ps(b.add(kk * NR));
         let b1 = _mm512_load_ps(b.add(kk * NR + 16));
         for (r, acc) in acc.iter_mut().enumerate() {
