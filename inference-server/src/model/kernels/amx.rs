@@ -400,13 +400,8 @@ unsafe fn block(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_values;
     use super::*;
-
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 7919 + seed * 104729) % 1999) as f32 / 999.5 - 1.0) * 0.7)
-            .collect()
-    }
 
     fn skip() -> bool {
         if !available() {
@@ -448,8 +443,8 @@ mod tests {
             (17, 768, 2304),
             (130, 3072, 768),
         ] {
-            let (x, w) = (values(rows * k, 1), values(k * n, 2));
-            let prior = values(rows * n, 3);
+            let (x, w) = (test_values(rows * k, 1, 0.7), test_values(k * n, 2, 0.7));
+            let prior = test_values(rows * n, 3, 0.7);
             let mut out = prior.clone();
             matmul_accumulate(&x, rows, &PackedWeights::pack(&w, k, n), &mut out);
             let (want, bound) = reference(&x, &w, &prior, rows);
@@ -549,7 +544,7 @@ mod tests {
             (4096, 768, 3072),
             (4096, 3072, 768),
         ] {
-            let (x, w) = (values(rows * k, 1), values(k * n, 2));
+            let (x, w) = (test_values(rows * k, 1, 0.7), test_values(k * n, 2, 0.7));
             let packed = PackedWeights::pack(&w, k, n);
             let mut out = vec![0.0; rows * n];
             matmul_accumulate(&x, rows, &packed, &mut out);

@@ -115,6 +115,7 @@ pub fn attention(qkv: &[f32], d: Dims, out: &mut Vec<f32>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{max_abs_diff, test_values};
     use super::*;
 
     /// Straight from the definition, in f64, one sequence after another.
@@ -153,21 +154,6 @@ mod tests {
         out
     }
 
-    /// Deterministic values in [-2, 2).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect()
-    }
-
     /// Sequences of different lengths (an empty one too) back to back, odd head sizes.
     #[test]
     fn packed_batches_match_the_definition() {
@@ -183,17 +169,16 @@ mod tests {
                 heads,
                 head_dim,
             };
-            let qkv = values(
-                lens.iter().sum::<usize>() * 3 * heads * head_dim,
-                lens[0] as u64,
-            );
-            let mut got = Vec::new();
+            let tokens = lens.iter().sum::<usize>();
+            let qkv = test_values(tokens * 3 * heads * head_dim, lens[0] as u64, 2.0);
+            // Stale contents, as in a reused buffer: every element must be written.
+            let mut got = vec![f32::NAN; tokens * heads * head_dim];
             attention(&qkv, d, &mut got);
-            let worst = got
-                .iter()
-                .zip(&naive(&qkv, d))
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
+            let worst = max_abs_diff(
+                got.iter()
+                    .zip(&naive(&qkv, d))
+                    .map(|(&g, &w)| (g.into(), w.into())),
+            );
             assert!(worst < 1e-5, "{d:?}: max abs diff {worst}");
         }
     }

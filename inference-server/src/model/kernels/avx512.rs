@@ -518,13 +518,8 @@ unsafe fn k_loop_14(
 
 #[cfg(test)]
 mod tests {
+    use super::super::{max_abs_diff, test_values};
     use super::*;
-
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 7919 + seed * 104729) % 1000) as f32 / 500.0 - 1.0) * 0.5)
-            .collect()
-    }
 
     #[test]
     fn starts_from_bias_and_residual_on_odd_shapes() {
@@ -542,8 +537,8 @@ mod tests {
             (250, 64, 48),
             (500, 96, 1100),
         ] {
-            let (x, w) = (values(rows * k, 1), values(k * n, 2));
-            let (bias, residual) = (values(n, 3), values(rows * n, 4));
+            let (x, w) = (test_values(rows * k, 1, 0.5), test_values(k * n, 2, 0.5));
+            let (bias, residual) = (test_values(n, 3, 0.5), test_values(rows * n, 4, 0.5));
             for residual in [None, Some(&residual[..])] {
                 // Stale contents, as in a reused buffer: must not be read.
                 let mut got = vec![f32::NAN; rows * n];
@@ -553,24 +548,15 @@ mod tests {
                 };
                 let packed = PackedWeights::pack(&w, k, n);
                 matmul_then(&x, rows, &packed, start, &mut got, |_| {});
-                let worst = (0..rows * n)
-                    .map(|i| {
-                        let (r, c) = (i / n, i % n);
-                        let want = bias[c] as f64
-                            + residual.map_or(0.0, |res| res[i] as f64)
-                            + (0..k)
-                                .map(|j| x[r * k + j] as f64 * w[j * n + c] as f64)
-                                .sum::<f64>();
-                        (got[i] as f64 - want).abs()
-                    })
-                    // A NaN (an output never written) must fail, and f64::max drops NaNs.
-                    .fold(0.0, |worst: f64, d| {
-                        if d.is_nan() {
-                            f64::INFINITY
-                        } else {
-                            worst.max(d)
-                        }
-                    });
+                let worst = max_abs_diff((0..rows * n).map(|i| {
+                    let (r, c) = (i / n, i % n);
+                    let want = bias[c] as f64
+                        + residual.map_or(0.0, |res| res[i] as f64)
+                        + (0..k)
+                            .map(|j| x[r * k + j] as f64 * w[j * n + c] as f64)
+                            .sum::<f64>();
+                    (got[i] as f64, want)
+                }));
                 let with = if residual.is_some() {
                     "with"
                 } else {

@@ -233,6 +233,7 @@ pub fn linear_into(
 
 #[cfg(test)]
 mod tests {
+    use super::super::{max_abs_diff, test_values};
     use super::*;
 
     fn naive(
@@ -271,12 +272,6 @@ mod tests {
         sum * 2.0 / std::f64::consts::PI.sqrt()
     }
 
-    fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n)
-            .map(|i| (((i * 7919 + seed * 104729) % 1000) as f32 / 500.0 - 1.0) * 0.5)
-            .collect()
-    }
-
     #[test]
     fn matches_the_definition_on_odd_shapes() {
         for (rows, k, n) in [
@@ -286,24 +281,25 @@ mod tests {
             (33, 70, 65),
             (3, 384, 1536),
         ] {
-            let res = values(rows * n, 4);
+            let res = test_values(rows * n, 4, 0.5);
             for (act, residual) in [
                 (Activation::None, None),
                 (Activation::GeluErf, None),
                 (Activation::None, Some(res.as_slice())),
             ] {
-                let (x, w, b) = (values(rows * k, 1), values(k * n, 2), values(n, 3));
+                let (x, w, b) = (
+                    test_values(rows * k, 1, 0.5),
+                    test_values(k * n, 2, 0.5),
+                    test_values(n, 3, 0.5),
+                );
                 let want = naive(&x, &w, &b, residual, rows, act);
                 for weights in [
                     Weights::new(w.clone(), k, n, Dtype::F32),
                     Weights::F32Portable { w_t: w.clone(), n },
                 ] {
                     let got = linear(&x, &weights, &b, residual, rows, act);
-                    let worst = got
-                        .iter()
-                        .zip(&want)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0.0, f32::max);
+                    let worst =
+                        max_abs_diff(got.iter().zip(&want).map(|(&g, &w)| (g.into(), w.into())));
                     assert!(
                         worst < 1e-4,
                         "{rows}x{k}x{n} {act:?} residual {}: max abs diff {worst}",
@@ -326,7 +322,11 @@ mod tests {
             (16, 768, 2304),
             (16, 3072, 768),
         ] {
-            let (x, w, b) = (values(rows * k, 1), values(k * n, 2), values(n, 3));
+            let (x, w, b) = (
+                test_values(rows * k, 1, 0.5),
+                test_values(k * n, 2, 0.5),
+                test_values(n, 3, 0.5),
+            );
             let mut line = format!("{rows}x{k}x{n}:");
             for (name, weights) in [
                 ("avx512", Weights::new(w.clone(), k, n, Dtype::F32)),

@@ -28,3 +28,34 @@ impl SharedOut {
         self.0.wrapping_add(offset)
     }
 }
+
+/// Deterministic pseudo-random inputs in `[-amplitude, amplitude)` for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u64, amplitude: f32) -> Vec<f32> {
+    let step = |s: u64| {
+        s.wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407)
+    };
+    let mut s = step(seed);
+    (0..n)
+        .map(|_| {
+            s = step(s);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amplitude
+        })
+        .collect()
+}
+
+/// The largest `|got - want|`, infinite where either is NaN (`f64::max` would drop it, and a
+/// NaN is what an element the kernel never wrote shows).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(pairs: impl Iterator<Item = (f64, f64)>) -> f64 {
+    pairs
+        .map(|(got, want)| (got - want).abs())
+        .fold(0.0, |worst, d| {
+            if d.is_nan() {
+                f64::INFINITY
+            } else {
+                worst.max(d)
+            }
+        })
+}
