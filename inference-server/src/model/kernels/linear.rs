@@ -191,14 +191,16 @@ impl Weights {
 fn start_from(out: &mut [f32], b: &[f32], residual: Option<&[f32]>) {
     let n = b.len();
     // Written by all threads: a pass over a buffer this size is memory-bound.
-    out.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
-        row.copy_from_slice(b);
-        if let Some(res) = residual {
-            for (o, r) in row.iter_mut().zip(&res[r * n..(r + 1) * n]) {
-                *o += r;
+    out.par_chunks_mut(n)
+        .enumerate()
+        .for_each(|(r, row)| match residual {
+            Some(res) => {
+                for ((o, b), r) in row.iter_mut().zip(b).zip(&res[r * n..(r + 1) * n]) {
+                    *o = b + r;
+                }
             }
-        }
-    });
+            None => row.copy_from_slice(b),
+        });
 }
 
 /// `x`: `[rows, k]`, `b`: `[n]`, `residual`: `[rows, n]`, all row-major; returns
