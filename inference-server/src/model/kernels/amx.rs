@@ -27,7 +27,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::memory::{buffer, filled};
-use super::SharedOut;
+use super::{SharedOut, Start};
 
 /// Rows of a tile, and k-pairs of a B tile.
 const TILE_ROWS: usize = 16;
@@ -128,18 +128,15 @@ impl PackedWeights {
     }
 }
 
-/// `out[rows, n] += x[rows, k] · W`, `x` rounded to bf16, products summed in f32.
-/// Panics when [`available`] is false or the sizes disagree.
-pub fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f32]) {
-    matmul_accumulate_then(x, rows, w, out, |_| {});
-}
-
-/// [`matmul_accumulate`], then `finish` on every finished piece of an output row while it is
-/// still in L1 (an activation in place, without another pass over memory).
-pub fn matmul_accumulate_then(
+/// `out[rows, n] = finish(start + x[rows, k] · W)`, `x` rounded to bf16, products summed in
+/// f32; `finish` runs on every finished piece of an output row while it is still in L1 (an
+/// activation in place, without another pass over memory). `out`'s old contents are never
+/// read. Panics when [`available`] is false or the sizes disagree.
+pub fn matmul_then(
     x: &[f32],
     rows: usize,
     w: &PackedWeights,
+    start: Start,
     out: &mut [f32],
     finish: impl Fn(&mut [f32]) + Sync,
 ) {
@@ -150,6 +147,10 @@ pub fn matmul_accumulate_then(
     let (k, n) = (w.k, w.n);
     assert_eq!(x.len(), rows * k, "input size");
     assert_eq!(out.len(), rows * n, "output size");
+    assert_eq!(start.bias.len(), n, "bias size");
+    if let Some(res) = start.residual {
+        assert_eq!(res.len(), rows * n, "residual size");
+    }
     if rows == 0 {
         return;
     }
@@ -171,6 +172,7 @@ pub fn matmul_accumulate_then(
         w,
         rows,
         col_group,
+        start,
         out,
         finish: &finish,
     };
@@ -236,6 +238,7 @@ struct Job<'a> {
     rows: usize,
     /// Output column blocks per task.
     col_group: usize,
+    start: Start<'a>,
     out: SharedOut,
     finish: &'a (dyn Fn(&mut [f32]) + Sync),
 }
@@ -256,14 +259,17 @@ impl Job<'_> {
                 let b = &self.w.data[2 * cb * stream..][..2 * stream];
                 let (r0, c0) = (rb * BLOCK, cb * BLOCK);
                 let (rows, width) = (r0..self.rows.min(r0 + BLOCK), BLOCK.min(n - c0));
-                // The block's output rows are far apart (and, at BERT sizes, not in L2):
-                // fetch them while the tiles work.
+                // The block's output (and residual) rows are far apart (and, at BERT sizes,
+                // not in L2): fetch them while the tiles work.
                 for r in rows.clone() {
-                    let row = self.out.at(r * n + c0);
-                    // SAFETY: SSE is baseline on x86_64; a prefetch never faults.
-                    unsafe {
-                        _mm_prefetch::<_MM_HINT_T0>(row.cast());
-                        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(width - 1).cast());
+                    let row = self.out.at(r * n + c0).cast_const();
+                    let res = self.start.residual.map(|res| res[r * n + c0..].as_ptr());
+                    for line in [Some(row), res].into_iter().flatten() {
+                        // SAFETY: SSE is baseline on x86_64; a prefetch never faults.
+                        unsafe {
+                            _mm_prefetch::<_MM_HINT_T0>(line.cast());
+                            _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(width - 1).cast());
+                        }
                     }
                 }
                 // SAFETY: `a` and `b` each hold two tile streams of `k_steps` tiles.
@@ -273,8 +279,10 @@ impl Job<'_> {
                     // and no other task writes this block.
                     let out =
                         unsafe { std::slice::from_raw_parts_mut(self.out.at(r * n + c0), width) };
+                    let bias = &self.start.bias[c0..c0 + width];
+                    let res = self.start.residual.map(|res| &res[r * n + c0..][..width]);
                     // SAFETY: `available()` implies AVX-512.
-                    unsafe { add(out, sums) };
+                    unsafe { begin(out, sums, bias, res) };
                     (self.finish)(out);
                 }
             }
@@ -286,10 +294,15 @@ impl Job<'_> {
 #[repr(C, align(64))]
 struct Sums([f32; BLOCK * BLOCK]);
 
-/// `out += sums` (element-wise, up to the shorter), vectorised for AVX-512.
+/// `out = sums + bias (+ residual)` (element-wise, over `out`'s length), vectorised for
+/// AVX-512.
 #[target_feature(enable = "avx512f")]
-fn add(out: &mut [f32], sums: &[f32]) {
-    out.iter_mut().zip(sums).for_each(|(o, s)| *o += s);
+fn begin(out: &mut [f32], sums: &[f32], bias: &[f32], residual: Option<&[f32]>) {
+    let terms = out.iter_mut().zip(sums).zip(bias);
+    match residual {
+        Some(res) => terms.zip(res).for_each(|(((o, s), b), r)| *o = s + b + r),
+        None => terms.for_each(|((o, s), b)| *o = s + b),
+    }
 }
 
 /// This thread's tile configuration, for the life of the value: eight tiles of 16 rows x 64
@@ -410,19 +423,36 @@ mod tests {
         !available()
     }
 
-    /// `out + x · W` in f64 on the bf16-rounded inputs, and the bound the f32 accumulation may
-    /// stray from it: a small multiple of the f32 epsilon times the sum of |terms|.
-    fn reference(x: &[f32], w: &[f32], out: &[f32], rows: usize) -> (Vec<f64>, Vec<f64>) {
+    /// `out += x · W` through [`matmul_then`], with `out`'s values as the residual.
+    fn matmul_accumulate(x: &[f32], rows: usize, w: &PackedWeights, out: &mut [f32]) {
+        let (prior, bias) = (out.to_vec(), vec![0.0; w.n()]);
+        let start = Start {
+            bias: &bias,
+            residual: Some(&prior),
+        };
+        matmul_then(x, rows, w, start, out, |_| {});
+    }
+
+    /// `bias + residual + x · W` in f64 on the bf16-rounded inputs, and the bound the f32
+    /// accumulation may stray from it: a small multiple of the f32 epsilon times the sum of
+    /// |terms|.
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        residual: Option<&[f32]>,
+        rows: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
         let round = |v: f32| bf16::from_f32(v).to_f64();
-        let (k, n) = (x.len() / rows, out.len() / rows);
+        let (k, n) = (x.len() / rows, bias.len());
         let (mut want, mut bound) = (Vec::new(), Vec::new());
         for r in 0..rows {
             for c in 0..n {
                 let terms = (0..k).map(|i| round(x[r * k + i]) * round(w[i * n + c]));
                 let (sum, abs) = terms.fold((0.0, 0.0), |(s, a), t| (s + t, a + t.abs()));
-                let prior = out[r * n + c] as f64;
-                want.push(prior + sum);
-                bound.push(1e-5 * (abs + prior.abs()) + 1e-6);
+                let start = bias[c] as f64 + residual.map_or(0.0, |res| res[r * n + c] as f64);
+                want.push(start + sum);
+                bound.push(1e-5 * (abs + start.abs()) + 1e-6);
             }
         }
         (want, bound)
@@ -444,17 +474,25 @@ mod tests {
             (130, 3072, 768),
         ] {
             let (x, w) = (test_values(rows * k, 1, 0.7), test_values(k * n, 2, 0.7));
-            let prior = test_values(rows * n, 3, 0.7);
-            let mut out = prior.clone();
-            matmul_accumulate(&x, rows, &PackedWeights::pack(&w, k, n), &mut out);
-            let (want, bound) = reference(&x, &w, &prior, rows);
-            for (i, ((got, want), bound)) in out.iter().zip(&want).zip(&bound).enumerate() {
-                assert!(
-                    (*got as f64 - want).abs() <= *bound,
-                    "{rows}x{k}x{n} at ({}, {}): got {got}, want {want} ± {bound}",
-                    i / n,
-                    i % n
-                );
+            let (bias, prior) = (test_values(n, 3, 0.7), test_values(rows * n, 4, 0.7));
+            let packed = PackedWeights::pack(&w, k, n);
+            for residual in [None, Some(&prior[..])] {
+                // Stale contents, as in a reused buffer: must not be read (a NaN fails below).
+                let mut out = vec![f32::NAN; rows * n];
+                let start = Start {
+                    bias: &bias,
+                    residual,
+                };
+                matmul_then(&x, rows, &packed, start, &mut out, |_| {});
+                let (want, bound) = reference(&x, &w, &bias, residual, rows);
+                for (i, ((got, want), bound)) in out.iter().zip(&want).zip(&bound).enumerate() {
+                    assert!(
+                        (*got as f64 - want).abs() <= *bound,
+                        "{rows}x{k}x{n} at ({}, {}): got {got}, want {want} ± {bound}",
+                        i / n,
+                        i % n
+                    );
+                }
             }
         }
     }

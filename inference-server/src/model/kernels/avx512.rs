@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use super::memory::filled;
-use super::SharedOut;
+use super::{SharedOut, Start};
 
 /// Output columns per panel (two zmm registers).
 const NR: usize = 32;
@@ -88,14 +88,6 @@ impl PackedWeights {
         // SAFETY: `Line` is `repr(C)` around 16 f32 values, so the lines are contiguous f32s.
         unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<f32>(), lines.len() * 16) }
     }
-}
-
-/// What the output starts from before `x · W` is added: `bias` (`[n]`) plus, when given,
-/// `residual` (`[rows, n]`, row-major).
-#[derive(Clone, Copy)]
-pub struct Start<'a> {
-    pub bias: &'a [f32],
-    pub residual: Option<&'a [f32]>,
 }
 
 /// `out[rows, n] = finish(start + x[rows, k] · W)`, all row-major; `finish` runs on every

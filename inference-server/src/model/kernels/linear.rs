@@ -1,7 +1,8 @@
 //! `x · W + b (+ residual)`, optionally followed by GELU (erf), in one output buffer: the
-//! bias (plus the residual) is written first and the matmul accumulates into it, and GELU runs
-//! in place, where candle's `matmul` + `broadcast_add` + `add` / `gelu_erf` makes more passes and
-//! more tensors. The matmul is gemm's f32 kernel or, for `--dtype bf16`, the AMX kernel
+//! matmul kernels add the bias (plus the residual) as they first write each output block, and
+//! GELU runs in place on finished pieces, where candle's `matmul` + `broadcast_add` + `add` /
+//! `gelu_erf` makes more passes and more tensors. The matmul is the AVX-512 kernel
+//! ([`super::avx512`]), gemm's on CPUs without AVX-512, or, for `--dtype bf16`, the AMX kernel
 //! ([`super::amx`]).
 
 use gemm::{gemm, Parallelism};
@@ -13,6 +14,8 @@ use super::amx;
 use super::avx512;
 use super::math::gelu_erf_in_place;
 use super::memory::resize_for_overwrite;
+#[cfg(target_arch = "x86_64")]
+use super::Start;
 
 /// What follows the affine map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,17 +139,17 @@ impl Weights {
             assert_eq!(res.len(), rows * n, "residual size");
         }
         match self {
-            // The bias and residual enter in the kernel's first pass over the output, the
+            // The bias and residual enter as the kernels first write each output block, the
             // activation on each finished piece of output while it is in L1.
             #[cfg(target_arch = "x86_64")]
             Self::F32(w) => {
-                let start = avx512::Start { bias: b, residual };
+                let start = Start { bias: b, residual };
                 avx512::matmul_then(x, rows, w, start, out, |o| act.apply(o))
             }
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             Self::Bf16(w) => {
-                start_from(out, b, residual);
-                amx::matmul_accumulate_then(x, rows, w, out, |o| act.apply(o))
+                let start = Start { bias: b, residual };
+                amx::matmul_then(x, rows, w, start, out, |o| act.apply(o))
             }
             Self::F32Portable { w_t, .. } => {
                 start_from(out, b, residual);
@@ -187,7 +190,7 @@ impl Weights {
     }
 }
 
-/// `out = b + residual`, row by row, for the kernels that accumulate into their output.
+/// `out = b + residual`, row by row, for gemm, which accumulates into its output.
 fn start_from(out: &mut [f32], b: &[f32], residual: Option<&[f32]>) {
     let n = b.len();
     // Written by all threads: a pass over a buffer this size is memory-bound.

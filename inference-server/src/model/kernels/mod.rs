@@ -11,6 +11,15 @@ pub mod math;
 pub mod memory;
 pub mod norm;
 
+/// What a matmul's output starts from before `x · W` is added: `bias` (`[n]`) plus, when
+/// given, `residual` (`[rows, n]`, row-major). The kernels add it as they write each output
+/// block, so the output is written once and its old contents are never read.
+#[derive(Clone, Copy)]
+pub struct Start<'a> {
+    pub bias: &'a [f32],
+    pub residual: Option<&'a [f32]>,
+}
+
 /// An output buffer shared by parallel tasks that each write their own disjoint part of it.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedOut(*mut f32);
