@@ -1,6 +1,6 @@
-//! `out += x · W` in f32 on AVX-512, against weights packed once at load time: the default
-//! matmul of the encoder where the CPU has AVX-512 (gemm, candle's matmul crate, only uses it
-//! behind a cargo feature that is slower for small batches).
+//! `out = bias (+ residual) + x · W` in f32 on AVX-512, against weights packed once at load
+//! time: the default matmul of the encoder where the CPU has AVX-512 (gemm, candle's matmul
+//! crate, is the fallback elsewhere).
 //!
 //! The classic register-blocked design: `W` is cut into panels of 32 columns stored k-major
 //! (each k step is two contiguous zmm loads), and a micro-kernel keeps a 14 x 32 block of the
