@@ -1,4 +1,5 @@
-//! `out += x · W` in bf16 on AMX tiles with f32 accumulation (the `--dtype bf16` path).
+//! `out = bias (+ residual) + x · W` in bf16 on AMX tiles with f32 accumulation (the `--dtype
+//! bf16` path).
 //!
 //! AMX intrinsics are unstable in Rust, so the tile instructions are inline asm. `W` is converted
 //! and arranged once at load time ([`PackedWeights`]); `x` is converted per call into the same
@@ -347,9 +348,9 @@ impl Drop for Tiles {
 /// (rows 0-15 and 16-31), `b` and `b + stream` the two B tile streams (columns 0-15 and
 /// 16-31), each advancing 1 KiB per step.
 ///
-/// The accumulators start from zero and go to a scratch block that the caller adds to `out`:
-/// as fast as loading and storing `out` in place (measured), and the same path for the edge
-/// blocks.
+/// The accumulators start from zero and go to a scratch block that the caller writes to `out`
+/// with the bias and residual: as fast as loading and storing `out` in place (measured), and
+/// the same path for the edge blocks.
 ///
 /// # Safety
 /// Tiles configured by [`Tiles`]; both streams of `a` and `b` hold `steps` tiles.
