@@ -107,10 +107,7 @@ pub fn matmul_then(
     let (k, n) = (w.k, w.n);
     assert_eq!(x.len(), rows * k, "input size");
     assert_eq!(out.len(), rows * n, "output size");
-    assert_eq!(start.bias.len(), n, "bias size");
-    if let Some(res) = start.residual {
-        assert_eq!(res.len(), rows * n, "residual size");
-    }
+    start.check(rows, n);
     if rows == 0 || n == 0 {
         return;
     }

@@ -14,7 +14,6 @@ use super::amx;
 use super::avx512;
 use super::math::gelu_erf_in_place;
 use super::memory::resize_for_overwrite;
-#[cfg(target_arch = "x86_64")]
 use super::Start;
 
 /// What follows the affine map.
@@ -134,25 +133,17 @@ impl Weights {
         let (k, n) = (self.k(), self.n());
         assert_eq!(x.len(), rows * k, "input size");
         assert_eq!(out.len(), rows * n, "output size");
-        assert_eq!(b.len(), n, "bias size");
-        if let Some(res) = residual {
-            assert_eq!(res.len(), rows * n, "residual size");
-        }
+        let start = Start { bias: b, residual };
+        start.check(rows, n);
         match self {
             // The bias and residual enter as the kernels first write each output block, the
             // activation on each finished piece of output while it is in L1.
             #[cfg(target_arch = "x86_64")]
-            Self::F32(w) => {
-                let start = Start { bias: b, residual };
-                avx512::matmul_then(x, rows, w, start, out, |o| act.apply(o))
-            }
+            Self::F32(w) => avx512::matmul_then(x, rows, w, start, out, |o| act.apply(o)),
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-            Self::Bf16(w) => {
-                let start = Start { bias: b, residual };
-                amx::matmul_then(x, rows, w, start, out, |o| act.apply(o))
-            }
+            Self::Bf16(w) => amx::matmul_then(x, rows, w, start, out, |o| act.apply(o)),
             Self::F32Portable { w_t, .. } => {
-                start_from(out, b, residual);
+                start_from(out, start);
                 let threads = candle_core::utils::get_num_threads();
                 let parallelism = if threads > 1 {
                     Parallelism::Rayon(threads)
@@ -190,19 +181,19 @@ impl Weights {
     }
 }
 
-/// `out = b + residual`, row by row, for gemm, which accumulates into its output.
-fn start_from(out: &mut [f32], b: &[f32], residual: Option<&[f32]>) {
-    let n = b.len();
+/// `out = bias + residual`, row by row, for gemm, which accumulates into its output.
+fn start_from(out: &mut [f32], Start { bias, residual }: Start) {
+    let n = bias.len();
     // Written by all threads: a pass over a buffer this size is memory-bound.
     out.par_chunks_mut(n)
         .enumerate()
         .for_each(|(r, row)| match residual {
             Some(res) => {
-                for ((o, b), r) in row.iter_mut().zip(b).zip(&res[r * n..(r + 1) * n]) {
+                for ((o, b), r) in row.iter_mut().zip(bias).zip(&res[r * n..(r + 1) * n]) {
                     *o = b + r;
                 }
             }
-            None => row.copy_from_slice(b),
+            None => row.copy_from_slice(bias),
         });
 }
 

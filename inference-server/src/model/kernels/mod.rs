@@ -20,6 +20,16 @@ pub struct Start<'a> {
     pub residual: Option<&'a [f32]>,
 }
 
+impl Start<'_> {
+    /// Panics unless the bias holds `n` values and the residual, when given, `rows * n`.
+    pub fn check(&self, rows: usize, n: usize) {
+        assert_eq!(self.bias.len(), n, "bias size");
+        if let Some(res) = self.residual {
+            assert_eq!(res.len(), rows * n, "residual size");
+        }
+    }
+}
+
 /// An output buffer shared by parallel tasks that each write their own disjoint part of it.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedOut(*mut f32);
