@@ -271,12 +271,8 @@ unsafe fn kernel<const R: usize>(
     first: Option<Origin>,
 ) {
     // The output rows (or the residual's) are read once per call, after the k loop: fetch
-    // them during it.
-    let read = match first {
-        Some(o) if !o.residual.is_null() => o.residual,
-        Some(_) => std::ptr::null(),
-        None => c,
-    };
+    // them during it. (A first pass without a residual reads neither.)
+    let read = first.map_or(c.cast_const(), |o| o.residual);
     if !read.is_null() {
         for r in 0..R {
             _mm_prefetch::<_MM_HINT_T0>(read.add(r * ldc).cast());
@@ -313,16 +309,16 @@ unsafe fn kernel<const R: usize>(
             _mm512_maskz_loadu_ps(m1, p.add(16)),
         ]
     };
-    let bias = first.map(|o| load(o.bias));
+    let first = first.map(|o| (o, load(o.bias)));
     for (r, acc) in acc.iter().enumerate() {
         let row = c.add(r * ldc);
-        let base = match (first, bias) {
-            (Some(o), Some(b)) if !o.residual.is_null() => {
+        let base = match first {
+            Some((o, b)) if !o.residual.is_null() => {
                 let res = load(o.residual.add(r * ldc));
                 [_mm512_add_ps(b[0], res[0]), _mm512_add_ps(b[1], res[1])]
             }
-            (_, Some(b)) => b,
-            _ => load(row),
+            Some((_, b)) => b,
+            None => load(row),
         };
         _mm512_mask_storeu_ps(row, m0, _mm512_add_ps(base[0], acc[0]));
         _mm512_mask_storeu_ps(row.add(16), m1, _mm512_add_ps(base[1], acc[1]));
