@@ -79,6 +79,11 @@ pub async fn reconcile(svc: Arc<NluService>, ctx: Arc<Context>) -> Result<Action
         Ok(()) => check_redis_secret(&svc, &ctx).await?,
         Err(problem) => Some(problem),
     };
+    if !still_wanted(&svc, &current(&svc, &ctx).await?) {
+        // Deleted (or deleted and re-created) since the cache saw it: children written now
+        // would be orphans for the garbage collector to remove again.
+        return Ok(Action::await_change());
+    }
     let (deployment, ingress) = match &problem {
         Some(_) => (None, None),
         None => apply_children(&svc, &ctx).await?,
@@ -110,6 +115,26 @@ pub fn error_policy(svc: Arc<NluService>, error: &Error, ctx: Arc<Context>) -> A
     let delay = ctx.backoff.next_delay(&backoff_key(&svc));
     tracing::warn!(namespace = svc.namespace().as_deref(), name = %svc.name_any(), %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
+}
+
+/// Whether the object the reconcile started from is still the live one, not being deleted.
+pub fn still_wanted(seen: &NluService, live: &Option<NluService>) -> bool {
+    live.as_ref().is_some_and(|live| {
+        live.metadata.deletion_timestamp.is_none() && live.uid() == seen.uid()
+    })
+}
+
+/// The NluService as the API server holds it now (the reconcile's copy comes from a cache).
+async fn current(svc: &NluService, ctx: &Context) -> Result<Option<NluService>, Error> {
+    let api: Api<NluService> =
+        Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
+    api.get_opt(&svc.name_any())
+        .await
+        .map_err(|source| Error::Read {
+            kind: "NluService",
+            name: svc.name_any(),
+            source,
+        })
 }
 
 fn backoff_key(svc: &NluService) -> String {

@@ -162,6 +162,7 @@ async fn first_reconcile_applies_the_snapshotted_children_and_writes_status() {
         lines(&calls),
         [
             format!("GET {}", secret_path("tenants-redis")),
+            format!("GET {}", nlus_path("uninlu")),
             format!(
                 "PATCH {}?&force=true&fieldManager=nlu-operator",
                 deployment_path("uninlu")
@@ -205,11 +206,11 @@ async fn first_reconcile_applies_the_snapshotted_children_and_writes_status() {
         hpa_path("uninlu"),
         pdb_path("uninlu"),
     ];
-    for (call, (path, doc)) in calls[1..7].iter().zip(paths.iter().zip(docs)) {
+    for (call, (path, doc)) in calls[2..8].iter().zip(paths.iter().zip(docs)) {
         assert_apply(call, path, doc);
     }
 
-    let status_call = &calls[7];
+    let status_call = &calls[8];
     assert_eq!(
         status_call.content_type.as_deref(),
         Some("application/apply-patch+yaml")
@@ -609,4 +610,40 @@ async fn a_service_being_deleted_is_left_to_garbage_collection() {
     ));
     assert_eq!(env.reconcile(&svc).await.unwrap(), Action::await_change());
     assert!(env.api.take_calls().is_empty());
+}
+
+/// A reconcile that started from a cached copy writes nothing once the live object is gone,
+/// being deleted, or replaced by a new object of the same name.
+#[tokio::test]
+async fn no_child_is_written_for_a_service_that_is_gone() {
+    for case in ["deleted", "deleting", "recreated"] {
+        let env = Env::new();
+        let mut cached = fixtures::minimal();
+        cached.metadata.uid = Some("uid-1".into());
+        let name = cached.metadata.name.clone().unwrap();
+        let path = nlus_path(&name);
+        match case {
+            "deleted" => {}
+            "deleting" => {
+                let mut live = serde_json::to_value(&cached).unwrap();
+                live["metadata"]["deletionTimestamp"] = json!("2027-01-15T08:00:00Z");
+                env.api.put(&path, live);
+            }
+            _ => {
+                let mut live = serde_json::to_value(&cached).unwrap();
+                live["metadata"]["uid"] = json!("uid-2");
+                env.api.put(&path, live);
+            }
+        }
+        let action = reconcile(Arc::new(cached), env.ctx.clone()).await.unwrap();
+        assert_eq!(action, Action::await_change(), "{case}");
+        let writes: Vec<String> = env
+            .api
+            .take_calls()
+            .iter()
+            .filter(|c| c.method != "GET")
+            .map(Call::line)
+            .collect();
+        assert!(writes.is_empty(), "{case}: {writes:?}");
+    }
 }
