@@ -9,6 +9,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::serve::{AuthMode, FailurePolicy, Pooling, Task};
+
 /// Desired state of an inference service.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -95,36 +97,6 @@ pub struct ModelSpec {
     pub pooling: Option<Pooling>,
 }
 
-/// The inference task of a service.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Task {
-    /// Universal NLU (NER, relations, events, sentiment, classification, matching, NLI, MRC).
-    Uninlu,
-    /// Sentence embeddings and similarity.
-    Embedding,
-}
-
-impl Task {
-    /// The value the server's `--task` flag takes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Task::Uninlu => "uninlu",
-            Task::Embedding => "embedding",
-        }
-    }
-}
-
-/// Embedding pooling over token states.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Pooling {
-    /// The `[CLS]` token's state (GTE).
-    Cls,
-    /// Mean of the token states, padding excluded (sentence-transformers).
-    Mean,
-}
-
 /// Where the model files come from.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -208,7 +180,7 @@ pub struct Autoscaling {
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization_percentage: Option<i32>,
     /// Average in-flight requests per pod to aim for (needs a metrics adapter serving the
-    /// `nlu_inflight_requests` pods metric).
+    /// `nlu_in_flight_requests` pods metric).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub target_inflight_requests: Option<i32>,
@@ -291,27 +263,6 @@ pub struct AuthSpec {
     /// What to do while Redis is unreachable. Default `FailClosed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_policy: Option<FailurePolicy>,
-}
-
-/// Authentication mode.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum AuthMode {
-    /// Bearer JWTs signed by the operator, checked against Redis quotas.
-    #[default]
-    Jwt,
-    /// No authentication: anyone who reaches the service may call it.
-    None,
-}
-
-/// Behaviour while the quota backend is unreachable.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum FailurePolicy {
-    /// Refuse requests (503) and report not ready.
-    #[default]
-    FailClosed,
-    /// Serve requests under a local per-pod rate limit.
-    FailOpen,
 }
 
 /// Where the Redis URL comes from.

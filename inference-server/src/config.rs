@@ -3,9 +3,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
 use crate::model::Dtype;
+
+// The flag values the operator writes are the contract crate's enums (one definition each).
+pub use nlu_crds::serve::{LogFormat, Pooling, Task};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -29,40 +32,6 @@ pub enum Command {
     Keygen(crate::cli_auth::KeygenArgs),
     /// Print a tenant token signed with a key from `keygen`.
     Token(crate::cli_auth::TokenArgs),
-}
-
-/// What the served model does; decides which routes answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Task {
-    /// Sentence embeddings: /v1/embeddings, /embed, /similarity.
-    Embedding,
-    /// SiameseUniNLU span extraction: /api/predict.
-    Uninlu,
-}
-
-impl Task {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Task::Embedding => "embedding",
-            Task::Uninlu => "uninlu",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PoolingArg {
-    /// The [CLS] token's state.
-    Cls,
-    /// Mean of the token states under the attention mask.
-    Mean,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line (for log collectors).
-    Json,
 }
 
 #[derive(Debug, Args)]
@@ -93,7 +62,7 @@ pub struct ServeArgs {
 
     /// Embedding pooling; default from the model folder's 1_Pooling/config.json.
     #[arg(long, env = "NLU_POOLING", value_enum)]
-    pub pooling: Option<PoolingArg>,
+    pub pooling: Option<Pooling>,
 
     /// Number format of the weight matrices: `f32`, or `bf16` (products accumulated in f32) on
     /// CPUs with AMX-BF16 (Intel Sapphire Rapids and later), several times faster with

@@ -8,6 +8,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use nlu_crds::serve::{IN_FLIGHT_REQUESTS, METRICS_PREFIX};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,7 +47,7 @@ fn latency_histogram() -> Histogram {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("nlu");
+        let mut registry = Registry::with_prefix(METRICS_PREFIX);
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
@@ -77,7 +78,8 @@ impl Metrics {
         let queue_depth = Gauge::default();
         registry.register("queue_depth", "Sequences waiting for the model", queue_depth.clone());
         let in_flight = Gauge::default();
-        registry.register("in_flight_requests", "Requests being handled", in_flight.clone());
+        // The HPA's Pods metric names this gauge (through the contract crate).
+        registry.register(IN_FLIGHT_REQUESTS, "Requests being handled", in_flight.clone());
         let queue_rejections = Counter::default();
         registry.register(
             "queue_rejections",

@@ -9,6 +9,8 @@ mod overhead;
 mod quota;
 #[path = "auth/redis_failure.rs"]
 mod redis_failure;
+#[path = "auth/redis_tls.rs"]
+mod redis_tls;
 #[path = "auth/tls.rs"]
 mod tls;
 #[path = "auth/tokens.rs"]

@@ -8,4 +8,5 @@ mod harness;
 mod contract {
     pub mod openapi;
     pub mod playground;
+    pub mod serve_flags;
 }

@@ -21,7 +21,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use nlu_crds::access::redis_keys::DEFAULT_PREFIX;
 use nlu_crds::access::tokens::DEFAULT_ISSUER;
 use nlu_crds::access::{QualifiedName, QuotaOutcome, Scope};
@@ -33,13 +33,7 @@ use metrics::{AuthMetrics, TenantLabels};
 use policy::{BackendHealth, FailurePolicy, LocalLimiter};
 use quota::{rate_limit, QuotaStore, RateLimit};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AuthMode {
-    /// Everyone may call every route (local use).
-    None,
-    /// Tenant tokens (EdDSA JWTs) are required; quotas and rate limits are enforced in Redis.
-    Jwt,
-}
+pub use nlu_crds::serve::AuthMode;
 
 #[derive(Debug, Clone, Args)]
 pub struct AuthArgs {
@@ -61,7 +55,9 @@ pub struct AuthArgs {
     #[arg(long, env = "NLU_SERVICE_ID", required_if_eq("auth", "jwt"))]
     pub service_id: Option<QualifiedName>,
 
-    /// Redis holding tenant records and counters, e.g. redis://:password@redis:6379/0.
+    /// Redis holding tenant records and counters, e.g. redis://:password@redis:6379/0, or
+    /// rediss://... for TLS (server certificate checked against the system's roots or
+    /// --redis-ca-file).
     #[arg(
         long,
         env = "NLU_REDIS_URL",
@@ -69,6 +65,11 @@ pub struct AuthArgs {
         required_if_eq("auth", "jwt")
     )]
     pub redis_url: Option<String>,
+
+    /// PEM file of the CA certificates to trust for a rediss:// --redis-url, instead of the
+    /// system's roots (a private CA).
+    #[arg(long, env = "NLU_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
 
     /// Prefix of every Redis key (must match the operator's).
     #[arg(long, env = "NLU_REDIS_PREFIX", default_value = DEFAULT_PREFIX)]
@@ -152,8 +153,15 @@ impl Auth {
             ),
         ));
         let verifier = TokenVerifier::start(jwks, args.jwt_issuer.clone(), service.clone())?;
+        let ca_pem = match &args.redis_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("cannot read --redis-ca-file {}: {e}", path.display())
+            })?),
+            None => None,
+        };
         let store = Arc::new(QuotaStore::new(
             url,
+            ca_pem,
             &args.redis_prefix,
             Duration::from_millis(args.redis_timeout_millis),
         )?);

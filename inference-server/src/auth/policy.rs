@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::ValueEnum;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::metrics::AuthMetrics;
@@ -15,14 +14,10 @@ use super::quota::QuotaStore;
 /// How often the probe pings Redis.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FailurePolicy {
-    /// Refuse requests with 503 and report not ready until Redis is back (quotas always hold).
-    FailClosed,
-    /// Serve requests whose tokens verify, limited per tenant by a local per-process limiter;
-    /// suspension, revocation and daily quotas are not enforced until Redis is back.
-    FailOpen,
-}
+/// `fail-closed` refuses requests with 503 and reports not ready until Redis is back (quotas
+/// always hold); `fail-open` serves requests whose tokens verify, limited per tenant by a local
+/// per-process limiter (suspension, revocation and daily quotas wait until Redis is back).
+pub use nlu_crds::serve::FailurePolicy;
 
 /// Whether the quota backend answered last time it was asked.
 pub struct BackendHealth {

@@ -14,7 +14,7 @@ pub use embedding::{EmbedRequest, Embedded, EmbeddingEngine};
 pub use uninlu::UniNluEngine;
 
 use crate::batching::{BatchLimits, Settings};
-use crate::config::{BatchingArgs, PoolingArg, ServeArgs, Task};
+use crate::config::{BatchingArgs, Pooling as PoolingFlag, ServeArgs, Task};
 use crate::metrics::Metrics;
 use crate::model::kernels::linear::bf16_available;
 use crate::model::{self, Dtype, Embedder, HubConfig, Pooling, UniNluModel};
@@ -84,8 +84,8 @@ impl Engine {
         match args.task {
             Task::Embedding => {
                 let pooling = args.pooling.map(|p| match p {
-                    PoolingArg::Cls => Pooling::Cls,
-                    PoolingArg::Mean => Pooling::Mean,
+                    PoolingFlag::Cls => Pooling::Cls,
+                    PoolingFlag::Mean => Pooling::Mean,
                 });
                 let embedder = Embedder::load(&files, pooling, dtype)?;
                 let model_info = embedder.info().clone();

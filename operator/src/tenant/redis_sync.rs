@@ -14,7 +14,10 @@ use super::token_secret::scope;
 
 /// A connection that reconnects by itself, failing fast while Redis is away so reconciles
 /// return an error (and are retried) instead of hanging.
+/// `rediss://` URLs are checked against the system's roots (`SSL_CERT_FILE` overrides them).
 pub async fn connect(url: &str) -> redis::RedisResult<ConnectionManager> {
+    // redis's rustls takes the process's default crypto provider: ring, the workspace's one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)))

@@ -328,7 +328,8 @@ fn hpa_targets_cpu_and_inflight_requests() {
         Some(60)
     );
     let pods = metrics[1].pods.as_ref().unwrap();
-    assert_eq!(pods.metric.name, "nlu_inflight_requests");
+    // The gauge the server exports (checked against its registry in nlu-server's contract tests).
+    assert_eq!(pods.metric.name, "nlu_in_flight_requests");
     assert!(
         hpa.behavior
             .unwrap()

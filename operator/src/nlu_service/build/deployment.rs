@@ -3,9 +3,8 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
-use nlu_crds::nlu_service::{
-    AuthMode, FailurePolicy, ModelSource, NluServiceSpec, Pooling, RedisRef,
-};
+use nlu_crds::nlu_service::{AuthMode, ModelSource, NluServiceSpec, RedisRef};
+use nlu_crds::serve::{JwtFlags, LogFormat, ServeFlags, REDIS_URL_ENV};
 use nlu_crds::NluService;
 use serde_json::{json, Value};
 
@@ -208,83 +207,35 @@ pub fn download_args(source: &ModelSource) -> Option<Vec<String>> {
     Some(args)
 }
 
-/// `nlu-server serve` arguments from the spec.
+/// `nlu-server serve` arguments from the spec, through the contract crate's [`ServeFlags`].
 pub fn serve_args(svc: &NluService, cfg: &OperatorConfig) -> Vec<String> {
     let spec = &svc.spec;
-    let mut args: Vec<String> = vec![
-        "serve".into(),
-        "--model".into(),
-        model_dir(&spec.model.source),
-        "--task".into(),
-        spec.model.task.as_str().into(),
-        "--listen".into(),
-        format!("0.0.0.0:{HTTP_PORT}"),
-        "--log-format".into(),
-        "json".into(),
-    ];
-    let mut flag = |name: &str, value: Option<String>| {
-        if let Some(value) = value {
-            args.push(format!("--{name}"));
-            args.push(value);
-        }
-    };
-    flag(
-        "max-input-length",
-        spec.model.max_sequence_length.map(|n| n.to_string()),
-    );
-    flag(
-        "pooling",
-        spec.model.pooling.map(|p| match p {
-            Pooling::Cls => "cls".into(),
-            Pooling::Mean => "mean".into(),
-        }),
-    );
     let batching = spec.batching.clone().unwrap_or_default();
-    flag(
-        "max-batch-tokens",
-        batching.max_batch_tokens.map(|n| n.to_string()),
-    );
-    flag(
-        "max-batch-requests",
-        batching.max_batch_requests.map(|n| n.to_string()),
-    );
-    flag(
-        "max-wait-millis",
-        batching.max_wait_millis.map(|n| n.to_string()),
-    );
-    flag("max-queue", batching.max_queue.map(|n| n.to_string()));
-    match auth_mode(spec) {
-        AuthMode::None => flag("auth", Some("none".into())),
-        AuthMode::Jwt => {
-            let policy = spec
-                .auth
-                .as_ref()
-                .and_then(|a| a.failure_policy)
-                .unwrap_or_default();
-            flag("auth", Some("jwt".into()));
-            flag("jwks", Some(format!("{JWKS_MOUNT}/{JWKS_KEY}")));
-            flag(
-                "service-id",
-                Some(format!(
-                    "{}/{}",
-                    svc.namespace().unwrap_or_default(),
-                    svc.name_any()
-                )),
-            );
-            flag("redis-prefix", Some(cfg.redis_prefix.clone()));
-            flag(
-                "redis-failure-policy",
-                Some(match policy {
-                    FailurePolicy::FailClosed => "fail-closed".into(),
-                    FailurePolicy::FailOpen => "fail-open".into(),
-                }),
-            );
-        }
+    let jwt = (auth_mode(spec) == AuthMode::Jwt).then(|| JwtFlags {
+        jwks: format!("{JWKS_MOUNT}/{JWKS_KEY}"),
+        service_id: format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any()),
+        redis_prefix: cfg.redis_prefix.clone(),
+        redis_failure_policy: spec
+            .auth
+            .as_ref()
+            .and_then(|a| a.failure_policy)
+            .unwrap_or_default(),
+    });
+    ServeFlags {
+        model: model_dir(&spec.model.source),
+        task: spec.model.task,
+        listen: format!("0.0.0.0:{HTTP_PORT}"),
+        log_format: LogFormat::Json,
+        max_input_length: spec.model.max_sequence_length,
+        pooling: spec.model.pooling,
+        max_batch_tokens: batching.max_batch_tokens,
+        max_batch_requests: batching.max_batch_requests,
+        max_wait_millis: batching.max_wait_millis,
+        max_queue: batching.max_queue,
+        jwt,
+        playground: playground_on(spec),
     }
-    if !playground_on(spec) {
-        args.push("--no-playground".into());
-    }
-    args
+    .to_args()
 }
 
 /// The playground defaults to on, except behind an Ingress (public exposure).
@@ -323,11 +274,11 @@ fn redis_env(spec: &NluServiceSpec, cfg: &OperatorConfig) -> Value {
         .and_then(|a| a.redis.as_ref())
         .and_then(|r| r.url.as_ref())
     {
-        return json!([{"name": "NLU_REDIS_URL", "value": url}]);
+        return json!([{"name": REDIS_URL_ENV, "value": url}]);
     }
     let (name, key) =
         redis_secret(spec, cfg).expect("jwt auth without an inline URL reads a Secret");
-    json!([{"name": "NLU_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}])
+    json!([{"name": REDIS_URL_ENV, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}])
 }
 
 /// Drops `null` members (unset optional spec fields) and empty arrays, so the applied object

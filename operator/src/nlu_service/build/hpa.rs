@@ -2,6 +2,7 @@
 
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::ResourceExt;
+use nlu_crds::serve::{exported_metric, IN_FLIGHT_REQUESTS};
 use nlu_crds::NluService;
 use serde_json::json;
 
@@ -10,8 +11,6 @@ use super::typed;
 
 /// CPU utilisation target when the spec names none, in percent of the request.
 pub const DEFAULT_CPU_TARGET: i32 = 70;
-/// Pods metric of in-flight requests served by a metrics adapter from the server's gauge.
-pub const INFLIGHT_METRIC: &str = "nlu_inflight_requests";
 /// Scale down only after load stayed low this long: model pods are slow to come back.
 pub const SCALE_DOWN_STABILIZATION_SECONDS: i32 = 300;
 
@@ -22,10 +21,11 @@ pub fn hpa(svc: &NluService) -> Option<HorizontalPodAutoscaler> {
         "type": "Resource",
         "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": a.target_cpu_utilization_percentage.unwrap_or(DEFAULT_CPU_TARGET)}},
     })];
+    // The Pods metric is the server's in-flight gauge, as a metrics adapter serves it.
     if let Some(inflight) = a.target_inflight_requests {
         metrics.push(json!({
             "type": "Pods",
-            "pods": {"metric": {"name": INFLIGHT_METRIC}, "target": {"type": "AverageValue", "averageValue": inflight.to_string()}},
+            "pods": {"metric": {"name": exported_metric(IN_FLIGHT_REQUESTS)}, "target": {"type": "AverageValue", "averageValue": inflight.to_string()}},
         }));
     }
     Some(HorizontalPodAutoscaler {

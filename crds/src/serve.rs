@@ -1,0 +1,240 @@
+//! The operator-server contract of a pod: the `nlu-server serve` command line the operator
+//! writes and the server parses, and the metric names the operator's children refer to.
+//!
+//! Kube-free, so the server builds it. The shared enums are defined here once: the CRD derives
+//! their schema (feature `crd`), the server's command line derives their flag values (feature
+//! `cli`); serde names and flag values are the same lowercase/kebab words.
+//! `inference-server/tests/contract/serve_flags.rs` parses every operator snapshot's arguments
+//! with the server's own parser, so a flag renamed on one side only fails a test.
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of every metric the server exports.
+pub const METRICS_PREFIX: &str = "nlu";
+/// The in-flight requests gauge, as registered under [`METRICS_PREFIX`].
+pub const IN_FLIGHT_REQUESTS: &str = "in_flight_requests";
+
+/// The exported (Prometheus) name of a server metric registered as `name`.
+pub fn exported_metric(name: &str) -> String {
+    format!("{METRICS_PREFIX}_{name}")
+}
+
+/// The inference task of a service.
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// Universal NLU (NER, relations, events, sentiment, classification, matching, NLI, MRC).
+    Uninlu,
+    /// Sentence embeddings and similarity.
+    Embedding,
+}
+
+impl Task {
+    /// The word of the `--task` flag and of `spec.model.task`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::Uninlu => "uninlu",
+            Task::Embedding => "embedding",
+        }
+    }
+}
+
+/// Embedding pooling over token states.
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// The `[CLS]` token's state (GTE).
+    Cls,
+    /// Mean of the token states, padding excluded (sentence-transformers).
+    Mean,
+}
+
+/// Authentication mode.
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Bearer JWTs signed by the operator, checked against Redis quotas.
+    #[default]
+    Jwt,
+    /// No authentication: anyone who reaches the service may call it.
+    None,
+}
+
+/// Behaviour while the quota backend is unreachable.
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// Refuse requests (503) and report not ready.
+    #[default]
+    FailClosed,
+    /// Serve requests under a local per-pod rate limit.
+    FailOpen,
+}
+
+/// Log line format.
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+impl FailurePolicy {
+    /// The word of the `--redis-failure-policy` flag.
+    pub fn flag_value(self) -> &'static str {
+        match self {
+            FailurePolicy::FailClosed => "fail-closed",
+            FailurePolicy::FailOpen => "fail-open",
+        }
+    }
+}
+
+impl Pooling {
+    /// The word of the `--pooling` flag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooling::Cls => "cls",
+            Pooling::Mean => "mean",
+        }
+    }
+}
+
+impl LogFormat {
+    /// The word of the `--log-format` flag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// What the operator sets on `nlu-server serve`; everything else keeps the server's default.
+/// Numbers are the CRD's `i32`s, which the API server has already range-checked.
+/// The Redis URL is not here: it reaches the pod as `NLU_REDIS_URL` ([`REDIS_URL_ENV`]) so it
+/// never shows in the pod's arguments.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServeFlags {
+    /// Model folder inside the pod.
+    pub model: String,
+    pub task: Task,
+    /// `host:port` to listen on.
+    pub listen: String,
+    pub log_format: LogFormat,
+    pub max_input_length: Option<i32>,
+    pub pooling: Option<Pooling>,
+    pub max_batch_tokens: Option<i32>,
+    pub max_batch_requests: Option<i32>,
+    pub max_wait_millis: Option<i32>,
+    pub max_queue: Option<i32>,
+    /// `None`: `--auth none`.
+    pub jwt: Option<JwtFlags>,
+    pub playground: bool,
+}
+
+/// The flags of `--auth jwt`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JwtFlags {
+    /// JWK Set file inside the pod.
+    pub jwks: String,
+    /// `namespace/name` of the service (the tokens' audience).
+    pub service_id: String,
+    pub redis_prefix: String,
+    pub redis_failure_policy: FailurePolicy,
+}
+
+/// The environment variable the server reads its Redis URL from.
+pub const REDIS_URL_ENV: &str = "NLU_REDIS_URL";
+
+impl ServeFlags {
+    /// The arguments after the binary's name, starting with `serve`.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = vec!["serve".into()];
+        let mut flag = |name: &str, value: Option<String>| {
+            if let Some(value) = value {
+                args.push(format!("--{name}"));
+                args.push(value);
+            }
+        };
+        let number = |n: Option<i32>| n.map(|n| n.to_string());
+        flag("model", Some(self.model.clone()));
+        flag("task", Some(self.task.as_str().into()));
+        flag("listen", Some(self.listen.clone()));
+        flag("log-format", Some(self.log_format.as_str().into()));
+        flag("max-input-length", number(self.max_input_length));
+        flag("pooling", self.pooling.map(|p| p.as_str().into()));
+        flag("max-batch-tokens", number(self.max_batch_tokens));
+        flag("max-batch-requests", number(self.max_batch_requests));
+        flag("max-wait-millis", number(self.max_wait_millis));
+        flag("max-queue", number(self.max_queue));
+        match &self.jwt {
+            None => flag("auth", Some("none".into())),
+            Some(jwt) => {
+                flag("auth", Some("jwt".into()));
+                flag("jwks", Some(jwt.jwks.clone()));
+                flag("service-id", Some(jwt.service_id.clone()));
+                flag("redis-prefix", Some(jwt.redis_prefix.clone()));
+                flag(
+                    "redis-failure-policy",
+                    Some(jwt.redis_failure_policy.flag_value().into()),
+                );
+            }
+        }
+        if !self.playground {
+            args.push("--no-playground".into());
+        }
+        args
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exported_in_flight_metric_name() {
+        assert_eq!(
+            exported_metric(IN_FLIGHT_REQUESTS),
+            "nlu_in_flight_requests"
+        );
+    }
+
+    #[test]
+    fn args_of_a_jwt_service() {
+        let flags = ServeFlags {
+            model: "/models".into(),
+            task: Task::Embedding,
+            listen: "0.0.0.0:8080".into(),
+            log_format: LogFormat::Json,
+            max_input_length: None,
+            pooling: Some(Pooling::Mean),
+            max_batch_tokens: None,
+            max_batch_requests: Some(8),
+            max_wait_millis: None,
+            max_queue: None,
+            jwt: Some(JwtFlags {
+                jwks: "/etc/nlu/jwks/jwks.json".into(),
+                service_id: "ns/svc".into(),
+                redis_prefix: "nlu".into(),
+                redis_failure_policy: FailurePolicy::FailOpen,
+            }),
+            playground: false,
+        };
+        let expected = "serve --model /models --task embedding --listen 0.0.0.0:8080 \
+            --log-format json --pooling mean --max-batch-requests 8 --auth jwt \
+            --jwks /etc/nlu/jwks/jwks.json --service-id ns/svc --redis-prefix nlu \
+            --redis-failure-policy fail-open --no-playground";
+        assert_eq!(flags.to_args().join(" "), expected);
+    }
+}

@@ -1,0 +1,99 @@
+//! `rediss://`: the quota store talks TLS to a TLS-only `redis-server`, trusting the CA given by
+//! `--redis-ca-file`; without it the server's certificate is checked against the system's roots
+//! and refused (the server stays unready under fail-closed).
+
+use nlu_crds::access::{RedisKeys, TenantRecord};
+use nlu_server::auth::Auth;
+use nlu_testkit::RedisServer;
+use prometheus_client::registry::Registry;
+use reqwest::StatusCode;
+
+use crate::harness::*;
+
+fn tls_redis() -> (RedisServer, tempfile::NamedTempFile) {
+    let redis = RedisServer::start_tls().expect("the auth tests need redis-server");
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), redis.ca_pem().unwrap()).unwrap();
+    (redis, ca)
+}
+
+/// Writes the record over TLS, trusting only the server's CA.
+async fn put_record_tls(redis: &RedisServer, prefix: &str, tenant: &str, record: &TenantRecord) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(redis.ca_pem().unwrap().as_bytes().to_vec()),
+    };
+    let client = redis::Client::build_with_tls(redis.url(), certificates).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let key = RedisKeys::new(prefix).tenant(&tenant.parse().unwrap());
+    let _: () = redis::cmd("HSET")
+        .arg(&key)
+        .arg(record.to_fields())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn quotas_are_checked_over_tls_with_the_given_ca() {
+    let (redis, ca) = tls_redis();
+    assert!(redis.url().starts_with("rediss://"));
+    let keys = Keys::new();
+    let prefix = unique_prefix();
+    let tenant = "team-a/secure";
+    let record = TenantRecord {
+        requests_per_minute: 100,
+        ..open_record()
+    };
+    put_record_tls(&redis, &prefix, tenant, &record).await;
+    let server = TestServer::start(&auth_args(
+        &redis.url(),
+        &keys.jwks_path(),
+        &prefix,
+        &["--redis-ca-file", ca.path().to_str().unwrap()],
+    ))
+    .await;
+    eventually(5, "ready over TLS", || async {
+        server.get("/readyz").await.status() == StatusCode::OK
+    })
+    .await;
+    let response = server.call("/embed", Some(&keys.token(tenant))).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // The script read the record's limit over TLS.
+    assert_eq!(response.headers()["x-ratelimit-limit"], "100");
+}
+
+#[tokio::test]
+async fn an_untrusted_redis_certificate_is_refused() {
+    let (redis, _ca) = tls_redis();
+    let keys = Keys::new();
+    let prefix = unique_prefix();
+    let tenant = "team-a/secure";
+    put_record_tls(&redis, &prefix, tenant, &open_record()).await;
+    // No --redis-ca-file: the test CA is in no system store.
+    let server = TestServer::start(&auth_args(&redis.url(), &keys.jwks_path(), &prefix, &[])).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        server.get("/readyz").await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let response = server.call("/embed", Some(&keys.token(tenant))).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn a_ca_file_without_a_tls_url_is_a_start_error() {
+    let keys = Keys::new();
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    let args = auth_args(
+        "redis://127.0.0.1:1/",
+        &keys.jwks_path(),
+        "p:",
+        &["--redis-ca-file", ca.path().to_str().unwrap()],
+    );
+    let error = Auth::from_args(&args, &mut Registry::default())
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("rediss://"), "{error}");
+}
