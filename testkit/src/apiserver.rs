@@ -74,13 +74,7 @@ impl ApiServer {
     /// A client of the real server. Make one per test: a client belongs to the Tokio runtime of
     /// the test that made it.
     pub async fn client(&self) -> kube::Client {
-        let kubeconfig =
-            Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig written by run.sh");
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .expect("kubeconfig usable by kube");
-        kube::Client::try_from(config).expect("client from kubeconfig")
+        client_of(&self.kubeconfig).await
     }
 
     /// Runs the `kubectl` of the tool against this server; the output is returned whatever the
@@ -103,6 +97,15 @@ impl ApiServer {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+/// A client on the current runtime from the kubeconfig at `path`.
+pub(crate) async fn client_of(path: &Path) -> kube::Client {
+    let kubeconfig = Kubeconfig::read_from(path).expect("kubeconfig written by run.sh");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig usable by kube");
+    kube::Client::try_from(config).expect("client from kubeconfig")
 }
 
 fn checked(command: &mut Command, what: &str) -> Output {

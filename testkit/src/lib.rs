@@ -7,12 +7,16 @@
 //!   discovery to that real server and serves the core kinds (which the real server cannot) from a
 //!   small in-memory stand-in; it records every request so tests can count writes.
 //! - [`RedisServer`]: a real `redis-server` on a free loopback port, killed on drop.
+//! - [`ProcessCluster`]: the whole product as processes: the API server and proxy above, a
+//!   kubelet running every Deployment's pods as real processes, and a loopback model hub.
 //!
 //! When the API server tool is not built, [`api_server`] prints a visible `SKIP` line and returns
 //! `None`; with `NLU_REQUIRE_APISERVER=1` (CI) it panics instead, so the tier cannot pass unseen.
 
 #[cfg(feature = "apiserver")]
 mod apiserver;
+#[cfg(feature = "apiserver")]
+mod cluster;
 #[cfg(feature = "apiserver")]
 mod proxy;
 mod redis;
@@ -22,6 +26,8 @@ mod stand_in;
 
 #[cfg(feature = "apiserver")]
 pub use apiserver::{api_server, ApiServer};
+#[cfg(feature = "apiserver")]
+pub use cluster::{workspace_binary, ClusterOptions, PodInfo, ProcessCluster};
 #[cfg(feature = "apiserver")]
 pub use proxy::{Call, ClusterProxy, RecordedRequest};
 pub use redis::RedisServer;

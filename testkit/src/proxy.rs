@@ -70,10 +70,13 @@ impl ClusterProxy {
 
     /// A client for the code under test: plain HTTP to the proxy, default namespace `default`.
     pub fn client(&self) -> kube::Client {
-        let url = format!("http://{}", self.address)
-            .parse()
-            .expect("proxy URL");
+        let url = self.url().parse().expect("proxy URL");
         kube::Client::try_from(kube::Config::new(url)).expect("client of the proxy")
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
     }
 
     /// Makes `write` (as another client would, through the same routing) right before the first

@@ -46,7 +46,11 @@ impl RedisServer {
             child: None,
             tls,
         };
-        if Command::new("redis-server").arg("--version").output().is_err() {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
             skip::missing(
                 "redis-server",
                 "NLU_REQUIRE_REDIS",
@@ -60,7 +64,11 @@ impl RedisServer {
 
     /// `redis://127.0.0.1:PORT/`, or `rediss://...` for a TLS server.
     pub fn url(&self) -> String {
-        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 

@@ -1,0 +1,264 @@
+//! Services as loopback load balancers: each Service gets an address of its own (127.2.x.y, its
+//! cluster IP here) and listens on each of its ports there; every connection goes to the next
+//! ready pod its selector matches (round robin), on the target port (by number or by the
+//! container port's name). A pod that turns unready or goes away gets no new connections.
+//! Services without a selector and `type: ExternalName` are not served.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use super::kubelet::{PodInfo, PodTable};
+
+/// (namespace, name) -> the Service's loopback address and its ports (port -> target).
+pub type ServiceTable = Arc<Mutex<BTreeMap<(String, String), ServiceEntry>>>;
+
+#[derive(Clone, Debug)]
+pub struct ServiceEntry {
+    pub ip: Ipv4Addr,
+    /// Service port -> (port name, target port as written: a number or a name).
+    pub ports: BTreeMap<u16, (String, Value)>,
+    pub selector: BTreeMap<String, String>,
+    uid: String,
+}
+
+/// The ready pods behind `entry` with the pod port of service `port`.
+pub fn endpoints(
+    entry: &ServiceEntry,
+    port: u16,
+    pods: &[PodInfo],
+    namespace: &str,
+) -> Vec<SocketAddr> {
+    let Some((_, target)) = entry.ports.get(&port) else {
+        return Vec::new();
+    };
+    pods.iter()
+        .filter(|p| p.namespace == namespace && p.ready && selects(&entry.selector, &p.labels))
+        .filter_map(|p| {
+            let pod_port = match target {
+                Value::String(name) => *p.ports.get(name)?,
+                other => u16::try_from(other.as_u64()?).ok()?,
+            };
+            Some(SocketAddr::from((p.ip, pod_port)))
+        })
+        .collect()
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Keeps one listener per Service port in step with the API.
+pub struct LoadBalancers {
+    client: Client,
+    pods: PodTable,
+    table: ServiceTable,
+    listeners: BTreeMap<(String, String), Vec<JoinHandle<()>>>,
+    next_ip: u32,
+}
+
+impl LoadBalancers {
+    pub fn new(client: Client, pods: PodTable, table: ServiceTable) -> LoadBalancers {
+        LoadBalancers {
+            client,
+            pods,
+            table,
+            listeners: BTreeMap::new(),
+            next_ip: u32::from(Ipv4Addr::new(127, 2, 0, 1)),
+        }
+    }
+
+    pub async fn run(mut self) {
+        loop {
+            if let Err(error) = self.pass().await {
+                eprintln!("process cluster services: {error}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn pass(&mut self) -> Result<(), kube::Error> {
+        let services = Api::<Service>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let mut seen = Vec::new();
+        for service in services {
+            let key = (service.namespace().unwrap_or_default(), service.name_any());
+            let uid = service.uid().unwrap_or_default();
+            let spec = serde_json::to_value(&service.spec).unwrap_or_default();
+            let selector: BTreeMap<String, String> =
+                serde_json::from_value(spec["selector"].clone()).unwrap_or_default();
+            if selector.is_empty() {
+                continue;
+            }
+            let ports: BTreeMap<u16, (String, Value)> = spec["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| {
+                    let port = u16::try_from(p["port"].as_u64()?).ok()?;
+                    let target = if p["targetPort"].is_null() {
+                        p["port"].clone()
+                    } else {
+                        p["targetPort"].clone()
+                    };
+                    Some((
+                        port,
+                        (p["name"].as_str().unwrap_or_default().to_owned(), target),
+                    ))
+                })
+                .collect();
+            seen.push(key.clone());
+            let current = self.table.lock().unwrap().get(&key).cloned();
+            let unchanged = current
+                .as_ref()
+                .is_some_and(|c| c.uid == uid && c.ports == ports && c.selector == selector);
+            if unchanged {
+                continue;
+            }
+            self.stop(&key);
+            let ip = match current {
+                Some(c) if c.uid == uid => c.ip,
+                _ => self.allocate_ip(),
+            };
+            let entry = ServiceEntry {
+                ip,
+                ports: ports.clone(),
+                selector,
+                uid,
+            };
+            self.table.lock().unwrap().insert(key.clone(), entry);
+            let mut handles = Vec::new();
+            for port in ports.keys() {
+                let listener = TcpListener::bind((ip, *port)).await.map_err(|e| {
+                    kube::Error::Service(
+                        format!("Service {}/{} port {port}: {e}", key.0, key.1).into(),
+                    )
+                })?;
+                handles.push(tokio::spawn(balance(
+                    listener,
+                    key.clone(),
+                    *port,
+                    self.table.clone(),
+                    self.pods.clone(),
+                )));
+            }
+            self.listeners.insert(key, handles);
+        }
+        let gone: Vec<_> = self
+            .listeners
+            .keys()
+            .filter(|k| !seen.contains(k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.stop(&key);
+            self.table.lock().unwrap().remove(&key);
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self, key: &(String, String)) {
+        for handle in self.listeners.remove(key).into_iter().flatten() {
+            handle.abort();
+        }
+    }
+
+    fn allocate_ip(&mut self) -> Ipv4Addr {
+        loop {
+            let ip = Ipv4Addr::from(self.next_ip);
+            self.next_ip += 1;
+            if !matches!(ip.octets()[3], 0 | 255) {
+                return ip;
+            }
+        }
+    }
+}
+
+async fn balance(
+    listener: TcpListener,
+    key: (String, String),
+    port: u16,
+    table: ServiceTable,
+    pods: PodTable,
+) {
+    let next = Arc::new(AtomicUsize::new(0));
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            continue;
+        };
+        let backends = {
+            let table = table.lock().unwrap();
+            let Some(entry) = table.get(&key) else { return };
+            endpoints(entry, port, &pods.lock().unwrap(), &key.0)
+        };
+        if backends.is_empty() {
+            // No ready endpoint: the connection is refused, as kube-proxy rejects it.
+            continue;
+        }
+        let backend = backends[next.fetch_add(1, Ordering::Relaxed) % backends.len()];
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = TcpStream::connect(backend).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, ip: [u8; 4], ready: bool, app: &str) -> PodInfo {
+        PodInfo {
+            namespace: "ns".into(),
+            name: name.into(),
+            labels: BTreeMap::from([("app".into(), app.into())]),
+            ip: Ipv4Addr::from(ip),
+            ready,
+            pids: vec![],
+            ports: BTreeMap::from([("http".into(), 8080)]),
+            cpu_request_millis: 0,
+            deployment: app.into(),
+        }
+    }
+
+    #[test]
+    fn endpoints_are_the_ready_selected_pods_on_the_target_port() {
+        let entry = ServiceEntry {
+            ip: Ipv4Addr::new(127, 2, 0, 1),
+            ports: BTreeMap::from([
+                (80, ("http".into(), json!("http"))),
+                (81, ("raw".into(), json!(9000))),
+            ]),
+            selector: BTreeMap::from([("app".into(), "a".into())]),
+            uid: "u".into(),
+        };
+        let pods = [
+            pod("a1", [127, 1, 0, 1], true, "a"),
+            pod("a2", [127, 1, 0, 2], false, "a"),
+            pod("b1", [127, 1, 0, 3], true, "b"),
+        ];
+        assert_eq!(
+            endpoints(&entry, 80, &pods, "ns"),
+            ["127.1.0.1:8080".parse().unwrap()]
+        );
+        assert_eq!(
+            endpoints(&entry, 81, &pods, "ns"),
+            ["127.1.0.1:9000".parse().unwrap()]
+        );
+        assert!(endpoints(&entry, 82, &pods, "ns").is_empty());
+        assert!(endpoints(&entry, 80, &pods, "other").is_empty());
+    }
+}
