@@ -6,7 +6,7 @@
 #   3. both images built from this checkout and `kind load`ed;
 #   4. the chart installed (in-cluster Redis), the test namespace with the model PVC and the
 #      Redis URL Secret;
-#   5. `cargo test -p e2e -- --ignored` (e2e/tests/kind.rs).
+#   5. `NLU_E2E_BACKEND=kind cargo test -p e2e --test scenarios` (e2e/tests/scenarios.rs).
 # On failure it dumps objects, `kubectl describe` and logs into $NLU_E2E_ARTIFACTS.
 #
 # Needs: docker, kind, kubectl, helm, cargo. Environment (all optional):
@@ -208,5 +208,5 @@ redis_url=$(kubectl -n nlu-system get secret nlu-operator-redis -o jsonpath='{.d
 kubectl -n "$namespace" create secret generic nlu-redis --from-literal=url="$redis_url" \
   --dry-run=client -o yaml | kubectl apply -f -
 
-step "cargo test -p e2e -- --ignored"
-cargo test -p e2e -- --ignored --test-threads=1
+step "cargo test -p e2e --test scenarios (kind backend)"
+NLU_E2E_BACKEND=kind cargo test -p e2e --test scenarios -- --test-threads=1

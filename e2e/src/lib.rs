@@ -1,5 +1,6 @@
-//! End-to-end helpers for the kind suite: cluster access, waiting, tenants' tokens and HTTPS calls
-//! through the ingress. `e2e/run.sh` prepares the cluster these tests expect:
+//! End-to-end helpers: cluster access, waiting, tenants' tokens and HTTPS calls through the
+//! ingress, on either backend: the process cluster ([`process`], the default, run by
+//! `cargo test -p e2e`) or kind (`NLU_E2E_BACKEND=kind`, set by `e2e/run.sh`), which prepares:
 //! - the chart installed in `nlu-system`, ingress-nginx with its HTTPS port mapped to
 //!   `127.0.0.1:$NLU_E2E_HTTPS_PORT`, cert-manager with the ClusterIssuer [`CLUSTER_ISSUER`];
 //! - the namespace [`NAMESPACE`] with the PVC [`MODEL_CLAIM`] holding the UniNLU model folder
@@ -25,6 +26,8 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::sync::OnceCell;
 
+pub mod process;
+
 /// Namespace of the services and tenants under test.
 pub const NAMESPACE: &str = "nlu-e2e";
 /// cert-manager ClusterIssuer (a test CA) that signs the ingress certificates.
@@ -41,20 +44,28 @@ pub struct Cluster {
     https_port: u16,
 }
 
-/// A connection to the cluster of the current kubeconfig context (as `e2e/run.sh` sets it).
+/// A connection to the cluster of the selected backend: kind through the current kubeconfig
+/// context (as `e2e/run.sh` sets it), else the process cluster of this test process.
 /// One per test: every `#[tokio::test]` has its own runtime, and a client's background tasks
 /// die with the runtime that spawned them.
 pub async fn cluster() -> Cluster {
     // One crypto provider for kube's client and ours; an error means it is already installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client::try_default()
-        .await
-        .expect("no Kubernetes cluster configured: run the suite through e2e/run.sh");
-    let https_port = std::env::var("NLU_E2E_HTTPS_PORT")
-        .ok()
-        .map(|p| p.parse().expect("NLU_E2E_HTTPS_PORT must be a port number"))
-        .unwrap_or(8443);
-    Cluster { client, https_port }
+    if std::env::var("NLU_E2E_BACKEND").is_ok_and(|b| b == "kind") {
+        let client = Client::try_default()
+            .await
+            .expect("no Kubernetes cluster configured: run the suite through e2e/run.sh");
+        let https_port = std::env::var("NLU_E2E_HTTPS_PORT")
+            .ok()
+            .map(|p| p.parse().expect("NLU_E2E_HTTPS_PORT must be a port number"))
+            .unwrap_or(8443);
+        return Cluster { client, https_port };
+    }
+    let backend = process::backend().await;
+    Cluster {
+        client: backend.cluster.client(),
+        https_port: backend.cluster.ingress_address().port(),
+    }
 }
 
 impl Cluster {
@@ -369,7 +380,10 @@ impl Https {
 /// A UniNLU request: the first fixture case when `NLU_E2E_EXPECTED` names the fixture's
 /// `expected.json` (then the answer must equal its output), else a plain NER request.
 pub fn predict_case() -> anyhow::Result<(serde_json::Value, Option<serde_json::Value>)> {
-    predict_case_from(std::env::var("NLU_E2E_EXPECTED").ok().as_deref())
+    let expected = std::env::var("NLU_E2E_EXPECTED")
+        .ok()
+        .or_else(process::fixture_expected);
+    predict_case_from(expected.as_deref())
 }
 
 fn predict_case_from(

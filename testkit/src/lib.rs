@@ -23,6 +23,7 @@ mod redis;
 mod skip;
 #[cfg(feature = "apiserver")]
 mod stand_in;
+mod watchdog;
 
 #[cfg(feature = "apiserver")]
 pub use apiserver::{api_server, ApiServer};
@@ -31,3 +32,4 @@ pub use cluster::{workspace_binary, ClusterOptions, PodInfo, ProcessCluster};
 #[cfg(feature = "apiserver")]
 pub use proxy::{Call, ClusterProxy, RecordedRequest};
 pub use redis::RedisServer;
+pub use watchdog::kill_when_this_process_ends;

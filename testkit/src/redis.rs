@@ -117,19 +117,7 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server could not be started");
-        // The watchdog outlives the test by design, so nobody waits for it.
-        #[allow(clippy::zombie_processes)]
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "while kill -0 {} 2>/dev/null; do sleep 1; done; kill {} 2>/dev/null",
-                std::process::id(),
-                child.id()
-            ))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("sh for the redis watchdog");
+        crate::watchdog::kill_when_this_process_ends(child.id());
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {

@@ -9,7 +9,9 @@
 //! test's user with path mapping instead of mounts (see [`pod_plan`]), no cgroup limits, no
 //! `securityContext`. ReplicaSets are not modelled (pods belong to their Deployment).
 
+mod gc;
 mod hub;
+mod ingress;
 mod kubelet;
 mod pod_plan;
 mod pod_runtime;
@@ -59,6 +61,7 @@ pub struct ProcessCluster {
     proxy_url: String,
     kubeconfig: PathBuf,
     hub: String,
+    ingress: SocketAddr,
     pods: kubelet::PodTable,
     services: services::ServiceTable,
     root: PathBuf,
@@ -105,22 +108,35 @@ impl ProcessCluster {
                         },
                     };
                     let kubelet = kubelet::Kubelet::new(proxy.client(), config, table.clone());
+                    let (front, ingress) = ingress::IngressFront::start(
+                        proxy.client(),
+                        Arc::new(ingress::TestCa::new()),
+                        service_table.clone(),
+                        table.clone(),
+                    )
+                    .await;
                     let balancers =
                         services::LoadBalancers::new(proxy.client(), table, service_table);
-                    let _ = ready.send((proxy.url(), hub));
+                    let _ = ready.send((proxy.url(), hub, ingress));
                     // The proxy lives as long as this runtime: for the rest of the process.
                     let _proxy = proxy;
-                    tokio::join!(kubelet.run(), balancers.run());
+                    tokio::join!(
+                        kubelet.run(),
+                        balancers.run(),
+                        front.run(),
+                        gc::run(_proxy.client())
+                    );
                 });
             })
             .expect("cluster thread");
-        let (proxy_url, hub) = started.recv().expect("the process cluster started");
+        let (proxy_url, hub, ingress) = started.recv().expect("the process cluster started");
         let kubeconfig = options.root.join("kubeconfig");
         std::fs::write(&kubeconfig, kubeconfig_text(&proxy_url)).expect("kubeconfig");
         Some(ProcessCluster {
             proxy_url,
             kubeconfig,
             hub,
+            ingress,
             pods,
             services,
             root: options.root,
@@ -136,6 +152,11 @@ impl ProcessCluster {
     /// A kubeconfig for `kubectl` and `nlu-operator` (plain HTTP to the cluster's API).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// The HTTPS Ingress front (`127.0.0.1:PORT`; hosts are told apart by SNI and `Host`).
+    pub fn ingress_address(&self) -> SocketAddr {
+        self.ingress
     }
 
     /// The model hub's URL.

@@ -1,6 +1,8 @@
-//! The end-to-end suite: a real cluster (kind, prepared by `e2e/run.sh`), the operator installed
-//! by the chart, real tokens, real HTTPS through ingress-nginx with a cert-manager certificate.
-//! Run: `e2e/run.sh` (it runs `cargo test -p e2e -- --ignored --test-threads=1`).
+//! The end-to-end scenarios, one body for both backends (`e2e::cluster`): the process cluster
+//! (`cargo test -p e2e`, in CI: the operator and the servers as their own processes, the
+//! testkit's kubelet, Service and Ingress fronts, a real redis-server) and kind (`e2e/run.sh`:
+//! the chart-installed operator, ingress-nginx with a cert-manager certificate). Real tokens,
+//! real HTTPS through the ingress either way.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,6 @@ use nlu_crds::{NluService, Tenant};
 const PREDICT: &str = "/api/predict";
 
 #[tokio::test]
-#[ignore = "needs a kind cluster"]
 async fn uninlu_service_becomes_ready_with_url_and_replicas() {
     let cluster = ready_service().await.unwrap();
     let svc = cluster.api::<NluService>().get(SERVICE).await.unwrap();
@@ -34,7 +35,6 @@ async fn uninlu_service_becomes_ready_with_url_and_replicas() {
 }
 
 #[tokio::test]
-#[ignore = "needs a kind cluster"]
 async fn tenant_token_calls_predict_through_the_https_ingress() {
     let cluster = ready_service().await.unwrap();
     let token = tenant_with_token(&tenant("alpha", &[SERVICE], &["predict"], 0))
@@ -68,7 +68,6 @@ async fn tenant_token_calls_predict_through_the_https_ingress() {
 }
 
 #[tokio::test]
-#[ignore = "needs a kind cluster"]
 async fn request_without_a_token_is_401() {
     let cluster = ready_service().await.unwrap();
     let https = cluster
@@ -89,7 +88,6 @@ async fn request_without_a_token_is_401() {
 }
 
 #[tokio::test]
-#[ignore = "needs a kind cluster"]
 async fn another_tenants_service_and_ungranted_operations_are_refused() {
     let cluster = ready_service().await.unwrap();
     let https = cluster
@@ -120,7 +118,6 @@ async fn another_tenants_service_and_ungranted_operations_are_refused() {
 }
 
 #[tokio::test]
-#[ignore = "needs a kind cluster"]
 async fn quota_exceeded_is_429_with_retry_after() {
     let cluster = ready_service().await.unwrap();
     let https = cluster
@@ -173,7 +170,6 @@ async fn quota_exceeded_is_429_with_retry_after() {
 }
 
 #[tokio::test]
-#[ignore = "needs a kind cluster"]
 async fn suspending_a_tenant_blocks_it_within_seconds() {
     let cluster = ready_service().await.unwrap();
     let https = cluster
@@ -224,7 +220,6 @@ async fn suspending_a_tenant_blocks_it_within_seconds() {
 }
 
 #[tokio::test]
-#[ignore = "needs a kind cluster"]
 async fn hpa_owns_scaling_within_the_spec_bounds() {
     let cluster = ready_service().await.unwrap();
     let hpa = cluster
@@ -247,7 +242,6 @@ async fn hpa_owns_scaling_within_the_spec_bounds() {
 }
 
 #[tokio::test]
-#[ignore = "needs a kind cluster"]
 async fn deleting_an_nluservice_removes_its_children() {
     let cluster = cluster().await;
     let name = "doomed";

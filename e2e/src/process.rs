@@ -1,0 +1,122 @@
+//! The process-cluster backend of the suite (the default; `NLU_E2E_BACKEND=kind` selects kind):
+//! one [`ProcessCluster`] per test process with what `e2e/run.sh` prepares on kind (the model
+//! claim, the namespace's Redis URL Secret), a real `redis-server`, and `nlu-operator run` as
+//! its own process against the cluster's API (as the chart would run it).
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::PostParams;
+use kube::Api;
+use tokio::sync::OnceCell;
+
+use nlu_testkit::{
+    kill_when_this_process_ends, workspace_binary, ClusterOptions, ProcessCluster, RedisServer,
+};
+
+use crate::{MODEL_CLAIM, MODEL_PATH, NAMESPACE};
+
+/// Namespace of the operator (signing key, leader Lease).
+pub const OPERATOR_NAMESPACE: &str = "nlu-system";
+
+/// The cluster and what runs beside it, for the rest of the test process.
+pub struct Backend {
+    pub cluster: ProcessCluster,
+    pub redis: RedisServer,
+    pub root: PathBuf,
+}
+
+/// Starts the backend on first use.
+pub async fn backend() -> &'static Backend {
+    static BACKEND: OnceCell<Backend> = OnceCell::const_new();
+    BACKEND.get_or_init(start).await
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The fixture's expected outputs, when the process backend serves the fixture model (the
+/// default), as `e2e/run.sh` does on kind.
+pub fn fixture_expected() -> Option<String> {
+    let kind = std::env::var("NLU_E2E_BACKEND").is_ok_and(|b| b == "kind");
+    let own_model = std::env::var_os("NLU_E2E_MODEL_DIR").is_some();
+    (!kind && !own_model).then(|| {
+        let path = workspace().join("../shared/fixtures/uninlu-tiny/expected.json");
+        path.to_string_lossy().into_owned()
+    })
+}
+
+async fn start() -> Backend {
+    let root = workspace()
+        .join("target/e2e-process")
+        .join(std::process::id().to_string());
+    let _ = std::fs::remove_dir_all(&root);
+    let claim = root.join("claims").join(MODEL_CLAIM);
+    std::fs::create_dir_all(&claim).expect("claim folder");
+    let model = std::env::var_os("NLU_E2E_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("../shared/fixtures/uninlu-tiny/model"));
+    std::os::unix::fs::symlink(&model, claim.join(MODEL_PATH)).expect("model link");
+
+    let redis = RedisServer::start().expect("the e2e suite needs redis-server");
+    let mut options = ClusterOptions::new(root.join("cluster"));
+    options.images.insert(
+        "nlu-server".into(),
+        workspace_binary("nlu-server", "nlu-server"),
+    );
+    options.claims.insert(MODEL_CLAIM.into(), claim);
+    let cluster = ProcessCluster::start(options)
+        .expect("the process cluster needs the CRD API server (../shared/tools/crd-apiserver)");
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "nlu-redis", "namespace": NAMESPACE},
+        "stringData": {"url": redis.url()},
+    }))
+    .expect("a Secret");
+    Api::<Secret>::namespaced(cluster.client(), NAMESPACE)
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("the Redis URL Secret");
+    let backend = Backend {
+        cluster,
+        redis,
+        root,
+    };
+    backend.start_operator("operator");
+    backend
+}
+
+impl Backend {
+    /// Starts one more `nlu-operator run` (log in `{root}/{name}.log`); returns its process id.
+    pub fn start_operator(&self, name: &str) -> u32 {
+        let log = std::fs::File::create(self.root.join(format!("{name}.log"))).expect("log");
+        // Runs for the rest of the test process; the watchdog below ends it.
+        #[allow(clippy::zombie_processes)]
+        let child = Command::new(workspace_binary("nlu-operator", "nlu-operator"))
+            .args([
+                "run",
+                "--log-format",
+                "text",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--operator-namespace",
+                OPERATOR_NAMESPACE,
+                "--identity",
+                name,
+            ])
+            .args(["--redis-url", &self.redis.url()])
+            .env("KUBECONFIG", self.cluster.kubeconfig())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("nlu-operator starts");
+        kill_when_this_process_ends(child.id());
+        child.id()
+    }
+}
