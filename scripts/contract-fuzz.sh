@@ -90,7 +90,7 @@ fuzz embedding "$(start_server --model "$GTE" --task embedding)"
 "$BIN" keygen --out-dir "$WORK/keys" >/dev/null
 REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.log" 2>&1 &
-PIDS+=($!)
+echo "$!" >>"$PIDS"
 for _ in $(seq 1 100); do
     redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
     sleep 0.1
