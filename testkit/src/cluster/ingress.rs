@@ -12,7 +12,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -312,12 +313,24 @@ async fn forward(
         return Ok(plain(StatusCode::NOT_FOUND, "no ingress rule"));
     };
     let backends = backends(&route, &services, &pods);
-    let Some(backend) = pick(&backends) else {
+    if backends.is_empty() {
         return Ok(plain(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoint"));
-    };
-    Ok(pass_on(request, backend)
-        .await
-        .unwrap_or_else(|e| plain(StatusCode::BAD_GATEWAY, &e)))
+    }
+    // Round robin; a backend that refuses the connection is skipped for the next one, as
+    // ingress-nginx's `proxy_next_upstream error` does (a pod may stop between two passes).
+    let first = next_index();
+    for i in 0..backends.len() {
+        let backend = backends[(first + i) % backends.len()];
+        if let Ok(stream) = tokio::net::TcpStream::connect(backend).await {
+            return Ok(pass_on(request, stream)
+                .await
+                .unwrap_or_else(|e| plain(StatusCode::BAD_GATEWAY, &format!("{backend}: {e}"))));
+        }
+    }
+    Ok(plain(
+        StatusCode::BAD_GATEWAY,
+        "no endpoint accepted the connection",
+    ))
 }
 
 fn backends(route: &Route, services: &ServiceTable, pods: &PodTable) -> Vec<SocketAddr> {
@@ -337,18 +350,16 @@ fn backends(route: &Route, services: &ServiceTable, pods: &PodTable) -> Vec<Sock
         .unwrap_or_default()
 }
 
-/// Round robin over the backends of all routes.
-fn pick(backends: &[SocketAddr]) -> Option<SocketAddr> {
-    static NEXT: Mutex<usize> = Mutex::new(0);
-    if backends.is_empty() {
-        return None;
-    }
-    let mut next = NEXT.lock().unwrap();
-    *next = next.wrapping_add(1);
-    Some(backends[*next % backends.len()])
+/// A counter for round robin over the backends of all routes.
+fn next_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-async fn pass_on(request: Request<Incoming>, backend: SocketAddr) -> Result<Answer, String> {
+async fn pass_on(
+    request: Request<Incoming>,
+    stream: tokio::net::TcpStream,
+) -> Result<Answer, String> {
     let (mut parts, body) = request.into_parts();
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
     let path = parts
@@ -360,9 +371,6 @@ async fn pass_on(request: Request<Incoming>, backend: SocketAddr) -> Result<Answ
     parts
         .headers
         .insert("x-forwarded-proto", http::HeaderValue::from_static("https"));
-    let stream = tokio::net::TcpStream::connect(backend)
-        .await
-        .map_err(|e| format!("{backend}: {e}"))?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| e.to_string())?;

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{json, Value};
@@ -75,7 +74,7 @@ pub struct Kubelet {
     config: KubeletConfig,
     pods: Vec<RunningPod>,
     written: BTreeMap<(String, String), Value>,
-    next_ip: u32,
+    ips: IpPool,
     next_pod: u64,
     table: PodTable,
 }
@@ -105,8 +104,8 @@ impl Kubelet {
             config,
             pods: Vec::new(),
             written: BTreeMap::new(),
-            // 127.1.0.1 onwards: one loopback address per pod.
-            next_ip: u32::from(Ipv4Addr::new(127, 1, 0, 1)),
+            // One loopback address per pod.
+            ips: IpPool::from(Ipv4Addr::new(127, 1, 0, 1)),
             next_pod: 0,
             table,
         }
@@ -162,34 +161,36 @@ impl Kubelet {
     }
 
     async fn snapshot(&self) -> Result<Snapshot, kube::Error> {
-        let key = |m: &ObjectMeta| {
-            let text = |s: &Option<String>| s.clone().unwrap_or_default();
-            (text(&m.namespace), text(&m.name))
-        };
-        let config_maps = Api::<ConfigMap>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .map(|c| {
-                let data = pod_plan::config_map_data(&serde_json::to_value(&c).unwrap_or_default());
-                (key(&c.metadata), data)
-            })
-            .collect();
-        let secrets = Api::<Secret>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .map(|s| {
-                let data = pod_plan::secret_data(&serde_json::to_value(&s).unwrap_or_default());
-                (key(&s.metadata), data)
-            })
-            .collect();
         Ok(Snapshot {
-            config_maps,
-            secrets,
+            config_maps: self
+                .all_data::<ConfigMap, _>(pod_plan::config_map_data)
+                .await?,
+            secrets: self.all_data::<Secret, _>(pod_plan::secret_data).await?,
         })
+    }
+
+    /// (namespace, name) -> `data` of every object of kind `K`, decoded by `decode`.
+    async fn all_data<K, D>(
+        &self,
+        decode: fn(&Value) -> D,
+    ) -> Result<BTreeMap<(String, String), D>, kube::Error>
+    where
+        K: kube::Resource<DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        Ok(Api::<K>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|o| {
+                let key = (o.namespace().unwrap_or_default(), o.name_any());
+                (key, decode(&serde_json::to_value(&o).unwrap_or_default()))
+            })
+            .collect())
     }
 
     async fn sync_deployment(
@@ -210,16 +211,7 @@ impl Kubelet {
         for pod in self.pods.iter_mut().filter(|p| p.owner_uid == uid) {
             pod.advance(&self.config, snapshot);
         }
-        let views: Vec<PodView> = self
-            .pods
-            .iter()
-            .filter(|p| p.owner_uid == uid)
-            .map(|p| PodView {
-                name: p.name.clone(),
-                template_hash: p.hash.clone(),
-                ready: p.state_ready(),
-            })
-            .collect();
+        let views = self.views(&uid);
         for step in rollout::next_steps(desired, limits, &hash, &views) {
             match step {
                 Step::Create => {
@@ -232,16 +224,7 @@ impl Kubelet {
         for pod in self.pods.iter_mut().filter(|p| p.owner_uid == uid) {
             pod.write_status(&self.client).await?;
         }
-        let views: Vec<PodView> = self
-            .pods
-            .iter()
-            .filter(|p| p.owner_uid == uid)
-            .map(|p| PodView {
-                name: p.name.clone(),
-                template_hash: p.hash.clone(),
-                ready: p.state_ready(),
-            })
-            .collect();
+        let views = self.views(&uid);
         let generation = deployment.metadata.generation.unwrap_or(0);
         let status = rollout::status(desired, limits.1, &hash, generation, &views, &now());
         let key = (ns.clone(), name.clone());
@@ -258,6 +241,19 @@ impl Kubelet {
         Ok(())
     }
 
+    /// The pods of the Deployment with `uid`, as the rollout sees them.
+    fn views(&self, uid: &str) -> Vec<PodView> {
+        self.pods
+            .iter()
+            .filter(|p| p.owner_uid == uid)
+            .map(|p| PodView {
+                name: p.name.clone(),
+                template_hash: p.hash.clone(),
+                ready: p.state_ready(),
+            })
+            .collect()
+    }
+
     async fn create_pod(
         &mut self,
         deployment: &Deployment,
@@ -268,7 +264,7 @@ impl Kubelet {
         let ns = deployment.namespace().unwrap_or_default();
         self.next_pod += 1;
         let name = format!("{}-{hash}-{}", deployment.name_any(), self.next_pod);
-        let ip = self.allocate_ip();
+        let ip = self.ips.next();
         let mut labels: BTreeMap<String, String> =
             serde_json::from_value(template["metadata"]["labels"].clone()).unwrap_or_default();
         labels.insert("pod-template-hash".into(), hash.into());
@@ -329,16 +325,6 @@ impl Kubelet {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
             Err(e) => Err(e),
-        }
-    }
-
-    fn allocate_ip(&mut self) -> Ipv4Addr {
-        loop {
-            let ip = Ipv4Addr::from(self.next_ip);
-            self.next_ip += 1;
-            if !matches!(ip.octets()[3], 0 | 255) {
-                return ip;
-            }
         }
     }
 
@@ -515,6 +501,27 @@ fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) -> std::io::Result
         }
     }
     Ok(())
+}
+
+/// Loopback addresses handed out in order from a start address, skipping .0 and .255.
+pub struct IpPool(u32);
+
+impl From<Ipv4Addr> for IpPool {
+    fn from(first: Ipv4Addr) -> IpPool {
+        IpPool(u32::from(first))
+    }
+}
+
+impl IpPool {
+    pub fn next(&mut self) -> Ipv4Addr {
+        loop {
+            let ip = Ipv4Addr::from(self.0);
+            self.0 += 1;
+            if !matches!(ip.octets()[3], 0 | 255) {
+                return ip;
+            }
+        }
+    }
 }
 
 /// A stable hash of the pod template (the `pod-template-hash` label).

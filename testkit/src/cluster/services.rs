@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use super::kubelet::{PodInfo, PodTable};
+use super::kubelet::{IpPool, PodInfo, PodTable};
 
 /// (namespace, name) -> the Service's loopback address and its ports (port -> target).
 pub type ServiceTable = Arc<Mutex<BTreeMap<(String, String), ServiceEntry>>>;
@@ -63,7 +63,7 @@ pub struct LoadBalancers {
     pods: PodTable,
     table: ServiceTable,
     listeners: BTreeMap<(String, String), Vec<JoinHandle<()>>>,
-    next_ip: u32,
+    ips: IpPool,
 }
 
 impl LoadBalancers {
@@ -73,7 +73,8 @@ impl LoadBalancers {
             pods,
             table,
             listeners: BTreeMap::new(),
-            next_ip: u32::from(Ipv4Addr::new(127, 2, 0, 1)),
+            // Service addresses: 127.2.x.y (pods have 127.1.x.y).
+            ips: IpPool::from(Ipv4Addr::new(127, 2, 0, 1)),
         }
     }
 
@@ -129,7 +130,7 @@ impl LoadBalancers {
             self.stop(&key);
             let ip = match current {
                 Some(c) if c.uid == uid => c.ip,
-                _ => self.allocate_ip(),
+                _ => self.ips.next(),
             };
             let entry = ServiceEntry {
                 ip,
@@ -171,16 +172,6 @@ impl LoadBalancers {
     fn stop(&mut self, key: &(String, String)) {
         for handle in self.listeners.remove(key).into_iter().flatten() {
             handle.abort();
-        }
-    }
-
-    fn allocate_ip(&mut self) -> Ipv4Addr {
-        loop {
-            let ip = Ipv4Addr::from(self.next_ip);
-            self.next_ip += 1;
-            if !matches!(ip.octets()[3], 0 | 255) {
-                return ip;
-            }
         }
     }
 }
