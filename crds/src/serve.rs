@@ -140,6 +140,8 @@ pub struct ServeFlags {
     pub max_queue: Option<i32>,
     /// `None`: `--auth none`.
     pub jwt: Option<JwtFlags>,
+    /// The Ingress path the server is published under, when not `/`.
+    pub path_prefix: Option<String>,
     pub playground: bool,
 }
 
@@ -191,6 +193,7 @@ impl ServeFlags {
                 );
             }
         }
+        flag("path-prefix", self.path_prefix.clone());
         if !self.playground {
             args.push("--no-playground".into());
         }
@@ -229,12 +232,13 @@ mod tests {
                 redis_prefix: "nlu".into(),
                 redis_failure_policy: FailurePolicy::FailOpen,
             }),
+            path_prefix: Some("/gte".into()),
             playground: false,
         };
         let expected = "serve --model /models --task embedding --listen 0.0.0.0:8080 \
             --log-format json --pooling mean --max-batch-requests 8 --auth jwt \
             --jwks /etc/nlu/jwks/jwks.json --service-id ns/svc --redis-prefix nlu \
-            --redis-failure-policy fail-open --no-playground";
+            --redis-failure-policy fail-open --path-prefix /gte --no-playground";
         assert_eq!(flags.to_args().join(" "), expected);
     }
 }

@@ -295,7 +295,9 @@ pub async fn tenant_with_token(tenant: &Tenant) -> anyhow::Result<String> {
     cluster.tenant_token(&name).await
 }
 
-/// HTTPS to one ingress host, resolved to the kind node's mapped port on 127.0.0.1.
+/// HTTPS to one ingress host, resolved to the ingress port on 127.0.0.1 (kind's mapped port or
+/// the process cluster's front).
+#[derive(Clone)]
 pub struct Https {
     config: Arc<rustls::ClientConfig>,
     host: String,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use e2e::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams};
@@ -292,4 +292,202 @@ async fn children_present(cluster: &Cluster, name: &str) -> kube::Result<[bool; 
             .await?
             .is_some(),
     ])
+}
+
+/// Calls /api/predict until it answers `status` (within `secs`), and returns that answer.
+async fn answers(https: &Https, token: Option<&str>, status: u16, secs: u64) -> Answer {
+    let (request, _) = predict_case().unwrap();
+    wait_for(
+        &format!("a {status} from {PREDICT}"),
+        Duration::from_secs(secs),
+        || async {
+            let answer = https.post(PREDICT, token, &request).await?;
+            Ok((answer.status == status).then_some(answer))
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn usage_shows_in_the_tenant_status() {
+    let cluster = ready_service().await.unwrap();
+    let https = cluster
+        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
+        .await
+        .unwrap();
+    let token = tenant_with_token(&tenant("zeta", &[SERVICE], &["predict"], 0))
+        .await
+        .unwrap();
+    answers(&https, Some(&token), 200, 30).await;
+    answers(&https, Some(&token), 200, 5).await;
+    // The operator refreshes usage at most once a minute.
+    let usage = wait_for("usage in the status", Duration::from_secs(90), || async {
+        let status = cluster.api::<Tenant>().get("zeta").await?.status;
+        Ok(status.and_then(|s| s.usage).filter(|u| u.requests >= 2))
+    })
+    .await
+    .unwrap();
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert_eq!(usage.date, today, "{usage:?}");
+}
+
+#[tokio::test]
+async fn raising_the_generation_revokes_every_older_token() {
+    let cluster = ready_service().await.unwrap();
+    let https = cluster
+        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
+        .await
+        .unwrap();
+    let old = tenant_with_token(&tenant("eta", &[SERVICE], &["predict"], 0))
+        .await
+        .unwrap();
+    answers(&https, Some(&old), 200, 30).await;
+
+    let patch = serde_json::json!({"spec": {"token": {"generation": 2}}});
+    cluster
+        .api::<Tenant>()
+        .patch("eta", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let refused = answers(&https, Some(&old), 401, 30).await;
+    assert_eq!(
+        refused.error_code(),
+        Some("invalid_token"),
+        "{}",
+        refused.body
+    );
+    let new = wait_for("a new token", Duration::from_secs(30), || async {
+        let token = cluster.tenant_token("eta").await?;
+        Ok((token != old).then_some(token))
+    })
+    .await
+    .unwrap();
+    answers(&https, Some(&new), 200, 30).await;
+}
+
+#[tokio::test]
+async fn deleting_a_tenant_removes_its_secret_and_its_access() {
+    let cluster = ready_service().await.unwrap();
+    let https = cluster
+        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
+        .await
+        .unwrap();
+    let token = tenant_with_token(&tenant("theta", &[SERVICE], &["predict"], 0))
+        .await
+        .unwrap();
+    answers(&https, Some(&token), 200, 30).await;
+
+    cluster.delete::<Tenant>("theta").await.unwrap();
+    wait_for(
+        "Tenant theta and its Secret gone",
+        Duration::from_secs(60),
+        || async {
+            let tenant = cluster.api::<Tenant>().get_opt("theta").await?;
+            let secret = cluster.api::<Secret>().get_opt("theta-token").await?;
+            Ok((tenant.is_none() && secret.is_none()).then_some(()))
+        },
+    )
+    .await
+    .unwrap();
+    // The token still verifies; only its Redis record could refuse it.
+    let refused = answers(&https, Some(&token), 403, 10).await;
+    assert_eq!(
+        refused.error_code(),
+        Some("unknown_tenant"),
+        "{}",
+        refused.body
+    );
+}
+
+#[tokio::test]
+async fn a_spec_change_rolls_the_pods_without_a_failed_request() {
+    let cluster = cluster().await;
+    let (name, host, tls) = ("rolling", "rolling.nlu-e2e.test", "rolling-tls");
+    cluster
+        .apply(&uninlu_service(name, host, tls))
+        .await
+        .unwrap();
+    let token = tenant_with_token(&tenant("iota", &[name], &["predict"], 0))
+        .await
+        .unwrap();
+    let https = cluster.https(host, tls).await.unwrap();
+    answers(&https, Some(&token), 200, 180).await;
+    let deployment = cluster.api::<Deployment>().get(name).await.unwrap();
+    let before = deployment.metadata.generation.unwrap();
+
+    // A client that retries 503 (no ready pod) as clients of a rolling service do.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (https, token, done) = (https.clone(), token.clone(), done.clone());
+        tokio::spawn(async move {
+            let (request, _) = predict_case().unwrap();
+            let mut answered = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let answer = https.post(PREDICT, Some(&token), &request).await;
+                match answer {
+                    Ok(a) if a.status == 200 => answered += 1,
+                    Ok(a) if a.status == 503 => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    Ok(a) => panic!("a failed request during the roll: {} {}", a.status, a.body),
+                    Err(e) => panic!("a failed request during the roll: {e}"),
+                }
+            }
+            answered
+        })
+    };
+    let patch = serde_json::json!({"spec": {"batching": {"maxQueue": 100}}});
+    cluster
+        .api::<NluService>()
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_for("the roll complete", Duration::from_secs(180), || async {
+        let d = cluster.api::<Deployment>().get(name).await?;
+        let status = d.status.unwrap_or_default();
+        let rolled = d.metadata.generation > Some(before)
+            && status.observed_generation == d.metadata.generation
+            && status.updated_replicas == Some(MIN_REPLICAS)
+            && status.ready_replicas == Some(MIN_REPLICAS)
+            && status.replicas == Some(MIN_REPLICAS);
+        Ok(rolled.then_some(()))
+    })
+    .await
+    .unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let answered = client.await.expect("no failed request");
+    assert!(answered > 0, "the client was answered during the roll");
+    cluster.delete::<NluService>(name).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_service_published_under_an_ingress_path_answers_there() {
+    let cluster = cluster().await;
+    let (name, host, tls) = ("prefixed", "prefixed.nlu-e2e.test", "prefixed-tls");
+    let mut svc = uninlu_service(name, host, tls);
+    svc.spec.ingress.as_mut().unwrap().path = Some("/uninlu".into());
+    cluster.apply(&svc).await.unwrap();
+    let token = tenant_with_token(&tenant("kappa", &[name], &["predict"], 0))
+        .await
+        .unwrap();
+    let https = cluster.https(host, tls).await.unwrap();
+    let (request, _) = predict_case().unwrap();
+    // The status URL names the path, and the server answers under it.
+    let url = wait_for("the status URL", Duration::from_secs(180), || async {
+        let status = cluster.api::<NluService>().get(name).await?.status;
+        Ok(status.and_then(|s| s.url))
+    })
+    .await
+    .unwrap();
+    assert_eq!(url, format!("https://{host}/uninlu"));
+    wait_for("a 200 under /uninlu", Duration::from_secs(180), || async {
+        let answer = https
+            .post("/uninlu/api/predict", Some(&token), &request)
+            .await?;
+        Ok((answer.status == 200).then_some(answer))
+    })
+    .await
+    .unwrap();
+    cluster.delete::<NluService>(name).await.unwrap();
 }

@@ -84,6 +84,11 @@ pub struct ServeArgs {
     #[arg(long, env = "NLU_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// Path under which an Ingress publishes this server (e.g. /uninlu): stripped from request
+    /// paths before routing, so /uninlu/api/predict is /api/predict; paths without it work too.
+    #[arg(long, env = "NLU_PATH_PREFIX", value_parser = parse_path_prefix)]
+    pub path_prefix: Option<String>,
+
     /// Do not serve the playground page at / (e.g. behind an internet-facing ingress).
     #[arg(long, env = "NLU_NO_PLAYGROUND")]
     pub no_playground: bool,
@@ -203,6 +208,15 @@ pub struct DownloadArgs {
     pub modelscope_endpoint: Option<String>,
 }
 
+/// `/segment[/...]`, without a trailing slash.
+fn parse_path_prefix(value: &str) -> Result<String, String> {
+    let trimmed = value.trim_end_matches('/');
+    if !value.starts_with('/') || value.contains("..") || value.contains(['?', '#']) {
+        return Err(format!("{value:?} must be a path such as /uninlu"));
+    }
+    Ok(trimmed.to_owned())
+}
+
 impl BatchingArgs {
     /// Rejects settings under which no batch could ever form.
     pub fn validate(&self) -> Result<(), String> {
@@ -238,6 +252,21 @@ mod tests {
         assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(args.batching.max_batch_requests, 32);
         assert!(args.batching.validate().is_ok());
+    }
+
+    #[test]
+    fn path_prefixes_are_absolute_paths_without_a_trailing_slash() {
+        let parse = |prefix: &str| {
+            let argv = ["nlu-server", "serve", "--model", "m", "--task", "uninlu", "--path-prefix", prefix];
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Serve(args) => args.path_prefix,
+                _ => panic!("expected serve"),
+            })
+        };
+        assert_eq!(parse("/uninlu/").unwrap().as_deref(), Some("/uninlu"));
+        assert_eq!(parse("/a/b").unwrap().as_deref(), Some("/a/b"));
+        assert!(parse("uninlu").is_err());
+        assert!(parse("/a/../b").is_err());
     }
 
     #[test]

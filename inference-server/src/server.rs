@@ -40,6 +40,7 @@ pub async fn serve(
         Some(auth) => auth.protect(api),
         None => api,
     });
+    let app = http::path_prefix::strip(app, args.path_prefix.as_deref());
     let drain_delay = Duration::from_millis(args.shutdown_delay_millis);
 
     let loading = tokio::task::spawn_blocking({

@@ -5,6 +5,7 @@ pub mod embeddings;
 pub mod errors;
 pub mod health;
 pub mod openapi;
+pub mod path_prefix;
 pub mod playground;
 pub mod predict;
 pub mod router;

@@ -23,7 +23,10 @@ fn snapshot_objects() -> Vec<(String, Value)> {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 4, "expected the operator's snapshots, found {files:?}");
+    assert!(
+        files.len() >= 4,
+        "expected the operator's snapshots, found {files:?}"
+    );
     let mut objects = Vec::new();
     for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
@@ -69,12 +72,19 @@ fn env_as_args(container: &Value) -> Vec<String> {
     let mut args = Vec::new();
     for env in container["env"].as_array().into_iter().flatten() {
         let name = env["name"].as_str().unwrap();
-        let Some(arg) = serve.get_arguments().find(|a| a.get_env().is_some_and(|e| e == name))
+        let Some(arg) = serve
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == name))
         else {
             panic!("the server reads no flag from {name}");
         };
         args.push(format!("--{}", arg.get_long().unwrap()));
-        args.push(env["value"].as_str().unwrap_or("redis://from-secret:6379/0").to_owned());
+        args.push(
+            env["value"]
+                .as_str()
+                .unwrap_or("redis://from-secret:6379/0")
+                .to_owned(),
+        );
     }
     args
 }
@@ -97,7 +107,10 @@ fn every_operator_deployment_parses_with_the_server_command_line() {
             });
             if let Command::Serve(serve) = cli.command {
                 serves += 1;
-                serve.batching.validate().unwrap_or_else(|e| panic!("{file}: {e}"));
+                serve
+                    .batching
+                    .validate()
+                    .unwrap_or_else(|e| panic!("{file}: {e}"));
             }
         }
     }
@@ -119,7 +132,10 @@ fn every_environment_variable_the_operator_sets_is_read_by_the_server() {
         for container in containers(deployment) {
             for env in container["env"].as_array().into_iter().flatten() {
                 let name = env["name"].as_str().unwrap();
-                assert!(read.iter().any(|r| r == name), "{file}: the server does not read {name}");
+                assert!(
+                    read.iter().any(|r| r == name),
+                    "{file}: the server does not read {name}"
+                );
                 seen += 1;
             }
         }

@@ -233,6 +233,12 @@ pub fn serve_args(svc: &NluService, cfg: &OperatorConfig) -> Vec<String> {
         max_wait_millis: batching.max_wait_millis,
         max_queue: batching.max_queue,
         jwt,
+        // The Ingress passes its path on: the server strips it (a bare `/` needs nothing).
+        path_prefix: spec
+            .ingress
+            .as_ref()
+            .and_then(|i| i.path.clone())
+            .filter(|p| p.trim_end_matches('/') != ""),
         playground: playground_on(spec),
     }
     .to_args()
