@@ -15,6 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{HeaderMap, StatusCode};
 use hyper_util::rt::TokioIo;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client, Resource};
@@ -42,6 +43,14 @@ const MANAGER: &str = "nlu-e2e";
 pub struct Cluster {
     pub client: Client,
     https_port: u16,
+    backend: BackendKind,
+}
+
+/// Where the suite runs (see [`cluster`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Kind,
+    Process,
 }
 
 /// A connection to the cluster of the selected backend: kind through the current kubeconfig
@@ -59,12 +68,17 @@ pub async fn cluster() -> Cluster {
             .ok()
             .map(|p| p.parse().expect("NLU_E2E_HTTPS_PORT must be a port number"))
             .unwrap_or(8443);
-        return Cluster { client, https_port };
+        return Cluster {
+            client,
+            https_port,
+            backend: BackendKind::Kind,
+        };
     }
     let backend = process::backend().await;
     Cluster {
         client: backend.cluster.client(),
         https_port: backend.cluster.ingress_address().port(),
+        backend: BackendKind::Process,
     }
 }
 
@@ -116,6 +130,68 @@ impl Cluster {
             Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Deletes Tenant `name` if it exists and waits until it is gone (past the operator's
+    /// finalizer).
+    pub async fn remove_tenant(&self, name: &str) -> anyhow::Result<()> {
+        self.delete::<Tenant>(name).await?;
+        wait_for(
+            &format!("old Tenant {name} gone"),
+            Duration::from_secs(60),
+            || async {
+                Ok(self
+                    .api::<Tenant>()
+                    .get_opt(name)
+                    .await?
+                    .is_none()
+                    .then_some(()))
+            },
+        )
+        .await
+    }
+
+    /// Stops every operator replica and waits until none runs: on kind the chart's
+    /// Deployment `nlu-system/nlu-operator` scaled to 0, on the process cluster its process.
+    pub async fn stop_operator(&self) -> anyhow::Result<()> {
+        match self.backend {
+            BackendKind::Process => process::backend().await.stop_operator(),
+            BackendKind::Kind => self.scale_operator(0).await,
+        }
+    }
+
+    /// Starts the operator again (one replica) and waits until it runs.
+    pub async fn start_operator(&self) -> anyhow::Result<()> {
+        match self.backend {
+            BackendKind::Process => {
+                process::backend().await.start_operator("operator");
+                Ok(())
+            }
+            BackendKind::Kind => self.scale_operator(1).await,
+        }
+    }
+
+    async fn scale_operator(&self, replicas: i32) -> anyhow::Result<()> {
+        let api: Api<Deployment> =
+            Api::namespaced(self.client.clone(), process::OPERATOR_NAMESPACE);
+        let patch = serde_json::json!({"spec": {"replicas": replicas}});
+        api.patch(
+            "nlu-operator",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+        wait_for(
+            &format!("the operator at {replicas} ready replicas"),
+            Duration::from_secs(120),
+            || async {
+                let status = api.get("nlu-operator").await?.status.unwrap_or_default();
+                let ready = status.ready_replicas.unwrap_or(0);
+                let total = status.replicas.unwrap_or(0);
+                Ok((ready == replicas && total == replicas).then_some(()))
+            },
+        )
+        .await
     }
 
     /// The tenant's current token, once the operator has issued it.
@@ -277,20 +353,7 @@ pub async fn tenant_with_token(tenant: &Tenant) -> anyhow::Result<String> {
         .clone()
         .context("tenant without a name")?;
     // A fresh record per run: a leftover tenant would carry yesterday's counters and token.
-    cluster.delete::<Tenant>(&name).await?;
-    wait_for(
-        &format!("old Tenant {name} gone"),
-        Duration::from_secs(60),
-        || async {
-            Ok(cluster
-                .api::<Tenant>()
-                .get_opt(&name)
-                .await?
-                .is_none()
-                .then_some(()))
-        },
-    )
-    .await?;
+    cluster.remove_tenant(&name).await?;
     cluster.apply(tenant).await?;
     cluster.tenant_token(&name).await
 }

@@ -4,7 +4,8 @@
 //! its own process against the cluster's API (as the chart would run it).
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::PostParams;
@@ -25,6 +26,8 @@ pub struct Backend {
     pub cluster: ProcessCluster,
     pub redis: RedisServer,
     pub root: PathBuf,
+    /// The running operator, if one runs.
+    operator: Mutex<Option<Child>>,
 }
 
 /// Starts the backend on first use.
@@ -83,17 +86,36 @@ async fn start() -> Backend {
         cluster,
         redis,
         root,
+        operator: Mutex::default(),
     };
     backend.start_operator("operator");
     backend
 }
 
 impl Backend {
-    /// Starts one more `nlu-operator run` (log in `{root}/{name}.log`); returns its process id.
+    /// SIGTERM to the running operator; returns once its process is gone.
+    pub fn stop_operator(&self) -> anyhow::Result<()> {
+        let Some(mut child) = self.operator.lock().unwrap().take() else {
+            return Ok(());
+        };
+        Command::new("kill").arg(child.id().to_string()).status()?;
+        for _ in 0..300 {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        child.kill()?;
+        anyhow::bail!("the operator did not stop within 30 s of SIGTERM (killed)")
+    }
+
+    /// Starts `nlu-operator run` (log appended to `{root}/{name}.log`); returns its process id.
     pub fn start_operator(&self, name: &str) -> u32 {
-        let log = std::fs::File::create(self.root.join(format!("{name}.log"))).expect("log");
-        // Runs for the rest of the test process; the watchdog below ends it.
-        #[allow(clippy::zombie_processes)]
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.root.join(format!("{name}.log")))
+            .expect("log");
         let child = Command::new(workspace_binary("nlu-operator", "nlu-operator"))
             .args([
                 "run",
@@ -117,6 +139,9 @@ impl Backend {
             .spawn()
             .expect("nlu-operator starts");
         kill_when_this_process_ends(child.id());
-        child.id()
+        let pid = child.id();
+        // Kept (and waited for by stop_operator); the watchdog ends it with the test process.
+        *self.operator.lock().unwrap() = Some(child);
+        pid
     }
 }

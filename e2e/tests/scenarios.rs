@@ -491,3 +491,32 @@ async fn a_service_published_under_an_ingress_path_answers_there() {
     .unwrap();
     cluster.delete::<NluService>(name).await.unwrap();
 }
+
+#[tokio::test]
+async fn an_operator_restart_loses_nothing() {
+    let cluster = ready_service().await.unwrap();
+    let https = cluster
+        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
+        .await
+        .unwrap();
+    let kept = tenant_with_token(&tenant("lambda", &[SERVICE], &["predict"], 0))
+        .await
+        .unwrap();
+    answers(&https, Some(&kept), 200, 30).await;
+    cluster.remove_tenant("mu").await.unwrap();
+
+    cluster.stop_operator().await.unwrap();
+    // Written while no operator runs: the next one must pick it up.
+    cluster
+        .apply(&tenant("mu", &[SERVICE], &["predict"], 0))
+        .await
+        .unwrap();
+    cluster.start_operator().await.unwrap();
+
+    let token = cluster.tenant_token("mu").await.unwrap();
+    answers(&https, Some(&token), 200, 30).await;
+    // What the first operator set up still holds.
+    answers(&https, Some(&kept), 200, 5).await;
+    let svc = cluster.api::<NluService>().get(SERVICE).await.unwrap();
+    assert!(condition_true(&svc.status.unwrap().conditions, "Ready"));
+}
