@@ -33,7 +33,7 @@ pub struct KubeletConfig {
     pub timing: Timing,
 }
 
-/// A pod as the other controllers of the cluster see it (Service endpoints, HPA).
+/// A pod as the other controllers of the cluster see it (Service and Ingress endpoints).
 #[derive(Clone, Debug)]
 pub struct PodInfo {
     pub namespace: String,
@@ -41,13 +41,8 @@ pub struct PodInfo {
     pub labels: BTreeMap<String, String>,
     pub ip: Ipv4Addr,
     pub ready: bool,
-    pub pids: Vec<u32>,
     /// Container ports by name.
     pub ports: BTreeMap<String, u16>,
-    /// CPU requested by the pod's containers, in millicores.
-    pub cpu_request_millis: u64,
-    /// Owning Deployment.
-    pub deployment: String,
 }
 
 /// The pods the kubelet runs, readable by the rest of the cluster.
@@ -57,7 +52,6 @@ struct RunningPod {
     namespace: String,
     name: String,
     owner_uid: String,
-    deployment: String,
     hash: String,
     labels: BTreeMap<String, String>,
     ip: Ipv4Addr,
@@ -73,7 +67,8 @@ pub struct Kubelet {
     client: Client,
     config: KubeletConfig,
     pods: Vec<RunningPod>,
-    written: BTreeMap<(String, String), Value>,
+    /// The last status written per Deployment uid (a status is written only when it changes).
+    written: BTreeMap<String, Value>,
     ips: IpPool,
     next_pod: u64,
     table: PodTable,
@@ -127,29 +122,16 @@ impl Kubelet {
             .await?
             .items;
         let snapshot = self.snapshot().await?;
-        // Garbage collection: pods whose Deployment (this incarnation of it) is gone.
-        let alive: Vec<(String, String, String)> = deployments
-            .iter()
-            .map(|d| {
-                (
-                    d.namespace().unwrap_or_default(),
-                    d.name_any(),
-                    d.uid().unwrap_or_default(),
-                )
-            })
-            .collect();
+        // Garbage collection: pods whose Deployment (this incarnation of it, by uid) is gone.
+        let alive: Vec<String> = deployments.iter().filter_map(|d| d.uid()).collect();
         let orphans: Vec<String> = self
             .pods
             .iter()
-            .filter(|p| {
-                !alive.contains(&(
-                    p.namespace.clone(),
-                    p.deployment.clone(),
-                    p.owner_uid.clone(),
-                ))
-            })
+            .filter(|p| !alive.contains(&p.owner_uid))
             .map(|p| p.name.clone())
             .collect();
+        // Statuses written for Deployments that are gone: a re-created one starts afresh.
+        self.written.retain(|uid, _| alive.contains(uid));
         for name in orphans {
             self.delete_pod(&name).await?;
         }
@@ -227,8 +209,7 @@ impl Kubelet {
         let views = self.views(&uid);
         let generation = deployment.metadata.generation.unwrap_or(0);
         let status = rollout::status(desired, limits.1, &hash, generation, &views, &now());
-        let key = (ns.clone(), name.clone());
-        if self.written.get(&key).map(without_times) != Some(without_times(&status)) {
+        if self.written.get(&uid).map(without_times) != Some(without_times(&status)) {
             Api::<Deployment>::namespaced(self.client.clone(), &ns)
                 .patch_status(
                     &name,
@@ -236,7 +217,7 @@ impl Kubelet {
                     &Patch::Merge(json!({"status": status})),
                 )
                 .await?;
-            self.written.insert(key, status);
+            self.written.insert(uid, status);
         }
         Ok(())
     }
@@ -291,7 +272,6 @@ impl Kubelet {
             namespace: ns,
             name,
             owner_uid: deployment.uid().unwrap_or_default(),
-            deployment: deployment.name_any(),
             hash: hash.to_owned(),
             labels,
             ip,
@@ -340,15 +320,12 @@ impl Kubelet {
                     labels: p.labels.clone(),
                     ip: p.ip,
                     ready: state.ready,
-                    pids: state.pids,
                     ports: p
                         .plan
                         .iter()
                         .flat_map(|plan| plan.containers.iter())
                         .flat_map(|c| c.ports.clone())
                         .collect(),
-                    cpu_request_millis: cpu_request_millis(&p.spec),
-                    deployment: p.deployment.clone(),
                 }
             })
             .collect();
@@ -531,24 +508,6 @@ fn template_hash(template: &Value) -> String {
     format!("{:08x}", hasher.finish() as u32)
 }
 
-fn cpu_request_millis(spec: &Value) -> u64 {
-    spec["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["resources"]["requests"]["cpu"].as_str())
-        .map(parse_cpu_millis)
-        .sum()
-}
-
-/// `"1"`, `"0.5"`, `"250m"` -> millicores.
-pub fn parse_cpu_millis(quantity: &str) -> u64 {
-    match quantity.strip_suffix('m') {
-        Some(m) => m.parse().unwrap_or(0),
-        None => (quantity.parse::<f64>().unwrap_or(0.0) * 1000.0) as u64,
-    }
-}
-
 fn without_times(status: &Value) -> Value {
     let mut status = status.clone();
     for c in status["conditions"].as_array_mut().into_iter().flatten() {
@@ -567,13 +526,6 @@ fn now() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_quantities() {
-        assert_eq!(parse_cpu_millis("1"), 1000);
-        assert_eq!(parse_cpu_millis("0.5"), 500);
-        assert_eq!(parse_cpu_millis("250m"), 250);
-    }
 
     #[test]
     fn file_volumes_follow_their_object() {

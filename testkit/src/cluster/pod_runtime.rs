@@ -26,8 +26,6 @@ pub struct PodState {
     pub restarts: u32,
     /// Why the pod is not running (e.g. `CrashLoopBackOff`), with a message.
     pub waiting: Option<(String, String)>,
-    /// Process ids of the running containers (for CPU readings).
-    pub pids: Vec<u32>,
 }
 
 /// A running pod; dropping it does not stop it, [`PodRuntime::terminate`] does.
@@ -134,8 +132,6 @@ async fn supervise(
                 }
             }
         };
-        let pid = child.id().unwrap_or(0);
-        state.lock().unwrap().pids.push(pid);
         let ended = tokio::select! {
             ended = watch_container(&spec, ip, timing, &state, &mut child) => ended,
             _ = stopped.changed() => {
@@ -143,7 +139,6 @@ async fn supervise(
                 let pre_stop = Duration::from_secs(spec.pre_stop_sleep_secs).min(timing.probe_period_cap);
                 tokio::time::sleep(pre_stop).await;
                 stop(&mut child, Duration::from_secs(grace_secs)).await;
-                state.lock().unwrap().pids.retain(|p| *p != pid);
                 return;
             }
         };
@@ -151,7 +146,6 @@ async fn supervise(
         let _ = child.wait().await;
         {
             let mut s = state.lock().unwrap();
-            s.pids.retain(|p| *p != pid);
             s.ready = false;
             s.started = false;
             s.restarts += 1;

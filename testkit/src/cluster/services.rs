@@ -218,10 +218,7 @@ mod tests {
             labels: BTreeMap::from([("app".into(), app.into())]),
             ip: Ipv4Addr::from(ip),
             ready,
-            pids: vec![],
             ports: BTreeMap::from([("http".into(), 8080)]),
-            cpu_request_millis: 0,
-            deployment: app.into(),
         }
     }
 
