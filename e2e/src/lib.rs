@@ -43,14 +43,21 @@ const MANAGER: &str = "nlu-e2e";
 pub struct Cluster {
     pub client: Client,
     https_port: u16,
-    backend: BackendKind,
 }
 
-/// Where the suite runs (see [`cluster`]).
+/// Where the suite runs: kind when `NLU_E2E_BACKEND=kind` (as `e2e/run.sh` sets it), else the
+/// process cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
     Kind,
     Process,
+}
+
+pub fn backend_kind() -> BackendKind {
+    match std::env::var("NLU_E2E_BACKEND") {
+        Ok(b) if b == "kind" => BackendKind::Kind,
+        _ => BackendKind::Process,
+    }
 }
 
 /// A connection to the cluster of the selected backend: kind through the current kubeconfig
@@ -60,7 +67,7 @@ pub enum BackendKind {
 pub async fn cluster() -> Cluster {
     // One crypto provider for kube's client and ours; an error means it is already installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    if std::env::var("NLU_E2E_BACKEND").is_ok_and(|b| b == "kind") {
+    if backend_kind() == BackendKind::Kind {
         let client = Client::try_default()
             .await
             .expect("no Kubernetes cluster configured: run the suite through e2e/run.sh");
@@ -68,17 +75,12 @@ pub async fn cluster() -> Cluster {
             .ok()
             .map(|p| p.parse().expect("NLU_E2E_HTTPS_PORT must be a port number"))
             .unwrap_or(8443);
-        return Cluster {
-            client,
-            https_port,
-            backend: BackendKind::Kind,
-        };
+        return Cluster { client, https_port };
     }
     let backend = process::backend().await;
     Cluster {
         client: backend.cluster.client(),
         https_port: backend.cluster.ingress_address().port(),
-        backend: BackendKind::Process,
     }
 }
 
@@ -154,7 +156,7 @@ impl Cluster {
     /// Stops every operator replica and waits until none runs: on kind the chart's
     /// Deployment `nlu-system/nlu-operator` scaled to 0, on the process cluster its process.
     pub async fn stop_operator(&self) -> anyhow::Result<()> {
-        match self.backend {
+        match backend_kind() {
             BackendKind::Process => process::backend().await.stop_operator(),
             BackendKind::Kind => self.scale_operator(0).await,
         }
@@ -162,7 +164,7 @@ impl Cluster {
 
     /// Starts the operator again (one replica) and waits until it runs.
     pub async fn start_operator(&self) -> anyhow::Result<()> {
-        match self.backend {
+        match backend_kind() {
             BackendKind::Process => {
                 process::backend().await.start_operator("operator");
                 Ok(())

@@ -43,7 +43,7 @@ fn workspace() -> PathBuf {
 /// The fixture's expected outputs, when the process backend serves the fixture model (the
 /// default), as `e2e/run.sh` does on kind.
 pub fn fixture_expected() -> Option<String> {
-    let kind = std::env::var("NLU_E2E_BACKEND").is_ok_and(|b| b == "kind");
+    let kind = crate::backend_kind() == crate::BackendKind::Kind;
     let own_model = std::env::var_os("NLU_E2E_MODEL_DIR").is_some();
     (!kind && !own_model).then(|| {
         let path = workspace().join("../shared/fixtures/uninlu-tiny/expected.json");
@@ -109,8 +109,8 @@ impl Backend {
         anyhow::bail!("the operator did not stop within 30 s of SIGTERM (killed)")
     }
 
-    /// Starts `nlu-operator run` (log appended to `{root}/{name}.log`); returns its process id.
-    pub fn start_operator(&self, name: &str) -> u32 {
+    /// Starts `nlu-operator run` (log appended to `{root}/{name}.log`).
+    pub fn start_operator(&self, name: &str) {
         let log = std::fs::File::options()
             .create(true)
             .append(true)
@@ -139,9 +139,7 @@ impl Backend {
             .spawn()
             .expect("nlu-operator starts");
         kill_when_this_process_ends(child.id());
-        let pid = child.id();
         // Kept (and waited for by stop_operator); the watchdog ends it with the test process.
         *self.operator.lock().unwrap() = Some(child);
-        pid
     }
 }

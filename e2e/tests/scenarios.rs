@@ -44,19 +44,10 @@ async fn tenant_token_calls_predict_through_the_https_ingress() {
         .https(SERVICE_HOST, SERVICE_TLS_SECRET)
         .await
         .unwrap();
-    let (request, expected) = predict_case().unwrap();
+    let (_, expected) = predict_case().unwrap();
 
     // The tenant record reaches Redis shortly after the token Secret: allow a few seconds.
-    let answer = wait_for(
-        "a 200 from /api/predict",
-        Duration::from_secs(30),
-        || async {
-            let answer = https.post(PREDICT, Some(&token), &request).await?;
-            Ok((answer.status == 200).then_some(answer))
-        },
-    )
-    .await
-    .unwrap();
+    let answer = answers(&https, Some(&token), 200, 30).await;
     let output = answer.body.get("output").expect("output in the answer");
     assert!(output.is_array(), "{}", answer.body);
     if let Some(expected) = expected {
@@ -130,16 +121,7 @@ async fn quota_exceeded_is_429_with_retry_after() {
         .await
         .unwrap();
 
-    let first = wait_for(
-        "the first call admitted",
-        Duration::from_secs(30),
-        || async {
-            let answer = https.post(PREDICT, Some(&token), &request).await?;
-            Ok((answer.status == 200).then_some(answer))
-        },
-    )
-    .await
-    .unwrap();
+    let first = answers(&https, Some(&token), 200, 30).await;
     assert_eq!(
         first
             .headers
@@ -176,15 +158,10 @@ async fn suspending_a_tenant_blocks_it_within_seconds() {
         .https(SERVICE_HOST, SERVICE_TLS_SECRET)
         .await
         .unwrap();
-    let (request, _) = predict_case().unwrap();
     let token = tenant_with_token(&tenant("epsilon", &[SERVICE], &["predict"], 0))
         .await
         .unwrap();
-    wait_for("the tenant admitted", Duration::from_secs(30), || async {
-        Ok((https.post(PREDICT, Some(&token), &request).await?.status == 200).then_some(()))
-    })
-    .await
-    .unwrap();
+    answers(&https, Some(&token), 200, 30).await;
 
     let suspended_at = Instant::now();
     let patch = serde_json::json!({"spec": {"suspended": true}});
@@ -193,12 +170,7 @@ async fn suspending_a_tenant_blocks_it_within_seconds() {
         .patch("epsilon", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    let answer = wait_for("403 tenant_suspended", Duration::from_secs(10), || async {
-        let answer = https.post(PREDICT, Some(&token), &request).await?;
-        Ok((answer.status == 403).then_some(answer))
-    })
-    .await
-    .unwrap();
+    let answer = answers(&https, Some(&token), 403, 10).await;
     assert_eq!(answer.error_code(), Some("tenant_suspended"));
     println!("suspension took effect after {:?}", suspended_at.elapsed());
 
@@ -208,15 +180,7 @@ async fn suspending_a_tenant_blocks_it_within_seconds() {
         .patch("epsilon", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    wait_for(
-        "the tenant admitted again",
-        Duration::from_secs(10),
-        || async {
-            Ok((https.post(PREDICT, Some(&token), &request).await?.status == 200).then_some(()))
-        },
-    )
-    .await
-    .unwrap();
+    answers(&https, Some(&token), 200, 10).await;
 }
 
 #[tokio::test]
@@ -294,19 +258,31 @@ async fn children_present(cluster: &Cluster, name: &str) -> kube::Result<[bool; 
     ])
 }
 
-/// Calls /api/predict until it answers `status` (within `secs`), and returns that answer.
-async fn answers(https: &Https, token: Option<&str>, status: u16, secs: u64) -> Answer {
+/// Posts the predict case to `path` until it answers `status` (within `secs`), and returns
+/// that answer.
+async fn answers_at(
+    https: &Https,
+    path: &str,
+    token: Option<&str>,
+    status: u16,
+    secs: u64,
+) -> Answer {
     let (request, _) = predict_case().unwrap();
     wait_for(
-        &format!("a {status} from {PREDICT}"),
+        &format!("a {status} from {path}"),
         Duration::from_secs(secs),
         || async {
-            let answer = https.post(PREDICT, token, &request).await?;
+            let answer = https.post(path, token, &request).await?;
             Ok((answer.status == status).then_some(answer))
         },
     )
     .await
     .unwrap()
+}
+
+/// [`answers_at`] on /api/predict.
+async fn answers(https: &Https, token: Option<&str>, status: u16, secs: u64) -> Answer {
+    answers_at(https, PREDICT, token, status, secs).await
 }
 
 #[tokio::test]
@@ -472,7 +448,6 @@ async fn a_service_published_under_an_ingress_path_answers_there() {
         .await
         .unwrap();
     let https = cluster.https(host, tls).await.unwrap();
-    let (request, _) = predict_case().unwrap();
     // The status URL names the path, and the server answers under it.
     let url = wait_for("the status URL", Duration::from_secs(180), || async {
         let status = cluster.api::<NluService>().get(name).await?.status;
@@ -481,14 +456,7 @@ async fn a_service_published_under_an_ingress_path_answers_there() {
     .await
     .unwrap();
     assert_eq!(url, format!("https://{host}/uninlu"));
-    wait_for("a 200 under /uninlu", Duration::from_secs(180), || async {
-        let answer = https
-            .post("/uninlu/api/predict", Some(&token), &request)
-            .await?;
-        Ok((answer.status == 200).then_some(answer))
-    })
-    .await
-    .unwrap();
+    answers_at(&https, "/uninlu/api/predict", Some(&token), 200, 180).await;
     cluster.delete::<NluService>(name).await.unwrap();
 }
 
