@@ -15,13 +15,14 @@ use clap::Parser;
 use nlu_crds::access::jwks::jwk_set;
 use nlu_crds::access::{Claims, RedisKeys, SigningKey, TenantRecord, TokenRequest};
 use nlu_server::auth::{Auth, AuthArgs, Tenant};
-use prometheus_client::registry::Registry;
 use nlu_testkit::RedisServer;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 /// A real `redis-server` for the tests that stop and restart it.
 pub fn redis() -> RedisServer {
-    RedisServer::start().expect("the auth tests need redis-server (apt-get install -y redis-server)")
+    RedisServer::start()
+        .expect("the auth tests need redis-server (apt-get install -y redis-server)")
 }
 
 /// The Redis shared by the tests that never kill it (tests keep apart by key prefix).
@@ -45,17 +46,22 @@ pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
 }
 
 pub async fn put_record(url: &str, prefix: &str, tenant: &str, record: &TenantRecord) {
-    let mut conn = redis_conn(url).await;
+    write_record(&mut redis_conn(url).await, prefix, tenant, record).await;
+}
+
+/// Replaces the tenant's record over `conn` (plain or TLS).
+pub async fn write_record(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+    tenant: &str,
+    record: &TenantRecord,
+) {
     let key = RedisKeys::new(prefix).tenant(&tenant.parse().unwrap());
-    let _: () = redis::cmd("DEL")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let _: () = redis::cmd("DEL").arg(&key).query_async(conn).await.unwrap();
     let _: () = redis::cmd("HSET")
         .arg(&key)
         .arg(record.to_fields())
-        .query_async(&mut conn)
+        .query_async(conn)
         .await
         .unwrap();
 }

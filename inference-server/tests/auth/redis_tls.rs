@@ -2,7 +2,7 @@
 //! `--redis-ca-file`; without it the server's certificate is checked against the system's roots
 //! and refused (the server stays unready under fail-closed).
 
-use nlu_crds::access::{RedisKeys, TenantRecord};
+use nlu_crds::access::TenantRecord;
 use nlu_server::auth::Auth;
 use nlu_testkit::RedisServer;
 use prometheus_client::registry::Registry;
@@ -26,13 +26,7 @@ async fn put_record_tls(redis: &RedisServer, prefix: &str, tenant: &str, record:
     };
     let client = redis::Client::build_with_tls(redis.url(), certificates).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let key = RedisKeys::new(prefix).tenant(&tenant.parse().unwrap());
-    let _: () = redis::cmd("HSET")
-        .arg(&key)
-        .arg(record.to_fields())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    write_record(&mut conn, prefix, tenant, record).await;
 }
 
 #[tokio::test]
@@ -96,4 +90,22 @@ async fn a_ca_file_without_a_tls_url_is_a_start_error() {
         .err()
         .expect("refused");
     assert!(error.to_string().contains("rediss://"), "{error}");
+}
+
+#[tokio::test]
+async fn an_unreadable_ca_file_is_a_start_error() {
+    let keys = Keys::new();
+    let args = auth_args(
+        "rediss://127.0.0.1:1/",
+        &keys.jwks_path(),
+        "p:",
+        &["--redis-ca-file", "/nonexistent/ca.pem"],
+    );
+    let error = Auth::from_args(&args, &mut Registry::default())
+        .err()
+        .expect("refused");
+    assert!(
+        error.to_string().contains("cannot read --redis-ca-file"),
+        "{error}"
+    );
 }
