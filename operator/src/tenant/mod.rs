@@ -165,6 +165,23 @@ async fn sync_keys(
     Ok(ring)
 }
 
+/// Waits until `store` holds its first complete list; false if its writer is gone.
+/// `Store::wait_until_ready` of kube-runtime 5 wakes only the task that polled it last (one
+/// oneshot receiver, one waker) and the controller polls the same store before each reconcile,
+/// so a second waiter can sleep for ever: this one polls again every 100 ms.
+async fn filled<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        let poll = tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready());
+        if let Ok(ready) = poll.await {
+            return ready.is_ok();
+        }
+    }
+}
+
 /// Re-syncs the key Secret on every change of it (a rotation request) and when a retired key
 /// is due, and hands new rings to the controller and the publisher.
 async fn manage_keys(
@@ -189,7 +206,7 @@ async fn manage_keys(
             () = tokio::time::sleep(due.unwrap_or(KEY_RECHECK).min(KEY_RECHECK)) => {}
         }
         // Rotation needs the tenants' lifetimes: wait until the Tenant cache is filled.
-        if tenants.wait_until_ready().await.is_err() {
+        if !filled(&tenants).await {
             return;
         }
         let new = loop {
@@ -208,5 +225,29 @@ async fn manage_keys(
             }
             changed
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector::store::Writer;
+
+    #[tokio::test]
+    async fn filled_returns_although_another_task_waits_on_the_same_store() {
+        let mut writer: Writer<Tenant> = Writer::default();
+        let store = writer.as_reader();
+        let ours = tokio::spawn({
+            let store = store.clone();
+            async move { filled(&store).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Polled after ours, as the controller does before each reconcile: it takes the waker.
+        let other = tokio::spawn(async move { store.wait_until_ready().await.is_ok() });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        let ours = tokio::time::timeout(Duration::from_secs(2), ours).await;
+        assert!(matches!(ours, Ok(Ok(true))), "{ours:?}");
+        assert!(other.await.unwrap());
     }
 }
