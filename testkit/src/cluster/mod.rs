@@ -201,11 +201,13 @@ impl ProcessCluster {
 /// e.g. under `cargo test -p e2e`, which builds no other package's binaries).
 pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> -> target/<profile>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
+    // target/<profile>/deps/<test> (a test) or target/<profile>/<bin> (process-cluster)
+    // -> target/<profile>
+    let parent = exe.parent().expect("the binary's folder");
+    let profile_dir = match parent.file_name() {
+        Some(name) if name == "deps" => parent.parent().expect("target/<profile>"),
+        _ => parent,
+    };
     let binary = profile_dir.join(name);
     if !binary.exists() {
         let mut cargo = std::process::Command::new(env!("CARGO"));
