@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # End-to-end suite on a throwaway kind cluster:
-#   1. a kind cluster with the model folder mounted into the node and the ingress HTTPS port
+#   1. a kind cluster with the model folders mounted into the node and the ingress HTTPS port
 #      mapped to 127.0.0.1:$NLU_E2E_HTTPS_PORT;
 #   2. ingress-nginx and cert-manager from their release manifests, a test CA ClusterIssuer;
 #   3. both images built from this checkout and `kind load`ed;
 #   4. the chart installed (in-cluster Redis), the test namespace with the model PVC and the
 #      Redis URL Secret;
-#   5. `NLU_E2E_BACKEND=kind cargo test -p e2e --test scenarios` (e2e/tests/scenarios.rs).
+#   5. `NLU_E2E_BACKEND=kind cargo test -p e2e --test scenarios --test disruptions`
+#      (e2e/tests/scenarios.rs, e2e/tests/disruptions.rs).
 # On failure it dumps objects, `kubectl describe` and logs into $NLU_E2E_ARTIFACTS.
 #
 # Needs: docker, kind, kubectl, helm, cargo. Environment (all optional):
@@ -50,6 +51,8 @@ done
 docker info >/dev/null 2>&1 || die "the Docker daemon is not reachable"
 [ -f "$model_dir/config.json" ] || die "no model folder at $model_dir (set NLU_E2E_MODEL_DIR to a UniNLU model folder)"
 model_dir=$(cd "$model_dir" && pwd)
+# The embedding scenario serves the GTE fixture (its expected embedding is the fixture's).
+embed_model_dir=$(cd "$root/../shared/fixtures/gte-tiny/model" && pwd)
 
 # Everything a person needs to see why a test failed, gathered before the cluster goes away.
 dump_diagnostics() {
@@ -96,6 +99,9 @@ nodes:
     extraMounts:
       - hostPath: $model_dir
         containerPath: /models/uninlu
+        readOnly: true
+      - hostPath: $embed_model_dir
+        containerPath: /models/gte
         readOnly: true
     extraPortMappings:
       - containerPort: 443
@@ -208,5 +214,5 @@ redis_url=$(kubectl -n nlu-system get secret nlu-operator-redis -o jsonpath='{.d
 kubectl -n "$namespace" create secret generic nlu-redis --from-literal=url="$redis_url" \
   --dry-run=client -o yaml | kubectl apply -f -
 
-step "cargo test -p e2e --test scenarios (kind backend)"
-NLU_E2E_BACKEND=kind cargo test -p e2e --test scenarios -- --test-threads=1
+step "cargo test -p e2e --test scenarios --test disruptions (kind backend)"
+NLU_E2E_BACKEND=kind cargo test -p e2e --test scenarios --test disruptions -- --test-threads=1

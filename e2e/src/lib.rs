@@ -4,7 +4,8 @@
 //! - the chart installed in `nlu-system`, ingress-nginx with its HTTPS port mapped to
 //!   `127.0.0.1:$NLU_E2E_HTTPS_PORT`, cert-manager with the ClusterIssuer [`CLUSTER_ISSUER`];
 //! - the namespace [`NAMESPACE`] with the PVC [`MODEL_CLAIM`] holding the UniNLU model folder
-//!   under [`MODEL_PATH`] and the Secret `nlu-redis` (key `url`).
+//!   under [`MODEL_PATH`] and the GTE one under [`EMBED_MODEL_PATH`], and the Secret
+//!   `nlu-redis` (key `url`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,7 +17,8 @@ use hyper::body::Bytes;
 use hyper::{HeaderMap, StatusCode};
 use hyper_util::rt::TokioIo;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client, Resource};
 use nlu_crds::{NluService, Tenant};
@@ -36,6 +38,13 @@ pub const CLUSTER_ISSUER: &str = "e2e-ca";
 /// PVC with the model folder, and the folder inside it.
 pub const MODEL_CLAIM: &str = "models";
 pub const MODEL_PATH: &str = "uninlu";
+/// Model folder of the embedding service in the same claim.
+pub const EMBED_MODEL_PATH: &str = "gte";
+/// The operator's signing key Secret (in its namespace) and its list of retired public keys.
+pub const SIGNING_KEY_SECRET: &str = "nlu-operator-signing-key";
+pub const RETIRED_KEYS_FIELD: &str = "retired-keys.json";
+/// The operator's leader-election Lease (in its namespace).
+pub const OPERATOR_LEASE: &str = "nlu-operator";
 /// Field manager of everything the tests apply.
 const MANAGER: &str = "nlu-e2e";
 
@@ -173,21 +182,180 @@ impl Cluster {
         }
     }
 
+    /// Starts a second operator beside the running one: it stands by until the Lease is free.
+    pub async fn add_standby_operator(&self) -> anyhow::Result<()> {
+        match backend_kind() {
+            BackendKind::Process => {
+                process::backend().await.start_operator("operator-standby");
+                Ok(())
+            }
+            BackendKind::Kind => self.scale_operator(2).await,
+        }
+    }
+
+    /// The identity holding the operator's leader Lease, once one holds it.
+    pub async fn lease_holder(&self) -> anyhow::Result<String> {
+        let leases: Api<Lease> = Api::namespaced(self.client.clone(), process::OPERATOR_NAMESPACE);
+        wait_for(
+            "a leader in the operator Lease",
+            Duration::from_secs(60),
+            || async {
+                let lease = leases.get_opt(OPERATOR_LEASE).await?;
+                Ok(lease
+                    .and_then(|l| l.spec?.holder_identity)
+                    .filter(|h| !h.is_empty()))
+            },
+        )
+        .await
+    }
+
+    /// Stops the operator replica named `identity` (its process, or on kind its pod, which the
+    /// Deployment replaces with a new standby).
+    pub async fn stop_operator_replica(&self, identity: &str) -> anyhow::Result<()> {
+        match backend_kind() {
+            BackendKind::Process => process::backend().await.stop_operator_named(identity),
+            BackendKind::Kind => {
+                let pods: Api<Pod> =
+                    Api::namespaced(self.client.clone(), process::OPERATOR_NAMESPACE);
+                pods.delete(identity, &DeleteParams::default()).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Back to one operator replica after scenarios that changed how many run.
+    pub async fn one_operator(&self) -> anyhow::Result<()> {
+        match backend_kind() {
+            BackendKind::Process => {
+                let backend = process::backend().await;
+                backend.stop_operator()?;
+                backend.start_operator("operator");
+                Ok(())
+            }
+            BackendKind::Kind => self.scale_operator(1).await,
+        }
+    }
+
+    /// Asks the operator to rotate its token signing key, as a person would: `nlu-operator
+    /// rotate-key`, which returns once the operator has done it.
+    pub async fn rotate_signing_key(&self) -> anyhow::Result<()> {
+        let mut cli = tokio::process::Command::new(nlu_testkit::workspace_binary(
+            "nlu-operator",
+            "nlu-operator",
+        ));
+        cli.args([
+            "rotate-key",
+            "--operator-namespace",
+            process::OPERATOR_NAMESPACE,
+        ])
+        .args(["--wait-seconds", "60"]);
+        if backend_kind() == BackendKind::Process {
+            cli.env("KUBECONFIG", process::backend().await.cluster.kubeconfig());
+        }
+        let out = cli.output().await.context("run nlu-operator rotate-key")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "nlu-operator rotate-key failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Moves the retirement time of every retired signing key to the past, as the clock would
+    /// after the longest token lifetime (plus the operator's margin): the operator then drops
+    /// them from the published key set.
+    pub async fn let_retired_keys_expire(&self) -> anyhow::Result<()> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), process::OPERATOR_NAMESPACE);
+        let mut secret = api.get(SIGNING_KEY_SECRET).await?;
+        let data = secret.data.get_or_insert_with(Default::default);
+        let field = data
+            .get_mut(RETIRED_KEYS_FIELD)
+            .context("the signing key Secret lists no retired keys")?;
+        let mut retired: Vec<serde_json::Value> = serde_json::from_slice(&field.0)?;
+        let past = (chrono::Utc::now() - chrono::Duration::seconds(1)).to_rfc3339();
+        for key in &mut retired {
+            key["retireAfter"] = past.clone().into();
+        }
+        field.0 = serde_json::to_vec(&retired)?;
+        api.replace(
+            SIGNING_KEY_SECRET,
+            &kube::api::PostParams::default(),
+            &secret,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The `kid` of the key that signed the tenant's current token (its Secret's annotation).
+    pub async fn token_kid(&self, tenant: &str) -> anyhow::Result<String> {
+        let secret = self.api::<Secret>().get(&format!("{tenant}-token")).await?;
+        secret
+            .metadata
+            .annotations
+            .and_then(|a| a.get("nlu.dev/kid").cloned())
+            .context("a token Secret without its nlu.dev/kid annotation")
+    }
+
+    /// A Redis outage: the process backend's redis-server stopped, on kind the chart's Redis
+    /// Deployment scaled to 0 (its pods gone).
+    pub async fn stop_redis(&self) -> anyhow::Result<()> {
+        match backend_kind() {
+            BackendKind::Process => {
+                process::backend().await.redis.lock().unwrap().stop();
+                Ok(())
+            }
+            BackendKind::Kind => self.scale_redis(0).await,
+        }
+    }
+
+    /// Redis back, empty (neither backend persists it): the operator must write the tenant
+    /// records again.
+    pub async fn start_redis(&self) -> anyhow::Result<()> {
+        match backend_kind() {
+            BackendKind::Process => {
+                process::backend().await.redis.lock().unwrap().restart();
+                Ok(())
+            }
+            BackendKind::Kind => self.scale_redis(1).await,
+        }
+    }
+
+    async fn scale_redis(&self, replicas: i32) -> anyhow::Result<()> {
+        let api: Api<Deployment> =
+            Api::namespaced(self.client.clone(), process::OPERATOR_NAMESPACE);
+        let selector = "app.kubernetes.io/component=redis";
+        let list = api
+            .list(&kube::api::ListParams::default().labels(selector))
+            .await?;
+        let redis = list
+            .items
+            .first()
+            .context("no chart Redis Deployment in nlu-system")?;
+        let name = redis
+            .metadata
+            .name
+            .clone()
+            .context("a Deployment without a name")?;
+        self.scale(&api, &name, replicas).await
+    }
+
     async fn scale_operator(&self, replicas: i32) -> anyhow::Result<()> {
         let api: Api<Deployment> =
             Api::namespaced(self.client.clone(), process::OPERATOR_NAMESPACE);
+        self.scale(&api, "nlu-operator", replicas).await
+    }
+
+    /// Sets a Deployment's replicas and waits until exactly that many are ready.
+    async fn scale(&self, api: &Api<Deployment>, name: &str, replicas: i32) -> anyhow::Result<()> {
         let patch = serde_json::json!({"spec": {"replicas": replicas}});
-        api.patch(
-            "nlu-operator",
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
         wait_for(
-            &format!("the operator at {replicas} ready replicas"),
+            &format!("Deployment {name} at {replicas} ready replicas"),
             Duration::from_secs(120),
             || async {
-                let status = api.get("nlu-operator").await?.status.unwrap_or_default();
+                let status = api.get(name).await?.status.unwrap_or_default();
                 let ready = status.ready_replicas.unwrap_or(0);
                 let total = status.replicas.unwrap_or(0);
                 Ok((ready == replicas && total == replicas).then_some(()))
@@ -302,6 +470,28 @@ pub fn uninlu_service(name: &str, host: &str, tls_secret: &str) -> NluService {
     .expect("the NluService literal matches the CRD types")
 }
 
+/// An embedding NluService (one replica) serving the GTE model of the claim with CLS pooling
+/// (the fixture's), exposed at `host`.
+pub fn embedding_service(name: &str, host: &str, tls_secret: &str) -> NluService {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "nlu.dev/v1alpha1",
+        "kind": "NluService",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "model": {"task": "embedding", "pooling": "cls", "source": {"pvc": {"claimName": MODEL_CLAIM, "path": EMBED_MODEL_PATH}}},
+            "replicas": 1,
+            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
+            "ingress": {
+                "host": host,
+                "className": "nginx",
+                "tls": {"clusterIssuer": CLUSTER_ISSUER, "secretName": tls_secret}
+            },
+            "auth": {"mode": "jwt", "failurePolicy": "FailClosed"}
+        }
+    }))
+    .expect("the NluService literal matches the CRD types")
+}
+
 /// A tenant of `services` with the given scopes and per-minute limit (0 = unlimited).
 pub fn tenant(name: &str, services: &[&str], scopes: &[&str], requests_per_minute: i64) -> Tenant {
     serde_json::from_value(serde_json::json!({
@@ -316,6 +506,13 @@ pub fn tenant(name: &str, services: &[&str], scopes: &[&str], requests_per_minut
         }
     }))
     .expect("the Tenant literal matches the CRD types")
+}
+
+/// Held by a scenario that stops or changes what every scenario of its test binary shares
+/// (Redis, the operator, the signing key), so that such scenarios run one at a time.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static SHARED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SHARED.lock().await
 }
 
 static SERVICE_READY: OnceCell<()> = OnceCell::const_new();
@@ -442,6 +639,36 @@ impl Https {
             body,
         })
     }
+}
+
+/// The UniNLU route.
+pub const PREDICT: &str = "/api/predict";
+
+/// Posts the predict case to `path` until it answers `status` (within `secs`), and returns
+/// that answer.
+pub async fn answers_at(
+    https: &Https,
+    path: &str,
+    token: Option<&str>,
+    status: u16,
+    secs: u64,
+) -> Answer {
+    let (request, _) = predict_case().unwrap();
+    wait_for(
+        &format!("a {status} from {path}"),
+        Duration::from_secs(secs),
+        || async {
+            let answer = https.post(path, token, &request).await?;
+            Ok((answer.status == status).then_some(answer))
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// [`answers_at`] on /api/predict.
+pub async fn answers(https: &Https, token: Option<&str>, status: u16, secs: u64) -> Answer {
+    answers_at(https, PREDICT, token, status, secs).await
 }
 
 /// A UniNLU request: the first fixture case when `NLU_E2E_EXPECTED` names the fixture's

@@ -3,6 +3,7 @@
 //! claim, the namespace's Redis URL Secret), a real `redis-server`, and `nlu-operator run` as
 //! its own process against the cluster's API (as the chart would run it).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -16,7 +17,7 @@ use nlu_testkit::{
     kill_when_this_process_ends, workspace_binary, ClusterOptions, ProcessCluster, RedisServer,
 };
 
-use crate::{MODEL_CLAIM, MODEL_PATH, NAMESPACE};
+use crate::{EMBED_MODEL_PATH, MODEL_CLAIM, MODEL_PATH, NAMESPACE};
 
 /// Namespace of the operator (signing key, leader Lease).
 pub const OPERATOR_NAMESPACE: &str = "nlu-system";
@@ -24,10 +25,12 @@ pub const OPERATOR_NAMESPACE: &str = "nlu-system";
 /// The cluster and what runs beside it, for the rest of the test process.
 pub struct Backend {
     pub cluster: ProcessCluster,
-    pub redis: RedisServer,
+    /// Behind a lock: a scenario stops and restarts it.
+    pub redis: Mutex<RedisServer>,
     pub root: PathBuf,
-    /// The running operator, if one runs.
-    operator: Mutex<Option<Child>>,
+    /// The running operators by identity (in the Lease): one, or two while a scenario hands
+    /// the lead over.
+    operators: Mutex<BTreeMap<String, Child>>,
 }
 
 /// Starts the backend on first use.
@@ -62,6 +65,8 @@ async fn start() -> Backend {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("../shared/fixtures/uninlu-tiny/model"));
     std::os::unix::fs::symlink(&model, claim.join(MODEL_PATH)).expect("model link");
+    let gte = workspace().join("../shared/fixtures/gte-tiny/model");
+    std::os::unix::fs::symlink(gte, claim.join(EMBED_MODEL_PATH)).expect("model link");
 
     let redis = RedisServer::start().expect("the e2e suite needs redis-server");
     let mut options = ClusterOptions::new(root.join("cluster"));
@@ -84,18 +89,27 @@ async fn start() -> Backend {
         .expect("the Redis URL Secret");
     let backend = Backend {
         cluster,
-        redis,
+        redis: Mutex::new(redis),
         root,
-        operator: Mutex::default(),
+        operators: Mutex::default(),
     };
     backend.start_operator("operator");
     backend
 }
 
 impl Backend {
-    /// SIGTERM to the running operator; returns once its process is gone.
+    /// SIGTERM to every running operator; returns once their processes are gone.
     pub fn stop_operator(&self) -> anyhow::Result<()> {
-        let Some(mut child) = self.operator.lock().unwrap().take() else {
+        let names: Vec<String> = self.operators.lock().unwrap().keys().cloned().collect();
+        names
+            .iter()
+            .try_for_each(|name| self.stop_operator_named(name))
+    }
+
+    /// SIGTERM to the operator of identity `name` (none running: nothing to do); returns once
+    /// its process is gone.
+    pub fn stop_operator_named(&self, name: &str) -> anyhow::Result<()> {
+        let Some(mut child) = self.operators.lock().unwrap().remove(name) else {
             return Ok(());
         };
         Command::new("kill").arg(child.id().to_string()).status()?;
@@ -106,16 +120,18 @@ impl Backend {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         child.kill()?;
-        anyhow::bail!("the operator did not stop within 30 s of SIGTERM (killed)")
+        anyhow::bail!("the operator {name} did not stop within 30 s of SIGTERM (killed)")
     }
 
-    /// Starts `nlu-operator run` (log appended to `{root}/{name}.log`).
+    /// Starts `nlu-operator run` with identity `name` in the Lease (log appended to
+    /// `{root}/{name}.log`); it leads once no other operator holds the Lease.
     pub fn start_operator(&self, name: &str) {
         let log = std::fs::File::options()
             .create(true)
             .append(true)
             .open(self.root.join(format!("{name}.log")))
             .expect("log");
+        let redis_url = self.redis.lock().unwrap().url();
         let child = Command::new(workspace_binary("nlu-operator", "nlu-operator"))
             .args([
                 "run",
@@ -124,13 +140,15 @@ impl Backend {
                 "--admin-listen",
                 "127.0.0.1:0",
             ])
+            // As the chart runs it (operator.leaderElection defaults to true).
             .args([
+                "--leader-elect",
                 "--operator-namespace",
                 OPERATOR_NAMESPACE,
                 "--identity",
                 name,
             ])
-            .args(["--redis-url", &self.redis.url()])
+            .args(["--redis-url", &redis_url])
             .env("KUBECONFIG", self.cluster.kubeconfig())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -140,6 +158,11 @@ impl Backend {
             .expect("nlu-operator starts");
         kill_when_this_process_ends(child.id());
         // Kept (and waited for by stop_operator); the watchdog ends it with the test process.
-        *self.operator.lock().unwrap() = Some(child);
+        let previous = self
+            .operators
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), child);
+        assert!(previous.is_none(), "operator {name} started twice");
     }
 }

@@ -15,8 +15,6 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams};
 use nlu_crds::{NluService, Tenant};
 
-const PREDICT: &str = "/api/predict";
-
 #[tokio::test]
 async fn uninlu_service_becomes_ready_with_url_and_replicas() {
     let cluster = ready_service().await.unwrap();
@@ -56,6 +54,60 @@ async fn tenant_token_calls_predict_through_the_https_ingress() {
             "the served model must give the fixture's output"
         );
     }
+}
+
+#[tokio::test]
+async fn tenant_token_calls_embeddings_through_the_https_ingress() {
+    let cluster = cluster().await;
+    let (name, host, tls) = ("embed", "embed.nlu-e2e.test", "embed-tls");
+    cluster
+        .apply(&embedding_service(name, host, tls))
+        .await
+        .unwrap();
+    let token = tenant_with_token(&tenant("omicron", &[name], &["embed"], 0))
+        .await
+        .unwrap();
+    let https = cluster.https(host, tls).await.unwrap();
+    let (text, expected) = embedding_case();
+    let request = serde_json::json!({"input": [text], "model": "gte"});
+    let answer = wait_for(
+        "a 200 from /v1/embeddings",
+        Duration::from_secs(180),
+        || async {
+            let answer = https.post("/v1/embeddings", Some(&token), &request).await?;
+            Ok((answer.status == 200).then_some(answer))
+        },
+    )
+    .await
+    .unwrap();
+    let embedding: Vec<f64> = serde_json::from_value(answer.body["data"][0]["embedding"].clone())
+        .unwrap_or_else(|e| panic!("no embedding in {}: {e}", answer.body));
+    assert_eq!(embedding.len(), expected.len(), "{}", answer.body);
+    for (i, (got, want)) in embedding.iter().zip(&expected).enumerate() {
+        assert!(
+            (got - want).abs() < 1e-3,
+            "dimension {i}: {got} served, {want} in the fixture"
+        );
+    }
+    // The tenant is granted `embed` only.
+    let (predict, _) = predict_case().unwrap();
+    let refused = https.post(PREDICT, Some(&token), &predict).await.unwrap();
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    cluster.delete::<NluService>(name).await.unwrap();
+}
+
+/// The GTE fixture's first text and its normalized CLS embedding (PyTorch's).
+fn embedding_case() -> (String, Vec<f64>) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/fixtures/gte-tiny/expected.json"
+    );
+    let fixture: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("the GTE fixture")).unwrap();
+    let case = &fixture["cases"][0];
+    let text = case["text"].as_str().expect("a text").to_owned();
+    let expected = serde_json::from_value(case["cls_normalized"].clone()).expect("floats");
+    (text, expected)
 }
 
 #[tokio::test]
@@ -258,33 +310,6 @@ async fn children_present(cluster: &Cluster, name: &str) -> kube::Result<[bool; 
     ])
 }
 
-/// Posts the predict case to `path` until it answers `status` (within `secs`), and returns
-/// that answer.
-async fn answers_at(
-    https: &Https,
-    path: &str,
-    token: Option<&str>,
-    status: u16,
-    secs: u64,
-) -> Answer {
-    let (request, _) = predict_case().unwrap();
-    wait_for(
-        &format!("a {status} from {path}"),
-        Duration::from_secs(secs),
-        || async {
-            let answer = https.post(path, token, &request).await?;
-            Ok((answer.status == status).then_some(answer))
-        },
-    )
-    .await
-    .unwrap()
-}
-
-/// [`answers_at`] on /api/predict.
-async fn answers(https: &Https, token: Option<&str>, status: u16, secs: u64) -> Answer {
-    answers_at(https, PREDICT, token, status, secs).await
-}
-
 #[tokio::test]
 async fn usage_shows_in_the_tenant_status() {
     let cluster = ready_service().await.unwrap();
@@ -458,33 +483,4 @@ async fn a_service_published_under_an_ingress_path_answers_there() {
     assert_eq!(url, format!("https://{host}/uninlu"));
     answers_at(&https, "/uninlu/api/predict", Some(&token), 200, 180).await;
     cluster.delete::<NluService>(name).await.unwrap();
-}
-
-#[tokio::test]
-async fn an_operator_restart_loses_nothing() {
-    let cluster = ready_service().await.unwrap();
-    let https = cluster
-        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
-        .await
-        .unwrap();
-    let kept = tenant_with_token(&tenant("lambda", &[SERVICE], &["predict"], 0))
-        .await
-        .unwrap();
-    answers(&https, Some(&kept), 200, 30).await;
-    cluster.remove_tenant("mu").await.unwrap();
-
-    cluster.stop_operator().await.unwrap();
-    // Written while no operator runs: the next one must pick it up.
-    cluster
-        .apply(&tenant("mu", &[SERVICE], &["predict"], 0))
-        .await
-        .unwrap();
-    cluster.start_operator().await.unwrap();
-
-    let token = cluster.tenant_token("mu").await.unwrap();
-    answers(&https, Some(&token), 200, 30).await;
-    // What the first operator set up still holds.
-    answers(&https, Some(&kept), 200, 5).await;
-    let svc = cluster.api::<NluService>().get(SERVICE).await.unwrap();
-    assert!(condition_true(&svc.status.unwrap().conditions, "Ready"));
 }
