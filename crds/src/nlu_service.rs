@@ -224,7 +224,8 @@ pub struct IngressSpec {
     pub class_name: Option<String>,
     /// Path prefix routed to the service. Default `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.startsWith('/')").message("path must start with '/'"))]
+    // The rule of the server's --path-prefix (`serve::path_prefix`), in CEL.
+    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('..') && !self.contains('?') && !self.contains('#')").message("path must be a path such as /uninlu: starting with '/', without '..', '?' or '#'"))]
     pub path: Option<String>,
     /// TLS through cert-manager. The operator never creates the Secret itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -156,6 +156,17 @@ pub struct JwtFlags {
     pub redis_failure_policy: FailurePolicy,
 }
 
+/// `--path-prefix` (and `spec.ingress.path`, whose CEL rule says the same): an absolute path
+/// such as `/uninlu`, without `..`, `?` or `#`; returned without its trailing slashes.
+pub fn path_prefix(value: &str) -> Result<String, String> {
+    if !value.starts_with('/') || value.contains("..") || value.contains(['?', '#']) {
+        return Err(format!(
+            "{value:?} must be a path such as /uninlu: starting with '/', without '..', '?' or '#'"
+        ));
+    }
+    Ok(value.trim_end_matches('/').to_owned())
+}
+
 /// The environment variable the server reads its Redis URL from.
 pub const REDIS_URL_ENV: &str = "NLU_REDIS_URL";
 
@@ -240,5 +251,15 @@ mod tests {
             --jwks /etc/nlu/jwks/jwks.json --service-id ns/svc --redis-prefix nlu \
             --redis-failure-policy fail-open --path-prefix /gte --no-playground";
         assert_eq!(flags.to_args().join(" "), expected);
+    }
+
+    #[test]
+    fn path_prefixes_are_absolute_paths_without_dots_query_or_fragment() {
+        assert_eq!(path_prefix("/uninlu/").as_deref(), Ok("/uninlu"));
+        assert_eq!(path_prefix("/a/b").as_deref(), Ok("/a/b"));
+        assert_eq!(path_prefix("/").as_deref(), Ok(""));
+        for bad in ["uninlu", "", "/a/../b", "/a?x=1", "/a#top"] {
+            assert!(path_prefix(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

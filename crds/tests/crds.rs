@@ -222,7 +222,15 @@ fn ingress_rules() {
     let issuer_only = with(with(both, "/spec/ingress/tls/clusterIssuer", Value::Null), "/spec/ingress/tls/issuer", json!("local-ca"));
     assert!(nlus_cel(&issuer_only, None).is_ok());
 
-    assert_rejected(nlus_cel(&with(good, "/spec/ingress/path", json!("api")), None), "path must start with '/'");
+    // The CEL rule and the server's --path-prefix parser agree on every case.
+    for path in ["/api", "/uninlu/", "/a/b", "api", "/a/../b", "/a?x=1", "/a#top", "/..", "a/b"] {
+        let cel = nlus_cel(&with(good.clone(), "/spec/ingress/path", json!(path)), None);
+        let server = nlu_crds::serve::path_prefix(path);
+        assert_eq!(cel.is_ok(), server.is_ok(), "{path:?}: CEL {cel:?}, --path-prefix {server:?}");
+        if cel.is_err() {
+            assert_rejected(cel, "path must be a path such as /uninlu");
+        }
+    }
 }
 
 #[test]

@@ -41,6 +41,9 @@ struct Case {
 
 const UNINLU: &str = "nluservice-uninlu.yaml";
 const GTE: &str = "nluservice-embedding.yaml";
+/// The CEL rule of spec.ingress.path, shared with the server's --path-prefix (`serve::path_prefix`).
+const INGRESS_PATH_RULE: &str =
+    "NluService spec.ingress.path rule: path must be a path such as /uninlu: starting with '/', without '..', '?' or '#'";
 const TENANT: &str = "tenant.yaml";
 
 const fn case(
@@ -147,7 +150,10 @@ const CASES: &[Case] = &[
     case("NluService spec.ingress rule: tls needs a host", UNINLU, &[("/spec/ingress/host", "null")], "spec.ingress.host", Rule),
     case("NluService spec.ingress rule: tls needs a host", UNINLU, &[("/spec/ingress/host", r#""""#)], "spec.ingress.host", Rule),
     Case { at_limit: Some(r#""/api""#),
-        ..case("NluService spec.ingress.path rule: path must start with '/'", UNINLU, &[("/spec/ingress/path", r#""api""#)], "spec.ingress.path", Rule) },
+        ..case(INGRESS_PATH_RULE, UNINLU, &[("/spec/ingress/path", r#""api""#)], "spec.ingress.path", Rule) },
+    case(INGRESS_PATH_RULE, UNINLU, &[("/spec/ingress/path", r#""/a/../b""#)], "spec.ingress.path", Rule),
+    case(INGRESS_PATH_RULE, UNINLU, &[("/spec/ingress/path", r#""/a?x=1""#)], "spec.ingress.path", Rule),
+    case(INGRESS_PATH_RULE, UNINLU, &[("/spec/ingress/path", r#""/a#top""#)], "spec.ingress.path", Rule),
     case("NluService spec.ingress.tls rule: set at most one of clusterIssuer or issuer", UNINLU, &[("/spec/ingress/tls/issuer", r#""ca""#)],
         "spec.ingress.tls", Rule),
     // auth
