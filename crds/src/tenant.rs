@@ -82,7 +82,7 @@ pub struct TokenSpec {
     /// Lifetime of an issued token as a duration (`90m`, `24h`, `720h`), at least `5m`.
     /// A new token is issued at 80 % of it. Default `720h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('5m')").message("ttl must be a duration of at least 5m, e.g. 720h"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('5m') && duration(self) <= duration('8760h')").message("ttl must be a duration from 5m to 8760h (the servers' default --max-token-lifetime), e.g. 720h"))]
     pub ttl: Option<String>,
     /// Credential generation. Raise it to revoke every token issued before; it cannot go down.
     #[serde(default, skip_serializing_if = "Option::is_none")]

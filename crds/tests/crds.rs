@@ -260,15 +260,20 @@ fn quotas_are_non_negative() {
 }
 
 #[test]
-fn token_ttl_has_a_floor() {
+fn token_ttl_has_a_floor_and_the_servers_ceiling() {
     let good = sample("tenant.yaml");
     let tenant: Tenant = serde_json::from_value(good.clone()).unwrap();
     assert_eq!(tenant.spec.token_ttl().unwrap(), std::time::Duration::from_secs(720 * 3600));
     assert!(tenant_cel(&with(good.clone(), "/spec/token/ttl", json!("5m")), None).is_ok());
-    assert_rejected(
-        tenant_cel(&with(good, "/spec/token/ttl", json!("90s")), None),
-        "ttl must be a duration of at least 5m",
-    );
+    // The ceiling is the servers' default --max-token-lifetime: every minted token passes it.
+    let max = nlu_crds::access::verify::MAX_TOKEN_LIFETIME.as_secs();
+    assert!(tenant_cel(&with(good.clone(), "/spec/token/ttl", json!(format!("{max}s"))), None).is_ok());
+    for too_far in ["90s".to_owned(), format!("{}s", max + 1)] {
+        assert_rejected(
+            tenant_cel(&with(good.clone(), "/spec/token/ttl", json!(too_far)), None),
+            "ttl must be a duration from 5m to 8760h",
+        );
+    }
 }
 
 #[test]

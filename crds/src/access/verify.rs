@@ -2,14 +2,21 @@
 //! Shared so the operator's tests can prove that the tokens it mints pass the server.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use super::claims::{Claims, QualifiedName};
 
-/// Seconds of clock skew tolerated on `exp` and `nbf`.
+/// Seconds of clock skew tolerated on `exp`, `nbf` and `iat`.
 pub const DEFAULT_LEEWAY_SECS: u64 = 10;
+/// Longest token lifetime (`exp - iat`) servers accept by default (`--max-token-lifetime`), and
+/// the longest `Tenant.spec.token.ttl` the CRD allows (its CEL rule says `8760h`).
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(8760 * 3600);
+/// Largest token accepted, in bytes: tokens the operator mints are well under 2 KiB; anything
+/// far larger is refused before any decoding work.
+pub const MAX_TOKEN_BYTES: usize = 8192;
 
 /// Why a presented token is not accepted. All of these are answered with 401.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +39,14 @@ pub enum TokenError {
     WrongAudience,
     #[error("token was revoked")]
     Revoked,
+    #[error("token is issued in the future")]
+    IssuedInFuture,
+    #[error("token lifetime exceeds what this server accepts")]
+    LifetimeTooLong,
+    #[error("token names critical header extensions (crit), which this server does not support")]
+    UnsupportedCritical,
+    #[error("token is larger than 8192 bytes")]
+    TooLarge,
 }
 
 impl TokenError {
@@ -47,6 +62,10 @@ impl TokenError {
             TokenError::WrongIssuer => "wrong_issuer",
             TokenError::WrongAudience => "wrong_audience",
             TokenError::Revoked => "revoked",
+            TokenError::IssuedInFuture => "issued_in_future",
+            TokenError::LifetimeTooLong => "lifetime_too_long",
+            TokenError::UnsupportedCritical => "unsupported_crit",
+            TokenError::TooLarge => "too_large",
         }
     }
 }
@@ -55,6 +74,7 @@ impl TokenError {
 pub struct Verifier {
     keys: HashMap<String, DecodingKey>,
     validation: Validation,
+    max_lifetime: Duration,
 }
 
 impl Verifier {
@@ -71,19 +91,40 @@ impl Verifier {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[service.to_string()]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        Self { keys, validation }
+        Self {
+            keys,
+            validation,
+            max_lifetime: MAX_TOKEN_LIFETIME,
+        }
+    }
+
+    /// Refuses tokens whose `exp - iat` is longer than `max` (default [`MAX_TOKEN_LIFETIME`]).
+    pub fn with_max_lifetime(self, max: Duration) -> Self {
+        Self {
+            max_lifetime: max,
+            ..self
+        }
     }
 
     pub fn key_count(&self) -> usize {
         self.keys.len()
     }
 
-    /// Checks signature, `kid`, issuer, audience, `exp` and `nbf`; returns the claims.
+    /// Checks size, header (`alg`, `kid`, no `crit`), signature, issuer, audience, `exp`,
+    /// `nbf`, `iat` (not in the future) and lifetime; returns the claims.
     /// Scope and `gen` are checked by the caller, which knows the route and the tenant record.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::WrongAlgorithm);
+        }
+        // RFC 7515 4.1.11: a receiver must refuse extensions it does not understand; this
+        // server understands none.
+        if header.crit.is_some() {
+            return Err(TokenError::UnsupportedCritical);
         }
         let key = header
             .kid
@@ -103,8 +144,31 @@ impl Verifier {
                 }
             })?;
         data.claims.tenant().map_err(|_| TokenError::Malformed)?;
+        lifetime_check(
+            &data.claims,
+            now(),
+            self.validation.leeway,
+            self.max_lifetime,
+        )?;
         Ok(data.claims)
     }
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// `iat` not later than now (with the leeway), and `exp - iat` within `max`.
+fn lifetime_check(claims: &Claims, now: i64, leeway: u64, max: Duration) -> Result<(), TokenError> {
+    let leeway = i64::try_from(leeway).unwrap_or(i64::MAX);
+    if claims.iat > now.saturating_add(leeway) {
+        return Err(TokenError::IssuedInFuture);
+    }
+    let max = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
+    if claims.exp.saturating_sub(claims.iat) > max {
+        return Err(TokenError::LifetimeTooLong);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -130,10 +194,6 @@ mod tests {
             gen: 1,
         };
         (key, verifier, req)
-    }
-
-    fn now() -> i64 {
-        chrono::Utc::now().timestamp()
     }
 
     #[test]
@@ -202,6 +262,55 @@ mod tests {
         let good = mint(&base);
         assert!(verifier.verify(&good[..good.len() - 5]).is_err());
         assert!(verifier.verify(&good[..good.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn rejects_future_iat_long_lifetimes_crit_headers_and_huge_tokens() {
+        let (key, verifier, req) = setup();
+        let verifier = verifier.with_max_lifetime(Duration::from_secs(3600));
+        let base = req.claims_at(now(), "j".into());
+        let mint = |claims: &Claims| key.mint(claims).unwrap();
+        // Within the leeway (5 s here) is fine; beyond it is not.
+        let slightly_ahead = Claims {
+            iat: now() + 3,
+            ..base.clone()
+        };
+        assert!(verifier.verify(&mint(&slightly_ahead)).is_ok());
+        let ahead = Claims {
+            iat: now() + 60,
+            ..base.clone()
+        };
+        assert_eq!(
+            verifier.verify(&mint(&ahead)),
+            Err(TokenError::IssuedInFuture)
+        );
+        let long = Claims {
+            exp: base.iat + 3601,
+            ..base.clone()
+        };
+        assert_eq!(
+            verifier.verify(&mint(&long)),
+            Err(TokenError::LifetimeTooLong)
+        );
+        let longest = Claims {
+            exp: base.iat + 3600,
+            ..base.clone()
+        };
+        assert!(verifier.verify(&mint(&longest)).is_ok());
+
+        let mut header = jsonwebtoken::Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid().to_string());
+        header.crit = Some(vec!["exp".into()]);
+        let pem = key.to_pkcs8_pem();
+        let encoding = jsonwebtoken::EncodingKey::from_ed_pem(pem.as_bytes()).unwrap();
+        let crit = jsonwebtoken::encode(&header, &base, &encoding).unwrap();
+        assert_eq!(verifier.verify(&crit), Err(TokenError::UnsupportedCritical));
+
+        let huge = Claims {
+            sub: format!("{}{}", base.sub, "x".repeat(MAX_TOKEN_BYTES)),
+            ..base.clone()
+        };
+        assert_eq!(verifier.verify(&mint(&huge)), Err(TokenError::TooLarge));
     }
 
     #[test]

@@ -45,6 +45,7 @@ const GTE: &str = "nluservice-embedding.yaml";
 const INGRESS_PATH_RULE: &str =
     "NluService spec.ingress.path rule: path must be a path such as /uninlu: starting with '/', without '..', '?' or '#'";
 const TENANT: &str = "tenant.yaml";
+const TTL_RULE: &str = "Tenant spec.token.ttl rule: ttl must be a duration from 5m to 8760h (the servers' default --max-token-lifetime), e.g. 720h";
 
 const fn case(
     site: &'static str,
@@ -195,8 +196,9 @@ const CASES: &[Case] = &[
         "spec.quota.requestsPerMinute", Rule) },
     limit("Tenant spec.token.generation minimum", TENANT, &[("/spec/token/generation", "0")], "spec.token.generation", "1"),
     Case { at_limit: Some(r#""5m""#),
-        ..case("Tenant spec.token.ttl rule: ttl must be a duration of at least 5m, e.g. 720h", TENANT, &[("/spec/token/ttl", r#""4m59s""#)],
-        "spec.token.ttl", Rule) },
+        ..case(TTL_RULE, TENANT, &[("/spec/token/ttl", r#""4m59s""#)], "spec.token.ttl", Rule) },
+    Case { at_limit: Some(r#""8760h""#),
+        ..case(TTL_RULE, TENANT, &[("/spec/token/ttl", r#""8760h1s""#)], "spec.token.ttl", Rule) },
     // Tenant: status
     case("Tenant status.conditions listType map", TENANT, &[("/status/conditions", DUPLICATE_READY)], "status.conditions[1]", Duplicate),
     case("Tenant status.conditions[].type required", TENANT, &[("/status/conditions/0/type", "null")], "status.conditions[0].type", Required),

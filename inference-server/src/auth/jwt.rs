@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use axum::http::{header, HeaderMap};
 use nlu_crds::access::jwks::ed25519_keys;
@@ -73,7 +74,12 @@ impl CachingVerifier {
 }
 
 impl TokenVerifier {
-    pub fn start(jwks: PathBuf, issuer: String, service: QualifiedName) -> anyhow::Result<Self> {
+    pub fn start(
+        jwks: PathBuf,
+        issuer: String,
+        service: QualifiedName,
+        max_lifetime: Duration,
+    ) -> anyhow::Result<Self> {
         let load = {
             let jwks = jwks.clone();
             move || {
@@ -83,7 +89,8 @@ impl TokenVerifier {
                 if keys.is_empty() {
                     tracing::warn!(file = %jwks.display(), "the JWK Set has no Ed25519 keys: every token is refused");
                 }
-                let verifier = Verifier::new(keys, &issuer, &service, DEFAULT_LEEWAY_SECS);
+                let verifier = Verifier::new(keys, &issuer, &service, DEFAULT_LEEWAY_SECS)
+                    .with_max_lifetime(max_lifetime);
                 Ok(CachingVerifier {
                     verifier,
                     verified: Mutex::default(),

@@ -92,6 +92,11 @@ pub struct AuthArgs {
     #[arg(long, env = "NLU_FAIL_OPEN_REQUESTS_PER_MINUTE", default_value_t = NonZeroU32::new(60).unwrap())]
     pub fail_open_requests_per_minute: NonZeroU32,
 
+    /// Longest token lifetime (`exp - iat`) accepted, e.g. `720h`; longer tokens are refused
+    /// with 401. The default is the longest `Tenant.spec.token.ttl` the CRD allows.
+    #[arg(long, env = "NLU_MAX_TOKEN_LIFETIME", value_parser = parse_lifetime, default_value = "8760h")]
+    pub max_token_lifetime: Duration,
+
     /// Tenants (`namespace/name`, comma-separated) that get their own metrics label; others are
     /// `other`. Empty: the first --metrics-max-tenants tenants seen.
     #[arg(long, env = "NLU_METRICS_TENANTS", value_delimiter = ',')]
@@ -152,7 +157,12 @@ impl Auth {
                 args.metrics_max_tenants,
             ),
         ));
-        let verifier = TokenVerifier::start(jwks, args.jwt_issuer.clone(), service.clone())?;
+        let verifier = TokenVerifier::start(
+            jwks,
+            args.jwt_issuer.clone(),
+            service.clone(),
+            args.max_token_lifetime,
+        )?;
         let ca_pem = match &args.redis_ca_file {
             Some(path) => Some(std::fs::read(path).map_err(|e| {
                 anyhow::anyhow!("cannot read --redis-ca-file {}: {e}", path.display())
@@ -467,6 +477,17 @@ pub async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next:
     }
 }
 
+/// A duration such as `720h`, `30d` or `1h 30m` (jiff's friendly format), positive.
+fn parse_lifetime(value: &str) -> Result<Duration, String> {
+    let parsed: jiff::SignedDuration = value
+        .parse()
+        .map_err(|e| format!("{value:?} is not a duration such as 720h: {e}"))?;
+    Duration::try_from(parsed)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{value:?} must be a positive duration"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,6 +501,25 @@ mod tests {
     fn status(outcome: QuotaOutcome) -> (StatusCode, &'static str) {
         let r = decide(outcome, now()).unwrap_err();
         (r.error.status, r.error.code)
+    }
+
+    #[test]
+    fn token_lifetimes_parse_and_default_to_the_contract_maximum() {
+        assert_eq!(parse_lifetime("720h"), Ok(Duration::from_secs(720 * 3600)));
+        assert_eq!(parse_lifetime("1h 30m"), Ok(Duration::from_secs(5400)));
+        for bad in ["", "0s", "-5h", "forever"] {
+            assert!(parse_lifetime(bad).is_err(), "{bad:?} accepted");
+        }
+        use clap::Parser;
+        let argv = ["nlu-server", "serve", "--model", "m", "--task", "uninlu"];
+        let cli = crate::config::Cli::try_parse_from(argv).unwrap();
+        let crate::config::Command::Serve(args) = cli.command else {
+            panic!("expected serve")
+        };
+        assert_eq!(
+            args.auth.max_token_lifetime,
+            nlu_crds::access::verify::MAX_TOKEN_LIFETIME
+        );
     }
 
     #[test]

@@ -93,8 +93,38 @@ async fn bad_tokens_get_401() {
             &claims
         )
     );
+    let with_crit = {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some(keys.key.kid().to_string());
+        header.crit = Some(vec!["exp".into()]);
+        let pem = keys.key.to_pkcs8_pem();
+        let key = jsonwebtoken::EncodingKey::from_ed_pem(pem.as_bytes()).unwrap();
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+    };
     let cases = [
         ("forged signature", forged),
+        (
+            "issued in the future",
+            mint(&Claims {
+                iat: now + 120,
+                ..claims.clone()
+            }),
+        ),
+        (
+            "longer than --max-token-lifetime (default 8760h)",
+            mint(&Claims {
+                exp: claims.iat + 8760 * 3600 + 1,
+                ..claims.clone()
+            }),
+        ),
+        ("an unknown crit header", with_crit),
+        (
+            "larger than 8 KiB",
+            mint(&Claims {
+                jti: "x".repeat(9000),
+                ..claims.clone()
+            }),
+        ),
         ("unknown key", stranger.mint(&claims).unwrap()),
         (
             "expired",
