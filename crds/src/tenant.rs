@@ -63,8 +63,9 @@ pub enum Scope {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
-    validation = Rule::new("!has(self.requestsPerDay) || self.requestsPerDay >= 0").message("requestsPerDay must not be negative (0 = unlimited)").field_path(".requestsPerDay"),
-    validation = Rule::new("!has(self.requestsPerMinute) || self.requestsPerMinute >= 0").message("requestsPerMinute must not be negative (0 = unlimited)").field_path(".requestsPerMinute")
+    // The ceiling is `redis_keys::MAX_LIMIT`: what the quota script compares exactly.
+    validation = Rule::new("!has(self.requestsPerDay) || (self.requestsPerDay >= 0 && self.requestsPerDay <= 999999999999999)").message("requestsPerDay must be from 0 (unlimited) to 999999999999999").field_path(".requestsPerDay"),
+    validation = Rule::new("!has(self.requestsPerMinute) || (self.requestsPerMinute >= 0 && self.requestsPerMinute <= 999999999999999)").message("requestsPerMinute must be from 0 (unlimited) to 999999999999999").field_path(".requestsPerMinute")
 )]
 pub struct Quota {
     /// Requests per UTC day. `0` or unset: unlimited.

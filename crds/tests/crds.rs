@@ -245,18 +245,21 @@ fn redis_reference_rules() {
 }
 
 #[test]
-fn quotas_are_non_negative() {
+fn quotas_are_non_negative_and_exact_in_the_quota_script() {
     let good = sample("tenant.yaml");
     let zero = with(good.clone(), "/spec/quota/requestsPerDay", json!(0));
     assert!(tenant_cel(&zero, None).is_ok(), "0 means unlimited");
-    assert_rejected(
-        tenant_cel(&with(good.clone(), "/spec/quota/requestsPerDay", json!(-1)), None),
-        "requestsPerDay must not be negative",
-    );
-    assert_rejected(
-        tenant_cel(&with(good, "/spec/quota/requestsPerMinute", json!(-5)), None),
-        "requestsPerMinute must not be negative",
-    );
+    let max = nlu_crds::access::redis_keys::MAX_LIMIT;
+    for field in ["requestsPerDay", "requestsPerMinute"] {
+        let path = format!("/spec/quota/{field}");
+        assert!(tenant_cel(&with(good.clone(), &path, json!(max)), None).is_ok());
+        for bad in [json!(-1), json!(max + 1)] {
+            assert_rejected(
+                tenant_cel(&with(good.clone(), &path, bad), None),
+                &format!("{field} must be from 0 (unlimited) to {max}"),
+            );
+        }
+    }
 }
 
 #[test]

@@ -16,6 +16,10 @@ use super::AccessError;
 
 pub const DEFAULT_PREFIX: &str = "nlu:";
 
+/// Largest request limit the quota script compares exactly (15 digits: below 2^53, where
+/// Lua's numbers stop being exact); the Tenant CRD allows no more.
+pub const MAX_LIMIT: u64 = 999_999_999_999_999;
+
 /// Usage counters live two days so yesterday's total is still readable just after midnight.
 pub const USAGE_TTL_SECS: u64 = 2 * 24 * 3600;
 
@@ -139,16 +143,31 @@ pub const QUOTA_SCRIPT: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {1, 0, 0, 0, 0, 0} end
 local f = redis.call('HMGET', KEYS[1], 'enabled', 'requests_per_day', 'requests_per_minute',
                      'scopes', 'services', 'gen')
+local function digits(v, most)
+  return type(v) == 'string' and #v <= most and string.find(v, '^%d+$') ~= nil
+end
+-- A record missing a field or holding a non-number is refused, never read as "unlimited".
+if (f[1] ~= '1' and f[1] ~= '0') or not digits(f[2], 15) or not digits(f[3], 15)
+   or type(f[4]) ~= 'string' or type(f[5]) ~= 'string' or not digits(f[6], 20) then
+  return {8, 0, 0, 0, 0, 0}
+end
 local function listed(list, item)
-  list = string.gsub(list or '', '%s', '')
+  list = string.gsub(list, '%s', '')
   return list == '' or string.find(',' .. list .. ',', ',' .. item .. ',', 1, true) ~= nil
 end
+-- Generations are compared as decimal strings: exact for every u64, where doubles are not.
+local function below(a, b)
+  a = string.match(a, '^0*(%d*)$')
+  b = string.match(b, '^0*(%d*)$')
+  if #a ~= #b then return #a < #b end
+  return a < b
+end
 if f[1] ~= '1' then return {2, 0, 0, 0, 0, 0} end
-if tonumber(ARGV[1]) < (tonumber(f[6]) or 0) then return {3, 0, 0, 0, 0, 0} end
+if below(ARGV[1], f[6]) then return {3, 0, 0, 0, 0, 0} end
 if not listed(f[4], ARGV[2]) then return {4, 0, 0, 0, 0, 0} end
 if not listed(f[5], ARGV[3]) then return {5, 0, 0, 0, 0, 0} end
-local per_day = tonumber(f[2]) or 0
-local per_minute = tonumber(f[3]) or 0
+local per_day = tonumber(f[2])
+local per_minute = tonumber(f[3])
 local used = tonumber(redis.call('GET', KEYS[2]) or '0')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -198,6 +217,8 @@ pub enum QuotaOutcome {
     ServiceNotGranted,
     DailyQuotaExceeded(Usage),
     RateLimited(Usage),
+    /// The record misses a field or holds a non-number: refused, not read as unlimited.
+    InvalidRecord,
 }
 
 impl QuotaOutcome {
@@ -223,6 +244,7 @@ impl QuotaOutcome {
             5 => QuotaOutcome::ServiceNotGranted,
             6 => QuotaOutcome::DailyQuotaExceeded(usage),
             7 => QuotaOutcome::RateLimited(usage),
+            8 => QuotaOutcome::InvalidRecord,
             _ => return Err(bad()),
         })
     }
@@ -295,6 +317,10 @@ mod tests {
         assert_eq!(
             QuotaOutcome::from_reply(&[1, 0, 0, 0, 0, 0]).unwrap(),
             QuotaOutcome::NoRecord
+        );
+        assert_eq!(
+            QuotaOutcome::from_reply(&[8, 0, 0, 0, 0, 0]).unwrap(),
+            QuotaOutcome::InvalidRecord
         );
         assert!(QuotaOutcome::from_reply(&[9, 0, 0, 0, 0, 0]).is_err());
         assert!(QuotaOutcome::from_reply(&[0, 1]).is_err());

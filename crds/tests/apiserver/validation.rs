@@ -45,6 +45,9 @@ const GTE: &str = "nluservice-embedding.yaml";
 const INGRESS_PATH_RULE: &str =
     "NluService spec.ingress.path rule: path must be a path such as /uninlu: starting with '/', without '..', '?' or '#'";
 const TENANT: &str = "tenant.yaml";
+const PER_DAY_RULE: &str = "Tenant spec.quota rule: requestsPerDay must be from 0 (unlimited) to 999999999999999";
+const PER_MINUTE_RULE: &str =
+    "Tenant spec.quota rule: requestsPerMinute must be from 0 (unlimited) to 999999999999999";
 const TTL_RULE: &str = "Tenant spec.token.ttl rule: ttl must be a duration from 5m to 8760h (the servers' default --max-token-lifetime), e.g. 720h";
 
 const fn case(
@@ -189,11 +192,13 @@ const CASES: &[Case] = &[
     case("Tenant spec.scopes listType set", TENANT, &[("/spec/scopes", r#"["embed", "embed"]"#)], "spec.scopes[1]", Duplicate),
     case("Tenant spec.scopes[] enum", TENANT, &[("/spec/scopes", r#"["predict", "admin"]"#)], "spec.scopes[1]", NotSupported),
     Case { at_limit: Some("0"),
-        ..case("Tenant spec.quota rule: requestsPerDay must not be negative (0 = unlimited)", TENANT, &[("/spec/quota/requestsPerDay", "-1")],
-        "spec.quota.requestsPerDay", Rule) },
+        ..case(PER_DAY_RULE, TENANT, &[("/spec/quota/requestsPerDay", "-1")], "spec.quota.requestsPerDay", Rule) },
+    Case { at_limit: Some("999999999999999"),
+        ..case(PER_DAY_RULE, TENANT, &[("/spec/quota/requestsPerDay", "1000000000000000")], "spec.quota.requestsPerDay", Rule) },
     Case { at_limit: Some("0"),
-        ..case("Tenant spec.quota rule: requestsPerMinute must not be negative (0 = unlimited)", TENANT, &[("/spec/quota/requestsPerMinute", "-1")],
-        "spec.quota.requestsPerMinute", Rule) },
+        ..case(PER_MINUTE_RULE, TENANT, &[("/spec/quota/requestsPerMinute", "-1")], "spec.quota.requestsPerMinute", Rule) },
+    Case { at_limit: Some("999999999999999"),
+        ..case(PER_MINUTE_RULE, TENANT, &[("/spec/quota/requestsPerMinute", "1000000000000000")], "spec.quota.requestsPerMinute", Rule) },
     limit("Tenant spec.token.generation minimum", TENANT, &[("/spec/token/generation", "0")], "spec.token.generation", "1"),
     Case { at_limit: Some(r#""5m""#),
         ..case(TTL_RULE, TENANT, &[("/spec/token/ttl", r#""4m59s""#)], "spec.token.ttl", Rule) },

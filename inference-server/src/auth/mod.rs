@@ -332,6 +332,11 @@ pub fn decide(
     match outcome {
         QuotaOutcome::Allowed(usage) => Ok(rate_limit(&usage, now)),
         QuotaOutcome::NoRecord => forbidden("unknown_tenant", "the tenant has no access record"),
+        // Refused for this tenant only: the quota store itself is healthy.
+        QuotaOutcome::InvalidRecord => forbidden(
+            "invalid_tenant_record",
+            "the tenant's access record is incomplete or damaged; the operator rewrites it",
+        ),
         QuotaOutcome::Suspended => forbidden("tenant_suspended", "the tenant is suspended"),
         QuotaOutcome::Revoked => Err(Refusal::invalid_token("token was revoked")),
         QuotaOutcome::ScopeNotGranted => {
@@ -527,6 +532,10 @@ mod tests {
         assert_eq!(
             status(QuotaOutcome::NoRecord),
             (StatusCode::FORBIDDEN, "unknown_tenant")
+        );
+        assert_eq!(
+            status(QuotaOutcome::InvalidRecord),
+            (StatusCode::FORBIDDEN, "invalid_tenant_record")
         );
         assert_eq!(
             status(QuotaOutcome::Suspended),

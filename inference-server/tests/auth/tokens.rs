@@ -1,7 +1,7 @@
 //! Token and tenant checks: 401 for every bad token, 403 for tenants not allowed, rotation.
 
 use base64::Engine;
-use nlu_crds::access::{Claims, Scope, SigningKey, TenantRecord};
+use nlu_crds::access::{Claims, RedisKeys, Scope, SigningKey, TenantRecord};
 use reqwest::StatusCode;
 
 use crate::harness::*;
@@ -318,4 +318,92 @@ async fn a_new_key_is_picked_up_without_restart_and_the_old_one_keeps_working() 
         server.call("/embed", Some(&old_token)).await.status() == StatusCode::UNAUTHORIZED
     })
     .await;
+}
+
+#[tokio::test]
+async fn damaged_records_are_refused_for_their_tenant_only() {
+    let redis = shared_redis();
+    let keys = Keys::new();
+    let prefix = unique_prefix();
+    put_record(&redis.url(), &prefix, "team-a/fine", &open_record()).await;
+    let args = auth_args(&redis.url(), &keys.jwks_path(), &prefix, &[]);
+    let server = TestServer::start(&args).await;
+    let full: Vec<(&str, String)> = open_record().to_fields();
+    // Each case: the full record with one field removed or replaced by a non-number.
+    let mut cases: Vec<(String, Vec<(&str, String)>)> = Vec::new();
+    for (i, (name, _)) in full.iter().enumerate() {
+        let mut missing = full.clone();
+        missing.remove(i);
+        cases.push((format!("without {name}"), missing));
+    }
+    for (name, bad) in [
+        ("enabled", "yes"),
+        ("requests_per_day", "ten"),
+        ("requests_per_minute", "-1"),
+        ("requests_per_minute", "1e3"),
+        ("gen", "2.5"),
+        ("gen", "123456789012345678901"),
+    ] {
+        let mut damaged = full.clone();
+        damaged.iter_mut().find(|(n, _)| *n == name).unwrap().1 = bad.to_owned();
+        cases.push((format!("{name} = {bad}"), damaged));
+    }
+    let key = |tenant: &str| RedisKeys::new(&prefix).tenant(&tenant.parse().unwrap());
+    let mut conn = redis_conn(&redis.url()).await;
+    for (i, (what, fields)) in cases.iter().enumerate() {
+        let tenant = format!("team-a/damaged-{i}");
+        let _: () = redis::cmd("HSET")
+            .arg(key(&tenant))
+            .arg(fields)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let response = server.call("/embed", Some(&keys.token(&tenant))).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{what}");
+        assert_eq!(
+            error_code(response).await,
+            "invalid_tenant_record",
+            "{what}"
+        );
+    }
+    // Everybody else is served and the server stays ready.
+    let fine = server
+        .call("/embed", Some(&keys.token("team-a/fine")))
+        .await;
+    assert_eq!(fine.status(), StatusCode::OK);
+    assert_eq!(server.get("/readyz").await.status(), StatusCode::OK);
+    let metrics = server.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"outcome="invalid_tenant_record""#),
+        "refusals counted: {metrics}"
+    );
+}
+
+#[tokio::test]
+async fn generations_beyond_2_pow_53_still_revoke() {
+    // 2^53 + 1 is 2^53 as a double: compared as numbers, gen 2^53 would pass.
+    let record_gen = (1u64 << 53) + 1;
+    let tenant = "team-a/big-gen";
+    let (keys, server) = setup(
+        tenant,
+        Some(TenantRecord {
+            gen: record_gen,
+            ..open_record()
+        }),
+    )
+    .await;
+    let token = |gen: u64| {
+        keys.key
+            .mint(&Claims {
+                gen,
+                ..Keys::claims(tenant)
+            })
+            .unwrap()
+    };
+    let older = server.call("/embed", Some(&token(record_gen - 1))).await;
+    assert_eq!(older.status(), StatusCode::UNAUTHORIZED);
+    for current in [record_gen, u64::MAX] {
+        let response = server.call("/embed", Some(&token(current))).await;
+        assert_eq!(response.status(), StatusCode::OK, "gen {current}");
+    }
 }
