@@ -53,7 +53,12 @@ pub fn endpoints(
         .collect()
 }
 
-fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+/// Whether an equality selector (`matchLabels`, a Service's `selector`) selects these labels;
+/// an empty selector selects nothing here.
+pub(super) fn selects(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -219,6 +224,8 @@ mod tests {
             ip: Ipv4Addr::from(ip),
             ready,
             ports: BTreeMap::from([("http".into(), 8080)]),
+            pids: Vec::new(),
+            cpu_requests: BTreeMap::new(),
         }
     }
 
