@@ -602,7 +602,16 @@ impl Autoscalers {
                 target["name"].as_str().unwrap_or("?"),
             );
             let conditions = [("AbleToScale", false, "FailedGetScale", message)];
-            let status = json!({"observedGeneration": hpa.metadata.generation});
+            // `desiredReplicas` is a required field of the status: the last one, else 0.
+            let desired = self
+                .memory
+                .get(&uid)
+                .and_then(|m| m.written["desiredReplicas"].as_u64())
+                .unwrap_or(0);
+            let status = json!({
+                "observedGeneration": hpa.metadata.generation,
+                "desiredReplicas": desired,
+            });
             return self.write_status(hpa, &uid, status, &conditions).await;
         };
         let dep = serde_json::to_value(deployment).unwrap_or_default();
