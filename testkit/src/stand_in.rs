@@ -56,6 +56,7 @@ const KINDS: &[Kind] = &[
         "HorizontalPodAutoscaler",
     ),
     kind("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+    kind("discovery.k8s.io/v1", "endpointslices", "EndpointSlice"),
     kind("events.k8s.io/v1", "events", "Event"),
     kind("coordination.k8s.io/v1", "leases", "Lease"),
 ];

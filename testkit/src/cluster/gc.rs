@@ -1,5 +1,5 @@
 //! Garbage collection by owner references, as the real collector does it: a dependent whose
-//! owners (NluService, Tenant or Deployment, by uid) are all gone is deleted. Pods are the
+//! owners (NluService, Tenant, Deployment or Service, by uid) are all gone is deleted. Pods are the
 //! kubelet's (it stops them with their Deployment). Owners of other kinds keep their
 //! dependents. Foreground deletion of a custom resource (the `foregroundDeletion` finalizer,
 //! which the standalone API server sets but nothing there removes): its dependents go first,
@@ -12,6 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
@@ -21,7 +22,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 
 /// Owner kinds whose liveness the collector knows.
-const KNOWN_OWNERS: [&str; 3] = ["NluService", "Tenant", "Deployment"];
+const KNOWN_OWNERS: [&str; 4] = ["NluService", "Tenant", "Deployment", "Service"];
 
 /// Whether a dependent with these owner references (kind, uid) is garbage.
 pub fn orphaned(owners: &[(String, String)], live: &BTreeSet<String>) -> bool {
@@ -61,6 +62,7 @@ async fn pass(client: &Client) -> Result<(), kube::Error> {
         }
     }
     live.extend(uids::<Deployment>(client).await?);
+    live.extend(uids::<Service>(client).await?);
     let mut referenced = BTreeSet::new();
     referenced.extend(collect::<Deployment>(client, &live).await?);
     referenced.extend(collect::<Service>(client, &live).await?);
@@ -70,6 +72,7 @@ async fn pass(client: &Client) -> Result<(), kube::Error> {
     referenced.extend(collect::<PodDisruptionBudget>(client, &live).await?);
     referenced.extend(collect::<Secret>(client, &live).await?);
     referenced.extend(collect::<ConfigMap>(client, &live).await?);
+    referenced.extend(collect::<EndpointSlice>(client, &live).await?);
     for (gvk, object, uid) in going {
         if referenced.contains(&uid) {
             continue;
@@ -166,6 +169,10 @@ mod tests {
         assert!(!orphaned(&[], &live), "no owner: not a dependent");
         assert!(!orphaned(&[o("NluService", "u1")], &live));
         assert!(orphaned(&[o("NluService", "u2")], &live));
+        assert!(
+            orphaned(&[o("Service", "u3")], &live),
+            "a Service's EndpointSlice"
+        );
         assert!(!orphaned(
             &[o("NluService", "u2"), o("Tenant", "u1")],
             &live

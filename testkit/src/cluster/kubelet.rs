@@ -43,6 +43,10 @@ pub struct PodInfo {
     pub ready: bool,
     /// Container ports by name.
     pub ports: BTreeMap<String, u16>,
+    /// Process ids of the running containers (none while the pod initializes or restarts).
+    pub pids: Vec<u32>,
+    /// Each container's `resources.requests.cpu` as written (`None`: no request), by name.
+    pub cpu_requests: BTreeMap<String, Option<String>>,
 }
 
 /// The pods the kubelet runs, readable by the rest of the cluster.
@@ -325,6 +329,22 @@ impl Kubelet {
                         .iter()
                         .flat_map(|plan| plan.containers.iter())
                         .flat_map(|c| c.ports.clone())
+                        .collect(),
+                    pids: state.pids.values().copied().collect(),
+                    cpu_requests: p.spec["containers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| {
+                            let name = c["name"].as_str().unwrap_or_default().to_owned();
+                            let cpu = &c["resources"]["requests"]["cpu"];
+                            // A quantity may be written as a JSON number too.
+                            let cpu = cpu
+                                .as_str()
+                                .map(str::to_owned)
+                                .or_else(|| cpu.is_number().then(|| cpu.to_string()));
+                            (name, cpu)
+                        })
                         .collect(),
                 }
             })

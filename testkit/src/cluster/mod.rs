@@ -8,8 +8,15 @@
 //! store: no admission, no field managers), and the kubelet's isolation: processes run as the
 //! test's user with path mapping instead of mounts (see [`pod_plan`]), no cgroup limits, no
 //! `securityContext`. ReplicaSets are not modelled (pods belong to their Deployment).
+//!
+//! Controllers besides the kubelet: Services as loopback load balancers ([`services`]), the
+//! HTTPS Ingress front ([`ingress`]), garbage collection by owner ([`gc`]), and the
+//! HorizontalPodAutoscaler ([`hpa`]: CPU from `/proc`, Pods metrics scraped from the pods'
+//! `/metrics`, the real controller's algorithm, stabilization windows capped at
+//! [`ClusterOptions::hpa_window_cap`]).
 
 mod gc;
+mod hpa;
 mod hub;
 mod ingress;
 mod kubelet;
@@ -42,6 +49,9 @@ pub struct ClusterOptions {
     pub models: BTreeMap<String, PathBuf>,
     /// Probe periods and preStop sleeps are capped at this (default 1 s).
     pub probe_period_cap: Duration,
+    /// HPA stabilization windows are capped at this (default 10 s; the real default
+    /// scale-down window is 300 s), so a test sees a scale-down in seconds.
+    pub hpa_window_cap: Duration,
 }
 
 impl ClusterOptions {
@@ -52,6 +62,7 @@ impl ClusterOptions {
             claims: BTreeMap::new(),
             models: BTreeMap::new(),
             probe_period_cap: Duration::from_secs(1),
+            hpa_window_cap: Duration::from_secs(10),
         }
     }
 }
@@ -115,6 +126,8 @@ impl ProcessCluster {
                         table.clone(),
                     )
                     .await;
+                    let autoscalers =
+                        hpa::Autoscalers::new(proxy.client(), table.clone(), opts.hpa_window_cap);
                     let balancers =
                         services::LoadBalancers::new(proxy.client(), table, service_table);
                     let _ = ready.send((proxy.url(), hub, ingress));
@@ -124,6 +137,7 @@ impl ProcessCluster {
                         kubelet.run(),
                         balancers.run(),
                         front.run(),
+                        autoscalers.run(),
                         gc::run(_proxy.client())
                     );
                 });

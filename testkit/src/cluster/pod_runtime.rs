@@ -26,6 +26,9 @@ pub struct PodState {
     pub restarts: u32,
     /// Why the pod is not running (e.g. `CrashLoopBackOff`), with a message.
     pub waiting: Option<(String, String)>,
+    /// Process id of each running (main) container, by container name: what the HPA's CPU
+    /// metric reads under `/proc` (a metrics-server's cgroup reading, here per process).
+    pub pids: std::collections::BTreeMap<String, u32>,
 }
 
 /// A running pod; dropping it does not stop it, [`PodRuntime::terminate`] does.
@@ -132,6 +135,9 @@ async fn supervise(
                 }
             }
         };
+        if let Some(pid) = child.id() {
+            state.lock().unwrap().pids.insert(spec.name.clone(), pid);
+        }
         let ended = tokio::select! {
             ended = watch_container(&spec, ip, timing, &state, &mut child) => ended,
             _ = stopped.changed() => {
@@ -139,6 +145,7 @@ async fn supervise(
                 let pre_stop = Duration::from_secs(spec.pre_stop_sleep_secs).min(timing.probe_period_cap);
                 tokio::time::sleep(pre_stop).await;
                 stop(&mut child, Duration::from_secs(grace_secs)).await;
+                state.lock().unwrap().pids.remove(&spec.name);
                 return;
             }
         };
@@ -146,6 +153,7 @@ async fn supervise(
         let _ = child.wait().await;
         {
             let mut s = state.lock().unwrap();
+            s.pids.remove(&spec.name);
             s.ready = false;
             s.started = false;
             s.restarts += 1;

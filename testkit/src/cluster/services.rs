@@ -3,6 +3,12 @@
 //! ready pod its selector matches (round robin), on the target port (by number or by the
 //! container port's name). A pod that turns unready or goes away gets no new connections.
 //! Services without a selector and `type: ExternalName` are not served.
+//!
+//! Each served Service also gets one `discovery.k8s.io/v1` EndpointSlice, `<service>-slice`
+//! (label `kubernetes.io/service-name`, owned by the Service so the garbage collector removes
+//! it with the Service): every selected pod with `conditions.ready`, the Service's ports
+//! resolved to the pods' port numbers. It is written only when its content changes. What reads
+//! endpoints here (the balancers, the Ingress front) reads the pod table, not the slices.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -11,9 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
-use kube::api::ListParams;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -53,7 +60,81 @@ pub fn endpoints(
         .collect()
 }
 
-fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+/// The EndpointSlice of Service `namespace/name` (its content: what is compared and written):
+/// the pods `entry` selects, ready or not, by name; the Service's ports with their pod port
+/// numbers (a named target port as the first selected pod that has it declares it).
+pub fn endpoint_slice(
+    namespace: &str,
+    name: &str,
+    entry: &ServiceEntry,
+    pods: &[PodInfo],
+) -> Value {
+    let mut selected: Vec<&PodInfo> = pods
+        .iter()
+        .filter(|p| p.namespace == namespace && selects(&entry.selector, &p.labels))
+        .collect();
+    selected.sort_by(|a, b| a.name.cmp(&b.name));
+    let endpoints: Vec<Value> = selected
+        .iter()
+        .map(|p| {
+            json!({
+                "addresses": [p.ip.to_string()],
+                "conditions": {"ready": p.ready, "serving": p.ready, "terminating": false},
+                "targetRef": {"kind": "Pod", "namespace": namespace, "name": p.name},
+            })
+        })
+        .collect();
+    let ports: Vec<Value> = entry
+        .ports
+        .values()
+        .filter_map(|(port_name, target)| {
+            let number = match target {
+                Value::String(target) => {
+                    selected.iter().find_map(|p| p.ports.get(target).copied())?
+                }
+                other => u16::try_from(other.as_u64()?).ok()?,
+            };
+            Some(json!({"name": port_name, "port": number, "protocol": "TCP"}))
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": format!("{name}-slice"),
+            "namespace": namespace,
+            "labels": {
+                "kubernetes.io/service-name": name,
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+            },
+            "ownerReferences": [{
+                "apiVersion": "v1", "kind": "Service", "name": name, "uid": entry.uid,
+                "controller": true, "blockOwnerDeletion": true,
+            }],
+        },
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": ports,
+    })
+}
+
+/// The parts of a slice [`endpoint_slice`] decides (what a write would change).
+fn slice_content(slice: &Value) -> Value {
+    json!({
+        "labels": slice["metadata"]["labels"],
+        "ownerReferences": slice["metadata"]["ownerReferences"],
+        "addressType": slice["addressType"],
+        "endpoints": slice["endpoints"],
+        "ports": slice["ports"],
+    })
+}
+
+/// Whether an equality selector (`matchLabels`, a Service's `selector`) selects these labels;
+/// an empty selector selects nothing here.
+pub(super) fn selects(
+    selector: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -166,6 +247,58 @@ impl LoadBalancers {
             self.stop(&key);
             self.table.lock().unwrap().remove(&key);
         }
+        self.write_slices().await
+    }
+
+    /// Writes each served Service's EndpointSlice whose content differs from the stored one.
+    async fn write_slices(&self) -> Result<(), kube::Error> {
+        let stored: BTreeMap<(String, String), Value> =
+            Api::<EndpointSlice>::all(self.client.clone())
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .map(|s| {
+                    let key = (s.namespace().unwrap_or_default(), s.name_any());
+                    (key, serde_json::to_value(s).unwrap_or_default())
+                })
+                .collect();
+        let wanted: Vec<Value> = {
+            let table = self.table.lock().unwrap();
+            let pods = self.pods.lock().unwrap();
+            table
+                .iter()
+                .map(|((ns, name), entry)| endpoint_slice(ns, name, entry, &pods))
+                .collect()
+        };
+        for slice in wanted {
+            let ns = slice["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let name = slice["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let api = Api::<EndpointSlice>::namespaced(self.client.clone(), &ns);
+            match stored.get(&(ns.clone(), name.clone())) {
+                Some(old) if slice_content(old) == slice_content(&slice) => {}
+                Some(_) => {
+                    api.patch(&name, &PatchParams::default(), &Patch::Merge(&slice))
+                        .await?;
+                }
+                None => {
+                    let slice: EndpointSlice =
+                        serde_json::from_value(slice).expect("an EndpointSlice");
+                    match api.create(&PostParams::default(), &slice).await {
+                        Ok(_) => {}
+                        // Written meanwhile: the next pass compares again.
+                        Err(kube::Error::Api(e)) if e.code == 409 => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -219,6 +352,8 @@ mod tests {
             ip: Ipv4Addr::from(ip),
             ready,
             ports: BTreeMap::from([("http".into(), 8080)]),
+            pids: Vec::new(),
+            cpu_requests: BTreeMap::new(),
         }
     }
 
@@ -248,5 +383,59 @@ mod tests {
         );
         assert!(endpoints(&entry, 82, &pods, "ns").is_empty());
         assert!(endpoints(&entry, 80, &pods, "other").is_empty());
+    }
+
+    #[test]
+    fn the_endpoint_slice_lists_the_selected_pods_with_readiness_and_resolved_ports() {
+        let entry = ServiceEntry {
+            ip: Ipv4Addr::new(127, 2, 0, 1),
+            ports: BTreeMap::from([
+                (80, ("http".into(), json!("http"))),
+                (81, ("raw".into(), json!(9000))),
+                (82, ("nowhere".into(), json!("grpc"))),
+            ]),
+            selector: BTreeMap::from([("app".into(), "a".into())]),
+            uid: "u1".into(),
+        };
+        let pods = [
+            pod("a2", [127, 1, 0, 2], false, "a"),
+            pod("a1", [127, 1, 0, 1], true, "a"),
+            pod("b1", [127, 1, 0, 3], true, "b"),
+        ];
+        let slice = endpoint_slice("ns", "svc", &entry, &pods);
+        assert_eq!(slice["metadata"]["name"], "svc-slice");
+        assert_eq!(
+            slice["metadata"]["labels"]["kubernetes.io/service-name"],
+            "svc"
+        );
+        let owner = &slice["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (&owner["kind"], &owner["uid"]),
+            (&json!("Service"), &json!("u1"))
+        );
+        assert_eq!(
+            slice["endpoints"],
+            json!([
+                {"addresses": ["127.1.0.1"], "conditions": {"ready": true, "serving": true, "terminating": false},
+                 "targetRef": {"kind": "Pod", "namespace": "ns", "name": "a1"}},
+                {"addresses": ["127.1.0.2"], "conditions": {"ready": false, "serving": false, "terminating": false},
+                 "targetRef": {"kind": "Pod", "namespace": "ns", "name": "a2"}},
+            ])
+        );
+        // A named port no pod declares is left out.
+        assert_eq!(
+            slice["ports"],
+            json!([
+                {"name": "http", "port": 8080, "protocol": "TCP"},
+                {"name": "raw", "port": 9000, "protocol": "TCP"},
+            ])
+        );
+        // The content compared before a write ignores what the server adds.
+        let mut stored = slice.clone();
+        stored["metadata"]["resourceVersion"] = json!("7");
+        assert_eq!(slice_content(&stored), slice_content(&slice));
+        let none = endpoint_slice("other", "svc", &entry, &pods);
+        assert_eq!(none["endpoints"], json!([]));
+        assert_ne!(slice_content(&none), slice_content(&slice));
     }
 }
