@@ -16,21 +16,18 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use nlu_crds::serve::{exported_metric, IN_FLIGHT_REQUESTS};
 use nlu_crds::NluService;
 
-const PREDICT: &str = "/api/predict";
 /// Concurrent clients of the load.
 const CLIENTS: usize = 8;
 
-/// Average in-flight requests per pod to aim for. Not 1: the server's gauge counts the request
-/// that reads it (and any probe running then), so an idle pod reads 1 and a target of 1 never
-/// lets the HPA scale down (the ratio stays at 1, within the tolerance). A real user meets the
-/// same thing through a Prometheus adapter, and would aim at 2 or more.
-const INFLIGHT_TARGET: i32 = 2;
+/// Average in-flight requests per pod to aim for (the gauge counts model requests only, so an
+/// idle pod reads 0 and the HPA scales back down).
+const INFLIGHT_TARGET: i32 = 1;
 /// The CPU target the operator renders when the spec names none (percent of the request).
 const CPU_TARGET: i32 = 70;
 
-/// The service under test: `uninlu_service` with an in-flight target and a cpu request of
-/// twice this machine's cores, so CPU utilization stays under 50 % whatever the load and only
-/// the in-flight metric can scale it (the process cluster does not schedule by requests).
+/// The service under test: `uninlu_service` (whose cpu request keeps CPU utilization low on the
+/// process cluster, see [`shared_cpu_request`]) with an in-flight target, so only the in-flight
+/// metric can scale it.
 fn autoscaled_service(name: &str, host: &str, tls: &str, inflight: i32) -> NluService {
     let mut svc = uninlu_service(name, host, tls);
     let scaling = svc
@@ -42,14 +39,6 @@ fn autoscaled_service(name: &str, host: &str, tls: &str, inflight: i32) -> NluSe
     scaling.max_replicas = MAX_REPLICAS;
     scaling.target_inflight_requests = Some(inflight);
     scaling.target_cpu_utilization_percentage = Some(CPU_TARGET);
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    svc.spec.resources = Some(
-        serde_json::from_value(serde_json::json!({
-            "requests": {"cpu": (2 * cores).to_string(), "memory": "128Mi"},
-            "limits": {"memory": "1Gi"},
-        }))
-        .expect("resource requirements"),
-    );
     svc
 }
 

@@ -2,13 +2,13 @@
 
 use std::sync::atomic::AtomicU64;
 
+use nlu_crds::serve::{IN_FLIGHT_REQUESTS, METRICS_PREFIX};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use nlu_crds::serve::{IN_FLIGHT_REQUESTS, METRICS_PREFIX};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -54,9 +54,14 @@ impl Metrics {
             "HTTP requests by route, status and tenant",
             requests.clone(),
         );
-        let request_seconds =
-            Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
-        registry.register("request_seconds", "Total request latency", request_seconds.clone());
+        let request_seconds = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "request_seconds",
+            "Total request latency",
+            request_seconds.clone(),
+        );
         let queue_seconds = latency_histogram();
         registry.register(
             "queue_seconds",
@@ -70,16 +75,36 @@ impl Metrics {
             tokenize_seconds.clone(),
         );
         let inference_seconds = latency_histogram();
-        registry.register("inference_seconds", "Model time per batch", inference_seconds.clone());
+        registry.register(
+            "inference_seconds",
+            "Model time per batch",
+            inference_seconds.clone(),
+        );
         let batch_size = Histogram::new(exponential_buckets(1.0, 2.0, 10));
-        registry.register("batch_size", "Sequences per model batch", batch_size.clone());
+        registry.register(
+            "batch_size",
+            "Sequences per model batch",
+            batch_size.clone(),
+        );
         let batch_tokens = Histogram::new(exponential_buckets(16.0, 2.0, 14));
-        registry.register("batch_tokens", "Tokens per model batch (packed, no padding)", batch_tokens.clone());
+        registry.register(
+            "batch_tokens",
+            "Tokens per model batch (packed, no padding)",
+            batch_tokens.clone(),
+        );
         let queue_depth = Gauge::default();
-        registry.register("queue_depth", "Sequences waiting for the model", queue_depth.clone());
+        registry.register(
+            "queue_depth",
+            "Sequences waiting for the model",
+            queue_depth.clone(),
+        );
         let in_flight = Gauge::default();
         // The HPA's Pods metric names this gauge (through the contract crate).
-        registry.register(IN_FLIGHT_REQUESTS, "Requests being handled", in_flight.clone());
+        registry.register(
+            IN_FLIGHT_REQUESTS,
+            "Model requests being handled (probes, /metrics and other routes not counted)",
+            in_flight.clone(),
+        );
         let queue_rejections = Counter::default();
         registry.register(
             "queue_rejections",

@@ -1,4 +1,4 @@
-//! Outermost middleware: request id, in-flight gauge, request metrics and one access log line
+//! Outermost middleware: request id, in-flight gauge (model routes), request metrics and one access log line
 //! per request (route, status, latency, tenant, request id; never bodies or credentials).
 
 use std::time::Instant;
@@ -38,7 +38,11 @@ pub fn route_label(path: &str) -> &'static str {
         "/openapi.json",
         "/",
     ];
-    ROUTES.iter().find(|r| **r == path).copied().unwrap_or("other")
+    ROUTES
+        .iter()
+        .find(|r| **r == path)
+        .copied()
+        .unwrap_or("other")
 }
 
 /// The caller's id when it is a sane token (visible ASCII, at most 128 bytes), else a new UUID.
@@ -58,10 +62,17 @@ pub async fn access_log(State(state): State<AppState>, mut req: Request, next: N
     let method = req.method().clone();
     req.extensions_mut().insert(RequestId(id.clone()));
 
-    state.metrics.in_flight.inc();
+    // The gauge is the autoscaler's load metric: only model routes (the tenant operations)
+    // count, so an idle pod reads 0 and not 1 for the scrape that reads it, or for its probes.
+    let load = nlu_crds::access::Scope::for_route(route).is_some();
+    if load {
+        state.metrics.in_flight.inc();
+    }
     // Decrements also when the client disconnects and this future is dropped.
     let _in_flight = scopeguard(|| {
-        state.metrics.in_flight.dec();
+        if load {
+            state.metrics.in_flight.dec();
+        }
     });
     let mut response = next.run(req).await;
 
@@ -79,7 +90,11 @@ pub async fn access_log(State(state): State<AppState>, mut req: Request, next: N
             route: route.to_owned(),
             status,
             // The auth layer's bounded label: one series per tenant would grow without end.
-            tenant: response.extensions().get::<TenantLabel>().map(|t| t.0.clone()).unwrap_or_default(),
+            tenant: response
+                .extensions()
+                .get::<TenantLabel>()
+                .map(|t| t.0.clone())
+                .unwrap_or_default(),
         })
         .inc();
     state
