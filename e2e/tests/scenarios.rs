@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use e2e::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams};
@@ -276,13 +276,24 @@ async fn deleting_an_nluservice_removes_its_children() {
     .await
     .unwrap();
 
+    let pods =
+        kube::api::ListParams::default().labels(&format!("app.kubernetes.io/instance={name}"));
+    wait_for(
+        "a pod of NluService doomed",
+        Duration::from_secs(120),
+        || async { Ok((!cluster.api::<Pod>().list(&pods).await?.items.is_empty()).then_some(())) },
+    )
+    .await
+    .unwrap();
+
     cluster.delete::<NluService>(name).await.unwrap();
     wait_for(
-        "every child of NluService doomed deleted",
+        "every child and pod of NluService doomed deleted",
         Duration::from_secs(120),
         || async {
             let gone = cluster.api::<NluService>().get_opt(name).await?.is_none()
-                && !children_present(&cluster, name).await?.contains(&true);
+                && !children_present(&cluster, name).await?.contains(&true)
+                && cluster.api::<Pod>().list(&pods).await?.items.is_empty();
             Ok(gone.then_some(()))
         },
     )
