@@ -485,25 +485,17 @@ pub fn shared_cpu_request() -> String {
 }
 
 /// An embedding NluService (one replica) serving the GTE model of the claim with CLS pooling
-/// (the fixture's), exposed at `host`.
+/// (the fixture's), exposed at `host`: [`uninlu_service`] with another model and no autoscaling.
 pub fn embedding_service(name: &str, host: &str, tls_secret: &str) -> NluService {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "nlu.dev/v1alpha1",
-        "kind": "NluService",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "model": {"task": "embedding", "pooling": "cls", "source": {"pvc": {"claimName": MODEL_CLAIM, "path": EMBED_MODEL_PATH}}},
-            "replicas": 1,
-            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
-            "ingress": {
-                "host": host,
-                "className": "nginx",
-                "tls": {"clusterIssuer": CLUSTER_ISSUER, "secretName": tls_secret}
-            },
-            "auth": {"mode": "jwt", "failurePolicy": "FailClosed"}
-        }
+    let mut svc = uninlu_service(name, host, tls_secret);
+    svc.spec.model = serde_json::from_value(serde_json::json!({
+        "task": "embedding", "pooling": "cls",
+        "source": {"pvc": {"claimName": MODEL_CLAIM, "path": EMBED_MODEL_PATH}}
     }))
-    .expect("the NluService literal matches the CRD types")
+    .expect("the model literal matches the CRD types");
+    svc.spec.autoscaling = None;
+    svc.spec.replicas = Some(1);
+    svc
 }
 
 /// A tenant of `services` with the given scopes and per-minute limit (0 = unlimited).
@@ -555,6 +547,16 @@ pub async fn ready_service() -> anyhow::Result<Cluster> {
         })
         .await?;
     Ok(cluster)
+}
+
+/// The shared service Ready, an HTTPS client for it, and the token of a new tenant `name` of
+/// it (granted `predict`, unlimited) once the service answers it with 200.
+pub async fn served_tenant(name: &str) -> anyhow::Result<(Cluster, Https, String)> {
+    let cluster = ready_service().await?;
+    let https = cluster.https(SERVICE_HOST, SERVICE_TLS_SECRET).await?;
+    let token = tenant_with_token(&tenant(name, &[SERVICE], &["predict"], 0)).await?;
+    answers(&https, Some(&token), 200, 30).await;
+    Ok((cluster, https, token))
 }
 
 /// A tenant applied and its token issued.

@@ -12,15 +12,7 @@ use nlu_crds::NluService;
 #[tokio::test]
 async fn an_operator_restart_loses_nothing() {
     let _one = one_at_a_time().await;
-    let cluster = ready_service().await.unwrap();
-    let https = cluster
-        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
-        .await
-        .unwrap();
-    let kept = tenant_with_token(&tenant("lambda", &[SERVICE], &["predict"], 0))
-        .await
-        .unwrap();
-    answers(&https, Some(&kept), 200, 30).await;
+    let (cluster, https, kept) = served_tenant("lambda").await.unwrap();
     cluster.remove_tenant("mu").await.unwrap();
 
     cluster.stop_operator().await.unwrap();
@@ -42,15 +34,7 @@ async fn an_operator_restart_loses_nothing() {
 #[tokio::test]
 async fn a_standby_operator_takes_over_when_the_leader_stops() {
     let _one = one_at_a_time().await;
-    let cluster = ready_service().await.unwrap();
-    let https = cluster
-        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
-        .await
-        .unwrap();
-    let kept = tenant_with_token(&tenant("pi", &[SERVICE], &["predict"], 0))
-        .await
-        .unwrap();
-    answers(&https, Some(&kept), 200, 30).await;
+    let (cluster, https, kept) = served_tenant("pi").await.unwrap();
     cluster.remove_tenant("rho").await.unwrap();
 
     let leader = cluster.lease_holder().await.unwrap();
@@ -79,15 +63,7 @@ async fn a_standby_operator_takes_over_when_the_leader_stops() {
 #[tokio::test]
 async fn a_redis_outage_under_fail_closed_refuses_then_recovers() {
     let _one = one_at_a_time().await;
-    let cluster = ready_service().await.unwrap();
-    let https = cluster
-        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
-        .await
-        .unwrap();
-    let token = tenant_with_token(&tenant("sigma", &[SERVICE], &["predict"], 0))
-        .await
-        .unwrap();
-    answers(&https, Some(&token), 200, 30).await;
+    let (cluster, https, token) = served_tenant("sigma").await.unwrap();
 
     cluster.stop_redis().await.unwrap();
     // Quotas cannot be checked: refused (the server's 503, or the Ingress's once the pods
@@ -139,15 +115,7 @@ async fn a_redis_outage_under_fail_open_keeps_serving() {
 #[tokio::test]
 async fn a_signing_key_rotation_keeps_old_tokens_until_their_key_retires() {
     let _one = one_at_a_time().await;
-    let cluster = ready_service().await.unwrap();
-    let https = cluster
-        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
-        .await
-        .unwrap();
-    let old = tenant_with_token(&tenant("upsilon", &[SERVICE], &["predict"], 0))
-        .await
-        .unwrap();
-    answers(&https, Some(&old), 200, 30).await;
+    let (cluster, https, old) = served_tenant("upsilon").await.unwrap();
     let old_kid = cluster.token_kid("upsilon").await.unwrap();
 
     cluster.rotate_signing_key().await.unwrap();

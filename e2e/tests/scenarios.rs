@@ -205,15 +205,7 @@ async fn quota_exceeded_is_429_with_retry_after() {
 
 #[tokio::test]
 async fn suspending_a_tenant_blocks_it_within_seconds() {
-    let cluster = ready_service().await.unwrap();
-    let https = cluster
-        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
-        .await
-        .unwrap();
-    let token = tenant_with_token(&tenant("epsilon", &[SERVICE], &["predict"], 0))
-        .await
-        .unwrap();
-    answers(&https, Some(&token), 200, 30).await;
+    let (cluster, https, token) = served_tenant("epsilon").await.unwrap();
 
     let suspended_at = Instant::now();
     let patch = serde_json::json!({"spec": {"suspended": true}});
@@ -323,15 +315,7 @@ async fn children_present(cluster: &Cluster, name: &str) -> kube::Result<[bool; 
 
 #[tokio::test]
 async fn usage_shows_in_the_tenant_status() {
-    let cluster = ready_service().await.unwrap();
-    let https = cluster
-        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
-        .await
-        .unwrap();
-    let token = tenant_with_token(&tenant("zeta", &[SERVICE], &["predict"], 0))
-        .await
-        .unwrap();
-    answers(&https, Some(&token), 200, 30).await;
+    let (cluster, https, token) = served_tenant("zeta").await.unwrap();
     answers(&https, Some(&token), 200, 5).await;
     // The operator refreshes usage at most once a minute.
     let usage = wait_for("usage in the status", Duration::from_secs(90), || async {
@@ -346,15 +330,7 @@ async fn usage_shows_in_the_tenant_status() {
 
 #[tokio::test]
 async fn raising_the_generation_revokes_every_older_token() {
-    let cluster = ready_service().await.unwrap();
-    let https = cluster
-        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
-        .await
-        .unwrap();
-    let old = tenant_with_token(&tenant("eta", &[SERVICE], &["predict"], 0))
-        .await
-        .unwrap();
-    answers(&https, Some(&old), 200, 30).await;
+    let (cluster, https, old) = served_tenant("eta").await.unwrap();
 
     let patch = serde_json::json!({"spec": {"token": {"generation": 2}}});
     cluster
@@ -380,15 +356,7 @@ async fn raising_the_generation_revokes_every_older_token() {
 
 #[tokio::test]
 async fn deleting_a_tenant_removes_its_secret_and_its_access() {
-    let cluster = ready_service().await.unwrap();
-    let https = cluster
-        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
-        .await
-        .unwrap();
-    let token = tenant_with_token(&tenant("theta", &[SERVICE], &["predict"], 0))
-        .await
-        .unwrap();
-    answers(&https, Some(&token), 200, 30).await;
+    let (cluster, https, token) = served_tenant("theta").await.unwrap();
 
     cluster.delete::<Tenant>("theta").await.unwrap();
     wait_for(
