@@ -131,6 +131,8 @@ pub struct ServeFlags {
     pub task: Task,
     /// `host:port` to listen on.
     pub listen: String,
+    /// `host:port` of the private /metrics listener (`None`: /metrics on `listen`).
+    pub metrics_listen: Option<String>,
     pub log_format: LogFormat,
     pub max_input_length: Option<i32>,
     pub pooling: Option<Pooling>,
@@ -184,6 +186,7 @@ impl ServeFlags {
         flag("model", Some(self.model.clone()));
         flag("task", Some(self.task.as_str().into()));
         flag("listen", Some(self.listen.clone()));
+        flag("metrics-listen", self.metrics_listen.clone());
         flag("log-format", Some(self.log_format.as_str().into()));
         flag("max-input-length", number(self.max_input_length));
         flag("pooling", self.pooling.map(|p| p.as_str().into()));
@@ -230,6 +233,7 @@ mod tests {
             model: "/models".into(),
             task: Task::Embedding,
             listen: "0.0.0.0:8080".into(),
+            metrics_listen: Some("0.0.0.0:9090".into()),
             log_format: LogFormat::Json,
             max_input_length: None,
             pooling: Some(Pooling::Mean),
@@ -246,7 +250,7 @@ mod tests {
             path_prefix: Some("/gte".into()),
             playground: false,
         };
-        let expected = "serve --model /models --task embedding --listen 0.0.0.0:8080 \
+        let expected = "serve --model /models --task embedding --listen 0.0.0.0:8080 --metrics-listen 0.0.0.0:9090 \
             --log-format json --pooling mean --max-batch-requests 8 --auth jwt \
             --jwks /etc/nlu/jwks/jwks.json --service-id ns/svc --redis-prefix nlu \
             --redis-failure-policy fail-open --path-prefix /gte --no-playground";

@@ -131,6 +131,21 @@ async fn request_without_a_token_is_401() {
 }
 
 #[tokio::test]
+async fn metrics_are_not_published_through_the_ingress() {
+    let cluster = ready_service().await.unwrap();
+    let https = cluster
+        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
+        .await
+        .unwrap();
+    // Tenant ids and traffic live on the server's private metrics port only.
+    let answer = https
+        .post("/metrics", None, &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(answer.status, 404, "{}", answer.body);
+}
+
+#[tokio::test]
 async fn another_tenants_service_and_ungranted_operations_are_refused() {
     let cluster = ready_service().await.unwrap();
     let https = cluster

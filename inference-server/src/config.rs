@@ -52,6 +52,11 @@ pub struct ServeArgs {
     #[arg(long, env = "NLU_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Serve /metrics on this address only (plain HTTP), not on --listen: keeps tenant ids and
+    /// traffic off the port an Ingress publishes. Unset: /metrics is served on --listen.
+    #[arg(long, env = "NLU_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Where hub ids are downloaded to (default: ~/.cache/nlu-server/models).
     #[arg(long, env = "NLU_MODEL_CACHE_DIR")]
     pub model_cache_dir: Option<PathBuf>,
@@ -248,7 +253,16 @@ mod tests {
     #[test]
     fn path_prefix_is_parsed_by_the_contract_rule() {
         let parse = |prefix: &str| {
-            let argv = ["nlu-server", "serve", "--model", "m", "--task", "uninlu", "--path-prefix", prefix];
+            let argv = [
+                "nlu-server",
+                "serve",
+                "--model",
+                "m",
+                "--task",
+                "uninlu",
+                "--path-prefix",
+                prefix,
+            ];
             Cli::try_parse_from(argv).map(|cli| match cli.command {
                 Command::Serve(args) => args.path_prefix,
                 _ => panic!("expected serve"),

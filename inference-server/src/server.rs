@@ -35,11 +35,29 @@ pub async fn serve(
         }
         None => Vec::new(),
     };
-    let state = AppState::new(args.task, metrics.clone(), Health::with_checks(checks)).with_playground(!args.no_playground);
-    let app = http::router(state.clone(), args.limits.max_body_bytes, |api| match &auth {
-        Some(auth) => auth.protect(api),
-        None => api,
-    });
+    let state = AppState::new(args.task, metrics.clone(), Health::with_checks(checks))
+        .with_playground(!args.no_playground)
+        .with_metrics_on_api(args.metrics_listen.is_none());
+    // Bound before the API answers, so a port clash is a start error, not a silent gap.
+    let metrics_server = match args.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on --metrics-listen {addr}: {e}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+            let app = http::metrics_router(state.clone());
+            Some(tokio::spawn(axum::serve(listener, app).into_future()))
+        }
+        None => None,
+    };
+    let app = http::router(
+        state.clone(),
+        args.limits.max_body_bytes,
+        |api| match &auth {
+            Some(auth) => auth.protect(api),
+            None => api,
+        },
+    );
     let app = http::path_prefix::strip(app, args.path_prefix.as_deref());
     let drain_delay = Duration::from_millis(args.shutdown_delay_millis);
 
@@ -52,14 +70,21 @@ pub async fn serve(
     let graceful = async move {
         shutdown.await;
         health.set_draining();
-        tracing::info!(delay_ms = drain_delay.as_millis() as u64, "shutting down: readiness off, draining");
+        tracing::info!(
+            delay_ms = drain_delay.as_millis() as u64,
+            "shutting down: readiness off, draining"
+        );
         // Load balancers see /readyz fail and stop routing here before the listener closes.
         tokio::time::sleep(drain_delay).await;
     };
     tracing::info!(addr = %listener.local_addr()?, tls = tls_config.is_some(), auth = auth.is_some(), "listening");
     let mut server: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls_config {
         Some(config) => Box::pin(tls::serve(listener, app, config, graceful)),
-        None => Box::pin(axum::serve(listener, app).with_graceful_shutdown(graceful).into_future()),
+        None => Box::pin(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(graceful)
+                .into_future(),
+        ),
     };
 
     tokio::select! {
@@ -72,6 +97,10 @@ pub async fn serve(
     if let Some(engine) = state.engine.get() {
         engine.shutdown();
     }
+    // Scraped until the API has drained: the last samples show the drain.
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -80,7 +109,10 @@ pub async fn serve(
 fn load(args: &ServeArgs, state: &AppState) -> anyhow::Result<()> {
     let started = Instant::now();
     let engine = Engine::load(args, state.metrics.clone())?;
-    state.metrics.model_load_seconds.set(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .model_load_seconds
+        .set(started.elapsed().as_secs_f64());
     tracing::info!(seconds = started.elapsed().as_secs_f64(), info = ?engine.info(), "model loaded");
     engine.warm_up()?;
     if state.engine.set(engine).is_err() {
@@ -128,7 +160,11 @@ pub fn init_logging(format: crate::config::LogFormat) {
         .with_writer(std::io::stderr);
     let result = match format {
         crate::config::LogFormat::Text => builder.try_init(),
-        crate::config::LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        crate::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
     };
     // Already installed (tests start several servers in one process): keep the first one.
     drop(result);

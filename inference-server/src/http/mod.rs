@@ -12,4 +12,4 @@ pub mod router;
 
 pub use access_log::TenantId;
 pub use errors::ApiError;
-pub use router::{router, AppState};
+pub use router::{metrics_router, router, AppState};

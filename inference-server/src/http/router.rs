@@ -22,6 +22,8 @@ pub struct AppState {
     pub engine: Arc<OnceLock<Engine>>,
     /// Serve the playground page at `/` (off: --no-playground).
     pub playground: bool,
+    /// Serve `/metrics` on the API listener (off when --metrics-listen gives it its own).
+    pub metrics_on_api: bool,
 }
 
 impl AppState {
@@ -32,6 +34,7 @@ impl AppState {
             health: Arc::new(health),
             engine: Arc::default(),
             playground: false,
+            metrics_on_api: true,
         }
     }
 
@@ -39,10 +42,21 @@ impl AppState {
         AppState { playground, ..self }
     }
 
+    pub fn with_metrics_on_api(self, metrics_on_api: bool) -> Self {
+        AppState {
+            metrics_on_api,
+            ..self
+        }
+    }
+
     pub fn engine(&self) -> Result<&Engine, ApiError> {
         self.engine.get().ok_or_else(|| ApiError {
             retry_after: Some(5),
-            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "loading", "the model is still loading")
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "loading",
+                "the model is still loading",
+            )
         })
     }
 
@@ -57,6 +71,19 @@ impl AppState {
             task.as_str()
         )))
     }
+}
+
+/// `/metrics`: on the API listener, or alone on the private one (`--metrics-listen`).
+fn metrics_routes() -> Router<AppState> {
+    Router::new().route("/metrics", get(health::metrics))
+}
+
+/// The private metrics listener's app: `/metrics` only (tenant ids and each tenant's traffic
+/// stay off the port the Ingress publishes).
+pub fn metrics_router(state: AppState) -> Router {
+    metrics_routes()
+        .fallback(|| async { ApiError::not_found("this listener serves /metrics only") })
+        .with_state(state)
 }
 
 /// All routes. `protect` wraps the model routes only (the auth layer goes there), so probes and
@@ -74,10 +101,18 @@ pub fn router(
     let open = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
         .route("/info", get(health::info))
         .route("/openapi.json", get(openapi::openapi_json));
-    let open = if state.playground { open.merge(playground::routes()) } else { open };
+    let open = if state.playground {
+        open.merge(playground::routes())
+    } else {
+        open
+    };
+    let open = if state.metrics_on_api {
+        open.merge(metrics_routes())
+    } else {
+        open
+    };
     protect(api)
         .merge(open)
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -89,6 +124,9 @@ pub fn router(
             )
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), access_log::access_log))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            access_log::access_log,
+        ))
         .with_state(state)
 }

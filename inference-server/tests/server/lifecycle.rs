@@ -41,7 +41,9 @@ async fn not_ready_while_loading_then_ready_then_draining() {
     assert_eq!(loading.get("/healthz").await.0, 200);
     let (status, body) = loading.get("/readyz").await;
     assert_eq!(status, 503, "{body}");
-    let (status, body) = loading.post("/v1/embeddings", &json!({ "input": "a" })).await;
+    let (status, body) = loading
+        .post("/v1/embeddings", &json!({ "input": "a" }))
+        .await;
     assert_eq!((status, error_code(&body)), (503, "loading"));
     drop(loading);
 
@@ -87,10 +89,25 @@ fn long_inputs(n: usize) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_answers_503_at_once() {
     let model = minilm();
-    let args = ["--model", &model, "--task", "embedding", "--max-queue", "64", "--max-batch-requests", "1"];
+    let args = [
+        "--model",
+        &model,
+        "--task",
+        "embedding",
+        "--max-queue",
+        "64",
+        "--max-batch-requests",
+        "1",
+    ];
     let server = std::sync::Arc::new(TestServer::start(&args).await);
     // More inputs than the whole queue holds.
-    let r = server.client.post(server.url("/embed")).json(&json!({ "inputs": vec!["a"; 65] })).send().await.unwrap();
+    let r = server
+        .client
+        .post(server.url("/embed"))
+        .json(&json!({ "inputs": vec!["a"; 65] }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
 
@@ -100,9 +117,18 @@ async fn full_queue_answers_503_at_once() {
     };
     wait_for_queue(&server).await;
     let started = Instant::now();
-    let r = server.client.post(server.url("/embed")).json(&long_inputs(32)).send().await.unwrap();
+    let r = server
+        .client
+        .post(server.url("/embed"))
+        .json(&long_inputs(32))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 503);
-    assert!(started.elapsed() < Duration::from_millis(500), "refused at once, not after waiting");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused at once, not after waiting"
+    );
     assert_eq!(r.headers()["retry-after"], "1");
     let body: Value = r.json().await.unwrap();
     assert_eq!(error_code(&body), "overloaded");
@@ -135,7 +161,13 @@ async fn wait_for_queue(server: &TestServer) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, metrics) = server.get("/metrics").await;
-        let depth = metrics.lines().find_map(|l| l.strip_prefix("nlu_queue_depth ")).unwrap().trim().parse::<i64>().unwrap();
+        let depth = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("nlu_queue_depth "))
+            .unwrap()
+            .trim()
+            .parse::<i64>()
+            .unwrap();
         if depth > 8 {
             return;
         }
@@ -155,9 +187,18 @@ async fn request_id_is_echoed_or_generated() {
         .await
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "req-42");
-    let r = server.client.post(server.url("/embed")).body("{").send().await.unwrap();
+    let r = server
+        .client
+        .post(server.url("/embed"))
+        .body("{")
+        .send()
+        .await
+        .unwrap();
     let generated = r.headers()["x-request-id"].to_str().unwrap().to_owned();
-    assert_eq!(uuid::Uuid::parse_str(&generated).unwrap().get_version_num(), 4);
+    assert_eq!(
+        uuid::Uuid::parse_str(&generated).unwrap().get_version_num(),
+        4
+    );
 }
 
 /// Shutdown with work queued: the queued request is answered, then `serve` returns Ok.
@@ -165,13 +206,24 @@ async fn request_id_is_echoed_or_generated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_queued_work() {
     let model = minilm();
-    let mut server = TestServer::start(&["--model", &model, "--task", "embedding", "--max-batch-requests", "1"]).await;
+    let mut server = TestServer::start(&[
+        "--model",
+        &model,
+        "--task",
+        "embedding",
+        "--max-batch-requests",
+        "1",
+    ])
+    .await;
     let client = server.client.clone();
     let url = server.url("/embed");
     let queued = tokio::spawn(async move { client.post(url).json(&long_inputs(32)).send().await });
     wait_for_queue(&server).await;
     server.begin_shutdown();
-    let response = queued.await.unwrap().expect("the queued request is answered");
+    let response = queued
+        .await
+        .unwrap()
+        .expect("the queued request is answered");
     assert_eq!(response.status(), 200);
     let vectors: Vec<Vec<f32>> = response.json().await.unwrap();
     assert_eq!(vectors.len(), 32);
@@ -231,7 +283,12 @@ async fn binary_logs_json_and_exits_cleanly_on_sigterm() {
     assert!(status.success());
     let exit = tokio::task::spawn_blocking(move || {
         let mut stderr = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
         (child.wait().unwrap(), stderr)
     });
     let (exit, stderr) = tokio::time::timeout(Duration::from_secs(30), exit)
@@ -253,4 +310,45 @@ async fn binary_logs_json_and_exits_cleanly_on_sigterm() {
     assert!(access["latency_ms"].as_f64().is_some());
     assert!(access["timestamp"].is_string());
     assert!(!stderr.contains(secret), "logs never hold request text");
+}
+
+#[tokio::test]
+async fn metrics_listen_moves_metrics_off_the_api_port() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let server = TestServer::start(&[
+        "--model",
+        &gte_tiny(),
+        "--task",
+        "embedding",
+        "--metrics-listen",
+        &metrics_addr,
+    ])
+    .await;
+    let (status, body) = server
+        .post("/v1/embeddings", &json!({ "input": "a" }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Not on the API listener (the one an Ingress publishes)...
+    let (status, body) = server.get("/metrics").await;
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((status, error_code(&body)), (404, "not_found"), "{body}");
+    // ...but on the private one, with the API's traffic in it.
+    let private = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(private.status(), 200);
+    let text = private.text().await.unwrap();
+    assert!(
+        text.contains(r#"nlu_requests_total{route="/v1/embeddings",status="200""#),
+        "{text}"
+    );
+    let other = reqwest::get(format!("http://{metrics_addr}/v1/embeddings"))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
 }

@@ -390,8 +390,8 @@ pub fn prometheus_value(text: &str, name: &str) -> Option<f64> {
     total
 }
 
-/// The port a pod's metrics are scraped on: the container port named `http`, else the first
-/// container port declared (`spec` is a PodSpec).
+/// The port a pod's metrics are scraped on: the container port named `metrics` (the server's
+/// private listener), else the one named `http`, else the first declared (`spec` is a PodSpec).
 pub fn metrics_port(spec: &Value) -> Option<u16> {
     let ports: Vec<&Value> = spec["containers"]
         .as_array()
@@ -399,9 +399,9 @@ pub fn metrics_port(spec: &Value) -> Option<u16> {
         .flatten()
         .flat_map(|c| c["ports"].as_array().into_iter().flatten())
         .collect();
-    let port = ports
-        .iter()
-        .find(|p| p["name"] == "http")
+    let named = |name: &str| ports.iter().find(|p| p["name"] == name);
+    let port = named("metrics")
+        .or_else(|| named("http"))
         .or_else(|| ports.first())?;
     u16::try_from(port["containerPort"].as_u64()?).ok()
 }
@@ -1363,13 +1363,16 @@ mod tests {
     }
 
     #[test]
-    fn the_metrics_port_is_http_else_the_first() {
+    fn the_metrics_port_is_metrics_else_http_else_the_first() {
         let spec = json!({"containers": [
             {"name": "side", "ports": [{"name": "admin", "containerPort": 9000}]},
             {"name": "main", "ports": [{"name": "grpc", "containerPort": 9090},
                                        {"name": "http", "containerPort": 8080}]},
         ]});
         assert_eq!(metrics_port(&spec), Some(8080));
+        let spec = json!({"containers": [{"name": "main", "ports": [
+            {"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": 9100}]}]});
+        assert_eq!(metrics_port(&spec), Some(9100));
         let spec = json!({"containers": [{"name": "c"}, {"name": "d", "ports": [{"containerPort": 7000}, {"containerPort": 7001}]}]});
         assert_eq!(metrics_port(&spec), Some(7000));
         assert_eq!(metrics_port(&json!({"containers": [{"name": "c"}]})), None);

@@ -14,8 +14,11 @@ use crate::config::OperatorConfig;
 use crate::nlu_service::validate::relative_model_path;
 use crate::tenant::jwks_publish::{JWKS_CONFIGMAP, JWKS_KEY};
 
-/// Container port of the server (HTTP API, probes and /metrics).
+/// Container port of the server (HTTP API and probes).
 pub const HTTP_PORT: i32 = 8080;
+/// Container port of the server's private /metrics listener (`--metrics-listen`): kept off the
+/// port the Ingress publishes, since it names tenants and their traffic.
+pub const METRICS_PORT: i32 = 9090;
 /// Where the model volume is mounted.
 pub const MODEL_MOUNT: &str = "/models";
 /// Where the JWK Set ConfigMap is mounted.
@@ -73,7 +76,10 @@ pub fn deployment(svc: &NluService, cfg: &OperatorConfig) -> Deployment {
         "name": "server",
         "image": image,
         "args": serve_args(svc, cfg),
-        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
         "env": redis_env(spec, cfg),
         "resources": spec.resources.clone().map(|r| serde_json::to_value(r).expect("ResourceRequirements serializes")).unwrap_or_else(default_resources),
         "startupProbe": probe("/healthz", STARTUP_PROBE_PERIOD, STARTUP_PROBE_FAILURES),
@@ -225,6 +231,7 @@ pub fn serve_args(svc: &NluService, cfg: &OperatorConfig) -> Vec<String> {
         model: model_dir(&spec.model.source),
         task: spec.model.task,
         listen: format!("0.0.0.0:{HTTP_PORT}"),
+        metrics_listen: Some(format!("0.0.0.0:{METRICS_PORT}")),
         log_format: LogFormat::Json,
         max_input_length: spec.model.max_sequence_length,
         pooling: spec.model.pooling,

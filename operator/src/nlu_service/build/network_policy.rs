@@ -7,7 +7,7 @@ use nlu_crds::nlu_service::AuthMode;
 use nlu_crds::NluService;
 use serde_json::{json, Value};
 
-use super::deployment::{auth_mode, download_args, HTTP_PORT};
+use super::deployment::{auth_mode, download_args, HTTP_PORT, METRICS_PORT};
 use super::labels::{child_meta, selector};
 use super::typed;
 use crate::config::OperatorConfig;
@@ -25,8 +25,8 @@ pub fn network_policy(svc: &NluService, cfg: &OperatorConfig) -> NetworkPolicy {
     let http = json!([tcp(HTTP_PORT)]);
     let ingress = json!([
         {"from": [namespace(&cfg.ingress_namespace), {"podSelector": {}}], "ports": http},
-        // /metrics shares the HTTP port (the server has one listener).
-        {"from": [namespace(&cfg.monitoring_namespace)], "ports": http},
+        // The monitoring namespace reaches /metrics on its own port, not the API.
+        {"from": [namespace(&cfg.monitoring_namespace)], "ports": [tcp(METRICS_PORT)]},
     ]);
     let mut egress = vec![json!({
         "to": [namespace("kube-system")],

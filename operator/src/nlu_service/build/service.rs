@@ -9,7 +9,7 @@ use super::typed;
 
 /// Port clients call (`http://<name>.<namespace>.svc`).
 pub const HTTP_SERVICE_PORT: i32 = 80;
-/// Port scrapers call. The server serves /metrics on its one HTTP port, so both target it.
+/// Port scrapers call; it targets the server's private metrics listener.
 pub const METRICS_SERVICE_PORT: i32 = 9090;
 
 /// The Service of `svc`.
@@ -21,7 +21,7 @@ pub fn service(svc: &NluService) -> Service {
             "selector": selector(svc),
             "ports": [
                 {"name": "http", "port": HTTP_SERVICE_PORT, "targetPort": "http", "protocol": "TCP"},
-                {"name": "metrics", "port": METRICS_SERVICE_PORT, "targetPort": "http", "protocol": "TCP"},
+                {"name": "metrics", "port": METRICS_SERVICE_PORT, "targetPort": "metrics", "protocol": "TCP"},
             ],
         }))),
         status: None,
