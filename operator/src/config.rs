@@ -53,6 +53,11 @@ pub struct OperatorConfig {
     #[arg(long, env = "NLU_OPERATOR_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
+    /// PEM file of the CA certificates to trust for a `rediss://` --redis-url (default: the
+    /// system's roots); the servers' counterpart is `--redis-ca-file` too.
+    #[arg(long, env = "NLU_OPERATOR_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+
     /// Prefix of every Redis key (must match the servers' `--redis-prefix`).
     #[arg(long, env = "NLU_OPERATOR_REDIS_PREFIX", default_value = "nlu:")]
     pub redis_prefix: String,
@@ -73,6 +78,7 @@ impl Default for OperatorConfig {
             default_redis_secret: "nlu-redis".into(),
             redis_port: 6379,
             redis_url: None,
+            redis_ca_file: None,
             redis_prefix: "nlu:".into(),
         }
     }

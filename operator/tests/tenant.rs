@@ -9,3 +9,6 @@ mod env;
 
 #[path = "tenant/flows.rs"]
 mod flows;
+
+#[path = "tenant/redis_tls.rs"]
+mod redis_tls;

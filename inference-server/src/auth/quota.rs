@@ -22,24 +22,6 @@ pub struct QuotaStore {
     timeout: Duration,
 }
 
-/// A client for `redis://`, `rediss://` (TLS) or `unix://` URLs.
-fn redis_client(url: &str, ca_pem: Option<Vec<u8>>) -> anyhow::Result<redis::Client> {
-    // redis's rustls takes the process's default crypto provider: ring, the workspace's one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let invalid = |e: redis::RedisError| anyhow::anyhow!("invalid --redis-url: {e}");
-    let Some(root_cert) = ca_pem else {
-        return redis::Client::open(url).map_err(invalid);
-    };
-    if !url.starts_with("rediss://") {
-        anyhow::bail!("--redis-ca-file needs a rediss:// --redis-url");
-    }
-    let certificates = redis::TlsCertificates {
-        client_tls: None,
-        root_cert: Some(root_cert),
-    };
-    redis::Client::build_with_tls(url, certificates).map_err(invalid)
-}
-
 impl QuotaStore {
     /// Does not connect yet: the server starts (unready under fail-closed) while Redis is down,
     /// and the connection manager reconnects whenever it returns. `ca_pem`: the only roots to
@@ -50,7 +32,8 @@ impl QuotaStore {
         prefix: &str,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let client = redis_client(url, ca_pem)?;
+        let client = nlu_crds::access::redis_client::redis_client(url, ca_pem)
+            .map_err(|e| anyhow::anyhow!("--redis-url / --redis-ca-file: {e}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))

@@ -55,7 +55,13 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
         .redis_url
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("--redis-url (NLU_OPERATOR_REDIS_URL) is not set"))?;
-    let redis = redis_sync::connect(url).await?;
+    let ca_pem = match &config.redis_ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            anyhow::anyhow!("cannot read --redis-ca-file {}: {e}", path.display())
+        })?),
+        None => None,
+    };
+    let redis = redis_sync::connect(url, ca_pem).await?;
     let client = ctx.client.clone();
     let (tenants, services): (Api<Tenant>, Api<NluService>) = match &config.namespace {
         Some(ns) => (

@@ -13,17 +13,17 @@ use redis::AsyncCommands;
 use super::token_secret::scope;
 
 /// A connection that reconnects by itself, failing fast while Redis is away so reconciles
-/// return an error (and are retried) instead of hanging.
-/// `rediss://` URLs are checked against the system's roots (`SSL_CERT_FILE` overrides them).
-pub async fn connect(url: &str) -> redis::RedisResult<ConnectionManager> {
-    // redis's rustls takes the process's default crypto provider: ring, the workspace's one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// return an error (and are retried) instead of hanging. `rediss://` URLs are checked against
+/// `ca_pem` when given, else the system's roots (`SSL_CERT_FILE` overrides them).
+pub async fn connect(url: &str, ca_pem: Option<Vec<u8>>) -> anyhow::Result<ConnectionManager> {
+    let client = nlu_crds::access::redis_client::redis_client(url, ca_pem)
+        .map_err(|e| anyhow::anyhow!("--redis-url / --redis-ca-file: {e}"))?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(2)))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(500));
-    ConnectionManager::new_lazy_with_config(redis::Client::open(url)?, config)
+    Ok(ConnectionManager::new_lazy_with_config(client, config)?)
 }
 
 /// The record the servers check requests against.

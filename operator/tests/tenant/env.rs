@@ -243,7 +243,7 @@ async fn context(
         OperatorConfig::default(),
         Arc::new(Metrics::new()),
     ));
-    let conn = nlu_operator::tenant::redis_sync::connect(&redis.url())
+    let conn = nlu_operator::tenant::redis_sync::connect(&redis.url(), None)
         .await
         .unwrap();
     Arc::new(TenantContext::new(

@@ -245,7 +245,7 @@ pub fn serve_args(svc: &NluService, cfg: &OperatorConfig) -> Vec<String> {
             .ingress
             .as_ref()
             .and_then(|i| i.path.clone())
-            .filter(|p| p.trim_end_matches('/') != ""),
+            .filter(|p| !p.trim_end_matches('/').is_empty()),
         playground: playground_on(spec),
     }
     .to_args()
