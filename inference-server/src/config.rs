@@ -227,9 +227,19 @@ impl BatchingArgs {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    /// `nlu-server serve --model m --task <task>` and `extra`.
+    pub(crate) fn parse_serve(task: &str, extra: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let argv = ["nlu-server", "serve", "--model", "m", "--task", task];
+        let cli = Cli::try_parse_from(argv.iter().chain(extra))?;
+        match cli.command {
+            Command::Serve(args) => Ok(*args),
+            _ => panic!("expected serve"),
+        }
+    }
 
     #[test]
     fn cli_definition_is_consistent() {
@@ -238,12 +248,7 @@ mod tests {
 
     #[test]
     fn flags_parse_with_defaults() {
-        let cli =
-            Cli::try_parse_from(["nlu-server", "serve", "--model", "m", "--task", "embedding"])
-                .unwrap();
-        let Command::Serve(args) = cli.command else {
-            panic!("expected serve")
-        };
+        let args = parse_serve("embedding", &[]).unwrap();
         assert_eq!(args.task, Task::Embedding);
         assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(args.batching.max_batch_requests, 32);
@@ -252,42 +257,15 @@ mod tests {
 
     #[test]
     fn path_prefix_is_parsed_by_the_contract_rule() {
-        let parse = |prefix: &str| {
-            let argv = [
-                "nlu-server",
-                "serve",
-                "--model",
-                "m",
-                "--task",
-                "uninlu",
-                "--path-prefix",
-                prefix,
-            ];
-            Cli::try_parse_from(argv).map(|cli| match cli.command {
-                Command::Serve(args) => args.path_prefix,
-                _ => panic!("expected serve"),
-            })
-        };
+        let parse =
+            |prefix: &str| parse_serve("uninlu", &["--path-prefix", prefix]).map(|a| a.path_prefix);
         assert_eq!(parse("/uninlu/").unwrap().as_deref(), Some("/uninlu"));
         assert!(parse("/a/../b").is_err());
     }
 
     #[test]
     fn zero_batch_size_is_rejected() {
-        let cli = Cli::try_parse_from([
-            "nlu-server",
-            "serve",
-            "--model",
-            "m",
-            "--task",
-            "uninlu",
-            "--max-batch-requests",
-            "0",
-        ])
-        .unwrap();
-        let Command::Serve(args) = cli.command else {
-            panic!("expected serve")
-        };
+        let args = parse_serve("uninlu", &["--max-batch-requests", "0"]).unwrap();
         assert!(args.batching.validate().is_err());
     }
 }

@@ -515,12 +515,7 @@ mod tests {
         for bad in ["", "0s", "-5h", "forever"] {
             assert!(parse_lifetime(bad).is_err(), "{bad:?} accepted");
         }
-        use clap::Parser;
-        let argv = ["nlu-server", "serve", "--model", "m", "--task", "uninlu"];
-        let cli = crate::config::Cli::try_parse_from(argv).unwrap();
-        let crate::config::Command::Serve(args) = cli.command else {
-            panic!("expected serve")
-        };
+        let args = crate::config::tests::parse_serve("uninlu", &[]).unwrap();
         assert_eq!(
             args.auth.max_token_lifetime,
             nlu_crds::access::verify::MAX_TOKEN_LIFETIME
