@@ -22,6 +22,8 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client, Resource};
 use nlu_crds::{NluService, Tenant};
+use nlu_operator::tenant::signing_key::{KeyRing, SIGNING_KEY_SECRET};
+use nlu_operator::tenant::token_secret::{secret_name, KID_ANNOTATION};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde::de::DeserializeOwned;
@@ -40,9 +42,6 @@ pub const MODEL_CLAIM: &str = "models";
 pub const MODEL_PATH: &str = "uninlu";
 /// Model folder of the embedding service in the same claim.
 pub const EMBED_MODEL_PATH: &str = "gte";
-/// The operator's signing key Secret (in its namespace) and its list of retired public keys.
-pub const SIGNING_KEY_SECRET: &str = "nlu-operator-signing-key";
-pub const RETIRED_KEYS_FIELD: &str = "retired-keys.json";
 /// The operator's leader-election Lease (in its namespace).
 pub const OPERATOR_LEASE: &str = "nlu-operator";
 /// Field manager of everything the tests apply.
@@ -173,23 +172,23 @@ impl Cluster {
 
     /// Starts the operator again (one replica) and waits until it runs.
     pub async fn start_operator(&self) -> anyhow::Result<()> {
-        match backend_kind() {
-            BackendKind::Process => {
-                process::backend().await.start_operator("operator");
-                Ok(())
-            }
-            BackendKind::Kind => self.scale_operator(1).await,
-        }
+        self.add_operator("operator", 1).await
     }
 
     /// Starts a second operator beside the running one: it stands by until the Lease is free.
     pub async fn add_standby_operator(&self) -> anyhow::Result<()> {
+        self.add_operator("operator-standby", 2).await
+    }
+
+    /// One more operator: on the process cluster a process with this Lease identity, on kind
+    /// the chart's Deployment at `replicas`.
+    async fn add_operator(&self, identity: &str, replicas: i32) -> anyhow::Result<()> {
         match backend_kind() {
             BackendKind::Process => {
-                process::backend().await.start_operator("operator-standby");
+                process::backend().await.start_operator(identity);
                 Ok(())
             }
-            BackendKind::Kind => self.scale_operator(2).await,
+            BackendKind::Kind => self.scale_operator(replicas).await,
         }
     }
 
@@ -225,15 +224,11 @@ impl Cluster {
 
     /// Back to one operator replica after scenarios that changed how many run.
     pub async fn one_operator(&self) -> anyhow::Result<()> {
-        match backend_kind() {
-            BackendKind::Process => {
-                let backend = process::backend().await;
-                backend.stop_operator()?;
-                backend.start_operator("operator");
-                Ok(())
-            }
-            BackendKind::Kind => self.scale_operator(1).await,
+        // On kind, scaling to one replica is enough; the process cluster restarts from none.
+        if backend_kind() == BackendKind::Process {
+            self.stop_operator().await?;
         }
+        self.start_operator().await
     }
 
     /// Asks the operator to rotate its token signing key, as a person would: `nlu-operator
@@ -268,16 +263,16 @@ impl Cluster {
     pub async fn let_retired_keys_expire(&self) -> anyhow::Result<()> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), process::OPERATOR_NAMESPACE);
         let mut secret = api.get(SIGNING_KEY_SECRET).await?;
-        let data = secret.data.get_or_insert_with(Default::default);
-        let field = data
-            .get_mut(RETIRED_KEYS_FIELD)
-            .context("the signing key Secret lists no retired keys")?;
-        let mut retired: Vec<serde_json::Value> = serde_json::from_slice(&field.0)?;
-        let past = (chrono::Utc::now() - chrono::Duration::seconds(1)).to_rfc3339();
-        for key in &mut retired {
-            key["retireAfter"] = past.clone().into();
+        let mut ring = KeyRing::from_secret(&secret)?;
+        anyhow::ensure!(
+            !ring.retired.is_empty(),
+            "the signing key Secret lists no retired keys"
+        );
+        let past = chrono::Utc::now() - chrono::Duration::seconds(1);
+        for key in &mut ring.retired {
+            key.retire_after = past;
         }
-        field.0 = serde_json::to_vec(&retired)?;
+        secret.data = Some(ring.to_secret_data());
         api.replace(
             SIGNING_KEY_SECRET,
             &kube::api::PostParams::default(),
@@ -289,12 +284,12 @@ impl Cluster {
 
     /// The `kid` of the key that signed the tenant's current token (its Secret's annotation).
     pub async fn token_kid(&self, tenant: &str) -> anyhow::Result<String> {
-        let secret = self.api::<Secret>().get(&format!("{tenant}-token")).await?;
+        let secret = self.api::<Secret>().get(&secret_name(tenant)).await?;
         secret
             .metadata
             .annotations
-            .and_then(|a| a.get("nlu.dev/kid").cloned())
-            .context("a token Secret without its nlu.dev/kid annotation")
+            .and_then(|a| a.get(KID_ANNOTATION).cloned())
+            .context("a token Secret without its kid annotation")
     }
 
     /// A Redis outage: the process backend's redis-server stopped, on kind the chart's Redis
@@ -366,7 +361,7 @@ impl Cluster {
 
     /// The tenant's current token, once the operator has issued it.
     pub async fn tenant_token(&self, tenant: &str) -> anyhow::Result<String> {
-        let secret = format!("{tenant}-token");
+        let secret = secret_name(tenant);
         wait_for(
             &format!("Secret {secret} with a token"),
             Duration::from_secs(60),
