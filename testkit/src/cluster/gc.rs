@@ -33,12 +33,8 @@ pub fn orphaned(owners: &[(String, String)], live: &BTreeSet<String>) -> bool {
 }
 
 pub async fn run(client: Client) {
-    loop {
-        if let Err(error) = pass(&client).await {
-            eprintln!("process cluster garbage collector: {error}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let period = Duration::from_millis(500);
+    super::every("garbage collector", period, async || pass(&client).await).await
 }
 
 const FOREGROUND: &str = "foregroundDeletion";

@@ -529,12 +529,7 @@ impl Autoscalers {
 
     /// Runs until the task is dropped; a failed pass is logged and retried.
     pub async fn run(mut self) {
-        loop {
-            if let Err(error) = self.pass().await {
-                eprintln!("process cluster autoscaler: {error}");
-            }
-            tokio::time::sleep(PASS).await;
-        }
+        super::every("autoscaler", PASS, async || self.pass().await).await
     }
 
     async fn pass(&mut self) -> Result<(), kube::Error> {

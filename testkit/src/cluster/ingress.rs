@@ -207,12 +207,8 @@ impl IngressFront {
     }
 
     pub async fn run(self) {
-        loop {
-            if let Err(error) = self.pass().await {
-                eprintln!("process cluster ingress: {error}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let period = Duration::from_millis(200);
+        super::every("ingress", period, async || self.pass().await).await
     }
 
     async fn pass(&self) -> Result<(), kube::Error> {

@@ -112,12 +112,7 @@ impl Kubelet {
 
     /// Runs until the task is dropped; a failed pass is logged and retried.
     pub async fn run(mut self) {
-        loop {
-            if let Err(error) = self.pass().await {
-                eprintln!("process cluster kubelet: {error}");
-            }
-            tokio::time::sleep(PASS).await;
-        }
+        super::every("kubelet", PASS, async || self.pass().await).await
     }
 
     async fn pass(&mut self) -> Result<(), kube::Error> {

@@ -211,6 +211,21 @@ impl ProcessCluster {
     }
 }
 
+/// Runs a controller's `pass` every `period` for as long as the cluster runs; a failed pass is
+/// logged (as `process cluster <name>: ...`) and tried again on the next round.
+async fn every(
+    name: &str,
+    period: Duration,
+    mut pass: impl AsyncFnMut() -> Result<(), kube::Error>,
+) {
+    loop {
+        if let Err(error) = pass().await {
+            eprintln!("process cluster {name}: {error}");
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
 /// A binary of this workspace built in the profile of the running test (built now if missing,
 /// e.g. under `cargo test -p e2e`, which builds no other package's binaries).
 pub fn workspace_binary(package: &str, name: &str) -> PathBuf {

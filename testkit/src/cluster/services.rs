@@ -160,12 +160,8 @@ impl LoadBalancers {
     }
 
     pub async fn run(mut self) {
-        loop {
-            if let Err(error) = self.pass().await {
-                eprintln!("process cluster services: {error}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let period = Duration::from_millis(200);
+        super::every("services", period, async || self.pass().await).await
     }
 
     async fn pass(&mut self) -> Result<(), kube::Error> {
