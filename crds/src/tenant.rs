@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
     doc = "A customer of the inference services: its token (in the Secret named in status), scopes and quotas.",
     printcolumn = r#"{"name":"Quota","type":"integer","description":"Requests per day (0 = unlimited)","jsonPath":".spec.quota.requestsPerDay"}"#,
     printcolumn = r#"{"name":"Usage","type":"integer","description":"Requests counted today (UTC)","jsonPath":".status.usage.requests"}"#,
+    printcolumn = r#"{"name":"Tokens","type":"integer","description":"Tokens charged today (UTC)","jsonPath":".status.usage.tokens"}"#,
     printcolumn = r#"{"name":"Suspended","type":"boolean","jsonPath":".spec.suspended"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -35,7 +36,7 @@ pub struct TenantSpec {
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub scopes: Vec<Scope>,
 
-    /// Request limits. Unset: unlimited.
+    /// Request and token limits. Unset: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota: Option<Quota>,
 
@@ -58,14 +59,16 @@ pub enum Scope {
     Embed,
 }
 
-/// Request limits of a tenant. `0` means unlimited.
+/// Request and token limits of a tenant. `0` means unlimited.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
     // The ceiling is `redis_keys::MAX_LIMIT`: what the quota script compares exactly.
     validation = Rule::new("!has(self.requestsPerDay) || (self.requestsPerDay >= 0 && self.requestsPerDay <= 999999999999999)").message("requestsPerDay must be from 0 (unlimited) to 999999999999999").field_path(".requestsPerDay"),
-    validation = Rule::new("!has(self.requestsPerMinute) || (self.requestsPerMinute >= 0 && self.requestsPerMinute <= 999999999999999)").message("requestsPerMinute must be from 0 (unlimited) to 999999999999999").field_path(".requestsPerMinute")
+    validation = Rule::new("!has(self.requestsPerMinute) || (self.requestsPerMinute >= 0 && self.requestsPerMinute <= 999999999999999)").message("requestsPerMinute must be from 0 (unlimited) to 999999999999999").field_path(".requestsPerMinute"),
+    validation = Rule::new("!has(self.tokensPerDay) || (self.tokensPerDay >= 0 && self.tokensPerDay <= 999999999999999)").message("tokensPerDay must be from 0 (unlimited) to 999999999999999").field_path(".tokensPerDay"),
+    validation = Rule::new("!has(self.tokensPerMinute) || (self.tokensPerMinute >= 0 && self.tokensPerMinute <= 999999999999999)").message("tokensPerMinute must be from 0 (unlimited) to 999999999999999").field_path(".tokensPerMinute")
 )]
 pub struct Quota {
     /// Requests per UTC day. `0` or unset: unlimited.
@@ -74,6 +77,15 @@ pub struct Quota {
     /// Requests per minute (sliding window, no burst across window edges). `0` or unset: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_per_minute: Option<i64>,
+    /// Tokens per UTC day: the token positions the model runs for the tenant's requests
+    /// (embeddings: the inputs' tokens; UniNLU: the text's windows and every prompt over them,
+    /// charged level by level). `0` or unset: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<i64>,
+    /// Tokens per minute (sliding window, no burst across window edges). A request costing more
+    /// than this can never run (413). `0` or unset: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<i64>,
 }
 
 /// Token settings.
@@ -109,7 +121,7 @@ pub struct TenantStatus {
     /// When the current token expires; a new one is issued before that.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_expires_at: Option<Time>,
-    /// Requests counted today, refreshed at most once a minute.
+    /// Requests and tokens counted today, refreshed at most once a minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
 }
@@ -125,6 +137,12 @@ pub struct Usage {
     /// Requests left that day; absent when unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remaining: Option<i64>,
+    /// Tokens charged so far that day.
+    #[serde(default)]
+    pub tokens: i64,
+    /// Tokens left that day; absent when unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_remaining: Option<i64>,
 }
 
 /// Default token lifetime when `spec.token.ttl` is unset.

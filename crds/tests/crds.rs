@@ -99,7 +99,7 @@ fn crds_have_names_columns_and_status() {
     let tenant = Tenant::crd();
     assert_eq!(tenant.spec.names.short_names.as_deref(), Some(&["nlt".to_owned()][..]));
     let columns: Vec<_> = tenant.spec.versions[0].additional_printer_columns.as_ref().unwrap().iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(columns, ["Quota", "Usage", "Suspended", "Age"]);
+    assert_eq!(columns, ["Quota", "Usage", "Tokens", "Suspended", "Age"]);
 
     // Conditions are a list-map keyed by type, so server-side apply merges them per condition.
     let schema = schema_of(&nlus);
@@ -250,7 +250,7 @@ fn quotas_are_non_negative_and_exact_in_the_quota_script() {
     let zero = with(good.clone(), "/spec/quota/requestsPerDay", json!(0));
     assert!(tenant_cel(&zero, None).is_ok(), "0 means unlimited");
     let max = nlu_crds::access::redis_keys::MAX_LIMIT;
-    for field in ["requestsPerDay", "requestsPerMinute"] {
+    for field in ["requestsPerDay", "requestsPerMinute", "tokensPerDay", "tokensPerMinute"] {
         let path = format!("/spec/quota/{field}");
         assert!(tenant_cel(&with(good.clone(), &path, json!(max)), None).is_ok());
         for bad in [json!(-1), json!(max + 1)] {

@@ -151,6 +151,15 @@ pub struct LimitArgs {
     /// Largest request body in bytes.
     #[arg(long, env = "NLU_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Most token positions the model may run for one request (its cost, reported in
+    /// `X-Request-Cost`): embeddings count their inputs' tokens; UniNLU counts the text's
+    /// windows once and again for every prompt (window tokens + prompt tokens, per window).
+    /// A request over it gets 413 before the work that would pass it runs. The default holds
+    /// the largest embeddings request twice and a UniNLU text of a few windows with dozens of
+    /// keys; raise it for long documents with large schemas.
+    #[arg(long, env = "NLU_MAX_REQUEST_COST", default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1..=nlu_crds::access::redis_keys::MAX_LIMIT))]
+    pub max_request_cost: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -5,6 +5,7 @@ pub mod batching;
 pub mod cli_auth;
 pub mod cli_download;
 pub mod config;
+pub mod cost;
 pub mod engine;
 pub mod http;
 pub mod metrics;

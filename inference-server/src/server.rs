@@ -37,7 +37,8 @@ pub async fn serve(
     };
     let state = AppState::new(args.task, metrics.clone(), Health::with_checks(checks))
         .with_playground(!args.no_playground)
-        .with_metrics_on_api(args.metrics_listen.is_none());
+        .with_metrics_on_api(args.metrics_listen.is_none())
+        .with_max_request_cost(args.limits.max_request_cost);
     // Bound before the API answers, so a port clash is a start error, not a silent gap.
     let metrics_server = match args.metrics_listen {
         Some(addr) => {

@@ -59,7 +59,7 @@ pub struct OperatorConfig {
     pub redis_ca_file: Option<std::path::PathBuf>,
 
     /// Prefix of every Redis key (must match the servers' `--redis-prefix`).
-    #[arg(long, env = "NLU_OPERATOR_REDIS_PREFIX", default_value = "nlu:")]
+    #[arg(long, env = "NLU_OPERATOR_REDIS_PREFIX", default_value = nlu_crds::access::redis_keys::DEFAULT_PREFIX, value_parser = nlu_crds::access::redis_keys::prefix)]
     pub redis_prefix: String,
 }
 
@@ -79,7 +79,7 @@ impl Default for OperatorConfig {
             redis_port: 6379,
             redis_url: None,
             redis_ca_file: None,
-            redis_prefix: "nlu:".into(),
+            redis_prefix: nlu_crds::access::redis_keys::DEFAULT_PREFIX.into(),
         }
     }
 }

@@ -1,11 +1,15 @@
-//! Redis layout of tenant records, usage counters and the per-minute limiter, plus the one
+//! Redis layout of tenant records, usage counters and the per-minute limiters, plus the one
 //! atomic script that checks a request against them and counts it.
 //!
-//! Keys (prefix default `nlu:`):
-//! - `nlu:tenant:{ns}/{name}`: hash, see [`field`] and [`TenantRecord`] (written by the operator).
-//! - `nlu:usage:{ns}/{name}:{YYYY-MM-DD}`: requests counted on that UTC day (kept two days).
-//! - `nlu:rate:{ns}/{name}`: sorted set of request times (ms) in the last minute: a sliding
+//! Keys (prefix default `nlu:`); every key of a tenant carries the tenant in a hash tag
+//! (`{ns/name}`), so all of them live in one Redis Cluster slot and one script can touch them:
+//! - `nlu:tenant:{ns/name}`: hash, see [`field`] and [`TenantRecord`] (written by the operator).
+//! - `nlu:usage:{ns/name}:{YYYY-MM-DD}`: hash of `requests` and `tokens` counted that UTC day
+//!   (kept two days).
+//! - `nlu:rate:{ns/name}`: sorted set of request times (ms) in the last minute: a sliding
 //!   window log, so no burst is possible across minute edges.
+//! - `nlu:rate-tokens:{ns/name}`: the same log for token charges (members `ms:nonce:tokens`),
+//!   with their running sum in `nlu:rate-tokens-sum:{ns/name}`.
 
 use std::collections::HashMap;
 
@@ -16,8 +20,8 @@ use super::AccessError;
 
 pub const DEFAULT_PREFIX: &str = "nlu:";
 
-/// Largest request limit the quota script compares exactly (15 digits: below 2^53, where
-/// Lua's numbers stop being exact); the Tenant CRD allows no more.
+/// Largest limit the quota script compares exactly (15 digits: below 2^53, where Lua's numbers
+/// stop being exact); the Tenant CRD allows no more.
 pub const MAX_LIMIT: u64 = 999_999_999_999_999;
 
 /// Usage counters live two days so yesterday's total is still readable just after midnight.
@@ -25,18 +29,39 @@ pub const USAGE_TTL_SECS: u64 = 2 * 24 * 3600;
 
 /// Field names of the tenant hash.
 pub mod field {
-    /// `1` = enabled, anything else = suspended.
+    /// `1` = enabled, `0` = suspended.
     pub const ENABLED: &str = "enabled";
     /// Integer, `0` = unlimited.
     pub const REQUESTS_PER_DAY: &str = "requests_per_day";
     /// Integer, `0` = unlimited.
     pub const REQUESTS_PER_MINUTE: &str = "requests_per_minute";
+    /// Integer (token positions the encoder runs), `0` = unlimited.
+    pub const TOKENS_PER_DAY: &str = "tokens_per_day";
+    /// Integer (token positions the encoder runs), `0` = unlimited.
+    pub const TOKENS_PER_MINUTE: &str = "tokens_per_minute";
     /// Comma-separated scopes (`predict,embed`); empty = all.
     pub const SCOPES: &str = "scopes";
     /// Comma-separated NluService names in the tenant's namespace; empty = all.
     pub const SERVICES: &str = "services";
     /// Credential generation: tokens with a lower `gen` claim are revoked.
     pub const GEN: &str = "gen";
+}
+
+/// Field names of a day's usage hash.
+pub mod usage_field {
+    pub const REQUESTS: &str = "requests";
+    pub const TOKENS: &str = "tokens";
+}
+
+/// Checks a `--redis-prefix`: braces would put a hash tag in the prefix and every tenant in
+/// one cluster slot.
+pub fn prefix(value: &str) -> Result<String, String> {
+    if value.contains(['{', '}']) {
+        return Err(format!(
+            "{value:?} must not contain {{ or }} (keys carry the tenant as their hash tag)"
+        ));
+    }
+    Ok(value.to_string())
 }
 
 /// Key names under one prefix.
@@ -58,21 +83,57 @@ impl RedisKeys {
         }
     }
 
+    fn key(&self, kind: &str, tenant: &QualifiedName) -> String {
+        format!("{}{kind}:{{{tenant}}}", self.prefix)
+    }
+
     pub fn tenant(&self, tenant: &QualifiedName) -> String {
-        format!("{}tenant:{tenant}", self.prefix)
+        self.key("tenant", tenant)
     }
 
     pub fn usage(&self, tenant: &QualifiedName, day: NaiveDate) -> String {
-        format!("{}usage:{tenant}:{}", self.prefix, day.format("%Y-%m-%d"))
-    }
-
-    /// `SCAN MATCH` pattern of all of a tenant's usage counters (for cleanup on deletion).
-    pub fn usage_pattern(&self, tenant: &QualifiedName) -> String {
-        format!("{}usage:{tenant}:*", self.prefix)
+        format!("{}:{}", self.key("usage", tenant), day.format("%Y-%m-%d"))
     }
 
     pub fn rate(&self, tenant: &QualifiedName) -> String {
-        format!("{}rate:{tenant}", self.prefix)
+        self.key("rate", tenant)
+    }
+
+    pub fn token_rate(&self, tenant: &QualifiedName) -> String {
+        self.key("rate-tokens", tenant)
+    }
+
+    pub fn token_rate_sum(&self, tenant: &QualifiedName) -> String {
+        self.key("rate-tokens-sum", tenant)
+    }
+
+    /// Every key the tenant can have on `today`: the usage counters still alive
+    /// ([`USAGE_TTL_SECS`]) are those of the last three days. Named, not scanned, because
+    /// `SCAN` sees one node of a cluster only.
+    pub fn all(&self, tenant: &QualifiedName, today: NaiveDate) -> Vec<String> {
+        let mut keys = vec![
+            self.tenant(tenant),
+            self.rate(tenant),
+            self.token_rate(tenant),
+            self.token_rate_sum(tenant),
+        ];
+        keys.extend(
+            (0..3)
+                .filter_map(|back| today.checked_sub_days(chrono::Days::new(back)))
+                .map(|day| self.usage(tenant, day)),
+        );
+        keys
+    }
+
+    /// The script's `KEYS`, in its order.
+    pub fn script_keys(&self, tenant: &QualifiedName, today: NaiveDate) -> [String; 5] {
+        [
+            self.tenant(tenant),
+            self.usage(tenant, today),
+            self.rate(tenant),
+            self.token_rate(tenant),
+            self.token_rate_sum(tenant),
+        ]
     }
 }
 
@@ -82,6 +143,8 @@ pub struct TenantRecord {
     pub enabled: bool,
     pub requests_per_day: u64,
     pub requests_per_minute: u64,
+    pub tokens_per_day: u64,
+    pub tokens_per_minute: u64,
     /// Empty = all scopes.
     pub scopes: Vec<Scope>,
     /// NluService names in the tenant's namespace; empty = all.
@@ -102,27 +165,45 @@ impl TenantRecord {
                 field::REQUESTS_PER_MINUTE,
                 self.requests_per_minute.to_string(),
             ),
+            (field::TOKENS_PER_DAY, self.tokens_per_day.to_string()),
+            (field::TOKENS_PER_MINUTE, self.tokens_per_minute.to_string()),
             (field::SCOPES, Scope::join(&self.scopes)),
             (field::SERVICES, self.services.join(",")),
             (field::GEN, self.gen.to_string()),
         ]
     }
 
-    /// Reads an `HGETALL` reply; absent numbers count as 0 and absent lists as empty.
+    /// Reads an `HGETALL` reply as strictly as the quota script does: a missing field or a
+    /// non-number is an error, never a default.
     pub fn from_fields(fields: &HashMap<String, String>) -> Result<Self, AccessError> {
-        let get = |name: &str| fields.get(name).map(|v| v.trim()).unwrap_or("");
-        let number = |name: &str| match get(name) {
-            "" => Ok(0),
-            v => v
-                .parse::<u64>()
-                .map_err(|_| AccessError::Record(format!("{name} = {v:?} is not a number"))),
+        let get = |name: &str| {
+            fields
+                .get(name)
+                .map(String::as_str)
+                .ok_or_else(|| AccessError::Record(format!("{name} is missing")))
+        };
+        let number = |name: &str| {
+            get(name)?.parse::<u64>().map_err(|_| {
+                AccessError::Record(format!("{name} = {:?} is not a number", fields[name]))
+            })
+        };
+        let enabled = match get(field::ENABLED)? {
+            "1" => true,
+            "0" => false,
+            other => {
+                return Err(AccessError::Record(format!(
+                    "enabled = {other:?} is not 1 or 0"
+                )))
+            }
         };
         Ok(Self {
-            enabled: get(field::ENABLED) == "1",
+            enabled,
             requests_per_day: number(field::REQUESTS_PER_DAY)?,
             requests_per_minute: number(field::REQUESTS_PER_MINUTE)?,
-            scopes: Scope::parse_list(get(field::SCOPES))?,
-            services: get(field::SERVICES)
+            tokens_per_day: number(field::TOKENS_PER_DAY)?,
+            tokens_per_minute: number(field::TOKENS_PER_MINUTE)?,
+            scopes: Scope::parse_list(get(field::SCOPES)?)?,
+            services: get(field::SERVICES)?
                 .split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
@@ -134,22 +215,33 @@ impl TenantRecord {
 }
 
 /// Checks a request against the tenant record and limits, and counts it only when allowed.
+/// Called once per request to count it (`requests` = 1, `tokens` = 0, before the body is read)
+/// and once per unit of model work to charge its tokens (`requests` = 0), so the token cost is
+/// known exactly when it is charged.
 ///
-/// KEYS: tenant hash, today's usage counter, minute limiter (see [`RedisKeys`]).
-/// ARGV: token `gen`, route scope, service name, usage TTL seconds, a unique nonce.
-/// Reply: `{code, per_day, used_today, per_minute, used_last_minute, minute_reset_ms}`, decoded by
-/// [`QuotaOutcome::from_reply`]. Time comes from Redis so all servers share one clock.
+/// KEYS: [`RedisKeys::script_keys`]. ARGV: token `gen`, route scope, service name, usage TTL
+/// seconds, a unique nonce, requests to count (`0`/`1`), tokens to charge.
+/// Reply: `{code, requests: per_day, used_today, per_minute, used_last_minute, minute_reset_ms,
+/// tokens: the same five}`, decoded by [`QuotaOutcome::from_reply`]; a part the call did not
+/// count is zeros. Time comes from Redis so all servers share one clock. Counters only ever
+/// change by `HINCRBY`/`INCRBY` with the caller's decimal strings: Lua formats numbers above
+/// 10^14 inexactly.
 pub const QUOTA_SCRIPT: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return {1, 0, 0, 0, 0, 0} end
+local zero = {0, 0, 0, 0, 0}
+local function answer(code, req, tok)
+  return {code, req[1], req[2], req[3], req[4], req[5], tok[1], tok[2], tok[3], tok[4], tok[5]}
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then return answer(1, zero, zero) end
 local f = redis.call('HMGET', KEYS[1], 'enabled', 'requests_per_day', 'requests_per_minute',
-                     'scopes', 'services', 'gen')
+                     'scopes', 'services', 'gen', 'tokens_per_day', 'tokens_per_minute')
 local function digits(v, most)
   return type(v) == 'string' and #v <= most and string.find(v, '^%d+$') ~= nil
 end
 -- A record missing a field or holding a non-number is refused, never read as "unlimited".
 if (f[1] ~= '1' and f[1] ~= '0') or not digits(f[2], 15) or not digits(f[3], 15)
-   or type(f[4]) ~= 'string' or type(f[5]) ~= 'string' or not digits(f[6], 20) then
-  return {8, 0, 0, 0, 0, 0}
+   or type(f[4]) ~= 'string' or type(f[5]) ~= 'string' or not digits(f[6], 20)
+   or not digits(f[7], 15) or not digits(f[8], 15) or not digits(ARGV[7], 15) then
+  return answer(8, zero, zero)
 end
 local function listed(list, item)
   list = string.gsub(list, '%s', '')
@@ -162,48 +254,132 @@ local function below(a, b)
   if #a ~= #b then return #a < #b end
   return a < b
 end
-if f[1] ~= '1' then return {2, 0, 0, 0, 0, 0} end
-if below(ARGV[1], f[6]) then return {3, 0, 0, 0, 0, 0} end
-if not listed(f[4], ARGV[2]) then return {4, 0, 0, 0, 0, 0} end
-if not listed(f[5], ARGV[3]) then return {5, 0, 0, 0, 0, 0} end
-local per_day = tonumber(f[2])
-local per_minute = tonumber(f[3])
-local used = tonumber(redis.call('GET', KEYS[2]) or '0')
+if f[1] ~= '1' then return answer(2, zero, zero) end
+if below(ARGV[1], f[6]) then return answer(3, zero, zero) end
+if not listed(f[4], ARGV[2]) then return answer(4, zero, zero) end
+if not listed(f[5], ARGV[3]) then return answer(5, zero, zero) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local in_window = 0
-if per_minute > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 60000)
-  in_window = redis.call('ZCARD', KEYS[3])
-end
-local function reset()
+local cutoff = now - 60000
+local function reset(log, in_window)
   if in_window == 0 then return 0 end
-  local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+  if oldest[2] == nil then return 0 end
   return tonumber(oldest[2]) + 60000 - now
 end
-if per_day > 0 and used >= per_day then return {6, per_day, used, per_minute, in_window, reset()} end
-if per_minute > 0 and in_window >= per_minute then
-  return {7, per_day, used, per_minute, in_window, reset()}
+local function count(field, by)
+  local used = redis.call('HINCRBY', KEYS[2], field, by)
+  if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
+  return used
 end
-used = redis.call('INCR', KEYS[2])
-if used == 1 then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
+local req = zero
+if ARGV[6] == '1' then
+  local per_day, per_minute = tonumber(f[2]), tonumber(f[3])
+  local used = tonumber(redis.call('HGET', KEYS[2], 'requests') or '0')
+  local in_window = 0
+  if per_minute > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', cutoff)
+    in_window = redis.call('ZCARD', KEYS[3])
+  end
+  local function seen() return {per_day, used, per_minute, in_window, reset(KEYS[3], in_window)} end
+  if per_day > 0 and used >= per_day then return answer(6, seen(), zero) end
+  if per_minute > 0 and in_window >= per_minute then return answer(7, seen(), zero) end
+  used = count('requests', 1)
+  if per_minute > 0 then
+    redis.call('ZADD', KEYS[3], now, now .. ':' .. ARGV[5])
+    redis.call('PEXPIRE', KEYS[3], 60000)
+    in_window = in_window + 1
+  end
+  req = seen()
+end
+local cost = tonumber(ARGV[7])
+if cost == 0 then return answer(0, req, zero) end
+local per_day, per_minute = tonumber(f[7]), tonumber(f[8])
+local used = tonumber(redis.call('HGET', KEYS[2], 'tokens') or '0')
+local in_window = 0
 if per_minute > 0 then
-  redis.call('ZADD', KEYS[3], now, now .. ':' .. ARGV[5])
-  redis.call('PEXPIRE', KEYS[3], 60000)
-  in_window = in_window + 1
+  -- The log's members end in their token count; the sum is kept beside it and rebuilt from
+  -- the log when it is missing (evicted) or the log is empty.
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', cutoff)
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', cutoff)
+  local left = redis.call('ZRANGE', KEYS[4], 0, -1)
+  if #left == 0 then
+    redis.call('DEL', KEYS[5])
+  elseif redis.call('EXISTS', KEYS[5]) == 1 then
+    for _, m in ipairs(expired) do redis.call('DECRBY', KEYS[5], string.match(m, '(%d+)$')) end
+  else
+    for _, m in ipairs(left) do redis.call('INCRBY', KEYS[5], string.match(m, '(%d+)$')) end
+    redis.call('PEXPIRE', KEYS[5], 60000)
+  end
+  in_window = math.max(0, tonumber(redis.call('GET', KEYS[5]) or '0'))
 end
-return {0, per_day, used, per_minute, in_window, reset()}
+local function seen() return {per_day, used, per_minute, in_window, reset(KEYS[4], in_window)} end
+if (per_day > 0 and cost > per_day) or (per_minute > 0 and cost > per_minute) then
+  return answer(11, req, seen())
+end
+if per_day > 0 and used + cost > per_day then return answer(9, req, seen()) end
+if per_minute > 0 and in_window + cost > per_minute then return answer(10, req, seen()) end
+used = count('tokens', ARGV[7])
+if per_minute > 0 then
+  redis.call('ZADD', KEYS[4], now, now .. ':' .. ARGV[5] .. ':' .. ARGV[7])
+  redis.call('INCRBY', KEYS[5], ARGV[7])
+  redis.call('PEXPIRE', KEYS[4], 60000)
+  redis.call('PEXPIRE', KEYS[5], 60000)
+  in_window = in_window + cost
+end
+return answer(0, req, seen())
 "#;
 
-/// Counts and limits as the script saw them (after counting, when allowed). Limits of 0 are unlimited.
+/// What one script call counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
+pub enum Charge {
+    /// The request itself, against the request limits.
+    Request,
+    /// Token positions of model work about to run, against the token limits.
+    Tokens(u64),
+}
+
+/// The script's `ARGV`, in its order; `nonce` must be unique per call (it names the call's
+/// entries in the minute logs).
+pub fn script_args(
+    token_gen: u64,
+    scope: Scope,
+    service: &str,
+    nonce: u64,
+    charge: Charge,
+) -> [String; 7] {
+    let (requests, tokens) = match charge {
+        Charge::Request => (1, 0),
+        Charge::Tokens(n) => (0, n),
+    };
+    [
+        token_gen.to_string(),
+        scope.as_str().to_string(),
+        service.to_string(),
+        USAGE_TTL_SECS.to_string(),
+        nonce.to_string(),
+        requests.to_string(),
+        tokens.to_string(),
+    ]
+}
+
+/// One kind of count (requests or tokens) as the script saw it, after counting when allowed.
+/// Limits of 0 are unlimited; all zeros when the call did not count this kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
     pub per_day: u64,
     pub used_today: u64,
     pub per_minute: u64,
     pub used_last_minute: u64,
-    /// Milliseconds until the oldest request leaves the minute window (0 when it is empty).
+    /// Milliseconds until the oldest entry leaves the minute window (0 when it is empty).
     pub minute_reset_ms: u64,
+}
+
+/// Requests and tokens as the script saw them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub requests: Counts,
+    pub tokens: Counts,
 }
 
 /// What the quota script decided.
@@ -219,21 +395,35 @@ pub enum QuotaOutcome {
     RateLimited(Usage),
     /// The record misses a field or holds a non-number: refused, not read as unlimited.
     InvalidRecord,
+    DailyTokensExceeded(Usage),
+    TokenRateLimited(Usage),
+    /// The charge alone is larger than a token limit: it can never pass.
+    CostOverTokenLimit(Usage),
 }
 
 impl QuotaOutcome {
     pub fn from_reply(reply: &[i64]) -> Result<Self, AccessError> {
         let bad = || AccessError::Record(format!("unexpected quota script reply {reply:?}"));
-        let [code, per_day, used_today, per_minute, used_last_minute, reset] = reply else {
+        let [code, numbers @ ..] = reply else {
             return Err(bad());
         };
-        let n = |v: &i64| u64::try_from(*v).map_err(|_| bad());
+        let numbers: Vec<u64> = numbers
+            .iter()
+            .map(|v| u64::try_from(*v).map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
+        let counts = |n: &[u64]| Counts {
+            per_day: n[0],
+            used_today: n[1],
+            per_minute: n[2],
+            used_last_minute: n[3],
+            minute_reset_ms: n[4],
+        };
+        if numbers.len() != 10 {
+            return Err(bad());
+        }
         let usage = Usage {
-            per_day: n(per_day)?,
-            used_today: n(used_today)?,
-            per_minute: n(per_minute)?,
-            used_last_minute: n(used_last_minute)?,
-            minute_reset_ms: n(reset)?,
+            requests: counts(&numbers[..5]),
+            tokens: counts(&numbers[5..]),
         };
         Ok(match code {
             0 => QuotaOutcome::Allowed(usage),
@@ -245,6 +435,9 @@ impl QuotaOutcome {
             6 => QuotaOutcome::DailyQuotaExceeded(usage),
             7 => QuotaOutcome::RateLimited(usage),
             8 => QuotaOutcome::InvalidRecord,
+            9 => QuotaOutcome::DailyTokensExceeded(usage),
+            10 => QuotaOutcome::TokenRateLimited(usage),
+            11 => QuotaOutcome::CostOverTokenLimit(usage),
             _ => return Err(bad()),
         })
     }
@@ -254,15 +447,57 @@ impl QuotaOutcome {
 mod tests {
     use super::*;
 
+    fn alice() -> QualifiedName {
+        "team-a/alice".parse().unwrap()
+    }
+
     #[test]
-    fn key_names_follow_the_contract() {
+    fn key_names_follow_the_contract_and_share_the_tenant_hash_tag() {
         let keys = RedisKeys::default();
-        let t: QualifiedName = "team-a/alice".parse().unwrap();
-        assert_eq!(keys.tenant(&t), "nlu:tenant:team-a/alice");
+        let t = alice();
         let day = NaiveDate::from_ymd_opt(2026, 1, 2).unwrap();
-        assert_eq!(keys.usage(&t, day), "nlu:usage:team-a/alice:2026-01-02");
-        assert_eq!(keys.usage_pattern(&t), "nlu:usage:team-a/alice:*");
-        assert_eq!(RedisKeys::new("x:").rate(&t), "x:rate:team-a/alice");
+        assert_eq!(keys.tenant(&t), "nlu:tenant:{team-a/alice}");
+        assert_eq!(keys.usage(&t, day), "nlu:usage:{team-a/alice}:2026-01-02");
+        assert_eq!(RedisKeys::new("x:").rate(&t), "x:rate:{team-a/alice}");
+        assert_eq!(keys.token_rate(&t), "nlu:rate-tokens:{team-a/alice}");
+        assert_eq!(
+            keys.token_rate_sum(&t),
+            "nlu:rate-tokens-sum:{team-a/alice}"
+        );
+        for key in keys.script_keys(&t, day).iter().chain(&keys.all(&t, day)) {
+            let tag = key
+                .split_once('{')
+                .and_then(|(_, rest)| rest.split_once('}'));
+            assert_eq!(tag.map(|(tag, _)| tag), Some("team-a/alice"), "{key}");
+        }
+    }
+
+    #[test]
+    fn all_keys_include_every_live_usage_day() {
+        let keys = RedisKeys::default();
+        let today = NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
+        let all = keys.all(&alice(), today);
+        for day in ["2026-03-01", "2026-02-28", "2026-02-27"] {
+            assert!(
+                all.contains(&format!("nlu:usage:{{team-a/alice}}:{day}")),
+                "{day}"
+            );
+        }
+        assert_eq!(all.len(), 7);
+    }
+
+    #[test]
+    fn prefixes_with_braces_are_refused() {
+        assert_eq!(prefix("nlu:").unwrap(), "nlu:");
+        assert!(prefix("nlu{x}:").is_err());
+    }
+
+    fn fields(record: &TenantRecord) -> HashMap<String, String> {
+        record
+            .to_fields()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
     }
 
     #[test]
@@ -271,58 +506,90 @@ mod tests {
             enabled: true,
             requests_per_day: 50,
             requests_per_minute: 5,
+            tokens_per_day: 100_000,
+            tokens_per_minute: 2_000,
             scopes: vec![Scope::Embed],
             services: vec!["gte".into(), "uninlu".into()],
             gen: 7,
         };
-        let fields: HashMap<String, String> = record
-            .to_fields()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+        let fields = fields(&record);
         assert_eq!(fields["enabled"], "1");
         assert_eq!(fields["scopes"], "embed");
         assert_eq!(fields["services"], "gte,uninlu");
+        assert_eq!(fields["tokens_per_minute"], "2000");
         assert_eq!(TenantRecord::from_fields(&fields).unwrap(), record);
     }
 
     #[test]
-    fn record_defaults_and_rejects_bad_numbers() {
-        let only_enabled = HashMap::from([("enabled".to_string(), "1".to_string())]);
-        let r = TenantRecord::from_fields(&only_enabled).unwrap();
-        assert!(
-            r.enabled && r.requests_per_day == 0 && r.scopes.is_empty() && r.services.is_empty()
-        );
-        let bad = HashMap::from([("requests_per_day".to_string(), "ten".to_string())]);
-        assert!(TenantRecord::from_fields(&bad).is_err());
+    fn records_are_read_as_strictly_as_the_script_reads_them() {
+        let good = fields(&TenantRecord::default());
+        assert!(TenantRecord::from_fields(&good).is_ok());
+        for name in [
+            field::ENABLED,
+            field::TOKENS_PER_DAY,
+            field::GEN,
+            field::SCOPES,
+        ] {
+            let mut partial = good.clone();
+            partial.remove(name);
+            assert!(
+                TenantRecord::from_fields(&partial).is_err(),
+                "{name} missing"
+            );
+        }
+        for (name, value) in [(field::REQUESTS_PER_DAY, "ten"), (field::ENABLED, "yes")] {
+            let mut bad = good.clone();
+            bad.insert(name.into(), value.into());
+            assert!(TenantRecord::from_fields(&bad).is_err(), "{name} = {value}");
+        }
+    }
+
+    fn reply(code: i64, req: [i64; 5], tok: [i64; 5]) -> Vec<i64> {
+        std::iter::once(code).chain(req).chain(tok).collect()
     }
 
     #[test]
     fn script_replies_decode() {
         let usage = Usage {
-            per_day: 50,
-            used_today: 3,
-            per_minute: 5,
-            used_last_minute: 2,
-            minute_reset_ms: 900,
+            requests: Counts {
+                per_day: 50,
+                used_today: 3,
+                per_minute: 5,
+                used_last_minute: 2,
+                minute_reset_ms: 900,
+            },
+            tokens: Counts {
+                per_day: 0,
+                used_today: 700,
+                per_minute: 1000,
+                used_last_minute: 300,
+                minute_reset_ms: 100,
+            },
         };
+        let r = [50, 3, 5, 2, 900];
+        let t = [0, 700, 1000, 300, 100];
         assert_eq!(
-            QuotaOutcome::from_reply(&[0, 50, 3, 5, 2, 900]).unwrap(),
+            QuotaOutcome::from_reply(&reply(0, r, t)).unwrap(),
             QuotaOutcome::Allowed(usage)
         );
         assert_eq!(
-            QuotaOutcome::from_reply(&[7, 50, 3, 5, 2, 900]).unwrap(),
+            QuotaOutcome::from_reply(&reply(7, r, t)).unwrap(),
             QuotaOutcome::RateLimited(usage)
         );
         assert_eq!(
-            QuotaOutcome::from_reply(&[1, 0, 0, 0, 0, 0]).unwrap(),
-            QuotaOutcome::NoRecord
+            QuotaOutcome::from_reply(&reply(10, r, t)).unwrap(),
+            QuotaOutcome::TokenRateLimited(usage)
         );
         assert_eq!(
-            QuotaOutcome::from_reply(&[8, 0, 0, 0, 0, 0]).unwrap(),
+            QuotaOutcome::from_reply(&reply(11, r, t)).unwrap(),
+            QuotaOutcome::CostOverTokenLimit(usage)
+        );
+        assert_eq!(
+            QuotaOutcome::from_reply(&reply(8, [0; 5], [0; 5])).unwrap(),
             QuotaOutcome::InvalidRecord
         );
-        assert!(QuotaOutcome::from_reply(&[9, 0, 0, 0, 0, 0]).is_err());
+        assert!(QuotaOutcome::from_reply(&reply(12, [0; 5], [0; 5])).is_err());
+        assert!(QuotaOutcome::from_reply(&reply(0, [0, 0, 0, 0, -1], [0; 5])).is_err());
         assert!(QuotaOutcome::from_reply(&[0, 1]).is_err());
     }
 }

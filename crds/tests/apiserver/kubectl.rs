@@ -72,7 +72,7 @@ async fn get_shows_the_printer_columns_with_their_values() {
     )
     .await;
     let tenant = create_ok(&client, &placed(sample("tenant.yaml"), NAMESPACE, "acme")).await;
-    let usage = json!({"usage": {"date": "2026-11-23", "requests": 42, "remaining": 9958}});
+    let usage = json!({"usage": {"date": "2026-11-23", "requests": 42, "remaining": 9958, "tokens": 31337}});
     let (code, answer) = replace(&client, &with(tenant, "/status", usage), Some("status")).await;
     assert_eq!(code, StatusCode::OK, "{answer:#}");
 
@@ -103,12 +103,12 @@ async fn get_shows_the_printer_columns_with_their_values() {
     let tenants = table(blocks[1]);
     assert_eq!(
         tenants[0],
-        ["NAME", "QUOTA", "USAGE", "SUSPENDED", "AGE"],
+        ["NAME", "QUOTA", "USAGE", "TOKENS", "SUSPENDED", "AGE"],
         "\n{out}"
     );
     let acme = row(&tenants, "tenant.nlu.dev/acme");
-    assert_eq!(acme[1..4], ["10000", "42", "false"], "\n{out}");
-    assert!(is_age(&acme[4]), "\n{out}");
+    assert_eq!(acme[1..5], ["10000", "42", "31337", "false"], "\n{out}");
+    assert!(is_age(&acme[5]), "\n{out}");
 }
 
 fn words(text: &str) -> String {

@@ -171,5 +171,11 @@ async fn server_fills_defaults() {
             "{} status.conditions defaults to []",
             object["kind"]
         );
+        if object["kind"] == "Tenant" {
+            assert_eq!(
+                stored["status"]["usage"]["tokens"], 0,
+                "usage written before token quotas reads as 0 tokens"
+            );
+        }
     }
 }

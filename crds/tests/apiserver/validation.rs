@@ -48,6 +48,10 @@ const TENANT: &str = "tenant.yaml";
 const PER_DAY_RULE: &str = "Tenant spec.quota rule: requestsPerDay must be from 0 (unlimited) to 999999999999999";
 const PER_MINUTE_RULE: &str =
     "Tenant spec.quota rule: requestsPerMinute must be from 0 (unlimited) to 999999999999999";
+const TOKENS_PER_DAY_RULE: &str =
+    "Tenant spec.quota rule: tokensPerDay must be from 0 (unlimited) to 999999999999999";
+const TOKENS_PER_MINUTE_RULE: &str =
+    "Tenant spec.quota rule: tokensPerMinute must be from 0 (unlimited) to 999999999999999";
 const TTL_RULE: &str = "Tenant spec.token.ttl rule: ttl must be a duration from 5m to 8760h (the servers' default --max-token-lifetime), e.g. 720h";
 
 const fn case(
@@ -199,6 +203,14 @@ const CASES: &[Case] = &[
         ..case(PER_MINUTE_RULE, TENANT, &[("/spec/quota/requestsPerMinute", "-1")], "spec.quota.requestsPerMinute", Rule) },
     Case { at_limit: Some("999999999999999"),
         ..case(PER_MINUTE_RULE, TENANT, &[("/spec/quota/requestsPerMinute", "1000000000000000")], "spec.quota.requestsPerMinute", Rule) },
+    Case { at_limit: Some("0"),
+        ..case(TOKENS_PER_DAY_RULE, TENANT, &[("/spec/quota/tokensPerDay", "-1")], "spec.quota.tokensPerDay", Rule) },
+    Case { at_limit: Some("999999999999999"),
+        ..case(TOKENS_PER_DAY_RULE, TENANT, &[("/spec/quota/tokensPerDay", "1000000000000000")], "spec.quota.tokensPerDay", Rule) },
+    Case { at_limit: Some("0"),
+        ..case(TOKENS_PER_MINUTE_RULE, TENANT, &[("/spec/quota/tokensPerMinute", "-1")], "spec.quota.tokensPerMinute", Rule) },
+    Case { at_limit: Some("999999999999999"),
+        ..case(TOKENS_PER_MINUTE_RULE, TENANT, &[("/spec/quota/tokensPerMinute", "1000000000000000")], "spec.quota.tokensPerMinute", Rule) },
     limit("Tenant spec.token.generation minimum", TENANT, &[("/spec/token/generation", "0")], "spec.token.generation", "1"),
     Case { at_limit: Some(r#""5m""#),
         ..case(TTL_RULE, TENANT, &[("/spec/token/ttl", r#""4m59s""#)], "spec.token.ttl", Rule) },
@@ -227,6 +239,7 @@ const COVERED_ELSEWHERE: &[&str] = &[
     "Tenant spec.suspended default",
     "NluService status.conditions default",
     "Tenant status.conditions default",
+    "Tenant status.usage.tokens default",
 ];
 
 const DUPLICATE_READY: &str = r#"[

@@ -54,9 +54,16 @@ pub struct DecisionLabels {
     pub outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabel {
+    pub tenant: String,
+}
+
 pub struct AuthMetrics {
     pub tenants: TenantLabels,
     pub decisions: Family<DecisionLabels, Counter>,
+    /// Token positions charged, by tenant label.
+    pub tokens: Family<TenantLabel, Counter>,
     pub backend_errors: Counter,
     pub backend_up: Gauge,
     pub check_seconds: Histogram,
@@ -70,6 +77,12 @@ impl AuthMetrics {
             "auth_decisions",
             "Auth and quota decisions by tenant and outcome (quota rejections are outcome quota_exceeded / rate_limited)",
             decisions.clone(),
+        );
+        let tokens = Family::<TenantLabel, Counter>::default();
+        registry.register(
+            "tenant_tokens",
+            "Token positions charged to tenants' token quotas (model work admitted)",
+            tokens.clone(),
         );
         let backend_errors = Counter::default();
         registry.register(
@@ -93,6 +106,7 @@ impl AuthMetrics {
         Self {
             tenants,
             decisions,
+            tokens,
             backend_errors,
             backend_up,
             check_seconds,

@@ -13,7 +13,7 @@ pub mod quota;
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use clap::Args;
 use nlu_crds::access::redis_keys::DEFAULT_PREFIX;
+use nlu_crds::access::redis_keys::{Charge, Usage};
 use nlu_crds::access::tokens::DEFAULT_ISSUER;
 use nlu_crds::access::{QualifiedName, QuotaOutcome, Scope};
 use prometheus_client::registry::Registry;
@@ -31,7 +32,7 @@ use crate::http::{ApiError, TenantId};
 use jwt::{bearer, BearerError, TokenVerifier};
 use metrics::{AuthMetrics, TenantLabels};
 use policy::{BackendHealth, FailurePolicy, LocalLimiter};
-use quota::{rate_limit, QuotaStore, RateLimit};
+use quota::{rate_limit, secs_to_midnight, QuotaStore, RateLimit};
 
 pub use nlu_crds::serve::AuthMode;
 
@@ -72,7 +73,7 @@ pub struct AuthArgs {
     pub redis_ca_file: Option<PathBuf>,
 
     /// Prefix of every Redis key (must match the operator's).
-    #[arg(long, env = "NLU_REDIS_PREFIX", default_value = DEFAULT_PREFIX)]
+    #[arg(long, env = "NLU_REDIS_PREFIX", default_value = DEFAULT_PREFIX, value_parser = nlu_crds::access::redis_keys::prefix)]
     pub redis_prefix: String,
 
     /// Longest wait for Redis per request before the failure policy applies.
@@ -208,7 +209,7 @@ impl Auth {
         ))
     }
 
-    async fn admit(&self, headers: &HeaderMap, path: &str) -> Result<Admitted, Refusal> {
+    async fn admit(self: &Arc<Self>, headers: &HeaderMap, path: &str) -> Result<Meter, Refusal> {
         let token = bearer(headers).map_err(|e| match e {
             BearerError::Missing => Refusal::unauthenticated(
                 "missing_token",
@@ -219,11 +220,7 @@ impl Auth {
             }
         })?;
         let scope = Scope::for_route(path).ok_or_else(|| {
-            Refusal::forbidden(
-                None,
-                "scope_not_granted",
-                "this route is not a tenant operation",
-            )
+            Refusal::forbidden("scope_not_granted", "this route is not a tenant operation")
         })?;
         let claims = self
             .verifier
@@ -235,102 +232,83 @@ impl Auth {
                 .map_err(|e| Refusal::invalid_token(e.to_string()))?,
             token_id: claims.jti.clone(),
         };
-        let label = self.metrics.tenants.label(&tenant.id.to_string());
-        let refuse =
-            |code, message: &str| Refusal::forbidden(Some((&tenant, &label)), code, message);
+        let meter = Meter {
+            auth: self.clone(),
+            label: self.metrics.tenants.label(&tenant.id.to_string()),
+            tenant,
+            token_gen: claims.gen,
+            scope,
+            report: Arc::default(),
+        };
+        let refuse = |code, message: &str| meter.tag(Refusal::forbidden(code, message));
         if !claims.grants(scope) {
             return Err(refuse(
                 "scope_not_granted",
                 &format!("the token does not grant {scope}"),
             ));
         }
-        if tenant.id.namespace != self.service.namespace {
+        if meter.tenant.id.namespace != self.service.namespace {
             return Err(refuse(
                 "service_not_granted",
                 "tenants of another namespace may not call this service",
             ));
         }
-        let today = chrono::Utc::now().date_naive();
-        match self
-            .store
-            .check(&tenant.id, claims.gen, scope, &self.service.name, today)
-            .await
-        {
-            Ok(outcome) => {
-                self.health.set(true);
-                decide(outcome, chrono::Utc::now())
-                    .map(|limit| Admitted {
-                        tenant: tenant.clone(),
-                        label: label.clone(),
-                        limit,
-                    })
-                    .map_err(|mut r| {
-                        r.tenant = Some((tenant.id.to_string(), label.clone()));
-                        r
-                    })
-            }
-            Err(e) => {
-                self.health.set(false);
-                self.metrics.backend_errors.inc();
-                tracing::warn!(error = %e, policy = ?self.policy, tenant = %tenant.id, "quota check failed");
-                match self.policy {
-                    FailurePolicy::FailClosed => Err(Refusal {
-                        tenant: Some((tenant.id.to_string(), label)),
-                        ..Refusal::new(ApiError {
-                            retry_after: Some(1),
-                            ..ApiError::new(
-                                StatusCode::SERVICE_UNAVAILABLE,
-                                "quota_backend_unavailable",
-                                "quotas cannot be checked right now",
-                            )
-                        })
-                    }),
-                    FailurePolicy::FailOpen => match self.local.check(&tenant.id.to_string()) {
-                        Ok(()) => Ok(Admitted {
-                            tenant,
-                            label,
-                            limit: None,
-                        }),
-                        Err(wait) => Err(Refusal {
-                            tenant: Some((tenant.id.to_string(), label)),
-                            ..Refusal::new(ApiError {
-                                retry_after: Some(u32::try_from(wait).unwrap_or(u32::MAX)),
-                                ..ApiError::new(
-                                    StatusCode::TOO_MANY_REQUESTS,
-                                    "rate_limited",
-                                    "too many requests; retry later",
-                                )
-                            })
-                        }),
-                    },
-                }
-            }
+        let reported = meter.run(Charge::Request).await?;
+        meter.report().requests = reported.requests;
+        Ok(meter)
+    }
+}
+
+/// What one quota script call reported, for the `X-RateLimit-*` headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reported {
+    /// The request limit closest to exhaustion (`X-RateLimit-Limit`, `-Remaining`, `-Reset`).
+    pub requests: Option<RateLimit>,
+    /// The token limit closest to exhaustion (the same headers with a `-Tokens` suffix).
+    pub tokens: Option<RateLimit>,
+}
+
+impl Reported {
+    fn of(usage: &Usage, now: chrono::DateTime<chrono::Utc>) -> Self {
+        Self {
+            requests: rate_limit(&usage.requests, now),
+            tokens: rate_limit(&usage.tokens, now),
         }
     }
 }
 
-/// Maps the quota script's decision to the limits to report, or to the refusal. Pure.
+/// Maps the quota script's decision for `charge` to the limits to report, or to the refusal.
+/// Pure.
 // A refusal is built once per refused request and turned into the response at once: boxing
 // it would only add an allocation.
 #[allow(clippy::result_large_err)]
 pub fn decide(
     outcome: QuotaOutcome,
+    charge: Charge,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<Option<RateLimit>, Refusal> {
-    let forbidden = |code, message| Err(Refusal::forbidden(None, code, message));
-    let too_many = |usage, code, message: &str| {
-        let limit = rate_limit(&usage, now);
-        let retry = limit.map_or(1, |l| l.reset_secs);
+) -> Result<Reported, Refusal> {
+    let forbidden = |code, message| Err(Refusal::forbidden(code, message));
+    let too_many = |usage: Usage, retry: u64, code, message: String| {
         Err(Refusal {
-            limit,
+            reported: Reported::of(&usage, now),
             ..Refusal::new(ApiError {
-                retry_after: Some(u32::try_from(retry).unwrap_or(u32::MAX)),
+                retry_after: Some(u32::try_from(retry.max(1)).unwrap_or(u32::MAX)),
                 ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
             })
         })
     };
+    let cost = match charge {
+        Charge::Request => 0,
+        Charge::Tokens(n) => n,
+    };
+    let tokens_left = |limit: u64, used: u64| {
+        format!(
+            "this work needs {cost} tokens; {} of {limit} are left",
+            limit.saturating_sub(used)
+        )
+    };
     match outcome {
-        QuotaOutcome::Allowed(usage) => Ok(rate_limit(&usage, now)),
+        QuotaOutcome::Allowed(usage) => Ok(Reported::of(&usage, now)),
         QuotaOutcome::NoRecord => forbidden("unknown_tenant", "the tenant has no access record"),
         // Refused for this tenant only: the quota store itself is healthy.
         QuotaOutcome::InvalidRecord => forbidden(
@@ -346,22 +324,178 @@ pub fn decide(
             "service_not_granted",
             "the tenant may not call this service",
         ),
-        QuotaOutcome::DailyQuotaExceeded(usage) => too_many(
-            usage,
-            "quota_exceeded",
-            "the daily request quota is used up",
-        ),
-        QuotaOutcome::RateLimited(usage) => {
-            too_many(usage, "rate_limited", "too many requests this minute")
+        QuotaOutcome::DailyQuotaExceeded(usage) | QuotaOutcome::RateLimited(usage) => {
+            let (code, message) = match outcome {
+                QuotaOutcome::DailyQuotaExceeded(_) => {
+                    ("quota_exceeded", "the daily request quota is used up")
+                }
+                _ => ("rate_limited", "too many requests this minute"),
+            };
+            let retry = rate_limit(&usage.requests, now).map_or(1, |l| l.reset_secs);
+            too_many(usage, retry, code, message.into())
         }
+        QuotaOutcome::DailyTokensExceeded(usage) => too_many(
+            usage,
+            secs_to_midnight(now),
+            "token_quota_exceeded",
+            format!(
+                "the daily token quota is used up: {}",
+                tokens_left(usage.tokens.per_day, usage.tokens.used_today)
+            ),
+        ),
+        QuotaOutcome::TokenRateLimited(usage) => too_many(
+            usage,
+            usage.tokens.minute_reset_ms.div_ceil(1000),
+            "token_rate_limited",
+            format!(
+                "too many tokens this minute: {}",
+                tokens_left(usage.tokens.per_minute, usage.tokens.used_last_minute)
+            ),
+        ),
+        // Waiting cannot help: not a 429.
+        QuotaOutcome::CostOverTokenLimit(usage) => Err(Refusal {
+            reported: Reported::of(&usage, now),
+            ..Refusal::new(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_costly",
+                format!(
+                    "this work needs {cost} tokens, more than the tenant's token limit of {} \
+                     allows at once; send smaller requests",
+                    [usage.tokens.per_minute, usage.tokens.per_day]
+                        .into_iter()
+                        .filter(|&l| l > 0)
+                        .min()
+                        .unwrap_or(0)
+                ),
+            ))
+        }),
     }
 }
 
-/// An admitted request: who, and the limits to report.
-struct Admitted {
+/// An admitted request's access to its tenant's quotas: in the request extensions (absent
+/// under `--auth none`), so the handler can charge the tokens of each piece of model work
+/// before it runs.
+#[derive(Clone)]
+pub struct Meter {
+    auth: Arc<Auth>,
     tenant: Tenant,
     label: String,
-    limit: Option<RateLimit>,
+    token_gen: u64,
+    scope: Scope,
+    /// Headers to add to the response, shared with the middleware.
+    report: Arc<Mutex<MeterReport>>,
+}
+
+#[derive(Debug, Default)]
+struct MeterReport {
+    requests: Option<RateLimit>,
+    tokens: Option<RateLimit>,
+    www_authenticate: Option<&'static str>,
+}
+
+// Refusals become responses at once (see `decide`).
+#[allow(clippy::result_large_err)]
+impl Meter {
+    /// Charges `tokens` to the tenant's token quotas (counted even when unlimited, for usage),
+    /// or says why the work may not run: 429 when the tokens are used up for now, 413 when this
+    /// work alone exceeds a token limit, 401/403 when the tenant lost access meanwhile, 503
+    /// when Redis is down under fail-closed (fail-open lets it run).
+    pub async fn charge(&self, tokens: u64) -> Result<(), ApiError> {
+        match self.run(Charge::Tokens(tokens)).await {
+            Ok(reported) => {
+                self.auth
+                    .metrics
+                    .tokens
+                    .get_or_create(&metrics::TenantLabel {
+                        tenant: self.label.clone(),
+                    })
+                    .inc_by(tokens);
+                self.report().tokens = reported.tokens;
+                Ok(())
+            }
+            Err(refusal) => {
+                self.auth.metrics.decision(&self.label, refusal.error.code);
+                let mut report = self.report();
+                report.tokens = refusal.reported.tokens;
+                report.www_authenticate = refusal.www_authenticate;
+                Err(refusal.error)
+            }
+        }
+    }
+
+    fn report(&self) -> std::sync::MutexGuard<'_, MeterReport> {
+        self.report.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Names the tenant in a refusal (for metrics and the access log).
+    fn tag(&self, refusal: Refusal) -> Refusal {
+        Refusal {
+            tenant: Some((self.tenant.id.to_string(), self.label.clone())),
+            ..refusal
+        }
+    }
+
+    /// One quota script call, or the failure policy while Redis does not answer.
+    async fn run(&self, charge: Charge) -> Result<Reported, Refusal> {
+        let auth = &self.auth;
+        let today = chrono::Utc::now().date_naive();
+        let checked = auth
+            .store
+            .check(
+                &self.tenant.id,
+                self.token_gen,
+                self.scope,
+                &auth.service.name,
+                today,
+                charge,
+            )
+            .await;
+        let outcome = match checked {
+            Ok(outcome) => {
+                auth.health.set(true);
+                outcome
+            }
+            Err(e) => {
+                auth.health.set(false);
+                auth.metrics.backend_errors.inc();
+                tracing::warn!(error = %e, policy = ?auth.policy, tenant = %self.tenant.id, "quota check failed");
+                return self.unchecked(charge);
+            }
+        };
+        decide(outcome, charge, chrono::Utc::now()).map_err(|r| self.tag(r))
+    }
+
+    /// The failure policy: fail-closed refuses; fail-open admits requests within the local
+    /// per-minute limit, and their model work with them.
+    fn unchecked(&self, charge: Charge) -> Result<Reported, Refusal> {
+        let auth = &self.auth;
+        let refuse = |status, code, message, retry| {
+            Err(self.tag(Refusal::new(ApiError {
+                retry_after: Some(retry),
+                ..ApiError::new(status, code, message)
+            })))
+        };
+        match (auth.policy, charge) {
+            (FailurePolicy::FailClosed, _) => refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "quota_backend_unavailable",
+                "quotas cannot be checked right now",
+                1,
+            ),
+            (FailurePolicy::FailOpen, Charge::Tokens(_)) => Ok(Reported::default()),
+            (FailurePolicy::FailOpen, Charge::Request) => {
+                match auth.local.check(&self.tenant.id.to_string()) {
+                    Ok(()) => Ok(Reported::default()),
+                    Err(wait) => refuse(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limited",
+                        "too many requests; retry later",
+                        u32::try_from(wait).unwrap_or(u32::MAX),
+                    ),
+                }
+            }
+        }
+    }
 }
 
 /// A refused request: the error, its extra headers, and the tenant when known (for metrics).
@@ -369,7 +503,7 @@ struct Admitted {
 pub struct Refusal {
     pub error: ApiError,
     pub www_authenticate: Option<&'static str>,
-    pub limit: Option<RateLimit>,
+    pub reported: Reported,
     /// Tenant id and metrics label.
     pub tenant: Option<(String, String)>,
 }
@@ -379,7 +513,7 @@ impl Refusal {
         Self {
             error,
             www_authenticate: None,
-            limit: None,
+            reported: Reported::default(),
             tenant: None,
         }
     }
@@ -398,24 +532,45 @@ impl Refusal {
         }
     }
 
-    fn forbidden(tenant: Option<(&Tenant, &String)>, code: &'static str, message: &str) -> Self {
-        Self {
-            tenant: tenant.map(|(t, l)| (t.id.to_string(), l.clone())),
-            ..Self::new(ApiError::new(StatusCode::FORBIDDEN, code, message))
+    fn forbidden(code: &'static str, message: &str) -> Self {
+        Self::new(ApiError::new(StatusCode::FORBIDDEN, code, message))
+    }
+}
+
+/// `X-RateLimit-{Limit,Remaining,Reset}` for requests, and the same names ending in `-Tokens`.
+fn add_rate_limit_headers(
+    response: &mut Response,
+    requests: Option<RateLimit>,
+    tokens: Option<RateLimit>,
+) {
+    static NAMES: [[HeaderName; 3]; 2] = [
+        [
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderName::from_static("x-ratelimit-reset"),
+        ],
+        [
+            HeaderName::from_static("x-ratelimit-limit-tokens"),
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+            HeaderName::from_static("x-ratelimit-reset-tokens"),
+        ],
+    ];
+    let headers = response.headers_mut();
+    for ([limit, remaining, reset], reported) in NAMES.iter().zip([requests, tokens]) {
+        if let Some(l) = reported {
+            headers.insert(limit.clone(), HeaderValue::from(l.limit));
+            headers.insert(remaining.clone(), HeaderValue::from(l.remaining));
+            headers.insert(reset.clone(), HeaderValue::from(l.reset_secs));
         }
     }
 }
 
-static LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-static REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-static RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-
-fn add_rate_limit_headers(response: &mut Response, limit: Option<RateLimit>) {
-    if let Some(l) = limit {
-        let headers = response.headers_mut();
-        headers.insert(LIMIT.clone(), HeaderValue::from(l.limit));
-        headers.insert(REMAINING.clone(), HeaderValue::from(l.remaining));
-        headers.insert(RESET.clone(), HeaderValue::from(l.reset_secs));
+fn add_challenge(response: &mut Response, challenge: Option<&'static str>) {
+    if let Some(challenge) = challenge {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
     }
 }
 
@@ -447,17 +602,19 @@ pub async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next:
         .check_seconds
         .observe(started.elapsed().as_secs_f64());
     match admitted {
-        Ok(Admitted {
-            tenant,
-            label,
-            limit,
-        }) => {
-            auth.metrics.decision(&label, "allowed");
-            let id = tenant.id.to_string();
-            req.extensions_mut().insert(tenant);
+        Ok(meter) => {
+            auth.metrics.decision(&meter.label, "allowed");
+            let tenant = (meter.tenant.id.to_string(), meter.label.clone());
+            let report = meter.report.clone();
+            req.extensions_mut().insert(meter.tenant.clone());
+            req.extensions_mut().insert(meter);
             let mut response = next.run(req).await;
-            add_rate_limit_headers(&mut response, limit);
-            tag_tenant(&mut response, Some((id, label)));
+            let report = report.lock().unwrap_or_else(|e| e.into_inner());
+            add_rate_limit_headers(&mut response, report.requests, report.tokens);
+            if response.status() == StatusCode::UNAUTHORIZED {
+                add_challenge(&mut response, report.www_authenticate);
+            }
+            tag_tenant(&mut response, Some(tenant));
             response
         }
         Err(refusal) => {
@@ -469,13 +626,12 @@ pub async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next:
                 .unwrap_or_default();
             auth.metrics.decision(label, refusal.error.code);
             let mut response = refusal.error.into_response();
-            if let Some(challenge) = refusal.www_authenticate {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(challenge),
-                );
-            }
-            add_rate_limit_headers(&mut response, refusal.limit);
+            add_challenge(&mut response, refusal.www_authenticate);
+            add_rate_limit_headers(
+                &mut response,
+                refusal.reported.requests,
+                refusal.reported.tokens,
+            );
             tag_tenant(&mut response, refusal.tenant);
             response
         }
@@ -497,14 +653,14 @@ fn parse_lifetime(value: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
     use chrono::TimeZone;
-    use nlu_crds::access::redis_keys::Usage;
+    use nlu_crds::access::redis_keys::Counts;
 
     fn now() -> chrono::DateTime<chrono::Utc> {
         chrono::Utc.with_ymd_and_hms(2026, 3, 1, 23, 0, 0).unwrap()
     }
 
     fn status(outcome: QuotaOutcome) -> (StatusCode, &'static str) {
-        let r = decide(outcome, now()).unwrap_err();
+        let r = decide(outcome, Charge::Request, now()).unwrap_err();
         (r.error.status, r.error.code)
     }
 
@@ -550,54 +706,119 @@ mod tests {
         );
     }
 
+    fn counts(per_day: u64, used_today: u64, per_minute: u64, used: u64, reset_ms: u64) -> Counts {
+        Counts {
+            per_day,
+            used_today,
+            per_minute,
+            used_last_minute: used,
+            minute_reset_ms: reset_ms,
+        }
+    }
+
+    fn requests(c: Counts) -> Usage {
+        Usage {
+            requests: c,
+            ..Usage::default()
+        }
+    }
+
+    fn tokens(c: Counts) -> Usage {
+        Usage {
+            tokens: c,
+            ..Usage::default()
+        }
+    }
+
     #[test]
     fn limits_are_reported_and_retry_after_is_the_binding_reset() {
-        let usage = Usage {
-            per_day: 50,
-            used_today: 50,
-            per_minute: 0,
-            used_last_minute: 0,
-            minute_reset_ms: 0,
-        };
-        let daily = decide(QuotaOutcome::DailyQuotaExceeded(usage), now()).unwrap_err();
+        let usage = requests(counts(50, 50, 0, 0, 0));
+        let daily = decide(
+            QuotaOutcome::DailyQuotaExceeded(usage),
+            Charge::Request,
+            now(),
+        )
+        .unwrap_err();
         assert_eq!(
             (daily.error.status, daily.error.retry_after),
             (StatusCode::TOO_MANY_REQUESTS, Some(3600))
         );
         assert_eq!(
-            daily.limit,
+            daily.reported.requests,
             Some(RateLimit {
                 limit: 50,
                 remaining: 0,
                 reset_secs: 3600
             })
         );
+        assert_eq!(daily.reported.tokens, None);
 
-        let usage = Usage {
-            per_day: 0,
-            used_today: 9,
-            per_minute: 5,
-            used_last_minute: 5,
-            minute_reset_ms: 41_500,
-        };
-        let minute = decide(QuotaOutcome::RateLimited(usage), now()).unwrap_err();
+        let usage = requests(counts(0, 9, 5, 5, 41_500));
+        let minute = decide(QuotaOutcome::RateLimited(usage), Charge::Request, now()).unwrap_err();
         assert_eq!(
             (minute.error.code, minute.error.retry_after),
             ("rate_limited", Some(42))
         );
 
-        let usage = Usage {
-            per_day: 50,
-            used_today: 1,
-            per_minute: 0,
-            used_last_minute: 0,
-            minute_reset_ms: 0,
-        };
+        let usage = requests(counts(50, 1, 0, 0, 0));
         assert_eq!(
-            decide(QuotaOutcome::Allowed(usage), now())
+            decide(QuotaOutcome::Allowed(usage), Charge::Request, now())
                 .unwrap()
+                .requests
                 .map(|l| l.remaining),
             Some(49)
+        );
+    }
+
+    #[test]
+    fn token_refusals_say_what_the_work_needs_and_when_to_retry() {
+        let charge = Charge::Tokens(700);
+        // 600 of 1,000 left this minute, plenty today: the minute refuses.
+        let usage = tokens(counts(10_000, 400, 1_000, 400, 12_300));
+        let r = decide(QuotaOutcome::TokenRateLimited(usage), charge, now()).unwrap_err();
+        assert_eq!(
+            (r.error.status, r.error.code, r.error.retry_after),
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                "token_rate_limited",
+                Some(13)
+            )
+        );
+        assert!(
+            r.error.message.contains("needs 700 tokens; 600 of 1000"),
+            "{}",
+            r.error.message
+        );
+        assert_eq!(
+            r.reported.tokens.map(|l| (l.limit, l.remaining)),
+            Some((1_000, 600))
+        );
+
+        let usage = tokens(counts(1_000, 500, 0, 0, 0));
+        let r = decide(QuotaOutcome::DailyTokensExceeded(usage), charge, now()).unwrap_err();
+        assert_eq!(
+            (r.error.code, r.error.retry_after),
+            ("token_quota_exceeded", Some(3600))
+        );
+
+        let usage = tokens(counts(0, 0, 500, 0, 0));
+        let r = decide(QuotaOutcome::CostOverTokenLimit(usage), charge, now()).unwrap_err();
+        assert_eq!(
+            (r.error.status, r.error.code, r.error.retry_after),
+            (StatusCode::PAYLOAD_TOO_LARGE, "request_too_costly", None)
+        );
+        assert!(
+            r.error.message.contains("limit of 500"),
+            "{}",
+            r.error.message
+        );
+
+        let usage = tokens(counts(0, 900, 2_000, 700, 60_000));
+        let ok = decide(QuotaOutcome::Allowed(usage), charge, now()).unwrap();
+        assert_eq!(ok.requests, None, "a token charge reports no request limit");
+        assert_eq!(
+            ok.tokens.map(|l| (l.remaining, l.reset_secs)),
+            Some((1_300, 60))
         );
     }
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use nlu_crds::access::redis_keys::{Usage, QUOTA_SCRIPT, USAGE_TTL_SECS};
+use nlu_crds::access::redis_keys::{script_args, Charge, Counts, QUOTA_SCRIPT};
 use nlu_crds::access::{QualifiedName, QuotaOutcome, RedisKeys, Scope};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -49,7 +49,7 @@ impl QuotaStore {
         })
     }
 
-    /// Checks the request against the tenant record and limits, counting it when allowed.
+    /// Checks `charge` against the tenant record and limits, counting it when allowed.
     pub async fn check(
         &self,
         tenant: &QualifiedName,
@@ -57,17 +57,20 @@ impl QuotaStore {
         scope: Scope,
         service_name: &str,
         today: chrono::NaiveDate,
+        charge: Charge,
     ) -> Result<QuotaOutcome, BackendError> {
         let mut invocation = self.script.prepare_invoke();
         invocation
-            .key(self.keys.tenant(tenant))
-            .key(self.keys.usage(tenant, today))
-            .key(self.keys.rate(tenant))
-            .arg(token_gen)
-            .arg(scope.as_str())
-            .arg(service_name)
-            .arg(USAGE_TTL_SECS)
-            .arg(rand::random::<u64>());
+            .key(&self.keys.script_keys(tenant, today)[..])
+            .arg(
+                &script_args(
+                    token_gen,
+                    scope,
+                    service_name,
+                    rand::random::<u64>(),
+                    charge,
+                )[..],
+            );
         let mut conn = self.conn.clone();
         let reply: Vec<i64> =
             tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn))
@@ -92,7 +95,7 @@ impl QuotaStore {
     }
 }
 
-/// What the `X-RateLimit-*` headers report: the limit closest to exhaustion.
+/// What a set of `X-RateLimit-*` headers reports: the limit closest to exhaustion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
     pub limit: u64,
@@ -112,9 +115,10 @@ pub fn secs_to_midnight(now: DateTime<Utc>) -> u64 {
         .max(1)
 }
 
-/// The limit to report; `None` when the tenant has no limits at all.
-/// The one with fewer requests left wins; on a tie the one that resets later (the binding one).
-pub fn rate_limit(usage: &Usage, now: DateTime<Utc>) -> Option<RateLimit> {
+/// The limit to report for one kind of count; `None` when the tenant has no limit of that kind
+/// (or the call did not count it). The one with less left wins; on a tie the one that resets
+/// later (the binding one).
+pub fn rate_limit(usage: &Counts, now: DateTime<Utc>) -> Option<RateLimit> {
     let daily = (usage.per_day > 0).then(|| RateLimit {
         limit: usage.per_day,
         remaining: usage.per_day.saturating_sub(usage.used_today),
@@ -146,8 +150,8 @@ mod tests {
         per_minute: u64,
         used_last_minute: u64,
         reset_ms: u64,
-    ) -> Usage {
-        Usage {
+    ) -> Counts {
+        Counts {
             per_day,
             used_today,
             per_minute,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::batching::{Batcher, Job, Settings, Worker};
+use crate::cost::Bill;
 use crate::http::ApiError;
 use crate::metrics::Metrics;
 use crate::model::pooling::l2_normalize;
@@ -79,7 +80,8 @@ impl EmbeddingEngine {
         self.batcher.shutdown();
     }
 
-    pub async fn embed(&self, req: EmbedRequest) -> Result<Embedded, ApiError> {
+    /// Tokenizes, charges the tokens to `bill`, then runs the model.
+    pub async fn embed(&self, req: EmbedRequest, bill: &mut Bill) -> Result<Embedded, ApiError> {
         check_inputs(&req.texts, self.limits.max_batch_inputs)?;
         let arrival = self.batcher.announce();
         let started = Instant::now();
@@ -106,6 +108,7 @@ impl EmbeddingEngine {
         check_lengths(&encoded, max_len)?;
 
         let tokens = encoded.iter().map(Vec::len).sum();
+        bill.charge(tokens).await?;
         let jobs = encoded
             .into_iter()
             .map(|ids| Job {

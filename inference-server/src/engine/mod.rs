@@ -15,6 +15,7 @@ pub use uninlu::UniNluEngine;
 
 use crate::batching::{BatchLimits, Settings};
 use crate::config::{BatchingArgs, Pooling as PoolingFlag, ServeArgs, Task};
+use crate::cost::Bill;
 use crate::metrics::Metrics;
 use crate::model::kernels::linear::bf16_available;
 use crate::model::{self, Dtype, Embedder, HubConfig, Pooling, UniNluModel};
@@ -165,17 +166,25 @@ impl Engine {
     /// client does not pay for lazy initialisation. Blocking.
     pub fn warm_up(&self) -> anyhow::Result<()> {
         let run = async {
+            let unmetered = &mut Bill::new(None, u64::MAX);
             match self {
                 Engine::Embedding { engine, .. } => engine
-                    .embed(EmbedRequest {
-                        texts: vec!["warm up".into()],
-                        truncate: true,
-                        normalize: true,
-                    })
+                    .embed(
+                        EmbedRequest {
+                            texts: vec!["warm up".into()],
+                            truncate: true,
+                            normalize: true,
+                        },
+                        unmetered,
+                    )
                     .await
                     .map(drop),
                 Engine::UniNlu { engine, .. } => engine
-                    .predict("warm up".into(), serde_json::json!({ "warm up": null }))
+                    .predict(
+                        "warm up".into(),
+                        serde_json::json!({ "warm up": null }),
+                        unmetered,
+                    )
                     .await
                     .map(drop),
             }

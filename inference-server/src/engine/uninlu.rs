@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use serde_json::Value;
 
 use crate::batching::{Batcher, Job, Settings, Worker};
+use crate::cost::Bill;
 use crate::http::ApiError;
 use crate::metrics::Metrics;
 use crate::model::{Logits, TextStates, UniNluModel};
@@ -103,6 +104,13 @@ struct Step {
     jobs: Vec<(PromptJob, usize)>,
 }
 
+impl Step {
+    /// Token positions the next level runs.
+    fn cost(&self) -> usize {
+        self.jobs.iter().map(|(_, tokens)| tokens).sum()
+    }
+}
+
 impl UniNluEngine {
     pub fn start(
         model: UniNluModel,
@@ -128,7 +136,14 @@ impl UniNluEngine {
         self.batcher.shutdown();
     }
 
-    pub async fn predict(&self, text: String, schema: Value) -> Result<Prediction, ApiError> {
+    /// Runs the traversal level by level; each level's work (the first with the text's
+    /// encoding) is charged to `bill` before it runs.
+    pub async fn predict(
+        &self,
+        text: String,
+        schema: Value,
+        bill: &mut Bill,
+    ) -> Result<Prediction, ApiError> {
         let group = self.batcher.new_group();
         let arrival = self.batcher.announce();
         let started = Instant::now();
@@ -138,12 +153,14 @@ impl UniNluEngine {
             Traversal::new(model.tokenizer(), &text, schema, &limits)
         })
         .await?;
+        let mut step = self.step(traversal, None).await?;
         self.metrics
             .tokenize_seconds
             .observe(started.elapsed().as_secs_f64());
 
-        let windows = traversal.text_windows().to_vec();
+        let windows = step.traversal.text_windows().to_vec();
         let tokens = windows.len() * windows.first().map_or(0, |w| w.ids.len());
+        bill.charge(tokens + step.cost()).await?;
         let encoded = arrival
             .run_all(
                 group,
@@ -161,7 +178,6 @@ impl UniNluEngine {
         };
 
         let mut arrival = self.batcher.announce();
-        let mut step = self.step(traversal, None).await?;
         while !step.jobs.is_empty() {
             let jobs = step
                 .jobs
@@ -187,6 +203,9 @@ impl UniNluEngine {
                 .collect::<Result<Vec<_>, _>>()?;
             arrival = self.batcher.announce();
             step = self.step(step.traversal, Some(logits)).await?;
+            if !step.jobs.is_empty() {
+                bill.charge(step.cost()).await?;
+            }
         }
         drop(arrival);
         let prediction = step.traversal.finish();

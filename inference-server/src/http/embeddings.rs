@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use super::errors::{ApiError, ApiJson};
 use super::router::AppState;
 use crate::config::Task;
+use crate::cost::{Bill, RequestCost};
 use crate::engine::{EmbedRequest, Embedded, EmbeddingEngine};
 
 /// A string or a list of strings.
@@ -118,7 +119,11 @@ fn engine(state: &AppState) -> Result<&EmbeddingEngine, ApiError> {
 }
 
 fn model_name(state: &AppState) -> String {
-    state.engine.get().map(|e| e.info().model.clone()).unwrap_or_default()
+    state
+        .engine
+        .get()
+        .map(|e| e.info().model.clone())
+        .unwrap_or_default()
 }
 
 /// OpenAI-compatible embeddings.
@@ -128,15 +133,19 @@ fn model_name(state: &AppState) -> String {
     responses((status = 200, description = "One embedding per input, in input order", body = OpenAiResponse), super::openapi::ModelErrors))]
 pub async fn openai(
     State(state): State<AppState>,
+    mut bill: Bill,
     ApiJson(req): ApiJson<OpenAiRequest>,
-) -> Result<Json<OpenAiResponse>, ApiError> {
+) -> Result<(RequestCost, Json<OpenAiResponse>), ApiError> {
     let engine = engine(&state)?;
     let Embedded { vectors, tokens } = engine
-        .embed(EmbedRequest {
-            texts: req.input.into_vec(),
-            truncate: false,
-            normalize: engine.normalize_default(),
-        })
+        .embed(
+            EmbedRequest {
+                texts: req.input.into_vec(),
+                truncate: false,
+                normalize: engine.normalize_default(),
+            },
+            &mut bill,
+        )
         .await?;
     let data = vectors
         .into_iter()
@@ -147,15 +156,18 @@ pub async fn openai(
             embedding: encode(v, req.encoding_format),
         })
         .collect();
-    Ok(Json(OpenAiResponse {
-        object: "list",
-        data,
-        model: model_name(&state),
-        usage: Usage {
-            prompt_tokens: tokens,
-            total_tokens: tokens,
-        },
-    }))
+    Ok((
+        bill.cost(),
+        Json(OpenAiResponse {
+            object: "list",
+            data,
+            model: model_name(&state),
+            usage: Usage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+            },
+        }),
+    ))
 }
 
 fn encode(vector: Vec<f32>, format: EncodingFormat) -> EmbeddingValue {
@@ -175,18 +187,22 @@ fn encode(vector: Vec<f32>, format: EncodingFormat) -> EmbeddingValue {
     responses((status = 200, description = "One vector per input, in input order", body = Vec<Vec<f32>>), super::openapi::ModelErrors))]
 pub async fn tei(
     State(state): State<AppState>,
+    mut bill: Bill,
     ApiJson(req): ApiJson<TeiRequest>,
-) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
+) -> Result<(RequestCost, Json<Vec<Vec<f32>>>), ApiError> {
     let engine = engine(&state)?;
     let normalize = req.normalize.unwrap_or(engine.normalize_default());
     let embedded = engine
-        .embed(EmbedRequest {
-            texts: req.inputs.into_vec(),
-            truncate: req.truncate,
-            normalize,
-        })
+        .embed(
+            EmbedRequest {
+                texts: req.inputs.into_vec(),
+                truncate: req.truncate,
+                normalize,
+            },
+            &mut bill,
+        )
         .await?;
-    Ok(Json(embedded.vectors))
+    Ok((bill.cost(), Json(embedded.vectors)))
 }
 
 /// Cosine similarity of each sentence to the source sentence.
@@ -196,8 +212,9 @@ pub async fn tei(
     responses((status = 200, description = "One score per compared sentence, in order", body = SimilarityResponse), super::openapi::ModelErrors))]
 pub async fn similarity(
     State(state): State<AppState>,
+    mut bill: Bill,
     ApiJson(req): ApiJson<SimilarityRequest>,
-) -> Result<Json<SimilarityResponse>, ApiError> {
+) -> Result<(RequestCost, Json<SimilarityResponse>), ApiError> {
     let engine = engine(&state)?;
     if req.sentences_to_compare.is_empty() {
         return Err(ApiError::bad_request(
@@ -209,15 +226,18 @@ pub async fn similarity(
     texts.push(req.source_sentence);
     texts.extend(req.sentences_to_compare);
     let Embedded { vectors, .. } = engine
-        .embed(EmbedRequest {
-            texts,
-            truncate: false,
-            normalize: true,
-        })
+        .embed(
+            EmbedRequest {
+                texts,
+                truncate: false,
+                normalize: true,
+            },
+            &mut bill,
+        )
         .await?;
     let (source, others) = vectors.split_first().expect("one vector per input");
     let scores = others.iter().map(|v| dot(source, v)).collect();
-    Ok(Json(SimilarityResponse { scores }))
+    Ok((bill.cost(), Json(SimilarityResponse { scores })))
 }
 
 /// Cosine similarity of two unit vectors.
@@ -234,10 +254,15 @@ mod tests {
     fn inputs_accept_string_or_list_only() {
         let r: OpenAiRequest = parse_json(br#"{"input": "a"}"#).unwrap();
         assert_eq!(r.input.into_vec(), vec!["a"]);
-        let r: OpenAiRequest = parse_json(br#"{"input": ["a", "b"], "encoding_format": "base64"}"#).unwrap();
+        let r: OpenAiRequest =
+            parse_json(br#"{"input": ["a", "b"], "encoding_format": "base64"}"#).unwrap();
         assert_eq!(r.encoding_format, EncodingFormat::Base64);
         let e = parse_json::<OpenAiRequest>(br#"{"input": [1, 2]}"#).unwrap_err();
-        assert!(e.message.contains("a string or an array of strings"), "{}", e.message);
+        assert!(
+            e.message.contains("a string or an array of strings"),
+            "{}",
+            e.message
+        );
         assert!(parse_json::<TeiRequest>(br#"{"inputs": "a", "trunc": true}"#).is_err());
     }
 
@@ -247,6 +272,9 @@ mod tests {
             panic!()
         };
         let bytes = base64::engine::general_purpose::STANDARD.decode(s).unwrap();
-        assert_eq!(bytes, [1.0f32.to_le_bytes(), (-2.0f32).to_le_bytes()].concat());
+        assert_eq!(
+            bytes,
+            [1.0f32.to_le_bytes(), (-2.0f32).to_le_bytes()].concat()
+        );
     }
 }

@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use super::errors::{ApiError, ApiJson};
 use super::router::AppState;
 use crate::config::Task;
+use crate::cost::{Bill, RequestCost};
 use crate::uninlu::Prediction;
 
 /// `text` (or `input`, as the original pipeline call names it) and a schema, which is a JSON
@@ -37,13 +38,24 @@ pub fn text_and_schema(req: PredictRequest) -> Result<(String, Value), ApiError>
             ))
         }
         (Some(t), None) | (None, Some(t)) => t,
-        (None, None) => return Err(ApiError::bad_request("invalid_request", "missing field text")),
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "missing field text",
+            ))
+        }
     };
     let Value::String(text) = text else {
-        return Err(ApiError::bad_request("invalid_request", "text must be a string"));
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "text must be a string",
+        ));
     };
     if text.trim().is_empty() {
-        return Err(ApiError::bad_request("empty_input", "text must not be empty"));
+        return Err(ApiError::bad_request(
+            "empty_input",
+            "text must not be empty",
+        ));
     }
     let schema = req
         .schema
@@ -59,15 +71,17 @@ pub fn text_and_schema(req: PredictRequest) -> Result<(String, Value), ApiError>
     responses((status = 200, description = "Complete chains, root to leaf", body = Prediction), super::openapi::ModelErrors))]
 pub async fn predict(
     State(state): State<AppState>,
+    mut bill: Bill,
     ApiJson(req): ApiJson<PredictRequest>,
-) -> Result<Json<Prediction>, ApiError> {
+) -> Result<(RequestCost, Json<Prediction>), ApiError> {
     state.require(Task::Uninlu)?;
     let engine = state
         .engine()?
         .uninlu()
         .ok_or_else(|| ApiError::internal("the loaded model is not a UniNLU model"))?;
     let (text, schema) = text_and_schema(req)?;
-    Ok(Json(engine.predict(text, schema).await?))
+    let prediction = engine.predict(text, schema, &mut bill).await?;
+    Ok((bill.cost(), Json(prediction)))
 }
 
 #[cfg(test)]
@@ -81,7 +95,12 @@ mod tests {
 
     #[test]
     fn text_or_input_is_required_and_a_string() {
-        assert_eq!(check(r#"{"input": "abc", "schema": {"a": null}}"#).unwrap().0, "abc");
+        assert_eq!(
+            check(r#"{"input": "abc", "schema": {"a": null}}"#)
+                .unwrap()
+                .0,
+            "abc"
+        );
         assert_eq!(
             check(r#"{"schema": {"a": null}}"#).unwrap_err().message,
             "missing field text"
@@ -90,7 +109,10 @@ mod tests {
             check(r#"{"text": 5, "schema": {}}"#).unwrap_err().message,
             "text must be a string"
         );
-        assert_eq!(check(r#"{"text": " ", "schema": {}}"#).unwrap_err().code, "empty_input");
+        assert_eq!(
+            check(r#"{"text": " ", "schema": {}}"#).unwrap_err().code,
+            "empty_input"
+        );
         assert!(check(r#"{"text": "a"}"#).is_err());
         assert!(check(r#"{"text": "a", "schema": {}, "extra": 1}"#).is_err());
     }

@@ -24,6 +24,8 @@ pub struct AppState {
     pub playground: bool,
     /// Serve `/metrics` on the API listener (off when --metrics-listen gives it its own).
     pub metrics_on_api: bool,
+    /// Most token positions one request's model work may run (`--max-request-cost`).
+    pub max_request_cost: u64,
 }
 
 impl AppState {
@@ -35,6 +37,14 @@ impl AppState {
             engine: Arc::default(),
             playground: false,
             metrics_on_api: true,
+            max_request_cost: u64::MAX,
+        }
+    }
+
+    pub fn with_max_request_cost(self, max_request_cost: u64) -> Self {
+        AppState {
+            max_request_cost,
+            ..self
         }
     }
 

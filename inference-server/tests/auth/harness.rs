@@ -263,11 +263,34 @@ pub fn metric_value(text: &str, name: &str) -> u64 {
         .unwrap()
 }
 
+/// A tiny model of the shared fixtures (`gte-tiny`, `uninlu-tiny`).
+pub fn tiny_model(name: &str) -> String {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../../shared/fixtures/{name}/model"));
+    dir.to_str().unwrap().to_string()
+}
+
 /// The tiny GTE model of the shared fixtures.
 pub fn gte_tiny() -> String {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/fixtures/gte-tiny/model");
-    dir.to_str().unwrap().to_string()
+    tiny_model("gte-tiny")
+}
+
+/// `serve` flags for `--auth jwt` against `redis_url` with the keys' JWK Set, as [`SERVICE`].
+pub fn jwt_flags(redis_url: &str, keys: &Keys, prefix: &str) -> Vec<String> {
+    [
+        "--auth",
+        "jwt",
+        "--jwks",
+        keys.jwks_path().to_str().unwrap(),
+        "--service-id",
+        SERVICE,
+        "--redis-url",
+        redis_url,
+        "--redis-prefix",
+        prefix,
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 /// Starts the real `nlu-server serve <args>` in this process on a free port; returns the port.

@@ -122,19 +122,7 @@ async fn with_64_clients_auth_keeps_90_percent_of_the_throughput() {
     };
     put_record(&redis.url(), &prefix, tenant, &record).await;
     let model = ["--model", &gte_tiny(), "--task", "embedding"].map(String::from);
-    let auth = [
-        "--auth",
-        "jwt",
-        "--jwks",
-        keys.jwks_path().to_str().unwrap(),
-        "--service-id",
-        SERVICE,
-        "--redis-url",
-        &redis.url(),
-        "--redis-prefix",
-        &prefix,
-    ]
-    .map(String::from);
+    let auth = jwt_flags(&redis.url(), &keys, &prefix);
     let open_port = real_server(&model).await;
     let auth_port = real_server(&[&model[..], &auth[..]].concat()).await;
     let client = reqwest::Client::new();

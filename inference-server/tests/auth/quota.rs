@@ -72,8 +72,9 @@ async fn daily_quota_is_exact_under_200_concurrent_requests() {
     let mut conn = redis_conn(&redis.url()).await;
     let usage_key =
         RedisKeys::new(&prefix).usage(&tenant.parse().unwrap(), chrono::Utc::now().date_naive());
-    let used: u64 = redis::cmd("GET")
+    let used: u64 = redis::cmd("HGET")
         .arg(&usage_key)
+        .arg("requests")
         .query_async(&mut conn)
         .await
         .unwrap();

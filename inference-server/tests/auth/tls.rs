@@ -221,18 +221,11 @@ async fn the_real_server_serves_tenants_over_https() {
         &path(&certs.path().join("tls.crt")),
         "--tls-key",
         &path(&certs.path().join("tls.key")),
-        "--auth",
-        "jwt",
-        "--jwks",
-        &path(&keys.jwks_path()),
-        "--service-id",
-        SERVICE,
-        "--redis-url",
-        &redis.url(),
-        "--redis-prefix",
-        &prefix,
     ]
-    .map(String::from);
+    .map(String::from)
+    .into_iter()
+    .chain(jwt_flags(&redis.url(), &keys, &prefix))
+    .collect::<Vec<_>>();
     let base = format!("https://localhost:{}", real_server(&args).await);
     let client = ca.client();
     eventually(120, "the model is loaded and Redis reachable", || async {

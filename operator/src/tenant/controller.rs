@@ -263,9 +263,7 @@ async fn apply(tenant: &Tenant, api: &Api<Tenant>, ctx: &TenantContext) -> Resul
         crate::apply::apply(&ctx.base.client, &desired).await?;
     }
 
-    let today = chrono::DateTime::from_timestamp(now.as_second(), 0)
-        .unwrap_or_default()
-        .date_naive();
+    let today = utc_day(now);
     let used = redis_sync::read_usage(&mut ctx.redis.clone(), &ctx.keys, &id, today).await?;
     let key = id.to_string();
     let usage_stale = ctx
@@ -277,7 +275,7 @@ async fn apply(tenant: &Tenant, api: &Api<Tenant>, ctx: &TenantContext) -> Resul
     let observed_state = Observed {
         secret_name,
         token_expires_at: token.expires_at,
-        usage: status::usage(today, used, record.requests_per_day),
+        usage: status::usage(today, used, &record),
         usage_stale,
     };
     let new_status = status::ready_status(tenant, &observed_state, ctx.base.now_time());
@@ -297,10 +295,23 @@ async fn apply(tenant: &Tenant, api: &Api<Tenant>, ctx: &TenantContext) -> Resul
     ))
 }
 
+/// The UTC day usage counters are kept by.
+fn utc_day(now: k8s_openapi::jiff::Timestamp) -> chrono::NaiveDate {
+    chrono::DateTime::from_timestamp(now.as_second(), 0)
+        .unwrap_or_default()
+        .date_naive()
+}
+
 async fn cleanup(tenant: &Tenant, ctx: &TenantContext) -> Result<Action, Error> {
     let id = QualifiedName::new(tenant.namespace().unwrap_or_default(), tenant.name_any())
         .map_err(|e| Error::Invalid(e.to_string()))?;
-    redis_sync::delete_tenant(&mut ctx.redis.clone(), &ctx.keys, &id).await?;
+    redis_sync::delete_tenant(
+        &mut ctx.redis.clone(),
+        &ctx.keys,
+        &id,
+        utc_day(ctx.base.now()),
+    )
+    .await?;
     ctx.usage_written
         .lock()
         .expect("not poisoned")

@@ -1,10 +1,11 @@
 //! The tenant's side of Redis, with the contract's key names: its record (written whole on
-//! every reconcile), today's usage counter (read), and every key of the tenant (deleted when the
-//! Tenant goes).
+//! every reconcile), today's usage counters (read), and every key of the tenant (deleted when
+//! the Tenant goes).
 
 use std::time::Duration;
 
 use chrono::NaiveDate;
+use nlu_crds::access::redis_keys::usage_field;
 use nlu_crds::access::{QualifiedName, RedisKeys, TenantRecord};
 use nlu_crds::TenantSpec;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -41,6 +42,8 @@ pub fn record(spec: &TenantSpec, gen: u64) -> TenantRecord {
         enabled: !spec.suspended,
         requests_per_day: limit(quota.requests_per_day),
         requests_per_minute: limit(quota.requests_per_minute),
+        tokens_per_day: limit(quota.tokens_per_day),
+        tokens_per_minute: limit(quota.tokens_per_minute),
         scopes,
         services,
         gen,
@@ -58,32 +61,40 @@ pub async fn write_record(
         .await
 }
 
-/// Requests counted for the tenant on `day` (UTC).
+/// What the servers counted for a tenant on one UTC day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counted {
+    pub requests: u64,
+    pub tokens: u64,
+}
+
+/// Requests and tokens counted for the tenant on `day` (UTC).
 pub async fn read_usage(
     conn: &mut ConnectionManager,
     keys: &RedisKeys,
     tenant: &QualifiedName,
     day: NaiveDate,
-) -> redis::RedisResult<u64> {
-    let used: Option<u64> = conn.get(keys.usage(tenant, day)).await?;
-    Ok(used.unwrap_or(0))
+) -> redis::RedisResult<Counted> {
+    let (requests, tokens): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+        .arg(keys.usage(tenant, day))
+        .arg(usage_field::REQUESTS)
+        .arg(usage_field::TOKENS)
+        .query_async(conn)
+        .await?;
+    Ok(Counted {
+        requests: requests.unwrap_or(0),
+        tokens: tokens.unwrap_or(0),
+    })
 }
 
-/// Deletes the record, the minute limiter and every usage counter of the tenant.
+/// Deletes the record, the minute limiters and every usage counter of the tenant.
 pub async fn delete_tenant(
     conn: &mut ConnectionManager,
     keys: &RedisKeys,
     tenant: &QualifiedName,
+    today: NaiveDate,
 ) -> redis::RedisResult<()> {
-    let mut doomed = vec![keys.tenant(tenant), keys.rate(tenant)];
-    {
-        let mut usage: redis::AsyncIter<String> =
-            conn.scan_match(keys.usage_pattern(tenant)).await?;
-        while let Some(key) = futures::StreamExt::next(&mut usage).await {
-            doomed.push(key?);
-        }
-    }
-    conn.del::<_, ()>(doomed).await
+    conn.del::<_, ()>(keys.all(tenant, today)).await
 }
 
 #[cfg(test)]
@@ -95,7 +106,7 @@ mod tests {
     fn record_follows_the_spec() {
         let spec: TenantSpec = serde_json::from_value(serde_json::json!({
             "services": ["uninlu", "gte"], "scopes": ["predict"], "suspended": true,
-            "quota": {"requestsPerDay": 100}
+            "quota": {"requestsPerDay": 100, "tokensPerMinute": 5000}
         }))
         .unwrap();
         let r = record(&spec, 4);
@@ -105,6 +116,8 @@ mod tests {
                 enabled: false,
                 requests_per_day: 100,
                 requests_per_minute: 0,
+                tokens_per_day: 0,
+                tokens_per_minute: 5000,
                 scopes: vec![Scope::Predict],
                 services: vec!["gte".into(), "uninlu".into()],
                 gen: 4,

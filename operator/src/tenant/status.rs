@@ -4,6 +4,9 @@
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::redis_sync::Counted;
+use nlu_crds::access::TenantRecord;
 use nlu_crds::conditions::{condition, set_condition, QUOTA_EXCEEDED, READY, SUSPENDED};
 use nlu_crds::tenant::Usage;
 use nlu_crds::{Tenant, TenantStatus};
@@ -33,7 +36,7 @@ pub fn ready_status(tenant: &Tenant, observed: &Observed, now: Time) -> TenantSt
         Some(shown) if !observed.usage_stale && shown.date == observed.usage.date => shown,
         _ => observed.usage.clone(),
     };
-    let exceeded = usage.remaining == Some(0);
+    let exceeded = usage.remaining == Some(0) || usage.tokens_remaining == Some(0);
     let suspended = tenant.spec.suspended;
     let c = &mut status.conditions;
     set_condition(
@@ -72,7 +75,15 @@ pub fn ready_status(tenant: &Tenant, observed: &Observed, now: Time) -> TenantSt
                 QUOTA_EXCEEDED,
                 true,
                 "DailyQuotaUsed",
-                format!("the quota for {} is used up", usage.date),
+                format!(
+                    "the daily {} quota for {} is used up",
+                    if usage.remaining == Some(0) {
+                        "request"
+                    } else {
+                        "token"
+                    },
+                    usage.date
+                ),
                 generation,
                 now,
             )
@@ -107,13 +118,17 @@ pub fn not_ready_status(tenant: &Tenant, reason: &str, message: String, now: Tim
     status
 }
 
-/// Today's usage from the count and the daily limit (`0` = unlimited, no `remaining`).
-pub fn usage(date: chrono::NaiveDate, requests: u64, per_day: u64) -> Usage {
+/// A day's usage from the counts and the record's daily limits (`0` = unlimited: no
+/// `remaining`).
+pub fn usage(date: chrono::NaiveDate, counted: Counted, record: &TenantRecord) -> Usage {
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let left = |limit: u64, used: u64| (limit > 0).then(|| count(limit.saturating_sub(used)));
     Usage {
         date: date.format("%Y-%m-%d").to_string(),
-        requests: i64::try_from(requests).unwrap_or(i64::MAX),
-        remaining: (per_day > 0)
-            .then(|| i64::try_from(per_day.saturating_sub(requests)).unwrap_or(i64::MAX)),
+        requests: count(counted.requests),
+        remaining: left(record.requests_per_day, counted.requests),
+        tokens: count(counted.tokens),
+        tokens_remaining: left(record.tokens_per_day, counted.tokens),
     }
 }
 
@@ -137,21 +152,57 @@ mod tests {
         t
     }
 
+    /// Limits of 10 requests and 1,000 tokens a day.
+    fn limits() -> TenantRecord {
+        TenantRecord {
+            requests_per_day: 10,
+            tokens_per_day: 1_000,
+            ..TenantRecord::default()
+        }
+    }
+
+    fn counted(requests: u64, tokens: u64) -> Counted {
+        Counted { requests, tokens }
+    }
+
     fn observed(requests: u64, d: u32, stale: bool) -> Observed {
         Observed {
             secret_name: "acme-token".into(),
             token_expires_at: 5_000,
-            usage: usage(day(d), requests, 10),
+            usage: usage(day(d), counted(requests, 0), &limits()),
             usage_stale: stale,
         }
     }
 
     #[test]
     fn usage_counts_remaining_only_with_a_limit() {
-        assert_eq!(usage(day(1), 3, 10).remaining, Some(7));
-        assert_eq!(usage(day(1), 12, 10).remaining, Some(0));
-        assert_eq!(usage(day(1), 3, 0).remaining, None);
-        assert_eq!(usage(day(1), 3, 0).date, "2026-11-01");
+        let u = usage(day(1), counted(3, 400), &limits());
+        assert_eq!(
+            (u.remaining, u.tokens, u.tokens_remaining),
+            (Some(7), 400, Some(600))
+        );
+        let over = usage(day(1), counted(12, 1_500), &limits());
+        assert_eq!((over.remaining, over.tokens_remaining), (Some(0), Some(0)));
+        let unlimited = usage(day(1), counted(3, 400), &TenantRecord::default());
+        assert_eq!(
+            (unlimited.remaining, unlimited.tokens_remaining),
+            (None, None)
+        );
+        assert_eq!(unlimited.date, "2026-11-01");
+    }
+
+    #[test]
+    fn used_up_tokens_alone_raise_quota_exceeded() {
+        let mut o = observed(1, 1, true);
+        o.usage = usage(day(1), counted(1, 1_000), &limits());
+        let s = ready_status(&tenant(false), &o, at(100));
+        assert!(is_true(&s.conditions, QUOTA_EXCEEDED));
+        let c = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == QUOTA_EXCEEDED)
+            .unwrap();
+        assert!(c.message.contains("token quota"), "{}", c.message);
     }
 
     #[test]
@@ -160,7 +211,7 @@ mod tests {
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(s.token_secret_name.as_deref(), Some("acme-token"));
         assert_eq!(s.token_expires_at, Some(at(5_000)));
-        assert_eq!(s.usage, Some(usage(day(1), 10, 10)));
+        assert_eq!(s.usage, Some(usage(day(1), counted(10, 0), &limits())));
         assert!(is_true(&s.conditions, READY));
         assert!(is_true(&s.conditions, SUSPENDED));
         assert!(is_true(&s.conditions, QUOTA_EXCEEDED));

@@ -8,7 +8,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, store::Writer};
 use kube::runtime::watcher;
 use nlu_crds::access::jwks::ed25519_keys;
-use nlu_crds::access::redis_keys::{QUOTA_SCRIPT, USAGE_TTL_SECS};
+use nlu_crds::access::redis_keys::{script_args, Charge, QUOTA_SCRIPT};
 use nlu_crds::access::tokens::DEFAULT_ISSUER;
 use nlu_crds::access::verify::DEFAULT_LEEWAY_SECS;
 use nlu_crds::access::{
@@ -197,17 +197,12 @@ impl Env {
     ) -> QuotaOutcome {
         let keys = RedisKeys::default();
         let today = chrono::Utc::now().date_naive();
-        let reply: Vec<i64> = redis::Script::new(QUOTA_SCRIPT)
-            .key(keys.tenant(tenant))
-            .key(keys.usage(tenant, today))
-            .key(keys.rate(tenant))
-            .arg(claims.gen)
-            .arg(scope.as_str())
-            .arg(service)
-            .arg(USAGE_TTL_SECS)
-            .arg(rand_nonce())
-            .invoke(&mut redis_conn(&self.redis))
-            .unwrap();
+        let script = redis::Script::new(QUOTA_SCRIPT);
+        let mut call = script.prepare_invoke();
+        call.key(&keys.script_keys(tenant, today)[..]).arg(
+            &script_args(claims.gen, scope, service, rand_nonce(), Charge::Request)[..],
+        );
+        let reply: Vec<i64> = call.invoke(&mut redis_conn(&self.redis)).unwrap();
         QuotaOutcome::from_reply(&reply).unwrap()
     }
 }

@@ -323,23 +323,24 @@ async fn deletion_removes_the_redis_keys_and_retries_while_redis_is_down() {
         k.sort();
         k
     };
-    let today = chrono::Utc::now()
-        .date_naive()
-        .format("%Y-%m-%d")
-        .to_string();
-    let acme_keys = [
-        "nlu:rate:team/acme".to_owned(),
-        "nlu:tenant:team/acme".to_owned(),
-        format!("nlu:usage:team/acme:{today}"),
-    ];
+    let today = chrono::Utc::now().date_naive();
+    let (acme, acme_b) = (
+        "team/acme".parse().unwrap(),
+        "team/acme-b".parse().unwrap(),
+    );
+    let named = RedisKeys::default();
+    let sorted = |mut k: Vec<String>| {
+        k.sort();
+        k
+    };
     assert_eq!(
         keys(&env),
-        [
-            acme_keys[0].clone(),
-            acme_keys[1].clone(),
-            "nlu:tenant:team/acme-b".into(),
-            acme_keys[2].clone()
-        ]
+        sorted(vec![
+            named.rate(&acme),
+            named.tenant(&acme),
+            named.usage(&acme, today),
+            named.tenant(&acme_b),
+        ])
     );
 
     env.api.edit(&tenant_path("acme"), |t| {
@@ -364,15 +365,16 @@ async fn deletion_removes_the_redis_keys_and_retries_while_redis_is_down() {
     // Redis returns. It runs without persistence, so put the keys back as a persistent Redis
     // would still hold them: the point is that cleanup now runs and removes them.
     env.redis.restart();
+    // Every key a tenant can have, yesterday's usage and the token limiter included.
     let mut conn = redis_conn(&env.redis);
-    for k in &acme_keys {
+    for k in named.all(&acme, today) {
         let _: () = conn.set(k, "1").unwrap();
     }
-    let _: () = conn.hset("nlu:tenant:team/acme-b", "enabled", "1").unwrap();
+    let _: () = conn.hset(named.tenant(&acme_b), "enabled", "1").unwrap();
     env.reconcile("acme").await.unwrap();
     assert_eq!(
         keys(&env),
-        ["nlu:tenant:team/acme-b"],
+        [named.tenant(&acme_b)],
         "only the other tenant's record is left"
     );
     assert!(
