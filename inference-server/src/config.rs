@@ -113,6 +113,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
+
+    #[command(flatten)]
+    pub listener: crate::listener::ListenerArgs,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -7,6 +7,7 @@ pub mod cli_download;
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod reloading;

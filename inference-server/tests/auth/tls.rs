@@ -6,13 +6,17 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::http::{header, Request, StatusCode, Version};
+use axum::Router;
+use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use nlu_crds::access::TenantRecord;
+use nlu_server::listener::ListenerArgs;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::CertificateDer;
+use tokio::net::TcpListener;
 
 use crate::harness::*;
 
@@ -119,6 +123,25 @@ impl Https {
     }
 }
 
+/// Serves `app` over HTTPS on a loopback port, certificate and key from `certs`, with the
+/// listener `flags`; returns the port.
+async fn serve_https(app: Router, certs: &Path, flags: &[&str]) -> u16 {
+    let tls =
+        nlu_server::tls::server_config(&certs.join("tls.crt"), &certs.join("tls.key")).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let args = ListenerArgs::parse_from(["listener"].iter().chain(flags));
+    tokio::spawn(nlu_server::listener::serve(
+        listener,
+        app,
+        args,
+        Some(tls),
+        Default::default(),
+        std::future::pending(),
+    ));
+    port
+}
+
 #[tokio::test]
 async fn https_with_the_test_ca_plain_http_fails_and_certificate_swaps_are_picked_up() {
     let redis = shared_redis();
@@ -139,20 +162,8 @@ async fn https_with_the_test_ca_plain_http_fails_and_certificate_swaps_are_picke
     let (first_ca, second_ca) = (Ca::new("first test CA"), Ca::new("second test CA"));
     first_ca.issue_into(certs.path());
 
-    let tls = nlu_server::tls::server_config(
-        &certs.path().join("tls.crt"),
-        &certs.path().join("tls.key"),
-    )
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let app = app(&auth_args(&redis.url(), &keys.jwks_path(), &prefix, &[]));
-    tokio::spawn(nlu_server::tls::serve(
-        listener,
-        app,
-        tls,
-        std::future::pending(),
-    ));
+    let port = serve_https(app, certs.path(), &[]).await;
     let url = format!("https://localhost:{port}/v1/embeddings");
     let token = keys.token(tenant);
 
