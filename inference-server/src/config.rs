@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -112,6 +113,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub tls: crate::tls::TlsArgs,
+
+    #[command(flatten)]
+    pub listener: crate::listener::ListenerArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -222,6 +226,17 @@ pub struct DownloadArgs {
     pub modelscope_endpoint: Option<String>,
 }
 
+/// A duration flag such as `720h`, `10s`, `250ms` or `1h 30m` (jiff's friendly format), positive.
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let parsed: jiff::SignedDuration = value
+        .parse()
+        .map_err(|e| format!("{value:?} is not a duration such as 10s or 720h: {e}"))?;
+    Duration::try_from(parsed)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{value:?} must be a positive duration"))
+}
+
 impl BatchingArgs {
     /// Rejects settings under which no batch could ever form.
     pub fn validate(&self) -> Result<(), String> {
@@ -270,6 +285,16 @@ pub(crate) mod tests {
             |prefix: &str| parse_serve("uninlu", &["--path-prefix", prefix]).map(|a| a.path_prefix);
         assert_eq!(parse("/uninlu/").unwrap().as_deref(), Some("/uninlu"));
         assert!(parse("/a/../b").is_err());
+    }
+
+    #[test]
+    fn durations_parse_in_friendly_units() {
+        assert_eq!(parse_duration("720h"), Ok(Duration::from_secs(720 * 3600)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "0s", "-5h", "forever"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

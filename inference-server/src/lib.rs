@@ -8,6 +8,7 @@ pub mod config;
 pub mod cost;
 pub mod engine;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod model;
 pub mod reloading;

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub queue_rejections: Counter,
     pub model_load_seconds: Gauge<f64, AtomicU64>,
     pub uninlu_prompts: Histogram,
+    pub open_connections: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -123,6 +124,12 @@ impl Metrics {
             "Prompts run per UniNLU request",
             uninlu_prompts.clone(),
         );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Connections open on the API listener (--max-connections caps them)",
+            open_connections.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -137,6 +144,7 @@ impl Metrics {
             queue_rejections,
             model_load_seconds,
             uninlu_prompts,
+            open_connections,
         }
     }
 

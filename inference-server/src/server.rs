@@ -1,8 +1,8 @@
 //! `serve`: listen at once, load and warm the model in the background, answer until told to
 //! stop, then drain.
 
-use std::future::{Future, IntoFuture};
-use std::pin::Pin;
+use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,8 +13,8 @@ use crate::config::ServeArgs;
 use crate::engine::Engine;
 use crate::http::health::{Health, ReadinessCheck};
 use crate::http::{self, AppState};
+use crate::listener;
 use crate::metrics::Metrics;
-use crate::tls;
 
 /// Serves on `listener` (HTTPS with --tls-cert/--tls-key, auth per --auth) until `shutdown`
 /// completes, then stops taking connections, finishes the requests in flight (and so the queued
@@ -47,7 +47,16 @@ pub async fn serve(
                 .map_err(|e| anyhow::anyhow!("cannot listen on --metrics-listen {addr}: {e}"))?;
             tracing::info!(addr = %listener.local_addr()?, "metrics listening");
             let app = http::metrics_router(state.clone());
-            Some(tokio::spawn(axum::serve(listener, app).into_future()))
+            // Same limits as the API; its connections are not counted in the API's gauge.
+            let serving = listener::serve(
+                listener,
+                app,
+                args.listener.clone(),
+                None,
+                Default::default(),
+                std::future::pending(),
+            );
+            Some(tokio::spawn(serving))
         }
         None => None,
     };
@@ -61,6 +70,7 @@ pub async fn serve(
     );
     let app = http::path_prefix::strip(app, args.path_prefix.as_deref());
     let drain_delay = Duration::from_millis(args.shutdown_delay_millis);
+    let listener_args = args.listener.clone();
 
     let loading = tokio::task::spawn_blocking({
         let state = state.clone();
@@ -79,20 +89,20 @@ pub async fn serve(
         tokio::time::sleep(drain_delay).await;
     };
     tracing::info!(addr = %listener.local_addr()?, tls = tls_config.is_some(), auth = auth.is_some(), "listening");
-    let mut server: Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>> = match tls_config {
-        Some(config) => Box::pin(tls::serve(listener, app, config, graceful)),
-        None => Box::pin(
-            axum::serve(listener, app)
-                .with_graceful_shutdown(graceful)
-                .into_future(),
-        ),
-    };
+    let mut server = pin!(listener::serve(
+        listener,
+        app,
+        listener_args,
+        tls_config,
+        metrics.open_connections.clone(),
+        graceful,
+    ));
 
     tokio::select! {
-        served = &mut server => served?,
+        () = &mut server => {}
         loaded = loading => {
             loaded??;
-            server.await?;
+            server.await;
         }
     }
     if let Some(engine) = state.engine.get() {

@@ -1,12 +1,10 @@
 //! HTTPS with rustls (ring provider): HTTP/2 and HTTP/1.1 by ALPN, certificate and key re-read
-//! when their files change (cert-manager renews the mounted Secret in place).
+//! when their files change (cert-manager renews the mounted Secret in place). The configuration
+//! made here is served by [`crate::listener`].
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::Router;
-use axum_server::tls_rustls::RustlsConfig;
 use clap::Args;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -100,26 +98,4 @@ pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig
         .with_cert_resolver(Arc::new(ReloadingCert(resolver)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// Serves `app` over TLS on `listener` until `shutdown` completes, then lets the requests in
-/// flight finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    config: Arc<ServerConfig>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let handle = axum_server::Handle::new();
-    tokio::spawn({
-        let handle = handle.clone();
-        async move {
-            shutdown.await;
-            handle.graceful_shutdown(None);
-        }
-    });
-    axum_server::from_tcp_rustls(listener.into_std()?, RustlsConfig::from_config(config))?
-        .handle(handle)
-        .serve(app.into_make_service())
-        .await
 }

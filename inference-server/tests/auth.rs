@@ -1,6 +1,8 @@
 //! Multi-tenant security over real HTTP(S): a real `redis-server` started here, real TLS with
 //! certificates made at test time, tokens minted with the contract crate.
 
+#[path = "server/connections.rs"]
+mod connections;
 #[path = "auth/costs.rs"]
 mod costs;
 #[path = "auth/harness.rs"]

@@ -2,10 +2,12 @@
 //! fixture models of `../shared/fixtures`.
 
 mod server {
+    pub mod connections;
     pub mod harness;
 
     mod embeddings;
     mod errors;
     mod lifecycle;
+    mod listener;
     mod uninlu;
 }

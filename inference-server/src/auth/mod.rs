@@ -28,6 +28,7 @@ use nlu_crds::access::tokens::DEFAULT_ISSUER;
 use nlu_crds::access::{QualifiedName, QuotaOutcome, Scope};
 use prometheus_client::registry::Registry;
 
+use crate::config::parse_duration;
 use crate::http::{ApiError, TenantId};
 use jwt::{bearer, BearerError, TokenVerifier};
 use metrics::{AuthMetrics, TenantLabels};
@@ -95,7 +96,7 @@ pub struct AuthArgs {
 
     /// Longest token lifetime (`exp - iat`) accepted, e.g. `720h`; longer tokens are refused
     /// with 401. The default is the longest `Tenant.spec.token.ttl` the CRD allows.
-    #[arg(long, env = "NLU_MAX_TOKEN_LIFETIME", value_parser = parse_lifetime, default_value = "8760h")]
+    #[arg(long, env = "NLU_MAX_TOKEN_LIFETIME", value_parser = parse_duration, default_value = "8760h")]
     pub max_token_lifetime: Duration,
 
     /// Tenants (`namespace/name`, comma-separated) that get their own metrics label; others are
@@ -638,17 +639,6 @@ pub async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next:
     }
 }
 
-/// A duration such as `720h`, `30d` or `1h 30m` (jiff's friendly format), positive.
-fn parse_lifetime(value: &str) -> Result<Duration, String> {
-    let parsed: jiff::SignedDuration = value
-        .parse()
-        .map_err(|e| format!("{value:?} is not a duration such as 720h: {e}"))?;
-    Duration::try_from(parsed)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{value:?} must be a positive duration"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -665,12 +655,7 @@ mod tests {
     }
 
     #[test]
-    fn token_lifetimes_parse_and_default_to_the_contract_maximum() {
-        assert_eq!(parse_lifetime("720h"), Ok(Duration::from_secs(720 * 3600)));
-        assert_eq!(parse_lifetime("1h 30m"), Ok(Duration::from_secs(5400)));
-        for bad in ["", "0s", "-5h", "forever"] {
-            assert!(parse_lifetime(bad).is_err(), "{bad:?} accepted");
-        }
+    fn token_lifetime_defaults_to_the_contract_maximum() {
         let args = crate::config::tests::parse_serve("uninlu", &[]).unwrap();
         assert_eq!(
             args.auth.max_token_lifetime,

@@ -11,6 +11,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::batching::BatchError;
+use crate::listener::BodyDeadline;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -102,7 +103,8 @@ impl IntoResponse for ApiError {
 }
 
 /// A JSON body parsed into `T`, with every failure mapped to [`ApiError`]:
-/// too large -> 413; not UTF-8, not JSON, or the wrong shape (types, unknown fields) -> 400.
+/// too large -> 413; not all there by the listener's [`BodyDeadline`] -> 408; not UTF-8, not
+/// JSON, or the wrong shape (types, unknown fields) -> 400.
 /// The content type is not checked, so `curl -d` works as is.
 pub struct ApiJson<T>(pub T);
 
@@ -110,7 +112,19 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+        let deadline = req.extensions().get::<BodyDeadline>().copied();
+        let read = Bytes::from_request(req, state);
+        let read = match deadline {
+            Some(BodyDeadline(at)) => tokio::time::timeout_at(at, read).await.map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the request body did not arrive in time (--body-read-timeout)",
+                )
+            })?,
+            None => read.await,
+        };
+        let bytes = read.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::too_large("the request body is larger than the server's limit (--max-body-bytes)")
             } else {

@@ -87,6 +87,11 @@ pub enum ModelErrors {
     )]
     NotFound(ErrorBody),
     #[response(
+        status = 408,
+        description = "The body did not arrive within the server's --body-read-timeout"
+    )]
+    Timeout(ErrorBody),
+    #[response(
         status = 413,
         description = "The body or an input is longer than the server's limits"
     )]

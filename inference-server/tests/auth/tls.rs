@@ -3,17 +3,24 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{header, Request, StatusCode, Version};
+use axum::routing::get;
+use axum::Router;
+use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use nlu_crds::access::TenantRecord;
+use nlu_server::listener::ListenerArgs;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::pki_types::CertificateDer;
+use tokio::net::{TcpListener, TcpStream};
 
+use crate::connections::*;
 use crate::harness::*;
 
 struct Ca {
@@ -119,6 +126,25 @@ impl Https {
     }
 }
 
+/// Serves `app` over HTTPS on a loopback port, certificate and key from `certs`, with the
+/// listener `flags`; returns the port.
+async fn serve_https(app: Router, certs: &Path, flags: &[&str]) -> u16 {
+    let tls =
+        nlu_server::tls::server_config(&certs.join("tls.crt"), &certs.join("tls.key")).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let args = ListenerArgs::parse_from(["listener"].iter().chain(flags));
+    tokio::spawn(nlu_server::listener::serve(
+        listener,
+        app,
+        args,
+        Some(tls),
+        Default::default(),
+        std::future::pending(),
+    ));
+    port
+}
+
 #[tokio::test]
 async fn https_with_the_test_ca_plain_http_fails_and_certificate_swaps_are_picked_up() {
     let redis = shared_redis();
@@ -139,20 +165,8 @@ async fn https_with_the_test_ca_plain_http_fails_and_certificate_swaps_are_picke
     let (first_ca, second_ca) = (Ca::new("first test CA"), Ca::new("second test CA"));
     first_ca.issue_into(certs.path());
 
-    let tls = nlu_server::tls::server_config(
-        &certs.path().join("tls.crt"),
-        &certs.path().join("tls.key"),
-    )
-    .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let app = app(&auth_args(&redis.url(), &keys.jwks_path(), &prefix, &[]));
-    tokio::spawn(nlu_server::tls::serve(
-        listener,
-        app,
-        tls,
-        std::future::pending(),
-    ));
+    let port = serve_https(app, certs.path(), &[]).await;
     let url = format!("https://localhost:{port}/v1/embeddings");
     let token = keys.token(tenant);
 
@@ -276,4 +290,55 @@ async fn the_real_server_serves_tenants_over_https() {
         metrics.contains(r#"status="200",tenant="team-a/real""#),
         "{metrics}"
     );
+}
+
+/// The start of a ClientHello that never ends: a handshake record header, and the message type.
+const UNFINISHED_CLIENT_HELLO: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+
+/// A test CA, its certificate served by [`hello`] over HTTPS with the listener `flags`.
+async fn hello_over_https(flags: &[&str]) -> (Ca, tempfile::TempDir, u16) {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test CA");
+    ca.issue_into(certs.path());
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    let port = serve_https(app, certs.path(), flags).await;
+    (ca, certs, port)
+}
+
+async fn get_hello(ca: &Ca, port: u16) {
+    let reply = ca
+        .client()
+        .send(Request::get(format!("https://localhost:{port}/")), "")
+        .await
+        .unwrap();
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::OK, "hello")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_that_never_starts_is_cut_off_at_the_header_read_timeout() {
+    let timeout = Duration::from_millis(300);
+    let (ca, _certs, port) = hello_over_https(&["--header-read-timeout", "300ms"]).await;
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    wait_closed(&mut silent).await;
+    assert_timed_out(started.elapsed(), timeout, "closed");
+    // A client that does shake hands is served.
+    get_hello(&ca, port).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_stalled_handshakes_do_not_hold_up_a_tls_client() {
+    // A header-read timeout longer than the test: the stalled handshakes stay open throughout.
+    let (ca, _certs, port) = hello_over_https(&["--header-read-timeout", "120s"]).await;
+    // A new client for every request: a new connection and handshake each time.
+    let request = || get_hello(&ca, port);
+    let baseline = median_latency(20, request).await;
+    let addr = ([127, 0, 0, 1], port).into();
+    let stalled = hold_connections(addr, 1000, UNFINISHED_CLIENT_HELLO).await;
+    let loaded = median_latency(20, request).await;
+    assert_usual_latency(baseline, loaded);
+    drop(stalled);
 }

@@ -53,7 +53,7 @@ fn document_describes_every_route_errors_and_auth() {
             serde_json::json!([{}, {"bearer": []}]),
             "{route}"
         );
-        for status in ["400", "401", "403", "413", "429", "503"] {
+        for status in ["400", "401", "403", "408", "413", "429", "503"] {
             assert_eq!(
                 op["responses"][status]["content"]["application/json"]["schema"]["$ref"],
                 "#/components/schemas/ErrorBody",
