@@ -202,10 +202,12 @@ pub struct Batching {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub max_wait_millis: Option<i32>,
-    /// Most queued requests per pod; beyond it the server answers 503 at once.
+    /// Most token positions of the requests in flight per pod (queued or running, every UniNLU
+    /// level counted); a new request that would pass it gets 503 at once. Bounds the memory
+    /// requests hold, and so the container's memory limit the operator derives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
-    pub max_queue: Option<i32>,
+    pub max_queue_tokens: Option<i32>,
 }
 
 /// Exposure through an Ingress.

@@ -139,7 +139,7 @@ pub struct ServeFlags {
     pub max_batch_tokens: Option<i32>,
     pub max_batch_requests: Option<i32>,
     pub max_wait_millis: Option<i32>,
-    pub max_queue: Option<i32>,
+    pub max_queue_tokens: Option<i32>,
     /// `None`: `--auth none`.
     pub jwt: Option<JwtFlags>,
     /// The Ingress path the server is published under, when not `/`.
@@ -193,7 +193,7 @@ impl ServeFlags {
         flag("max-batch-tokens", number(self.max_batch_tokens));
         flag("max-batch-requests", number(self.max_batch_requests));
         flag("max-wait-millis", number(self.max_wait_millis));
-        flag("max-queue", number(self.max_queue));
+        flag("max-queue-tokens", number(self.max_queue_tokens));
         match &self.jwt {
             None => flag("auth", Some("none".into())),
             Some(jwt) => {
@@ -240,7 +240,7 @@ mod tests {
             max_batch_tokens: None,
             max_batch_requests: Some(8),
             max_wait_millis: None,
-            max_queue: None,
+            max_queue_tokens: None,
             jwt: Some(JwtFlags {
                 jwks: "/etc/nlu/jwks/jwks.json".into(),
                 service_id: "ns/svc".into(),

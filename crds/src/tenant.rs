@@ -50,7 +50,9 @@ pub struct TenantSpec {
 }
 
 /// An operation a token may be used for.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// `POST /api/predict` (UniNLU).
@@ -86,6 +88,12 @@ pub struct Quota {
     /// than this can never run (413). `0` or unset: unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_per_minute: Option<i64>,
+    /// Most requests of the tenant in flight at once, over all servers of the namespace; one
+    /// more gets 429 `too_many_in_flight` at once. A place is freed when its request ends, or
+    /// after the server's `--request-timeout` if the server died. `0` or unset: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000000))]
+    pub max_concurrent_requests: Option<i64>,
 }
 
 /// Token settings.

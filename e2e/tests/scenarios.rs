@@ -432,7 +432,7 @@ async fn a_spec_change_rolls_the_pods_without_a_failed_request() {
             answered
         })
     };
-    let patch = serde_json::json!({"spec": {"batching": {"maxQueue": 100}}});
+    let patch = serde_json::json!({"spec": {"batching": {"maxQueueTokens": 100000}}});
     cluster
         .api::<NluService>()
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))

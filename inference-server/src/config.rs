@@ -136,9 +136,12 @@ pub struct BatchingArgs {
     #[arg(long, env = "NLU_MAX_WAIT_MILLIS", default_value_t = 2)]
     pub max_wait_millis: u64,
 
-    /// Most sequences waiting for the model; a request that would overflow it gets 503 at once.
-    #[arg(long, env = "NLU_MAX_QUEUE", default_value_t = 1024)]
-    pub max_queue: usize,
+    /// Most token positions of the requests in flight (queued or running; every level of a
+    /// UniNLU request counted once it is known, until the request ends). A new request whose
+    /// first work would pass it gets 503 `overloaded` at once; later levels of admitted
+    /// requests are never refused. Bounds the memory requests hold (docs/server.md, "Memory").
+    #[arg(long, env = "NLU_MAX_QUEUE_TOKENS", default_value_t = 524_288)]
+    pub max_queue_tokens: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -164,6 +167,13 @@ pub struct LimitArgs {
     /// keys; raise it for long documents with large schemas.
     #[arg(long, env = "NLU_MAX_REQUEST_COST", default_value_t = 262_144, value_parser = clap::value_parser!(u64).range(1..=nlu_crds::access::redis_keys::MAX_LIMIT))]
     pub max_request_cost: u64,
+
+    /// Longest a model request may take, from its headers to its answer (auth, queue and model
+    /// time included): past it the answer is 504 `request_timeout` and the request's work that
+    /// has not run yet is dropped. Size it with --max-request-cost: on a CPU running T token
+    /// positions a second, the costliest request takes about max-request-cost / T seconds.
+    #[arg(long, env = "NLU_REQUEST_TIMEOUT", value_parser = parse_duration, default_value = "60s")]
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -240,9 +250,10 @@ pub fn parse_duration(value: &str) -> Result<Duration, String> {
 impl BatchingArgs {
     /// Rejects settings under which no batch could ever form.
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_batch_requests == 0 || self.max_batch_tokens == 0 || self.max_queue == 0 {
+        if self.max_batch_requests == 0 || self.max_batch_tokens == 0 || self.max_queue_tokens == 0
+        {
             return Err(
-                "--max-batch-requests, --max-batch-tokens and --max-queue must be at least 1"
+                "--max-batch-requests, --max-batch-tokens and --max-queue-tokens must be at least 1"
                     .into(),
             );
         }

@@ -42,6 +42,16 @@ impl Bill {
         Ok(())
     }
 
+    /// A stable number for the request's tenant, under which its work takes turns with other
+    /// tenants' in the batcher (one tenant for all under `--auth none`).
+    pub fn tenant_key(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let Some(meter) = &self.meter else { return 0 };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        meter.tenant().hash(&mut hasher);
+        hasher.finish()
+    }
+
     /// What the request has cost so far: the `X-Request-Cost` of its answer.
     pub fn cost(&self) -> RequestCost {
         RequestCost(self.total)

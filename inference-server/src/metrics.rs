@@ -34,6 +34,8 @@ pub struct Metrics {
     pub batch_size: Histogram,
     pub batch_tokens: Histogram,
     pub queue_depth: Gauge,
+    pub queue_tokens: Gauge,
+    pub dropped_sequences: Counter,
     pub in_flight: Gauge,
     pub queue_rejections: Counter,
     pub model_load_seconds: Gauge<f64, AtomicU64>,
@@ -99,6 +101,18 @@ impl Metrics {
             "Sequences waiting for the model",
             queue_depth.clone(),
         );
+        let queue_tokens = Gauge::default();
+        registry.register(
+            "queue_tokens",
+            "Token positions of the requests in flight, every UniNLU level counted (--max-queue-tokens bounds admission)",
+            queue_tokens.clone(),
+        );
+        let dropped_sequences = Counter::default();
+        registry.register(
+            "dropped_sequences",
+            "Queued sequences dropped before running because their request ended (client gone, timed out, or failed)",
+            dropped_sequences.clone(),
+        );
         let in_flight = Gauge::default();
         // The HPA's Pods metric names this gauge (through the contract crate).
         registry.register(
@@ -109,7 +123,7 @@ impl Metrics {
         let queue_rejections = Counter::default();
         registry.register(
             "queue_rejections",
-            "Requests refused because the queue was full",
+            "Requests refused because the work in flight was at --max-queue-tokens",
             queue_rejections.clone(),
         );
         let model_load_seconds = Gauge::<f64, AtomicU64>::default();
@@ -140,6 +154,8 @@ impl Metrics {
             batch_size,
             batch_tokens,
             queue_depth,
+            queue_tokens,
+            dropped_sequences,
             in_flight,
             queue_rejections,
             model_load_seconds,

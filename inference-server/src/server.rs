@@ -25,7 +25,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut metrics = Metrics::new();
-    let auth = Auth::from_args(&args.auth, metrics.registry_mut())?;
+    let auth = Auth::from_args(
+        &args.auth,
+        args.limits.request_timeout,
+        metrics.registry_mut(),
+    )?;
     let tls_config = args.tls.server_config()?;
     let metrics = Arc::new(metrics);
     let checks: Vec<ReadinessCheck> = match &auth {
@@ -38,7 +42,8 @@ pub async fn serve(
     let state = AppState::new(args.task, metrics.clone(), Health::with_checks(checks))
         .with_playground(!args.no_playground)
         .with_metrics_on_api(args.metrics_listen.is_none())
-        .with_max_request_cost(args.limits.max_request_cost);
+        .with_max_request_cost(args.limits.max_request_cost)
+        .with_request_timeout(args.limits.request_timeout);
     // Bound before the API answers, so a port clash is a start error, not a silent gap.
     let metrics_server = match args.metrics_listen {
         Some(addr) => {

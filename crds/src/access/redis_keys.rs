@@ -10,6 +10,9 @@
 //!   window log, so no burst is possible across minute edges.
 //! - `nlu:rate-tokens:{ns/name}`: the same log for token charges (members `ms:nonce:tokens`),
 //!   with their running sum in `nlu:rate-tokens-sum:{ns/name}`.
+//! - `nlu:in-flight:{ns/name}`: sorted set of the tenant's requests in flight (member: the
+//!   request's nonce, score: when its lease ends, in ms), for `maxConcurrentRequests`. A server
+//!   removes its member when the request ends; a lease of a server that died ends by itself.
 
 use std::collections::HashMap;
 
@@ -39,6 +42,8 @@ pub mod field {
     pub const TOKENS_PER_DAY: &str = "tokens_per_day";
     /// Integer (token positions the encoder runs), `0` = unlimited.
     pub const TOKENS_PER_MINUTE: &str = "tokens_per_minute";
+    /// Integer, most requests in flight at once over all servers, `0` = unlimited.
+    pub const MAX_CONCURRENT_REQUESTS: &str = "max_concurrent_requests";
     /// Comma-separated scopes (`predict,embed`); empty = all.
     pub const SCOPES: &str = "scopes";
     /// Comma-separated NluService names in the tenant's namespace; empty = all.
@@ -107,6 +112,10 @@ impl RedisKeys {
         self.key("rate-tokens-sum", tenant)
     }
 
+    pub fn in_flight(&self, tenant: &QualifiedName) -> String {
+        self.key("in-flight", tenant)
+    }
+
     /// Every key the tenant can have on `today`: the usage counters still alive
     /// ([`USAGE_TTL_SECS`]) are those of the last three days. Named, not scanned, because
     /// `SCAN` sees one node of a cluster only.
@@ -116,6 +125,7 @@ impl RedisKeys {
             self.rate(tenant),
             self.token_rate(tenant),
             self.token_rate_sum(tenant),
+            self.in_flight(tenant),
         ];
         keys.extend(
             (0..3)
@@ -126,13 +136,14 @@ impl RedisKeys {
     }
 
     /// The script's `KEYS`, in its order.
-    pub fn script_keys(&self, tenant: &QualifiedName, today: NaiveDate) -> [String; 5] {
+    pub fn script_keys(&self, tenant: &QualifiedName, today: NaiveDate) -> [String; 6] {
         [
             self.tenant(tenant),
             self.usage(tenant, today),
             self.rate(tenant),
             self.token_rate(tenant),
             self.token_rate_sum(tenant),
+            self.in_flight(tenant),
         ]
     }
 }
@@ -145,6 +156,7 @@ pub struct TenantRecord {
     pub requests_per_minute: u64,
     pub tokens_per_day: u64,
     pub tokens_per_minute: u64,
+    pub max_concurrent_requests: u64,
     /// Empty = all scopes.
     pub scopes: Vec<Scope>,
     /// NluService names in the tenant's namespace; empty = all.
@@ -167,6 +179,10 @@ impl TenantRecord {
             ),
             (field::TOKENS_PER_DAY, self.tokens_per_day.to_string()),
             (field::TOKENS_PER_MINUTE, self.tokens_per_minute.to_string()),
+            (
+                field::MAX_CONCURRENT_REQUESTS,
+                self.max_concurrent_requests.to_string(),
+            ),
             (field::SCOPES, Scope::join(&self.scopes)),
             (field::SERVICES, self.services.join(",")),
             (field::GEN, self.gen.to_string()),
@@ -202,6 +218,7 @@ impl TenantRecord {
             requests_per_minute: number(field::REQUESTS_PER_MINUTE)?,
             tokens_per_day: number(field::TOKENS_PER_DAY)?,
             tokens_per_minute: number(field::TOKENS_PER_MINUTE)?,
+            max_concurrent_requests: number(field::MAX_CONCURRENT_REQUESTS)?,
             scopes: Scope::parse_list(get(field::SCOPES)?)?,
             services: get(field::SERVICES)?
                 .split(',')
@@ -220,27 +237,34 @@ impl TenantRecord {
 /// known exactly when it is charged.
 ///
 /// KEYS: [`RedisKeys::script_keys`]. ARGV: token `gen`, route scope, service name, usage TTL
-/// seconds, a unique nonce, requests to count (`0`/`1`), tokens to charge.
+/// seconds, a unique nonce, requests to count (`0`/`1`), tokens to charge, the request's lease
+/// in ms (how long it may hold a place under `max_concurrent_requests`: the request timeout).
 /// Reply: `{code, requests: per_day, used_today, per_minute, used_last_minute, minute_reset_ms,
-/// tokens: the same five}`, decoded by [`QuotaOutcome::from_reply`]; a part the call did not
-/// count is zeros. Time comes from Redis so all servers share one clock. Counters only ever
+/// tokens: the same five, max_concurrent_requests, requests in flight}`, decoded by
+/// [`QuotaOutcome::from_reply`]; a part the call did not count is zeros. A counted request
+/// under a concurrency limit holds a place named by its nonce until the server removes it
+/// ([`RedisKeys::in_flight`]) or its lease ends. Time comes from Redis so all servers share one clock. Counters only ever
 /// change by `HINCRBY`/`INCRBY` with the caller's decimal strings: Lua formats numbers above
 /// 10^14 inexactly.
 pub const QUOTA_SCRIPT: &str = r#"
 local zero = {0, 0, 0, 0, 0}
+local conc = {0, 0}
 local function answer(code, req, tok)
-  return {code, req[1], req[2], req[3], req[4], req[5], tok[1], tok[2], tok[3], tok[4], tok[5]}
+  return {code, req[1], req[2], req[3], req[4], req[5], tok[1], tok[2], tok[3], tok[4], tok[5],
+          conc[1], conc[2]}
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return answer(1, zero, zero) end
 local f = redis.call('HMGET', KEYS[1], 'enabled', 'requests_per_day', 'requests_per_minute',
-                     'scopes', 'services', 'gen', 'tokens_per_day', 'tokens_per_minute')
+                     'scopes', 'services', 'gen', 'tokens_per_day', 'tokens_per_minute',
+                     'max_concurrent_requests')
 local function digits(v, most)
   return type(v) == 'string' and #v <= most and string.find(v, '^%d+$') ~= nil
 end
 -- A record missing a field or holding a non-number is refused, never read as "unlimited".
 if (f[1] ~= '1' and f[1] ~= '0') or not digits(f[2], 15) or not digits(f[3], 15)
    or type(f[4]) ~= 'string' or type(f[5]) ~= 'string' or not digits(f[6], 20)
-   or not digits(f[7], 15) or not digits(f[8], 15) or not digits(ARGV[7], 15) then
+   or not digits(f[7], 15) or not digits(f[8], 15) or not digits(f[9], 15)
+   or not digits(ARGV[7], 15) or not digits(ARGV[8], 15) then
   return answer(8, zero, zero)
 end
 local function listed(list, item)
@@ -284,6 +308,17 @@ if ARGV[6] == '1' then
   local function seen() return {per_day, used, per_minute, in_window, reset(KEYS[3], in_window)} end
   if per_day > 0 and used >= per_day then return answer(6, seen(), zero) end
   if per_minute > 0 and in_window >= per_minute then return answer(7, seen(), zero) end
+  local most = tonumber(f[9])
+  if most > 0 then
+    -- Places whose lease ended belong to requests a dead server never released.
+    redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
+    local held = redis.call('ZCARD', KEYS[6])
+    conc = {most, held}
+    if held >= most then return answer(12, seen(), zero) end
+    redis.call('ZADD', KEYS[6], now + tonumber(ARGV[8]), ARGV[5])
+    redis.call('PEXPIRE', KEYS[6], ARGV[8])
+    conc = {most, held + 1}
+  end
   used = count('requests', 1)
   if per_minute > 0 then
     redis.call('ZADD', KEYS[3], now, now .. ':' .. ARGV[5])
@@ -347,7 +382,8 @@ pub fn script_args(
     service: &str,
     nonce: u64,
     charge: Charge,
-) -> [String; 7] {
+    lease_ms: u64,
+) -> [String; 8] {
     let (requests, tokens) = match charge {
         Charge::Request => (1, 0),
         Charge::Tokens(n) => (0, n),
@@ -360,6 +396,7 @@ pub fn script_args(
         nonce.to_string(),
         requests.to_string(),
         tokens.to_string(),
+        lease_ms.min(MAX_LIMIT).to_string(),
     ]
 }
 
@@ -375,11 +412,22 @@ pub struct Counts {
     pub minute_reset_ms: u64,
 }
 
-/// Requests and tokens as the script saw them.
+/// The tenant's requests in flight over all servers, as the script saw them when it counted a
+/// request (all zeros otherwise, and when the tenant has no concurrency limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Concurrency {
+    /// `max_concurrent_requests`; `0` = unlimited.
+    pub limit: u64,
+    /// Places held, this request's included when it took one.
+    pub in_flight: u64,
+}
+
+/// Requests, tokens and requests in flight as the script saw them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
     pub requests: Counts,
     pub tokens: Counts,
+    pub concurrency: Concurrency,
 }
 
 /// What the quota script decided.
@@ -399,6 +447,8 @@ pub enum QuotaOutcome {
     TokenRateLimited(Usage),
     /// The charge alone is larger than a token limit: it can never pass.
     CostOverTokenLimit(Usage),
+    /// The tenant already has `max_concurrent_requests` requests in flight.
+    TooManyInFlight(Usage),
 }
 
 impl QuotaOutcome {
@@ -418,12 +468,16 @@ impl QuotaOutcome {
             used_last_minute: n[3],
             minute_reset_ms: n[4],
         };
-        if numbers.len() != 10 {
+        if numbers.len() != 12 {
             return Err(bad());
         }
         let usage = Usage {
             requests: counts(&numbers[..5]),
-            tokens: counts(&numbers[5..]),
+            tokens: counts(&numbers[5..10]),
+            concurrency: Concurrency {
+                limit: numbers[10],
+                in_flight: numbers[11],
+            },
         };
         Ok(match code {
             0 => QuotaOutcome::Allowed(usage),
@@ -438,6 +492,7 @@ impl QuotaOutcome {
             9 => QuotaOutcome::DailyTokensExceeded(usage),
             10 => QuotaOutcome::TokenRateLimited(usage),
             11 => QuotaOutcome::CostOverTokenLimit(usage),
+            12 => QuotaOutcome::TooManyInFlight(usage),
             _ => return Err(bad()),
         })
     }
@@ -483,7 +538,8 @@ mod tests {
                 "{day}"
             );
         }
-        assert_eq!(all.len(), 7);
+        assert_eq!(all.len(), 8);
+        assert!(all.contains(&"nlu:in-flight:{team-a/alice}".to_string()));
     }
 
     #[test]
@@ -508,6 +564,7 @@ mod tests {
             requests_per_minute: 5,
             tokens_per_day: 100_000,
             tokens_per_minute: 2_000,
+            max_concurrent_requests: 4,
             scopes: vec![Scope::Embed],
             services: vec!["gte".into(), "uninlu".into()],
             gen: 7,
@@ -527,6 +584,7 @@ mod tests {
         for name in [
             field::ENABLED,
             field::TOKENS_PER_DAY,
+            field::MAX_CONCURRENT_REQUESTS,
             field::GEN,
             field::SCOPES,
         ] {
@@ -545,7 +603,11 @@ mod tests {
     }
 
     fn reply(code: i64, req: [i64; 5], tok: [i64; 5]) -> Vec<i64> {
-        std::iter::once(code).chain(req).chain(tok).collect()
+        std::iter::once(code)
+            .chain(req)
+            .chain(tok)
+            .chain([3, 2])
+            .collect()
     }
 
     #[test]
@@ -564,6 +626,10 @@ mod tests {
                 per_minute: 1000,
                 used_last_minute: 300,
                 minute_reset_ms: 100,
+            },
+            concurrency: Concurrency {
+                limit: 3,
+                in_flight: 2,
             },
         };
         let r = [50, 3, 5, 2, 900];
@@ -585,10 +651,14 @@ mod tests {
             QuotaOutcome::CostOverTokenLimit(usage)
         );
         assert_eq!(
+            QuotaOutcome::from_reply(&reply(12, r, t)).unwrap(),
+            QuotaOutcome::TooManyInFlight(usage)
+        );
+        assert_eq!(
             QuotaOutcome::from_reply(&reply(8, [0; 5], [0; 5])).unwrap(),
             QuotaOutcome::InvalidRecord
         );
-        assert!(QuotaOutcome::from_reply(&reply(12, [0; 5], [0; 5])).is_err());
+        assert!(QuotaOutcome::from_reply(&reply(13, [0; 5], [0; 5])).is_err());
         assert!(QuotaOutcome::from_reply(&reply(0, [0, 0, 0, 0, -1], [0; 5])).is_err());
         assert!(QuotaOutcome::from_reply(&[0, 1]).is_err());
     }

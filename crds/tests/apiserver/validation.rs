@@ -45,7 +45,8 @@ const GTE: &str = "nluservice-embedding.yaml";
 const INGRESS_PATH_RULE: &str =
     "NluService spec.ingress.path rule: path must be a path such as /uninlu: starting with '/', without '..', '?' or '#'";
 const TENANT: &str = "tenant.yaml";
-const PER_DAY_RULE: &str = "Tenant spec.quota rule: requestsPerDay must be from 0 (unlimited) to 999999999999999";
+const PER_DAY_RULE: &str =
+    "Tenant spec.quota rule: requestsPerDay must be from 0 (unlimited) to 999999999999999";
 const PER_MINUTE_RULE: &str =
     "Tenant spec.quota rule: requestsPerMinute must be from 0 (unlimited) to 999999999999999";
 const TOKENS_PER_DAY_RULE: &str =
@@ -153,7 +154,7 @@ const CASES: &[Case] = &[
     limit("NluService spec.batching.maxBatchRequests minimum", UNINLU, &[("/spec/batching/maxBatchRequests", "0")], "spec.batching.maxBatchRequests", "1"),
     limit("NluService spec.batching.maxWaitMillis minimum", UNINLU, &[("/spec/batching/maxWaitMillis", "-1")], "spec.batching.maxWaitMillis", "0"),
     limit("NluService spec.batching.maxWaitMillis maximum", UNINLU, &[("/spec/batching/maxWaitMillis", "1001")], "spec.batching.maxWaitMillis", "1000"),
-    limit("NluService spec.batching.maxQueue minimum", UNINLU, &[("/spec/batching/maxQueue", "0")], "spec.batching.maxQueue", "1"),
+    limit("NluService spec.batching.maxQueueTokens minimum", UNINLU, &[("/spec/batching/maxQueueTokens", "0")], "spec.batching.maxQueueTokens", "1"),
     // ingress
     case("NluService spec.ingress rule: tls needs a host", UNINLU, &[("/spec/ingress/host", "null")], "spec.ingress.host", Rule),
     case("NluService spec.ingress rule: tls needs a host", UNINLU, &[("/spec/ingress/host", r#""""#)], "spec.ingress.host", Rule),
@@ -211,6 +212,8 @@ const CASES: &[Case] = &[
         ..case(TOKENS_PER_MINUTE_RULE, TENANT, &[("/spec/quota/tokensPerMinute", "-1")], "spec.quota.tokensPerMinute", Rule) },
     Case { at_limit: Some("999999999999999"),
         ..case(TOKENS_PER_MINUTE_RULE, TENANT, &[("/spec/quota/tokensPerMinute", "1000000000000000")], "spec.quota.tokensPerMinute", Rule) },
+    limit("Tenant spec.quota.maxConcurrentRequests minimum", TENANT, &[("/spec/quota/maxConcurrentRequests", "-1")], "spec.quota.maxConcurrentRequests", "0"),
+    limit("Tenant spec.quota.maxConcurrentRequests maximum", TENANT, &[("/spec/quota/maxConcurrentRequests", "1000001")], "spec.quota.maxConcurrentRequests", "1000000"),
     limit("Tenant spec.token.generation minimum", TENANT, &[("/spec/token/generation", "0")], "spec.token.generation", "1"),
     Case { at_limit: Some(r#""5m""#),
         ..case(TTL_RULE, TENANT, &[("/spec/token/ttl", r#""4m59s""#)], "spec.token.ttl", Rule) },

@@ -134,9 +134,11 @@ pub struct Auth {
 
 impl Auth {
     /// `None` for `--auth none`. Registers the auth metrics; must run on the Tokio runtime
-    /// (it starts the JWK Set watcher and the Redis probe).
+    /// (it starts the JWK Set watcher and the Redis probe). `request_timeout`: how long a
+    /// request may hold a place under its tenant's concurrency limit if this server dies.
     pub fn from_args(
         args: &AuthArgs,
+        request_timeout: Duration,
         registry: &mut Registry,
     ) -> anyhow::Result<Option<Arc<Self>>> {
         if args.auth == AuthMode::None {
@@ -176,6 +178,7 @@ impl Auth {
             ca_pem,
             &args.redis_prefix,
             Duration::from_millis(args.redis_timeout_millis),
+            request_timeout,
         )?);
         let health = Arc::new(BackendHealth::new(metrics.clone()));
         policy::spawn_probe(&store, health.clone());
@@ -210,7 +213,13 @@ impl Auth {
         ))
     }
 
-    async fn admit(self: &Arc<Self>, headers: &HeaderMap, path: &str) -> Result<Meter, Refusal> {
+    /// Checks the token and the tenant's record and limits; an admitted request gets its meter
+    /// and, under a concurrency limit, the place it holds until it ends.
+    async fn admit(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+        path: &str,
+    ) -> Result<(Meter, Option<Place>), Refusal> {
         let token = bearer(headers).map_err(|e| match e {
             BearerError::Missing => Refusal::unauthenticated(
                 "missing_token",
@@ -239,6 +248,7 @@ impl Auth {
             tenant,
             token_gen: claims.gen,
             scope,
+            request_nonce: rand::random(),
             report: Arc::default(),
         };
         let refuse = |code, message: &str| meter.tag(Refusal::forbidden(code, message));
@@ -256,7 +266,35 @@ impl Auth {
         }
         let reported = meter.run(Charge::Request).await?;
         meter.report().requests = reported.requests;
-        Ok(meter)
+        let place = reported.holds_place.then(|| Place {
+            store: self.store.clone(),
+            tenant: meter.tenant.id.clone(),
+            nonce: meter.request_nonce,
+        });
+        Ok((meter, place))
+    }
+}
+
+/// A request's place under its tenant's concurrency limit, freed in Redis when dropped (the
+/// request answered, timed out, or its client went away). If the release fails, the place
+/// ends with its lease.
+pub struct Place {
+    store: Arc<QuotaStore>,
+    tenant: QualifiedName,
+    nonce: u64,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, tenant, nonce) = (self.store.clone(), self.tenant.clone(), self.nonce);
+        runtime.spawn(async move {
+            if let Err(e) = store.release(&tenant, nonce).await {
+                tracing::warn!(error = %e, %tenant, "could not free a concurrency place; its lease ends it");
+            }
+        });
     }
 }
 
@@ -267,6 +305,8 @@ pub struct Reported {
     pub requests: Option<RateLimit>,
     /// The token limit closest to exhaustion (the same headers with a `-Tokens` suffix).
     pub tokens: Option<RateLimit>,
+    /// The request took a place under its tenant's concurrency limit.
+    pub holds_place: bool,
 }
 
 impl Reported {
@@ -274,6 +314,7 @@ impl Reported {
         Self {
             requests: rate_limit(&usage.requests, now),
             tokens: rate_limit(&usage.tokens, now),
+            holds_place: usage.concurrency.limit > 0,
         }
     }
 }
@@ -344,6 +385,16 @@ pub fn decide(
                 tokens_left(usage.tokens.per_day, usage.tokens.used_today)
             ),
         ),
+        QuotaOutcome::TooManyInFlight(usage) => too_many(
+            usage,
+            1,
+            "too_many_in_flight",
+            format!(
+                "the tenant has {} requests in flight, its limit (maxConcurrentRequests); retry \
+                 when one has finished",
+                usage.concurrency.limit
+            ),
+        ),
         QuotaOutcome::TokenRateLimited(usage) => too_many(
             usage,
             usage.tokens.minute_reset_ms.div_ceil(1000),
@@ -383,6 +434,8 @@ pub struct Meter {
     label: String,
     token_gen: u64,
     scope: Scope,
+    /// Names the request in Redis: its place under a concurrency limit.
+    request_nonce: u64,
     /// Headers to add to the response, shared with the middleware.
     report: Arc<Mutex<MeterReport>>,
 }
@@ -397,6 +450,10 @@ struct MeterReport {
 // Refusals become responses at once (see `decide`).
 #[allow(clippy::result_large_err)]
 impl Meter {
+    pub fn tenant(&self) -> &QualifiedName {
+        &self.tenant.id
+    }
+
     /// Charges `tokens` to the tenant's token quotas (counted even when unlimited, for usage),
     /// or says why the work may not run: 429 when the tokens are used up for now, 413 when this
     /// work alone exceeds a token limit, 401/403 when the tenant lost access meanwhile, 503
@@ -439,7 +496,12 @@ impl Meter {
     /// One quota script call, or the failure policy while Redis does not answer.
     async fn run(&self, charge: Charge) -> Result<Reported, Refusal> {
         let auth = &self.auth;
-        let today = chrono::Utc::now().date_naive();
+        // The request's own nonce names its place under a concurrency limit; token charges
+        // need one of their own per call (it names their entry in the minute log).
+        let nonce = match charge {
+            Charge::Request => self.request_nonce,
+            Charge::Tokens(_) => rand::random(),
+        };
         let checked = auth
             .store
             .check(
@@ -447,8 +509,8 @@ impl Meter {
                 self.token_gen,
                 self.scope,
                 &auth.service.name,
-                today,
                 charge,
+                nonce,
             )
             .await;
         let outcome = match checked {
@@ -603,7 +665,7 @@ pub async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next:
         .check_seconds
         .observe(started.elapsed().as_secs_f64());
     match admitted {
-        Ok(meter) => {
+        Ok((meter, place)) => {
             auth.metrics.decision(&meter.label, "allowed");
             let tenant = (meter.tenant.id.to_string(), meter.label.clone());
             let report = meter.report.clone();
@@ -616,6 +678,7 @@ pub async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next:
                 add_challenge(&mut response, report.www_authenticate);
             }
             tag_tenant(&mut response, Some(tenant));
+            drop(place);
             response
         }
         Err(refusal) => {

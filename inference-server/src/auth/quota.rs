@@ -20,6 +20,9 @@ pub struct QuotaStore {
     script: redis::Script,
     keys: RedisKeys,
     timeout: Duration,
+    /// How long a request may hold a place under its tenant's concurrency limit if this server
+    /// never releases it (it died): the request timeout.
+    lease: Duration,
 }
 
 impl QuotaStore {
@@ -31,6 +34,7 @@ impl QuotaStore {
         ca_pem: Option<Vec<u8>>,
         prefix: &str,
         timeout: Duration,
+        lease: Duration,
     ) -> anyhow::Result<Self> {
         let client = nlu_crds::access::redis_client::redis_client(url, ca_pem)
             .map_err(|e| anyhow::anyhow!("--redis-url / --redis-ca-file: {e}"))?;
@@ -46,29 +50,33 @@ impl QuotaStore {
             script: redis::Script::new(QUOTA_SCRIPT),
             keys: RedisKeys::new(prefix),
             timeout,
+            lease,
         })
     }
 
-    /// Checks `charge` against the tenant record and limits, counting it when allowed.
+    /// Checks `charge` against the tenant record and limits, counting it when allowed. `nonce`
+    /// must be unique per call; a request admitted under a concurrency limit holds a place
+    /// named by it until [`QuotaStore::release`].
     pub async fn check(
         &self,
         tenant: &QualifiedName,
         token_gen: u64,
         scope: Scope,
         service_name: &str,
-        today: chrono::NaiveDate,
         charge: Charge,
+        nonce: u64,
     ) -> Result<QuotaOutcome, BackendError> {
         let mut invocation = self.script.prepare_invoke();
         invocation
-            .key(&self.keys.script_keys(tenant, today)[..])
+            .key(&self.keys.script_keys(tenant, Utc::now().date_naive())[..])
             .arg(
                 &script_args(
                     token_gen,
                     scope,
                     service_name,
-                    rand::random::<u64>(),
+                    nonce,
                     charge,
+                    u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX),
                 )[..],
             );
         let mut conn = self.conn.clone();
@@ -78,6 +86,21 @@ impl QuotaStore {
                 .map_err(|_| BackendError("timed out".into()))?
                 .map_err(|e| BackendError(e.to_string()))?;
         QuotaOutcome::from_reply(&reply).map_err(|e| BackendError(e.to_string()))
+    }
+
+    /// Frees the place the request `nonce` held under its tenant's concurrency limit.
+    pub async fn release(&self, tenant: &QualifiedName, nonce: u64) -> Result<(), BackendError> {
+        let mut conn = self.conn.clone();
+        let removed: redis::RedisResult<u64> = tokio::time::timeout(
+            self.timeout,
+            redis::cmd("ZREM")
+                .arg(self.keys.in_flight(tenant))
+                .arg(nonce)
+                .query_async(&mut conn),
+        )
+        .await
+        .map_err(|_| BackendError("timed out".into()))?;
+        removed.map(drop).map_err(|e| BackendError(e.to_string()))
     }
 
     pub async fn ping(&self) -> Result<(), BackendError> {

@@ -13,8 +13,10 @@ pub struct BatchLimits {
 pub struct Waiting {
     /// Sequence length in tokens.
     pub tokens: usize,
-    /// The request it belongs to: requests take turns.
+    /// The request it belongs to: requests of a tenant take turns.
     pub group: u64,
+    /// The tenant it belongs to: tenants take turns before requests do.
+    pub tenant: u64,
 }
 
 /// What the scheduler knows when it decides whether queued work runs now or waits briefly
@@ -45,8 +47,9 @@ pub fn run_now(p: Pending) -> bool {
 
 /// Indices (ascending) of the waiting sequences to run next.
 ///
-/// Requests take turns (round-robin by request, oldest first), so a request with hundreds of
-/// prompts cannot starve one with two. The first sequence in that order is always taken, so
+/// Tenants take turns, and within a tenant its requests do (round-robin, oldest first), so a
+/// request with hundreds of prompts cannot starve one with two, and a tenant with many requests
+/// cannot starve one with few. The first sequence in that order is always taken, so
 /// nothing waits forever; the others are chosen from a look-ahead window by closeness of length
 /// to it, so that short inputs are not held up behind long ones and attention work (quadratic
 /// in length) stays even across the batch, without reordering across the whole queue.
@@ -76,26 +79,66 @@ pub fn select_batch(waiting: &[Waiting], limits: BatchLimits) -> Vec<usize> {
     chosen
 }
 
-/// Round-robin order: the first sequence of every request (requests by arrival), then the
-/// second of each, and so on.
+/// Round-robin order, two levels deep: each tenant's sequences in request round robin (the
+/// first sequence of each of its requests by arrival, then the second of each, ...), then the
+/// tenants interleaved the same way (the first of each tenant's list by arrival, then the
+/// second, ...).
 fn fair_order(waiting: &[Waiting]) -> Vec<usize> {
-    let mut first_seen: Vec<u64> = Vec::new();
-    let mut keyed: Vec<(usize, usize, usize)> = Vec::with_capacity(waiting.len());
-    let mut taken_per_group: Vec<usize> = Vec::new();
-    for (i, w) in waiting.iter().enumerate() {
-        let g = match first_seen.iter().position(|&g| g == w.group) {
-            Some(g) => g,
+    let within_tenant = round_robin(waiting.iter().map(|w| (w.tenant, w.group)));
+    // Each sequence's turn inside its tenant's list: its rank in request round robin.
+    let mut turn = vec![0; waiting.len()];
+    let mut taken: Vec<(u64, usize)> = Vec::new();
+    for &i in &within_tenant {
+        let tenant = waiting[i].tenant;
+        let t = match taken.iter_mut().find(|(id, _)| *id == tenant) {
+            Some((_, t)) => t,
             None => {
-                first_seen.push(w.group);
-                taken_per_group.push(0);
-                first_seen.len() - 1
+                taken.push((tenant, 0));
+                &mut taken.last_mut().expect("just pushed").1
             }
         };
-        keyed.push((taken_per_group[g], g, i));
-        taken_per_group[g] += 1;
+        turn[i] = *t;
+        *t += 1;
+    }
+    let tenant_rank = arrival_ranks(waiting.iter().map(|w| w.tenant));
+    let mut order: Vec<usize> = (0..waiting.len()).collect();
+    order.sort_by_key(|&i| (turn[i], tenant_rank[i]));
+    order
+}
+
+/// Indices in round-robin order over `key.1` (the first item of every key by arrival, then the
+/// second of each, ...); `key.0` only keeps keys of different owners apart.
+fn round_robin(keys: impl Iterator<Item = (u64, u64)>) -> Vec<usize> {
+    let keys: Vec<(u64, u64)> = keys.collect();
+    let rank = arrival_ranks(keys.iter().copied());
+    let mut seen: Vec<((u64, u64), usize)> = Vec::new();
+    let mut keyed: Vec<(usize, usize, usize)> = Vec::with_capacity(keys.len());
+    for (i, key) in keys.iter().enumerate() {
+        let nth = match seen.iter_mut().find(|(k, _)| k == key) {
+            Some((_, n)) => n,
+            None => {
+                seen.push((*key, 0));
+                &mut seen.last_mut().expect("just pushed").1
+            }
+        };
+        keyed.push((*nth, rank[i], i));
+        *nth += 1;
     }
     keyed.sort_unstable();
     keyed.into_iter().map(|(_, _, i)| i).collect()
+}
+
+/// For each item, the rank of its key by first appearance.
+fn arrival_ranks<K: PartialEq>(keys: impl Iterator<Item = K>) -> Vec<usize> {
+    let mut first_seen: Vec<K> = Vec::new();
+    keys.map(|k| match first_seen.iter().position(|f| *f == k) {
+        Some(rank) => rank,
+        None => {
+            first_seen.push(k);
+            first_seen.len() - 1
+        }
+    })
+    .collect()
 }
 
 #[cfg(test)]
@@ -103,7 +146,19 @@ mod tests {
     use super::*;
 
     fn w(tokens: usize, group: u64) -> Waiting {
-        Waiting { tokens, group }
+        Waiting {
+            tokens,
+            group,
+            tenant: 0,
+        }
+    }
+
+    fn t(tenant: u64, group: u64) -> Waiting {
+        Waiting {
+            tokens: 1,
+            group,
+            tenant,
+        }
     }
 
     const WIDE: BatchLimits = BatchLimits {
@@ -217,5 +272,27 @@ mod tests {
     fn fair_order_interleaves_requests() {
         let q = [w(1, 7), w(1, 7), w(1, 7), w(1, 9), w(1, 8)];
         assert_eq!(fair_order(&q), vec![0, 3, 4, 1, 2]);
+    }
+
+    #[test]
+    fn tenants_take_turns_before_requests_do() {
+        // Tenant 1 has three requests (groups 10, 11, 12) of two sequences each queued before
+        // tenant 2's one request: tenant 2 still runs second, then tenant 1's requests rotate.
+        let q = [
+            t(1, 10),
+            t(1, 10),
+            t(1, 11),
+            t(1, 11),
+            t(1, 12),
+            t(1, 12),
+            t(2, 20),
+            t(2, 20),
+        ];
+        assert_eq!(fair_order(&q), vec![0, 6, 2, 7, 4, 1, 3, 5]);
+        let limits = BatchLimits {
+            max_tokens: 10_000,
+            max_sequences: 2,
+        };
+        assert_eq!(select_batch(&q, limits), vec![0, 6]);
     }
 }

@@ -33,7 +33,8 @@ pub enum BatchError {
 pub struct Settings {
     pub limits: BatchLimits,
     pub max_wait: Duration,
-    pub max_queue: usize,
+    /// Most token positions of the requests in flight (`--max-queue-tokens`).
+    pub max_queue_tokens: usize,
 }
 
 /// One sequence for the model and what its cost is.
@@ -48,7 +49,7 @@ pub type Reply<O> = oneshot::Receiver<Result<O, BatchError>>;
 struct Entry<I, O> {
     input: I,
     tokens: usize,
-    group: u64,
+    group: Group,
     enqueued: Instant,
     reply: oneshot::Sender<Result<O, BatchError>>,
 }
@@ -59,7 +60,17 @@ struct State<I, O> {
     arriving: usize,
     /// Requests in the batch taken last ([`Pending::expected`]).
     last_batch_requests: usize,
+    /// Token positions of the admitted requests still in flight, every level of their work
+    /// counted from when it is known until the request ends.
+    in_flight_tokens: usize,
     closed: bool,
+}
+
+/// Whose work a sequence is: requests of one tenant take turns, tenants take turns first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Group {
+    request: u64,
+    tenant: u64,
 }
 
 struct Shared<I, O> {
@@ -87,6 +98,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                 waiting: Vec::new(),
                 arriving: 0,
                 last_batch_requests: 1,
+                in_flight_tokens: 0,
                 closed: false,
             }),
             wake: Condvar::new(),
@@ -105,27 +117,41 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         }
     }
 
-    /// A fresh id under which one request's sequences take their turns.
-    pub fn new_group(&self) -> u64 {
-        self.next_group.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Queues all `jobs` or none. With `admit`, a queue that cannot take them all refuses at
-    /// once; follow-up work of an already admitted request (`admit == false`) is always taken,
-    /// so a request never fails half-way for a reason it could not have been told up front.
-    pub fn submit(
-        &self,
-        group: u64,
-        jobs: Vec<Job<I>>,
-        admit: bool,
-    ) -> Result<Vec<Reply<O>>, BatchError> {
+    /// Admits a request whose first work costs `tokens`, for `tenant` (any stable id; requests
+    /// of one tenant take turns, and tenants take turns before them). Refused at once when the
+    /// work in flight would then pass `--max-queue-tokens`, unless nothing is in flight (so a
+    /// request larger than the whole bound still runs, alone; `--max-request-cost` bounds it).
+    pub fn admit(&self, tenant: u64, tokens: usize) -> Result<Admitted<'_, I, O>, BatchError> {
         let mut state = self.shared.state.lock().expect("queue lock");
         if state.closed {
             return Err(BatchError::ShuttingDown);
         }
-        if admit && state.waiting.len() + jobs.len() > self.shared.settings.max_queue {
+        let in_flight = state.in_flight_tokens;
+        if in_flight > 0 && in_flight.saturating_add(tokens) > self.shared.settings.max_queue_tokens
+        {
             self.shared.metrics.queue_rejections.inc();
             return Err(BatchError::QueueFull);
+        }
+        state.in_flight_tokens = in_flight.saturating_add(tokens);
+        self.shared
+            .metrics
+            .queue_tokens
+            .set(state.in_flight_tokens as i64);
+        Ok(Admitted {
+            batcher: self,
+            group: Group {
+                request: self.next_group.fetch_add(1, Ordering::Relaxed),
+                tenant,
+            },
+            tokens,
+        })
+    }
+
+    /// Queues all `jobs` of `group`.
+    fn submit(&self, group: Group, jobs: Vec<Job<I>>) -> Result<Vec<Reply<O>>, BatchError> {
+        let mut state = self.shared.state.lock().expect("queue lock");
+        if state.closed {
+            return Err(BatchError::ShuttingDown);
         }
         let now = Instant::now();
         let replies = jobs
@@ -171,6 +197,43 @@ impl<I, O> Drop for Batcher<I, O> {
     }
 }
 
+/// An admitted request: its work counts against `--max-queue-tokens` until it is dropped.
+/// Dropping it (the request answered, failed, timed out, or its client went away) also drops
+/// its sequences that have not run yet ([`next_batch`]).
+pub struct Admitted<'a, I, O> {
+    batcher: &'a Batcher<I, O>,
+    group: Group,
+    tokens: usize,
+}
+
+impl<I, O> Admitted<'_, I, O> {
+    /// Counts `tokens` more work of this request (a later UniNLU level). Never refused: a
+    /// request is not failed half-way for a reason it could not have been told up front.
+    pub fn grow(&mut self, tokens: usize) {
+        let mut state = self.batcher.shared.state.lock().expect("queue lock");
+        state.in_flight_tokens = state.in_flight_tokens.saturating_add(tokens);
+        self.batcher
+            .shared
+            .metrics
+            .queue_tokens
+            .set(state.in_flight_tokens as i64);
+        self.tokens += tokens;
+    }
+}
+
+impl<I, O> Drop for Admitted<'_, I, O> {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.batcher.shared.state.lock() {
+            state.in_flight_tokens = state.in_flight_tokens.saturating_sub(self.tokens);
+            self.batcher
+                .shared
+                .metrics
+                .queue_tokens
+                .set(state.in_flight_tokens as i64);
+        }
+    }
+}
+
 /// Work a request is preparing and will submit shortly. While any is announced, queued
 /// sequences wait (up to `max_wait`) for it so they can share a batch; with none announced,
 /// waiting could not grow the batch, so it runs at once and a lone request pays no wait.
@@ -186,15 +249,14 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
 }
 
 impl<I: Send + 'static, O: Send + 'static> Arrival<'_, I, O> {
-    /// Submits `jobs` (see [`Batcher::submit`]), ends the announcement and waits for all the
-    /// outputs, in order.
+    /// Queues `jobs` of `request`, ends the announcement and waits for all the outputs, in
+    /// order.
     pub async fn run_all(
         self,
-        group: u64,
+        request: &Admitted<'_, I, O>,
         jobs: Vec<Job<I>>,
-        admit: bool,
     ) -> Result<Vec<O>, BatchError> {
-        let replies = self.batcher.submit(group, jobs, admit);
+        let replies = self.batcher.submit(request.group, jobs);
         drop(self);
         wait_all(replies?).await
     }
@@ -229,6 +291,7 @@ fn next_batch<I, O>(shared: &Shared<I, O>) -> Option<Vec<Entry<I, O>>> {
     let settings = &shared.settings;
     let mut state = shared.state.lock().expect("queue lock");
     loop {
+        drop_abandoned(&mut state.waiting, &shared.metrics);
         if state.waiting.is_empty() {
             if state.closed {
                 return None;
@@ -258,7 +321,8 @@ fn next_batch<I, O>(shared: &Shared<I, O>) -> Option<Vec<Entry<I, O>>> {
                 .iter()
                 .map(|e| Waiting {
                     tokens: e.tokens,
-                    group: e.group,
+                    group: e.group.request,
+                    tenant: e.group.tenant,
                 })
                 .collect();
             let chosen = select_batch(&waiting, settings.limits);
@@ -280,11 +344,23 @@ fn is_full<I, O>(waiting: &[Entry<I, O>], limits: BatchLimits) -> bool {
         || waiting.iter().map(|e| e.tokens).sum::<usize>() >= limits.max_tokens
 }
 
-fn distinct_groups(groups: impl Iterator<Item = u64>) -> usize {
-    let mut groups: Vec<u64> = groups.collect();
-    groups.sort_unstable();
-    groups.dedup();
-    groups.len()
+fn distinct_groups(groups: impl Iterator<Item = Group>) -> usize {
+    let mut requests: Vec<u64> = groups.map(|g| g.request).collect();
+    requests.sort_unstable();
+    requests.dedup();
+    requests.len()
+}
+
+/// Drops the sequences nobody waits for any more: their request ended (its client went away,
+/// it timed out, or another of its sequences failed), so running them would be wasted work.
+fn drop_abandoned<I, O>(waiting: &mut Vec<Entry<I, O>>, metrics: &Metrics) {
+    let before = waiting.len();
+    waiting.retain(|e| !e.reply.is_closed());
+    let dropped = before - waiting.len();
+    if dropped > 0 {
+        metrics.dropped_sequences.inc_by(dropped as u64);
+        metrics.queue_depth.set(waiting.len() as i64);
+    }
 }
 
 /// Removes the entries at `sorted` (ascending) indices, keeping the others in order.
@@ -372,7 +448,7 @@ mod tests {
     /// Every batch the worker ran, in order.
     type Seen = Arc<Mutex<Vec<Vec<u32>>>>;
 
-    fn batcher(max_queue: usize, max_wait_ms: u64) -> (Batcher<u32, u32>, Seen) {
+    fn batcher(max_queue_tokens: usize, max_wait_ms: u64) -> (Batcher<u32, u32>, Seen) {
         let batches = Arc::new(Mutex::new(Vec::new()));
         let settings = Settings {
             limits: BatchLimits {
@@ -380,7 +456,7 @@ mod tests {
                 max_sequences: 4,
             },
             max_wait: Duration::from_millis(max_wait_ms),
-            max_queue,
+            max_queue_tokens,
         };
         (
             Batcher::start(
@@ -394,25 +470,30 @@ mod tests {
         )
     }
 
+    const TOKENS: usize = 10;
+
     fn jobs(xs: &[u32]) -> Vec<Job<u32>> {
         xs.iter()
             .map(|&x| Job {
                 input: x,
-                tokens: 10,
+                tokens: TOKENS,
             })
             .collect()
+    }
+
+    /// One request of tenant 0 through the whole path: admitted, queued, answered.
+    async fn run(b: &Batcher<u32, u32>, xs: &[u32]) -> Result<Vec<u32>, BatchError> {
+        let request = b.admit(0, xs.len() * TOKENS)?;
+        b.announce().run_all(&request, jobs(xs)).await
     }
 
     #[tokio::test]
     async fn answers_every_caller_in_order_and_batches() {
         let (b, batches) = batcher(100, 50);
-        let g = b.new_group();
-        let out = b
-            .announce()
-            .run_all(g, jobs(&[1, 2, 3, 4, 5]), true)
-            .await
-            .unwrap();
-        assert_eq!(out, vec![2, 4, 6, 8, 10]);
+        assert_eq!(
+            run(&b, &[1, 2, 3, 4, 5]).await.unwrap(),
+            vec![2, 4, 6, 8, 10]
+        );
         let sizes: Vec<usize> = batches.lock().unwrap().iter().map(Vec::len).collect();
         assert_eq!(sizes, vec![4, 1]);
     }
@@ -420,35 +501,19 @@ mod tests {
     #[tokio::test]
     async fn panic_fails_only_its_batch() {
         let (b, _) = batcher(100, 0);
-        let err = b
-            .announce()
-            .run_all(b.new_group(), jobs(&[13]), true)
-            .await
-            .unwrap_err();
+        let err = run(&b, &[13]).await.unwrap_err();
         assert!(
             matches!(err, BatchError::Failed(ref m) if m.contains("unlucky input")),
             "{err:?}"
         );
-        assert_eq!(
-            b.announce()
-                .run_all(b.new_group(), jobs(&[7]), true)
-                .await
-                .unwrap(),
-            vec![14]
-        );
+        assert_eq!(run(&b, &[7]).await.unwrap(), vec![14]);
     }
 
     #[tokio::test]
     async fn lone_request_does_not_wait_but_announced_work_is_awaited() {
         let (b, batches) = batcher(100, 10_000);
         let started = Instant::now();
-        assert_eq!(
-            b.announce()
-                .run_all(b.new_group(), jobs(&[1]), true)
-                .await
-                .unwrap(),
-            vec![2]
-        );
+        assert_eq!(run(&b, &[1]).await.unwrap(), vec![2]);
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "no max_wait for a lone request"
@@ -459,13 +524,11 @@ mod tests {
         let second = b.announce();
         let first = {
             let b = b.clone();
-            tokio::spawn(async move { b.announce().run_all(b.new_group(), jobs(&[3]), true).await })
+            tokio::spawn(async move { run(&b, &[3]).await })
         };
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let out = second
-            .run_all(b.new_group(), jobs(&[4]), true)
-            .await
-            .unwrap();
+        let request = b.admit(0, TOKENS).unwrap();
+        let out = second.run_all(&request, jobs(&[4])).await.unwrap();
         assert_eq!((first.await.unwrap().unwrap(), out), (vec![6], vec![8]));
         assert_eq!(batches.lock().unwrap().last().unwrap(), &vec![3, 4]);
     }
@@ -475,8 +538,9 @@ mod tests {
         let (b, batches) = batcher(100, 300);
         // Two requests in one batch: the announcement holds the first until the second is in.
         let holder = b.announce();
-        let first = b.submit(b.new_group(), jobs(&[1]), true).unwrap();
-        let second = b.submit(b.new_group(), jobs(&[2]), true).unwrap();
+        let (r1, r2) = (b.admit(0, TOKENS).unwrap(), b.admit(0, TOKENS).unwrap());
+        let first = b.submit(r1.group, jobs(&[1])).unwrap();
+        let second = b.submit(r2.group, jobs(&[2])).unwrap();
         drop(holder);
         assert_eq!(wait_all(first).await.unwrap(), vec![2]);
         assert_eq!(wait_all(second).await.unwrap(), vec![4]);
@@ -486,8 +550,7 @@ mod tests {
             let b = &b;
             async move {
                 let started = Instant::now();
-                let out = b.announce().run_all(b.new_group(), jobs(&[x]), true).await;
-                assert_eq!(out.unwrap(), vec![x * 2]);
+                assert_eq!(run(b, &[x]).await.unwrap(), vec![x * 2]);
                 started.elapsed()
             }
         };
@@ -498,27 +561,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn full_queue_refuses_admission_but_not_follow_ups() {
-        let (b, _) = batcher(2, 10_000);
-        let _pending = b.submit(b.new_group(), jobs(&[1, 2]), true).unwrap();
-        assert_eq!(
-            b.submit(b.new_group(), jobs(&[3]), true).unwrap_err(),
-            BatchError::QueueFull
-        );
-        assert!(b.submit(b.new_group(), jobs(&[3]), false).is_ok());
+    async fn admission_is_bounded_by_the_tokens_in_flight_not_by_later_levels() {
+        let (b, _) = batcher(25, 10_000);
+        let mut first = b.admit(0, 20).unwrap();
+        assert_eq!(b.admit(1, 10).err(), Some(BatchError::QueueFull));
+        // A later level of an admitted request is never refused, and counts.
+        first.grow(30);
+        assert_eq!(b.admit(1, 1).err(), Some(BatchError::QueueFull));
+        drop(first);
+        // Nothing in flight: even a request over the whole bound runs (alone).
+        let big = b.admit(1, 100).unwrap();
+        assert_eq!(b.admit(2, 1).err(), Some(BatchError::QueueFull));
+        drop(big);
+        assert!(b.admit(2, 25).is_ok());
+    }
+
+    #[tokio::test]
+    async fn sequences_of_an_abandoned_request_never_run() {
+        let (b, batches) = batcher(1000, 10_000);
+        let metrics = b.shared.metrics.clone();
+        // Holds the queue (an announced arrival) while one request gives up.
+        let holder = b.announce();
+        let gone = b.admit(0, 3 * TOKENS).unwrap();
+        let replies = b.submit(gone.group, jobs(&[1, 2, 3])).unwrap();
+        drop((replies, gone));
+        let stays = b.admit(1, TOKENS).unwrap();
+        let answer = holder.run_all(&stays, jobs(&[4]));
+        assert_eq!(answer.await.unwrap(), vec![8]);
+        assert_eq!(*batches.lock().unwrap(), vec![vec![4]]);
+        assert_eq!(metrics.dropped_sequences.get(), 3);
     }
 
     #[tokio::test]
     async fn shutdown_drains_queued_work() {
         let (b, _) = batcher(100, 10_000);
-        let replies = b.submit(b.new_group(), jobs(&[1, 2]), true).unwrap();
+        let request = b.admit(0, 2 * TOKENS).unwrap();
+        let replies = b.submit(request.group, jobs(&[1, 2])).unwrap();
         b.shutdown();
         for (reply, want) in replies.into_iter().zip([2, 4]) {
             assert_eq!(reply.await.unwrap().unwrap(), want);
         }
-        assert_eq!(
-            b.submit(b.new_group(), jobs(&[1]), true).unwrap_err(),
-            BatchError::ShuttingDown
-        );
+        assert_eq!(b.admit(0, TOKENS).err(), Some(BatchError::ShuttingDown));
     }
 }

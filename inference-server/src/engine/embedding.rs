@@ -108,6 +108,7 @@ impl EmbeddingEngine {
         check_lengths(&encoded, max_len)?;
 
         let tokens = encoded.iter().map(Vec::len).sum();
+        let request = self.batcher.admit(bill.tenant_key(), tokens)?;
         bill.charge(tokens).await?;
         let jobs = encoded
             .into_iter()
@@ -116,9 +117,7 @@ impl EmbeddingEngine {
                 input: ids,
             })
             .collect();
-        let mut vectors = arrival
-            .run_all(self.batcher.new_group(), jobs, true)
-            .await?;
+        let mut vectors = arrival.run_all(&request, jobs).await?;
         if req.normalize {
             vectors.iter_mut().for_each(|v| l2_normalize(v));
         }

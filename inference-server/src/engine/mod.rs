@@ -235,7 +235,7 @@ fn batch_settings(args: &BatchingArgs) -> Settings {
             max_sequences: args.max_batch_requests,
         },
         max_wait: Duration::from_millis(args.max_wait_millis),
-        max_queue: args.max_queue,
+        max_queue_tokens: args.max_queue_tokens,
     }
 }
 

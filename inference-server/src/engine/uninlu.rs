@@ -144,7 +144,6 @@ impl UniNluEngine {
         schema: Value,
         bill: &mut Bill,
     ) -> Result<Prediction, ApiError> {
-        let group = self.batcher.new_group();
         let arrival = self.batcher.announce();
         let started = Instant::now();
         let (model, limits) = (self.model.clone(), self.limits.clone());
@@ -160,15 +159,16 @@ impl UniNluEngine {
 
         let windows = step.traversal.text_windows().to_vec();
         let tokens = windows.len() * windows.first().map_or(0, |w| w.ids.len());
-        bill.charge(tokens + step.cost()).await?;
+        let first = tokens + step.cost();
+        let mut request = self.batcher.admit(bill.tenant_key(), first)?;
+        bill.charge(first).await?;
         let encoded = arrival
             .run_all(
-                group,
+                &request,
                 vec![Job {
                     input: UniJob::Encode(windows),
                     tokens,
                 }],
-                true,
             )
             .await?;
         let Some(UniOut::States(states)) = encoded.into_iter().next() else {
@@ -191,7 +191,7 @@ impl UniNluEngine {
                 })
                 .collect();
             let logits = arrival
-                .run_all(group, jobs, false)
+                .run_all(&request, jobs)
                 .await?
                 .into_iter()
                 .map(|out| match out {
@@ -205,6 +205,7 @@ impl UniNluEngine {
             step = self.step(step.traversal, Some(logits)).await?;
             if !step.jobs.is_empty() {
                 bill.charge(step.cost()).await?;
+                request.grow(step.cost());
             }
         }
         drop(arrival);

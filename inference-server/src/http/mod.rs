@@ -1,6 +1,7 @@
 //! HTTP: routes, request and response shapes, errors, access logs.
 
 pub mod access_log;
+pub mod deadline;
 pub mod embeddings;
 pub mod errors;
 pub mod health;

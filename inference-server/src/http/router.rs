@@ -1,6 +1,7 @@
 //! The routes and the state they share.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -8,7 +9,7 @@ use axum::routing::{get, post};
 use axum::{middleware, Router};
 
 use super::errors::ApiError;
-use super::{access_log, embeddings, health, openapi, playground, predict};
+use super::{access_log, deadline, embeddings, health, openapi, playground, predict};
 use crate::config::Task;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
@@ -26,6 +27,8 @@ pub struct AppState {
     pub metrics_on_api: bool,
     /// Most token positions one request's model work may run (`--max-request-cost`).
     pub max_request_cost: u64,
+    /// Longest a model request may take (`--request-timeout`).
+    pub request_timeout: Duration,
 }
 
 impl AppState {
@@ -38,12 +41,20 @@ impl AppState {
             playground: false,
             metrics_on_api: true,
             max_request_cost: u64::MAX,
+            request_timeout: Duration::MAX,
         }
     }
 
     pub fn with_max_request_cost(self, max_request_cost: u64) -> Self {
         AppState {
             max_request_cost,
+            ..self
+        }
+    }
+
+    pub fn with_request_timeout(self, request_timeout: Duration) -> Self {
+        AppState {
+            request_timeout,
             ..self
         }
     }
@@ -123,7 +134,12 @@ pub fn router(
     } else {
         open
     };
+    // The deadline covers everything a model request waits for, auth and quota included.
     protect(api)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            deadline::deadline,
+        ))
         .merge(open)
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {

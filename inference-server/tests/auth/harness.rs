@@ -182,7 +182,7 @@ pub fn auth_args(redis_url: &str, jwks: &Path, prefix: &str, extra: &[&str]) -> 
 
 pub fn app(args: &AuthArgs) -> Router {
     let mut registry = Registry::with_prefix("nlu");
-    let auth = Auth::from_args(args, &mut registry)
+    let auth = Auth::from_args(args, Duration::from_secs(60), &mut registry)
         .unwrap()
         .expect("--auth jwt");
     let state = AppState {

@@ -7,6 +7,7 @@ use nlu_server::auth::Auth;
 use nlu_testkit::RedisServer;
 use prometheus_client::registry::Registry;
 use reqwest::StatusCode;
+use std::time::Duration;
 
 use crate::harness::*;
 
@@ -86,7 +87,7 @@ async fn a_ca_file_without_a_tls_url_is_a_start_error() {
         "p:",
         &["--redis-ca-file", ca.path().to_str().unwrap()],
     );
-    let error = Auth::from_args(&args, &mut Registry::default())
+    let error = Auth::from_args(&args, Duration::from_secs(60), &mut Registry::default())
         .err()
         .expect("refused");
     assert!(error.to_string().contains("rediss://"), "{error}");
@@ -101,7 +102,7 @@ async fn an_unreadable_ca_file_is_a_start_error() {
         "p:",
         &["--redis-ca-file", "/nonexistent/ca.pem"],
     );
-    let error = Auth::from_args(&args, &mut Registry::default())
+    let error = Auth::from_args(&args, Duration::from_secs(60), &mut Registry::default())
         .err()
         .expect("refused");
     assert!(

@@ -84,33 +84,24 @@ fn long_inputs(n: usize) -> Value {
     json!({ "inputs": vec!["word ".repeat(300); n], "truncate": true })
 }
 
-/// Slow work in the queue (MiniLM, one 256-token sequence per batch): a request that does not
-/// fit is refused at once with Retry-After, the admitted one is served.
+/// Slow work in the queue (MiniLM, one 256-token sequence per batch): a request whose tokens
+/// do not fit beside the work in flight is refused at once with Retry-After, the admitted one
+/// is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_answers_503_at_once() {
     let model = minilm();
+    // 64 inputs of 256 tokens are in flight; 32 more would pass the bound.
     let args = [
         "--model",
         &model,
         "--task",
         "embedding",
-        "--max-queue",
-        "64",
+        "--max-queue-tokens",
+        "20000",
         "--max-batch-requests",
         "1",
     ];
     let server = std::sync::Arc::new(TestServer::start(&args).await);
-    // More inputs than the whole queue holds.
-    let r = server
-        .client
-        .post(server.url("/embed"))
-        .json(&json!({ "inputs": vec!["a"; 65] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    assert_eq!(r.headers()["retry-after"], "1");
-
     let first = {
         let server = server.clone();
         tokio::spawn(async move { server.post("/embed", &long_inputs(64)).await })
@@ -138,9 +129,9 @@ async fn full_queue_answers_503_at_once() {
 
     let (_, metrics) = server.get("/metrics").await;
     for name in [
-        "nlu_requests_total{route=\"/embed\",status=\"503\",tenant=\"\"} 2",
+        "nlu_requests_total{route=\"/embed\",status=\"503\",tenant=\"\"} 1",
         "nlu_requests_total{route=\"/embed\",status=\"200\",tenant=\"\"} 1",
-        "nlu_queue_rejections_total 2",
+        "nlu_queue_rejections_total 1",
         "nlu_request_seconds_count{route=\"/embed\"}",
         "nlu_queue_seconds_bucket",
         "nlu_tokenize_seconds_bucket",
@@ -148,6 +139,8 @@ async fn full_queue_answers_503_at_once() {
         "nlu_batch_size_bucket",
         "nlu_batch_tokens_bucket",
         "nlu_queue_depth 0",
+        "nlu_queue_tokens 0",
+        "nlu_dropped_sequences_total 0",
         // The scrape reading it is not load: an idle server reads 0.
         "nlu_in_flight_requests 0",
         "nlu_model_load_seconds ",
@@ -156,21 +149,66 @@ async fn full_queue_answers_503_at_once() {
     }
 }
 
+/// A client that hangs up while its 64 sequences wait: what has not run yet is dropped, never
+/// run (every sequence either ran, one per batch, or was dropped), and the server goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_of_a_disconnected_client_is_dropped() {
+    use tokio::io::AsyncWriteExt;
+    let model = minilm();
+    let args = [
+        "--model",
+        &model,
+        "--task",
+        "embedding",
+        "--max-batch-requests",
+        "1",
+    ];
+    let server = TestServer::start(&args).await;
+    let batches_before = metric(&server, "nlu_batch_size_count").await;
+    let body = long_inputs(64).to_string();
+    let mut socket = tokio::net::TcpStream::connect(server.url("").trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let request = format!(
+        "POST /embed HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    wait_for_queue(&server).await;
+    drop(socket);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&server, "nlu_queue_depth").await > 0.0 {
+        assert!(Instant::now() < deadline, "the queue never emptied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ran = metric(&server, "nlu_batch_size_count").await - batches_before;
+    let dropped = metric(&server, "nlu_dropped_sequences_total").await;
+    assert!(dropped > 0.0, "nothing was dropped; {ran} sequences ran");
+    assert_eq!(ran + dropped, 64.0, "each sequence ran or was dropped");
+    assert_eq!(metric(&server, "nlu_queue_tokens").await, 0.0);
+    let (status, _) = server
+        .post("/embed", &json!({"inputs": "still here"}))
+        .await;
+    assert_eq!(status, 200);
+}
+
+/// The value of an unlabelled metric (a histogram's `_count` included).
+async fn metric(server: &TestServer, name: &str) -> f64 {
+    let (_, metrics) = server.get("/metrics").await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 /// Waits until sequences are queued (per the queue-depth gauge).
 async fn wait_for_queue(server: &TestServer) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, metrics) = server.get("/metrics").await;
-        let depth = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("nlu_queue_depth "))
-            .unwrap()
-            .trim()
-            .parse::<i64>()
-            .unwrap();
-        if depth > 8 {
-            return;
-        }
+    while metric(server, "nlu_queue_depth").await <= 8.0 {
         assert!(Instant::now() < deadline, "nothing was queued");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -44,6 +44,7 @@ pub fn record(spec: &TenantSpec, gen: u64) -> TenantRecord {
         requests_per_minute: limit(quota.requests_per_minute),
         tokens_per_day: limit(quota.tokens_per_day),
         tokens_per_minute: limit(quota.tokens_per_minute),
+        max_concurrent_requests: limit(quota.max_concurrent_requests),
         scopes,
         services,
         gen,
@@ -106,7 +107,7 @@ mod tests {
     fn record_follows_the_spec() {
         let spec: TenantSpec = serde_json::from_value(serde_json::json!({
             "services": ["uninlu", "gte"], "scopes": ["predict"], "suspended": true,
-            "quota": {"requestsPerDay": 100, "tokensPerMinute": 5000}
+            "quota": {"requestsPerDay": 100, "tokensPerMinute": 5000, "maxConcurrentRequests": 3}
         }))
         .unwrap();
         let r = record(&spec, 4);
@@ -118,6 +119,7 @@ mod tests {
                 requests_per_minute: 0,
                 tokens_per_day: 0,
                 tokens_per_minute: 5000,
+                max_concurrent_requests: 3,
                 scopes: vec![Scope::Predict],
                 services: vec!["gte".into(), "uninlu".into()],
                 gen: 4,

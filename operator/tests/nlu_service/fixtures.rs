@@ -44,7 +44,7 @@ autoscaling: {minReplicas: 2, maxReplicas: 8, targetCPUUtilizationPercentage: 60
 resources:
   requests: {cpu: "2", memory: 2Gi}
   limits: {memory: 3Gi}
-batching: {maxBatchTokens: 8192, maxBatchRequests: 16, maxWaitMillis: 5, maxQueue: 256}
+batching: {maxBatchTokens: 8192, maxBatchRequests: 16, maxWaitMillis: 5, maxQueueTokens: 65536}
 ingress:
   host: nlu.example.com
   className: nginx

@@ -200,7 +200,14 @@ impl Env {
         let script = redis::Script::new(QUOTA_SCRIPT);
         let mut call = script.prepare_invoke();
         call.key(&keys.script_keys(tenant, today)[..]).arg(
-            &script_args(claims.gen, scope, service, rand_nonce(), Charge::Request)[..],
+            &script_args(
+                claims.gen,
+                scope,
+                service,
+                rand_nonce(),
+                Charge::Request,
+                60_000,
+            )[..],
         );
         let reply: Vec<i64> = call.invoke(&mut redis_conn(&self.redis)).unwrap();
         QuotaOutcome::from_reply(&reply).unwrap()

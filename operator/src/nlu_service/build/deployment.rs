@@ -238,7 +238,7 @@ pub fn serve_args(svc: &NluService, cfg: &OperatorConfig) -> Vec<String> {
         max_batch_tokens: batching.max_batch_tokens,
         max_batch_requests: batching.max_batch_requests,
         max_wait_millis: batching.max_wait_millis,
-        max_queue: batching.max_queue,
+        max_queue_tokens: batching.max_queue_tokens,
         jwt,
         // The Ingress passes its path on: the server strips it (a bare `/` needs nothing).
         path_prefix: spec
