@@ -46,16 +46,7 @@ impl RedisServer {
             child: None,
             tls,
         };
-        if Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            skip::missing(
-                "redis-server",
-                "NLU_REQUIRE_REDIS",
-                "apt-get install -y redis-server",
-            );
+        if !redis_installed() {
             return None;
         }
         redis.restart();
@@ -119,15 +110,7 @@ impl RedisServer {
             .expect("redis-server could not be started");
         crate::watchdog::kill_when_this_process_ends(child.id());
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on port {} within 10 s",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until_listening(self.port);
     }
 }
 
@@ -173,7 +156,35 @@ impl Drop for Tls {
     }
 }
 
-fn free_port() -> u16 {
+/// Whether `redis-server` and `redis-cli` can be run; reports them missing (a `SKIP` line, or a
+/// panic under `NLU_REQUIRE_REDIS=1`) when not.
+#[track_caller]
+pub(crate) fn redis_installed() -> bool {
+    let runs = |program: &str| Command::new(program).arg("--version").output().is_ok();
+    let installed = runs("redis-server") && runs("redis-cli");
+    if !installed {
+        skip::missing(
+            "redis-server",
+            "NLU_REQUIRE_REDIS",
+            "apt-get install -y redis-server",
+        );
+    }
+    installed
+}
+
+/// Waits (10 s at most) until a server accepts connections on the loopback `port`.
+pub(crate) fn wait_until_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not listen on port {port} within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
     listener.local_addr().expect("bound address").port()
 }
