@@ -70,10 +70,7 @@ impl RedisServer {
 
     /// Stops the server: a Redis outage, until [`RedisServer::restart`].
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(&mut self.child);
     }
 
     /// Starts the server (again) on the same port, empty, and waits until it accepts connections.
@@ -100,17 +97,7 @@ impl RedisServer {
                 ]
             }
         };
-        let child = Command::new("redis-server")
-            .args(&listen)
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server could not be started");
-        crate::watchdog::kill_when_this_process_ends(child.id());
-        self.child = Some(child);
-        wait_until_listening(self.port);
+        self.child = Some(spawn_server(self.port, &listen));
     }
 }
 
@@ -172,8 +159,32 @@ pub(crate) fn redis_installed() -> bool {
     installed
 }
 
+/// Starts `redis-server <args>` on loopback without persistence (killed by a watchdog when the
+/// test process ends) and waits until it accepts connections on `port`, which `args` name.
+pub(crate) fn spawn_server(port: u16, args: &[String]) -> Child {
+    let child = Command::new("redis-server")
+        .args(args)
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server could not be started");
+    crate::watchdog::kill_when_this_process_ends(child.id());
+    wait_until_listening(port);
+    child
+}
+
+/// Kills a server started by [`spawn_server`], if it runs, and reaps it.
+pub(crate) fn kill(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// Waits (10 s at most) until a server accepts connections on the loopback `port`.
-pub(crate) fn wait_until_listening(port: u16) {
+fn wait_until_listening(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(

@@ -3,11 +3,11 @@
 //! killed to watch a replica take over. Talks to the nodes through `redis-cli` so the testkit
 //! needs no Redis client of its own.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::redis::{free_port, redis_installed, wait_until_listening};
+use crate::redis::{free_port, kill, redis_installed, spawn_server};
 
 /// How long a node may be unreachable before the others call it failed; short, so a failover
 /// takes a few seconds.
@@ -208,35 +208,30 @@ impl Drop for RedisCluster {
 
 impl Node {
     /// A cluster-mode server on a free port, its cluster bus on another, its node table in `dir`.
-    fn start(dir: &std::path::Path) -> Node {
+    fn start(dir: &Path) -> Node {
         let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string()])
-            .args(["--cluster-port", &free_port().to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--cluster-enabled", "yes"])
-            .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-            .args(["--cluster-node-timeout", NODE_TIMEOUT_MS])
-            .arg("--dir")
-            .arg(dir)
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server could not be started");
-        crate::watchdog::kill_when_this_process_ends(child.id());
-        wait_until_listening(port);
+        let args = [
+            "--port".into(),
+            port.to_string(),
+            "--cluster-port".into(),
+            free_port().to_string(),
+            "--cluster-enabled".into(),
+            "yes".into(),
+            "--cluster-config-file".into(),
+            format!("nodes-{port}.conf"),
+            "--cluster-node-timeout".into(),
+            NODE_TIMEOUT_MS.into(),
+            "--dir".into(),
+            dir.to_str().expect("a UTF-8 temp folder").into(),
+        ];
         Node {
             port,
-            child: Some(child),
+            child: Some(spawn_server(port, &args)),
         }
     }
 
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(&mut self.child);
     }
 }
 
