@@ -94,8 +94,9 @@ pub fn connect(
                     .unwrap_or(u64::MAX),
             )
             // A node that stays unreachable leaves the connection table after three attempts
-            // (about 0.4 s) instead of being retried for ever: commands for all masters (the
-            // readiness PING) then skip a master that died and was replaced, and the next slot
+            // (about 0.4 s). Otherwise redis-rs retries it for ever, and only a slot map reload
+            // (which needs a MOVED reply) drops it; until then every command for all masters
+            // (the readiness PING) fails on a master that died and was replaced. The next slot
             // map brings a node back when it returns.
             .max_connection_attempts(NonZeroUsize::new(3).expect("3 is not zero"));
         if let Some(certificates) = certificates {
