@@ -28,7 +28,8 @@ KUBE_VERSIONS = ["1.33.0", kubernetes_validate.latest_version()]
 # Custom resources: no offline schema. Ours are checked against the CRD schema by the crds tests.
 CUSTOM_GROUPS = ("nlu.dev/", "monitoring.coreos.com/")
 
-# Value sets every check runs on: the defaults, everything optional switched on, external Redis.
+# Value sets every check runs on: the defaults, everything optional switched on, external Redis
+# (one server, or a cluster).
 VALUE_SETS: dict[str, dict] = {
     "default": {},
     "in-cluster-redis+servicemonitor": {
@@ -49,6 +50,9 @@ VALUE_SETS: dict[str, dict] = {
         "operator": {"leaderElection": False},
         "serviceAccount": {"create": False, "name": "existing-sa"},
     },
+    "external-redis-cluster": {
+        "redis": {"url": "rediss+cluster://:secret@redis-0.example.com:6379,redis-1.example.com:6379"},
+    },
 }
 # Values the schema must refuse (proves it is strict).
 BAD_VALUES: dict[str, dict] = {
@@ -56,6 +60,7 @@ BAD_VALUES: dict[str, dict] = {
     "unknown nested key": {"operator": {"logFormatt": "json"}},
     "bad enum": {"operator": {"logFormat": "xml"}},
     "url and existingSecret": {"redis": {"url": "redis://r:6379", "existingSecret": "s"}},
+    "url of another scheme": {"redis": {"url": "http://r:6379"}},
 }
 # Kubernetes' usual apply order, so `kubectl apply -f install.yaml` never refers forward.
 KIND_ORDER = ["Namespace", "ServiceAccount", "Secret", "ConfigMap", "ClusterRole", "ClusterRoleBinding",

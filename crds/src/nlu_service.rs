@@ -276,9 +276,10 @@ pub struct AuthSpec {
     validation = Rule::new("[has(self.url), has(self.secretRef)].filter(x, x).size() == 1").message("exactly one of url or secretRef must be set")
 )]
 pub struct RedisRef {
-    /// `redis://` or `rediss://` URL without a password.
+    /// `redis://` or `rediss://` URL without a password, or a Redis Cluster's nodes as
+    /// `redis+cluster://host:port,host:port` (`rediss+cluster://` for TLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.startsWith('redis://') || self.startsWith('rediss://')").message("url must start with redis:// or rediss://"))]
+    #[x_kube(validation = Rule::new("self.startsWith('redis://') || self.startsWith('rediss://') || self.startsWith('redis+cluster://') || self.startsWith('rediss+cluster://')").message("url must start with redis://, rediss://, redis+cluster:// or rediss+cluster://"))]
     pub url: Option<String>,
     /// A key of a Secret in the service's namespace holding the full Redis URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]

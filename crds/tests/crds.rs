@@ -240,8 +240,14 @@ fn redis_reference_rules() {
     assert_rejected(nlus_cel(&both, None), "exactly one of url or secretRef must be set");
     let url_only = with(both, "/spec/auth/redis/secretRef", Value::Null);
     assert!(nlus_cel(&url_only, None).is_ok());
+    let cluster_url = json!("rediss+cluster://r-0:6379,r-1:6379");
+    let cluster = with(url_only.clone(), "/spec/auth/redis/url", cluster_url);
+    assert!(nlus_cel(&cluster, None).is_ok());
     let bad_scheme = with(url_only, "/spec/auth/redis/url", json!("http://redis:6379"));
-    assert_rejected(nlus_cel(&bad_scheme, None), "url must start with redis:// or rediss://");
+    assert_rejected(
+        nlus_cel(&bad_scheme, None),
+        "url must start with redis://, rediss://, redis+cluster:// or rediss+cluster://",
+    );
 }
 
 #[test]

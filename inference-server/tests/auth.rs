@@ -1,5 +1,6 @@
-//! Multi-tenant security over real HTTP(S): a real `redis-server` started here, real TLS with
-//! certificates made at test time, tokens minted with the contract crate.
+//! Multi-tenant security over real HTTP(S): real `redis-server`s (one, TLS-only, or a cluster)
+//! started here, real TLS with certificates made at test time, tokens minted with the contract
+//! crate.
 
 #[path = "server/connections.rs"]
 mod connections;
@@ -11,6 +12,8 @@ mod harness;
 mod overhead;
 #[path = "auth/quota.rs"]
 mod quota;
+#[path = "auth/redis_cluster.rs"]
+mod redis_cluster;
 #[path = "auth/redis_failure.rs"]
 mod redis_failure;
 #[path = "auth/redis_tls.rs"]

@@ -49,11 +49,13 @@ pub struct OperatorConfig {
     #[arg(long, env = "NLU_OPERATOR_REDIS_PORT", default_value_t = 6379)]
     pub redis_port: u16,
 
-    /// Redis URL the operator itself uses to write tenant records (Tenant controller).
+    /// Redis URL the operator itself uses to write tenant records (Tenant controller):
+    /// `redis://`, `rediss://`, or a Redis Cluster as `redis+cluster://host:port,host:port`
+    /// (`rediss+cluster://` for TLS).
     #[arg(long, env = "NLU_OPERATOR_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
-    /// PEM file of the CA certificates to trust for a `rediss://` --redis-url (default: the
+    /// PEM file of the CA certificates to trust for a TLS --redis-url (default: the
     /// system's roots); the servers' counterpart is `--redis-ca-file` too.
     #[arg(long, env = "NLU_OPERATOR_REDIS_CA_FILE")]
     pub redis_ca_file: Option<std::path::PathBuf>,

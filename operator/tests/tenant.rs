@@ -10,5 +10,8 @@ mod env;
 #[path = "tenant/flows.rs"]
 mod flows;
 
+#[path = "tenant/redis_cluster.rs"]
+mod redis_cluster;
+
 #[path = "tenant/redis_tls.rs"]
 mod redis_tls;

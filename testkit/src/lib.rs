@@ -7,6 +7,8 @@
 //!   discovery to that real server and serves the core kinds (which the real server cannot) from a
 //!   small in-memory stand-in; it records every request so tests can count writes.
 //! - [`RedisServer`]: a real `redis-server` on a free loopback port, killed on drop.
+//! - [`RedisCluster`]: a real Redis Cluster of three masters and three replicas, whose masters
+//!   tests kill to see a replica take over.
 //! - [`ProcessCluster`]: the whole product as processes: the API server and proxy above, a
 //!   kubelet running every Deployment's pods as real processes, and a loopback model hub.
 //!
@@ -20,6 +22,7 @@ mod cluster;
 #[cfg(feature = "apiserver")]
 mod proxy;
 mod redis;
+mod redis_cluster;
 mod skip;
 #[cfg(feature = "apiserver")]
 mod stand_in;
@@ -32,4 +35,5 @@ pub use cluster::{workspace_binary, ClusterOptions, PodInfo, ProcessCluster};
 #[cfg(feature = "apiserver")]
 pub use proxy::{Call, ClusterProxy, RecordedRequest};
 pub use redis::RedisServer;
+pub use redis_cluster::RedisCluster;
 pub use watchdog::kill_when_this_process_ends;

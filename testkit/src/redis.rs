@@ -46,16 +46,7 @@ impl RedisServer {
             child: None,
             tls,
         };
-        if Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            skip::missing(
-                "redis-server",
-                "NLU_REQUIRE_REDIS",
-                "apt-get install -y redis-server",
-            );
+        if !redis_installed() {
             return None;
         }
         redis.restart();
@@ -79,10 +70,7 @@ impl RedisServer {
 
     /// Stops the server: a Redis outage, until [`RedisServer::restart`].
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        kill(&mut self.child);
     }
 
     /// Starts the server (again) on the same port, empty, and waits until it accepts connections.
@@ -109,25 +97,7 @@ impl RedisServer {
                 ]
             }
         };
-        let child = Command::new("redis-server")
-            .args(&listen)
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server could not be started");
-        crate::watchdog::kill_when_this_process_ends(child.id());
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not listen on port {} within 10 s",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.child = Some(spawn_server(self.port, &listen));
     }
 }
 
@@ -173,7 +143,59 @@ impl Drop for Tls {
     }
 }
 
-fn free_port() -> u16 {
+/// Whether `redis-server` and `redis-cli` can be run; reports them missing (a `SKIP` line, or a
+/// panic under `NLU_REQUIRE_REDIS=1`) when not.
+#[track_caller]
+pub(crate) fn redis_installed() -> bool {
+    let runs = |program: &str| Command::new(program).arg("--version").output().is_ok();
+    let installed = runs("redis-server") && runs("redis-cli");
+    if !installed {
+        skip::missing(
+            "redis-server",
+            "NLU_REQUIRE_REDIS",
+            "apt-get install -y redis-server",
+        );
+    }
+    installed
+}
+
+/// Starts `redis-server <args>` on loopback without persistence (killed by a watchdog when the
+/// test process ends) and waits until it accepts connections on `port`, which `args` name.
+pub(crate) fn spawn_server(port: u16, args: &[String]) -> Child {
+    let child = Command::new("redis-server")
+        .args(args)
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server could not be started");
+    crate::watchdog::kill_when_this_process_ends(child.id());
+    wait_until_listening(port);
+    child
+}
+
+/// Kills a server started by [`spawn_server`], if it runs, and reaps it.
+pub(crate) fn kill(child: &mut Option<Child>) {
+    if let Some(mut child) = child.take() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Waits (10 s at most) until a server accepts connections on the loopback `port`.
+fn wait_until_listening(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not listen on port {port} within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub(crate) fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
     listener.local_addr().expect("bound address").port()
 }

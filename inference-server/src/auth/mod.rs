@@ -59,7 +59,8 @@ pub struct AuthArgs {
 
     /// Redis holding tenant records and counters, e.g. redis://:password@redis:6379/0, or
     /// rediss://... for TLS (server certificate checked against the system's roots or
-    /// --redis-ca-file).
+    /// --redis-ca-file); a Redis Cluster as redis+cluster://:password@host:port,host:port (or
+    /// rediss+cluster://...), naming some of its nodes.
     #[arg(
         long,
         env = "NLU_REDIS_URL",
@@ -68,8 +69,8 @@ pub struct AuthArgs {
     )]
     pub redis_url: Option<String>,
 
-    /// PEM file of the CA certificates to trust for a rediss:// --redis-url, instead of the
-    /// system's roots (a private CA).
+    /// PEM file of the CA certificates to trust for a rediss:// or rediss+cluster://
+    /// --redis-url, instead of the system's roots (a private CA).
     #[arg(long, env = "NLU_REDIS_CA_FILE")]
     pub redis_ca_file: Option<PathBuf>,
 

@@ -5,18 +5,18 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use nlu_crds::access::redis_client::{self, RedisConnection, Timeouts};
 use nlu_crds::access::redis_keys::{script_args, Charge, Counts, QUOTA_SCRIPT};
 use nlu_crds::access::{QualifiedName, QuotaOutcome, RedisKeys, Scope};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 /// Redis could not answer (down, timed out, or answered nonsense).
 #[derive(Debug, thiserror::Error)]
 #[error("quota backend: {0}")]
 pub struct BackendError(String);
 
-/// The Redis side: a reconnecting connection and the loaded script.
+/// The Redis side: a reconnecting connection (one server or a cluster) and the loaded script.
 pub struct QuotaStore {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     script: redis::Script,
     keys: RedisKeys,
     timeout: Duration,
@@ -27,8 +27,8 @@ pub struct QuotaStore {
 
 impl QuotaStore {
     /// Does not connect yet: the server starts (unready under fail-closed) while Redis is down,
-    /// and the connection manager reconnects whenever it returns. `ca_pem`: the only roots to
-    /// trust for a `rediss://` URL (else the system's).
+    /// and the connection reconnects whenever it returns. `ca_pem`: the only roots to trust for
+    /// a TLS URL (else the system's).
     pub fn new(
         url: &str,
         ca_pem: Option<Vec<u8>>,
@@ -36,15 +36,13 @@ impl QuotaStore {
         timeout: Duration,
         lease: Duration,
     ) -> anyhow::Result<Self> {
-        let client = nlu_crds::access::redis_client::redis_client(url, ca_pem)
+        // Fail fast while Redis is away; the next request tries again.
+        let timeouts = Timeouts {
+            timeout,
+            max_delay: Duration::from_millis(200),
+        };
+        let conn = redis_client::connect(url, ca_pem, timeouts)
             .map_err(|e| anyhow::anyhow!("--redis-url / --redis-ca-file: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            // Fail fast while Redis is away; the next request tries again.
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Self {
             conn,
             script: redis::Script::new(QUOTA_SCRIPT),

@@ -1,9 +1,11 @@
-//! Token quotas charge what the model runs, before it runs: exact under 64 concurrent requests
-//! (per minute and per day), one tenant's exhaustion leaves another served, work that could
-//! never fit is refused with 413, and UniNLU is charged exactly the token positions its batches
+//! Token quotas charge what the model runs, before it runs: request and token quotas are exact
+//! under 64 concurrent requests (per day and per minute; the same check runs on TLS Redis and on
+//! a Redis Cluster in their own files), one tenant's exhaustion leaves another served, work that
+//! could never fit is refused with 413, and UniNLU is charged exactly the token positions its batches
 //! ran, while a maximal UniNLU request is refused before any model work.
 
 use futures::future::join_all;
+use nlu_crds::access::redis_client::RedisConnection;
 use nlu_crds::access::{RedisKeys, TenantRecord};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -11,7 +13,7 @@ use serde_json::{json, Value};
 use crate::harness::*;
 
 /// A real server on a tiny fixture model with `--auth jwt`; returns its base URL once ready.
-async fn serve(
+pub async fn serve(
     model: &str,
     task: &str,
     redis: &str,
@@ -38,7 +40,7 @@ async fn serve(
     base
 }
 
-async fn post(base: &str, path: &str, token: &str, body: &Value) -> reqwest::Response {
+pub async fn post(base: &str, path: &str, token: &str, body: &Value) -> reqwest::Response {
     reqwest::Client::new()
         .post(format!("{base}{path}"))
         .bearer_auth(token)
@@ -48,18 +50,18 @@ async fn post(base: &str, path: &str, token: &str, body: &Value) -> reqwest::Res
         .unwrap()
 }
 
-fn header(r: &reqwest::Response, name: &str) -> u64 {
+pub fn header(r: &reqwest::Response, name: &str) -> u64 {
     r.headers()[name].to_str().unwrap().parse().unwrap()
 }
 
 /// `field` of the tenant's usage hash for today.
-async fn used(redis: &str, prefix: &str, tenant: &str, field: &str) -> u64 {
+pub async fn used(conn: &mut RedisConnection, prefix: &str, tenant: &str, field: &str) -> u64 {
     let key =
         RedisKeys::new(prefix).usage(&tenant.parse().unwrap(), chrono::Utc::now().date_naive());
     let value: Option<u64> = redis::cmd("HGET")
         .arg(key)
         .arg(field)
-        .query_async(&mut redis_conn(redis).await)
+        .query_async(conn)
         .await
         .unwrap();
     value.unwrap_or(0)
@@ -104,42 +106,78 @@ async fn cost_of_text(base: &str, keys: &Keys, tenant: &str) -> u64 {
     cost
 }
 
-#[tokio::test]
-async fn token_quotas_are_exact_under_64_concurrent_requests_and_other_tenants_are_served() {
-    let redis = shared_redis();
+/// 64 concurrent requests of one tenant against each kind of limit (requests per day, tokens per
+/// minute, tokens per day), with 16 of an unlimited tenant among them: exactly the requests that
+/// fit are served, each sees its own charge, and the counters hold exactly what was admitted.
+/// Run against every kind of Redis the server supports.
+pub async fn quotas_are_exact_under_64_concurrent_requests(redis: &RedisTarget) {
     let keys = Keys::new();
     let prefix = unique_prefix();
-    let (per_minute, per_day, other) = ("team-a/minute", "team-a/day", "team-a/open");
-    put_record(&redis.url(), &prefix, other, &open_record()).await;
-    let base = serve("gte-tiny", "embedding", &redis.url(), &keys, &prefix, &[]).await;
+    let other = "team-a/open";
+    let mut conn = redis.conn();
+    write_record(&mut conn, &prefix, other, &open_record()).await;
+    let flags = redis.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let base = serve("gte-tiny", "embedding", &redis.url, &keys, &prefix, &flags).await;
     let cost = cost_of_text(&base, &keys, other).await;
     assert!(cost > 5, "the text has tokens: {cost}");
     // Room for 20 requests and most of another one, which must not squeeze in.
-    let limit = 20 * cost + cost / 2;
-    let limited = |field: fn(&mut TenantRecord) -> &mut u64| {
+    let token_limit = 20 * cost + cost / 2;
+    /// One kind of limit: the tenant that has it, the header suffix that reports it, what one
+    /// request charges against it, the refusal's code, and the requests counted in the end (the
+    /// script counts a request before it charges its tokens, so a refusal for tokens still
+    /// counts as a request).
+    struct Case {
+        tenant: &'static str,
+        field: fn(&mut TenantRecord) -> &mut u64,
+        limit: u64,
+        unit: &'static str,
+        charge: u64,
+        refusal: &'static str,
+        requests: u64,
+    }
+    let cases = [
+        Case {
+            tenant: "team-a/requests",
+            field: |r| &mut r.requests_per_day,
+            limit: 20,
+            unit: "",
+            charge: 1,
+            refusal: "quota_exceeded",
+            requests: 20,
+        },
+        Case {
+            tenant: "team-a/minute",
+            field: |r| &mut r.tokens_per_minute,
+            limit: token_limit,
+            unit: "-tokens",
+            charge: cost,
+            refusal: "token_rate_limited",
+            requests: 64,
+        },
+        Case {
+            tenant: "team-a/day",
+            field: |r| &mut r.tokens_per_day,
+            limit: token_limit,
+            unit: "-tokens",
+            charge: cost,
+            refusal: "token_quota_exceeded",
+            requests: 64,
+        },
+    ];
+    for Case {
+        tenant,
+        field,
+        limit,
+        unit,
+        charge,
+        refusal,
+        requests,
+    } in cases
+    {
         let mut record = open_record();
         *field(&mut record) = limit;
-        record
-    };
-    put_record(
-        &redis.url(),
-        &prefix,
-        per_minute,
-        &limited(|r| &mut r.tokens_per_minute),
-    )
-    .await;
-    put_record(
-        &redis.url(),
-        &prefix,
-        per_day,
-        &limited(|r| &mut r.tokens_per_day),
-    )
-    .await;
-
-    for (tenant, refusal) in [
-        (per_minute, "token_rate_limited"),
-        (per_day, "token_quota_exceeded"),
-    ] {
+        write_record(&mut conn, &prefix, tenant, &record).await;
         let responses = burst(&base, &keys, tenant, other).await;
         let (ok, refused): (Vec<_>, Vec<_>) = responses
             .into_iter()
@@ -148,12 +186,12 @@ async fn token_quotas_are_exact_under_64_concurrent_requests_and_other_tenants_a
         let mut remaining: Vec<u64> = ok
             .iter()
             .map(|r| {
-                assert_eq!(header(r, "x-ratelimit-limit-tokens"), limit);
-                header(r, "x-ratelimit-remaining-tokens")
+                assert_eq!(header(r, &format!("x-ratelimit-limit{unit}")), limit);
+                header(r, &format!("x-ratelimit-remaining{unit}"))
             })
             .collect();
         remaining.sort_unstable();
-        let expected: Vec<u64> = (1..=20).rev().map(|n| limit - n * cost).collect();
+        let expected: Vec<u64> = (1..=20).rev().map(|n| limit - n * charge).collect();
         assert_eq!(
             remaining, expected,
             "{tenant}: every admitted request saw its own charge"
@@ -161,24 +199,29 @@ async fn token_quotas_are_exact_under_64_concurrent_requests_and_other_tenants_a
         for r in refused {
             assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
             assert_eq!(
-                header(&r, "x-ratelimit-remaining-tokens"),
-                limit - 20 * cost
+                header(&r, &format!("x-ratelimit-remaining{unit}")),
+                limit - 20 * charge
             );
             let retry = header(&r, "retry-after");
             assert!((1..=86_400).contains(&retry), "{retry}");
             assert_eq!(error_code(r).await, refusal);
         }
         assert_eq!(
-            used(&redis.url(), &prefix, tenant, "tokens").await,
+            used(&mut conn, &prefix, tenant, "tokens").await,
             20 * cost,
             "{tenant}"
         );
         assert_eq!(
-            used(&redis.url(), &prefix, tenant, "requests").await,
-            64,
+            used(&mut conn, &prefix, tenant, "requests").await,
+            requests,
             "{tenant}"
         );
     }
+}
+
+#[tokio::test]
+async fn quotas_are_exact_under_64_concurrent_requests_on_one_redis() {
+    quotas_are_exact_under_64_concurrent_requests(&RedisTarget::new(shared_redis().url())).await;
 }
 
 #[tokio::test]
@@ -204,7 +247,10 @@ async fn work_that_can_never_fit_gets_413_and_costs_nothing() {
     .await;
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(error_code(r).await, "request_too_costly");
-    assert_eq!(used(&redis.url(), &prefix, tight, "tokens").await, 0);
+    assert_eq!(
+        used(&mut redis_conn(&redis.url()), &prefix, tight, "tokens").await,
+        0
+    );
 
     // The server's own ceiling applies before the tenant is charged.
     let ceiling = (cost - 1).to_string();
@@ -271,7 +317,10 @@ async fn uninlu_is_charged_what_its_batches_ran_and_a_maximal_request_is_refused
         cost, ran,
         "charged exactly the token positions the batches ran"
     );
-    assert_eq!(used(&redis.url(), &prefix, tenant, "tokens").await, cost);
+    assert_eq!(
+        used(&mut redis_conn(&redis.url()), &prefix, tenant, "tokens").await,
+        cost
+    );
 
     // 15 windows of text and 64 keys: hundreds of thousands of token positions.
     let schema: serde_json::Map<String, Value> =
@@ -286,7 +335,7 @@ async fn uninlu_is_charged_what_its_batches_ran_and_a_maximal_request_is_refused
         "no model work ran for it"
     );
     assert_eq!(
-        used(&redis.url(), &prefix, tenant, "tokens").await,
+        used(&mut redis_conn(&redis.url()), &prefix, tenant, "tokens").await,
         cost,
         "nor was it charged"
     );

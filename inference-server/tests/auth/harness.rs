@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use clap::Parser;
 use nlu_crds::access::jwks::jwk_set;
+use nlu_crds::access::redis_client::{self, RedisConnection, Timeouts};
 use nlu_crds::access::{Claims, RedisKeys, SigningKey, TenantRecord, TokenRequest};
 use nlu_server::auth::{Auth, AuthArgs, Tenant};
 use nlu_testkit::RedisServer;
@@ -37,21 +38,61 @@ pub fn unique_prefix() -> String {
     format!("t{}:", N.fetch_add(1, Ordering::Relaxed))
 }
 
-pub async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap()
+/// Where a test keeps tenant records and counters: the `--redis-url` the server gets (one server,
+/// TLS, or a cluster) and, for TLS, the CA file it trusts (`--redis-ca-file`).
+pub struct RedisTarget {
+    pub url: String,
+    pub ca_file: Option<tempfile::NamedTempFile>,
+}
+
+impl RedisTarget {
+    pub fn new(url: String) -> Self {
+        RedisTarget { url, ca_file: None }
+    }
+
+    /// A TLS-only server, trusted through a file holding its CA.
+    pub fn tls(redis: &RedisServer) -> Self {
+        let ca_file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(ca_file.path(), redis.ca_pem().expect("a TLS server")).unwrap();
+        RedisTarget {
+            url: redis.url(),
+            ca_file: Some(ca_file),
+        }
+    }
+
+    /// The server's flags beyond `--redis-url`.
+    pub fn flags(&self) -> Vec<String> {
+        match &self.ca_file {
+            Some(ca) => vec!["--redis-ca-file".into(), ca.path().to_str().unwrap().into()],
+            None => vec![],
+        }
+    }
+
+    /// A connection opened the way the server opens it, so tests write and read where it does.
+    pub fn conn(&self) -> RedisConnection {
+        let ca_pem = self
+            .ca_file
+            .as_ref()
+            .map(|f| std::fs::read(f.path()).unwrap());
+        let timeouts = Timeouts {
+            timeout: Duration::from_secs(5),
+            max_delay: Duration::from_millis(200),
+        };
+        redis_client::connect(&self.url, ca_pem, timeouts).unwrap()
+    }
+}
+
+pub fn redis_conn(url: &str) -> RedisConnection {
+    RedisTarget::new(url.into()).conn()
 }
 
 pub async fn put_record(url: &str, prefix: &str, tenant: &str, record: &TenantRecord) {
-    write_record(&mut redis_conn(url).await, prefix, tenant, record).await;
+    write_record(&mut redis_conn(url), prefix, tenant, record).await;
 }
 
-/// Replaces the tenant's record over `conn` (plain or TLS).
+/// Replaces the tenant's record over `conn`.
 pub async fn write_record(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut RedisConnection,
     prefix: &str,
     tenant: &str,
     record: &TenantRecord,

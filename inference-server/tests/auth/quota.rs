@@ -69,7 +69,7 @@ async fn daily_quota_is_exact_under_200_concurrent_requests() {
     );
 
     // The counter the operator reads holds exactly the admitted requests.
-    let mut conn = redis_conn(&redis.url()).await;
+    let mut conn = redis_conn(&redis.url());
     let usage_key =
         RedisKeys::new(&prefix).usage(&tenant.parse().unwrap(), chrono::Utc::now().date_naive());
     let used: u64 = redis::cmd("HGET")

@@ -11,28 +11,15 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-fn tls_redis() -> (RedisServer, tempfile::NamedTempFile) {
+fn tls_redis() -> (RedisServer, RedisTarget) {
     let redis = RedisServer::start_tls().expect("the auth tests need redis-server");
-    let ca = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(ca.path(), redis.ca_pem().unwrap()).unwrap();
-    (redis, ca)
-}
-
-/// Writes the record over TLS, trusting only the server's CA.
-async fn put_record_tls(redis: &RedisServer, prefix: &str, tenant: &str, record: &TenantRecord) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let certificates = redis::TlsCertificates {
-        client_tls: None,
-        root_cert: Some(redis.ca_pem().unwrap().as_bytes().to_vec()),
-    };
-    let client = redis::Client::build_with_tls(redis.url(), certificates).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    write_record(&mut conn, prefix, tenant, record).await;
+    let target = RedisTarget::tls(&redis);
+    (redis, target)
 }
 
 #[tokio::test]
 async fn quotas_are_checked_over_tls_with_the_given_ca() {
-    let (redis, ca) = tls_redis();
+    let (redis, target) = tls_redis();
     assert!(redis.url().starts_with("rediss://"));
     let keys = Keys::new();
     let prefix = unique_prefix();
@@ -41,14 +28,11 @@ async fn quotas_are_checked_over_tls_with_the_given_ca() {
         requests_per_minute: 100,
         ..open_record()
     };
-    put_record_tls(&redis, &prefix, tenant, &record).await;
-    let server = TestServer::start(&auth_args(
-        &redis.url(),
-        &keys.jwks_path(),
-        &prefix,
-        &["--redis-ca-file", ca.path().to_str().unwrap()],
-    ))
-    .await;
+    write_record(&mut target.conn(), &prefix, tenant, &record).await;
+    let flags = target.flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let server =
+        TestServer::start(&auth_args(&target.url, &keys.jwks_path(), &prefix, &flags)).await;
     eventually(5, "ready over TLS", || async {
         server.get("/readyz").await.status() == StatusCode::OK
     })
@@ -61,11 +45,11 @@ async fn quotas_are_checked_over_tls_with_the_given_ca() {
 
 #[tokio::test]
 async fn an_untrusted_redis_certificate_is_refused() {
-    let (redis, _ca) = tls_redis();
+    let (redis, target) = tls_redis();
     let keys = Keys::new();
     let prefix = unique_prefix();
     let tenant = "team-a/secure";
-    put_record_tls(&redis, &prefix, tenant, &open_record()).await;
+    write_record(&mut target.conn(), &prefix, tenant, &open_record()).await;
     // No --redis-ca-file: the test CA is in no system store.
     let server = TestServer::start(&auth_args(&redis.url(), &keys.jwks_path(), &prefix, &[])).await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
@@ -75,6 +59,12 @@ async fn an_untrusted_redis_certificate_is_refused() {
     );
     let response = server.call("/embed", Some(&keys.token(tenant))).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn quotas_are_exact_under_64_concurrent_requests_over_tls() {
+    let (_redis, target) = tls_redis();
+    crate::costs::quotas_are_exact_under_64_concurrent_requests(&target).await;
 }
 
 #[tokio::test]

@@ -349,7 +349,7 @@ async fn damaged_records_are_refused_for_their_tenant_only() {
         cases.push((format!("{name} = {bad}"), damaged));
     }
     let key = |tenant: &str| RedisKeys::new(&prefix).tenant(&tenant.parse().unwrap());
-    let mut conn = redis_conn(&redis.url()).await;
+    let mut conn = redis_conn(&redis.url());
     for (i, (what, fields)) in cases.iter().enumerate() {
         let tenant = format!("team-a/damaged-{i}");
         let _: () = redis::cmd("HSET")

@@ -12,10 +12,10 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
+use nlu_crds::access::redis_client::RedisConnection;
 use nlu_crds::access::{Claims, QualifiedName, RedisKeys};
 use nlu_crds::{NluService, Tenant};
 use rand::RngCore;
-use redis::aio::ConnectionManager;
 use tokio::sync::watch;
 
 use super::revocation::{generation, handled_patch, pending_revoke, revocations};
@@ -62,7 +62,7 @@ impl Error {
 /// What the Tenant reconcile needs besides the shared context.
 pub struct TenantContext {
     pub base: Arc<Context>,
-    pub redis: ConnectionManager,
+    pub redis: RedisConnection,
     pub keys: RedisKeys,
     /// The current signing keys, kept up to date by the key manager.
     pub ring: watch::Receiver<Arc<KeyRing>>,
@@ -79,7 +79,7 @@ pub struct TenantContext {
 impl TenantContext {
     pub fn new(
         base: Arc<Context>,
-        redis: ConnectionManager,
+        redis: RedisConnection,
         keys: RedisKeys,
         ring: watch::Receiver<Arc<KeyRing>>,
         services: Store<NluService>,

@@ -61,7 +61,7 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
         })?),
         None => None,
     };
-    let redis = redis_sync::connect(url, ca_pem).await?;
+    let redis = redis_sync::connect(url, ca_pem)?;
     let client = ctx.client.clone();
     let (tenants, services): (Api<Tenant>, Api<NluService>) = match &config.namespace {
         Some(ns) => (

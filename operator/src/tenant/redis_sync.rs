@@ -5,26 +5,24 @@
 use std::time::Duration;
 
 use chrono::NaiveDate;
+use nlu_crds::access::redis_client::{self, RedisConnection, Timeouts};
 use nlu_crds::access::redis_keys::usage_field;
 use nlu_crds::access::{QualifiedName, RedisKeys, TenantRecord};
 use nlu_crds::TenantSpec;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 
 use super::token_secret::scope;
 
-/// A connection that reconnects by itself, failing fast while Redis is away so reconciles
-/// return an error (and are retried) instead of hanging. `rediss://` URLs are checked against
-/// `ca_pem` when given, else the system's roots (`SSL_CERT_FILE` overrides them).
-pub async fn connect(url: &str, ca_pem: Option<Vec<u8>>) -> anyhow::Result<ConnectionManager> {
-    let client = nlu_crds::access::redis_client::redis_client(url, ca_pem)
-        .map_err(|e| anyhow::anyhow!("--redis-url / --redis-ca-file: {e}"))?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(2)))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_millis(500));
-    Ok(ConnectionManager::new_lazy_with_config(client, config)?)
+/// A connection (one server or a cluster) that reconnects by itself, failing fast while Redis
+/// is away so reconciles return an error (and are retried) instead of hanging. TLS URLs are
+/// checked against `ca_pem` when given, else the system's roots (`SSL_CERT_FILE` overrides them).
+pub fn connect(url: &str, ca_pem: Option<Vec<u8>>) -> anyhow::Result<RedisConnection> {
+    let timeouts = Timeouts {
+        timeout: Duration::from_secs(2),
+        max_delay: Duration::from_millis(500),
+    };
+    redis_client::connect(url, ca_pem, timeouts)
+        .map_err(|e| anyhow::anyhow!("--redis-url / --redis-ca-file: {e}"))
 }
 
 /// The record the servers check requests against.
@@ -53,7 +51,7 @@ pub fn record(spec: &TenantSpec, gen: u64) -> TenantRecord {
 
 /// Writes every field of the record in one `HSET` (atomic: a server never sees half of it).
 pub async fn write_record(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &RedisKeys,
     tenant: &QualifiedName,
     record: &TenantRecord,
@@ -71,7 +69,7 @@ pub struct Counted {
 
 /// Requests and tokens counted for the tenant on `day` (UTC).
 pub async fn read_usage(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &RedisKeys,
     tenant: &QualifiedName,
     day: NaiveDate,
@@ -90,7 +88,7 @@ pub async fn read_usage(
 
 /// Deletes the record, the minute limiters and every usage counter of the tenant.
 pub async fn delete_tenant(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     keys: &RedisKeys,
     tenant: &QualifiedName,
     today: NaiveDate,

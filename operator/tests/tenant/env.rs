@@ -245,9 +245,7 @@ async fn context(
         OperatorConfig::default(),
         Arc::new(Metrics::new()),
     ));
-    let conn = nlu_operator::tenant::redis_sync::connect(&redis.url(), None)
-        .await
-        .unwrap();
+    let conn = nlu_operator::tenant::redis_sync::connect(&redis.url(), None).unwrap();
     Arc::new(TenantContext::new(
         base,
         conn,

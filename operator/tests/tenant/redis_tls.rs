@@ -22,7 +22,7 @@ async fn records_are_written_over_tls_with_the_given_ca_only() {
     let keys = RedisKeys::default();
     let ca = redis.ca_pem().expect("a TLS server").as_bytes().to_vec();
 
-    let mut trusted = connect(&redis.url(), Some(ca)).await.unwrap();
+    let mut trusted = connect(&redis.url(), Some(ca)).unwrap();
     write_record(&mut trusted, &keys, &tenant, &record())
         .await
         .expect("written over TLS");
@@ -34,11 +34,11 @@ async fn records_are_written_over_tls_with_the_given_ca_only() {
     assert_eq!(TenantRecord::from_fields(&fields).unwrap(), record());
 
     // The system's roots do not know the test CA: the handshake fails, nothing is written.
-    let mut untrusted = connect(&redis.url(), None).await.unwrap();
+    let mut untrusted = connect(&redis.url(), None).unwrap();
     assert!(write_record(&mut untrusted, &keys, &tenant, &record())
         .await
         .is_err());
     // A CA for a plain URL is a configuration error, said at start.
-    let plain = connect("redis://127.0.0.1:1/", Some(b"pem".to_vec())).await;
-    assert!(plain.unwrap_err().to_string().contains("rediss://"));
+    let plain = connect("redis://127.0.0.1:1/", Some(b"pem".to_vec()));
+    assert!(plain.err().unwrap().to_string().contains("rediss://"));
 }
