@@ -8,6 +8,8 @@ mod connections;
 mod costs;
 #[path = "auth/harness.rs"]
 mod harness;
+#[path = "auth/in_flight.rs"]
+mod in_flight;
 #[path = "auth/overhead.rs"]
 mod overhead;
 #[path = "auth/quota.rs"]
