@@ -52,6 +52,8 @@ try {
   });
   if (!response.ok) fail("API answered " + response.status);
   const answer = await response.json();
+  const cost = await page.textContent("#cost");
+  if (cost !== `Cost: ${response.headers.get("x-request-cost")} token positions`) fail(`the page shows ${JSON.stringify(cost)}, the API's cost is ${response.headers.get("x-request-cost")}`);
   const spans = answer.output.flat();
   if (spans.length === 0) fail("the API found no spans: the test would prove nothing");
 
@@ -81,7 +83,7 @@ try {
   if (JSON.stringify(chains) !== JSON.stringify(want)) fail(`chains ${JSON.stringify(chains)} != API ${JSON.stringify(want)}`);
 
   await page.screenshot({ path: join(outDir, "ner.png"), fullPage: true });
-  console.log(`NER: ${spans.length} spans, ${marks.length} highlighted pieces, ${want.length} chains; screenshot ${join(outDir, "ner.png")}`);
+  console.log(`NER: ${spans.length} spans, ${marks.length} highlighted pieces, ${want.length} chains, ${cost}; screenshot ${join(outDir, "ner.png")}`);
 
   // Similarity: one bar per sentence, scores as the API gives them.
   await page.goto(embeddingBase + "/");

@@ -58,11 +58,18 @@ async function call(path, body) {
     $("auth").hidden = false;
     $("token").focus();
   }
+  showCost(response.headers.get("X-Request-Cost"));
   if (!response.ok) {
     const error = answer && answer.error;
     throw new Error(error ? `${response.status} ${error.code}: ${error.message}` : `HTTP ${response.status}`);
   }
   return answer;
+}
+
+// The token positions the request's model work ran (what token quotas charge).
+function showCost(cost) {
+  $("cost").textContent = cost === null ? "" : `Cost: ${cost} token positions`;
+  $("cost").hidden = cost === null;
 }
 
 async function busy(button, work) {
