@@ -81,49 +81,26 @@ pub fn select_batch(waiting: &[Waiting], limits: BatchLimits) -> Vec<usize> {
 
 /// Round-robin order, two levels deep: each tenant's sequences in request round robin (the
 /// first sequence of each of its requests by arrival, then the second of each, ...), then the
-/// tenants interleaved the same way (the first of each tenant's list by arrival, then the
-/// second, ...).
+/// tenants interleaved the same way over those lists.
 fn fair_order(waiting: &[Waiting]) -> Vec<usize> {
-    let within_tenant = round_robin(waiting.iter().map(|w| (w.tenant, w.group)));
-    // Each sequence's turn inside its tenant's list: its rank in request round robin.
-    let mut turn = vec![0; waiting.len()];
-    let mut taken: Vec<(u64, usize)> = Vec::new();
-    for &i in &within_tenant {
-        let tenant = waiting[i].tenant;
-        let t = match taken.iter_mut().find(|(id, _)| *id == tenant) {
-            Some((_, t)) => t,
-            None => {
-                taken.push((tenant, 0));
-                &mut taken.last_mut().expect("just pushed").1
-            }
-        };
-        turn[i] = *t;
-        *t += 1;
-    }
-    let tenant_rank = arrival_ranks(waiting.iter().map(|w| w.tenant));
-    let mut order: Vec<usize> = (0..waiting.len()).collect();
-    order.sort_by_key(|&i| (turn[i], tenant_rank[i]));
-    order
+    let by_request = round_robin(waiting.iter().map(|w| (w.tenant, w.group)));
+    let by_tenant = round_robin(by_request.iter().map(|&i| waiting[i].tenant));
+    by_tenant.into_iter().map(|j| by_request[j]).collect()
 }
 
-/// Indices in round-robin order over `key.1` (the first item of every key by arrival, then the
-/// second of each, ...); `key.0` only keeps keys of different owners apart.
-fn round_robin(keys: impl Iterator<Item = (u64, u64)>) -> Vec<usize> {
-    let keys: Vec<(u64, u64)> = keys.collect();
-    let rank = arrival_ranks(keys.iter().copied());
-    let mut seen: Vec<((u64, u64), usize)> = Vec::new();
-    let mut keyed: Vec<(usize, usize, usize)> = Vec::with_capacity(keys.len());
-    for (i, key) in keys.iter().enumerate() {
-        let nth = match seen.iter_mut().find(|(k, _)| k == key) {
-            Some((_, n)) => n,
-            None => {
-                seen.push((*key, 0));
-                &mut seen.last_mut().expect("just pushed").1
-            }
-        };
-        keyed.push((*nth, rank[i], i));
-        *nth += 1;
-    }
+/// Indices in round-robin order over the keys: the first item of every key (keys by first
+/// appearance), then the second of each, and so on.
+fn round_robin<K: PartialEq>(keys: impl Iterator<Item = K>) -> Vec<usize> {
+    let rank = arrival_ranks(keys);
+    let mut taken = vec![0; rank.len()];
+    let mut keyed: Vec<(usize, usize, usize)> = rank
+        .iter()
+        .enumerate()
+        .map(|(i, &r)| {
+            taken[r] += 1;
+            (taken[r], r, i)
+        })
+        .collect();
     keyed.sort_unstable();
     keyed.into_iter().map(|(_, _, i)| i).collect()
 }

@@ -132,11 +132,11 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
             self.shared.metrics.queue_rejections.inc();
             return Err(BatchError::QueueFull);
         }
-        state.in_flight_tokens = in_flight.saturating_add(tokens);
-        self.shared
-            .metrics
-            .queue_tokens
-            .set(state.in_flight_tokens as i64);
+        set_in_flight(
+            &mut state,
+            &self.shared.metrics,
+            in_flight.saturating_add(tokens),
+        );
         Ok(Admitted {
             batcher: self,
             group: Group {
@@ -211,12 +211,8 @@ impl<I, O> Admitted<'_, I, O> {
     /// request is not failed half-way for a reason it could not have been told up front.
     pub fn grow(&mut self, tokens: usize) {
         let mut state = self.batcher.shared.state.lock().expect("queue lock");
-        state.in_flight_tokens = state.in_flight_tokens.saturating_add(tokens);
-        self.batcher
-            .shared
-            .metrics
-            .queue_tokens
-            .set(state.in_flight_tokens as i64);
+        let in_flight = state.in_flight_tokens.saturating_add(tokens);
+        set_in_flight(&mut state, &self.batcher.shared.metrics, in_flight);
         self.tokens += tokens;
     }
 }
@@ -224,14 +220,16 @@ impl<I, O> Admitted<'_, I, O> {
 impl<I, O> Drop for Admitted<'_, I, O> {
     fn drop(&mut self) {
         if let Ok(mut state) = self.batcher.shared.state.lock() {
-            state.in_flight_tokens = state.in_flight_tokens.saturating_sub(self.tokens);
-            self.batcher
-                .shared
-                .metrics
-                .queue_tokens
-                .set(state.in_flight_tokens as i64);
+            let in_flight = state.in_flight_tokens.saturating_sub(self.tokens);
+            set_in_flight(&mut state, &self.batcher.shared.metrics, in_flight);
         }
     }
+}
+
+/// The work in flight and its gauge change together.
+fn set_in_flight<I, O>(state: &mut State<I, O>, metrics: &Metrics, tokens: usize) {
+    state.in_flight_tokens = tokens;
+    metrics.queue_tokens.set(tokens as i64);
 }
 
 /// Work a request is preparing and will submit shortly. While any is announced, queued
