@@ -84,24 +84,27 @@ fn long_inputs(n: usize) -> Value {
     json!({ "inputs": vec!["word ".repeat(300); n], "truncate": true })
 }
 
-/// Slow work in the queue (MiniLM, one 256-token sequence per batch): a request whose tokens
-/// do not fit beside the work in flight is refused at once with Retry-After, the admitted one
-/// is served.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn full_queue_answers_503_at_once() {
+/// MiniLM embeddings running one sequence per batch, so long inputs queue up.
+async fn slow_minilm(extra: &[&str]) -> TestServer {
     let model = minilm();
-    // 64 inputs of 256 tokens are in flight; 32 more would pass the bound.
     let args = [
         "--model",
         &model,
         "--task",
         "embedding",
-        "--max-queue-tokens",
-        "20000",
         "--max-batch-requests",
         "1",
     ];
-    let server = std::sync::Arc::new(TestServer::start(&args).await);
+    TestServer::start(&[&args[..], extra].concat()).await
+}
+
+/// Slow work in the queue (MiniLM, one 256-token sequence per batch): a request whose tokens
+/// do not fit beside the work in flight is refused at once with Retry-After, the admitted one
+/// is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_answers_503_at_once() {
+    // 64 inputs of 256 tokens are in flight; 32 more would pass the bound.
+    let server = std::sync::Arc::new(slow_minilm(&["--max-queue-tokens", "20000"]).await);
     let first = {
         let server = server.clone();
         tokio::spawn(async move { server.post("/embed", &long_inputs(64)).await })
@@ -154,16 +157,7 @@ async fn full_queue_answers_503_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn work_of_a_disconnected_client_is_dropped() {
     use tokio::io::AsyncWriteExt;
-    let model = minilm();
-    let args = [
-        "--model",
-        &model,
-        "--task",
-        "embedding",
-        "--max-batch-requests",
-        "1",
-    ];
-    let server = TestServer::start(&args).await;
+    let server = slow_minilm(&[]).await;
     let batches_before = metric(&server, "nlu_batch_size_count").await;
     let body = long_inputs(64).to_string();
     let mut socket = tokio::net::TcpStream::connect(server.url("").trim_start_matches("http://"))
