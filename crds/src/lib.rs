@@ -2,6 +2,7 @@
 //! tenant-access contract (token claims, key sets, Redis keys) that operator and server share.
 
 pub mod access;
+pub mod routes;
 pub mod serve;
 
 #[cfg(feature = "crd")]

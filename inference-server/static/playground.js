@@ -1,5 +1,6 @@
-// The playground: calls the server's own API (/info, /api/predict, /similarity) and draws the
-// answers. No dependencies, nothing loaded from elsewhere.
+// The playground: calls the server's own API (info, api/predict, similarity) and draws the
+// answers. No dependencies, nothing loaded from elsewhere. Paths are relative to the page, so it
+// works under an Ingress path prefix too.
 "use strict";
 
 // The task templates of the UniNLU spec: the task is carried by the text's format and the schema.
@@ -173,7 +174,7 @@ function setUpUniNlu() {
         throw new Error("The schema is not valid JSON: " + e.message);
       }
       const text = $("text").value;
-      const answer = await call("/api/predict", { text, schema });
+      const answer = await call("api/predict", { text, schema });
       const palette = new Map();
       const spans = answer.output.flat();
       drawSpans(text, spans, palette);
@@ -192,7 +193,7 @@ function setUpSimilarity() {
     event.preventDefault();
     busy($("compare"), async () => {
       const sentences = $("sentences").value.split("\n").map((s) => s.trim()).filter(Boolean);
-      const answer = await call("/similarity", {
+      const answer = await call("similarity", {
         source_sentence: $("source").value,
         sentences_to_compare: sentences,
       });
@@ -228,7 +229,7 @@ async function start() {
   setUpUniNlu();
   setUpSimilarity();
   for (;;) {
-    const response = await fetch("/info").catch(() => null);
+    const response = await fetch("info").catch(() => null);
     if (response && response.ok) {
       const info = await response.json();
       $("model-info").textContent = `Model ${info.model} · task ${info.task}`;

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::AccessError;
 
-/// An operation a tenant may call. Each route of the server needs exactly one.
+/// An operation a tenant may call. Each model route of the server needs exactly one
+/// ([`crate::routes::Route::scope`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
@@ -24,15 +25,6 @@ impl Scope {
         match self {
             Scope::Predict => "predict",
             Scope::Embed => "embed",
-        }
-    }
-
-    /// The scope a request path needs; `None` for paths that are not tenant operations.
-    pub fn for_route(path: &str) -> Option<Scope> {
-        match path {
-            "/api/predict" => Some(Scope::Predict),
-            "/v1/embeddings" | "/embed" | "/similarity" => Some(Scope::Embed),
-            _ => None,
         }
     }
 
@@ -153,16 +145,6 @@ impl Claims {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn routes_map_to_scopes() {
-        assert_eq!(Scope::for_route("/api/predict"), Some(Scope::Predict));
-        for path in ["/v1/embeddings", "/embed", "/similarity"] {
-            assert_eq!(Scope::for_route(path), Some(Scope::Embed), "{path}");
-        }
-        assert_eq!(Scope::for_route("/healthz"), None);
-        assert_eq!(Scope::for_route("/api/predict/"), None);
-    }
 
     #[test]
     fn scope_lists_round_trip_and_reject_unknown() {

@@ -26,6 +26,7 @@ use nlu_crds::access::redis_keys::DEFAULT_PREFIX;
 use nlu_crds::access::redis_keys::{Charge, Usage};
 use nlu_crds::access::tokens::DEFAULT_ISSUER;
 use nlu_crds::access::{QualifiedName, QuotaOutcome, Scope};
+use nlu_crds::routes::Route;
 use prometheus_client::registry::Registry;
 
 use crate::config::parse_duration;
@@ -230,7 +231,7 @@ impl Auth {
                 Refusal::invalid_token("the Authorization header is not a Bearer token")
             }
         })?;
-        let scope = Scope::for_route(path).ok_or_else(|| {
+        let scope = Route::find(path).and_then(Route::scope).ok_or_else(|| {
             Refusal::forbidden("scope_not_granted", "this route is not a tenant operation")
         })?;
         let claims = self

@@ -9,6 +9,8 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::router::AppState;
+use nlu_crds::routes::Route;
+
 use crate::auth::TenantLabel;
 use crate::metrics::{RequestLabels, RouteLabels};
 
@@ -24,27 +26,6 @@ pub struct RequestId(pub String);
 #[derive(Debug, Clone)]
 pub struct TenantId(pub String);
 
-/// The known routes by name, so metrics never get one label per scanned URL.
-pub fn route_label(path: &str) -> &'static str {
-    const ROUTES: &[&str] = &[
-        "/v1/embeddings",
-        "/embed",
-        "/similarity",
-        "/api/predict",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/info",
-        "/openapi.json",
-        "/",
-    ];
-    ROUTES
-        .iter()
-        .find(|r| **r == path)
-        .copied()
-        .unwrap_or("other")
-}
-
 /// The caller's id when it is a sane token (visible ASCII, at most 128 bytes), else a new UUID.
 pub fn request_id(headers: &HeaderMap) -> String {
     headers
@@ -58,13 +39,15 @@ pub fn request_id(headers: &HeaderMap) -> String {
 pub async fn access_log(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id(req.headers());
-    let route = route_label(req.uri().path());
+    let route = Route::find(req.uri().path());
+    // Metrics never get one label per scanned URL.
+    let label = route.map_or("other", Route::path);
     let method = req.method().clone();
     req.extensions_mut().insert(RequestId(id.clone()));
 
     // The gauge is the autoscaler's load metric: only model routes (the tenant operations)
     // count, so an idle pod reads 0 and not 1 for the scrape that reads it, or for its probes.
-    let load = nlu_crds::access::Scope::for_route(route).is_some();
+    let load = route.and_then(Route::scope).is_some();
     if load {
         state.metrics.in_flight.inc();
     }
@@ -87,7 +70,7 @@ pub async fn access_log(State(state): State<AppState>, mut req: Request, next: N
         .metrics
         .requests
         .get_or_create(&RequestLabels {
-            route: route.to_owned(),
+            route: label.to_owned(),
             status,
             // The auth layer's bounded label: one series per tenant would grow without end.
             tenant: response
@@ -101,13 +84,13 @@ pub async fn access_log(State(state): State<AppState>, mut req: Request, next: N
         .metrics
         .request_seconds
         .get_or_create(&RouteLabels {
-            route: route.to_owned(),
+            route: label.to_owned(),
         })
         .observe(latency.as_secs_f64());
     tracing::info!(
         target: "access",
         method = %method,
-        route,
+        route = label,
         status,
         latency_ms = latency.as_secs_f64() * 1000.0,
         tenant = tenant.as_str(),
@@ -144,11 +127,5 @@ mod tests {
         headers.insert(&REQUEST_ID, HeaderValue::from_static("has space"));
         assert_ne!(request_id(&headers), "has space");
         assert_eq!(request_id(&HeaderMap::new()).len(), 36);
-    }
-
-    #[test]
-    fn unknown_paths_share_one_label() {
-        assert_eq!(route_label("/v1/embeddings"), "/v1/embeddings");
-        assert_eq!(route_label("/wp-admin.php"), "other");
     }
 }

@@ -6,12 +6,15 @@ use std::sync::LazyLock;
 
 use axum::http::header;
 use axum::response::IntoResponse;
+use utoipa::openapi::header::Header;
 use utoipa::openapi::schema::{
     AdditionalProperties, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::RefOr;
+use utoipa::openapi::{Ref, RefOr};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
+
+use nlu_crds::routes::Route;
 
 use super::errors::ErrorBody;
 use super::{embeddings, health, playground, predict};
@@ -38,7 +41,7 @@ use super::{embeddings, health, playground, predict};
         playground::index,
     ),
     components(schemas(ErrorBody)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ModelHeaders),
     tags(
         (name = "uninlu", description = "SiameseUniNLU (servers started with --task uninlu)"),
         (name = "embedding", description = "Sentence embeddings (servers started with --task embedding)"),
@@ -93,7 +96,7 @@ pub enum ModelErrors {
     Timeout(ErrorBody),
     #[response(
         status = 413,
-        description = "The body or an input is longer than the server's limits"
+        description = "The body or an input is longer than the server's limits, or (`request_too_costly`) the request's cost in token positions exceeds --max-request-cost"
     )]
     TooLarge(ErrorBody),
     #[response(
@@ -103,7 +106,7 @@ pub enum ModelErrors {
     Unprocessable(ErrorBody),
     #[response(
         status = 429,
-        description = "Auth on: the tenant's daily quota or per-minute rate is used up"
+        description = "Auth on: the tenant's daily or per-minute quota (requests or tokens) is used up, or (`too_many_in_flight`) it has maxConcurrentRequests in flight; see retry-after"
     )]
     TooMany(ErrorBody),
     #[response(
@@ -111,6 +114,97 @@ pub enum ModelErrors {
         description = "Loading, overloaded, shutting down, or (auth on, fail-closed) Redis unreachable; see retry-after"
     )]
     Unavailable(ErrorBody),
+    #[response(
+        status = 504,
+        description = "`request_timeout`: the request took longer than the server's --request-timeout"
+    )]
+    GatewayTimeout(ErrorBody),
+}
+
+/// Headers of the model routes' answers, each declared once as a component.
+const MODEL_HEADERS: [(&str, &str); 7] = [
+    (
+        "X-Request-Cost",
+        "Token positions the encoder ran for this request (what token quotas charge)",
+    ),
+    (
+        "X-RateLimit-Limit",
+        "Auth on: the tenant's request limit closest to exhaustion (per day or per minute)",
+    ),
+    (
+        "X-RateLimit-Remaining",
+        "Auth on: requests left under that limit",
+    ),
+    (
+        "X-RateLimit-Reset",
+        "Auth on: seconds until that limit resets",
+    ),
+    (
+        "X-RateLimit-Limit-Tokens",
+        "Auth on: the tenant's token limit closest to exhaustion",
+    ),
+    (
+        "X-RateLimit-Remaining-Tokens",
+        "Auth on: token positions left under that limit",
+    ),
+    (
+        "X-RateLimit-Reset-Tokens",
+        "Auth on: seconds until that limit resets",
+    ),
+];
+
+/// Adds [`MODEL_HEADERS`] (rate limits only, on refusals) to the answers of every model route of
+/// the route table, with `Retry-After` on 429 and 503.
+struct ModelHeaders;
+
+impl Modify for ModelHeaders {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let integer = || {
+            Header::new(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+            )
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (name, description) in MODEL_HEADERS
+            .into_iter()
+            .chain([("Retry-After", "Seconds after which a retry may succeed")])
+        {
+            let mut header = integer();
+            header.description = Some(description.to_owned());
+            components.headers.insert(name.to_owned(), header.into());
+        }
+        let reference = |name: &str| RefOr::Ref(Ref::new(format!("#/components/headers/{name}")));
+        for route in Route::ALL.into_iter().filter(|r| r.scope().is_some()) {
+            let Some(op) = openapi
+                .paths
+                .paths
+                .get_mut(route.path())
+                .and_then(|p| p.post.as_mut())
+            else {
+                continue;
+            };
+            for (status, response) in op.responses.responses.iter_mut() {
+                let RefOr::T(response) = response else {
+                    continue;
+                };
+                let names = match status.as_str() {
+                    "200" => &MODEL_HEADERS[..],
+                    "429" => &MODEL_HEADERS[1..],
+                    _ => &[],
+                };
+                for (name, _) in names {
+                    response.headers.insert((*name).to_owned(), reference(name));
+                }
+                if matches!(status.as_str(), "429" | "503") {
+                    response
+                        .headers
+                        .insert("Retry-After".to_owned(), reference("Retry-After"));
+                }
+            }
+        }
+    }
 }
 
 /// A probe's answer, e.g. `{"status": "ready"}`.

@@ -3,8 +3,6 @@
 
 use axum::http::header::{self, HeaderName};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 
 const INDEX: &str = include_str!("../../static/index.html");
 const SCRIPT: &str = include_str!("../../static/playground.js");
@@ -33,15 +31,10 @@ pub async fn index() -> impl IntoResponse {
     asset("text/html; charset=utf-8", INDEX)
 }
 
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route("/", get(index))
-        .route(
-            "/playground/playground.js",
-            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
-        )
-        .route(
-            "/playground/playground.css",
-            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
-        )
+pub async fn script() -> impl IntoResponse {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+pub async fn style() -> impl IntoResponse {
+    asset("text/css; charset=utf-8", STYLE)
 }

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{middleware, Router};
+use nlu_crds::routes::{Kind, Method, Route};
 
 use super::errors::ApiError;
 use super::{access_log, deadline, embeddings, health, openapi, playground, predict};
@@ -94,46 +95,55 @@ impl AppState {
     }
 }
 
-/// `/metrics`: on the API listener, or alone on the private one (`--metrics-listen`).
-fn metrics_routes() -> Router<AppState> {
-    Router::new().route("/metrics", get(health::metrics))
+/// The handler of each route of the table (`nlu_crds::routes`), under the table's method.
+fn handler(route: Route) -> MethodRouter<AppState> {
+    let method = match route.method() {
+        Method::Get => MethodFilter::GET,
+        Method::Post => MethodFilter::POST,
+    };
+    match route {
+        Route::OpenAiEmbeddings => on(method, embeddings::openai),
+        Route::Embed => on(method, embeddings::tei),
+        Route::Similarity => on(method, embeddings::similarity),
+        Route::Predict => on(method, predict::predict),
+        Route::Healthz => on(method, health::healthz),
+        Route::Readyz => on(method, health::readyz),
+        Route::Info => on(method, health::info),
+        Route::OpenApi => on(method, openapi::openapi_json),
+        Route::Metrics => on(method, health::metrics),
+        Route::Playground => on(method, playground::index),
+        Route::PlaygroundScript => on(method, playground::script),
+        Route::PlaygroundStyle => on(method, playground::style),
+    }
 }
 
 /// The private metrics listener's app: `/metrics` only (tenant ids and each tenant's traffic
 /// stay off the port the Ingress publishes).
 pub fn metrics_router(state: AppState) -> Router {
-    metrics_routes()
+    Router::new()
+        .route(Route::Metrics.path(), handler(Route::Metrics))
         .fallback(|| async { ApiError::not_found("this listener serves /metrics only") })
         .with_state(state)
 }
 
-/// All routes. `protect` wraps the model routes only (the auth layer goes there), so probes and
-/// metrics stay reachable without credentials.
+/// All routes this server serves. `protect` wraps the model routes only (the auth layer goes
+/// there), so probes and metrics stay reachable without credentials.
 pub fn router(
     state: AppState,
     max_body_bytes: usize,
     protect: impl FnOnce(Router<AppState>) -> Router<AppState>,
 ) -> Router {
-    let api = Router::new()
-        .route("/v1/embeddings", post(embeddings::openai))
-        .route("/embed", post(embeddings::tei))
-        .route("/similarity", post(embeddings::similarity))
-        .route("/api/predict", post(predict::predict));
-    let open = Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/info", get(health::info))
-        .route("/openapi.json", get(openapi::openapi_json));
-    let open = if state.playground {
-        open.merge(playground::routes())
-    } else {
-        open
-    };
-    let open = if state.metrics_on_api {
-        open.merge(metrics_routes())
-    } else {
-        open
-    };
+    let (mut api, mut open) = (Router::new(), Router::new());
+    for route in Route::ALL {
+        match route.kind() {
+            Kind::Model(..) => api = api.route(route.path(), handler(route)),
+            Kind::Playground if !state.playground => {}
+            Kind::Metrics if !state.metrics_on_api => {}
+            Kind::Open | Kind::Playground | Kind::Metrics => {
+                open = open.route(route.path(), handler(route))
+            }
+        }
+    }
     // The deadline covers everything a model request waits for, auth and quota included.
     protect(api)
         .layer(middleware::from_fn_with_state(

@@ -1,5 +1,6 @@
 use std::path::PathBuf;
 
+use nlu_crds::routes::Route;
 use serde_json::Value;
 
 use crate::harness::{uninlu_tiny, TestServer};
@@ -31,29 +32,23 @@ fn document_describes_every_route_errors_and_auth() {
     let paths = doc["paths"].as_object().unwrap();
     let mut names: Vec<&str> = paths.keys().map(String::as_str).collect();
     names.sort();
-    assert_eq!(
-        names,
-        [
-            "/",
-            "/api/predict",
-            "/embed",
-            "/healthz",
-            "/info",
-            "/metrics",
-            "/openapi.json",
-            "/readyz",
-            "/similarity",
-            "/v1/embeddings"
-        ]
-    );
-    for route in ["/api/predict", "/embed", "/similarity", "/v1/embeddings"] {
+    // The route table is the one list of routes: the document describes each, and no other.
+    let mut routes: Vec<&str> = Route::ALL
+        .into_iter()
+        .filter(|r| r.documented())
+        .map(Route::path)
+        .collect();
+    routes.sort();
+    assert_eq!(names, routes);
+    for route in Route::ALL.into_iter().filter(|r| r.scope().is_some()) {
+        let route = route.path();
         let op = &paths[route]["post"];
         assert_eq!(
             op["security"],
             serde_json::json!([{}, {"bearer": []}]),
             "{route}"
         );
-        for status in ["400", "401", "403", "408", "413", "429", "503"] {
+        for status in ["400", "401", "403", "408", "413", "429", "503", "504"] {
             assert_eq!(
                 op["responses"][status]["content"]["application/json"]["schema"]["$ref"],
                 "#/components/schemas/ErrorBody",
@@ -61,6 +56,20 @@ fn document_describes_every_route_errors_and_auth() {
             );
         }
     }
+    let predict = &paths["/api/predict"]["post"]["responses"];
+    assert_eq!(
+        predict["200"]["headers"]["X-Request-Cost"]["$ref"],
+        "#/components/headers/X-Request-Cost"
+    );
+    assert_eq!(
+        predict["429"]["headers"]["Retry-After"]["$ref"],
+        "#/components/headers/Retry-After"
+    );
+    assert!(predict["429"]["headers"]["X-RateLimit-Remaining-Tokens"].is_object());
+    assert_eq!(
+        doc["components"]["headers"]["X-Request-Cost"]["schema"]["type"],
+        "integer"
+    );
     assert_eq!(
         doc["components"]["securitySchemes"]["bearer"]["scheme"],
         "bearer"

@@ -43,7 +43,9 @@ async fn playground_is_served_and_self_contained() {
         ("/playground/playground.js", "text/javascript"),
         ("/playground/playground.css", "text/css"),
     ] {
-        assert!(html.contains(asset), "the page references {asset}");
+        // Relative, so the page works under an Ingress path prefix.
+        let relative = format!("\"{}\"", asset.trim_start_matches('/'));
+        assert!(html.contains(&relative), "the page references {relative}");
         let (status, content_type, body) = get(&server, asset).await;
         assert_eq!(status, 200, "{asset}");
         assert!(content_type.starts_with(kind), "{asset}: {content_type}");
@@ -71,5 +73,57 @@ async fn no_playground_turns_the_page_off() {
         assert!(body.contains("\"not_found\""), "{body}");
     }
     assert_eq!(get(&server, "/openapi.json").await.0, 200);
+    server.stop().await.unwrap();
+}
+
+/// Behind an Ingress path (`--path-prefix /uninlu`) the bare prefix redirects to `/uninlu/`, where
+/// the page's relative links resolve to prefixed paths the server answers; bare paths (probes)
+/// still route.
+#[tokio::test]
+async fn playground_works_under_a_path_prefix() {
+    let server = TestServer::start(&[
+        "--model",
+        &gte_tiny(),
+        "--task",
+        "embedding",
+        "--path-prefix",
+        "/uninlu",
+    ])
+    .await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = no_redirects
+        .get(server.url("/uninlu?x=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 308);
+    assert_eq!(response.headers()["location"], "/uninlu/?x=1");
+
+    let page = server
+        .client
+        .get(server.url("/uninlu"))
+        .send()
+        .await
+        .unwrap();
+    let base = page.url().clone();
+    assert_eq!(base.path(), "/uninlu/");
+    let html = page.text().await.unwrap();
+    for relative in [
+        "playground/playground.js",
+        "playground/playground.css",
+        "openapi.json",
+        "info",
+    ] {
+        if relative != "info" {
+            assert!(html.contains(&format!("\"{relative}\"")), "{relative}");
+        }
+        let url = base.join(relative).unwrap();
+        let (status, _, _) = get(&server, url.path()).await;
+        assert_eq!(status, 200, "{url}");
+    }
+    assert_eq!(get(&server, "/healthz").await.0, 200);
     server.stop().await.unwrap();
 }

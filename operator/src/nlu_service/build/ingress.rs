@@ -1,20 +1,40 @@
 //! The Ingress when `spec.ingress` is set, with cert-manager doing TLS: the operator annotates
 //! and names the Secret, cert-manager issues into it; the operator never writes the Secret.
+//! It publishes only the routes the route table marks public (the model routes, and the
+//! playground when it is on), each as an exact path: probes, `/metrics` and any future route
+//! stay inside the cluster.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::ResourceExt;
+use nlu_crds::routes::Route;
+use nlu_crds::serve::Task;
 use nlu_crds::NluService;
 use serde_json::json;
 
-use super::deployment::strip_nulls;
+use super::deployment::{playground_on, strip_nulls};
 use super::labels::child_meta;
 use super::service::HTTP_SERVICE_PORT;
 use super::typed;
 
-/// Path routed to the service when the spec names none.
+/// Path prefix of the service when the spec names none.
 pub const DEFAULT_PATH: &str = "/";
+
+/// The exact paths the Ingress of a server of `task` routes: `prefix` + each public route, and the
+/// bare prefix (which the server redirects to `prefix/`) when the playground is on.
+pub fn public_paths(prefix: &str, task: Task, playground: bool) -> Vec<String> {
+    let prefix = prefix.trim_end_matches('/');
+    let bare = (playground && !prefix.is_empty()).then(|| prefix.to_owned());
+    bare.into_iter()
+        .chain(
+            Route::ALL
+                .into_iter()
+                .filter(|r| r.is_public(task, playground))
+                .map(|r| format!("{prefix}{}", r.path())),
+        )
+        .collect()
+}
 
 /// The Ingress of `svc`, or `None` when it is not exposed.
 pub fn ingress(svc: &NluService) -> Option<Ingress> {
@@ -37,16 +57,19 @@ pub fn ingress(svc: &NluService) -> Option<Ingress> {
     if !annotations.is_empty() {
         meta.annotations = Some(annotations);
     }
+    let backend =
+        json!({"service": {"name": svc.name_any(), "port": {"number": HTTP_SERVICE_PORT}}});
+    let paths: Vec<_> = public_paths(
+        spec.path.as_deref().unwrap_or(DEFAULT_PATH),
+        svc.spec.model.task,
+        playground_on(&svc.spec),
+    )
+    .into_iter()
+    .map(|path| json!({"path": path, "pathType": "Exact", "backend": backend}))
+    .collect();
     let mut body = json!({
         "ingressClassName": spec.class_name,
-        "rules": [{
-            "host": spec.host,
-            "http": {"paths": [{
-                "path": spec.path.as_deref().unwrap_or(DEFAULT_PATH),
-                "pathType": "Prefix",
-                "backend": {"service": {"name": svc.name_any(), "port": {"number": HTTP_SERVICE_PORT}}},
-            }]},
-        }],
+        "rules": [{"host": spec.host, "http": {"paths": paths}}],
         "tls": tls.map(|t| json!([{
             "hosts": [spec.host],
             "secretName": t.secret_name.clone().unwrap_or_else(|| format!("{}-tls", svc.name_any())),
@@ -58,4 +81,32 @@ pub fn ingress(svc: &NluService) -> Option<Ingress> {
         spec: Some(typed(body)),
         status: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_model_routes_and_the_playground_are_published() {
+        assert_eq!(
+            public_paths("/", Task::Embedding, false),
+            ["/v1/embeddings", "/embed", "/similarity"]
+        );
+        let prefixed = public_paths("/uninlu/", Task::Uninlu, true);
+        assert_eq!(prefixed[0], "/uninlu");
+        for path in [
+            "/uninlu/",
+            "/uninlu/api/predict",
+            "/uninlu/info",
+            "/uninlu/playground/playground.js",
+        ] {
+            assert!(prefixed.iter().any(|p| p == path), "{path}: {prefixed:?}");
+        }
+        assert!(!prefixed
+            .iter()
+            .any(|p| p.ends_with("/metrics") || p.ends_with("/healthz")));
+        assert!(!prefixed.iter().any(|p| p.ends_with("/embed")));
+        assert!(!public_paths("/", Task::Uninlu, true).contains(&String::new()));
+    }
 }
