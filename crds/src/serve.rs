@@ -19,6 +19,36 @@ pub fn exported_metric(name: &str) -> String {
     format!("{METRICS_PREFIX}_{name}")
 }
 
+/// Default of `--max-batch-tokens`: token positions in one model batch.
+pub const DEFAULT_MAX_BATCH_TOKENS: usize = 16_384;
+/// Default of `--max-queue-tokens`: token positions of the requests in flight.
+pub const DEFAULT_MAX_QUEUE_TOKENS: usize = 524_288;
+
+/// What a server's memory comes to, for a base-size model (hidden 768, the largest this
+/// project ships). Estimates from the tensor shapes, not measurements (docs/server.md, "Memory
+/// and abandoned work").
+pub mod memory {
+    /// The model's weights and the runtime: also what the operator requests.
+    pub const BASE_BYTES: u64 = 1 << 30;
+    /// Activations per position of a running batch (the attention scores and the 4x
+    /// intermediate layer dominate).
+    pub const BATCH_BYTES_PER_TOKEN: u64 = 64 << 10;
+    /// What a position in flight holds between batches: its hidden state (768 x 4 bytes).
+    pub const IN_FLIGHT_BYTES_PER_TOKEN: u64 = 3 << 10;
+
+    /// The most memory a server needs with these batching settings (`None`: the default), in
+    /// MiB rounded up: the limit the operator puts on the container.
+    pub fn limit_mib(max_batch_tokens: Option<i32>, max_queue_tokens: Option<i32>) -> u64 {
+        let tokens = |set: Option<i32>, default: usize| {
+            set.map_or(default as u64, |n| u64::try_from(n).unwrap_or(0))
+        };
+        let bytes = BASE_BYTES
+            + tokens(max_batch_tokens, super::DEFAULT_MAX_BATCH_TOKENS) * BATCH_BYTES_PER_TOKEN
+            + tokens(max_queue_tokens, super::DEFAULT_MAX_QUEUE_TOKENS) * IN_FLIGHT_BYTES_PER_TOKEN;
+        bytes.div_ceil(1 << 20)
+    }
+}
+
 /// The inference task of a service.
 #[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
@@ -218,6 +248,18 @@ impl ServeFlags {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_limit_grows_with_batch_and_queue() {
+        // 1 GiB + 16384 x 64 KiB + 524288 x 3 KiB.
+        assert_eq!(memory::limit_mib(None, None), 1024 + 1024 + 1536);
+        assert_eq!(memory::limit_mib(Some(1024), Some(1024)), 1024 + 64 + 3);
+        assert_eq!(
+            memory::limit_mib(Some(1), Some(1)),
+            1025,
+            "rounded up to a MiB"
+        );
+    }
 
     #[test]
     fn exported_in_flight_metric_name() {

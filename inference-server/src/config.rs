@@ -122,7 +122,7 @@ pub struct ServeArgs {
 pub struct BatchingArgs {
     /// Most tokens in one model batch, summed over its sequences (batches run packed, without
     /// padding).
-    #[arg(long, env = "NLU_MAX_BATCH_TOKENS", default_value_t = 16384)]
+    #[arg(long, env = "NLU_MAX_BATCH_TOKENS", default_value_t = nlu_crds::serve::DEFAULT_MAX_BATCH_TOKENS)]
     pub max_batch_tokens: usize,
 
     /// Most sequences in one model batch.
@@ -140,7 +140,7 @@ pub struct BatchingArgs {
     /// UniNLU request counted once it is known, until the request ends). A new request whose
     /// first work would pass it gets 503 `overloaded` at once; later levels of admitted
     /// requests are never refused. Bounds the memory requests hold (docs/server.md, "Memory").
-    #[arg(long, env = "NLU_MAX_QUEUE_TOKENS", default_value_t = 524_288)]
+    #[arg(long, env = "NLU_MAX_QUEUE_TOKENS", default_value_t = nlu_crds::serve::DEFAULT_MAX_QUEUE_TOKENS)]
     pub max_queue_tokens: usize,
 }
 

@@ -341,6 +341,10 @@ async fn damaged_records_are_refused_for_their_tenant_only() {
         ("requests_per_day", "ten"),
         ("requests_per_minute", "-1"),
         ("requests_per_minute", "1e3"),
+        ("tokens_per_day", "many"),
+        ("tokens_per_minute", "0x10"),
+        ("max_concurrent_requests", "1.5"),
+        ("max_concurrent_requests", ""),
         ("gen", "2.5"),
         ("gen", "123456789012345678901"),
     ] {

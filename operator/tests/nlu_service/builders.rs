@@ -155,6 +155,44 @@ fn pods_are_locked_down() {
 }
 
 #[test]
+fn memory_limit_follows_the_batching_settings_unless_the_spec_sets_memory() {
+    let memory = |svc: &nlu_crds::NluService| {
+        let r = server(&build(svc)).resources.unwrap();
+        let get = |m: Option<std::collections::BTreeMap<String, _>>| {
+            m.and_then(|m| {
+                m.get("memory")
+                    .map(|q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity| q.0.clone())
+            })
+        };
+        (get(r.requests), get(r.limits))
+    };
+    // Defaults: 1 GiB for the model + 16384 batch positions x 64 KiB + 524288 in flight x 3 KiB.
+    assert_eq!(
+        memory(&minimal()),
+        (Some("1024Mi".into()), Some("3584Mi".into()))
+    );
+    // The spec's own memory is kept as written.
+    assert_eq!(
+        memory(&uninlu_tls_autoscaling()),
+        (Some("2Gi".into()), Some("3Gi".into()))
+    );
+    // Resources without memory get the derived limit of their batching settings.
+    let mut cpu_only = minimal();
+    cpu_only.spec.resources =
+        Some(serde_json::from_value(serde_json::json!({"requests": {"cpu": "4"}})).unwrap());
+    cpu_only.spec.batching = Some(
+        serde_json::from_value(
+            serde_json::json!({"maxBatchTokens": 4096, "maxQueueTokens": 65536}),
+        )
+        .unwrap(),
+    );
+    assert_eq!(
+        memory(&cpu_only),
+        (None, Some(format!("{}Mi", 1024 + 256 + 192)))
+    );
+}
+
+#[test]
 fn probes_and_drain() {
     let s = server(&build(&minimal()));
     assert_eq!(
@@ -294,10 +332,16 @@ fn ingress_uses_cert_manager_and_never_a_secret_object() {
         Some(&["nlu.example.com".to_owned()][..])
     );
     let rules = spec.rules.unwrap();
-    assert_eq!(
-        rules[0].http.as_ref().unwrap().paths[0].path.as_deref(),
-        Some("/uninlu")
-    );
+    let paths: Vec<_> = rules[0]
+        .http
+        .as_ref()
+        .unwrap()
+        .paths
+        .iter()
+        .map(|p| (p.path.as_deref().unwrap(), p.path_type.as_str()))
+        .collect();
+    // Public by default: the model route of its task only, no playground, probes or metrics.
+    assert_eq!(paths, [("/uninlu/api/predict", "Exact")]);
 
     let issuer = build(&auth_off()).ingress.unwrap();
     let ann = issuer.metadata.annotations.unwrap();

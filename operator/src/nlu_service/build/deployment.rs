@@ -4,7 +4,8 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 use nlu_crds::nlu_service::{AuthMode, ModelSource, NluServiceSpec, RedisRef};
-use nlu_crds::serve::{JwtFlags, LogFormat, ServeFlags, REDIS_URL_ENV};
+use nlu_crds::routes::Route;
+use nlu_crds::serve::{memory, JwtFlags, LogFormat, ServeFlags, REDIS_URL_ENV};
 use nlu_crds::NluService;
 use serde_json::{json, Value};
 
@@ -81,10 +82,10 @@ pub fn deployment(svc: &NluService, cfg: &OperatorConfig) -> Deployment {
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         "env": redis_env(spec, cfg),
-        "resources": spec.resources.clone().map(|r| serde_json::to_value(r).expect("ResourceRequirements serializes")).unwrap_or_else(default_resources),
-        "startupProbe": probe("/healthz", STARTUP_PROBE_PERIOD, STARTUP_PROBE_FAILURES),
-        "livenessProbe": probe("/healthz", 10, 3),
-        "readinessProbe": probe("/readyz", 5, 2),
+        "resources": resources(spec),
+        "startupProbe": probe(Route::Healthz.path(), STARTUP_PROBE_PERIOD, STARTUP_PROBE_FAILURES),
+        "livenessProbe": probe(Route::Healthz.path(), 10, 3),
+        "readinessProbe": probe(Route::Readyz.path(), 5, 2),
         "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
         "securityContext": container_security(),
         "volumeMounts": mounts,
@@ -126,10 +127,24 @@ pub fn deployment(svc: &NluService, cfg: &OperatorConfig) -> Deployment {
     }
 }
 
-/// Requests when the spec gives none: enough for a base-size BERT, and a CPU request so the
-/// HPA's utilisation target has something to divide by.
-fn default_resources() -> Value {
-    json!({"requests": {"cpu": "1", "memory": "1Gi"}})
+/// The container's resources: the spec's, else a CPU request (so the HPA's utilisation target
+/// has something to divide by) and memory for a base-size model. Unless the spec says anything
+/// about memory, the limit is what the batching settings let the server hold
+/// (`serve::memory::limit_mib`), so a pod that outgrows it is the one stopped, not its node.
+pub fn resources(spec: &NluServiceSpec) -> Value {
+    let mut resources = spec.resources.clone().map_or_else(
+        || json!({"requests": {"cpu": "1", "memory": format!("{}Mi", memory::BASE_BYTES >> 20)}}),
+        |r| serde_json::to_value(r).expect("ResourceRequirements serializes"),
+    );
+    let says_memory = ["requests", "limits"]
+        .iter()
+        .any(|k| resources[k]["memory"].is_string());
+    if spec.resources.is_none() || !says_memory {
+        let batching = spec.batching.clone().unwrap_or_default();
+        let limit = memory::limit_mib(batching.max_batch_tokens, batching.max_queue_tokens);
+        resources["limits"]["memory"] = json!(format!("{limit}Mi"));
+    }
+    resources
 }
 
 fn container_security() -> Value {
