@@ -74,24 +74,32 @@ pub fn namespace_keys(keys: &RedisKeys, kind: &str, namespace: &str) -> String {
 }
 
 /// The user's rules after `reset` (which also drops every password and key pattern, turns the
-/// user off and denies every command): on, the commands above, its keys.
+/// user off and denies every command). Redis checks `EVALSHA` against its declared keys as a
+/// write (a script may write anything), so the root permissions allow the server's own
+/// commands on all the namespace's keys, and two selectors decide what the script (and a
+/// direct call) may do with them: read the records, read and write the counters.
 pub fn rules(keys: &RedisKeys, namespace: &str) -> Vec<String> {
+    let record = namespace_keys(keys, kind::TENANT, namespace);
+    let counters: Vec<String> = kind::COUNTERS
+        .iter()
+        .map(|k| format!("~{}", namespace_keys(keys, k, namespace)))
+        .collect();
     let mut rules = vec!["on".to_owned(), "resetchannels".to_owned()];
     rules.extend(
-        SCRIPT_COMMANDS
+        SERVER_COMMANDS
             .iter()
-            .chain(&SERVER_COMMANDS)
+            .filter(|c| **c != "zrem")
             .map(|c| format!("+{c}")),
     );
-    rules.push(format!(
-        "%R~{}",
-        namespace_keys(keys, kind::TENANT, namespace)
-    ));
-    rules.extend(
-        kind::COUNTERS
-            .iter()
-            .map(|k| format!("~{}", namespace_keys(keys, k, namespace))),
-    );
+    rules.push(format!("~{record}"));
+    rules.extend(counters.iter().cloned());
+    rules.push(format!("(+exists +hmget %R~{record})"));
+    let writes: Vec<String> = SCRIPT_COMMANDS
+        .iter()
+        .chain(&["zrem"])
+        .map(|c| format!("+{c}"))
+        .collect();
+    rules.push(format!("({} {})", writes.join(" "), counters.join(" ")));
     rules
 }
 
@@ -176,7 +184,10 @@ mod tests {
     #[test]
     fn rules_give_read_only_records_and_read_write_counters_of_one_namespace() {
         let rules = rules(&RedisKeys::default(), "team-a");
-        assert!(rules.contains(&"%R~nlu:tenant:{team-a/*".to_owned()));
+        assert!(rules.contains(&"(+exists +hmget %R~nlu:tenant:{team-a/*)".to_owned()));
+        let counters = rules.last().unwrap();
+        assert!(counters.starts_with("(+exists +hmget +time"), "{counters}");
+        assert!(counters.contains("+zrem") && !counters.contains("tenant"));
         for k in [
             "usage",
             "rate",
@@ -185,6 +196,7 @@ mod tests {
             "in-flight",
         ] {
             assert!(rules.contains(&format!("~nlu:{k}:{{team-a/*")), "{k}");
+            assert!(counters.contains(&format!(" ~nlu:{k}:{{team-a/*")), "{k}");
         }
         assert!(!rules.iter().any(|r| r.contains("~*") || r == "allkeys"));
         assert!(!rules.iter().any(|r| r.starts_with("+@")), "no categories");
