@@ -17,7 +17,7 @@ async fn refused(conn: &mut redis::aio::MultiplexedConnection, cmd: &redis::Cmd)
     let result: redis::RedisResult<redis::Value> = cmd.query_async(conn).await;
     match result {
         Ok(value) => panic!("{cmd:?} was accepted: {value:?}"),
-        Err(e) => e.to_string(),
+        Err(e) => e.to_string().to_uppercase(),
     }
 }
 
@@ -85,7 +85,8 @@ async fn a_namespace_credential_runs_its_quota_script_and_nothing_else() {
         .check(&bob, 1, Scope::Embed, "gte", Charge::Request, 6)
         .await
         .unwrap_err()
-        .to_string();
+        .to_string()
+        .to_uppercase();
     assert!(error.contains("NOPERM"), "{error}");
     let mut a = redis::Client::open(url.as_str())
         .unwrap()
