@@ -14,7 +14,6 @@
 //! all of them), so rules changed by hand or a node that lost the user are put back.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
