@@ -14,6 +14,8 @@ mod in_flight;
 mod overhead;
 #[path = "auth/quota.rs"]
 mod quota;
+#[path = "auth/redis_acl.rs"]
+mod redis_acl;
 #[path = "auth/redis_cluster.rs"]
 mod redis_cluster;
 #[path = "auth/redis_failure.rs"]

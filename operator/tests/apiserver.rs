@@ -13,5 +13,7 @@
 mod harness;
 #[path = "apiserver/nlu_service.rs"]
 mod nlu_service;
+#[path = "apiserver/redis_acl.rs"]
+mod redis_acl;
 #[path = "apiserver/tenant.rs"]
 mod tenant;

@@ -5,11 +5,13 @@
 //! - [`jwks`]: the public JWK Set that servers verify against (kid = RFC 7638 thumbprint).
 //! - [`verify`]: token verification, shared so the operator can prove its tokens pass the server.
 //! - [`redis_keys`]: Redis key names, the tenant record and the atomic quota script.
+//! - [`redis_acl`]: the Redis ACL user of a service namespace (rules, name, credential URL).
 //! - `redis_client` (feature `redis-client`): how both binaries open Redis (one server or a
 //!   Redis Cluster), TLS roots included.
 
 pub mod claims;
 pub mod jwks;
+pub mod redis_acl;
 #[cfg(feature = "redis-client")]
 pub mod redis_client;
 pub mod redis_keys;

@@ -30,6 +30,20 @@ pub const MAX_LIMIT: u64 = 999_999_999_999_999;
 /// Usage counters live two days so yesterday's total is still readable just after midnight.
 pub const USAGE_TTL_SECS: u64 = 2 * 24 * 3600;
 
+/// The kinds of key, the part between the prefix and the tenant's hash tag.
+pub mod kind {
+    /// The tenant record, written by the operator only.
+    pub const TENANT: &str = "tenant";
+    /// The servers' counters and limiters, in script-key order after the record.
+    pub const USAGE: &str = "usage";
+    pub const RATE: &str = "rate";
+    pub const TOKEN_RATE: &str = "rate-tokens";
+    pub const TOKEN_RATE_SUM: &str = "rate-tokens-sum";
+    pub const IN_FLIGHT: &str = "in-flight";
+    /// Every kind the servers write (the quota script and the in-flight release).
+    pub const COUNTERS: [&str; 5] = [USAGE, RATE, TOKEN_RATE, TOKEN_RATE_SUM, IN_FLIGHT];
+}
+
 /// Field names of the tenant hash.
 pub mod field {
     /// `1` = enabled, `0` = suspended.
@@ -88,32 +102,40 @@ impl RedisKeys {
         }
     }
 
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn key(&self, kind: &str, tenant: &QualifiedName) -> String {
         format!("{}{kind}:{{{tenant}}}", self.prefix)
     }
 
     pub fn tenant(&self, tenant: &QualifiedName) -> String {
-        self.key("tenant", tenant)
+        self.key(kind::TENANT, tenant)
     }
 
     pub fn usage(&self, tenant: &QualifiedName, day: NaiveDate) -> String {
-        format!("{}:{}", self.key("usage", tenant), day.format("%Y-%m-%d"))
+        format!(
+            "{}:{}",
+            self.key(kind::USAGE, tenant),
+            day.format("%Y-%m-%d")
+        )
     }
 
     pub fn rate(&self, tenant: &QualifiedName) -> String {
-        self.key("rate", tenant)
+        self.key(kind::RATE, tenant)
     }
 
     pub fn token_rate(&self, tenant: &QualifiedName) -> String {
-        self.key("rate-tokens", tenant)
+        self.key(kind::TOKEN_RATE, tenant)
     }
 
     pub fn token_rate_sum(&self, tenant: &QualifiedName) -> String {
-        self.key("rate-tokens-sum", tenant)
+        self.key(kind::TOKEN_RATE_SUM, tenant)
     }
 
     pub fn in_flight(&self, tenant: &QualifiedName) -> String {
-        self.key("in-flight", tenant)
+        self.key(kind::IN_FLIGHT, tenant)
     }
 
     /// Every key the tenant can have on `today`: the usage counters still alive

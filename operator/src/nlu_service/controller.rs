@@ -25,6 +25,7 @@ use super::status::{self, Observed};
 use super::validate::{self, Problem};
 use crate::apply::{apply, apply_status, delete_owned};
 use crate::context::Context;
+use crate::tenant::redis_acl::uses_operator_redis;
 
 /// The `controller` label of this controller's metrics.
 pub const CONTROLLER: &str = "nluservice";
@@ -119,9 +120,8 @@ pub fn error_policy(svc: Arc<NluService>, error: &Error, ctx: Arc<Context>) -> A
 
 /// Whether the object the reconcile started from is still the live one, not being deleted.
 pub fn still_wanted(seen: &NluService, live: &Option<NluService>) -> bool {
-    live.as_ref().is_some_and(|live| {
-        live.metadata.deletion_timestamp.is_none() && live.uid() == seen.uid()
-    })
+    live.as_ref()
+        .is_some_and(|live| live.metadata.deletion_timestamp.is_none() && live.uid() == seen.uid())
 }
 
 /// The NluService as the API server holds it now (the reconcile's copy comes from a cache).
@@ -147,6 +147,11 @@ async fn check_redis_secret(svc: &NluService, ctx: &Context) -> Result<Option<Pr
     let Some((name, key)) = redis_secret(&svc.spec, &ctx.config) else {
         return Ok(None);
     };
+    if ctx.config.redis_url.is_some() && uses_operator_redis(svc) {
+        // The operator writes this namespace's credential Secret itself (tenant::redis_acl);
+        // the pods start once it exists.
+        return Ok(None);
+    }
     let api: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
     let secret = api.get_opt(&name).await.map_err(|source| Error::Read {

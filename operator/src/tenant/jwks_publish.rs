@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ObjectMeta;
 use kube::runtime::reflector::Store;
 use kube::{Client, Resource, ResourceExt};
@@ -34,21 +35,32 @@ pub fn auth_on(svc: &NluService) -> bool {
         == AuthMode::Jwt
 }
 
-/// One ConfigMap per namespace with auth-on services, owned by all of them.
-pub fn desired(services: &[Arc<NluService>], jwks_json: &str) -> BTreeMap<String, ConfigMap> {
-    let mut by_ns: BTreeMap<String, Vec<_>> = BTreeMap::new();
+/// The namespaces of the live services that `wanted` picks, each with those services as
+/// owner references (none the controller), sorted by name.
+pub fn owners_by_namespace(
+    services: &[Arc<NluService>],
+    wanted: impl Fn(&NluService) -> bool,
+) -> BTreeMap<String, Vec<OwnerReference>> {
+    let mut by_ns: BTreeMap<String, Vec<OwnerReference>> = BTreeMap::new();
     for svc in services
         .iter()
-        .filter(|s| auth_on(s) && s.meta().deletion_timestamp.is_none())
+        .filter(|s| wanted(s) && s.meta().deletion_timestamp.is_none())
     {
         if let (Some(ns), Some(owner)) = (svc.namespace(), svc.owner_ref(&())) {
             by_ns.entry(ns).or_default().push(owner);
         }
     }
     by_ns
+        .values_mut()
+        .for_each(|owners| owners.sort_by(|a, b| a.name.cmp(&b.name)));
+    by_ns
+}
+
+/// One ConfigMap per namespace with auth-on services, owned by all of them.
+pub fn desired(services: &[Arc<NluService>], jwks_json: &str) -> BTreeMap<String, ConfigMap> {
+    owners_by_namespace(services, auth_on)
         .into_iter()
-        .map(|(ns, mut owners)| {
-            owners.sort_by(|a, b| a.name.cmp(&b.name));
+        .map(|(ns, owners)| {
             let cm = ConfigMap {
                 metadata: ObjectMeta {
                     name: Some(JWKS_CONFIGMAP.into()),

@@ -2,11 +2,13 @@
 //! Redis, reports usage, and keeps the signing keys and their public JWK Set.
 //!
 //! Runtime pieces started by [`run`]: the key manager (the key Secret: creation, rotation,
-//! retirement), the JWK Set publisher (ConfigMap `nlu-jwks` per namespace), and the controller
+//! retirement), the JWK Set publisher (ConfigMap `nlu-jwks` per namespace), the Redis ACL user
+//! and credential Secret of each service namespace ([`redis_acl`]), and the controller
 //! itself ([`controller::reconcile`]).
 
 pub mod controller;
 pub mod jwks_publish;
+pub mod redis_acl;
 pub mod redis_sync;
 pub mod revocation;
 pub mod rotate_key;
@@ -55,12 +57,13 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
         .redis_url
         .as_deref()
         .ok_or_else(|| anyhow::anyhow!("--redis-url (NLU_OPERATOR_REDIS_URL) is not set"))?;
-    let ca_pem = match &config.redis_ca_file {
-        Some(path) => Some(std::fs::read(path).map_err(|e| {
-            anyhow::anyhow!("cannot read --redis-ca-file {}: {e}", path.display())
-        })?),
-        None => None,
-    };
+    let ca_pem =
+        match &config.redis_ca_file {
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("cannot read --redis-ca-file {}: {e}", path.display())
+            })?),
+            None => None,
+        };
     let redis = redis_sync::connect(url, ca_pem)?;
     let client = ctx.client.clone();
     let (tenants, services): (Api<Tenant>, Api<NluService>) = match &config.namespace {
@@ -100,6 +103,12 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
         client.clone(),
         service_store.clone(),
         ring_rx.clone(),
+    ));
+    helpers.spawn(redis_acl::run(
+        client.clone(),
+        service_store.clone(),
+        redis.clone(),
+        config.clone(),
     ));
 
     let tenant_ctx = Arc::new(TenantContext::new(

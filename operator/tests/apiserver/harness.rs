@@ -46,6 +46,24 @@ impl Running {
         .await
     }
 
+    /// Both controllers, as `nlu-operator run` runs them, watching `namespace`, with the
+    /// operator's Redis at `redis_url`.
+    pub async fn operator(server: &ApiServer, namespace: &str, redis_url: &str) -> Running {
+        let config = OperatorConfig {
+            namespace: Some(namespace.into()),
+            operator_namespace: format!("{namespace}-system"),
+            redis_url: Some(redis_url.into()),
+            ..OperatorConfig::default()
+        };
+        Running::start(server, config, |ctx, stop| async move {
+            tokio::join!(
+                nlu_operator::nlu_service::controller::run(ctx.clone(), stop.clone()),
+                nlu_operator::tenant::run(ctx, stop),
+            );
+        })
+        .await
+    }
+
     async fn start<F, Fut>(server: &ApiServer, config: OperatorConfig, run: F) -> Running
     where
         F: FnOnce(Arc<Context>, CancellationToken) -> Fut,

@@ -1,0 +1,150 @@
+//! A namespace's Redis ACL user (`nlu_crds::access::redis_acl`, what the operator sends with
+//! `ACL SETUSER`) against a real `redis-server` 7: the server's quota code works for the
+//! namespace's tenants with that credential, and everything else is refused with `NOPERM`.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use nlu_crds::access::redis_acl::{credential_url, setuser_args, user_name};
+use nlu_crds::access::redis_keys::{script_args, Charge, QUOTA_SCRIPT};
+use nlu_crds::access::{QuotaOutcome, RedisKeys, Scope, TenantRecord};
+use nlu_server::auth::quota::QuotaStore;
+
+use crate::harness::*;
+
+/// Runs `cmd` on `conn` and returns the error text (the test fails if Redis accepted it).
+async fn refused(conn: &mut redis::aio::MultiplexedConnection, cmd: &redis::Cmd) -> String {
+    let result: redis::RedisResult<redis::Value> = cmd.query_async(conn).await;
+    match result {
+        Ok(value) => panic!("{cmd:?} was accepted: {value:?}"),
+        Err(e) => e.to_string().to_uppercase(),
+    }
+}
+
+#[tokio::test]
+async fn a_namespace_credential_runs_its_quota_script_and_nothing_else() {
+    let redis = redis();
+    let prefix = unique_prefix();
+    let keys = RedisKeys::new(prefix.clone());
+    let mut root = RedisTarget::new(redis.url()).conn();
+    let record = TenantRecord {
+        requests_per_day: 2,
+        ..open_record()
+    };
+    for tenant in ["team-a/alice", "team-b/bob"] {
+        write_record(&mut root, &prefix, tenant, &record).await;
+    }
+    let password = "pw-of-team-a";
+    let _: () = redis::cmd("ACL")
+        .arg(setuser_args(&keys, "team-a", password))
+        .query_async(&mut root)
+        .await
+        .unwrap();
+    let url = credential_url(&redis.url(), &user_name("team-a"), password).unwrap();
+
+    // The server's own quota code with A's credential: allowed, counted, limited, released.
+    let store = QuotaStore::new(
+        &url,
+        None,
+        &prefix,
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    store.ping().await.unwrap();
+    let alice = "team-a/alice".parse().unwrap();
+    let check = |nonce| store.check(&alice, 1, Scope::Embed, "gte", Charge::Request, nonce);
+    assert!(matches!(check(1).await.unwrap(), QuotaOutcome::Allowed(_)));
+    assert!(matches!(
+        store
+            .check(&alice, 1, Scope::Embed, "gte", Charge::Tokens(5), 2)
+            .await
+            .unwrap(),
+        QuotaOutcome::Allowed(_)
+    ));
+    assert!(matches!(check(3).await.unwrap(), QuotaOutcome::Allowed(_)));
+    assert!(matches!(
+        check(4).await.unwrap(),
+        QuotaOutcome::DailyQuotaExceeded(_)
+    ));
+    store.release(&alice, 1).await.unwrap();
+    // After a SCRIPT FLUSH the store loads the script again with the credential.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut root)
+        .await
+        .unwrap();
+    assert!(matches!(
+        check(5).await.unwrap(),
+        QuotaOutcome::DailyQuotaExceeded(_)
+    ));
+
+    // B's tenants through the store and through the script by hand: refused.
+    let bob = "team-b/bob".parse().unwrap();
+    let error = store
+        .check(&bob, 1, Scope::Embed, "gte", Charge::Request, 6)
+        .await
+        .unwrap_err()
+        .to_string()
+        .to_uppercase();
+    assert!(error.contains("NOPERM"), "{error}");
+    let mut a = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut eval = redis::cmd("EVAL");
+    eval.arg(QUOTA_SCRIPT).arg(6);
+    eval.arg(&keys.script_keys(&bob, Utc::now().date_naive())[..]);
+    eval.arg(&script_args(1, Scope::Embed, "gte", 7, Charge::Request, 1000)[..]);
+    assert!(refused(&mut a, &eval).await.contains("NOPERM"));
+    let mut evalsha = redis::cmd("EVALSHA");
+    evalsha
+        .arg(redis::Script::new(QUOTA_SCRIPT).get_hash())
+        .arg(6);
+    evalsha.arg(&keys.script_keys(&bob, Utc::now().date_naive())[..]);
+    evalsha.arg(&script_args(1, Scope::Embed, "gte", 8, Charge::Request, 1000)[..]);
+    assert!(refused(&mut a, &evalsha).await.contains("NOPERM"));
+    // The script must declare its keys: touching an undeclared key of B is refused as well.
+    let mut sneaky = redis::cmd("EVALSHA");
+    sneaky
+        .arg(redis::Script::new(QUOTA_SCRIPT).get_hash())
+        .arg(6);
+    let mut mixed = keys.script_keys(&alice, Utc::now().date_naive()).to_vec();
+    mixed[1] = keys.usage(&bob, Utc::now().date_naive());
+    sneaky.arg(&mixed[..]);
+    sneaky.arg(&script_args(1, Scope::Embed, "gte", 9, Charge::Request, 1000)[..]);
+    assert!(refused(&mut a, &sneaky).await.contains("NOPERM"));
+
+    // Its own record is read-only; the server-wide and dangerous commands are refused.
+    let own_record = keys.tenant(&alice);
+    for cmd in [
+        redis::cmd("HSET")
+            .arg(&own_record)
+            .arg("gen")
+            .arg(0)
+            .clone(),
+        redis::cmd("DEL").arg(&own_record).clone(),
+        redis::cmd("HGETALL").arg(keys.tenant(&bob)).clone(),
+        redis::cmd("KEYS").arg("*").clone(),
+        redis::cmd("SCAN").arg(0).clone(),
+        redis::cmd("FLUSHALL").clone(),
+        redis::cmd("MONITOR").clone(),
+        redis::cmd("CONFIG").arg("GET").arg("*").clone(),
+        redis::cmd("SHUTDOWN").clone(),
+        redis::cmd("CLIENT").arg("PAUSE").arg(10_000).clone(),
+        redis::cmd("ACL").arg("SETUSER").arg("x").clone(),
+        redis::cmd("EVAL").arg("return 1").arg(0).clone(),
+    ] {
+        let error = refused(&mut a, &cmd).await;
+        assert!(error.contains("NOPERM"), "{cmd:?}: {error}");
+    }
+    // Redis is still up and B's record untouched.
+    let gen: String = redis::cmd("HGET")
+        .arg(keys.tenant(&bob))
+        .arg("gen")
+        .query_async(&mut root)
+        .await
+        .unwrap();
+    assert_eq!(gen, "1");
+}
