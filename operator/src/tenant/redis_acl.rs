@@ -3,8 +3,9 @@
 //! Every namespace with an auth-on NluService that names no Redis of its own gets the ACL user
 //! `nlu-ns-<namespace>` (rules: `nlu_crds::access::redis_acl`) and the Secret
 //! `--default-redis-secret` (key `url`): the operator's Redis URL with that user and a random
-//! password, owned by those NluServices, which their pods read. The operator's own URL never
-//! leaves the operator.
+//! password, which their pods read. The operator's own URL never leaves the operator. The
+//! Secret has no owner: garbage collection after the last NluService of the moment went would
+//! give the next one a new password while running pods still hold the old one.
 //!
 //! Every few seconds, per namespace: the Secret's password is kept while Redis knows it; a
 //! Secret that is gone, or whose password does not authenticate (a user whose passwords do not
@@ -17,7 +18,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::ByteString;
 use kube::api::ObjectMeta;
 use kube::runtime::reflector::Store;
@@ -76,12 +76,11 @@ pub fn decide(stored: Option<String>, hashes: Option<&[String]>) -> Password {
 }
 
 /// The credential Secret of `namespace`.
-pub fn secret(name: &str, namespace: &str, owners: Vec<OwnerReference>, url: &str) -> Secret {
+pub fn secret(name: &str, namespace: &str, url: &str) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some(namespace.to_owned()),
-            owner_references: Some(owners),
             labels: Some(BTreeMap::from([
                 (
                     "app.kubernetes.io/managed-by".to_owned(),
@@ -151,7 +150,6 @@ pub async fn ensure(
     redis: &mut RedisConnection,
     config: &OperatorConfig,
     namespace: &str,
-    owners: Vec<OwnerReference>,
 ) -> anyhow::Result<bool> {
     let operator_url = config
         .redis_url
@@ -178,10 +176,13 @@ pub async fn ensure(
         .query_async::<()>(redis)
         .await?;
     let url = credential_url(operator_url, &user, &password).map_err(anyhow::Error::msg)?;
-    let want = secret(name, namespace, owners, &url);
+    let want = secret(name, namespace, &url);
     let same = current.as_ref().is_some_and(|c| {
         c.data == want.data
-            && c.metadata.owner_references == want.metadata.owner_references
+            && c.metadata
+                .owner_references
+                .as_ref()
+                .is_none_or(Vec::is_empty)
             && c.metadata.labels.as_ref().is_some_and(|l| {
                 want.metadata
                     .labels
@@ -205,8 +206,8 @@ pub async fn run(
 ) {
     loop {
         let namespaces = owners_by_namespace(&services.state(), uses_operator_redis);
-        for (ns, owners) in namespaces {
-            match ensure(&client, &mut redis, &config, &ns, owners).await {
+        for ns in namespaces.into_keys() {
+            match ensure(&client, &mut redis, &config, &ns).await {
                 Ok(true) => {
                     tracing::info!(namespace = %ns, "new Redis credential for the namespace")
                 }
@@ -279,7 +280,7 @@ mod tests {
 
     #[test]
     fn the_secret_holds_the_url_and_its_password_is_read_back() {
-        let s = secret("nlu-redis", "ns", vec![], "redis://nlu-ns-ns:pw@r:6379/0");
+        let s = secret("nlu-redis", "ns", "redis://nlu-ns-ns:pw@r:6379/0");
         assert_eq!(stored_password(&s, "nlu-ns-ns"), Some("pw".into()));
         assert_eq!(stored_password(&s, "nlu-ns-other"), None);
         assert_eq!(
