@@ -95,19 +95,25 @@ for _ in $(seq 1 100); do
     redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
     sleep 0.1
 done
-redis-cli -p "$REDIS_PORT" HSET nlu:tenant:default/fuzz enabled 1 requests_per_day 10000000 \
-    requests_per_minute 1000000 scopes predict,embed services "" gen 1 >/dev/null
+redis-cli -p "$REDIS_PORT" HSET "nlu:tenant:{default/fuzz}" enabled 1 requests_per_day 10000000 \
+    requests_per_minute 1000000 tokens_per_day 0 tokens_per_minute 0 max_concurrent_requests 0 \
+    scopes predict,embed services "" gen 1 uid fuzz-1 >/dev/null
 TOKEN=$("$BIN" token --signing-key "$WORK/keys/signing-key.pem" --tenant default/fuzz \
-    --audience default/uninlu --audience default/gte --scope predict,embed --ttl 3600 --gen 1)
+    --audience default/uninlu --audience default/gte --scope predict,embed --ttl 3600 --gen 1 \
+    --tenant-uid fuzz-1)
 auth_flags() {
     echo --auth jwt --jwks "$WORK/keys/jwks.json" --service-id "$1" --redis-url "redis://127.0.0.1:$REDIS_PORT/"
 }
 # shellcheck disable=SC2046
-fuzz uninlu-auth "$(start_server --model "$UNINLU" --task uninlu $(auth_flags default/uninlu))" \
-    -H "Authorization: Bearer $TOKEN"
+UNINLU_AUTH=$(start_server --model "$UNINLU" --task uninlu $(auth_flags default/uninlu))
 # shellcheck disable=SC2046
-fuzz embedding-auth "$(start_server --model "$GTE" --task embedding $(auth_flags default/gte))" \
-    -H "Authorization: Bearer $TOKEN"
+GTE_AUTH=$(start_server --model "$GTE" --task embedding $(auth_flags default/gte))
+# The token is served (else the fuzzing below would only ever see refusals).
+curl -sf -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GTE_AUTH/embed" \
+    -H 'Content-Type: application/json' -d '{"inputs": "hello"}' ||
+    { echo "the fuzzing tenant's token is refused" >&2; exit 1; }
+fuzz uninlu-auth "$UNINLU_AUTH" -H "Authorization: Bearer $TOKEN"
+fuzz embedding-auth "$GTE_AUTH" -H "Authorization: Bearer $TOKEN"
 # Without a token: every model route must refuse, as documented.
 # shellcheck disable=SC2046
 fuzz uninlu-no-token "$(start_server --model "$UNINLU" --task uninlu $(auth_flags default/uninlu))"

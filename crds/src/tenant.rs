@@ -106,8 +106,9 @@ pub struct TokenSpec {
     #[x_kube(validation = Rule::new("duration(self) >= duration('5m') && duration(self) <= duration('8760h')").message("ttl must be a duration from 5m to 8760h (the servers' default --max-token-lifetime), e.g. 720h"))]
     pub ttl: Option<String>,
     /// Credential generation. Raise it to revoke every token issued before; it cannot go down.
+    /// At most 999999999999999 (15 digits, compared exactly everywhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 999_999_999_999_999i64))]
     #[x_kube(validation = Rule::new("self >= oldSelf").message("generation can only be raised (lowering it would revive revoked tokens)"))]
     pub generation: Option<i64>,
 }
@@ -132,6 +133,14 @@ pub struct TenantStatus {
     /// Requests and tokens counted today, refreshed at most once a minute.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Revocations acted on: each new value of the `nlu.dev/revoke` annotation counts once. Kept
+    /// in status, which only the operator writes, so the credential generation
+    /// (`spec.token.generation` + this) cannot be lowered by editing the Tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocations: Option<i64>,
+    /// The last `nlu.dev/revoke` value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_handled: Option<String>,
 }
 
 /// Today's usage of a tenant.

@@ -46,6 +46,11 @@ pub struct TokenArgs {
     #[arg(long, default_value_t = 1)]
     pub gen: u64,
 
+    /// The tenant record's `uid` (the `tid` claim): tokens of another uid are revoked. The
+    /// operator uses the Tenant's `metadata.uid`; locally, any text you also write to the record.
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+    pub tenant_uid: String,
+
     /// The `iss` claim (the server's --jwt-issuer).
     #[arg(long, default_value = DEFAULT_ISSUER)]
     pub issuer: String,
@@ -106,6 +111,7 @@ pub fn token(args: &TokenArgs) -> anyhow::Result<String> {
         scopes: args.scope.0.clone(),
         ttl: Duration::from_secs(args.ttl),
         gen: args.gen,
+        tenant_uid: args.tenant_uid.clone(),
     };
     Ok(request.mint(&key)?.0)
 }
@@ -164,6 +170,8 @@ mod tests {
             "60",
             "--gen",
             "4",
+            "--tenant-uid",
+            "local-alice-1",
         ])
         .cmd
         else {
@@ -178,6 +186,7 @@ mod tests {
             (claims.sub.as_str(), claims.gen, claims.scope.clone()),
             ("ns/alice", 4, vec![Scope::Embed])
         );
+        assert_eq!(claims.tid, "local-alice-1");
         assert_eq!(claims.exp - claims.iat, 60);
     }
 
@@ -193,6 +202,8 @@ mod tests {
                 "alice",
                 "--audience",
                 "ns/s",
+                "--tenant-uid",
+                "u",
             ],
             vec![
                 "x",
@@ -203,6 +214,8 @@ mod tests {
                 "ns/a",
                 "--audience",
                 "ns/s",
+                "--tenant-uid",
+                "u",
                 "--scope",
                 "admin",
             ],
@@ -215,10 +228,33 @@ mod tests {
                 "ns/a",
                 "--audience",
                 "ns/s",
+                "--tenant-uid",
+                "u",
                 "--scope",
                 "",
             ],
-            vec!["x", "token", "--signing-key", "k", "--tenant", "ns/a"],
+            vec![
+                "x",
+                "token",
+                "--signing-key",
+                "k",
+                "--tenant",
+                "ns/a",
+                "--tenant-uid",
+                "u",
+            ],
+            vec![
+                "x",
+                "token",
+                "--signing-key",
+                "k",
+                "--tenant",
+                "ns/a",
+                "--audience",
+                "ns/s",
+                "--tenant-uid",
+                "",
+            ],
         ] {
             assert!(Cli::try_parse_from(&args).is_err(), "{args:?}");
         }

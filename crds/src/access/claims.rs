@@ -127,6 +127,9 @@ pub struct Claims {
     pub jti: String,
     /// Credential generation: tokens below the tenant record's `gen` are revoked.
     pub gen: u64,
+    /// The `metadata.uid` of the Tenant the token was issued for: the record holds it, so a
+    /// token of a deleted Tenant does not work for a new one of the same name.
+    pub tid: String,
     /// Operations granted; the record's `scopes` can narrow them further.
     pub scope: Vec<Scope>,
 }
@@ -140,6 +143,23 @@ impl Claims {
     pub fn grants(&self, scope: Scope) -> bool {
         self.scope.contains(&scope)
     }
+
+    /// What the tenant record must still accept for this token to work.
+    pub fn credential(&self) -> Credential {
+        Credential {
+            tid: self.tid.clone(),
+            gen: self.gen,
+        }
+    }
+}
+
+/// Which incarnation of a tenant (`tid`, its Tenant's uid) and which credential generation a
+/// token speaks for; the quota script refuses it as revoked unless the record has the same uid
+/// and a `gen` no higher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub tid: String,
+    pub gen: u64,
 }
 
 #[cfg(test)]
@@ -187,13 +207,14 @@ mod tests {
             nbf: 10,
             jti: "j".into(),
             gen: 3,
+            tid: "uid-alice".into(),
             scope: vec![Scope::Embed],
         };
         let json = serde_json::to_value(&claims).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"iss":"nlu-operator","sub":"ns/t","aud":["ns/svc"],"exp":20,"iat":10,
-                               "nbf":10,"jti":"j","gen":3,"scope":["embed"]})
+                               "nbf":10,"jti":"j","gen":3,"tid":"uid-alice","scope":["embed"]})
         );
         assert_eq!(serde_json::from_value::<Claims>(json).unwrap(), claims);
         assert!(claims.grants(Scope::Embed) && !claims.grants(Scope::Predict));

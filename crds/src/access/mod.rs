@@ -18,7 +18,7 @@ pub mod redis_keys;
 pub mod tokens;
 pub mod verify;
 
-pub use claims::{Claims, QualifiedName, Scope};
+pub use claims::{Claims, Credential, QualifiedName, Scope};
 pub use jwks::{public_jwk, thumbprint};
 pub use redis_keys::{QuotaOutcome, RedisKeys, TenantRecord};
 pub use tokens::{SigningKey, TokenRequest};

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use chrono::NaiveDate;
 
-use super::claims::{QualifiedName, Scope};
+use super::claims::{Credential, QualifiedName, Scope};
 use super::AccessError;
 
 pub const DEFAULT_PREFIX: &str = "nlu:";
@@ -64,6 +64,8 @@ pub mod field {
     pub const SERVICES: &str = "services";
     /// Credential generation: tokens with a lower `gen` claim are revoked.
     pub const GEN: &str = "gen";
+    /// The Tenant's `metadata.uid`: tokens whose `tid` claim differs are revoked.
+    pub const UID: &str = "uid";
 }
 
 /// Field names of a day's usage hash.
@@ -184,6 +186,8 @@ pub struct TenantRecord {
     /// NluService names in the tenant's namespace; empty = all.
     pub services: Vec<String>,
     pub gen: u64,
+    /// The Tenant's `metadata.uid` (not empty).
+    pub uid: String,
 }
 
 impl TenantRecord {
@@ -208,6 +212,7 @@ impl TenantRecord {
             (field::SCOPES, Scope::join(&self.scopes)),
             (field::SERVICES, self.services.join(",")),
             (field::GEN, self.gen.to_string()),
+            (field::UID, self.uid.clone()),
         ]
     }
 
@@ -249,6 +254,10 @@ impl TenantRecord {
                 .map(String::from)
                 .collect(),
             gen: number(field::GEN)?,
+            uid: Some(get(field::UID)?)
+                .filter(|uid| !uid.is_empty())
+                .ok_or_else(|| AccessError::Record(format!("{} is empty", field::UID)))?
+                .to_owned(),
         })
     }
 }
@@ -260,7 +269,8 @@ impl TenantRecord {
 ///
 /// KEYS: [`RedisKeys::script_keys`]. ARGV: token `gen`, route scope, service name, usage TTL
 /// seconds, a unique nonce, requests to count (`0`/`1`), tokens to charge, the request's lease
-/// in ms (how long it may hold a place under `max_concurrent_requests`: the request timeout).
+/// in ms (how long it may hold a place under `max_concurrent_requests`: the request timeout),
+/// token `tid`.
 /// Reply: `{code, requests: per_day, used_today, per_minute, used_last_minute, minute_reset_ms,
 /// tokens: the same five, max_concurrent_requests, requests in flight}`, decoded by
 /// [`QuotaOutcome::from_reply`]; a part the call did not count is zeros. A counted request
@@ -278,7 +288,7 @@ end
 if redis.call('EXISTS', KEYS[1]) == 0 then return answer(1, zero, zero) end
 local f = redis.call('HMGET', KEYS[1], 'enabled', 'requests_per_day', 'requests_per_minute',
                      'scopes', 'services', 'gen', 'tokens_per_day', 'tokens_per_minute',
-                     'max_concurrent_requests')
+                     'max_concurrent_requests', 'uid')
 local function digits(v, most)
   return type(v) == 'string' and #v <= most and string.find(v, '^%d+$') ~= nil
 end
@@ -286,6 +296,7 @@ end
 if (f[1] ~= '1' and f[1] ~= '0') or not digits(f[2], 15) or not digits(f[3], 15)
    or type(f[4]) ~= 'string' or type(f[5]) ~= 'string' or not digits(f[6], 20)
    or not digits(f[7], 15) or not digits(f[8], 15) or not digits(f[9], 15)
+   or type(f[10]) ~= 'string' or f[10] == ''
    or not digits(ARGV[7], 15) or not digits(ARGV[8], 15) then
   return answer(8, zero, zero)
 end
@@ -301,7 +312,8 @@ local function below(a, b)
   return a < b
 end
 if f[1] ~= '1' then return answer(2, zero, zero) end
-if below(ARGV[1], f[6]) then return answer(3, zero, zero) end
+-- A token of another incarnation of the tenant (deleted and re-created) is revoked too.
+if below(ARGV[1], f[6]) or ARGV[9] ~= f[10] then return answer(3, zero, zero) end
 if not listed(f[4], ARGV[2]) then return answer(4, zero, zero) end
 if not listed(f[5], ARGV[3]) then return answer(5, zero, zero) end
 local t = redis.call('TIME')
@@ -399,19 +411,19 @@ pub enum Charge {
 /// The script's `ARGV`, in its order; `nonce` must be unique per call (it names the call's
 /// entries in the minute logs).
 pub fn script_args(
-    token_gen: u64,
+    credential: &Credential,
     scope: Scope,
     service: &str,
     nonce: u64,
     charge: Charge,
     lease_ms: u64,
-) -> [String; 8] {
+) -> [String; 9] {
     let (requests, tokens) = match charge {
         Charge::Request => (1, 0),
         Charge::Tokens(n) => (0, n),
     };
     [
-        token_gen.to_string(),
+        credential.gen.to_string(),
         scope.as_str().to_string(),
         service.to_string(),
         USAGE_TTL_SECS.to_string(),
@@ -419,6 +431,7 @@ pub fn script_args(
         requests.to_string(),
         tokens.to_string(),
         lease_ms.min(MAX_LIMIT).to_string(),
+        credential.tid.clone(),
     ]
 }
 
@@ -590,6 +603,7 @@ mod tests {
             scopes: vec![Scope::Embed],
             services: vec!["gte".into(), "uninlu".into()],
             gen: 7,
+            uid: "5f0c-uid".into(),
         };
         let fields = fields(&record);
         assert_eq!(fields["enabled"], "1");
@@ -601,7 +615,10 @@ mod tests {
 
     #[test]
     fn records_are_read_as_strictly_as_the_script_reads_them() {
-        let good = fields(&TenantRecord::default());
+        let good = fields(&TenantRecord {
+            uid: "5f0c-uid".into(),
+            ..TenantRecord::default()
+        });
         assert!(TenantRecord::from_fields(&good).is_ok());
         for name in [
             field::ENABLED,
@@ -609,6 +626,7 @@ mod tests {
             field::MAX_CONCURRENT_REQUESTS,
             field::GEN,
             field::SCOPES,
+            field::UID,
         ] {
             let mut partial = good.clone();
             partial.remove(name);
@@ -617,7 +635,11 @@ mod tests {
                 "{name} missing"
             );
         }
-        for (name, value) in [(field::REQUESTS_PER_DAY, "ten"), (field::ENABLED, "yes")] {
+        for (name, value) in [
+            (field::REQUESTS_PER_DAY, "ten"),
+            (field::ENABLED, "yes"),
+            (field::UID, ""),
+        ] {
             let mut bad = good.clone();
             bad.insert(name.into(), value.into());
             assert!(TenantRecord::from_fields(&bad).is_err(), "{name} = {value}");

@@ -91,6 +91,8 @@ pub struct TokenRequest {
     pub scopes: Vec<Scope>,
     pub ttl: Duration,
     pub gen: u64,
+    /// The Tenant's `metadata.uid` (the `tid` claim).
+    pub tenant_uid: String,
 }
 
 impl TokenRequest {
@@ -112,6 +114,7 @@ impl TokenRequest {
             nbf: now,
             jti,
             gen: self.gen,
+            tid: self.tenant_uid.clone(),
             scope,
         }
     }
@@ -194,6 +197,7 @@ mod tests {
             scopes: vec![],
             ttl: Duration::from_secs(3600),
             gen: 2,
+            tenant_uid: "uid-alice".into(),
         };
         let (token, claims) = req.mint(&key).unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();

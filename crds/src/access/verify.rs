@@ -192,6 +192,7 @@ mod tests {
             scopes: vec![Scope::Embed],
             ttl: Duration::from_secs(60),
             gen: 1,
+            tenant_uid: "uid-alice".into(),
         };
         (key, verifier, req)
     }

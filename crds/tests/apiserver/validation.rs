@@ -215,6 +215,7 @@ const CASES: &[Case] = &[
     limit("Tenant spec.quota.maxConcurrentRequests minimum", TENANT, &[("/spec/quota/maxConcurrentRequests", "-1")], "spec.quota.maxConcurrentRequests", "0"),
     limit("Tenant spec.quota.maxConcurrentRequests maximum", TENANT, &[("/spec/quota/maxConcurrentRequests", "1000001")], "spec.quota.maxConcurrentRequests", "1000000"),
     limit("Tenant spec.token.generation minimum", TENANT, &[("/spec/token/generation", "0")], "spec.token.generation", "1"),
+    limit("Tenant spec.token.generation maximum", TENANT, &[("/spec/token/generation", "1000000000000000")], "spec.token.generation", "999999999999999"),
     Case { at_limit: Some(r#""5m""#),
         ..case(TTL_RULE, TENANT, &[("/spec/token/ttl", r#""4m59s""#)], "spec.token.ttl", Rule) },
     Case { at_limit: Some(r#""8760h""#),

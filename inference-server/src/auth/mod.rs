@@ -25,7 +25,7 @@ use clap::Args;
 use nlu_crds::access::redis_keys::DEFAULT_PREFIX;
 use nlu_crds::access::redis_keys::{Charge, Usage};
 use nlu_crds::access::tokens::DEFAULT_ISSUER;
-use nlu_crds::access::{QualifiedName, QuotaOutcome, Scope};
+use nlu_crds::access::{Credential, QualifiedName, QuotaOutcome, Scope};
 use nlu_crds::routes::Route;
 use prometheus_client::registry::Registry;
 
@@ -248,7 +248,7 @@ impl Auth {
             auth: self.clone(),
             label: self.metrics.tenants.label(&tenant.id.to_string()),
             tenant,
-            token_gen: claims.gen,
+            credential: claims.credential(),
             scope,
             request_nonce: rand::random(),
             report: Arc::default(),
@@ -434,7 +434,8 @@ pub struct Meter {
     auth: Arc<Auth>,
     tenant: Tenant,
     label: String,
-    token_gen: u64,
+    /// The tenant incarnation and generation the token speaks for.
+    credential: Credential,
     scope: Scope,
     /// Names the request in Redis: its place under a concurrency limit.
     request_nonce: u64,
@@ -508,7 +509,7 @@ impl Meter {
             .store
             .check(
                 &self.tenant.id,
-                self.token_gen,
+                &self.credential,
                 self.scope,
                 &auth.service.name,
                 charge,

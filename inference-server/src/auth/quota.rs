@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use nlu_crds::access::redis_client::{self, RedisConnection, Timeouts};
 use nlu_crds::access::redis_keys::{script_args, Charge, Counts, QUOTA_SCRIPT};
-use nlu_crds::access::{QualifiedName, QuotaOutcome, RedisKeys, Scope};
+use nlu_crds::access::{Credential, QualifiedName, QuotaOutcome, RedisKeys, Scope};
 
 /// Redis could not answer (down, timed out, or answered nonsense).
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +58,7 @@ impl QuotaStore {
     pub async fn check(
         &self,
         tenant: &QualifiedName,
-        token_gen: u64,
+        credential: &Credential,
         scope: Scope,
         service_name: &str,
         charge: Charge,
@@ -69,7 +69,7 @@ impl QuotaStore {
             .key(&self.keys.script_keys(tenant, Utc::now().date_naive())[..])
             .arg(
                 &script_args(
-                    token_gen,
+                    credential,
                     scope,
                     service_name,
                     nonce,

@@ -14,7 +14,7 @@ use axum::{Extension, Router};
 use clap::Parser;
 use nlu_crds::access::jwks::jwk_set;
 use nlu_crds::access::redis_client::{self, RedisConnection, Timeouts};
-use nlu_crds::access::{Claims, RedisKeys, SigningKey, TenantRecord, TokenRequest};
+use nlu_crds::access::{Claims, Credential, RedisKeys, SigningKey, TenantRecord, TokenRequest};
 use nlu_server::auth::{Auth, AuthArgs, Tenant};
 use nlu_testkit::RedisServer;
 use prometheus_client::registry::Registry;
@@ -107,12 +107,24 @@ pub async fn write_record(
         .unwrap();
 }
 
+/// The uid of the Tenant behind every test record and token (the `tid` claim).
+pub const TENANT_UID: &str = "uid-test-tenant";
+
 /// A record that allows everything with no limits.
 pub fn open_record() -> TenantRecord {
     TenantRecord {
         enabled: true,
         gen: 1,
+        uid: TENANT_UID.into(),
         ..TenantRecord::default()
+    }
+}
+
+/// What the tokens of [`Keys::token`] speak for.
+pub fn credential() -> Credential {
+    Credential {
+        tid: TENANT_UID.into(),
+        gen: 1,
     }
 }
 
@@ -156,6 +168,7 @@ impl Keys {
             scopes: vec![],
             ttl: Duration::from_secs(600),
             gen: 1,
+            tenant_uid: TENANT_UID.into(),
         }
     }
 

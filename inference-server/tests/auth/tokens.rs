@@ -161,6 +161,14 @@ async fn bad_tokens_get_401() {
                 ..claims.clone()
             }),
         ),
+        (
+            // A Tenant of the same name deleted and created again: its record has a new uid.
+            "another incarnation of the tenant",
+            mint(&Claims {
+                tid: "uid-of-the-deleted-tenant".into(),
+                ..claims.clone()
+            }),
+        ),
         ("alg none", alg_none),
         ("HS256 with the public key as secret", hs256_with_public_key),
         ("truncated", good[..good.len() - 10].to_string()),

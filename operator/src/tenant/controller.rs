@@ -6,19 +6,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use nlu_crds::access::redis_client::RedisConnection;
-use nlu_crds::access::{Claims, QualifiedName, RedisKeys};
+use nlu_crds::access::{Claims, Credential, QualifiedName, RedisKeys};
 use nlu_crds::{NluService, Tenant};
 use rand::RngCore;
 use tokio::sync::watch;
 
-use super::revocation::{generation, handled_patch, pending_revoke, revocations};
+use super::revocation::{self, generation, pending_revoke};
 use super::signing_key::KeyRing;
 use super::status::{self, Observed, USAGE_REFRESH};
 use super::token_secret::{self, grant_hash, reissue_reason, token_request, IssuedToken};
@@ -130,7 +129,7 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<TenantContext>) -> Result<A
     );
     let result = finalizer(&api, FINALIZER, tenant, |event| async {
         match event {
-            Finalizer::Apply(t) => apply(&t, &api, &ctx).await,
+            Finalizer::Apply(t) => apply(&t, &ctx).await,
             Finalizer::Cleanup(t) => cleanup(&t, &ctx).await,
         }
     })
@@ -165,7 +164,7 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(2u64.saturating_pow(failures.min(16))).min(MAX_BACKOFF)
 }
 
-async fn apply(tenant: &Tenant, api: &Api<Tenant>, ctx: &TenantContext) -> Result<Action, Error> {
+async fn apply(tenant: &Tenant, ctx: &TenantContext) -> Result<Action, Error> {
     let ns = tenant.namespace().unwrap_or_default();
     let id = QualifiedName::new(ns.clone(), tenant.name_any())
         .map_err(|e| Error::Invalid(e.to_string()))?;
@@ -175,36 +174,53 @@ async fn apply(tenant: &Tenant, api: &Api<Tenant>, ctx: &TenantContext) -> Resul
         .token_ttl()
         .map_err(|e| Error::Invalid(format!("spec.token.ttl: {e}")))?;
 
-    let mut revoked = revocations(tenant);
-    if let Some(value) = pending_revoke(tenant) {
-        revoked += 1;
-        api.patch(
-            &tenant.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(handled_patch(&value, revoked)),
-        )
-        .await?;
-        let note = format!(
-            "every token below generation {} stops working",
-            generation(tenant, revoked)
-        );
-        ctx.event(tenant, EventType::Normal, "Revoked", note).await;
-    }
-    let gen = generation(tenant, revoked);
-
-    let record = redis_sync::record(&tenant.spec, gen);
-    if let Err(e) = redis_sync::write_record(&mut ctx.redis.clone(), &ctx.keys, &id, &record).await
-    {
-        let message = format!("cannot write the access record to Redis: {e}");
-        let failed =
-            status::not_ready_status(tenant, "RedisUnavailable", message, ctx.base.now_time());
-        if tenant.status.as_ref() != Some(&failed) {
-            if let Err(e) = crate::apply::apply_status(&ctx.base.client, tenant, &failed).await {
-                tracing::warn!(tenant = %id, error = %e, "could not report the Redis failure in status");
-            }
+    // A revocation is counted in status first, so it survives whatever fails next.
+    let counted;
+    let tenant = match pending_revoke(tenant) {
+        Some(value) => {
+            counted = revocation::handled(tenant, value);
+            crate::apply::apply_status(
+                &ctx.base.client,
+                &counted,
+                counted.status.as_ref().expect("handled sets status"),
+            )
+            .await?;
+            let note = format!(
+                "every token below generation {} stops working",
+                generation(&counted)
+            );
+            ctx.event(&counted, EventType::Normal, "Revoked", note)
+                .await;
+            &counted
         }
-        return Err(e.into());
-    }
+        None => tenant,
+    };
+    let uid = tenant
+        .uid()
+        .ok_or_else(|| Error::Invalid("the Tenant has no metadata.uid".into()))?;
+    let wanted = Credential {
+        tid: uid,
+        gen: generation(tenant),
+    };
+
+    let record = redis_sync::record(&tenant.spec, &wanted);
+    let credential = match redis_sync::write_record(&mut ctx.redis.clone(), &ctx.keys, &id, &record)
+        .await
+    {
+        Ok(credential) => credential,
+        Err(e) => {
+            let message = format!("cannot write the access record to Redis: {e}");
+            let failed =
+                status::not_ready_status(tenant, "RedisUnavailable", message, ctx.base.now_time());
+            if tenant.status.as_ref() != Some(&failed) {
+                if let Err(e) = crate::apply::apply_status(&ctx.base.client, tenant, &failed).await
+                {
+                    tracing::warn!(tenant = %id, error = %e, "could not report the Redis failure in status");
+                }
+            }
+            return Err(e.into());
+        }
+    };
     let was_suspended = tenant.status.as_ref().is_some_and(|s| {
         nlu_crds::conditions::is_true(&s.conditions, nlu_crds::conditions::SUSPENDED)
     });
@@ -222,7 +238,7 @@ async fn apply(tenant: &Tenant, api: &Api<Tenant>, ctx: &TenantContext) -> Resul
     let secret_name = token_secret::secret_name(&tenant.name_any());
     let observed = secrets.get_opt(&secret_name).await?;
     let current = observed.as_ref().and_then(IssuedToken::from_secret);
-    let request = token_request(tenant, &ctx.issuer, ttl, gen)?;
+    let request = token_request(tenant, &ctx.issuer, ttl, &credential)?;
     let hash = grant_hash(&request);
     let ring = ctx.ring.borrow().clone();
     let token = match (

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use nlu_crds::access::redis_client::{self, RedisConnection, Timeouts};
-use nlu_crds::access::redis_keys::usage_field;
-use nlu_crds::access::{QualifiedName, RedisKeys, TenantRecord};
+use nlu_crds::access::redis_keys::{field, usage_field};
+use nlu_crds::access::{Credential, QualifiedName, RedisKeys, TenantRecord};
 use nlu_crds::TenantSpec;
 use redis::AsyncCommands;
 
@@ -25,8 +25,8 @@ pub fn connect(url: &str, ca_pem: Option<Vec<u8>>) -> anyhow::Result<RedisConnec
         .map_err(|e| anyhow::anyhow!("--redis-url / --redis-ca-file: {e}"))
 }
 
-/// The record the servers check requests against.
-pub fn record(spec: &TenantSpec, gen: u64) -> TenantRecord {
+/// The record the servers check requests against, for tokens of `credential`.
+pub fn record(spec: &TenantSpec, credential: &Credential) -> TenantRecord {
     let quota = spec.quota.clone().unwrap_or_default();
     // Negative limits are refused by the CRD schema; treat any that slip through as unlimited.
     let limit = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
@@ -45,19 +45,56 @@ pub fn record(spec: &TenantSpec, gen: u64) -> TenantRecord {
         max_concurrent_requests: limit(quota.max_concurrent_requests),
         scopes,
         services,
-        gen,
+        gen: credential.gen,
+        uid: credential.tid.clone(),
     }
 }
 
-/// Writes every field of the record in one `HSET` (atomic: a server never sees half of it).
+/// Writes every field of the record in one `HSET` (atomic: a server never sees half of it),
+/// never lowering the `gen` stored for the same Tenant (uid): returns the credential tokens
+/// must then carry. Read and write are two commands; the operator is the only writer (one
+/// leader at a time).
 pub async fn write_record(
     conn: &mut RedisConnection,
     keys: &RedisKeys,
     tenant: &QualifiedName,
     record: &TenantRecord,
-) -> redis::RedisResult<()> {
-    conn.hset_multiple::<_, _, _, ()>(keys.tenant(tenant), &record.to_fields())
-        .await
+) -> redis::RedisResult<Credential> {
+    let key = keys.tenant(tenant);
+    let (uid, gen): (Option<String>, Option<String>) = redis::cmd("HMGET")
+        .arg(&key)
+        .arg(field::UID)
+        .arg(field::GEN)
+        .query_async(conn)
+        .await?;
+    let wanted = Credential {
+        tid: record.uid.clone(),
+        gen: record.gen,
+    };
+    let credential = never_lower(uid.as_deref(), gen.as_deref(), wanted);
+    let record = TenantRecord {
+        gen: credential.gen,
+        ..record.clone()
+    };
+    conn.hset_multiple::<_, _, _, ()>(key, &record.to_fields())
+        .await?;
+    Ok(credential)
+}
+
+/// `wanted`, with the stored generation when the stored record is of the same Tenant and has a
+/// higher one (a Tenant deleted and created again has a new uid, so it starts afresh).
+fn never_lower(
+    stored_uid: Option<&str>,
+    stored_gen: Option<&str>,
+    wanted: Credential,
+) -> Credential {
+    let stored = stored_gen.and_then(|g| g.parse::<u64>().ok());
+    match stored {
+        Some(gen) if stored_uid == Some(wanted.tid.as_str()) && gen > wanted.gen => {
+            Credential { gen, ..wanted }
+        }
+        _ => wanted,
+    }
 }
 
 /// What the servers counted for a tenant on one UTC day.
@@ -101,6 +138,35 @@ mod tests {
     use super::*;
     use nlu_crds::access::Scope;
 
+    fn credential(gen: u64) -> Credential {
+        Credential {
+            tid: "uid-1".into(),
+            gen,
+        }
+    }
+
+    #[test]
+    fn the_stored_generation_of_the_same_tenant_is_never_lowered() {
+        assert_eq!(never_lower(None, None, credential(2)), credential(2));
+        assert_eq!(
+            never_lower(Some("uid-1"), Some("7"), credential(2)),
+            credential(7)
+        );
+        assert_eq!(
+            never_lower(Some("uid-1"), Some("1"), credential(2)),
+            credential(2)
+        );
+        // Another incarnation of the tenant, or a damaged value: the wanted one.
+        assert_eq!(
+            never_lower(Some("uid-0"), Some("7"), credential(2)),
+            credential(2)
+        );
+        assert_eq!(
+            never_lower(Some("uid-1"), Some("x"), credential(2)),
+            credential(2)
+        );
+    }
+
     #[test]
     fn record_follows_the_spec() {
         let spec: TenantSpec = serde_json::from_value(serde_json::json!({
@@ -108,7 +174,7 @@ mod tests {
             "quota": {"requestsPerDay": 100, "tokensPerMinute": 5000, "maxConcurrentRequests": 3}
         }))
         .unwrap();
-        let r = record(&spec, 4);
+        let r = record(&spec, &credential(4));
         assert_eq!(
             r,
             TenantRecord {
@@ -121,11 +187,12 @@ mod tests {
                 scopes: vec![Scope::Predict],
                 services: vec!["gte".into(), "uninlu".into()],
                 gen: 4,
+                uid: "uid-1".into(),
             }
         );
         let open: TenantSpec =
             serde_json::from_value(serde_json::json!({"services": ["gte"]})).unwrap();
-        let r = record(&open, 1);
+        let r = record(&open, &credential(1));
         assert!(
             r.enabled
                 && r.scopes.is_empty()

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
-use nlu_crds::access::{QualifiedName, Scope, TokenRequest};
+use nlu_crds::access::{Credential, QualifiedName, Scope, TokenRequest};
 use nlu_crds::tenant::Scope as SpecScope;
 use nlu_crds::Tenant;
 use sha2::{Digest, Sha256};
@@ -34,12 +34,13 @@ pub fn secret_name(tenant: &str) -> String {
     format!("{tenant}-token")
 }
 
-/// What the tenant's token grants: its services as audiences, its scopes, lifetime and `gen`.
+/// What the tenant's token grants: its services as audiences, its scopes, lifetime, and the
+/// credential (Tenant uid and `gen`) it is valid for.
 pub fn token_request(
     tenant: &Tenant,
     issuer: &str,
     ttl: Duration,
-    gen: u64,
+    credential: &Credential,
 ) -> Result<TokenRequest, nlu_crds::access::AccessError> {
     let ns = tenant.namespace().unwrap_or_default();
     let mut audience = tenant
@@ -59,7 +60,8 @@ pub fn token_request(
         audience,
         scopes,
         ttl,
-        gen,
+        gen: credential.gen,
+        tenant_uid: credential.tid.clone(),
     })
 }
 
@@ -75,13 +77,14 @@ pub fn scope(s: SpecScope) -> Scope {
 pub fn grant_hash(req: &TokenRequest) -> String {
     let audience: Vec<String> = req.audience.iter().map(ToString::to_string).collect();
     let text = format!(
-        "iss={}\nsub={}\naud={}\nscope={}\nttl={}\ngen={}",
+        "iss={}\nsub={}\naud={}\nscope={}\nttl={}\ngen={}\ntid={}",
         req.issuer,
         req.tenant,
         audience.join(","),
         Scope::join(&req.scopes),
         req.ttl.as_secs(),
-        req.gen
+        req.gen,
+        req.tenant_uid
     );
     Sha256::digest(text.as_bytes())
         .iter()
@@ -240,22 +243,29 @@ mod tests {
         }
     }
 
+    fn credential(gen: u64) -> Credential {
+        Credential {
+            tid: "uid-acme".into(),
+            gen,
+        }
+    }
+
     #[test]
     fn request_names_services_as_audiences_in_the_tenant_namespace() {
         let t =
             tenant(serde_json::json!({"services": ["uninlu", "gte", "gte"], "scopes": ["embed"]}));
-        let req = token_request(&t, "iss", Duration::from_secs(60), 3).unwrap();
+        let req = token_request(&t, "iss", Duration::from_secs(60), &credential(3)).unwrap();
         let aud: Vec<String> = req.audience.iter().map(ToString::to_string).collect();
         assert_eq!(aud, ["team/gte", "team/uninlu"]);
         assert_eq!(req.tenant.to_string(), "team/acme");
         assert_eq!(req.scopes, [Scope::Embed]);
-        assert_eq!(req.gen, 3);
+        assert_eq!((req.gen, req.tenant_uid.as_str()), (3, "uid-acme"));
     }
 
     #[test]
     fn grant_hash_changes_with_every_granted_field_only() {
         let t = tenant(serde_json::json!({"services": ["gte"]}));
-        let base = token_request(&t, "iss", Duration::from_secs(60), 1).unwrap();
+        let base = token_request(&t, "iss", Duration::from_secs(60), &credential(1)).unwrap();
         let h = grant_hash(&base);
         assert_eq!(h, grant_hash(&base.clone()));
         let variants = [
@@ -265,6 +275,10 @@ mod tests {
             },
             TokenRequest {
                 ttl: Duration::from_secs(61),
+                ..base.clone()
+            },
+            TokenRequest {
+                tenant_uid: "uid-acme-recreated".into(),
                 ..base.clone()
             },
             TokenRequest {

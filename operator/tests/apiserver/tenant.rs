@@ -209,3 +209,80 @@ async fn finalizer_patch_on_a_stale_view_is_refused_by_the_server_and_retried() 
         "the injected write, the refused stale patch, the retry"
     );
 }
+
+/// The `tid` claim of the token in the tenant's Secret (read, not verified: the server tests
+/// check what a verified token with another `tid` gets).
+async fn token_tid(secrets: &Api<Secret>, tenant: &Tenant) -> Option<String> {
+    let name = tenant.status.as_ref()?.token_secret_name.clone()?;
+    let secret = secrets.get_opt(&name).await.ok()??;
+    let token = String::from_utf8(secret.data?.get("token")?.0.clone()).ok()?;
+    jsonwebtoken::dangerous::insecure_decode_claims::<nlu_crds::access::Claims>(&token)
+        .ok()
+        .map(|c| c.tid)
+}
+
+#[tokio::test]
+async fn a_tenant_created_again_under_its_old_name_has_a_new_uid_in_record_and_token() {
+    let Some(server) = nlu_testkit::api_server() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let ns = "tenant-again";
+    let op = Running::tenant(server, ns, &redis.url()).await;
+    let tenants: Api<Tenant> = Api::namespaced(op.client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(op.client.clone(), ns);
+    let record_uid = || async {
+        let mut conn = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        redis::cmd("HGET")
+            .arg(record_key(ns, "acme"))
+            .arg(nlu_crds::access::redis_keys::field::UID)
+            .query_async::<Option<String>>(&mut conn)
+            .await
+            .unwrap()
+    };
+    let create = || async {
+        tenants
+            .create(&PostParams::default(), &sample("tenant.yaml", ns, "acme"))
+            .await
+            .unwrap();
+        ready(&tenants, "acme").await
+    };
+
+    let first = create().await;
+    let first_uid = first.uid().unwrap();
+    assert_eq!(token_tid(&secrets, &first).await, Some(first_uid.clone()));
+    assert_eq!(record_uid().await.as_deref(), Some(first_uid.as_str()));
+
+    tenants
+        .delete("acme", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the tenant gone", 30, || async {
+        tenants
+            .get_opt("acme")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let second = create().await;
+    let second_uid = second.uid().unwrap();
+    assert_ne!(second_uid, first_uid, "the API server gives a new uid");
+    // The record names the new Tenant, so the old tokens (tid = the first uid) are revoked.
+    eventually("the record of the new Tenant", 30, || async {
+        (record_uid().await.as_deref() == Some(second_uid.as_str())).then_some(())
+    })
+    .await;
+    eventually("a token of the new Tenant", 30, || async {
+        let t = tenants.get("acme").await.ok()?;
+        (token_tid(&secrets, &t).await == Some(second_uid.clone())).then_some(())
+    })
+    .await;
+}

@@ -201,7 +201,7 @@ impl Env {
         let mut call = script.prepare_invoke();
         call.key(&keys.script_keys(tenant, today)[..]).arg(
             &script_args(
-                claims.gen,
+                &claims.credential(),
                 scope,
                 service,
                 rand_nonce(),

@@ -17,8 +17,8 @@ use nlu_operator::tenant::{controller, FINALIZER};
 use redis::Commands;
 use serde_json::json;
 
-use crate::harness::redis_conn;
 use crate::env::{claims_of, secret_path, tenant_path, Env, Refused, NS};
+use crate::harness::redis_conn;
 
 fn acme() -> QualifiedName {
     QualifiedName::new(NS, "acme").unwrap()
@@ -269,10 +269,11 @@ async fn revocation_makes_older_tokens_stale_once_per_request() {
         env.server_decision(&new, "team/gte", Scope::Embed),
         Ok(QuotaOutcome::Allowed(_))
     ));
-    let annotations = env.tenant("acme").annotations().clone();
+    // Counted in status, where only the operator writes.
+    let status = env.tenant("acme").status.unwrap();
     assert_eq!(
-        annotations["nlu.dev/revoke-handled"],
-        "2026-11-23T12:00:00Z"
+        (status.revocations, status.revoke_handled.as_deref()),
+        (Some(1), Some("2026-11-23T12:00:00Z"))
     );
 
     // Settled above: the same annotation is not counted again.
@@ -306,6 +307,68 @@ async fn revocation_makes_older_tokens_stale_once_per_request() {
 }
 
 #[tokio::test]
+async fn hostile_metadata_cannot_lower_the_generation() {
+    let env = Env::new().await;
+    env.create_tenant("acme", json!({"services": ["gte"]}));
+    env.settle("acme").await;
+    env.annotate("acme", "nlu.dev/revoke", "first");
+    env.settle("acme").await;
+    let current = env.token("acme");
+    assert_eq!(record(&env)[field::GEN], "2");
+    // What a namespace editor can write: the annotations older operators counted with, set to
+    // zero or to a value that once wrapped the sum to 0.
+    for (count, handled) in [("0", "other"), ("18446744073709551615", "first")] {
+        env.annotate("acme", "nlu.dev/revocations", count);
+        env.annotate("acme", "nlu.dev/revoke-handled", handled);
+        env.settle("acme").await;
+        assert_eq!(record(&env)[field::GEN], "2", "{count}");
+        assert!(matches!(
+            env.server_decision(&current, "team/gte", Scope::Embed),
+            Ok(QuotaOutcome::Allowed(_))
+        ));
+    }
+    // Even a status rewritten by someone who may (a cluster admin) does not lower Redis.
+    env.api.edit(&tenant_path("acme"), |t| {
+        t["status"]["revocations"] = json!(0)
+    });
+    env.settle("acme").await;
+    assert_eq!(record(&env)[field::GEN], "2");
+}
+
+#[tokio::test]
+async fn a_tenant_deleted_and_created_again_revokes_the_old_tokens() {
+    let env = Env::new().await;
+    env.create_tenant("acme", json!({"services": ["gte"]}));
+    env.settle("acme").await;
+    let old = env.token("acme");
+    assert_eq!(claims_of(&env, &old, "team/gte").tid, "uid-acme");
+
+    // Deleted (the finalizer removes the keys) and created again under the same name: the API
+    // server gives it a new uid.
+    env.api.edit(&tenant_path("acme"), |t| {
+        t["metadata"]["deletionTimestamp"] = json!("2026-11-23T12:00:00Z")
+    });
+    env.reconcile("acme").await.unwrap();
+    env.create_tenant("acme", json!({"services": ["gte"]}));
+    env.api.edit(&tenant_path("acme"), |t| {
+        t["metadata"]["uid"] = json!("uid-acme-2")
+    });
+    env.settle("acme").await;
+    assert_eq!(record(&env)[field::UID], "uid-acme-2");
+    assert_eq!(
+        env.server_decision(&old, "team/gte", Scope::Embed),
+        Ok(QuotaOutcome::Revoked),
+        "same name and generation, another Tenant"
+    );
+    let new = env.token("acme");
+    assert_eq!(claims_of(&env, &new, "team/gte").tid, "uid-acme-2");
+    assert!(matches!(
+        env.server_decision(&new, "team/gte", Scope::Embed),
+        Ok(QuotaOutcome::Allowed(_))
+    ));
+}
+
+#[tokio::test]
 async fn deletion_removes_the_redis_keys_and_retries_while_redis_is_down() {
     let mut env = Env::new().await;
     env.create_tenant(
@@ -324,10 +387,7 @@ async fn deletion_removes_the_redis_keys_and_retries_while_redis_is_down() {
         k
     };
     let today = chrono::Utc::now().date_naive();
-    let (acme, acme_b) = (
-        "team/acme".parse().unwrap(),
-        "team/acme-b".parse().unwrap(),
-    );
+    let (acme, acme_b) = ("team/acme".parse().unwrap(), "team/acme-b".parse().unwrap());
     let named = RedisKeys::default();
     let sorted = |mut k: Vec<String>| {
         k.sort();

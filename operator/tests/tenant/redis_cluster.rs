@@ -21,6 +21,7 @@ async fn records_usage_and_deletion_work_on_a_cluster() {
         enabled: true,
         requests_per_day: 100,
         gen: 3,
+        uid: "uid-clustered".into(),
         ..TenantRecord::default()
     };
     let mut conn = connect(&cluster.url(), None).unwrap();

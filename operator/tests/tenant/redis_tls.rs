@@ -9,6 +9,7 @@ fn record() -> TenantRecord {
     TenantRecord {
         enabled: true,
         gen: 1,
+        uid: "uid-clustered".into(),
         ..TenantRecord::default()
     }
 }
