@@ -19,9 +19,9 @@ pub enum Mark<'a> {
     /// A child of one resource: an owner reference with `controller: true` and this uid.
     ControlledBy(&'a str),
     /// An object the operator keeps for several resources (the `nlu-jwks` ConfigMap): the label
-    /// `app.kubernetes.io/managed-by=nlu-operator` and the operator's field manager among
-    /// `metadata.managedFields`. An object without any managed fields (a server that does not
-    /// track them, or fields stripped on purpose) is judged by the label alone.
+    /// `app.kubernetes.io/managed-by=nlu-operator`, or the operator's field manager among
+    /// `metadata.managedFields` (so an editor who strips the label does not turn the operator's
+    /// object into someone else's). An object with neither was made by someone else.
     Managed,
 }
 
@@ -66,12 +66,12 @@ pub fn holder(existing: Option<&ObjectMeta>, mark: Mark<'_>) -> Holder {
                 .as_ref()
                 .and_then(|l| l.get(MANAGED_BY_LABEL))
                 .is_some_and(|v| v == OPERATOR_NAME);
-            let fields = meta.managed_fields.as_deref().unwrap_or_default();
-            labelled
-                && (fields.is_empty()
-                    || fields
-                        .iter()
-                        .any(|f| f.manager.as_deref() == Some(FIELD_MANAGER)))
+            let written_by_us = meta
+                .managed_fields
+                .iter()
+                .flatten()
+                .any(|f| f.manager.as_deref() == Some(FIELD_MANAGER));
+            labelled || written_by_us
         }
     };
     if ours {
@@ -159,20 +159,26 @@ mod tests {
                 Holder::Ours,
             ),
             (
-                "shared: label, no managed fields kept",
+                "shared: label, no managed fields kept (the test stand-in)",
                 Some(json!({"labels": label()})),
                 Mark::Managed,
                 Holder::Ours,
             ),
             (
-                "shared: our label copied onto a ConfigMap made by kubectl",
-                Some(json!({"labels": label(), "managedFields": [manager("kubectl-create")]})),
+                "shared: label removed by an editor, our field manager still there",
+                Some(json!({"managedFields": [manager("nlu-operator"), manager("kubectl-edit")]})),
+                Mark::Managed,
+                Holder::Ours,
+            ),
+            (
+                "shared: made by hand with kubectl",
+                Some(json!({"managedFields": [manager("kubectl-create")]})),
                 Mark::Managed,
                 Holder::Foreign,
             ),
             (
-                "shared: no label",
-                Some(json!({"managedFields": [manager("nlu-operator")]})),
+                "shared: no marks at all",
+                Some(json!({"name": "nlu-jwks"})),
                 Mark::Managed,
                 Holder::Foreign,
             ),

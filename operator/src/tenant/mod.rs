@@ -100,6 +100,7 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
         client.clone(),
         service_store.clone(),
         ring_rx.clone(),
+        config.namespace.clone(),
     ));
 
     let tenant_ctx = Arc::new(TenantContext::new(

@@ -17,8 +17,8 @@ use nlu_operator::tenant::{controller, FINALIZER};
 use redis::Commands;
 use serde_json::json;
 
-use crate::harness::redis_conn;
 use crate::env::{claims_of, secret_path, tenant_path, Env, Refused, NS};
+use crate::harness::redis_conn;
 
 fn acme() -> QualifiedName {
     QualifiedName::new(NS, "acme").unwrap()
@@ -324,10 +324,7 @@ async fn deletion_removes_the_redis_keys_and_retries_while_redis_is_down() {
         k
     };
     let today = chrono::Utc::now().date_naive();
-    let (acme, acme_b) = (
-        "team/acme".parse().unwrap(),
-        "team/acme-b".parse().unwrap(),
-    );
+    let (acme, acme_b) = ("team/acme".parse().unwrap(), "team/acme-b".parse().unwrap());
     let named = RedisKeys::default();
     let sorted = |mut k: Vec<String>| {
         k.sort();
@@ -493,6 +490,7 @@ async fn the_jwk_set_is_published_where_services_check_tokens_and_follows_rotati
         env.client.clone(),
         services,
         env.ring.subscribe(),
+        None,
     ));
     let path = format!("/api/v1/namespaces/team/configmaps/{JWKS_CONFIGMAP}");
     let published = || {
