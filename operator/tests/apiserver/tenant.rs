@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use http::Method;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use nlu_crds::access::{QualifiedName, RedisKeys};
 use nlu_crds::conditions::is_true;
-use nlu_crds::Tenant;
+use nlu_crds::{NluService, Tenant};
 use nlu_operator::tenant::FINALIZER;
 use nlu_testkit::{Call, RedisServer};
 use serde_json::json;
@@ -208,4 +208,202 @@ async fn finalizer_patch_on_a_stale_view_is_refused_by_the_server_and_retried() 
         [200, 422, 200],
         "the injected write, the refused stale patch, the retry"
     );
+}
+
+/// No adoption of the token Secret: a `<tenant>-token` Secret someone else made keeps its content
+/// and gets no owner reference; the Tenant reports `Ready=False`/`SecretNameTaken` with a Warning
+/// Event; deleting the Tenant (garbage collector running) leaves that Secret in place.
+#[tokio::test]
+async fn a_token_secret_someone_else_made_is_neither_adopted_nor_collected() {
+    let Some(server) = nlu_testkit::api_server() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let ns = "tenant-no-adoption";
+    let op = Running::tenant(server, ns, &redis.url()).await;
+    let secrets: Api<Secret> = Api::namespaced(op.client.clone(), ns);
+    let theirs: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "acme-token"}, "stringData": {"token": "their own"}}),
+    )
+    .unwrap();
+    let theirs = secrets
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let tenants: Api<Tenant> = Api::namespaced(op.client.clone(), ns);
+    tenants
+        .create(&PostParams::default(), &sample("tenant.yaml", ns, "acme"))
+        .await
+        .unwrap();
+
+    let tenant = eventually("Ready=False SecretNameTaken", 30, || async {
+        let t = tenants.get("acme").await.ok()?;
+        t.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "SecretNameTaken")
+            .then_some(t)
+    })
+    .await;
+    let ready = tenant
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(
+        ready.message.contains("Secret \"acme-token\""),
+        "{}",
+        ready.message
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(op.client.clone(), ns);
+    let warning = eventually("a SecretNameTaken event", 20, || async {
+        events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("SecretNameTaken"))
+    })
+    .await;
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    let path = format!("/api/v1/namespaces/{ns}/secrets/acme-token");
+    assert!(op.writes_to(&path).is_empty(), "{:?}", op.writes_to(&path));
+    let unchanged = |s: &Secret| {
+        s.resource_version() == theirs.resource_version()
+            && s.owner_references().is_empty()
+            && s.data == theirs.data
+    };
+    assert!(unchanged(&secrets.get("acme-token").await.unwrap()));
+
+    tenants
+        .delete("acme", &DeleteParams::default())
+        .await
+        .unwrap();
+    let gone = eventually("the tenant gone", 30, || async {
+        tenants
+            .get_opt("acme")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    });
+    tokio::select! {
+        () = nlu_testkit::collect_garbage(op.client.clone()) => unreachable!("the collector runs for ever"),
+        () = gone => {}
+    }
+    // One more collector pass after the owner is gone.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        nlu_testkit::collect_garbage(op.client.clone()),
+    )
+    .await;
+    assert!(unchanged(&secrets.get("acme-token").await.unwrap()));
+    assert!(op.writes_to(&path).is_empty());
+}
+
+/// The JWK Set ConfigMap is the namespace's trust anchor: a key added by an editor (and any other
+/// data entry) is undone, and a deleted ConfigMap is re-created, each within one watch event
+/// (well before the publisher's 5 s poll).
+#[tokio::test]
+async fn the_jwk_set_configmap_is_repaired_and_recreated() {
+    let Some(server) = nlu_testkit::api_server() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let ns = "tenant-jwks-repair";
+    let op = Running::tenant(server, ns, &redis.url()).await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(op.client.clone(), ns);
+    Api::<NluService>::namespaced(op.client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &sample("nluservice-embedding.yaml", ns, "gte"),
+        )
+        .await
+        .unwrap();
+    let published = eventually("nlu-jwks published", 30, || async {
+        configmaps.get_opt("nlu-jwks").await.ok()?
+    })
+    .await;
+    let jwks = published.data.clone().unwrap()["jwks.json"].clone();
+    assert!(jwks.contains("\"keys\""), "{jwks}");
+    let intact = || async {
+        configmaps
+            .get_opt("nlu-jwks")
+            .await
+            .ok()
+            .flatten()
+            .filter(|cm| cm.data == published.data && cm.binary_data.is_none())
+    };
+
+    // An editor adds a key of their own to the set, and another data entry.
+    let mut forged: serde_json::Value = serde_json::from_str(&jwks).unwrap();
+    forged["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "kid": "theirs", "alg": "EdDSA", "use": "sig"}));
+    let edit = json!({"data": {"jwks.json": forged.to_string(), "extra.json": "{}"}});
+    configmaps
+        .patch("nlu-jwks", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    eventually("the edit undone", 4, intact).await;
+
+    // Deleted: re-created with the same content.
+    configmaps
+        .delete("nlu-jwks", &DeleteParams::default())
+        .await
+        .unwrap();
+    let recreated = eventually("nlu-jwks re-created", 4, intact).await;
+    assert_ne!(
+        recreated.metadata.uid, published.metadata.uid,
+        "a new object"
+    );
+}
+
+/// A `nlu-jwks` ConfigMap someone made by hand (without the operator's marks) is not adopted.
+#[tokio::test]
+async fn a_jwks_configmap_someone_else_made_is_left_alone() {
+    let Some(server) = nlu_testkit::api_server() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let ns = "tenant-jwks-foreign";
+    let op = Running::tenant(server, ns, &redis.url()).await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(op.client.clone(), ns);
+    let theirs: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "nlu-jwks"}, "data": {"jwks.json": "{\"keys\":[]}"}}),
+    )
+    .unwrap();
+    let theirs = configmaps
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    Api::<NluService>::namespaced(op.client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &sample("nluservice-embedding.yaml", ns, "gte"),
+        )
+        .await
+        .unwrap();
+    let path = format!("/api/v1/namespaces/{ns}/configmaps/nlu-jwks");
+    eventually("the publisher looked at it", 30, || async {
+        (op.count(Method::GET, &path) > 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(op.writes_to(&path).is_empty(), "{:?}", op.writes_to(&path));
+    let now = configmaps.get("nlu-jwks").await.unwrap();
+    assert_eq!(now.resource_version(), theirs.resource_version());
+    assert!(now.owner_references().is_empty());
 }
