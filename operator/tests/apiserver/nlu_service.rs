@@ -12,7 +12,14 @@ use kube::{Api, ResourceExt};
 use nlu_crds::{NluService, NluServiceStatus};
 use serde_json::json;
 
-use crate::harness::{eventually, sample, Running};
+use crate::harness::{create_theirs, eventually, sample, warning_event, Running};
+
+/// The Secret `nlu-redis` with the Redis URL the embedding sample's auth refers to (stand-in).
+async fn create_redis_secret(op: &Running, ns: &str) {
+    let redis_url =
+        json!({"metadata": {"name": "nlu-redis"}, "stringData": {"url": "redis://redis:6379/0"}});
+    create_theirs::<Secret>(&op.client, ns, redis_url).await;
+}
 
 fn condition<'a>(status: &'a NluServiceStatus, type_: &str) -> &'a Condition {
     status
@@ -62,16 +69,7 @@ async fn status_follows_the_deployment_through_the_status_subresource() {
     let services: Api<NluService> = Api::namespaced(op.client.clone(), ns);
     let deployments: Api<Deployment> = Api::namespaced(op.client.clone(), ns);
     // The embedding sample: 2 fixed replicas, the Redis URL in the Secret nlu-redis (stand-in).
-    let redis_url =
-        json!({"metadata": {"name": "nlu-redis"}, "stringData": {"url": "redis://redis:6379/0"}});
-    let secrets: Api<Secret> = Api::namespaced(op.client.clone(), ns);
-    secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(redis_url).unwrap(),
-        )
-        .await
-        .unwrap();
+    create_redis_secret(&op, ns).await;
     let created = services
         .create(
             &PostParams::default(),
@@ -227,28 +225,18 @@ async fn a_deployment_someone_else_made_is_neither_adopted_nor_collected() {
     let ns = "nlus-no-adoption";
     let op = Running::nlu_service(server, ns).await;
     let services: Api<NluService> = Api::namespaced(op.client.clone(), ns);
-    let deployments: Api<Deployment> = Api::namespaced(op.client.clone(), ns);
-    let secrets: Api<Secret> = Api::namespaced(op.client.clone(), ns);
-    let redis_url =
-        json!({"metadata": {"name": "nlu-redis"}, "stringData": {"url": "redis://redis:6379/0"}});
-    secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(redis_url).unwrap(),
-        )
-        .await
-        .unwrap();
-    let theirs: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "gte", "labels": {"team": "search"}},
-        "spec": {"replicas": 5, "selector": {"matchLabels": {"app": "theirs"}},
-                 "template": {"metadata": {"labels": {"app": "theirs"}},
-                              "spec": {"containers": [{"name": "x", "image": "example.com/theirs:1"}]}}},
-    }))
-    .unwrap();
-    let theirs = deployments
-        .create(&PostParams::default(), &theirs)
-        .await
-        .unwrap();
+    create_redis_secret(&op, ns).await;
+    let (deployments, theirs) = create_theirs::<Deployment>(
+        &op.client,
+        ns,
+        json!({
+            "metadata": {"name": "gte", "labels": {"team": "search"}},
+            "spec": {"replicas": 5, "selector": {"matchLabels": {"app": "theirs"}},
+                     "template": {"metadata": {"labels": {"app": "theirs"}},
+                                  "spec": {"containers": [{"name": "x", "image": "example.com/theirs:1"}]}}},
+        }),
+    )
+    .await;
     services
         .create(
             &PostParams::default(),
@@ -271,18 +259,7 @@ async fn a_deployment_someone_else_made_is_neither_adopted_nor_collected() {
         degraded.message
     );
     assert_eq!(condition(&status, "Ready").reason, "Degraded");
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(op.client.clone(), ns);
-    let warning = eventually("a NameConflict event", 20, || async {
-        events
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("NameConflict"))
-    })
-    .await;
-    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    warning_event(&op.client, ns, "NameConflict").await;
 
     let deployment_path = format!("/apis/apps/v1/namespaces/{ns}/deployments/gte");
     let service_path = format!("/api/v1/namespaces/{ns}/services/gte");

@@ -14,7 +14,7 @@ use nlu_operator::tenant::FINALIZER;
 use nlu_testkit::{Call, RedisServer};
 use serde_json::json;
 
-use crate::harness::{eventually, sample, Running};
+use crate::harness::{create_theirs, eventually, sample, warning_event, Running};
 
 async fn redis_has(url: &str, key: &str) -> bool {
     let mut conn = redis::Client::open(url)
@@ -210,28 +210,41 @@ async fn finalizer_patch_on_a_stale_view_is_refused_by_the_server_and_retried() 
     );
 }
 
+/// The Tenant controller on `ns` with its own redis-server (kept alive by the caller); `None`
+/// (after a SKIP line) without the API server tool or redis-server.
+async fn tenant_controller(ns: &str) -> Option<(Running, RedisServer)> {
+    let server = nlu_testkit::api_server()?;
+    let redis = RedisServer::start()?;
+    let op = Running::tenant(server, ns, &redis.url()).await;
+    Some((op, redis))
+}
+
+/// An NluService with auth on in `ns` (the JWK Set publisher's reason to publish there).
+async fn create_embedding_service(op: &Running, ns: &str) {
+    Api::<NluService>::namespaced(op.client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &sample("nluservice-embedding.yaml", ns, "gte"),
+        )
+        .await
+        .unwrap();
+}
+
 /// No adoption of the token Secret: a `<tenant>-token` Secret someone else made keeps its content
 /// and gets no owner reference; the Tenant reports `Ready=False`/`SecretNameTaken` with a Warning
 /// Event; deleting the Tenant (garbage collector running) leaves that Secret in place.
 #[tokio::test]
 async fn a_token_secret_someone_else_made_is_neither_adopted_nor_collected() {
-    let Some(server) = nlu_testkit::api_server() else {
-        return;
-    };
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
     let ns = "tenant-no-adoption";
-    let op = Running::tenant(server, ns, &redis.url()).await;
-    let secrets: Api<Secret> = Api::namespaced(op.client.clone(), ns);
-    let theirs: Secret = serde_json::from_value(
+    let Some((op, _redis)) = tenant_controller(ns).await else {
+        return;
+    };
+    let (secrets, theirs) = create_theirs::<Secret>(
+        &op.client,
+        ns,
         json!({"metadata": {"name": "acme-token"}, "stringData": {"token": "their own"}}),
     )
-    .unwrap();
-    let theirs = secrets
-        .create(&PostParams::default(), &theirs)
-        .await
-        .unwrap();
+    .await;
     let tenants: Api<Tenant> = Api::namespaced(op.client.clone(), ns);
     tenants
         .create(&PostParams::default(), &sample("tenant.yaml", ns, "acme"))
@@ -261,18 +274,7 @@ async fn a_token_secret_someone_else_made_is_neither_adopted_nor_collected() {
         "{}",
         ready.message
     );
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(op.client.clone(), ns);
-    let warning = eventually("a SecretNameTaken event", 20, || async {
-        events
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .find(|e| e.reason.as_deref() == Some("SecretNameTaken"))
-    })
-    .await;
-    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    warning_event(&op.client, ns, "SecretNameTaken").await;
     let path = format!("/api/v1/namespaces/{ns}/secrets/acme-token");
     assert!(op.writes_to(&path).is_empty(), "{:?}", op.writes_to(&path));
     let unchanged = |s: &Secret| {
@@ -313,22 +315,12 @@ async fn a_token_secret_someone_else_made_is_neither_adopted_nor_collected() {
 /// (well before the publisher's 5 s poll).
 #[tokio::test]
 async fn the_jwk_set_configmap_is_repaired_and_recreated() {
-    let Some(server) = nlu_testkit::api_server() else {
-        return;
-    };
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
     let ns = "tenant-jwks-repair";
-    let op = Running::tenant(server, ns, &redis.url()).await;
+    let Some((op, _redis)) = tenant_controller(ns).await else {
+        return;
+    };
     let configmaps: Api<ConfigMap> = Api::namespaced(op.client.clone(), ns);
-    Api::<NluService>::namespaced(op.client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &sample("nluservice-embedding.yaml", ns, "gte"),
-        )
-        .await
-        .unwrap();
+    create_embedding_service(&op, ns).await;
     let published = eventually("nlu-jwks published", 30, || async {
         configmaps.get_opt("nlu-jwks").await.ok()?
     })
@@ -372,30 +364,17 @@ async fn the_jwk_set_configmap_is_repaired_and_recreated() {
 /// A `nlu-jwks` ConfigMap someone made by hand (without the operator's marks) is not adopted.
 #[tokio::test]
 async fn a_jwks_configmap_someone_else_made_is_left_alone() {
-    let Some(server) = nlu_testkit::api_server() else {
-        return;
-    };
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
     let ns = "tenant-jwks-foreign";
-    let op = Running::tenant(server, ns, &redis.url()).await;
-    let configmaps: Api<ConfigMap> = Api::namespaced(op.client.clone(), ns);
-    let theirs: ConfigMap = serde_json::from_value(
+    let Some((op, _redis)) = tenant_controller(ns).await else {
+        return;
+    };
+    let (configmaps, theirs) = create_theirs::<ConfigMap>(
+        &op.client,
+        ns,
         json!({"metadata": {"name": "nlu-jwks"}, "data": {"jwks.json": "{\"keys\":[]}"}}),
     )
-    .unwrap();
-    let theirs = configmaps
-        .create(&PostParams::default(), &theirs)
-        .await
-        .unwrap();
-    Api::<NluService>::namespaced(op.client.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &sample("nluservice-embedding.yaml", ns, "gte"),
-        )
-        .await
-        .unwrap();
+    .await;
+    create_embedding_service(&op, ns).await;
     let path = format!("/api/v1/namespaces/{ns}/configmaps/nlu-jwks");
     eventually("the publisher looked at it", 30, || async {
         (op.count(Method::GET, &path) > 0).then_some(())

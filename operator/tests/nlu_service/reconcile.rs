@@ -163,18 +163,19 @@ async fn first_reconcile_applies_the_snapshotted_children_and_writes_status() {
     let calls = env.api.take_calls();
     // Each child is read before it is written (no adoption of an object someone else holds),
     // then the JWK Set ConfigMap the pods mount is checked the same way.
-    let mut expected = vec![
-        format!("GET {}", secret_path("tenants-redis")),
-        format!("GET {}", nlus_path("uninlu")),
-    ];
-    for child in [
+    let paths = [
         deployment_path("uninlu"),
         service_path("uninlu"),
         netpol_path("uninlu"),
         ingress_path("uninlu"),
         hpa_path("uninlu"),
         pdb_path("uninlu"),
-    ] {
+    ];
+    let mut expected = vec![
+        format!("GET {}", secret_path("tenants-redis")),
+        format!("GET {}", nlus_path("uninlu")),
+    ];
+    for child in &paths {
         expected.push(format!("GET {child}"));
         expected.push(format!(
             "PATCH {child}?&force=true&fieldManager=nlu-operator"
@@ -191,14 +192,6 @@ async fn first_reconcile_applies_the_snapshotted_children_and_writes_status() {
     let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&snapshot)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();
-    let paths = [
-        deployment_path("uninlu"),
-        service_path("uninlu"),
-        netpol_path("uninlu"),
-        ingress_path("uninlu"),
-        hpa_path("uninlu"),
-        pdb_path("uninlu"),
-    ];
     let applies = calls.iter().filter(|c| c.method == "PATCH");
     for (call, (path, doc)) in applies.zip(paths.iter().zip(docs)) {
         assert_apply(call, path, doc);
