@@ -74,6 +74,7 @@ async fn main() {
         changed += usize::from(want != *before);
         let seen = Observed {
             problem: None,
+            taken: &[],
             deployment: Some(&want.deployment),
             ingress: want.ingress.as_ref(),
         };

@@ -1,6 +1,7 @@
 //! Writing to the API: server-side apply with the operator's single field manager (forced, so
-//! the operator wins conflicts over fields it owns), status apply, and deletion of children
-//! whose feature was switched off.
+//! the operator wins conflicts over fields it owns) of objects that are absent or its own (never
+//! adopting one of the same name that someone else holds), status apply, and deletion of
+//! children whose feature was switched off.
 
 use std::fmt::Debug;
 
@@ -11,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::context::OPERATOR_NAME;
+use crate::ownership::{holder, Holder, Mark};
 
 /// The field manager of every write the operator makes.
 pub const FIELD_MANAGER: &str = OPERATOR_NAME;
@@ -31,6 +33,61 @@ where
     let api: Api<K> = Api::namespaced(client.clone(), &ns);
     api.patch(&obj.name_any(), &apply_params(), &Patch::Apply(obj))
         .await
+}
+
+/// An object of the wanted name exists and is not the operator's: it was left as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameTaken {
+    pub kind: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for NameTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {:?} exists and is not managed by this resource; left as it is (delete or rename it)",
+            self.kind, self.name
+        )
+    }
+}
+
+/// Who holds the object `name` of kind `K` in `ns` by `mark` (one GET).
+pub async fn holder_of<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    mark: Mark<'_>,
+) -> Result<Holder, kube::Error>
+where
+    K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let existing = api.get_opt(name).await?;
+    Ok(holder(existing.as_ref().map(|o| o.meta()), mark))
+}
+
+/// Applies `obj` like [`apply`] unless an object of its name exists that is not the operator's
+/// (by [`Mark::of`] the desired object): that one is not written, and the answer says so.
+pub async fn apply_unless_taken<K>(
+    client: &Client,
+    obj: &K,
+) -> Result<Result<K, NameTaken>, kube::Error>
+where
+    K: Resource<Scope = NamespaceResourceScope> + Serialize + DeserializeOwned + Clone + Debug,
+    K::DynamicType: Default,
+{
+    let ns = obj.namespace().unwrap_or_default();
+    let name = obj.name_any();
+    match holder_of::<K>(client, &ns, &name, Mark::of(obj.meta())).await? {
+        Holder::Foreign => {
+            let kind = K::kind(&K::DynamicType::default()).into_owned();
+            tracing::warn!(%kind, ns, name, "not writing an object of the same name that someone else holds");
+            Ok(Err(NameTaken { kind, name }))
+        }
+        Holder::Absent | Holder::Ours => apply(client, obj).await.map(Ok),
+    }
 }
 
 /// Applies `status` to the `/status` subresource of `owner`. The body carries apiVersion, kind
@@ -69,11 +126,7 @@ where
     let Some(existing) = api.get_opt(name).await? else {
         return Ok(false);
     };
-    let owned = existing
-        .owner_references()
-        .iter()
-        .any(|r| r.controller == Some(true) && r.uid == owner_uid);
-    if !owned {
+    if holder(Some(existing.meta()), Mark::ControlledBy(owner_uid)) != Holder::Ours {
         tracing::warn!(kind = %K::kind(&K::DynamicType::default()), ns, name, "not deleting an object this resource does not control");
         return Ok(false);
     }

@@ -8,5 +8,6 @@ pub mod context;
 pub mod leader;
 pub mod metrics;
 pub mod nlu_service;
+pub mod ownership;
 pub mod tenant;
 

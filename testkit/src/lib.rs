@@ -31,7 +31,7 @@ mod watchdog;
 #[cfg(feature = "apiserver")]
 pub use apiserver::{api_server, ApiServer};
 #[cfg(feature = "apiserver")]
-pub use cluster::{workspace_binary, ClusterOptions, PodInfo, ProcessCluster};
+pub use cluster::{collect_garbage, workspace_binary, ClusterOptions, PodInfo, ProcessCluster};
 #[cfg(feature = "apiserver")]
 pub use proxy::{Call, ClusterProxy, RecordedRequest};
 pub use redis::RedisServer;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::NamespaceResourceScope;
@@ -23,9 +23,11 @@ use tokio_util::sync::CancellationToken;
 use super::build::{self, deployment::redis_secret, labels::APP_NAME};
 use super::status::{self, Observed};
 use super::validate::{self, Problem};
-use crate::apply::{apply, apply_status, delete_owned};
+use crate::apply::{apply_status, apply_unless_taken, delete_owned, holder_of, NameTaken};
 use crate::context::Context;
 use crate::tenant::redis_acl::uses_operator_redis;
+use crate::ownership::{Holder, Mark};
+use crate::tenant::jwks_publish::{auth_on, JWKS_CONFIGMAP};
 
 /// The `controller` label of this controller's metrics.
 pub const CONTROLLER: &str = "nluservice";
@@ -85,14 +87,15 @@ pub async fn reconcile(svc: Arc<NluService>, ctx: Arc<Context>) -> Result<Action
         // would be orphans for the garbage collector to remove again.
         return Ok(Action::await_change());
     }
-    let (deployment, ingress) = match &problem {
-        Some(_) => (None, None),
+    let applied = match &problem {
+        Some(_) => Applied::default(),
         None => apply_children(&svc, &ctx).await?,
     };
     let seen = Observed {
         problem: problem.as_ref(),
-        deployment: deployment.as_ref(),
-        ingress: ingress.as_ref(),
+        taken: &applied.taken,
+        deployment: applied.deployment.as_ref(),
+        ingress: applied.ingress.as_ref(),
     };
     let new_status = status::compute(&svc, &seen, ctx.now_time());
     let old_status = svc.status.clone().unwrap_or_default();
@@ -103,11 +106,13 @@ pub async fn reconcile(svc: Arc<NluService>, ctx: Arc<Context>) -> Result<Action
         publish_flips(&svc, &ctx, &old_status.conditions, &new_status.conditions).await;
     }
     ctx.backoff.reset(&backoff_key(&svc));
-    Ok(Action::requeue(if problem.is_some() {
-        RECHECK_INVALID
-    } else {
-        RESYNC
-    }))
+    Ok(Action::requeue(
+        if problem.is_some() || !applied.taken.is_empty() {
+            RECHECK_INVALID
+        } else {
+            RESYNC
+        },
+    ))
 }
 
 /// Requeue with a growing delay and count the failure by reason.
@@ -179,40 +184,58 @@ async fn check_redis_secret(svc: &NluService, ctx: &Context) -> Result<Option<Pr
     })
 }
 
-/// Applies the wanted children, deletes the unwanted ones, and returns the Deployment and
-/// Ingress as the API server answered (with their status).
-async fn apply_children(
-    svc: &NluService,
-    ctx: &Context,
-) -> Result<(Option<Deployment>, Option<Ingress>), Error> {
-    let want = build::children(svc, &ctx.config);
-    let client = &ctx.client;
-    let deployment = apply(client, &want.deployment)
-        .await
-        .map_err(|source| Error::Apply {
-            kind: "Deployment",
-            source,
-        })?;
-    apply(client, &want.service)
-        .await
-        .map_err(|source| Error::Apply {
-            kind: "Service",
-            source,
-        })?;
-    apply(client, &want.network_policy)
-        .await
-        .map_err(|source| Error::Apply {
-            kind: "NetworkPolicy",
-            source,
-        })?;
-    let ingress = ensure(svc, ctx, want.ingress).await?;
-    ensure(svc, ctx, want.hpa).await?;
-    ensure(svc, ctx, want.pdb).await?;
-    Ok((Some(deployment), ingress))
+/// What applying the children gave: the Deployment and Ingress as the API server answered
+/// (with their status), and the objects of a child's name that someone else holds.
+#[derive(Default)]
+struct Applied {
+    deployment: Option<Deployment>,
+    ingress: Option<Ingress>,
+    taken: Vec<NameTaken>,
 }
 
-/// Applies an optional child, or deletes it (if this NluService controls it) when it is `None`.
-async fn ensure<K>(svc: &NluService, ctx: &Context, want: Option<K>) -> Result<Option<K>, Error>
+/// Applies the wanted children, deletes the unwanted ones, and checks the JWK Set ConfigMap the
+/// pods mount. Objects of a child's name that this NluService does not control are left alone
+/// and listed in `taken`.
+async fn apply_children(svc: &NluService, ctx: &Context) -> Result<Applied, Error> {
+    let want = build::children(svc, &ctx.config);
+    let mut taken = Vec::new();
+    let deployment = ensure(svc, ctx, Some(want.deployment), &mut taken).await?;
+    ensure(svc, ctx, Some(want.service), &mut taken).await?;
+    ensure(svc, ctx, Some(want.network_policy), &mut taken).await?;
+    let ingress = ensure(svc, ctx, want.ingress, &mut taken).await?;
+    ensure(svc, ctx, want.hpa, &mut taken).await?;
+    ensure(svc, ctx, want.pdb, &mut taken).await?;
+    if auth_on(svc) {
+        let ns = svc.namespace().unwrap_or_default();
+        let jwks = holder_of::<ConfigMap>(&ctx.client, &ns, JWKS_CONFIGMAP, Mark::Managed)
+            .await
+            .map_err(|source| Error::Read {
+                kind: "ConfigMap",
+                name: JWKS_CONFIGMAP.into(),
+                source,
+            })?;
+        if jwks == Holder::Foreign {
+            taken.push(NameTaken {
+                kind: "ConfigMap".into(),
+                name: JWKS_CONFIGMAP.into(),
+            });
+        }
+    }
+    Ok(Applied {
+        deployment,
+        ingress,
+        taken,
+    })
+}
+
+/// Applies a child unless someone else holds its name (then it is added to `taken`), or deletes
+/// it (if this NluService controls it) when it is `None`.
+async fn ensure<K>(
+    svc: &NluService,
+    ctx: &Context,
+    want: Option<K>,
+    taken: &mut Vec<NameTaken>,
+) -> Result<Option<K>, Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + k8s_openapi::Resource
@@ -223,10 +246,14 @@ where
 {
     let kind = <K as k8s_openapi::Resource>::KIND;
     match want {
-        Some(obj) => apply(&ctx.client, &obj)
-            .await
-            .map(Some)
-            .map_err(|source| Error::Apply { kind, source }),
+        Some(obj) => match apply_unless_taken(&ctx.client, &obj).await {
+            Ok(Ok(applied)) => Ok(Some(applied)),
+            Ok(Err(name_taken)) => {
+                taken.push(name_taken);
+                Ok(None)
+            }
+            Err(source) => Err(Error::Apply { kind, source }),
+        },
         None => {
             let ns = svc.namespace().unwrap_or_default();
             let uid = svc.uid().unwrap_or_default();

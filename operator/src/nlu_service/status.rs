@@ -12,11 +12,14 @@ use nlu_crds::{NluService, NluServiceStatus};
 
 use super::build::ingress::DEFAULT_PATH;
 use super::validate::Problem;
+use crate::apply::NameTaken;
 
 /// What the controller saw in this reconcile.
 pub struct Observed<'a> {
     /// Why the spec cannot be served; the children were left as they were.
     pub problem: Option<&'a Problem>,
+    /// Objects of a child's name (or the JWK Set ConfigMap) that someone else holds: not written.
+    pub taken: &'a [NameTaken],
     pub deployment: Option<&'a Deployment>,
     pub ingress: Option<&'a Ingress>,
 }
@@ -53,6 +56,16 @@ pub fn compute(svc: &NluService, seen: &Observed<'_>, now: Time) -> NluServiceSt
 
     match (seen.problem, deadline_exceeded) {
         (Some(p), _) => set(DEGRADED, true, p.reason, p.message.clone()),
+        (None, _) if !seen.taken.is_empty() => set(
+            DEGRADED,
+            true,
+            "NameConflict",
+            seen.taken
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
         (None, Some(c)) => set(
             DEGRADED,
             true,
@@ -75,6 +88,13 @@ pub fn compute(svc: &NluService, seen: &Observed<'_>, now: Time) -> NluServiceSt
             false,
             "SpecInvalid",
             "not rolling out an invalid spec".into(),
+        );
+    } else if seen.deployment.is_none() {
+        set(
+            PROGRESSING,
+            false,
+            "NameConflict",
+            "the Deployment of this name is someone else's".into(),
         );
     } else if !rollout_seen || updated < desired || ready < desired {
         set(
@@ -108,7 +128,7 @@ pub fn compute(svc: &NluService, seen: &Observed<'_>, now: Time) -> NluServiceSt
         );
     }
 
-    let degraded = seen.problem.is_some() || deadline_exceeded.is_some();
+    let degraded = seen.problem.is_some() || !seen.taken.is_empty() || deadline_exceeded.is_some();
     if degraded {
         set(
             READY,
@@ -247,6 +267,7 @@ mod tests {
             &s,
             &Observed {
                 problem: None,
+                taken: &[],
                 deployment: Some(&dep),
                 ingress: Some(&ing),
             },
@@ -268,6 +289,7 @@ mod tests {
             &off,
             &Observed {
                 problem: None,
+                taken: &[],
                 deployment: Some(&dep),
                 ingress: None,
             },
@@ -288,6 +310,7 @@ mod tests {
             &s,
             &Observed {
                 problem: None,
+                taken: &[],
                 deployment: Some(&dep),
                 ingress: None,
             },
@@ -300,5 +323,41 @@ mod tests {
             is_true(&status.conditions, MODEL_LOADED),
             "one pod is serving"
         );
+    }
+
+    #[test]
+    fn a_child_name_someone_else_holds_degrades_with_name_conflict() {
+        let s = svc(json!({"model": {"task": "embedding", "source": {"url": "https://m"}}}));
+        let taken = [
+            NameTaken {
+                kind: "Deployment".into(),
+                name: "s".into(),
+            },
+            NameTaken {
+                kind: "ConfigMap".into(),
+                name: "nlu-jwks".into(),
+            },
+        ];
+        let seen = Observed {
+            problem: None,
+            taken: &taken,
+            deployment: None,
+            ingress: None,
+        };
+        let status = compute(&s, &seen, at(10));
+        assert_eq!(reason(&status, DEGRADED), "NameConflict");
+        assert!(is_true(&status.conditions, DEGRADED));
+        let message = &status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .unwrap()
+            .message;
+        assert!(
+            message.contains("Deployment \"s\"") && message.contains("ConfigMap \"nlu-jwks\""),
+            "{message}"
+        );
+        assert_eq!(reason(&status, READY), "Degraded");
+        assert_eq!(reason(&status, PROGRESSING), "NameConflict");
     }
 }

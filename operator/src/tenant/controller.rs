@@ -22,7 +22,9 @@ use super::signing_key::KeyRing;
 use super::status::{self, Observed, USAGE_REFRESH};
 use super::token_secret::{self, grant_hash, reissue_reason, token_request, IssuedToken};
 use super::{redis_sync, CONTROLLER, FINALIZER};
+use crate::apply::NameTaken;
 use crate::context::Context;
+use crate::ownership::{holder, Holder, Mark};
 
 /// Longest wait between retries of a failing reconcile.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -237,6 +239,9 @@ async fn apply(tenant: &Tenant, ctx: &TenantContext) -> Result<Action, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.base.client.clone(), &ns);
     let secret_name = token_secret::secret_name(&tenant.name_any());
     let observed = secrets.get_opt(&secret_name).await?;
+    if let Some(wait) = secret_name_taken(tenant, ctx, observed.as_ref(), &secret_name).await? {
+        return Ok(wait);
+    }
     let current = observed.as_ref().and_then(IssuedToken::from_secret);
     let request = token_request(tenant, &ctx.issuer, ttl, &credential)?;
     let hash = grant_hash(&request);
@@ -309,6 +314,33 @@ async fn apply(tenant: &Tenant, ctx: &TenantContext) -> Result<Action, Error> {
     Ok(Action::requeue(
         USAGE_REFRESH.min(Duration::from_secs(until_renewal.max(1))),
     ))
+}
+
+/// A Secret of the token's name that this Tenant does not control is not adopted: no token is
+/// read from or written into it, Ready turns False with `SecretNameTaken` and a Warning Event
+/// says so (once, when the status changes). `None` when the name is free or the Secret ours.
+async fn secret_name_taken(
+    tenant: &Tenant,
+    ctx: &TenantContext,
+    observed: Option<&Secret>,
+    secret_name: &str,
+) -> Result<Option<Action>, Error> {
+    let uid = tenant.uid().unwrap_or_default();
+    if holder(observed.map(|s| &s.metadata), Mark::ControlledBy(&uid)) != Holder::Foreign {
+        return Ok(None);
+    }
+    let taken = NameTaken {
+        kind: "Secret".into(),
+        name: secret_name.to_owned(),
+    };
+    let reason = "SecretNameTaken";
+    let blocked = status::not_ready_status(tenant, reason, taken.to_string(), ctx.base.now_time());
+    if tenant.status.as_ref() != Some(&blocked) {
+        crate::apply::apply_status(&ctx.base.client, tenant, &blocked).await?;
+        ctx.event(tenant, EventType::Warning, reason, taken.to_string())
+            .await;
+    }
+    Ok(Some(Action::requeue(USAGE_REFRESH)))
 }
 
 /// The UTC day usage counters are kept by.

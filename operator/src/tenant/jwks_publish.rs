@@ -1,21 +1,26 @@
 //! Publishes the public JWK Set as ConfigMap `nlu-jwks` (key `jwks.json`) in every namespace
 //! with an NluService that has auth on; the server pods mount it and re-read it when it changes.
-//! The ConfigMap is owned by those NluServices, so it goes away with the last of them.
+//! The ConfigMap is owned by those NluServices, so it goes away with the last of them. It is the
+//! namespace's trust anchor, so it is watched: an edit is undone and a deletion re-created.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::ObjectMeta;
-use kube::runtime::reflector::Store;
-use kube::{Client, Resource, ResourceExt};
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use nlu_crds::nlu_service::AuthMode;
 use nlu_crds::NluService;
 use tokio::sync::watch;
 
 use super::signing_key::KeyRing;
+use crate::apply::{apply_unless_taken, FIELD_MANAGER};
+use crate::ownership::MANAGED_BY_LABEL;
 
 /// Name of the ConfigMap in each namespace.
 pub const JWKS_CONFIGMAP: &str = "nlu-jwks";
@@ -24,6 +29,8 @@ pub const JWKS_KEY: &str = "jwks.json";
 
 /// How often the NluService cache is checked for namespaces that gained or lost auth.
 const POLL: Duration = Duration::from_secs(5);
+/// How long a namespace whose `nlu-jwks` someone else made is left before looking again.
+const FOREIGN_RECHECK: Duration = Duration::from_secs(60);
 
 /// Whether the service checks tenant tokens (auth unset means `jwt`).
 pub fn auth_on(svc: &NluService) -> bool {
@@ -67,7 +74,7 @@ pub fn desired(services: &[Arc<NluService>], jwks_json: &str) -> BTreeMap<String
                     namespace: Some(ns.clone()),
                     owner_references: Some(owners),
                     labels: Some(BTreeMap::from([(
-                        "app.kubernetes.io/managed-by".to_owned(),
+                        MANAGED_BY_LABEL.to_owned(),
                         crate::context::OPERATOR_NAME.to_owned(),
                     )])),
                     ..ObjectMeta::default()
@@ -83,24 +90,92 @@ pub fn desired(services: &[Arc<NluService>], jwks_json: &str) -> BTreeMap<String
         .collect()
 }
 
-/// Keeps the ConfigMaps current: applies a namespace's ConfigMap when its content or owners
-/// differ from what was last applied there (and all of them again after a failure).
+/// Whether `live` holds exactly the JWK Set `desired` carries and still has the operator's
+/// label. Anything else (a key added to the set, another data entry, the label removed) is drift.
+pub fn holds(live: &ConfigMap, desired: &ConfigMap) -> bool {
+    live.data == desired.data
+        && live.binary_data.as_ref().is_none_or(BTreeMap::is_empty)
+        && desired
+            .labels()
+            .iter()
+            .all(|(k, v)| live.labels().get(k) == Some(v))
+}
+
+/// The merge patch that removes what server-side apply leaves behind because another field
+/// manager added it (data entries besides the JWK Set, binary data); `None` when nothing is
+/// extra.
+pub fn strip_extra(live: &ConfigMap, desired: &ConfigMap) -> Option<serde_json::Value> {
+    let wanted = desired.data.as_ref();
+    let null = |keys: Vec<&String>| -> serde_json::Map<String, serde_json::Value> {
+        keys.into_iter()
+            .map(|k| (k.clone(), serde_json::Value::Null))
+            .collect()
+    };
+    let data = null(
+        live.data
+            .iter()
+            .flatten()
+            .map(|(k, _)| k)
+            .filter(|k| !wanted.is_some_and(|w| w.contains_key(*k)))
+            .collect(),
+    );
+    let binary = null(live.binary_data.iter().flatten().map(|(k, _)| k).collect());
+    let mut patch = serde_json::Map::new();
+    if !data.is_empty() {
+        patch.insert("data".into(), data.into());
+    }
+    if !binary.is_empty() {
+        patch.insert("binaryData".into(), binary.into());
+    }
+    (!patch.is_empty()).then(|| patch.into())
+}
+
+/// Keeps the ConfigMaps as desired: writes a namespace's ConfigMap when its content or owners
+/// differ from what was last written there, and repairs it when the watched copy drifted (an
+/// edit, the label removed) or is gone (re-created), within one watch event. A ConfigMap of that
+/// name that the operator did not make is left alone (and reported on the NluServices).
 pub async fn run(
     client: Client,
     services: Store<NluService>,
     mut ring: watch::Receiver<Arc<KeyRing>>,
+    namespace: Option<String>,
 ) {
-    let mut applied: HashMap<String, ConfigMap> = HashMap::new();
+    let api: Api<ConfigMap> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let ours = watcher::Config::default()
+        .labels(&format!(
+            "{MANAGED_BY_LABEL}={}",
+            crate::context::OPERATOR_NAME
+        ))
+        .fields(&format!("metadata.name={JWKS_CONFIGMAP}"));
+    let (live, writer) = reflector::store();
+    let mut changes = reflector::reflector(writer, watcher(api, ours))
+        .default_backoff()
+        .touched_objects()
+        .boxed();
+    let mut written: HashMap<String, ConfigMap> = HashMap::new();
+    let mut foreign: HashMap<String, Instant> = HashMap::new();
     loop {
         let jwks = ring.borrow_and_update().jwks_json();
         for (ns, cm) in desired(&services.state(), &jwks) {
-            if applied.get(&ns) == Some(&cm) {
+            let seen = live.get(&ObjectRef::new(JWKS_CONFIGMAP).within(&ns));
+            let intact = seen.as_deref().is_some_and(|seen| holds(seen, &cm));
+            let skip_foreign = foreign
+                .get(&ns)
+                .is_some_and(|until| Instant::now() < *until);
+            if (intact && written.get(&ns) == Some(&cm)) || skip_foreign {
                 continue;
             }
-            match crate::apply::apply(&client, &cm).await {
-                Ok(_) => {
-                    tracing::info!(namespace = %ns, "published the JWK Set");
-                    applied.insert(ns, cm);
+            match publish(&client, &cm).await {
+                Ok(true) => {
+                    tracing::info!(namespace = %ns, repaired = seen.is_some() && !intact, "published the JWK Set");
+                    foreign.remove(&ns);
+                    written.insert(ns, cm);
+                }
+                Ok(false) => {
+                    foreign.insert(ns, Instant::now() + FOREIGN_RECHECK);
                 }
                 Err(e) => {
                     tracing::warn!(namespace = %ns, error = %e, "could not publish the JWK Set; retrying")
@@ -109,9 +184,34 @@ pub async fn run(
         }
         tokio::select! {
             changed = ring.changed() => if changed.is_err() { return },
+            // One of the operator's ConfigMaps was edited, lost its label or was deleted.
+            Some(_) = changes.next() => {}
             () = tokio::time::sleep(POLL) => {}
         }
     }
+}
+
+/// Writes `cm` unless someone else holds its name (then `false`), and removes what apply
+/// leaves of another writer's additions.
+async fn publish(client: &Client, cm: &ConfigMap) -> Result<bool, kube::Error> {
+    let live = match apply_unless_taken(client, cm).await? {
+        Ok(live) => live,
+        Err(_) => return Ok(false),
+    };
+    if let Some(patch) = strip_extra(&live, cm) {
+        let api: Api<ConfigMap> =
+            Api::namespaced(client.clone(), &cm.namespace().unwrap_or_default());
+        api.patch(
+            JWKS_CONFIGMAP,
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -153,5 +253,47 @@ mod tests {
             "several owners, none the controller"
         );
         assert_eq!(a.data.as_ref().unwrap()[JWKS_KEY], "{\"keys\":[]}");
+    }
+
+    #[test]
+    fn drift_is_any_other_content_or_a_lost_label_and_extras_are_stripped() {
+        let want = desired(&[svc("a", "gte", None)], "{\"keys\":[]}")
+            .remove("a")
+            .unwrap();
+        assert!(holds(&want, &want));
+        assert_eq!(strip_extra(&want, &want), None);
+
+        let mut added_key = want.clone();
+        added_key
+            .data
+            .as_mut()
+            .unwrap()
+            .insert(JWKS_KEY.into(), "{\"keys\":[{\"kid\":\"theirs\"}]}".into());
+        assert!(!holds(&added_key, &want), "a key added to the set");
+        assert_eq!(
+            strip_extra(&added_key, &want),
+            None,
+            "apply resets jwks.json"
+        );
+
+        let mut extra = want.clone();
+        extra
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("other.json".into(), "{}".into());
+        extra.binary_data = Some(BTreeMap::from([(
+            "blob".to_owned(),
+            k8s_openapi::ByteString(vec![1]),
+        )]));
+        assert!(!holds(&extra, &want));
+        assert_eq!(
+            strip_extra(&extra, &want),
+            Some(serde_json::json!({"data": {"other.json": null}, "binaryData": {"blob": null}}))
+        );
+
+        let mut unlabelled = want.clone();
+        unlabelled.metadata.labels = None;
+        assert!(!holds(&unlabelled, &want), "the label removed");
     }
 }

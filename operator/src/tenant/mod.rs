@@ -103,6 +103,7 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
         client.clone(),
         service_store.clone(),
         ring_rx.clone(),
+        config.namespace.clone(),
     ));
     helpers.spawn(redis_acl::run(
         client.clone(),

@@ -145,3 +145,45 @@ pub fn sample<K: serde::de::DeserializeOwned>(file: &str, namespace: &str, name:
     object["metadata"] = serde_json::json!({"name": name, "namespace": namespace});
     serde_json::from_value(object).unwrap()
 }
+
+/// Creates `object` (JSON, named in its metadata) in `namespace` as someone other than the
+/// operator would; returns the namespace's Api of that kind and the object as the server answered.
+pub async fn create_theirs<K>(
+    client: &kube::Client,
+    namespace: &str,
+    object: serde_json::Value,
+) -> (kube::Api<K>, K)
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api = kube::Api::<K>::namespaced(client.clone(), namespace);
+    let created = api
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(object).unwrap(),
+        )
+        .await
+        .unwrap();
+    (api, created)
+}
+
+/// The first Event in `namespace` with `reason`, once there is one; it must be a Warning.
+pub async fn warning_event(client: &kube::Client, namespace: &str, reason: &str) {
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let event = eventually(&format!("a {reason} event"), 20, || async {
+        events
+            .list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
+    })
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"), "{event:?}");
+}

@@ -12,7 +12,14 @@ use kube::{Api, ResourceExt};
 use nlu_crds::{NluService, NluServiceStatus};
 use serde_json::json;
 
-use crate::harness::{eventually, sample, Running};
+use crate::harness::{create_theirs, eventually, sample, warning_event, Running};
+
+/// The Secret `nlu-redis` with the Redis URL the embedding sample's auth refers to (stand-in).
+async fn create_redis_secret(op: &Running, ns: &str) {
+    let redis_url =
+        json!({"metadata": {"name": "nlu-redis"}, "stringData": {"url": "redis://redis:6379/0"}});
+    create_theirs::<Secret>(&op.client, ns, redis_url).await;
+}
 
 fn condition<'a>(status: &'a NluServiceStatus, type_: &str) -> &'a Condition {
     status
@@ -62,16 +69,7 @@ async fn status_follows_the_deployment_through_the_status_subresource() {
     let services: Api<NluService> = Api::namespaced(op.client.clone(), ns);
     let deployments: Api<Deployment> = Api::namespaced(op.client.clone(), ns);
     // The embedding sample: 2 fixed replicas, the Redis URL in the Secret nlu-redis (stand-in).
-    let redis_url =
-        json!({"metadata": {"name": "nlu-redis"}, "stringData": {"url": "redis://redis:6379/0"}});
-    let secrets: Api<Secret> = Api::namespaced(op.client.clone(), ns);
-    secrets
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(redis_url).unwrap(),
-        )
-        .await
-        .unwrap();
+    create_redis_secret(&op, ns).await;
     let created = services
         .create(
             &PostParams::default(),
@@ -213,4 +211,89 @@ async fn status_follows_the_deployment_through_the_status_subresource() {
         deployments.get("gte").await.unwrap().spec.unwrap().replicas,
         Some(3)
     );
+}
+
+/// No adoption, watch-driven: a Deployment named like the service that someone else made keeps
+/// its content and gets no owner reference; the service reports `Degraded`/`NameConflict` with a
+/// Warning Event; and deleting the NluService (the garbage collector running, as in a cluster)
+/// removes its own children but not that Deployment.
+#[tokio::test]
+async fn a_deployment_someone_else_made_is_neither_adopted_nor_collected() {
+    let Some(server) = nlu_testkit::api_server() else {
+        return;
+    };
+    let ns = "nlus-no-adoption";
+    let op = Running::nlu_service(server, ns).await;
+    let services: Api<NluService> = Api::namespaced(op.client.clone(), ns);
+    create_redis_secret(&op, ns).await;
+    let (deployments, theirs) = create_theirs::<Deployment>(
+        &op.client,
+        ns,
+        json!({
+            "metadata": {"name": "gte", "labels": {"team": "search"}},
+            "spec": {"replicas": 5, "selector": {"matchLabels": {"app": "theirs"}},
+                     "template": {"metadata": {"labels": {"app": "theirs"}},
+                                  "spec": {"containers": [{"name": "x", "image": "example.com/theirs:1"}]}}},
+        }),
+    )
+    .await;
+    services
+        .create(
+            &PostParams::default(),
+            &sample("nluservice-embedding.yaml", ns, "gte"),
+        )
+        .await
+        .unwrap();
+
+    let status = status_where(&services, "Degraded NameConflict", |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Degraded" && c.reason == "NameConflict")
+    })
+    .await;
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(degraded.status, "True");
+    assert!(
+        degraded.message.contains("Deployment \"gte\""),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(condition(&status, "Ready").reason, "Degraded");
+    warning_event(&op.client, ns, "NameConflict").await;
+
+    let deployment_path = format!("/apis/apps/v1/namespaces/{ns}/deployments/gte");
+    let service_path = format!("/api/v1/namespaces/{ns}/services/gte");
+    assert!(
+        op.writes_to(&deployment_path).is_empty(),
+        "the operator wrote to it: {:?}",
+        op.writes_to(&deployment_path)
+    );
+    let after = deployments.get("gte").await.unwrap();
+    assert_eq!(after.resource_version(), theirs.resource_version());
+    assert!(after.owner_references().is_empty());
+    assert_eq!(after.spec, theirs.spec);
+    assert!(
+        Api::<k8s_openapi::api::core::v1::Service>::namespaced(op.client.clone(), ns)
+            .get_opt("gte")
+            .await
+            .unwrap()
+            .is_some(),
+        "the children whose names are free are applied"
+    );
+
+    services.delete("gte", &Default::default()).await.unwrap();
+    // The garbage collector of the process cluster runs while the test waits.
+    let collected = eventually("its own Service collected", 30, || async {
+        op.writes_to(&service_path)
+            .iter()
+            .any(|w| w.method == Method::DELETE)
+            .then_some(())
+    });
+    tokio::select! {
+        () = nlu_testkit::collect_garbage(op.client.clone()) => unreachable!("the collector runs for ever"),
+        () = collected => {}
+    }
+    let kept = deployments.get("gte").await.unwrap();
+    assert_eq!(kept.resource_version(), theirs.resource_version());
+    assert_eq!(kept.spec, theirs.spec);
 }

@@ -4,17 +4,17 @@
 use std::time::Duration;
 
 use http::Method;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use nlu_crds::access::{QualifiedName, RedisKeys};
 use nlu_crds::conditions::is_true;
-use nlu_crds::Tenant;
+use nlu_crds::{NluService, Tenant};
 use nlu_operator::tenant::FINALIZER;
 use nlu_testkit::{Call, RedisServer};
 use serde_json::json;
 
-use crate::harness::{eventually, sample, Running};
+use crate::harness::{create_theirs, eventually, sample, warning_event, Running};
 
 async fn redis_has(url: &str, key: &str) -> bool {
     let mut conn = redis::Client::open(url)
@@ -210,6 +210,183 @@ async fn finalizer_patch_on_a_stale_view_is_refused_by_the_server_and_retried() 
     );
 }
 
+/// The Tenant controller on `ns` with its own redis-server (kept alive by the caller); `None`
+/// (after a SKIP line) without the API server tool or redis-server.
+async fn tenant_controller(ns: &str) -> Option<(Running, RedisServer)> {
+    let server = nlu_testkit::api_server()?;
+    let redis = RedisServer::start()?;
+    let op = Running::tenant(server, ns, &redis.url()).await;
+    Some((op, redis))
+}
+
+/// An NluService with auth on in `ns` (the JWK Set publisher's reason to publish there).
+async fn create_embedding_service(op: &Running, ns: &str) {
+    Api::<NluService>::namespaced(op.client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &sample("nluservice-embedding.yaml", ns, "gte"),
+        )
+        .await
+        .unwrap();
+}
+
+/// No adoption of the token Secret: a `<tenant>-token` Secret someone else made keeps its content
+/// and gets no owner reference; the Tenant reports `Ready=False`/`SecretNameTaken` with a Warning
+/// Event; deleting the Tenant (garbage collector running) leaves that Secret in place.
+#[tokio::test]
+async fn a_token_secret_someone_else_made_is_neither_adopted_nor_collected() {
+    let ns = "tenant-no-adoption";
+    let Some((op, _redis)) = tenant_controller(ns).await else {
+        return;
+    };
+    let (secrets, theirs) = create_theirs::<Secret>(
+        &op.client,
+        ns,
+        json!({"metadata": {"name": "acme-token"}, "stringData": {"token": "their own"}}),
+    )
+    .await;
+    let tenants: Api<Tenant> = Api::namespaced(op.client.clone(), ns);
+    tenants
+        .create(&PostParams::default(), &sample("tenant.yaml", ns, "acme"))
+        .await
+        .unwrap();
+
+    let tenant = eventually("Ready=False SecretNameTaken", 30, || async {
+        let t = tenants.get("acme").await.ok()?;
+        t.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "False" && c.reason == "SecretNameTaken")
+            .then_some(t)
+    })
+    .await;
+    let ready = tenant
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert!(
+        ready.message.contains("Secret \"acme-token\""),
+        "{}",
+        ready.message
+    );
+    warning_event(&op.client, ns, "SecretNameTaken").await;
+    let path = format!("/api/v1/namespaces/{ns}/secrets/acme-token");
+    assert!(op.writes_to(&path).is_empty(), "{:?}", op.writes_to(&path));
+    let unchanged = |s: &Secret| {
+        s.resource_version() == theirs.resource_version()
+            && s.owner_references().is_empty()
+            && s.data == theirs.data
+    };
+    assert!(unchanged(&secrets.get("acme-token").await.unwrap()));
+
+    tenants
+        .delete("acme", &DeleteParams::default())
+        .await
+        .unwrap();
+    let gone = eventually("the tenant gone", 30, || async {
+        tenants
+            .get_opt("acme")
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    });
+    tokio::select! {
+        () = nlu_testkit::collect_garbage(op.client.clone()) => unreachable!("the collector runs for ever"),
+        () = gone => {}
+    }
+    // One more collector pass after the owner is gone.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        nlu_testkit::collect_garbage(op.client.clone()),
+    )
+    .await;
+    assert!(unchanged(&secrets.get("acme-token").await.unwrap()));
+    assert!(op.writes_to(&path).is_empty());
+}
+
+/// The JWK Set ConfigMap is the namespace's trust anchor: a key added by an editor (and any other
+/// data entry) is undone, and a deleted ConfigMap is re-created, each within one watch event
+/// (well before the publisher's 5 s poll).
+#[tokio::test]
+async fn the_jwk_set_configmap_is_repaired_and_recreated() {
+    let ns = "tenant-jwks-repair";
+    let Some((op, _redis)) = tenant_controller(ns).await else {
+        return;
+    };
+    let configmaps: Api<ConfigMap> = Api::namespaced(op.client.clone(), ns);
+    create_embedding_service(&op, ns).await;
+    let published = eventually("nlu-jwks published", 30, || async {
+        configmaps.get_opt("nlu-jwks").await.ok()?
+    })
+    .await;
+    let jwks = published.data.clone().unwrap()["jwks.json"].clone();
+    assert!(jwks.contains("\"keys\""), "{jwks}");
+    let intact = || async {
+        configmaps
+            .get_opt("nlu-jwks")
+            .await
+            .ok()
+            .flatten()
+            .filter(|cm| cm.data == published.data && cm.binary_data.is_none())
+    };
+
+    // An editor adds a key of their own to the set, and another data entry.
+    let mut forged: serde_json::Value = serde_json::from_str(&jwks).unwrap();
+    forged["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo", "kid": "theirs", "alg": "EdDSA", "use": "sig"}));
+    let edit = json!({"data": {"jwks.json": forged.to_string(), "extra.json": "{}"}});
+    configmaps
+        .patch("nlu-jwks", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .unwrap();
+    eventually("the edit undone", 4, intact).await;
+
+    // Deleted: re-created with the same content.
+    configmaps
+        .delete("nlu-jwks", &DeleteParams::default())
+        .await
+        .unwrap();
+    let recreated = eventually("nlu-jwks re-created", 4, intact).await;
+    assert_ne!(
+        recreated.metadata.uid, published.metadata.uid,
+        "a new object"
+    );
+}
+
+/// A `nlu-jwks` ConfigMap someone made by hand (without the operator's marks) is not adopted.
+#[tokio::test]
+async fn a_jwks_configmap_someone_else_made_is_left_alone() {
+    let ns = "tenant-jwks-foreign";
+    let Some((op, _redis)) = tenant_controller(ns).await else {
+        return;
+    };
+    let (configmaps, theirs) = create_theirs::<ConfigMap>(
+        &op.client,
+        ns,
+        json!({"metadata": {"name": "nlu-jwks"}, "data": {"jwks.json": "{\"keys\":[]}"}}),
+    )
+    .await;
+    create_embedding_service(&op, ns).await;
+    let path = format!("/api/v1/namespaces/{ns}/configmaps/nlu-jwks");
+    eventually("the publisher looked at it", 30, || async {
+        (op.count(Method::GET, &path) > 0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(op.writes_to(&path).is_empty(), "{:?}", op.writes_to(&path));
+    let now = configmaps.get("nlu-jwks").await.unwrap();
+    assert_eq!(now.resource_version(), theirs.resource_version());
+    assert!(now.owner_references().is_empty());
+}
+
 /// The `tid` claim of the token in the tenant's Secret (read, not verified: the server tests
 /// check what a verified token with another `tid` gets).
 async fn token_tid(secrets: &Api<Secret>, tenant: &Tenant) -> Option<String> {
@@ -272,17 +449,25 @@ async fn a_tenant_created_again_under_its_old_name_has_a_new_uid_in_record_and_t
             .then_some(())
     })
     .await;
-    let second = create().await;
-    let second_uid = second.uid().unwrap();
-    assert_ne!(second_uid, first_uid, "the API server gives a new uid");
-    // The record names the new Tenant, so the old tokens (tid = the first uid) are revoked.
-    eventually("the record of the new Tenant", 30, || async {
-        (record_uid().await.as_deref() == Some(second_uid.as_str())).then_some(())
-    })
-    .await;
-    eventually("a token of the new Tenant", 30, || async {
-        let t = tenants.get("acme").await.ok()?;
-        (token_tid(&secrets, &t).await == Some(second_uid.clone())).then_some(())
-    })
-    .await;
+    // The old token Secret goes with its owner (the garbage collector runs meanwhile); the new
+    // Tenant does not adopt it while it is there.
+    let recreated = async {
+        let second = create().await;
+        let second_uid = second.uid().unwrap();
+        assert_ne!(second_uid, first_uid, "the API server gives a new uid");
+        // The record names the new Tenant, so the old tokens (tid = the first uid) are revoked.
+        eventually("the record of the new Tenant", 30, || async {
+            (record_uid().await.as_deref() == Some(second_uid.as_str())).then_some(())
+        })
+        .await;
+        eventually("a token of the new Tenant", 30, || async {
+            let t = tenants.get("acme").await.ok()?;
+            (token_tid(&secrets, &t).await == Some(second_uid.clone())).then_some(())
+        })
+        .await;
+    };
+    tokio::select! {
+        () = nlu_testkit::collect_garbage(op.client.clone()) => unreachable!("the collector runs for ever"),
+        () = recreated => {}
+    }
 }

@@ -53,6 +53,9 @@ fn nlus_path(n: &str) -> String {
 fn secret_path(n: &str) -> String {
     path("/api/v1", &format!("secrets/{n}"))
 }
+fn configmap_path(n: &str) -> String {
+    path("/api/v1", &format!("configmaps/{n}"))
+}
 fn events_path() -> String {
     format!("/apis/events.k8s.io/v1/namespaces/{NS}/events")
 }
@@ -158,46 +161,8 @@ async fn first_reconcile_applies_the_snapshotted_children_and_writes_status() {
     let action = env.reconcile(&svc).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     let calls = env.api.take_calls();
-    assert_eq!(
-        lines(&calls),
-        [
-            format!("GET {}", secret_path("tenants-redis")),
-            format!("GET {}", nlus_path("uninlu")),
-            format!(
-                "PATCH {}?&force=true&fieldManager=nlu-operator",
-                deployment_path("uninlu")
-            ),
-            format!(
-                "PATCH {}?&force=true&fieldManager=nlu-operator",
-                service_path("uninlu")
-            ),
-            format!(
-                "PATCH {}?&force=true&fieldManager=nlu-operator",
-                netpol_path("uninlu")
-            ),
-            format!(
-                "PATCH {}?&force=true&fieldManager=nlu-operator",
-                ingress_path("uninlu")
-            ),
-            format!(
-                "PATCH {}?&force=true&fieldManager=nlu-operator",
-                hpa_path("uninlu")
-            ),
-            format!(
-                "PATCH {}?&force=true&fieldManager=nlu-operator",
-                pdb_path("uninlu")
-            ),
-            format!(
-                "PATCH {}/status?&force=true&fieldManager=nlu-operator",
-                nlus_path("uninlu")
-            ),
-        ]
-    );
-    let snapshot =
-        std::fs::read_to_string(crate::snapshots::snapshot_path("uninlu-tls-autoscaling")).unwrap();
-    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&snapshot)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect();
+    // Each child is read before it is written (no adoption of an object someone else holds),
+    // then the JWK Set ConfigMap the pods mount is checked the same way.
     let paths = [
         deployment_path("uninlu"),
         service_path("uninlu"),
@@ -206,11 +171,33 @@ async fn first_reconcile_applies_the_snapshotted_children_and_writes_status() {
         hpa_path("uninlu"),
         pdb_path("uninlu"),
     ];
-    for (call, (path, doc)) in calls[2..8].iter().zip(paths.iter().zip(docs)) {
+    let mut expected = vec![
+        format!("GET {}", secret_path("tenants-redis")),
+        format!("GET {}", nlus_path("uninlu")),
+    ];
+    for child in &paths {
+        expected.push(format!("GET {child}"));
+        expected.push(format!(
+            "PATCH {child}?&force=true&fieldManager=nlu-operator"
+        ));
+    }
+    expected.push(format!("GET {}", configmap_path("nlu-jwks")));
+    expected.push(format!(
+        "PATCH {}/status?&force=true&fieldManager=nlu-operator",
+        nlus_path("uninlu")
+    ));
+    assert_eq!(lines(&calls), expected);
+    let snapshot =
+        std::fs::read_to_string(crate::snapshots::snapshot_path("uninlu-tls-autoscaling")).unwrap();
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&snapshot)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let applies = calls.iter().filter(|c| c.method == "PATCH");
+    for (call, (path, doc)) in applies.zip(paths.iter().zip(docs)) {
         assert_apply(call, path, doc);
     }
 
-    let status_call = &calls[8];
+    let status_call = calls.last().unwrap();
     assert_eq!(
         status_call.content_type.as_deref(),
         Some("application/apply-patch+yaml")
@@ -322,7 +309,7 @@ async fn toggle(feature_on: &str, child_path: fn(&str) -> String, kind: &str) {
     let calls = env.api.take_calls();
     let applied = calls
         .iter()
-        .find(|c| c.path == child_path("gte"))
+        .find(|c| c.path == child_path("gte") && c.method != "GET")
         .unwrap_or_else(|| panic!("{kind} applied: {:?}", lines(&calls)));
     assert_eq!(applied.method, "PATCH");
     assert_eq!(applied.body.as_ref().unwrap()["kind"], kind);
@@ -407,7 +394,7 @@ async fn autoscaling_on_then_off_hands_replicas_over_and_back() {
     let calls = env.api.take_calls();
     let body = calls
         .iter()
-        .find(|c| c.path == deployment_path("gte"))
+        .find(|c| c.path == deployment_path("gte") && c.method != "GET")
         .unwrap()
         .body
         .clone()
@@ -423,7 +410,7 @@ async fn autoscaling_on_then_off_hands_replicas_over_and_back() {
     let calls = env.api.take_calls();
     let body = calls
         .iter()
-        .find(|c| c.path == deployment_path("gte"))
+        .find(|c| c.path == deployment_path("gte") && c.method != "GET")
         .unwrap()
         .body
         .clone()
@@ -646,4 +633,79 @@ async fn no_child_is_written_for_a_service_that_is_gone() {
             .collect();
         assert!(writes.is_empty(), "{case}: {writes:?}");
     }
+}
+
+/// No adoption: a Deployment of the service's name that it does not control, and an `nlu-jwks`
+/// ConfigMap someone made by hand, are read but never written; the service is Degraded with
+/// `NameConflict` naming both, a Warning Event says so, and the other children are applied.
+#[tokio::test]
+async fn objects_of_a_childs_name_that_someone_else_holds_are_not_adopted() {
+    let env = Env::new();
+    let theirs = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "gte", "namespace": NS, "labels": {"team": "theirs"}}, "spec": {"replicas": 7}});
+    env.api.put(&deployment_path("gte"), theirs.clone());
+    let their_jwks = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "nlu-jwks", "namespace": NS}, "data": {"jwks.json": "{\"keys\":[]}"}});
+    env.api.put(&configmap_path("nlu-jwks"), their_jwks.clone());
+
+    let action = env.reconcile(&fixtures::minimal()).await.unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(60)),
+        "checked again every minute"
+    );
+    let calls = env.api.take_calls();
+    let writes_to = |path: String| {
+        calls
+            .iter()
+            .filter(|c| c.path == path && c.method != "GET")
+            .count()
+    };
+    assert_eq!(writes_to(deployment_path("gte")), 0, "{:?}", lines(&calls));
+    assert_eq!(writes_to(configmap_path("nlu-jwks")), 0);
+    assert_eq!(
+        writes_to(service_path("gte")),
+        1,
+        "the free names are applied"
+    );
+    assert_eq!(env.api.get(&deployment_path("gte")), Some(theirs));
+    assert_eq!(env.api.get(&configmap_path("nlu-jwks")), Some(their_jwks));
+
+    let status = env.status("gte");
+    let degraded = condition(&status, "Degraded");
+    assert_eq!(
+        (degraded["status"].as_str(), degraded["reason"].as_str()),
+        (Some("True"), Some("NameConflict"))
+    );
+    let message = degraded["message"].as_str().unwrap();
+    assert!(
+        message.contains("Deployment \"gte\"") && message.contains("ConfigMap \"nlu-jwks\""),
+        "{message}"
+    );
+    assert_eq!(condition(&status, "Ready")["reason"], "Degraded");
+    let warning = calls
+        .iter()
+        .filter(|c| c.method == "POST" && c.path == events_path())
+        .filter_map(|c| c.body.clone())
+        .find(|e| e["reason"] == "NameConflict")
+        .expect("a NameConflict event");
+    assert_eq!(warning["type"], "Warning");
+    assert!(warning["note"]
+        .as_str()
+        .unwrap()
+        .contains("Deployment \"gte\""));
+
+    // A Deployment of that name this service controls is its own: written again.
+    env.api.take_calls();
+    env.api.put(
+        &deployment_path("gte"),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "gte", "namespace": NS, "ownerReferences": [{"apiVersion": "nlu.dev/v1alpha1", "kind": "NluService", "name": "gte", "uid": fixtures::minimal().metadata.uid, "controller": true}]}}),
+    );
+    env.reconcile(&fixtures::minimal()).await.unwrap();
+    let calls = env.api.take_calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.path == deployment_path("gte") && c.method == "PATCH"),
+        "its own Deployment is written: {:?}",
+        lines(&calls)
+    );
 }

@@ -553,6 +553,7 @@ async fn the_jwk_set_is_published_where_services_check_tokens_and_follows_rotati
         env.client.clone(),
         services,
         env.ring.subscribe(),
+        None,
     ));
     let path = format!("/api/v1/namespaces/team/configmaps/{JWKS_CONFIGMAP}");
     let published = || {

@@ -31,6 +31,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The garbage collector alone (runs until dropped), for tests of the API-server tier that
+/// need owner references honoured without a whole process cluster.
+pub use gc::run as collect_garbage;
 pub use kubelet::PodInfo;
 
 use crate::apiserver::api_server;
