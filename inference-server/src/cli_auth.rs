@@ -192,69 +192,32 @@ mod tests {
 
     #[test]
     fn bad_token_arguments_are_refused() {
+        // A valid command line with `flag` set to `value` (`None`: left out).
+        let with = |flag: &str, value: Option<&str>| -> Vec<String> {
+            let mut args: Vec<String> = ["x", "token", "--signing-key", "k"]
+                .map(String::from)
+                .into();
+            for (f, v) in [
+                ("--tenant", "ns/a"),
+                ("--audience", "ns/s"),
+                ("--tenant-uid", "u"),
+                ("--scope", "embed"),
+            ] {
+                let v = if f == flag { value } else { Some(v) };
+                if let Some(v) = v {
+                    args.extend([f.to_owned(), v.to_owned()]);
+                }
+            }
+            args
+        };
+        assert!(Cli::try_parse_from(with("", None)).is_ok());
         for args in [
-            vec![
-                "x",
-                "token",
-                "--signing-key",
-                "k",
-                "--tenant",
-                "alice",
-                "--audience",
-                "ns/s",
-                "--tenant-uid",
-                "u",
-            ],
-            vec![
-                "x",
-                "token",
-                "--signing-key",
-                "k",
-                "--tenant",
-                "ns/a",
-                "--audience",
-                "ns/s",
-                "--tenant-uid",
-                "u",
-                "--scope",
-                "admin",
-            ],
-            vec![
-                "x",
-                "token",
-                "--signing-key",
-                "k",
-                "--tenant",
-                "ns/a",
-                "--audience",
-                "ns/s",
-                "--tenant-uid",
-                "u",
-                "--scope",
-                "",
-            ],
-            vec![
-                "x",
-                "token",
-                "--signing-key",
-                "k",
-                "--tenant",
-                "ns/a",
-                "--tenant-uid",
-                "u",
-            ],
-            vec![
-                "x",
-                "token",
-                "--signing-key",
-                "k",
-                "--tenant",
-                "ns/a",
-                "--audience",
-                "ns/s",
-                "--tenant-uid",
-                "",
-            ],
+            with("--tenant", Some("alice")),
+            with("--scope", Some("admin")),
+            with("--scope", Some("")),
+            with("--audience", None),
+            with("--tenant-uid", Some("")),
+            with("--tenant-uid", None),
         ] {
             assert!(Cli::try_parse_from(&args).is_err(), "{args:?}");
         }

@@ -34,6 +34,18 @@ fn record_key(ns: &str, name: &str) -> String {
     RedisKeys::new("nlu:").tenant(&QualifiedName::new(ns.to_owned(), name.to_owned()).unwrap())
 }
 
+/// Deletes the tenant and waits until the API server has let it go (its finalizer done).
+async fn delete_and_wait(tenants: &Api<Tenant>, name: &str) {
+    tenants
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the tenant gone", 30, || async {
+        tenants.get_opt(name).await.unwrap().is_none().then_some(())
+    })
+    .await;
+}
+
 /// The tenant once Ready for its current generation.
 async fn ready(api: &Api<Tenant>, name: &str) -> Tenant {
     eventually("the tenant Ready", 30, || async {
@@ -141,19 +153,7 @@ async fn finalizer_keeps_the_tenant_until_its_redis_record_is_gone() {
 
     // Deletion: the server only marks it; the controller removes the Redis keys, then its
     // finalizer, and the server lets the object go.
-    tenants
-        .delete("acme", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the tenant gone", 30, || async {
-        tenants
-            .get_opt("acme")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    delete_and_wait(&tenants, "acme").await;
     assert!(
         !redis_has(&redis.url(), &record_key(ns, "acme")).await,
         "Redis record removed before the finalizer"
@@ -436,19 +436,7 @@ async fn a_tenant_created_again_under_its_old_name_has_a_new_uid_in_record_and_t
     assert_eq!(token_tid(&secrets, &first).await, Some(first_uid.clone()));
     assert_eq!(record_uid().await.as_deref(), Some(first_uid.as_str()));
 
-    tenants
-        .delete("acme", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually("the tenant gone", 30, || async {
-        tenants
-            .get_opt("acme")
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
-    .await;
+    delete_and_wait(&tenants, "acme").await;
     // The old token Secret goes with its owner (the garbage collector runs meanwhile); the new
     // Tenant does not adopt it while it is there.
     let recreated = async {
