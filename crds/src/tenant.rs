@@ -162,6 +162,10 @@ pub struct Usage {
     pub tokens_remaining: Option<i64>,
 }
 
+/// Longest `spec.token.ttl` the CRD allows (8760h), and the operator's default
+/// `--max-token-ttl`.
+pub const MAX_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(8760 * 3600);
+
 /// Default token lifetime when `spec.token.ttl` is unset.
 pub const DEFAULT_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(720 * 3600);
 

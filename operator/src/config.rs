@@ -60,6 +60,12 @@ pub struct OperatorConfig {
     #[arg(long, env = "NLU_OPERATOR_REDIS_CA_FILE")]
     pub redis_ca_file: Option<std::path::PathBuf>,
 
+    /// Longest lifetime of a token the operator issues, whatever a Tenant's `spec.token.ttl`
+    /// asks for (`90m`, `24h`, `720h`): bounds how long a token lives after a signing key leaks.
+    /// Keep it at most the servers' `--max-token-lifetime`.
+    #[arg(long, env = "NLU_OPERATOR_MAX_TOKEN_TTL", default_value = "8760h", value_parser = parse_duration)]
+    pub max_token_ttl: std::time::Duration,
+
     /// Prefix of every Redis key (must match the servers' `--redis-prefix`).
     #[arg(long, env = "NLU_OPERATOR_REDIS_PREFIX", default_value = nlu_crds::access::redis_keys::DEFAULT_PREFIX, value_parser = nlu_crds::access::redis_keys::prefix)]
     pub redis_prefix: String,
@@ -82,8 +88,21 @@ impl Default for OperatorConfig {
             redis_url: None,
             redis_ca_file: None,
             redis_prefix: nlu_crds::access::redis_keys::DEFAULT_PREFIX.into(),
+            max_token_ttl: nlu_crds::tenant::MAX_TOKEN_TTL,
         }
     }
+}
+
+/// A duration as Kubernetes writes them (`90m`, `24h`), at least a second.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d: std::time::Duration = s
+        .parse::<kube::core::Duration>()
+        .map_err(|e| format!("{s:?}: {e}"))?
+        .into();
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!("{s:?} is shorter than a second"));
+    }
+    Ok(d)
 }
 
 /// Log line format.
@@ -129,4 +148,27 @@ pub struct RunArgs {
         default_value = "json"
     )]
     pub log_format: LogFormat,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: OperatorConfig,
+    }
+
+    /// The defaults are written twice (clap's text, `Default` for tests): they must agree.
+    #[test]
+    fn flag_defaults_are_the_default_config() {
+        let parsed = Cli::try_parse_from(["nlu-operator"]).unwrap().config;
+        assert_eq!(parsed, OperatorConfig::default());
+        assert!(Cli::try_parse_from(["nlu-operator", "--max-token-ttl", "0s"]).is_err());
+        let capped = Cli::try_parse_from(["nlu-operator", "--max-token-ttl", "24h"]).unwrap();
+        assert_eq!(capped.config.max_token_ttl.as_secs(), 24 * 3600);
+    }
 }

@@ -174,7 +174,8 @@ async fn apply(tenant: &Tenant, ctx: &TenantContext) -> Result<Action, Error> {
     let ttl = tenant
         .spec
         .token_ttl()
-        .map_err(|e| Error::Invalid(format!("spec.token.ttl: {e}")))?;
+        .map_err(|e| Error::Invalid(format!("spec.token.ttl: {e}")))?
+        .min(ctx.base.config.max_token_ttl);
 
     // A revocation is counted in status first, so it survives whatever fails next.
     let counted;

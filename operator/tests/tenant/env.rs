@@ -52,7 +52,7 @@ impl Env {
         let (client, api) = FakeApi::start();
         let (ring, _) = watch::channel(Arc::new(KeyRing::generate()));
         let (_, services) = reflector::store();
-        let ctx = context(&client, &redis, &ring, &services).await;
+        let ctx = context(&client, &redis, &ring, &services, OperatorConfig::default()).await;
         Self {
             redis,
             api,
@@ -65,7 +65,19 @@ impl Env {
 
     /// A new controller context (as after an operator restart: no in-memory throttle state).
     pub async fn fresh_context(&self) -> Arc<TenantContext> {
-        context(&self.client, &self.redis, &self.ring, &self.services).await
+        self.context_with(OperatorConfig::default()).await
+    }
+
+    /// A new controller context of an operator run with `config`.
+    pub async fn context_with(&self, config: OperatorConfig) -> Arc<TenantContext> {
+        context(
+            &self.client,
+            &self.redis,
+            &self.ring,
+            &self.services,
+            config,
+        )
+        .await
     }
 
     /// An NluService with a URL in its status, as the NluService controller reports it.
@@ -239,10 +251,11 @@ async fn context(
     redis: &RedisServer,
     ring: &watch::Sender<Arc<KeyRing>>,
     services: &Writer<NluService>,
+    config: OperatorConfig,
 ) -> Arc<TenantContext> {
     let base = Arc::new(Context::new(
         client.clone(),
-        OperatorConfig::default(),
+        config,
         Arc::new(Metrics::new()),
     ));
     let conn = nlu_operator::tenant::redis_sync::connect(&redis.url(), None).unwrap();

@@ -307,6 +307,28 @@ async fn revocation_makes_older_tokens_stale_once_per_request() {
 }
 
 #[tokio::test]
+async fn the_operators_max_token_ttl_caps_every_tenants_ttl() {
+    let env = Env::new().await;
+    env.create_tenant(
+        "acme",
+        json!({"services": ["gte"], "token": {"ttl": "8760h"}}),
+    );
+    let capped = env
+        .context_with(nlu_operator::config::OperatorConfig {
+            max_token_ttl: Duration::from_secs(3600),
+            ..Default::default()
+        })
+        .await;
+    for _ in 0..3 {
+        controller::reconcile(Arc::new(env.tenant("acme")), capped.clone())
+            .await
+            .unwrap();
+    }
+    let claims = claims_of(&env, &env.token("acme"), "team/gte");
+    assert_eq!(claims.exp - claims.iat, 3600);
+}
+
+#[tokio::test]
 async fn hostile_metadata_cannot_lower_the_generation() {
     let env = Env::new().await;
     env.create_tenant("acme", json!({"services": ["gte"]}));
@@ -353,8 +375,12 @@ async fn a_tenant_deleted_and_created_again_revokes_the_old_tokens() {
     env.api.edit(&tenant_path("acme"), |t| {
         t["metadata"]["uid"] = json!("uid-acme-2")
     });
+    // The old token Secret (controlled by the old uid) is not adopted; the garbage collector
+    // removes it once its owner is gone.
     env.settle("acme").await;
     assert_eq!(record(&env)[field::UID], "uid-acme-2");
+    env.api.remove(&secret_path("acme-token"));
+    env.settle("acme").await;
     assert_eq!(
         env.server_decision(&old, "team/gte", Scope::Embed),
         Ok(QuotaOutcome::Revoked),

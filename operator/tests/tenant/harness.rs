@@ -80,6 +80,13 @@ impl FakeApi {
         self.state.lock().unwrap().objects.get(path).cloned()
     }
 
+    /// Removes a stored object (what the garbage collector does to a child whose owner is gone).
+    pub fn remove(&self, path: &str) {
+        let mut s = self.state.lock().unwrap();
+        s.version += 1;
+        s.objects.remove(path);
+    }
+
     /// Changes a stored object in place (what a user's `kubectl edit` would do).
     pub fn edit(&self, path: &str, f: impl FnOnce(&mut Value)) {
         let mut obj = self.get(path).expect("object exists");
