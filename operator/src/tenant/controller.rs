@@ -26,6 +26,20 @@ use crate::apply::NameTaken;
 use crate::context::Context;
 use crate::ownership::{holder, Holder, Mark};
 
+/// How long a deleted Tenant's finalizer waits for Redis before it lets the Tenant go.
+pub const CLEANUP_PATIENCE: Duration = Duration::from_secs(15 * 60);
+
+/// Whether the finalizer stops waiting for Redis: [`CLEANUP_PATIENCE`] after the deletion began.
+pub fn gives_up_on_redis(
+    deleted_at: Option<k8s_openapi::jiff::Timestamp>,
+    now: k8s_openapi::jiff::Timestamp,
+) -> bool {
+    deleted_at.is_some_and(|at| {
+        now.as_second().saturating_sub(at.as_second())
+            >= i64::try_from(CLEANUP_PATIENCE.as_secs()).unwrap_or(i64::MAX)
+    })
+}
+
 /// Longest wait between retries of a failing reconcile.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -354,13 +368,30 @@ fn utc_day(now: k8s_openapi::jiff::Timestamp) -> chrono::NaiveDate {
 async fn cleanup(tenant: &Tenant, ctx: &TenantContext) -> Result<Action, Error> {
     let id = QualifiedName::new(tenant.namespace().unwrap_or_default(), tenant.name_any())
         .map_err(|e| Error::Invalid(e.to_string()))?;
-    redis_sync::delete_tenant(
+    let deleted = redis_sync::delete_tenant(
         &mut ctx.redis.clone(),
         &ctx.keys,
         &id,
         utc_day(ctx.base.now()),
     )
-    .await?;
+    .await;
+    if let Err(e) = deleted {
+        let deleted_at = tenant.metadata.deletion_timestamp.as_ref().map(|t| t.0);
+        if !gives_up_on_redis(deleted_at, ctx.base.now()) {
+            return Err(e.into());
+        }
+        // A namespace must always be deletable; what stays behind is said where it is seen.
+        let note = format!(
+            "Redis unreachable for {} min after the deletion ({e}): the tenant's record and \
+             counters stay in Redis, so its unexpired tokens work again if Redis comes back with \
+             them; delete its keys by hand (docs/operator.md, Deletion)",
+            CLEANUP_PATIENCE.as_secs() / 60
+        );
+        tracing::warn!(tenant = %id, "{note}");
+        ctx.event(tenant, EventType::Warning, "RedisCleanupAbandoned", note)
+            .await;
+        return Ok(Action::await_change());
+    }
     ctx.usage_written
         .lock()
         .expect("not poisoned")
@@ -402,6 +433,15 @@ fn jti() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_finalizer_waits_for_redis_a_bounded_time() {
+        let t = |s: i64| k8s_openapi::jiff::Timestamp::from_second(s).unwrap();
+        let patience = i64::try_from(CLEANUP_PATIENCE.as_secs()).unwrap();
+        assert!(!gives_up_on_redis(None, t(10_000)));
+        assert!(!gives_up_on_redis(Some(t(1_000)), t(1_000 + patience - 1)));
+        assert!(gives_up_on_redis(Some(t(1_000)), t(1_000 + patience)));
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

@@ -430,7 +430,7 @@ async fn deletion_removes_the_redis_keys_and_retries_while_redis_is_down() {
     );
 
     env.api.edit(&tenant_path("acme"), |t| {
-        t["metadata"]["deletionTimestamp"] = json!("2026-11-23T12:00:00Z")
+        t["metadata"]["deletionTimestamp"] = json!(chrono::Utc::now().to_rfc3339())
     });
     env.redis.stop();
     let err = env.reconcile("acme").await.unwrap_err();
@@ -467,6 +467,28 @@ async fn deletion_removes_the_redis_keys_and_retries_while_redis_is_down() {
         env.tenant("acme").finalizers().is_empty(),
         "finalizer removed"
     );
+}
+
+#[tokio::test]
+async fn a_deleted_tenant_is_let_go_when_redis_stays_away() {
+    let mut env = Env::new().await;
+    env.create_tenant("acme", json!({"services": ["gte"]}));
+    env.settle("acme").await;
+    // Deleted 16 minutes ago, Redis still away: the namespace must not stay stuck.
+    let deleted = chrono::Utc::now() - chrono::Duration::minutes(16);
+    env.api.edit(&tenant_path("acme"), |t| {
+        t["metadata"]["deletionTimestamp"] = json!(deleted.to_rfc3339())
+    });
+    env.redis.stop();
+    env.reconcile("acme").await.unwrap();
+    assert!(
+        env.tenant("acme").finalizers().is_empty(),
+        "finalizer removed"
+    );
+    assert!(env
+        .api
+        .event_reasons()
+        .contains(&"RedisCleanupAbandoned".to_owned()));
 }
 
 #[tokio::test]
