@@ -59,6 +59,7 @@ BAD_VALUES: dict[str, dict] = {
     "unknown top-level key": {"replicas": 2},
     "unknown nested key": {"operator": {"logFormatt": "json"}},
     "bad enum": {"operator": {"logFormat": "xml"}},
+    "a token TTL that is not a duration": {"operator": {"maxTokenTtl": "a year"}},
     "url and existingSecret": {"redis": {"url": "redis://r:6379", "existingSecret": "s"}},
     "url of another scheme": {"redis": {"url": "http://r:6379"}},
 }
