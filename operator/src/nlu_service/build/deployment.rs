@@ -132,14 +132,16 @@ pub fn deployment(svc: &NluService, cfg: &OperatorConfig) -> Deployment {
 /// about memory, the limit is what the batching settings let the server hold
 /// (`serve::memory::limit_mib`), so a pod that outgrows it is the one stopped, not its node.
 pub fn resources(spec: &NluServiceSpec) -> Value {
+    let names_memory = spec.resources.as_ref().is_some_and(|r| {
+        [&r.requests, &r.limits]
+            .into_iter()
+            .any(|m| m.as_ref().is_some_and(|m| m.contains_key("memory")))
+    });
     let mut resources = spec.resources.clone().map_or_else(
         || json!({"requests": {"cpu": "1", "memory": format!("{}Mi", memory::BASE_BYTES >> 20)}}),
         |r| serde_json::to_value(r).expect("ResourceRequirements serializes"),
     );
-    let says_memory = ["requests", "limits"]
-        .iter()
-        .any(|k| resources[k]["memory"].is_string());
-    if spec.resources.is_none() || !says_memory {
+    if !names_memory {
         let batching = spec.batching.clone().unwrap_or_default();
         let limit = memory::limit_mib(batching.max_batch_tokens, batching.max_queue_tokens);
         resources["limits"]["memory"] = json!(format!("{limit}Mi"));
