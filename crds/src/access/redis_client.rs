@@ -8,12 +8,15 @@
 //! of hanging.
 
 use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, TlsCertificates, Value};
+use redis::{
+    Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, TlsCertificates, Value,
+};
 
 /// How long one attempt may take, and the longest pause before reconnecting.
 #[derive(Debug, Clone, Copy)]
@@ -28,14 +31,16 @@ pub struct Timeouts {
 /// the client follows `MOVED` replies and failovers by reloading the slot map.
 #[derive(Clone)]
 pub enum RedisConnection {
-    Single(ConnectionManager),
+    Single(Single),
     Cluster(ClusterConnection),
 }
 
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            RedisConnection::Single(c) => c.req_packed_command(cmd),
+            RedisConnection::Single(c) => {
+                c.run(move |mut m| async move { m.req_packed_command(cmd).await })
+            }
             RedisConnection::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -47,17 +52,94 @@ impl ConnectionLike for RedisConnection {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            RedisConnection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConnection::Single(c) => c.run(move |mut m| async move {
+                m.req_packed_commands(pipeline, offset, count).await
+            }),
             RedisConnection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            RedisConnection::Single(c) => c.get_db(),
+            RedisConnection::Single(c) => c.current().1.get_db(),
             RedisConnection::Cluster(c) => c.get_db(),
         }
     }
+}
+
+/// One Redis server through a [`ConnectionManager`], which reconnects only after I/O errors: a
+/// reconnect the server refuses (a password it does not know yet, as for a namespace's ACL user
+/// after a Redis restart, until the operator makes the user again) would otherwise stay the
+/// answer to every later command. Such a refusal replaces the manager with a fresh one, so the
+/// next command logs in again.
+#[derive(Clone)]
+pub struct Single(Arc<SingleInner>);
+
+struct SingleInner {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// The manager in use and its generation (replaced at most once per refused generation).
+    manager: Mutex<(u64, ConnectionManager)>,
+}
+
+impl Single {
+    fn new(client: redis::Client, config: ConnectionManagerConfig) -> RedisResult<Self> {
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        Ok(Self(Arc::new(SingleInner {
+            client,
+            config,
+            manager: Mutex::new((0, manager)),
+        })))
+    }
+
+    fn current(&self) -> (u64, ConnectionManager) {
+        self.0
+            .manager
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Runs `op` on the current manager, and replaces that manager when the server refused to
+    /// let it log in.
+    fn run<'a, T, F, Fut>(&'a self, op: F) -> RedisFuture<'a, T>
+    where
+        T: Send + 'a,
+        F: FnOnce(ConnectionManager) -> Fut + Send + 'a,
+        Fut: std::future::Future<Output = RedisResult<T>> + Send + 'a,
+    {
+        Box::pin(async move {
+            let (generation, manager) = self.current();
+            let result = op(manager).await;
+            if let Err(e) = &result {
+                if login_refused(e) {
+                    self.replace(generation);
+                }
+            }
+            result
+        })
+    }
+
+    fn replace(&self, refused: u64) {
+        let inner = &self.0;
+        let mut current = inner.manager.lock().unwrap_or_else(|e| e.into_inner());
+        if current.0 != refused {
+            return; // another command already replaced it
+        }
+        // It was made once from the same client and settings, so making it again succeeds; if
+        // it did not, the old manager stays and the next refusal tries again.
+        if let Ok(fresh) =
+            ConnectionManager::new_lazy_with_config(inner.client.clone(), inner.config.clone())
+        {
+            *current = (refused + 1, fresh);
+        }
+    }
+}
+
+/// Whether `error` says the server refused the connection's login; unlike an I/O error,
+/// [`ConnectionManager`] keeps that answer instead of connecting again.
+fn login_refused(error: &RedisError) -> bool {
+    error.kind() == ErrorKind::AuthenticationFailed
 }
 
 /// Opens `url` without connecting yet (needs a Tokio runtime); `ca_pem`: the only roots to trust
@@ -120,7 +202,7 @@ pub fn connect(
         .set_response_timeout(Some(timeouts.timeout))
         .set_number_of_retries(1)
         .set_max_delay(timeouts.max_delay);
-    ConnectionManager::new_lazy_with_config(client, config)
+    Single::new(client, config)
         .map(RedisConnection::Single)
         .map_err(invalid)
 }

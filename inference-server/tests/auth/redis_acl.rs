@@ -165,3 +165,39 @@ async fn a_namespace_credential_runs_its_quota_script_and_nothing_else() {
         .unwrap();
     assert_eq!(gen, "1");
 }
+
+/// A Redis restarted without an ACL file has lost the namespace's user until the operator makes
+/// it again: the server's connection is refused (`WRONGPASS`) meanwhile, and must log in again
+/// once the user is back rather than keep the refusal (a server that never did was unready for
+/// ever after a Redis restart).
+#[tokio::test]
+async fn a_credential_refused_while_its_user_is_missing_works_once_the_user_is_back() {
+    let redis = redis();
+    let prefix = unique_prefix();
+    let keys = RedisKeys::new(prefix.clone());
+    let mut root = RedisTarget::new(redis.url()).conn();
+    let password = "pw-of-team-c";
+    let url = credential_url(&redis.url(), &user_name("team-c"), password).unwrap();
+    let store = QuotaStore::new(
+        &url,
+        None,
+        &prefix,
+        Duration::from_secs(2),
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let error = store.ping().await.unwrap_err().to_string();
+        assert!(error.contains("uthentication"), "{error}");
+    }
+
+    let _: () = redis::cmd("ACL")
+        .arg(setuser_args(&keys, "team-c", password))
+        .query_async(&mut root)
+        .await
+        .unwrap();
+    eventually(5, "the credential to work once its user exists", || async {
+        store.ping().await.is_ok()
+    })
+    .await;
+}
