@@ -73,15 +73,21 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let controller = Controller::new(tenants, watcher::Config::default());
+    let controller = Controller::new(tenants.clone(), watcher::Config::default());
     let tenant_store = controller.store();
 
     let key_api: Api<Secret> = Api::namespaced(client.clone(), &config.operator_namespace);
     let ring = tokio::select! {
-        ring = first_key_ring(&key_api, &ctx) => ring,
+        ring = first_key_ring(&key_api, &tenants, &ctx) => ring,
         () = stop.cancelled() => return Ok(()),
     };
     let (ring_tx, ring_rx) = watch::channel(ring);
+    // A new ring re-checks every Tenant: after `--revoke-old` no token verifies any more and
+    // each is re-issued at once.
+    let ring_changes = futures::stream::unfold(ring_rx.clone(), |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    });
     let mut helpers = tokio::task::JoinSet::new();
     helpers.spawn(manage_keys(
         key_api,
@@ -127,6 +133,7 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=nlu-operator");
     controller
         .owns(secrets, managed)
+        .reconcile_all_on(ring_changes)
         .watches(services, watcher::Config::default(), move |svc| {
             tenants_using(&tenant_store, &svc)
         })
@@ -149,10 +156,19 @@ fn tenants_using(tenants: &Store<Tenant>, svc: &NluService) -> Vec<ObjectRef<Ten
         .collect()
 }
 
-/// The key ring to start with; tokens cannot be issued without one, so this retries.
-async fn first_key_ring(api: &Api<Secret>, ctx: &Context) -> Arc<KeyRing> {
+/// The key ring to start with; tokens cannot be issued without one, so this retries. The
+/// Tenants are listed first: a key Secret missing while their tokens are valid is not replaced.
+async fn first_key_ring(api: &Api<Secret>, tenants: &Api<Tenant>, ctx: &Context) -> Arc<KeyRing> {
     loop {
-        match sync_keys(api, ctx, None).await {
+        let listed = tenants
+            .list(&Default::default())
+            .await
+            .map(|list| list.items.into_iter().map(Arc::new).collect::<Vec<_>>());
+        let result = match listed {
+            Ok(tenants) => sync_keys(api, ctx, Some(&tenants), None).await,
+            Err(e) => Err(e.into()),
+        };
+        match result {
             Ok(ring) => return ring,
             Err(e) => {
                 tracing::error!(error = %e, "cannot load or create the signing key; retrying");
@@ -162,23 +178,32 @@ async fn first_key_ring(api: &Api<Secret>, ctx: &Context) -> Arc<KeyRing> {
     }
 }
 
+/// [`signing_key::sync`], with a log line and an Event for what changed or is missing.
 async fn sync_keys(
     api: &Api<Secret>,
     ctx: &Context,
     tenants: Option<&[Arc<Tenant>]>,
+    current: Option<&Arc<KeyRing>>,
 ) -> Result<Arc<KeyRing>, signing_key::KeyError> {
     let now = chrono::DateTime::from_timestamp(ctx.now().as_second(), 0).unwrap_or_default();
-    let (ring, change) = signing_key::sync(api, now, tenants).await?;
-    if change != KeyChange::Unchanged {
-        tracing::info!(?change, kid = ring.signing.kid(), "signing keys changed");
-    }
-    if let Some(event) = signing_key::key_event(&change) {
+    let result = signing_key::sync(api, now, tenants, current).await;
+    let event = match &result {
+        Ok((ring, change)) => {
+            if *change != KeyChange::Unchanged {
+                tracing::info!(?change, kid = ring.signing.kid(), "signing keys changed");
+            }
+            signing_key::key_event(change)
+        }
+        Err(e @ signing_key::KeyError::Missing(_)) => Some(signing_key::missing_event(e)),
+        Err(_) => None,
+    };
+    if let Some(event) = event {
         let reference = signing_key::secret_ref(&ctx.config.operator_namespace);
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
             tracing::warn!(error = %e, "could not publish the key event");
         }
     }
-    Ok(ring)
+    result.map(|(ring, _)| ring)
 }
 
 /// Waits until `store` holds its first complete list; false if its writer is gone.
@@ -226,7 +251,8 @@ async fn manage_keys(
             return;
         }
         let new = loop {
-            match sync_keys(&api, &ctx, Some(&tenants.state())).await {
+            let current = ring.borrow().clone();
+            match sync_keys(&api, &ctx, Some(&tenants.state()), Some(&current)).await {
                 Ok(new) => break new,
                 Err(e) => {
                     tracing::warn!(error = %e, "signing key sync failed; retrying");

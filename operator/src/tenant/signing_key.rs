@@ -6,6 +6,14 @@
 //! new value (`nlu-operator rotate-key` does that); the operator answers by generating a new key,
 //! retiring the old one and recording the handled value in `nlu.dev/rotated`. One writer (the
 //! operator) makes every change, so replicas and the CLI never race over key material.
+//!
+//! A leaked key is dropped at once by a request whose `nlu.dev/rotate-revoke-old` annotation
+//! holds the same value as `nlu.dev/rotate` (`nlu-operator rotate-key --revoke-old`): the new
+//! key is then the only one published, every earlier token fails, and the Tenant controller
+//! re-issues every token. A key Secret deleted while the operator runs is written again from its
+//! memory; one missing at start-up while tokens are still valid is an error (never a silent new
+//! key, which would break every token): restore it, or ask for `--revoke-old`, whose request
+//! Secret carries no key.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,6 +40,8 @@ pub const RETIRED_FIELD: &str = "retired-keys.json";
 pub const ROTATE_ANNOTATION: &str = "nlu.dev/rotate";
 /// The last `nlu.dev/rotate` value the operator acted on.
 pub const ROTATED_ANNOTATION: &str = "nlu.dev/rotated";
+/// Holds the `nlu.dev/rotate` value of a request that also drops every earlier key at once.
+pub const REVOKE_OLD_ANNOTATION: &str = "nlu.dev/rotate-revoke-old";
 /// Kept on top of the longest token lifetime before a retired key leaves the JWK Set: the
 /// servers' clock-skew leeway plus time for clocks and caches to agree.
 pub const RETIRE_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -40,6 +50,8 @@ pub const RETIRE_MARGIN: Duration = Duration::from_secs(5 * 60);
 pub enum KeyError {
     #[error("signing key Secret {0}: {1}")]
     Invalid(String, String),
+    #[error("signing key Secret {SIGNING_KEY_SECRET} is missing while {0} Tenant(s) hold tokens it signed; restore it from a backup, or run `nlu-operator rotate-key --revoke-old` to make a new key and re-issue every token")]
+    Missing(usize),
     #[error(transparent)]
     Kube(#[from] kube::Error),
 }
@@ -134,6 +146,17 @@ impl KeyRing {
         serde_json::to_string(&self.jwk_set()).expect("a JWK Set serializes")
     }
 
+    /// The key ids of every published key.
+    pub fn kids(&self) -> Vec<String> {
+        let retired = self
+            .retired
+            .iter()
+            .filter_map(|k| k.jwk.common.key_id.clone());
+        std::iter::once(self.signing.kid().to_owned())
+            .chain(retired)
+            .collect()
+    }
+
     /// Whether tokens with this `kid` still verify.
     pub fn publishes(&self, kid: &str) -> bool {
         self.signing.kid() == kid
@@ -161,11 +184,32 @@ pub fn retire_after(now: DateTime<Utc>, tenants: &[Arc<Tenant>]) -> DateTime<Utc
     latest + chrono::Duration::from_std(RETIRE_MARGIN).expect("margin fits")
 }
 
+/// A rotation asked for and not handled yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    /// The `nlu.dev/rotate` value, recorded in `nlu.dev/rotated` once handled.
+    pub request: String,
+    /// Drop every earlier key at once instead of keeping them until their tokens expire.
+    pub revoke_old: bool,
+}
+
 /// The pending rotation request, if the `nlu.dev/rotate` value was not handled yet.
-pub fn rotation_request(secret: &Secret) -> Option<String> {
+pub fn rotation_request(secret: &Secret) -> Option<Rotation> {
     let annotations = secret.annotations();
     let asked = annotations.get(ROTATE_ANNOTATION)?;
-    (annotations.get(ROTATED_ANNOTATION) != Some(asked)).then(|| asked.clone())
+    (annotations.get(ROTATED_ANNOTATION) != Some(asked)).then(|| Rotation {
+        request: asked.clone(),
+        revoke_old: annotations.get(REVOKE_OLD_ANNOTATION) == Some(asked),
+    })
+}
+
+/// How many Tenants hold a token that is still valid at `now` (by their status).
+pub fn tokens_at_stake(tenants: &[Arc<Tenant>], now: DateTime<Utc>) -> usize {
+    tenants
+        .iter()
+        .filter_map(|t| t.status.as_ref()?.token_expires_at.as_ref())
+        .filter(|expires| expires.0.as_second() > now.timestamp())
+        .count()
 }
 
 /// What [`sync`] did, for events and logs.
@@ -173,47 +217,74 @@ pub fn rotation_request(secret: &Secret) -> Option<String> {
 pub enum KeyChange {
     Unchanged,
     Created,
-    Rotated { old_kid: String, new_kid: String },
+    Rotated {
+        old_kid: String,
+        new_kid: String,
+    },
+    /// Every earlier key was dropped at once (`--revoke-old`).
+    Revoked {
+        old_kids: Vec<String>,
+        new_kid: String,
+    },
+    /// The deleted Secret was written again from the operator's memory.
+    Restored,
     Pruned,
 }
 
-/// Brings the key Secret up to date: creates it when absent, performs a requested rotation and
-/// drops retired keys past their time. `tenants` is `None` while their token lifetimes are not
-/// known yet (at start-up): a rotation then waits, since the old key's retirement time depends on
-/// them. A conflict (someone wrote in between) is returned as an error; the caller retries from a
-/// fresh read.
+/// Brings the key Secret up to date: creates it when absent (and no valid token depends on a
+/// lost key), performs a requested rotation and drops retired keys past their time. `tenants`
+/// is `None` while their token lifetimes are not known yet: a rotation that keeps the old key
+/// then waits, since that key's retirement time depends on them. `current`: the ring the
+/// operator holds, written back when the Secret was deleted. A conflict (someone wrote in
+/// between) is returned as an error; the caller retries from a fresh read.
 pub async fn sync(
     api: &Api<Secret>,
     now: DateTime<Utc>,
     tenants: Option<&[Arc<Tenant>]>,
+    current: Option<&Arc<KeyRing>>,
 ) -> Result<(Arc<KeyRing>, KeyChange), KeyError> {
     let Some(mut secret) = api.get_opt(SIGNING_KEY_SECRET).await? else {
+        if let Some(ring) = current {
+            api.create(&PostParams::default(), &key_secret(ring))
+                .await?;
+            return Ok((ring.clone(), KeyChange::Restored));
+        }
+        let at_stake = tenants.map_or(0, |t| tokens_at_stake(t, now));
+        if at_stake > 0 {
+            return Err(KeyError::Missing(at_stake));
+        }
         let ring = KeyRing::generate();
-        let secret = Secret {
-            metadata: ObjectMeta {
-                name: Some(SIGNING_KEY_SECRET.into()),
-                labels: Some(BTreeMap::from([(
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    crate::context::OPERATOR_NAME.to_owned(),
-                )])),
-                ..ObjectMeta::default()
-            },
-            type_: Some("Opaque".into()),
-            data: Some(ring.to_secret_data()),
-            ..Secret::default()
-        };
-        api.create(&PostParams::default(), &secret).await?;
+        api.create(&PostParams::default(), &key_secret(&ring))
+            .await?;
         return Ok((Arc::new(ring), KeyChange::Created));
     };
-    let mut ring = KeyRing::from_secret(&secret)?;
-    let mut change = KeyChange::Unchanged;
-    if let (Some(request), Some(tenants)) = (rotation_request(&secret), tenants) {
-        let old_kid = ring.signing.kid().to_owned();
-        ring = ring.rotate(retire_after(now, tenants));
-        change = KeyChange::Rotated {
-            old_kid,
-            new_kid: ring.signing.kid().to_owned(),
-        };
+    let rotation = rotation_request(&secret);
+    let (mut ring, mut change) = match (&rotation, tenants) {
+        // A key that leaked, or one lost with its Secret: nothing earlier is kept.
+        (
+            Some(Rotation {
+                revoke_old: true, ..
+            }),
+            _,
+        ) => {
+            let old_kids = KeyRing::from_secret(&secret)
+                .map(|old| old.kids())
+                .unwrap_or_default();
+            let ring = KeyRing::generate();
+            let new_kid = ring.signing.kid().to_owned();
+            (ring, KeyChange::Revoked { old_kids, new_kid })
+        }
+        (Some(_), Some(tenants)) => {
+            let ring = KeyRing::from_secret(&secret)?;
+            let old_kid = ring.signing.kid().to_owned();
+            let ring = ring.rotate(retire_after(now, tenants));
+            let new_kid = ring.signing.kid().to_owned();
+            (ring, KeyChange::Rotated { old_kid, new_kid })
+        }
+        _ => (KeyRing::from_secret(&secret)?, KeyChange::Unchanged),
+    };
+    if change != KeyChange::Unchanged {
+        let request = rotation.map(|r| r.request).unwrap_or_default();
         secret
             .annotations_mut()
             .insert(ROTATED_ANNOTATION.to_owned(), request);
@@ -230,6 +301,23 @@ pub async fn sync(
     Ok((Arc::new(ring), change))
 }
 
+/// A new key Secret holding `ring`.
+fn key_secret(ring: &KeyRing) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(SIGNING_KEY_SECRET.into()),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_owned(),
+                crate::context::OPERATOR_NAME.to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(ring.to_secret_data()),
+        ..Secret::default()
+    }
+}
+
 /// The event for a change of the key Secret, if it deserves one.
 pub fn key_event(change: &KeyChange) -> Option<Event> {
     let (reason, note) = match change {
@@ -239,15 +327,35 @@ pub fn key_event(change: &KeyChange) -> Option<Event> {
             "KeyRotated",
             format!("tokens are now signed with key {new_kid}; key {old_kid} stays published until its tokens expire"),
         ),
+        KeyChange::Revoked { old_kids, new_kid } => (
+            "KeysRevoked",
+            format!("tokens are now signed with key {new_kid}; earlier keys ({}) are dropped at once and every token is re-issued", old_kids.join(", ")),
+        ),
+        KeyChange::Restored => ("KeyRestored", format!("the key Secret {SIGNING_KEY_SECRET} was deleted; it is written again from the operator's memory")),
         KeyChange::Pruned => ("KeyRetired", "dropped retired keys whose tokens have all expired".to_owned()),
     };
+    let type_ = match change {
+        KeyChange::Restored => EventType::Warning,
+        _ => EventType::Normal,
+    };
     Some(Event {
-        type_: EventType::Normal,
+        type_,
         reason: reason.into(),
         note: Some(note),
         action: "Sign".into(),
         secondary: None,
     })
+}
+
+/// The Warning Event of a key Secret missing while tokens it signed are valid.
+pub fn missing_event(error: &KeyError) -> Event {
+    Event {
+        type_: EventType::Warning,
+        reason: "SigningKeyMissing".into(),
+        note: Some(error.to_string()),
+        action: "Sign".into(),
+        secondary: None,
+    }
 }
 
 /// Reference for events about the key Secret.
@@ -265,6 +373,21 @@ mod tests {
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(secs, 0).unwrap()
+    }
+
+    /// A Tenant with token TTL `ttl` whose status says its token expires at `expires`.
+    fn tenant(ttl: &str, expires: Option<i64>) -> Arc<Tenant> {
+        let spec: nlu_crds::TenantSpec =
+            serde_json::from_value(serde_json::json!({"services": ["s"], "token": {"ttl": ttl}}))
+                .unwrap();
+        let mut t = Tenant::new("t", spec);
+        t.status = expires.map(|e| nlu_crds::TenantStatus {
+            token_expires_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(e).unwrap(),
+            )),
+            ..Default::default()
+        });
+        Arc::new(t)
     }
 
     fn secret_of(ring: &KeyRing, annotations: &[(&str, &str)]) -> Secret {
@@ -322,36 +445,51 @@ mod tests {
     #[test]
     fn rotation_requests_are_handled_once() {
         let ring = KeyRing::generate();
+        let asked = |request: &str, revoke_old| {
+            Some(Rotation {
+                request: request.into(),
+                revoke_old,
+            })
+        };
         assert_eq!(rotation_request(&secret_of(&ring, &[])), None);
         assert_eq!(
             rotation_request(&secret_of(&ring, &[(ROTATE_ANNOTATION, "t1")])),
-            Some("t1".into())
+            asked("t1", false)
         );
         let handled = [(ROTATE_ANNOTATION, "t1"), (ROTATED_ANNOTATION, "t1")];
         assert_eq!(rotation_request(&secret_of(&ring, &handled)), None);
         let again = [(ROTATE_ANNOTATION, "t2"), (ROTATED_ANNOTATION, "t1")];
         assert_eq!(
             rotation_request(&secret_of(&ring, &again)),
-            Some("t2".into())
+            asked("t2", false)
+        );
+        // Revoking applies to the request it names only, not to a later plain one.
+        let revoke = [(ROTATE_ANNOTATION, "t3"), (REVOKE_OLD_ANNOTATION, "t3")];
+        assert_eq!(
+            rotation_request(&secret_of(&ring, &revoke)),
+            asked("t3", true)
+        );
+        let later = [(ROTATE_ANNOTATION, "t4"), (REVOKE_OLD_ANNOTATION, "t3")];
+        assert_eq!(
+            rotation_request(&secret_of(&ring, &later)),
+            asked("t4", false)
         );
     }
 
     #[test]
+    fn only_unexpired_tokens_are_at_stake() {
+        let tenants = [
+            tenant("1h", None),
+            tenant("1h", Some(999)),
+            tenant("1h", Some(1_001)),
+            tenant("1h", Some(5_000)),
+        ];
+        assert_eq!(tokens_at_stake(&tenants, at(1_000)), 2);
+        assert_eq!(tokens_at_stake(&tenants, at(5_000)), 0);
+    }
+
+    #[test]
     fn retirement_waits_for_the_longest_ttl_or_latest_issued_expiry() {
-        let tenant = |ttl: &str, expires: Option<i64>| {
-            let spec: nlu_crds::TenantSpec = serde_json::from_value(
-                serde_json::json!({"services": ["s"], "token": {"ttl": ttl}}),
-            )
-            .unwrap();
-            let mut t = Tenant::new("t", spec);
-            t.status = expires.map(|e| nlu_crds::TenantStatus {
-                token_expires_at: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                    k8s_openapi::jiff::Timestamp::from_second(e).unwrap(),
-                )),
-                ..Default::default()
-            });
-            Arc::new(t)
-        };
         let now = at(1_000_000);
         let margin = RETIRE_MARGIN.as_secs() as i64;
         assert_eq!(retire_after(now, &[]), at(1_000_000 + margin));

@@ -10,6 +10,8 @@ use kube::{Api, ResourceExt};
 use nlu_crds::access::{QualifiedName, RedisKeys};
 use nlu_crds::conditions::is_true;
 use nlu_crds::{NluService, Tenant};
+use nlu_operator::tenant::rotate_key::{rotate_key, RotateKeyArgs};
+use nlu_operator::tenant::signing_key::{KeyRing, SIGNING_KEY_SECRET};
 use nlu_operator::tenant::FINALIZER;
 use nlu_testkit::{Call, RedisServer};
 use serde_json::json;
@@ -458,4 +460,85 @@ async fn a_tenant_created_again_under_its_old_name_has_a_new_uid_in_record_and_t
         () = nlu_testkit::collect_garbage(op.client.clone()) => unreachable!("the collector runs for ever"),
         () = recreated => {}
     }
+}
+
+/// The `kid` of the Tenant's current token.
+async fn token_kid(secrets: &Api<Secret>, tenants: &Api<Tenant>, name: &str) -> Option<String> {
+    let tenant = tenants.get(name).await.ok()?;
+    let secret_name = tenant.status?.token_secret_name?;
+    let secret = secrets.get_opt(&secret_name).await.ok()??;
+    let token = String::from_utf8(secret.data?.get("token")?.0.clone()).ok()?;
+    jsonwebtoken::decode_header(&token).ok()?.kid
+}
+
+/// Signing-key containment with the running operator: a deleted key Secret is written back with
+/// the same key (and a Warning Event); `nlu-operator rotate-key --revoke-old` (the CLI's own
+/// code) takes the old key out of the published JWK Set at once and re-issues the token.
+#[tokio::test]
+async fn a_deleted_key_comes_back_and_revoke_old_drops_the_old_key_and_reissues_tokens() {
+    let ns = "tenant-revoke-old";
+    let Some((op, _redis)) = tenant_controller(ns).await else {
+        return;
+    };
+    let system = format!("{ns}-system");
+    let keys: Api<Secret> = Api::namespaced(op.client.clone(), &system);
+    let secrets: Api<Secret> = Api::namespaced(op.client.clone(), ns);
+    let tenants: Api<Tenant> = Api::namespaced(op.client.clone(), ns);
+    let configmaps: Api<ConfigMap> = Api::namespaced(op.client.clone(), ns);
+    create_embedding_service(&op, ns).await;
+    tenants
+        .create(&PostParams::default(), &sample("tenant.yaml", ns, "acme"))
+        .await
+        .unwrap();
+    ready(&tenants, "acme").await;
+    let old_kid = token_kid(&secrets, &tenants, "acme").await.unwrap();
+    let published = || async {
+        let cm = configmaps.get_opt("nlu-jwks").await.ok()??;
+        let jwks = cm.data?.get("jwks.json")?.clone();
+        let set: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&jwks).ok()?;
+        Some(
+            set.keys
+                .into_iter()
+                .filter_map(|k| k.common.key_id)
+                .collect::<Vec<_>>(),
+        )
+    };
+    eventually("the key published", 30, || async {
+        published().await.filter(|kids| kids.contains(&old_kid))
+    })
+    .await;
+
+    let key_uid = keys.get(SIGNING_KEY_SECRET).await.unwrap().uid();
+    keys.delete(SIGNING_KEY_SECRET, &DeleteParams::default())
+        .await
+        .unwrap();
+    let restored = eventually("the key Secret written back", 20, || async {
+        keys.get_opt(SIGNING_KEY_SECRET)
+            .await
+            .ok()?
+            .filter(|s| s.uid() != key_uid)
+    })
+    .await;
+    assert_eq!(
+        KeyRing::from_secret(&restored).unwrap().signing.kid(),
+        old_kid,
+        "the same key, not a new one"
+    );
+    warning_event(&op.client, &system, "KeyRestored").await;
+
+    let args = RotateKeyArgs {
+        operator_namespace: system.clone(),
+        wait_seconds: 30,
+        revoke_old: true,
+    };
+    rotate_key(op.client.clone(), &args).await.unwrap();
+    let new_kids = eventually("the old key dropped from the JWK Set", 20, || async {
+        published().await.filter(|kids| !kids.contains(&old_kid))
+    })
+    .await;
+    assert_eq!(new_kids.len(), 1, "{new_kids:?}");
+    eventually("a token of the new key", 20, || async {
+        (token_kid(&secrets, &tenants, "acme").await.as_ref() == new_kids.first()).then_some(())
+    })
+    .await;
 }

@@ -11,7 +11,8 @@ use nlu_crds::access::redis_keys::field;
 use nlu_crds::access::{QualifiedName, QuotaOutcome, RedisKeys, Scope, TokenError};
 use nlu_crds::conditions::{is_true, QUOTA_EXCEEDED, READY, SUSPENDED};
 use nlu_operator::tenant::signing_key::{
-    self, KeyRing, ROTATED_ANNOTATION, ROTATE_ANNOTATION, SIGNING_KEY_SECRET,
+    self, KeyChange, KeyError, KeyRing, REVOKE_OLD_ANNOTATION, ROTATED_ANNOTATION,
+    ROTATE_ANNOTATION, SIGNING_KEY_SECRET,
 };
 use nlu_operator::tenant::{controller, FINALIZER};
 use redis::Commands;
@@ -498,7 +499,9 @@ async fn key_rotation_keeps_earlier_tokens_valid_until_they_expire() {
     let key_api: kube::Api<k8s_openapi::api::core::v1::Secret> =
         kube::Api::namespaced(env.client.clone(), "nlu-system");
     let now = chrono::Utc::now();
-    let (ring, change) = signing_key::sync(&key_api, now, Some(&[])).await.unwrap();
+    let (ring, change) = signing_key::sync(&key_api, now, Some(&[]), None)
+        .await
+        .unwrap();
     assert_eq!(change, signing_key::KeyChange::Created);
     env.ring.send_replace(ring);
     env.create_tenant("acme", json!({"services": ["gte"], "token": {"ttl": "2h"}}));
@@ -511,10 +514,10 @@ async fn key_rotation_keeps_earlier_tokens_valid_until_they_expire() {
         s["metadata"]["annotations"] = json!({ROTATE_ANNOTATION: "1"})
     });
     // At start-up the tenants' token lifetimes are unknown: the request waits for them.
-    let (_, deferred) = signing_key::sync(&key_api, now, None).await.unwrap();
+    let (_, deferred) = signing_key::sync(&key_api, now, None, None).await.unwrap();
     assert_eq!(deferred, signing_key::KeyChange::Unchanged);
     let tenants = [Arc::new(env.tenant("acme"))];
-    let (ring, change) = signing_key::sync(&key_api, now, Some(&tenants))
+    let (ring, change) = signing_key::sync(&key_api, now, Some(&tenants), None)
         .await
         .unwrap();
     assert!(
@@ -536,7 +539,7 @@ async fn key_rotation_keeps_earlier_tokens_valid_until_they_expire() {
     let retire_after = ring.next_retirement().unwrap();
     env.ring.send_replace(ring);
     // The same request is not handled twice.
-    let (_, again) = signing_key::sync(&key_api, now, Some(&tenants))
+    let (_, again) = signing_key::sync(&key_api, now, Some(&tenants), None)
         .await
         .unwrap();
     assert_eq!(again, signing_key::KeyChange::Unchanged);
@@ -564,7 +567,7 @@ async fn key_rotation_keeps_earlier_tokens_valid_until_they_expire() {
     claims_of(&env, &after, "team/gte");
 
     // Once every token of the old key has expired, the key leaves the set.
-    let (ring, change) = signing_key::sync(&key_api, retire_after, Some(&tenants))
+    let (ring, change) = signing_key::sync(&key_api, retire_after, Some(&tenants), None)
         .await
         .unwrap();
     assert_eq!(change, signing_key::KeyChange::Pruned);
@@ -572,6 +575,104 @@ async fn key_rotation_keeps_earlier_tokens_valid_until_they_expire() {
     assert_eq!(
         env.verifier("team/gte").verify(&before),
         Err(TokenError::UnknownKey)
+    );
+    claims_of(&env, &after, "team/gte");
+}
+
+/// A leaked key: `--revoke-old` drops every earlier key at once, so earlier tokens fail with the
+/// next key set, and the next reconcile re-issues the token with the new key. A key Secret that
+/// is deleted is written back from memory; one missing with valid tokens and nothing in memory
+/// is an error, until a `--revoke-old` request (a Secret without a key) makes a new one.
+#[tokio::test]
+async fn revoking_old_keys_fails_earlier_tokens_at_once_and_a_lost_key_is_never_replaced_silently()
+{
+    let env = Env::new().await;
+    let key_api: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(env.client.clone(), "nlu-system");
+    let key_path = format!("/api/v1/namespaces/nlu-system/secrets/{SIGNING_KEY_SECRET}");
+    let now = chrono::Utc::now();
+    let (first, _) = signing_key::sync(&key_api, now, Some(&[]), None)
+        .await
+        .unwrap();
+    env.ring.send_replace(first.clone());
+    env.create_tenant("acme", json!({"services": ["gte"], "token": {"ttl": "2h"}}));
+    env.settle("acme").await;
+    let before = env.token("acme");
+    let tenants = [Arc::new(env.tenant("acme"))];
+
+    // Deleted while the operator runs: the same key is written back, tokens keep working.
+    env.api.remove(&key_path);
+    let (ring, change) = signing_key::sync(&key_api, now, Some(&tenants), Some(&first))
+        .await
+        .unwrap();
+    assert_eq!(change, KeyChange::Restored);
+    assert_eq!(ring.signing.kid(), first.signing.kid());
+    let stored = serde_json::from_value(env.api.get(&key_path).unwrap()).unwrap();
+    assert_eq!(
+        KeyRing::from_secret(&stored).unwrap().signing.kid(),
+        first.signing.kid()
+    );
+
+    // Missing at start-up (nothing in memory) while acme's token is valid: refused.
+    env.api.remove(&key_path);
+    let missing = signing_key::sync(&key_api, now, Some(&tenants), None).await;
+    assert!(
+        matches!(missing, Err(KeyError::Missing(1))),
+        "{:?}",
+        missing.err()
+    );
+    assert!(env.api.get(&key_path).is_none(), "no silent new key");
+
+    // `rotate-key --revoke-old` files its request as a Secret without a key.
+    env.api.put(
+        &key_path,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SIGNING_KEY_SECRET, "namespace": "nlu-system",
+            "annotations": {ROTATE_ANNOTATION: "r1", REVOKE_OLD_ANNOTATION: "r1"}}}),
+    );
+    let (ring, change) = signing_key::sync(&key_api, now, None, None).await.unwrap();
+    assert!(
+        matches!(&change, KeyChange::Revoked { old_kids, .. } if old_kids.is_empty()),
+        "{change:?}"
+    );
+    assert_eq!(ring.kids(), [ring.signing.kid().to_owned()]);
+
+    // A revoke request on a Secret with keys drops every one of them.
+    let with_retired = KeyRing::from_secret(&stored)
+        .unwrap()
+        .rotate(now + chrono::Duration::hours(1));
+    let old_kids = with_retired.kids();
+    env.api.edit(&key_path, |s| {
+        s["data"] = serde_json::to_value(with_retired.to_secret_data()).unwrap();
+        s["metadata"]["annotations"] =
+            json!({ROTATE_ANNOTATION: "r2", REVOKE_OLD_ANNOTATION: "r2"});
+    });
+    let (ring, change) = signing_key::sync(&key_api, now, Some(&tenants), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        change,
+        KeyChange::Revoked {
+            old_kids: old_kids.clone(),
+            new_kid: ring.signing.kid().to_owned()
+        }
+    );
+    assert_eq!(
+        env.api.get(&key_path).unwrap()["metadata"]["annotations"][ROTATED_ANNOTATION],
+        "r2"
+    );
+    assert!(old_kids.iter().all(|kid| !ring.publishes(kid)));
+    env.ring.send_replace(ring);
+    assert_eq!(
+        env.verifier("team/gte").verify(&before),
+        Err(TokenError::UnknownKey)
+    );
+    // One reconcile later acme holds a token of the new key.
+    env.settle("acme").await;
+    let after = env.token("acme");
+    assert_ne!(after, before);
+    assert_eq!(
+        jsonwebtoken::decode_header(&after).unwrap().kid.unwrap(),
+        env.ring.borrow().signing.kid()
     );
     claims_of(&env, &after, "team/gte");
 }
