@@ -210,9 +210,8 @@ spec:
     requests:
       storage: 1Gi
 EOF
-redis_url=$(kubectl -n nlu-system get secret nlu-operator-redis -o jsonpath='{.data.url}' | base64 -d)
-kubectl -n "$namespace" create secret generic nlu-redis --from-literal=url="$redis_url" \
-  --dry-run=client -o yaml | kubectl apply -f -
+# No Redis Secret here: the operator writes `nlu-redis` (the namespace's own Redis ACL user)
+# once an NluService with auth on exists.
 
 step "cargo test -p e2e --test scenarios --test disruptions (kind backend)"
 NLU_E2E_BACKEND=kind cargo test -p e2e --test scenarios --test disruptions -- --test-threads=1

@@ -4,8 +4,8 @@
 //! - the chart installed in `nlu-system`, ingress-nginx with its HTTPS port mapped to
 //!   `127.0.0.1:$NLU_E2E_HTTPS_PORT`, cert-manager with the ClusterIssuer [`CLUSTER_ISSUER`];
 //! - the namespace [`NAMESPACE`] with the PVC [`MODEL_CLAIM`] holding the UniNLU model folder
-//!   under [`MODEL_PATH`] and the GTE one under [`EMBED_MODEL_PATH`], and the Secret
-//!   `nlu-redis` (key `url`).
+//!   under [`MODEL_PATH`] and the GTE one under [`EMBED_MODEL_PATH`]. The Redis Secret
+//!   `nlu-redis` is the operator's to write (the namespace's Redis ACL user).
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The process-cluster backend of the suite (the default; `NLU_E2E_BACKEND=kind` selects kind):
 //! one [`ProcessCluster`] per test process with what `e2e/run.sh` prepares on kind (the model
-//! claim, the namespace's Redis URL Secret), a real `redis-server`, and `nlu-operator run` as
+//! claim), a real `redis-server`, and `nlu-operator run` as
 //! its own process against the cluster's API (as the chart would run it).
 
 use std::collections::BTreeMap;
@@ -8,16 +8,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::PostParams;
-use kube::Api;
 use tokio::sync::OnceCell;
 
 use nlu_testkit::{
     kill_when_this_process_ends, workspace_binary, ClusterOptions, ProcessCluster, RedisServer,
 };
 
-use crate::{EMBED_MODEL_PATH, MODEL_CLAIM, MODEL_PATH, NAMESPACE};
+use crate::{EMBED_MODEL_PATH, MODEL_CLAIM, MODEL_PATH};
 
 /// Namespace of the operator (signing key, leader Lease).
 pub const OPERATOR_NAMESPACE: &str = "nlu-system";
@@ -77,16 +74,8 @@ async fn start() -> Backend {
     options.claims.insert(MODEL_CLAIM.into(), claim);
     let cluster = ProcessCluster::start(options)
         .expect("the process cluster needs the CRD API server (../shared/tools/crd-apiserver)");
-    let secret: Secret = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "nlu-redis", "namespace": NAMESPACE},
-        "stringData": {"url": redis.url()},
-    }))
-    .expect("a Secret");
-    Api::<Secret>::namespaced(cluster.client(), NAMESPACE)
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("the Redis URL Secret");
+    // No Redis Secret for the services: the operator writes `nlu-redis` (the namespace's own
+    // ACL user) as it does in a real cluster.
     let backend = Backend {
         cluster,
         redis: Mutex::new(redis),

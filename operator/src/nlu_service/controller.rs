@@ -13,6 +13,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::NamespaceResourceScope;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
 use nlu_crds::conditions::{is_true, DEGRADED, READY};
@@ -20,14 +21,15 @@ use nlu_crds::NluService;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use super::build::{self, deployment::redis_secret, labels::APP_NAME};
+use super::build::deployment::{redis_secret, stamp_redis_credential};
+use super::build::{self, labels::APP_NAME};
 use super::status::{self, Observed};
 use super::validate::{self, Problem};
 use crate::apply::{apply_status, apply_unless_taken, delete_owned, holder_of, NameTaken};
 use crate::context::Context;
-use crate::tenant::redis_acl::uses_operator_redis;
 use crate::ownership::{Holder, Mark};
 use crate::tenant::jwks_publish::{auth_on, JWKS_CONFIGMAP};
+use crate::tenant::redis_acl::uses_operator_redis;
 
 /// The `controller` label of this controller's metrics.
 pub const CONTROLLER: &str = "nluservice";
@@ -78,9 +80,9 @@ pub async fn reconcile(svc: Arc<NluService>, ctx: Arc<Context>) -> Result<Action
         // Garbage collection removes the children; re-applying them would fight it.
         return Ok(Action::await_change());
     }
-    let problem = match validate::check(&svc.spec) {
+    let (problem, redis_url) = match validate::check(&svc.spec) {
         Ok(()) => check_redis_secret(&svc, &ctx).await?,
-        Err(problem) => Some(problem),
+        Err(problem) => (Some(problem), None),
     };
     if !still_wanted(&svc, &current(&svc, &ctx).await?) {
         // Deleted (or deleted and re-created) since the cache saw it: children written now
@@ -89,7 +91,7 @@ pub async fn reconcile(svc: Arc<NluService>, ctx: Arc<Context>) -> Result<Action
     }
     let applied = match &problem {
         Some(_) => Applied::default(),
-        None => apply_children(&svc, &ctx).await?,
+        None => apply_children(&svc, &ctx, redis_url.as_deref()).await?,
     };
     let seen = Observed {
         problem: problem.as_ref(),
@@ -147,16 +149,16 @@ fn backoff_key(svc: &NluService) -> String {
 }
 
 /// With auth on, the Secret holding the Redis URL must exist with its key: otherwise every pod
-/// would fail to start, so the service is Degraded instead.
-async fn check_redis_secret(svc: &NluService, ctx: &Context) -> Result<Option<Problem>, Error> {
+/// would fail to start, so the service is Degraded instead; the namespace's credential Secret,
+/// which the operator writes itself (`tenant::redis_acl`), may be missing for a moment (the pods
+/// start once it exists). Also returns the URL the pods will read, when there is one.
+async fn check_redis_secret(
+    svc: &NluService,
+    ctx: &Context,
+) -> Result<(Option<Problem>, Option<Vec<u8>>), Error> {
     let Some((name, key)) = redis_secret(&svc.spec, &ctx.config) else {
-        return Ok(None);
+        return Ok((None, None));
     };
-    if ctx.config.redis_url.is_some() && uses_operator_redis(svc) {
-        // The operator writes this namespace's credential Secret itself (tenant::redis_acl);
-        // the pods start once it exists.
-        return Ok(None);
-    }
     let api: Api<Secret> =
         Api::namespaced(ctx.client.clone(), &svc.namespace().unwrap_or_default());
     let secret = api.get_opt(&name).await.map_err(|source| Error::Read {
@@ -164,24 +166,32 @@ async fn check_redis_secret(svc: &NluService, ctx: &Context) -> Result<Option<Pr
         name: name.clone(),
         source,
     })?;
-    Ok(match secret {
+    let url = secret.as_ref().and_then(|s| {
+        let data = s
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&key))
+            .map(|v| v.0.clone());
+        data.or_else(|| {
+            let text = s.string_data.as_ref()?.get(&key)?;
+            Some(text.clone().into_bytes())
+        })
+    });
+    let written_by_operator = ctx.config.redis_url.is_some() && uses_operator_redis(svc);
+    let problem = match secret {
+        _ if url.is_some() || written_by_operator => None,
         None => Some(Problem::new(
             "RedisSecretMissing",
             format!(
                 "Secret {name:?} (the Redis URL for tenant auth) does not exist in this namespace"
             ),
         )),
-        Some(s)
-            if !s.data.as_ref().is_some_and(|d| d.contains_key(&key))
-                && !s.string_data.as_ref().is_some_and(|d| d.contains_key(&key)) =>
-        {
-            Some(Problem::new(
-                "RedisSecretKeyMissing",
-                format!("Secret {name:?} has no key {key:?} with the Redis URL"),
-            ))
-        }
-        Some(_) => None,
-    })
+        Some(_) => Some(Problem::new(
+            "RedisSecretKeyMissing",
+            format!("Secret {name:?} has no key {key:?} with the Redis URL"),
+        )),
+    };
+    Ok((problem, url))
 }
 
 /// What applying the children gave: the Deployment and Ingress as the API server answered
@@ -195,9 +205,17 @@ struct Applied {
 
 /// Applies the wanted children, deletes the unwanted ones, and checks the JWK Set ConfigMap the
 /// pods mount. Objects of a child's name that this NluService does not control are left alone
-/// and listed in `taken`.
-async fn apply_children(svc: &NluService, ctx: &Context) -> Result<Applied, Error> {
-    let want = build::children(svc, &ctx.config);
+/// and listed in `taken`. `redis_url`: the Redis Secret's value, whose digest the pod template
+/// carries so that a new one rolls the pods.
+async fn apply_children(
+    svc: &NluService,
+    ctx: &Context,
+    redis_url: Option<&[u8]>,
+) -> Result<Applied, Error> {
+    let mut want = build::children(svc, &ctx.config);
+    if let Some(url) = redis_url {
+        stamp_redis_credential(&mut want.deployment, url);
+    }
     let mut taken = Vec::new();
     let deployment = ensure(svc, ctx, Some(want.deployment), &mut taken).await?;
     ensure(svc, ctx, Some(want.service), &mut taken).await?;
@@ -326,28 +344,45 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
         "app.kubernetes.io/name={APP_NAME},app.kubernetes.io/managed-by={}",
         crate::context::OPERATOR_NAME
     ));
-    Controller::new(
+    let controller = Controller::new(
         scoped::<NluService>(&client, &ns),
         watcher::Config::default().any_semantic(),
-    )
-    .owns(scoped::<Deployment>(&client, &ns), children.clone())
-    .owns(scoped::<Service>(&client, &ns), children.clone())
-    .owns(scoped::<NetworkPolicy>(&client, &ns), children.clone())
-    .owns(scoped::<Ingress>(&client, &ns), children.clone())
-    .owns(
-        scoped::<HorizontalPodAutoscaler>(&client, &ns),
-        children.clone(),
-    )
-    .owns(scoped::<PodDisruptionBudget>(&client, &ns), children)
-    .graceful_shutdown_on(stop.cancelled_owned())
-    .run(reconcile, error_policy, ctx)
-    .for_each(|result| async move {
-        match result {
-            Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
-            Err(error) => tracing::debug!(%error, "reconcile error"),
-        }
-    })
-    .await;
+    );
+    let services = controller.store();
+    // A new namespace credential (written or renewed by `tenant::redis_acl`) rolls the pods of
+    // the services that read it. Secrets of one's own Redis are noticed at the next resync.
+    let credentials = watcher::Config::default().labels(&format!(
+        "app.kubernetes.io/component={}",
+        crate::tenant::redis_acl::COMPONENT
+    ));
+    controller
+        .watches(scoped::<Secret>(&client, &ns), credentials, move |secret| {
+            let ns = secret.namespace();
+            services
+                .state()
+                .into_iter()
+                .filter(|svc| svc.namespace() == ns && uses_operator_redis(svc))
+                .map(|svc| ObjectRef::from_obj(svc.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .owns(scoped::<Deployment>(&client, &ns), children.clone())
+        .owns(scoped::<Service>(&client, &ns), children.clone())
+        .owns(scoped::<NetworkPolicy>(&client, &ns), children.clone())
+        .owns(scoped::<Ingress>(&client, &ns), children.clone())
+        .owns(
+            scoped::<HorizontalPodAutoscaler>(&client, &ns),
+            children.clone(),
+        )
+        .owns(scoped::<PodDisruptionBudget>(&client, &ns), children)
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
+                Err(error) => tracing::debug!(%error, "reconcile error"),
+            }
+        })
+        .await;
 }
 
 /// An Api over one namespace, or all namespaces when the operator watches everything.

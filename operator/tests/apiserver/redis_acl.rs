@@ -1,7 +1,7 @@
 //! The namespace's Redis credential: both controllers against the real server and a real
 //! redis-server. An NluService with auth on and no Redis of its own gets the namespace's ACL
 //! user and the Secret with its URL, its Deployment reads that Secret, and a deleted Secret
-//! comes back with a new password (the old one stops working).
+//! comes back with a new password (the old one stops working) and rolls the pods.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
@@ -9,6 +9,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::Api;
 use nlu_crds::access::redis_acl::{url_credentials, user_name};
 use nlu_crds::NluService;
+use nlu_operator::nlu_service::build::deployment::REDIS_CREDENTIAL_ANNOTATION;
 use nlu_operator::tenant::redis_acl::COMPONENT;
 use nlu_testkit::RedisServer;
 
@@ -57,6 +58,27 @@ async fn an_nluservice_gets_its_namespace_credential_and_a_deleted_one_is_renewe
         .unwrap();
     let secrets: Api<Secret> = Api::namespaced(op.client.clone(), ns);
     let first = credential(&secrets, None).await;
+    let deployments: Api<Deployment> = Api::namespaced(op.client.clone(), ns);
+    // The pod template's mark of the credential, once the Deployment carries one (other than
+    // `not`): the pods read the URL only when they start.
+    let stamp = |not: Option<String>| {
+        let deployments = deployments.clone();
+        async move {
+            eventually("the pod template's credential mark", 30, || async {
+                let deployment = deployments.get_opt("gte").await.ok()??;
+                let template = deployment.spec?.template.metadata?;
+                let mark = template
+                    .annotations?
+                    .get(REDIS_CREDENTIAL_ANNOTATION)?
+                    .clone();
+                (Some(&mark) != not.as_ref()).then_some(mark)
+            })
+            .await
+        }
+    };
+    let first_stamp = stamp(None).await;
+    assert_eq!(first_stamp.len(), 16);
+    assert!(!first.contains(&first_stamp));
     let (user, _) = url_credentials(&first).unwrap();
     assert_eq!(user, user_name(ns));
     assert!(!first.contains(&redis.url()), "never the operator's URL");
@@ -72,7 +94,6 @@ async fn an_nluservice_gets_its_namespace_credential_and_a_deleted_one_is_renewe
     );
 
     // The Deployment reads that Secret.
-    let deployments: Api<Deployment> = Api::namespaced(op.client.clone(), ns);
     let deployment = eventually("the Deployment", 30, || async {
         deployments.get_opt("gte").await.ok()?
     })
@@ -93,6 +114,8 @@ async fn an_nluservice_gets_its_namespace_credential_and_a_deleted_one_is_renewe
         .unwrap();
     let second = credential(&secrets, Some(&first)).await;
     assert_eq!(ping(&second).await.unwrap(), "PONG");
+    // The new password reaches the pods: their template changes, so they are replaced.
+    stamp(Some(first_stamp)).await;
     let error = ping(&first).await.unwrap_err().to_string();
     assert!(
         error.to_lowercase().contains("authentication failed"),

@@ -33,6 +33,9 @@ const STARTUP_PROBE_PERIOD: i32 = 10;
 const STARTUP_PROBE_FAILURES: i32 = 60;
 /// Non-root user of the server image (distroless `nonroot`).
 const RUN_AS_USER: i64 = 65532;
+/// Pod-template annotation holding a digest of the Redis URL the pods read from a Secret: they
+/// read it only when they start, so a new URL (a rotated password) must roll them.
+pub const REDIS_CREDENTIAL_ANNOTATION: &str = "nlu.dev/redis-credential";
 
 /// The Deployment of `svc`.
 pub fn deployment(svc: &NluService, cfg: &OperatorConfig) -> Deployment {
@@ -124,6 +127,24 @@ pub fn deployment(svc: &NluService, cfg: &OperatorConfig) -> Deployment {
         metadata: child_meta(svc),
         spec: Some(typed(deployment_spec)),
         status: None,
+    }
+}
+
+/// Marks the pod template with a digest of `url` (the Redis Secret's value): 16 hex digits of
+/// its SHA-256, which say when it changed and nothing about the password.
+pub fn stamp_redis_credential(deployment: &mut Deployment, url: &[u8]) {
+    use sha2::{Digest, Sha256};
+    let version: String = Sha256::digest(url)[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if let Some(spec) = deployment.spec.as_mut() {
+        spec.template
+            .metadata
+            .get_or_insert_default()
+            .annotations
+            .get_or_insert_default()
+            .insert(REDIS_CREDENTIAL_ANNOTATION.to_owned(), version);
     }
 }
 
