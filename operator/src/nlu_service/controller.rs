@@ -21,13 +21,14 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use super::build::{self, deployment::redis_secret, labels::APP_NAME};
+use super::policy;
 use super::status::{self, Observed};
 use super::validate::{self, Problem};
 use crate::apply::{apply_status, apply_unless_taken, delete_owned, holder_of, NameTaken};
 use crate::context::Context;
-use crate::tenant::redis_acl::uses_operator_redis;
 use crate::ownership::{Holder, Mark};
 use crate::tenant::jwks_publish::{auth_on, JWKS_CONFIGMAP};
+use crate::tenant::redis_acl::uses_operator_redis;
 
 /// The `controller` label of this controller's metrics.
 pub const CONTROLLER: &str = "nluservice";
@@ -78,7 +79,8 @@ pub async fn reconcile(svc: Arc<NluService>, ctx: Arc<Context>) -> Result<Action
         // Garbage collection removes the children; re-applying them would fight it.
         return Ok(Action::await_change());
     }
-    let problem = match validate::check(&svc.spec) {
+    let checked = validate::check(&svc.spec).and_then(|()| policy::check(&svc.spec, &ctx.config));
+    let problem = match checked {
         Ok(()) => check_redis_secret(&svc, &ctx).await?,
         Err(problem) => Some(problem),
     };
