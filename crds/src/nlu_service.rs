@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::serve::{AuthMode, FailurePolicy, Pooling, Task};
 
+/// Why `auth.mode: none` behind an Ingress needs `auth.allowUnauthenticated` (the CEL rule's
+/// message, and the operator's for objects stored before the rule).
+pub const UNAUTHENTICATED_INGRESS: &str = "auth.mode none behind an Ingress serves anyone who can reach the Ingress: set auth.allowUnauthenticated: true to mean it";
+
 /// Desired state of an inference service.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -31,6 +35,7 @@ pub use crate::serve::{AuthMode, FailurePolicy, Pooling, Task};
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))").message("set either replicas or autoscaling, not both: with autoscaling the HPA owns the replica count").field_path(".replicas"))]
+#[x_kube(validation = Rule::new("!has(self.ingress) || !has(self.auth) || !has(self.auth.mode) || self.auth.mode != 'none' || (has(self.auth.allowUnauthenticated) && self.auth.allowUnauthenticated)").message(UNAUTHENTICATED_INGRESS).field_path(".auth"))]
 pub struct NluServiceSpec {
     /// The model to serve and the task it performs.
     pub model: ModelSpec,
@@ -224,10 +229,12 @@ pub struct IngressSpec {
     /// IngressClass to use; default: the cluster's default class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_name: Option<String>,
-    /// Path prefix routed to the service. Default `/`.
+    /// Path prefix routed to the service, such as `/uninlu`: `/` then letters, digits and
+    /// `/ . _ ~ -`, without `..`. Default `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     // The rule of the server's --path-prefix (`serve::path_prefix`), in CEL.
-    #[x_kube(validation = Rule::new("self.startsWith('/') && !self.contains('..') && !self.contains('?') && !self.contains('#')").message("path must be a path such as /uninlu: starting with '/', without '..', '?' or '#'"))]
+    #[x_kube(validation = Rule::new("self.matches('^/[A-Za-z0-9._~/-]*$') && !self.contains('..')").message("path must be a path such as /uninlu: '/' then letters, digits and / . _ ~ -, without '..'"))]
     pub path: Option<String>,
     /// TLS through cert-manager. The operator never creates the Secret itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -266,6 +273,10 @@ pub struct AuthSpec {
     /// What to do while Redis is unreachable. Default `FailClosed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_policy: Option<FailurePolicy>,
+    /// Must be `true` for `mode: none` with an Ingress: the model routes are then public to
+    /// everyone who can reach the Ingress, with no quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_unauthenticated: Option<bool>,
 }
 
 /// Where the Redis URL comes from.

@@ -188,12 +188,23 @@ pub struct JwtFlags {
     pub redis_failure_policy: FailurePolicy,
 }
 
+/// Longest `--path-prefix` and `spec.ingress.path`.
+pub const MAX_PATH_PREFIX: usize = 256;
+
 /// `--path-prefix` (and `spec.ingress.path`, whose CEL rule says the same): an absolute path
-/// such as `/uninlu`, without `..`, `?` or `#`; returned without its trailing slashes.
+/// such as `/uninlu` of letters, digits and `/ . _ ~ -`, without `..` (nothing an ingress
+/// controller could read as a regular expression, a variable or a query); returned without its
+/// trailing slashes. At most [`MAX_PATH_PREFIX`] bytes (the CRD's `maxLength`).
 pub fn path_prefix(value: &str) -> Result<String, String> {
-    if !value.starts_with('/') || value.contains("..") || value.contains(['?', '#']) {
+    if value.len() > MAX_PATH_PREFIX {
         return Err(format!(
-            "{value:?} must be a path such as /uninlu: starting with '/', without '..', '?' or '#'"
+            "{value:?} is longer than {MAX_PATH_PREFIX} characters"
+        ));
+    }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "/._~-".contains(c);
+    if !value.starts_with('/') || value.contains("..") || !value.chars().all(allowed) {
+        return Err(format!(
+            "{value:?} must be a path such as /uninlu: '/' then letters, digits and / . _ ~ -, without '..'"
         ));
     }
     Ok(value.trim_end_matches('/').to_owned())
@@ -300,11 +311,18 @@ mod tests {
     }
 
     #[test]
-    fn path_prefixes_are_absolute_paths_without_dots_query_or_fragment() {
+    fn path_prefixes_are_plain_absolute_paths() {
         assert_eq!(path_prefix("/uninlu/").as_deref(), Ok("/uninlu"));
         assert_eq!(path_prefix("/a/b").as_deref(), Ok("/a/b"));
         assert_eq!(path_prefix("/").as_deref(), Ok(""));
-        for bad in ["uninlu", "", "/a/../b", "/a?x=1", "/a#top"] {
+        assert_eq!(
+            path_prefix("/v1.0/gte_a~b-c").as_deref(),
+            Ok("/v1.0/gte_a~b-c")
+        );
+        for bad in [
+            "uninlu", "", "/a/../b", "/a?x=1", "/a#top", "/a(.*)", "/a$1", "/a b", "/a;b", "/{a}",
+            "/ü",
+        ] {
             assert!(path_prefix(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -222,8 +222,16 @@ fn ingress_rules() {
     let issuer_only = with(with(both, "/spec/ingress/tls/clusterIssuer", Value::Null), "/spec/ingress/tls/issuer", json!("local-ca"));
     assert!(nlus_cel(&issuer_only, None).is_ok());
 
+    // auth none behind an Ingress only when meant; without an Ingress it is in-cluster only.
+    let open = with(good.clone(), "/spec/auth", json!({"mode": "none"}));
+    assert_rejected(nlus_cel(&open, None), nlu_crds::nlu_service::UNAUTHENTICATED_INGRESS);
+    let meant = with(open.clone(), "/spec/auth/allowUnauthenticated", json!(true));
+    assert!(nlus_cel(&meant, None).is_ok());
+    let internal = with(open, "/spec/ingress", Value::Null);
+    assert!(nlus_cel(&internal, None).is_ok());
+
     // The CEL rule and the server's --path-prefix parser agree on every case.
-    for path in ["/api", "/uninlu/", "/a/b", "api", "/a/../b", "/a?x=1", "/a#top", "/..", "a/b"] {
+    for path in ["/api", "/uninlu/", "/a/b", "/v1.0/a_b~c-d", "api", "/a/../b", "/a?x=1", "/a#top", "/..", "a/b", "/a(.*)", "/a$1", "/a b", "/{a}", "/ü"] {
         let cel = nlus_cel(&with(good.clone(), "/spec/ingress/path", json!(path)), None);
         let server = nlu_crds::serve::path_prefix(path);
         assert_eq!(cel.is_ok(), server.is_ok(), "{path:?}: CEL {cel:?}, --path-prefix {server:?}");

@@ -35,7 +35,7 @@ fn services() -> Vec<NluService> {
                     "ingress": {"host": format!("s{i}.example.com"), "tls": {"clusterIssuer": "le"}},
                     "auth": {"redis": {"url": "redis://redis:6379"}}}),
                 2 => json!({"model": {"task": "embedding", "source": {"pvc": {"claimName": "models", "path": "gte"}}}, "replicas": 3, "auth": {"mode": "none"}}),
-                _ => json!({"model": {"task": "embedding", "source": {"url": "https://m.example.com/m.tar.gz"}}, "auth": {"mode": "none"}, "ingress": {"host": "x.example.com"}}),
+                _ => json!({"model": {"task": "embedding", "source": {"url": "https://m.example.com/m.tar.gz"}}, "auth": {"mode": "none", "allowUnauthenticated": true}, "ingress": {"host": "x.example.com"}}),
             };
             serde_json::from_value(json!({
                 "apiVersion": "nlu.dev/v1alpha1", "kind": "NluService",

@@ -69,6 +69,102 @@ pub struct OperatorConfig {
     /// Prefix of every Redis key (must match the servers' `--redis-prefix`).
     #[arg(long, env = "NLU_OPERATOR_REDIS_PREFIX", default_value = nlu_crds::access::redis_keys::DEFAULT_PREFIX, value_parser = nlu_crds::access::redis_keys::prefix)]
     pub redis_prefix: String,
+
+    #[command(flatten)]
+    pub policy: Policy,
+}
+
+/// What an NluService may ask for (`nlu_service::policy` decides; a refusal is `Degraded`
+/// naming the flag). Lists are comma-separated; `*` in a list allows anything.
+#[derive(Args, Clone, Debug, PartialEq)]
+pub struct Policy {
+    /// Image repositories `spec.image` may name (`<repository>:<tag>` or
+    /// `<repository>@sha256:<digest>`); an entry ending in `/` allows every repository under it.
+    /// Default: the repository of --image only.
+    #[arg(long, env = "NLU_OPERATOR_ALLOWED_IMAGE_REPOSITORIES", value_delimiter = ',', value_parser = image_repository_entry)]
+    pub allowed_image_repositories: Vec<String>,
+
+    /// IngressClasses `spec.ingress.className` may name (unset, the cluster's default class, is
+    /// always allowed). Default: any.
+    #[arg(long, env = "NLU_OPERATOR_ALLOWED_INGRESS_CLASSES", value_delimiter = ',', value_parser = list_entry)]
+    pub allowed_ingress_classes: Vec<String>,
+
+    /// cert-manager issuers `spec.ingress.tls` may name: `<name>` or `ClusterIssuer/<name>` for
+    /// a ClusterIssuer, `Issuer/<name>` for an Issuer of the service's namespace. Default: any.
+    #[arg(long, env = "NLU_OPERATOR_ALLOWED_ISSUERS", value_delimiter = ',', value_parser = issuer_entry)]
+    pub allowed_issuers: Vec<String>,
+
+    /// Host names `spec.ingress.host` may be: a suffix itself or a name under it
+    /// (`example.com` allows `example.com` and `nlu.example.com`); when set, the host is
+    /// required. Default: any.
+    #[arg(long, env = "NLU_OPERATOR_ALLOWED_HOST_SUFFIXES", value_delimiter = ',', value_parser = host_suffix_entry)]
+    pub allowed_host_suffixes: Vec<String>,
+
+    /// Whether `spec.nodeSelector` and `spec.tolerations` may be set (`false`: services are
+    /// scheduled where the cluster's defaults put them).
+    #[arg(long, env = "NLU_OPERATOR_ALLOW_SCHEDULING_OVERRIDES", action = clap::ArgAction::Set, default_value_t = true)]
+    pub allow_scheduling_overrides: bool,
+}
+
+impl Default for Policy {
+    /// The flag defaults: the operator's own image repository, anything else allowed.
+    fn default() -> Self {
+        Self {
+            allowed_image_repositories: Vec::new(),
+            allowed_ingress_classes: Vec::new(),
+            allowed_issuers: Vec::new(),
+            allowed_host_suffixes: Vec::new(),
+            allow_scheduling_overrides: true,
+        }
+    }
+}
+
+/// One entry of a policy list: trimmed, not empty.
+fn list_entry(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("an empty entry (two commas, or a trailing one)".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// A repository (`ghcr.io/nlu-dev/nlu-server`), a prefix of repositories ending in `/`, or `*`;
+/// never a tag or digest, which would read as a pin the check does not make.
+fn image_repository_entry(s: &str) -> Result<String, String> {
+    let s = list_entry(s)?;
+    let repository = s.strip_suffix('/').unwrap_or(&s);
+    if s == "*" || crate::nlu_service::policy::image_repository(repository) == Some(repository) {
+        return Ok(s);
+    }
+    Err(format!(
+        "{s:?} is not an image repository such as ghcr.io/nlu-dev/nlu-server (no tag or digest)"
+    ))
+}
+
+/// `<name>`, `ClusterIssuer/<name>`, `Issuer/<name>` or `*`.
+fn issuer_entry(s: &str) -> Result<String, String> {
+    let s = list_entry(s)?;
+    match s.split_once('/') {
+        Some(("ClusterIssuer" | "Issuer", name)) if !name.is_empty() && !name.contains('/') => {
+            Ok(s)
+        }
+        None => Ok(s),
+        _ => Err(format!(
+            "{s:?} is not <name>, ClusterIssuer/<name> or Issuer/<name>"
+        )),
+    }
+}
+
+/// A DNS suffix, lower-cased, without a leading dot; or `*`.
+fn host_suffix_entry(s: &str) -> Result<String, String> {
+    let s = list_entry(s)?.to_ascii_lowercase();
+    let suffix = s.strip_prefix('.').unwrap_or(&s);
+    let label_ok =
+        |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if s == "*" || suffix.split('.').all(label_ok) {
+        return Ok(suffix.to_owned());
+    }
+    Err(format!("{s:?} is not a DNS name such as example.com"))
 }
 
 /// Image used when neither `--image` nor the NluService names one.
@@ -89,6 +185,7 @@ impl Default for OperatorConfig {
             redis_ca_file: None,
             redis_prefix: nlu_crds::access::redis_keys::DEFAULT_PREFIX.into(),
             max_token_ttl: nlu_crds::tenant::MAX_TOKEN_TTL,
+            policy: Policy::default(),
         }
     }
 }
@@ -170,5 +267,49 @@ mod tests {
         assert!(Cli::try_parse_from(["nlu-operator", "--max-token-ttl", "0s"]).is_err());
         let capped = Cli::try_parse_from(["nlu-operator", "--max-token-ttl", "24h"]).unwrap();
         assert_eq!(capped.config.max_token_ttl.as_secs(), 24 * 3600);
+    }
+
+    #[test]
+    fn policy_flags_are_comma_lists_checked_at_start() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["nlu-operator"].iter().chain(args)).map(|c| c.config.policy)
+        };
+        let policy = parse(&[
+            "--allowed-image-repositories=registry.internal/nlu/, ghcr.io/x/nlu-server",
+            "--allowed-ingress-classes=nginx,internal",
+            "--allowed-issuers=letsencrypt,Issuer/team-ca,ClusterIssuer/ca",
+            "--allowed-host-suffixes=.Example.com,nlu.internal",
+            "--allow-scheduling-overrides=false",
+        ])
+        .unwrap();
+        assert_eq!(
+            policy,
+            Policy {
+                allowed_image_repositories: vec![
+                    "registry.internal/nlu/".into(),
+                    "ghcr.io/x/nlu-server".into()
+                ],
+                allowed_ingress_classes: vec!["nginx".into(), "internal".into()],
+                allowed_issuers: vec![
+                    "letsencrypt".into(),
+                    "Issuer/team-ca".into(),
+                    "ClusterIssuer/ca".into()
+                ],
+                allowed_host_suffixes: vec!["example.com".into(), "nlu.internal".into()],
+                allow_scheduling_overrides: false,
+            }
+        );
+        for bad in [
+            "--allowed-image-repositories=ghcr.io/x/nlu-server:1.0",
+            "--allowed-image-repositories=ghcr.io/x/nlu-server@sha256:00",
+            "--allowed-image-repositories=a,,b",
+            "--allowed-issuers=Certificate/x",
+            "--allowed-issuers=Issuer/",
+            "--allowed-host-suffixes=*.example.com",
+            "--allowed-host-suffixes=exa mple.com",
+            "--allow-scheduling-overrides=maybe",
+        ] {
+            assert!(parse(&[bad]).is_err(), "{bad} accepted");
+        }
     }
 }

@@ -18,6 +18,8 @@ enum Expect {
     Duplicate,
     /// A built-in limit (minimum, maximum, minLength, minItems).
     Invalid,
+    /// maxLength.
+    TooLong,
     /// A `format` (date-time).
     Format,
     /// A CEL rule: FieldValueInvalid with the rule's message, taken from the site name.
@@ -43,7 +45,12 @@ const UNINLU: &str = "nluservice-uninlu.yaml";
 const GTE: &str = "nluservice-embedding.yaml";
 /// The CEL rule of spec.ingress.path, shared with the server's --path-prefix (`serve::path_prefix`).
 const INGRESS_PATH_RULE: &str =
-    "NluService spec.ingress.path rule: path must be a path such as /uninlu: starting with '/', without '..', '?' or '#'";
+    "NluService spec.ingress.path rule: path must be a path such as /uninlu: '/' then letters, digits and / . _ ~ -, without '..'";
+/// `auth.mode: none` with an Ingress needs `auth.allowUnauthenticated: true`.
+const UNAUTHENTICATED_RULE: &str = "NluService spec rule: auth.mode none behind an Ingress serves anyone who can reach the Ingress: set auth.allowUnauthenticated: true to mean it";
+/// 257 and 256 characters: one over and exactly at spec.ingress.path's maxLength.
+const LONG_PATH: &str = "\"/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"";
+const LONG_PATH_AT_LIMIT: &str = "\"/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"";
 const TENANT: &str = "tenant.yaml";
 const PER_DAY_RULE: &str =
     "Tenant spec.quota rule: requestsPerDay must be from 0 (unlimited) to 999999999999999";
@@ -163,9 +170,17 @@ const CASES: &[Case] = &[
     case(INGRESS_PATH_RULE, UNINLU, &[("/spec/ingress/path", r#""/a/../b""#)], "spec.ingress.path", Rule),
     case(INGRESS_PATH_RULE, UNINLU, &[("/spec/ingress/path", r#""/a?x=1""#)], "spec.ingress.path", Rule),
     case(INGRESS_PATH_RULE, UNINLU, &[("/spec/ingress/path", r#""/a#top""#)], "spec.ingress.path", Rule),
+    case(INGRESS_PATH_RULE, UNINLU, &[("/spec/ingress/path", r#""/a(.*)""#)], "spec.ingress.path", Rule),
+    case(INGRESS_PATH_RULE, UNINLU, &[("/spec/ingress/path", r#""/a;b""#)], "spec.ingress.path", Rule),
+    case(INGRESS_PATH_RULE, UNINLU, &[("/spec/ingress/path", r#""/${host}""#)], "spec.ingress.path", Rule),
+    Case { expect: TooLong, at_limit: Some(LONG_PATH_AT_LIMIT),
+        ..case("NluService spec.ingress.path maxLength", UNINLU, &[("/spec/ingress/path", LONG_PATH)], "spec.ingress.path", TooLong) },
     case("NluService spec.ingress.tls rule: set at most one of clusterIssuer or issuer", UNINLU, &[("/spec/ingress/tls/issuer", r#""ca""#)],
         "spec.ingress.tls", Rule),
     // auth
+    Case { at_limit: Some(r#"{"mode": "none", "allowUnauthenticated": true}"#),
+        ..case(UNAUTHENTICATED_RULE, UNINLU, &[("/spec/auth", r#"{"mode": "none"}"#)], "spec.auth", Rule) },
+    case(UNAUTHENTICATED_RULE, UNINLU, &[("/spec/auth", r#"{"mode": "none", "allowUnauthenticated": false}"#)], "spec.auth", Rule),
     case("NluService spec.auth.mode enum", GTE, &[("/spec/auth/mode", r#""basic""#)], "spec.auth.mode", NotSupported),
     case("NluService spec.auth.failurePolicy enum", GTE, &[("/spec/auth/failurePolicy", r#""Sometimes""#)], "spec.auth.failurePolicy", NotSupported),
     case("NluService spec.auth.redis rule: exactly one of url or secretRef must be set",
@@ -350,6 +365,7 @@ fn check(case: &Case, (code, answer): (StatusCode, Value)) -> Result<(), String>
         NotSupported => ("FieldValueNotSupported", None),
         Duplicate => ("FieldValueDuplicate", None),
         Invalid => ("FieldValueInvalid", None),
+        TooLong => ("FieldValueTooLong", None),
         Format => ("FieldValueTypeInvalid", None),
         Rule => (
             "FieldValueInvalid",

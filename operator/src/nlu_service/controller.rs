@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::build::deployment::{redis_secret, stamp_redis_credential};
 use super::build::{self, labels::APP_NAME};
+use super::policy;
 use super::status::{self, Observed};
 use super::validate::{self, Problem};
 use crate::apply::{apply_status, apply_unless_taken, delete_owned, holder_of, NameTaken};
@@ -80,7 +81,8 @@ pub async fn reconcile(svc: Arc<NluService>, ctx: Arc<Context>) -> Result<Action
         // Garbage collection removes the children; re-applying them would fight it.
         return Ok(Action::await_change());
     }
-    let (problem, redis_url) = match validate::check(&svc.spec) {
+    let checked = validate::check(&svc.spec).and_then(|()| policy::check(&svc.spec, &ctx.config));
+    let (problem, redis_url) = match checked {
         Ok(()) => check_redis_secret(&svc, &ctx).await?,
         Err(problem) => (Some(problem), None),
     };

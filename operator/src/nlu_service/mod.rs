@@ -3,5 +3,6 @@
 
 pub mod build;
 pub mod controller;
+pub mod policy;
 pub mod status;
 pub mod validate;

@@ -3,7 +3,7 @@
 
 use std::path::{Component, Path};
 
-use nlu_crds::nlu_service::{ModelSource, NluServiceSpec, Task};
+use nlu_crds::nlu_service::{AuthMode, ModelSource, NluServiceSpec, Task};
 
 /// Why a spec cannot be served, as a condition reason and a message for `kubectl describe`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +46,16 @@ pub fn check(spec: &NluServiceSpec) -> Result<(), Problem> {
                 ),
             ));
         }
+    }
+    let auth = spec.auth.as_ref();
+    if spec.ingress.is_some()
+        && auth.and_then(|a| a.mode) == Some(AuthMode::None)
+        && auth.and_then(|a| a.allow_unauthenticated) != Some(true)
+    {
+        return Err(Problem::new(
+            "UnauthenticatedIngress",
+            nlu_crds::nlu_service::UNAUTHENTICATED_INGRESS,
+        ));
     }
     if let Some(tls) = spec.ingress.as_ref().and_then(|i| i.tls.as_ref()) {
         if spec
@@ -136,12 +146,22 @@ mod tests {
             ("model: {task: embedding, source: {url: 'https://a'}}\nautoscaling: {minReplicas: 3, maxReplicas: 2}", "InvalidAutoscaling"),
             ("model: {task: embedding, source: {url: 'https://a'}}\ningress: {tls: {issuer: x}}", "IngressTlsWithoutHost"),
             ("model: {task: embedding, source: {url: 'https://a'}}\ningress: {host: h, tls: {issuer: x, clusterIssuer: y}}", "ConflictingIssuers"),
+            ("model: {task: embedding, source: {url: 'https://a'}}\ningress: {host: h}\nauth: {mode: none}", "UnauthenticatedIngress"),
+            ("model: {task: embedding, source: {url: 'https://a'}}\ningress: {host: h}\nauth: {mode: none, allowUnauthenticated: false}", "UnauthenticatedIngress"),
         ];
         for (yaml, reason) in cases {
             assert_eq!(check(&spec(yaml)).unwrap_err().reason, reason, "{yaml}");
         }
         let fine = "model: {task: embedding, source: {pvc: {claimName: m, path: a/b}}, pooling: mean}\nreplicas: 2\ningress: {host: h, tls: {issuer: x}}";
         assert_eq!(check(&spec(fine)), Ok(()));
+        let open = "model: {task: embedding, source: {url: 'https://a'}}\ningress: {host: h}\nauth: {mode: none, allowUnauthenticated: true}";
+        assert_eq!(check(&spec(open)), Ok(()));
+        let internal = "model: {task: embedding, source: {url: 'https://a'}}\nauth: {mode: none}";
+        assert_eq!(
+            check(&spec(internal)),
+            Ok(()),
+            "no Ingress: in-cluster only"
+        );
     }
 
     #[test]

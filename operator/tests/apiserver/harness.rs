@@ -4,7 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nlu_operator::config::OperatorConfig;
+use nlu_operator::config::{OperatorConfig, Policy};
 use nlu_operator::context::Context;
 use nlu_operator::metrics::Metrics;
 use nlu_testkit::{ApiServer, ClusterProxy, RecordedRequest};
@@ -21,8 +21,14 @@ pub struct Running {
 impl Running {
     /// The NluService controller, watching `namespace` only.
     pub async fn nlu_service(server: &ApiServer, namespace: &str) -> Running {
+        Running::nlu_service_with(server, namespace, Policy::default()).await
+    }
+
+    /// The NluService controller with `policy`, watching `namespace` only.
+    pub async fn nlu_service_with(server: &ApiServer, namespace: &str, policy: Policy) -> Running {
         let config = OperatorConfig {
             namespace: Some(namespace.into()),
+            policy,
             ..OperatorConfig::default()
         };
         Running::start(server, config, |ctx, stop| {

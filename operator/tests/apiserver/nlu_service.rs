@@ -6,10 +6,12 @@ use std::time::Duration;
 use http::Method;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use nlu_crds::{NluService, NluServiceStatus};
+use nlu_operator::config::Policy;
 use serde_json::json;
 
 use crate::harness::{create_theirs, eventually, sample, warning_event, Running};
@@ -296,4 +298,140 @@ async fn a_deployment_someone_else_made_is_neither_adopted_nor_collected() {
     let kept = deployments.get("gte").await.unwrap();
     assert_eq!(kept.resource_version(), theirs.resource_version());
     assert_eq!(kept.spec, theirs.spec);
+}
+
+/// The operator's policy, watch-driven: a service that names an image outside the allowed
+/// repositories (here the default: the operator's own), an issuer or a host the flags do not
+/// list is `Degraded` with the reason and a message naming the flag, and its running children
+/// stay as they were; a new service asking for a refused image gets no children at all.
+#[tokio::test]
+async fn what_the_policy_refuses_is_degraded_and_applies_nothing() {
+    let Some(server) = nlu_testkit::api_server() else {
+        return;
+    };
+    let ns = "nlus-policy";
+    let policy = Policy {
+        allowed_ingress_classes: vec!["nginx".into()],
+        allowed_issuers: vec!["letsencrypt-prod".into()],
+        allowed_host_suffixes: vec!["example.com".into()],
+        ..Policy::default()
+    };
+    let op = Running::nlu_service_with(server, ns, policy).await;
+    let services: Api<NluService> = Api::namespaced(op.client.clone(), ns);
+    let deployments: Api<Deployment> = Api::namespaced(op.client.clone(), ns);
+    let ingresses: Api<Ingress> = Api::namespaced(op.client.clone(), ns);
+    create_redis_secret(&op, ns).await;
+    // The UniNLU sample: class nginx, ClusterIssuer letsencrypt-prod, host nlu.example.com.
+    services
+        .create(
+            &PostParams::default(),
+            &sample("nluservice-uninlu.yaml", ns, "gte"),
+        )
+        .await
+        .unwrap();
+    let allowed = status_where(&services, "the allowed service's status", |s| {
+        s.observed_generation == Some(1)
+    })
+    .await;
+    assert_eq!(
+        condition(&allowed, "Degraded").status,
+        "False",
+        "{allowed:?}"
+    );
+    let deployment = deployments.get("gte").await.unwrap();
+    let ingress = ingresses.get("gte").await.unwrap();
+    let deployment_path = format!("/apis/apps/v1/namespaces/{ns}/deployments/gte");
+    let ingress_path = format!("/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses/gte");
+
+    let refusals = [
+        (
+            json!({"image": "ghcr.io/nlu-dev/nlu-server-evil:0.1.0"}),
+            "ImageNotAllowed",
+            "image \"ghcr.io/nlu-dev/nlu-server-evil:0.1.0\" is not in --allowed-image-repositories (unset: the repository of --image, ghcr.io/nlu-dev/nlu-server)",
+        ),
+        (
+            json!({"image": null, "ingress": {"tls": {"clusterIssuer": "selfsigned"}}}),
+            "IssuerNotAllowed",
+            "ClusterIssuer \"selfsigned\" (ingress.tls) is not in --allowed-issuers (letsencrypt-prod)",
+        ),
+        (
+            json!({"ingress": {"host": "nlu.example.com.evil.io", "tls": {"clusterIssuer": "letsencrypt-prod"}}}),
+            "HostNotAllowed",
+            "ingress.host \"nlu.example.com.evil.io\" is not in --allowed-host-suffixes (example.com)",
+        ),
+    ];
+    let child_writes = || {
+        (
+            op.writes_to(&deployment_path).len(),
+            op.writes_to(&ingress_path).len(),
+        )
+    };
+    for (generation, (spec, reason, message)) in (2..).zip(refusals) {
+        services
+            .patch(
+                "gte",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": spec})),
+            )
+            .await
+            .unwrap();
+        let refused = status_where(&services, reason, |s| {
+            s.observed_generation == Some(generation)
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Degraded" && c.reason == reason)
+        })
+        .await;
+        let degraded = condition(&refused, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.message.as_str()),
+            ("True", message)
+        );
+        assert_eq!(condition(&refused, "Ready").reason, "Degraded");
+        // Nothing applied: every reconcile from here on sees the refused spec (the status write
+        // itself causes one), and the children keep what the allowed spec gave them.
+        let writes_then = child_writes();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            child_writes(),
+            writes_then,
+            "{reason}: the operator wrote a child"
+        );
+        assert_eq!(
+            deployments.get("gte").await.unwrap().resource_version(),
+            deployment.resource_version()
+        );
+        assert_eq!(
+            ingresses.get("gte").await.unwrap().resource_version(),
+            ingress.resource_version()
+        );
+    }
+    warning_event(&op.client, ns, "ImageNotAllowed").await;
+
+    // A new service with a refused image from the start: no child is created.
+    let mut evil: NluService = sample("nluservice-embedding.yaml", ns, "evil");
+    evil.spec.image = Some("evil.io/x:1".into());
+    services
+        .create(&PostParams::default(), &evil)
+        .await
+        .unwrap();
+    let refused = eventually("evil refused", 20, || async {
+        services.get("evil").await.ok()?.status.filter(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Degraded" && c.reason == "ImageNotAllowed")
+        })
+    })
+    .await;
+    assert!(condition(&refused, "Degraded")
+        .message
+        .contains("--allowed-image-repositories"));
+    assert!(deployments.get_opt("evil").await.unwrap().is_none());
+    assert!(
+        Api::<k8s_openapi::api::core::v1::Service>::namespaced(op.client.clone(), ns)
+            .get_opt("evil")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

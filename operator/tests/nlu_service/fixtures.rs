@@ -90,7 +90,7 @@ model:
 ingress:
   host: open.example.com
   tls: {issuer: local-ca, secretName: open-cert}
-auth: {mode: none}
+auth: {mode: none, allowUnauthenticated: true}
 playground: true
 "#,
     )
