@@ -14,6 +14,7 @@ use nlu_operator::config::OperatorConfig;
 use nlu_operator::context::Context;
 use nlu_operator::metrics::Metrics;
 use nlu_operator::nlu_service::build::children;
+use nlu_operator::nlu_service::build::deployment::{redis_secret, stamp_redis_credential};
 use nlu_operator::nlu_service::controller::{error_policy, reconcile, Error, CONTROLLER};
 use serde_json::{json, Value};
 
@@ -125,6 +126,21 @@ fn query_pairs(q: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// `deployment` as the controller applies it: marked with the Redis URL its pods read.
+fn stamped(deployment: Value, url: &[u8]) -> Value {
+    let mut typed = serde_json::from_value(deployment).unwrap();
+    stamp_redis_credential(&mut typed, url);
+    serde_json::to_value(typed).unwrap()
+}
+
+/// The Redis URL the pods of `svc` read, from the Secret the stand-in holds.
+fn redis_url(env: &Env, svc: &NluService) -> Option<Vec<u8>> {
+    let (name, key) = redis_secret(&svc.spec, &OperatorConfig::default())?;
+    let secret: k8s_openapi::api::core::v1::Secret =
+        serde_json::from_value(env.api.get(&secret_path(&name))?).unwrap();
+    Some(secret.data?.get(&key)?.0.clone())
+}
+
 /// Asserts a server-side apply of `expected` at `path`.
 fn assert_apply(call: &Call, path: &str, expected: Value) {
     assert_eq!((call.method.as_str(), call.path.as_str()), ("PATCH", path));
@@ -194,6 +210,11 @@ async fn first_reconcile_applies_the_snapshotted_children_and_writes_status() {
         .collect();
     let applies = calls.iter().filter(|c| c.method == "PATCH");
     for (call, (path, doc)) in applies.zip(paths.iter().zip(docs)) {
+        let doc = if *path == deployment_path("uninlu") {
+            stamped(doc, &redis_url(&env, &svc).unwrap())
+        } else {
+            doc
+        };
         assert_apply(call, path, doc);
     }
 
@@ -573,10 +594,12 @@ async fn applied_bodies_equal_the_built_children() {
                 .find(|c| c.path == p && c.method == "PATCH")
                 .map(|c| c.body.clone().unwrap())
         };
-        assert_eq!(
-            body(deployment_path(&name)),
-            Some(serde_json::to_value(&c.deployment).unwrap())
-        );
+        let deployment = serde_json::to_value(&c.deployment).unwrap();
+        let deployment = match redis_url(&env, &svc) {
+            Some(url) => stamped(deployment, &url),
+            None => deployment,
+        };
+        assert_eq!(body(deployment_path(&name)), Some(deployment));
         assert_eq!(
             body(service_path(&name)),
             Some(serde_json::to_value(&c.service).unwrap())
