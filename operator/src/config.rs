@@ -49,6 +49,20 @@ pub struct OperatorConfig {
     #[arg(long, env = "NLU_OPERATOR_REDIS_PORT", default_value_t = 6379)]
     pub redis_port: u16,
 
+    /// Namespace of the pods of the operator's Redis (--redis-url, e.g. the chart's in-cluster
+    /// Redis). With --redis-pod-labels, servers that use that Redis may reach only those pods
+    /// (NetworkPolicy egress) instead of any address on --redis-port.
+    #[arg(
+        long,
+        env = "NLU_OPERATOR_REDIS_NAMESPACE",
+        requires = "redis_pod_labels"
+    )]
+    pub redis_namespace: Option<String>,
+
+    /// Labels of those pods, `key=value,key=value` (see --redis-namespace).
+    #[arg(long, env = "NLU_OPERATOR_REDIS_POD_LABELS", value_delimiter = ',', value_parser = label_pair, requires = "redis_namespace")]
+    pub redis_pod_labels: Vec<(String, String)>,
+
     /// Redis URL the operator itself uses to write tenant records (Tenant controller):
     /// `redis://`, `rediss://`, or a Redis Cluster as `redis+cluster://host:port,host:port`
     /// (`rediss+cluster://` for TLS).
@@ -119,6 +133,14 @@ impl Default for Policy {
     }
 }
 
+/// One `key=value` label of --redis-pod-labels.
+fn label_pair(s: &str) -> Result<(String, String), String> {
+    match s.trim().split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(format!("{s:?} is not key=value")),
+    }
+}
+
 /// One entry of a policy list: trimmed, not empty.
 fn list_entry(s: &str) -> Result<String, String> {
     let s = s.trim();
@@ -181,6 +203,8 @@ impl Default for OperatorConfig {
             monitoring_namespace: "monitoring".into(),
             default_redis_secret: "nlu-redis".into(),
             redis_port: 6379,
+            redis_namespace: None,
+            redis_pod_labels: Vec::new(),
             redis_url: None,
             redis_ca_file: None,
             redis_prefix: nlu_crds::access::redis_keys::DEFAULT_PREFIX.into(),
@@ -267,6 +291,37 @@ mod tests {
         assert!(Cli::try_parse_from(["nlu-operator", "--max-token-ttl", "0s"]).is_err());
         let capped = Cli::try_parse_from(["nlu-operator", "--max-token-ttl", "24h"]).unwrap();
         assert_eq!(capped.config.max_token_ttl.as_secs(), 24 * 3600);
+    }
+
+    /// The chart passes both Redis pod flags as rendered; one without the other is refused.
+    #[test]
+    fn redis_pods_are_a_namespace_and_labels_together() {
+        let parsed = Cli::try_parse_from([
+            "nlu-operator",
+            "--redis-namespace=nlu-system",
+            "--redis-pod-labels=app.kubernetes.io/name=nlu-operator,app.kubernetes.io/component=redis",
+        ])
+        .unwrap()
+        .config;
+        assert_eq!(parsed.redis_namespace.as_deref(), Some("nlu-system"));
+        assert_eq!(
+            parsed.redis_pod_labels,
+            [
+                (
+                    "app.kubernetes.io/name".to_owned(),
+                    "nlu-operator".to_owned()
+                ),
+                ("app.kubernetes.io/component".to_owned(), "redis".to_owned())
+            ]
+        );
+        assert!(Cli::try_parse_from(["nlu-operator", "--redis-namespace=x"]).is_err());
+        assert!(Cli::try_parse_from(["nlu-operator", "--redis-pod-labels=a=b"]).is_err());
+        assert!(Cli::try_parse_from([
+            "nlu-operator",
+            "--redis-namespace=x",
+            "--redis-pod-labels=novalue"
+        ])
+        .is_err());
     }
 
     #[test]

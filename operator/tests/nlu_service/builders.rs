@@ -422,6 +422,44 @@ fn network_policy_admits_ingress_and_monitoring_and_allows_dns_and_redis() {
     );
 }
 
+/// Told where its Redis runs, the operator lets a service that reads that Redis reach only those
+/// pods; a service with a Redis of its own keeps the port open to any address.
+#[test]
+fn redis_egress_reaches_only_the_operators_redis_pods_when_they_are_known() {
+    let cfg = OperatorConfig {
+        redis_url: Some("redis://redis.nlu-system:6379/0".into()),
+        redis_namespace: Some("nlu-system".into()),
+        redis_pod_labels: vec![("app.kubernetes.io/component".into(), "redis".into())],
+        ..OperatorConfig::default()
+    };
+    let redis_rule = |svc: &nlu_crds::NluService, cfg: &OperatorConfig| {
+        let np = serde_json::to_value(children(svc, cfg).network_policy.spec.unwrap()).unwrap();
+        np["egress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["ports"][0]["port"] == 6379)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(
+        redis_rule(&minimal(), &cfg)["to"],
+        serde_json::json!([{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nlu-system"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/component": "redis"}},
+        }])
+    );
+    // Unknown pods, or a Redis of the service's own: the port, to anywhere.
+    assert!(redis_rule(&minimal(), &OperatorConfig::default())
+        .get("to")
+        .is_none());
+    let mut own = minimal();
+    own.spec.auth =
+        serde_json::from_value(serde_json::json!({"redis": {"secretRef": {"name": "mine"}}}))
+            .unwrap();
+    assert!(redis_rule(&own, &cfg).get("to").is_none());
+}
+
 #[test]
 fn image_comes_from_the_spec_or_the_operator() {
     let cfg = OperatorConfig {
