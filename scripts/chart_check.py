@@ -53,6 +53,12 @@ VALUE_SETS: dict[str, dict] = {
     "external-redis-cluster": {
         "redis": {"url": "rediss+cluster://:secret@redis-0.example.com:6379,redis-1.example.com:6379"},
     },
+    # Every image pinned by digest.
+    "images-by-digest": {
+        "image": {"digest": "sha256:" + "a" * 64},
+        "serverImage": {"tag": "0.1.0", "digest": "sha256:" + "b" * 64},
+        "redis": {"image": {"repository": "docker.io/library/redis", "digest": "sha256:" + "c" * 64}},
+    },
     # Watching the release's own namespace: both Roles land there and must not collide.
     "watch-release-namespace": {
         "operator": {"watchNamespace": NAMESPACE},
@@ -66,6 +72,7 @@ BAD_VALUES: dict[str, dict] = {
     "a token TTL that is not a duration": {"operator": {"maxTokenTtl": "a year"}},
     "url and existingSecret": {"redis": {"url": "redis://r:6379", "existingSecret": "s"}},
     "url of another scheme": {"redis": {"url": "http://r:6379"}},
+    "a digest that is not sha256:<64 hex>": {"image": {"repository": "r", "digest": "sha256:abc"}},
 }
 # Kubernetes' usual apply order, so `kubectl apply -f install.yaml` never refers forward.
 KIND_ORDER = ["Namespace", "ServiceAccount", "Secret", "ConfigMap", "ClusterRole", "ClusterRoleBinding",
@@ -283,6 +290,32 @@ def check_rbac(checks: Checks, origin: str, objects: list[dict], values: dict) -
     checks.run(f"{origin}: no delete of Secrets or ConfigMaps, no wildcards", no_deletes)
 
 
+def check_digests(checks: Checks, origin: str, objects: list[dict], values: dict) -> None:
+    """A digest in the values pins the image it belongs to: `repository:tag@digest`."""
+    wanted = {
+        "operator": (values.get("image") or {}).get("digest"),
+        "server": (values.get("serverImage") or {}).get("digest"),
+        "redis": ((values.get("redis") or {}).get("image") or {}).get("digest"),
+    }
+    refs: dict[str, list[str]] = {"operator": [], "server": [], "redis": []}
+    for obj in objects:
+        if obj["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        for c in obj["spec"]["template"]["spec"]["containers"]:
+            who = "redis" if obj["kind"] == "StatefulSet" else "operator"
+            refs[who].append(c["image"])
+            refs["server"] += [a.split("=", 1)[1] for a in c.get("args", []) if a.startswith("--image=")]
+
+    def pinned() -> None:
+        for who, digest in wanted.items():
+            for ref in refs[who]:
+                if digest and not re.fullmatch(r"[^@\s]+:[^@:/\s]+@" + re.escape(digest), ref):
+                    raise ValueError(f"{who} image {ref!r} is not pinned to {digest}")
+                if not digest and "@" in ref:
+                    raise ValueError(f"{who} image {ref!r} has a digest nobody asked for")
+    checks.run(f"{origin}: images pinned by digest exactly where the values say", pinned)
+
+
 def check(checks: Checks) -> None:
     for version in KUBE_VERSIONS:
         def lint(version: str = version) -> None:
@@ -301,6 +334,7 @@ def check(checks: Checks) -> None:
         check_secure_pods(checks, f"render [{label}]", objects)
         check_operator_args(checks, f"render [{label}]", objects)
         check_rbac(checks, f"render [{label}]", objects, values)
+        check_digests(checks, f"render [{label}]", objects, values)
 
     def same_rules_in_both_modes() -> None:
         def watched_rules(values: dict) -> list[dict]:
