@@ -56,6 +56,16 @@ VALUE_SETS: dict[str, dict] = {
     "external-redis-cluster": {
         "redis": {"url": "rediss+cluster://:secret@redis-0.example.com:6379,redis-1.example.com:6379"},
     },
+    # Every image pinned by digest.
+    "images-by-digest": {
+        "image": {"digest": "sha256:" + "a" * 64},
+        "serverImage": {"tag": "0.1.0", "digest": "sha256:" + "b" * 64},
+        "redis": {"image": {"repository": "docker.io/library/redis", "digest": "sha256:" + "c" * 64}},
+    },
+    # Watching the release's own namespace: both Roles land there and must not collide.
+    "watch-release-namespace": {
+        "operator": {"watchNamespace": NAMESPACE},
+    },
 }
 # Values the schema must refuse (proves it is strict).
 BAD_VALUES: dict[str, dict] = {
@@ -69,6 +79,7 @@ BAD_VALUES: dict[str, dict] = {
     "scheduling overrides as a string": {"operator": {"policy": {"allowSchedulingOverrides": "no"}}},
     "url and existingSecret": {"redis": {"url": "redis://r:6379", "existingSecret": "s"}},
     "url of another scheme": {"redis": {"url": "http://r:6379"}},
+    "a digest that is not sha256:<64 hex>": {"image": {"repository": "r", "digest": "sha256:abc"}},
 }
 # Kubernetes' usual apply order, so `kubectl apply -f install.yaml` never refers forward.
 KIND_ORDER = ["Namespace", "ServiceAccount", "Secret", "ConfigMap", "ClusterRole", "ClusterRoleBinding",
@@ -229,6 +240,89 @@ def check_operator_args(checks: Checks, origin: str, objects: list[dict]) -> Non
             checks.run(f"{origin}: {describe(obj)} passes only known operator flags", flags_exist)
 
 
+def rules_of(obj: dict) -> list[dict]:
+    return obj.get("rules") or []
+
+
+def grants(rule: dict, group: str, resource: str, verb: str) -> bool:
+    return (group in rule.get("apiGroups", []) and resource in rule.get("resources", [])
+            and verb in rule.get("verbs", []))
+
+
+def check_rbac(checks: Checks, origin: str, objects: list[dict], values: dict) -> None:
+    """Least privilege: with `operator.watchNamespace` no ClusterRole at all (Roles in the watched
+    and the release namespace instead), never a delete of Secrets or ConfigMaps, a ConfigMap
+    grant only by name (`nlu-jwks`) besides create, and the same rules in both modes."""
+    watched = (values.get("operator") or {}).get("watchNamespace") or ""
+    roles = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o for o in objects if o["kind"] == "Role"}
+    cluster_roles = [o for o in objects if o["kind"] == "ClusterRole"]
+
+    def scoped() -> None:
+        if watched and cluster_roles:
+            raise ValueError(f"watchNamespace {watched!r} but ClusterRoles rendered: {[describe(o) for o in cluster_roles]}")
+        if not watched and len(cluster_roles) != 1:
+            raise ValueError(f"expected one ClusterRole when watching every namespace, got {len(cluster_roles)}")
+        namespaces = sorted(ns for ns, _ in roles)
+        want = sorted([NAMESPACE] + ([watched] if watched else []))
+        if namespaces != want:
+            raise ValueError(f"Roles in namespaces {namespaces}, expected {want}")
+        for binding in (o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+            ns = binding["metadata"].get("namespace")
+            ref = binding["roleRef"]
+            if binding["kind"] == "RoleBinding" and ref["kind"] == "Role" and (ns, ref["name"]) not in roles:
+                raise ValueError(f"{describe(binding)} refers to Role {ref['name']} not rendered in {ns}")
+            for subject in binding["subjects"]:
+                if subject.get("namespace") != NAMESPACE:
+                    raise ValueError(f"{describe(binding)} binds a subject outside {NAMESPACE}")
+    checks.run(f"{origin}: RBAC scoped to the watched namespaces", scoped)
+
+    def no_cluster_secrets() -> None:
+        for role in cluster_roles:
+            for rule in rules_of(role):
+                if "" in rule.get("apiGroups", []) and "secrets" in rule.get("resources", []) and watched:
+                    raise ValueError(f"{describe(role)} grants Secrets cluster-wide")
+    checks.run(f"{origin}: no ClusterRole grants Secrets with a watched namespace", no_cluster_secrets)
+
+    def no_deletes() -> None:
+        for role in [*cluster_roles, *roles.values()]:
+            for rule in rules_of(role):
+                for resource in ("secrets", "configmaps"):
+                    for verb in ("delete", "deletecollection", "*"):
+                        if grants(rule, "", resource, verb):
+                            raise ValueError(f"{describe(role)} grants {verb} on {resource}")
+                if grants(rule, "", "configmaps", "get") and rule.get("resourceNames") != ["nlu-jwks"]:
+                    raise ValueError(f"{describe(role)} reads ConfigMaps other than nlu-jwks")
+                if "*" in rule.get("verbs", []) or "*" in rule.get("resources", []):
+                    raise ValueError(f"{describe(role)} has a wildcard rule")
+    checks.run(f"{origin}: no delete of Secrets or ConfigMaps, no wildcards", no_deletes)
+
+
+def check_digests(checks: Checks, origin: str, objects: list[dict], values: dict) -> None:
+    """A digest in the values pins the image it belongs to: `repository:tag@digest`."""
+    wanted = {
+        "operator": (values.get("image") or {}).get("digest"),
+        "server": (values.get("serverImage") or {}).get("digest"),
+        "redis": ((values.get("redis") or {}).get("image") or {}).get("digest"),
+    }
+    refs: dict[str, list[str]] = {"operator": [], "server": [], "redis": []}
+    for obj in objects:
+        if obj["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        for c in obj["spec"]["template"]["spec"]["containers"]:
+            who = "redis" if obj["kind"] == "StatefulSet" else "operator"
+            refs[who].append(c["image"])
+            refs["server"] += [a.split("=", 1)[1] for a in c.get("args", []) if a.startswith("--image=")]
+
+    def pinned() -> None:
+        for who, digest in wanted.items():
+            for ref in refs[who]:
+                if digest and not re.fullmatch(r"[^@\s]+:[^@:/\s]+@" + re.escape(digest), ref):
+                    raise ValueError(f"{who} image {ref!r} is not pinned to {digest}")
+                if not digest and "@" in ref:
+                    raise ValueError(f"{who} image {ref!r} has a digest nobody asked for")
+    checks.run(f"{origin}: images pinned by digest exactly where the values say", pinned)
+
+
 def check(checks: Checks) -> None:
     for version in KUBE_VERSIONS:
         def lint(version: str = version) -> None:
@@ -246,6 +340,17 @@ def check(checks: Checks) -> None:
         check_objects(checks, f"render [{label}]", objects)
         check_secure_pods(checks, f"render [{label}]", objects)
         check_operator_args(checks, f"render [{label}]", objects)
+        check_rbac(checks, f"render [{label}]", objects, values)
+        check_digests(checks, f"render [{label}]", objects, values)
+
+    def same_rules_in_both_modes() -> None:
+        def watched_rules(values: dict) -> list[dict]:
+            objects = [o for objs in render(values).values() for o in objs]
+            return [rule for o in objects if o["kind"] == "ClusterRole" or o["metadata"]["name"].endswith("-watched")
+                    for rule in rules_of(o)]
+        if watched_rules({}) != watched_rules({"operator": {"watchNamespace": "nlu-apps"}}):
+            raise ValueError("the ClusterRole and the watched namespace's Role grant different rules")
+    checks.run("RBAC: the watched namespace's Role grants what the ClusterRole grants", same_rules_in_both_modes)
 
     with helm_python.Chart.load(CHART) as chart:
         for label, values in BAD_VALUES.items():

@@ -107,7 +107,8 @@ pub struct ModelSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     cel,
-    validation = Rule::new("[has(self.huggingFace), has(self.modelScope), has(self.pvc), has(self.url)].filter(x, x).size() == 1").message("exactly one of huggingFace, modelScope, pvc or url must be set")
+    validation = Rule::new("[has(self.huggingFace), has(self.modelScope), has(self.pvc), has(self.url)].filter(x, x).size() == 1").message("exactly one of huggingFace, modelScope, pvc or url must be set"),
+    validation = Rule::new("!has(self.sha256) || !has(self.pvc)").message("sha256 checks a download: set it with huggingFace, modelScope or url, not pvc").field_path(".sha256")
 )]
 pub struct ModelSource {
     /// A Hugging Face Hub repository, downloaded by an init container.
@@ -126,6 +127,14 @@ pub struct ModelSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("url must be an http(s) URL"))]
     pub url: Option<String>,
+
+    /// SHA-256 the download must have, as 64 lowercase hex digits: of the weights file for
+    /// `huggingFace` and `modelScope` (`model.safetensors`, or `pytorch_model.bin` when the
+    /// repository has none; the hubs show it on the file's page), of the archive for `url`. A
+    /// mismatch fails the download (the init container) and the file is not kept. Not for `pvc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(crate::serve::download::SHA256_PATTERN))]
+    pub sha256: Option<String>,
 }
 
 /// A model on the Hugging Face Hub.

@@ -49,6 +49,58 @@ pub mod memory {
     }
 }
 
+/// Model downloads (`nlu-server download`, the init container of a downloaded model): the size
+/// cap, the checksum's form, and the volume sizes the operator derives from them.
+pub mod download {
+    /// Default of `--max-download-bytes`: what one download may write. A hub model's files
+    /// together; a `--url` archive, and again its unpacked contents. Base and large BERT models
+    /// are 0.4 to 1.3 GB.
+    pub const DEFAULT_MAX_BYTES: u64 = 4 << 30;
+    /// What `spec.model.source.sha256` and `--sha256` accept: a SHA-256 as 64 lowercase hex
+    /// digits (what `sha256sum` prints and the hubs show for a file).
+    pub const SHA256_PATTERN: &str = "^[0-9a-f]{64}$";
+    /// Room on the model volume besides the download itself (markers, the tokenizer and
+    /// config files of a hub model are counted in the cap already).
+    pub const VOLUME_SLACK_MIB: u64 = 64;
+    /// `sizeLimit` of the pods' `/tmp` volume, in MiB: the server writes nothing big there.
+    pub const TMP_VOLUME_MIB: u64 = 64;
+
+    /// Whether `value` matches [`SHA256_PATTERN`].
+    pub fn is_sha256(value: &str) -> bool {
+        value.len() == 64
+            && value
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+
+    /// `sizeLimit` of the model volume in MiB for a download capped at `max_bytes`: an archive
+    /// and its unpacked folder lie there together until the archive is removed, so twice the cap.
+    pub fn model_volume_mib(max_bytes: u64, archive: bool) -> u64 {
+        let copies = if archive { 2 } else { 1 };
+        (max_bytes.saturating_mul(copies)).div_ceil(1 << 20) + VOLUME_SLACK_MIB
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn checksums_are_64_lowercase_hex_digits() {
+            assert!(is_sha256(&"0a".repeat(32)));
+            assert!(!is_sha256(&"0A".repeat(32)));
+            assert!(!is_sha256(&"0a".repeat(31)));
+            assert!(!is_sha256(&format!("{}g", "0".repeat(63))));
+        }
+
+        #[test]
+        fn the_model_volume_holds_the_download_and_an_archive_twice() {
+            assert_eq!(model_volume_mib(DEFAULT_MAX_BYTES, false), 4096 + 64);
+            assert_eq!(model_volume_mib(DEFAULT_MAX_BYTES, true), 8192 + 64);
+            assert_eq!(model_volume_mib(1, false), 1 + 64);
+        }
+    }
+}
+
 /// The inference task of a service.
 #[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]

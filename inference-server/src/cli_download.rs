@@ -7,16 +7,22 @@ use crate::model::{self, HubConfig};
 
 /// Downloads the model the arguments name and returns its local folder.
 pub fn run(args: &DownloadArgs) -> model::Result<PathBuf> {
+    let checked = |hub: HubConfig| HubConfig {
+        max_download_bytes: args.max_download_bytes,
+        sha256: args.sha256.clone(),
+        ..hub
+    };
     if let Some(url) = &args.url {
         // clap guarantees --output-dir with --url.
         let dir = args.output_dir.clone().unwrap_or_default();
-        return model::download_archive(url, &dir, HubConfig::from_env().connect_timeout);
+        return model::download_archive(url, &dir, &checked(HubConfig::from_env()));
     }
-    let (repo, mut hub) = match (&args.model, &args.modelscope) {
+    let (repo, hub) = match (&args.model, &args.modelscope) {
         (_, Some(id)) => (id, HubConfig::modelscope_from_env()),
         (Some(repo), None) => (repo, HubConfig::from_env()),
         (None, None) => return Err(model::ModelError::BadSpec(String::new())),
     };
+    let mut hub = checked(hub);
     let endpoint = if args.modelscope.is_some() { &args.modelscope_endpoint } else { &args.hub_endpoint };
     if let Some(endpoint) = endpoint {
         hub.endpoint = endpoint.trim_end_matches('/').to_owned();

@@ -66,6 +66,10 @@ pub struct ServeArgs {
     #[arg(long, env = "NLU_HUB_ENDPOINT")]
     pub hub_endpoint: Option<String>,
 
+    /// Most bytes a hub id's download may write (its files together); more fails the start.
+    #[arg(long, env = "NLU_MAX_DOWNLOAD_BYTES", default_value_t = nlu_crds::serve::download::DEFAULT_MAX_BYTES)]
+    pub max_download_bytes: u64,
+
     /// Embedding pooling; default from the model folder's 1_Pooling/config.json.
     #[arg(long, env = "NLU_POOLING", value_enum)]
     pub pooling: Option<Pooling>,
@@ -234,6 +238,28 @@ pub struct DownloadArgs {
     /// ModelScope endpoint (default: https://www.modelscope.cn).
     #[arg(long, env = "NLU_MODELSCOPE_ENDPOINT")]
     pub modelscope_endpoint: Option<String>,
+
+    /// Most bytes the download may write: a hub model's files together; a --url archive, and
+    /// again its unpacked contents. More is an error and what was written is removed.
+    #[arg(long, env = "NLU_MAX_DOWNLOAD_BYTES", default_value_t = nlu_crds::serve::download::DEFAULT_MAX_BYTES)]
+    pub max_download_bytes: u64,
+
+    /// SHA-256 (64 lowercase hex digits) the weights file (model.safetensors, else
+    /// pytorch_model.bin) or the --url archive must have; a mismatch is an error and the file is
+    /// not kept.
+    #[arg(long, env = "NLU_MODEL_SHA256", value_parser = parse_sha256)]
+    pub sha256: Option<String>,
+}
+
+/// A `--sha256` value: 64 lowercase hex digits.
+pub fn parse_sha256(value: &str) -> Result<String, String> {
+    if nlu_crds::serve::download::is_sha256(value) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "{value:?} is not a SHA-256 of 64 lowercase hex digits"
+        ))
+    }
 }
 
 /// A duration flag such as `720h`, `10s`, `250ms` or `1h 30m` (jiff's friendly format), positive.

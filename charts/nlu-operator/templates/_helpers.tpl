@@ -66,10 +66,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: redis
 {{- end }}
 
+{{/* An image reference from `repository`, `tag` (default: the second argument) and `digest`:
+`repo:tag`, or `repo:tag@sha256:...` when pinned (the digest decides; the tag is for people). */}}
+{{- define "nlu-operator.imageRef" -}}
+{{- $image := index . 0 }}
+{{- $ref := printf "%s:%s" $image.repository (default (index . 1) $image.tag) }}
+{{- if $image.digest }}{{ $ref = printf "%s@%s" $ref $image.digest }}{{ end }}
+{{- $ref }}
+{{- end }}
+
 {{- define "nlu-operator.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- include "nlu-operator.imageRef" (list .Values.image .Chart.AppVersion) }}
 {{- end }}
 
 {{- define "nlu-operator.serverImage" -}}
-{{- printf "%s:%s" .Values.serverImage.repository (default .Chart.AppVersion .Values.serverImage.tag) }}
+{{- include "nlu-operator.imageRef" (list .Values.serverImage .Chart.AppVersion) }}
 {{- end }}

@@ -51,6 +51,9 @@ const UNAUTHENTICATED_RULE: &str = "NluService spec rule: auth.mode none behind 
 /// 257 and 256 characters: one over and exactly at spec.ingress.path's maxLength.
 const LONG_PATH: &str = "\"/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"";
 const LONG_PATH_AT_LIMIT: &str = "\"/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"";
+/// A SHA-256 as `spec.model.source.sha256` takes it, and the same in upper case (refused).
+const SHA256_LOWER: &str = r#""9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d08e1d5d5f1ab""#;
+const SHA256_UPPER: &str = r#""9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D08E1D5D5F1AB""#;
 const TENANT: &str = "tenant.yaml";
 const PER_DAY_RULE: &str =
     "Tenant spec.quota rule: requestsPerDay must be from 0 (unlimited) to 999999999999999";
@@ -136,6 +139,13 @@ const CASES: &[Case] = &[
     Case { at_limit: Some(r#"{"url": "https://example.com/m.tar.gz"}"#),
         ..case("NluService spec.model.source.url rule: url must be an http(s) URL",
         UNINLU, &[("/spec/model/source", r#"{"url": "ftp://example.com/m.tar.gz"}"#)], "spec.model.source.url", Rule) },
+    // sha256: 64 lowercase hex digits, and only for a downloaded source.
+    limit("NluService spec.model.source.sha256 pattern", UNINLU, &[("/spec/model/source/sha256", SHA256_UPPER)],
+        "spec.model.source.sha256", SHA256_LOWER),
+    limit("NluService spec.model.source.sha256 pattern", UNINLU, &[("/spec/model/source/sha256", r#""abc""#)],
+        "spec.model.source.sha256", SHA256_LOWER),
+    case("NluService spec.model.source rule: sha256 checks a download: set it with huggingFace, modelScope or url, not pvc",
+        GTE, &[("/spec/model/source/sha256", SHA256_LOWER)], "spec.model.source.sha256", Rule),
     limit("NluService spec.model.maxSequenceLength minimum", UNINLU, &[("/spec/model/maxSequenceLength", "7")], "spec.model.maxSequenceLength", "8"),
     limit("NluService spec.model.maxSequenceLength maximum", UNINLU, &[("/spec/model/maxSequenceLength", "8193")], "spec.model.maxSequenceLength", "8192"),
     case("NluService spec.model.pooling enum", GTE, &[("/spec/model/pooling", r#""max""#)], "spec.model.pooling", NotSupported),

@@ -74,10 +74,13 @@ impl Engine {
     pub fn load(args: &ServeArgs, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
         let files = model::resolve(
             &args.model,
-            &hub_config(
-                args.model_cache_dir.as_deref(),
-                args.hub_endpoint.as_deref(),
-            ),
+            &HubConfig {
+                max_download_bytes: args.max_download_bytes,
+                ..hub_config(
+                    args.model_cache_dir.as_deref(),
+                    args.hub_endpoint.as_deref(),
+                )
+            },
         )
         .with_context(|| format!("cannot load model {}", args.model))?;
         let settings = batch_settings(&args.batching);

@@ -1,6 +1,7 @@
 //! Hub downloads against a stand-in hub on loopback (the real hubs are unreachable here): files
-//! land in the cache and load, the cache is reused without network, and an unreachable hub
-//! fails fast with a clear message.
+//! land in the cache and load, the cache is reused without network, an unreachable hub fails
+//! fast with a clear message, and downloads past `--max-download-bytes` or with another SHA-256
+//! than the one asked for are refused and leave nothing behind.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -77,7 +78,33 @@ fn hub(endpoint: String, cache: &std::path::Path) -> HubConfig {
         cache_dir: cache.to_path_buf(),
         token: None,
         connect_timeout: Duration::from_secs(2),
+        max_download_bytes: 1 << 30,
+        sha256: None,
     }
+}
+
+fn sha256_of(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(std::fs::read(path).unwrap());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Every file under `dir`, relative, sorted.
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                found.push(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 #[test]
@@ -227,7 +254,7 @@ fn downloads_and_unpacks_a_model_archive() {
     let target = out.path().join("url");
     let url = format!("{endpoint}/files/models/resolve/main/model.tar.gz");
 
-    let dir = download_archive(&url, &target, Duration::from_secs(2)).unwrap();
+    let dir = download_archive(&url, &target, &hub(endpoint.clone(), out.path())).unwrap();
     assert_eq!(dir, target);
     let files = ModelFiles::from_dir(&dir).unwrap();
     let local = ModelFiles::from_dir(&fixtures().join("gte-tiny/model")).unwrap();
@@ -252,15 +279,151 @@ fn downloads_and_unpacks_a_model_archive() {
     let err = download_archive(
         &format!("{endpoint}/files/models/resolve/main/junk.tar.gz"),
         &out.path().join("junk"),
-        Duration::from_secs(2),
+        &hub(endpoint.clone(), out.path()),
     )
     .unwrap_err();
     assert!(err.to_string().contains("not a readable .tar.gz"), "{err}");
     let err = download_archive(
         "ftp://example/m.tar.gz",
         &out.path().join("ftp"),
-        Duration::from_secs(2),
+        &hub(endpoint.clone(), out.path()),
     )
     .unwrap_err();
     assert!(err.to_string().contains("only http(s)"), "{err}");
+}
+
+#[test]
+fn a_hub_model_larger_than_the_cap_is_refused_and_not_kept() {
+    let model = fixtures().join("gte-tiny/model");
+    let weights = std::fs::metadata(model.join("model.safetensors"))
+        .unwrap()
+        .len();
+    let (endpoint, _) = stand_in_hub("test-org/gte-tiny", model);
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("m");
+    // Room for the small files, not for the weights.
+    let cfg = HubConfig {
+        max_download_bytes: weights - 1,
+        ..hub(endpoint.clone(), out.path())
+    };
+    let err = download_into("test-org/gte-tiny", &cfg, &dir).unwrap_err();
+    assert!(matches!(err, ModelError::Download { .. }), "{err}");
+    assert!(
+        err.to_string().contains("--max-download-bytes")
+            && err.to_string().contains(&(weights - 1).to_string()),
+        "{err}"
+    );
+    let left = files_under(&dir);
+    assert!(
+        !left
+            .iter()
+            .any(|f| f.contains("model.safetensors") || f == ".complete"),
+        "no weights, no partial file, not complete: {left:?}"
+    );
+
+    // The cap counts the files together: enough for the weights alone is not enough.
+    let cfg = HubConfig {
+        max_download_bytes: weights,
+        ..hub(endpoint, out.path())
+    };
+    let err = download_into("test-org/gte-tiny", &cfg, &out.path().join("n")).unwrap_err();
+    assert!(err.to_string().contains("--max-download-bytes"), "{err}");
+}
+
+#[test]
+fn the_weights_checksum_is_checked() {
+    let model = fixtures().join("gte-tiny/model");
+    let good = sha256_of(&model.join("model.safetensors"));
+    let (endpoint, _) = stand_in_hub("test-org/gte-tiny", model.clone());
+    let out = tempfile::tempdir().unwrap();
+
+    let bad = HubConfig {
+        sha256: Some("0".repeat(64)),
+        ..hub(endpoint.clone(), out.path())
+    };
+    let err = download_into("test-org/gte-tiny", &bad, &out.path().join("bad")).unwrap_err();
+    assert!(matches!(err, ModelError::Download { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&good) && err.to_string().contains(&"0".repeat(64)),
+        "names both checksums: {err}"
+    );
+    let left = files_under(&out.path().join("bad"));
+    assert!(
+        !left
+            .iter()
+            .any(|f| f.contains("model.safetensors") || f == ".complete"),
+        "the mismatching file is not kept: {left:?}"
+    );
+
+    let pinned = HubConfig {
+        sha256: Some(good.clone()),
+        ..hub(endpoint, out.path())
+    };
+    let dir = download_into("test-org/gte-tiny", &pinned, &out.path().join("good")).unwrap();
+    assert_eq!(sha256_of(&dir.join("model.safetensors")), good);
+    ModelFiles::from_dir(&dir).unwrap();
+    // A cached folder is reused for the same checksum and fetched again for another.
+    assert_eq!(
+        download_into("test-org/gte-tiny", &pinned, &dir).unwrap(),
+        dir
+    );
+    assert!(download_into("test-org/gte-tiny", &bad, &dir).is_err());
+}
+
+#[test]
+fn archives_are_capped_and_checked() {
+    let served = tempfile::tempdir().unwrap();
+    gte_archive(served.path());
+    let archive = served.path().join("model.tar.gz");
+    let size = std::fs::metadata(&archive).unwrap().len();
+    let good = sha256_of(&archive);
+    let (endpoint, _) = stand_in_hub("files/models", served.path().to_path_buf());
+    let url = format!("{endpoint}/files/models/resolve/main/model.tar.gz");
+    let out = tempfile::tempdir().unwrap();
+    let base = hub(endpoint, out.path());
+
+    let small = HubConfig {
+        max_download_bytes: size - 1,
+        ..base.clone()
+    };
+    let err = download_archive(&url, &out.path().join("small"), &small).unwrap_err();
+    assert!(err.to_string().contains("--max-download-bytes"), "{err}");
+
+    // The archive fits, its unpacked contents (weights barely compress) do not.
+    let unpacked: u64 = files_under(&fixtures().join("gte-tiny/model"))
+        .iter()
+        .map(|f| {
+            std::fs::metadata(fixtures().join("gte-tiny/model").join(f))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert!(unpacked > size, "{unpacked} > {size}");
+    let inflating = HubConfig {
+        max_download_bytes: size,
+        ..base.clone()
+    };
+    let err = download_archive(&url, &out.path().join("inflating"), &inflating).unwrap_err();
+    assert!(err.to_string().contains("--max-download-bytes"), "{err}");
+
+    let bad = HubConfig {
+        sha256: Some("f".repeat(64)),
+        ..base.clone()
+    };
+    let err = download_archive(&url, &out.path().join("bad"), &bad).unwrap_err();
+    assert!(err.to_string().contains(&good), "{err}");
+
+    // Nothing of the refused downloads is left: no archive, no half-unpacked folder.
+    let left: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    let pinned = HubConfig {
+        sha256: Some(good),
+        ..base
+    };
+    let dir = download_archive(&url, &out.path().join("good"), &pinned).unwrap();
+    ModelFiles::from_dir(&dir).unwrap();
 }

@@ -237,6 +237,48 @@ fn hub_model_downloads_into_the_folder_the_server_reads() {
 }
 
 #[test]
+fn downloads_are_capped_and_checked_and_their_volumes_sized() {
+    let size_limit = |c: &Children, name: &str| {
+        let volume = pod(c)
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == name)
+            .unwrap();
+        volume.empty_dir.unwrap().size_limit.unwrap().0
+    };
+    let max = nlu_crds::serve::download::DEFAULT_MAX_BYTES;
+    // A hub model: the cap plus slack; a URL's archive and its contents: twice the cap.
+    let hub = build(&minimal());
+    assert_eq!(size_limit(&hub, "model"), format!("{}Mi", (max >> 20) + 64));
+    assert_eq!(size_limit(&hub, "tmp"), "64Mi");
+    let url = build(&service(
+        "u",
+        "model: {task: embedding, source: {url: 'https://x/m.tar.gz'}}",
+    ));
+    assert_eq!(
+        size_limit(&url, "model"),
+        format!("{}Mi", 2 * (max >> 20) + 64)
+    );
+
+    let init_args = |c: &Children| pod(c).init_containers.unwrap().remove(0).args.unwrap();
+    let max = max.to_string();
+    assert_eq!(
+        flag(&init_args(&hub), "--max-download-bytes"),
+        Some(max.as_str())
+    );
+    assert_eq!(flag(&init_args(&hub), "--sha256"), None);
+    let sha = "ab".repeat(32);
+    let pinned = build(&service(
+        "u",
+        &format!(
+            "model: {{task: embedding, source: {{url: 'https://x/m.tar.gz', sha256: {sha}}}}}"
+        ),
+    ));
+    assert_eq!(flag(&init_args(&pinned), "--sha256"), Some(sha.as_str()));
+}
+
+#[test]
 fn pvc_model_mounts_read_only_without_download() {
     let c = build(&embeddings_pvc());
     let pod = pod(&c);
@@ -482,4 +524,25 @@ fn image_comes_from_the_spec_or_the_operator() {
             .as_deref(),
         Some("mine:2")
     );
+    // Digests pass through as written, in the pod and in the download init container.
+    let sha = format!("sha256:{}", "0f".repeat(32));
+    for image in [
+        format!("registry.local/nlu-server@{sha}"),
+        format!("registry.local:5000/nlu-server:1@{sha}"),
+    ] {
+        for (spec_image, cfg_image) in [
+            (Some(image.clone()), cfg.image.clone()),
+            (None, image.clone()),
+        ] {
+            let mut svc = minimal();
+            svc.spec.image = spec_image;
+            let cfg = OperatorConfig {
+                image: cfg_image,
+                ..OperatorConfig::default()
+            };
+            let pod = deployment(&svc, &cfg).spec.unwrap().template.spec.unwrap();
+            assert_eq!(pod.containers[0].image.as_ref(), Some(&image));
+            assert_eq!(pod.init_containers.unwrap()[0].image.as_ref(), Some(&image));
+        }
+    }
 }

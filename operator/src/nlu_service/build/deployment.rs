@@ -5,7 +5,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 use nlu_crds::nlu_service::{AuthMode, ModelSource, NluServiceSpec, RedisRef};
 use nlu_crds::routes::Route;
-use nlu_crds::serve::{memory, JwtFlags, LogFormat, ServeFlags, REDIS_URL_ENV};
+use nlu_crds::serve::{download, memory, JwtFlags, LogFormat, ServeFlags, REDIS_URL_ENV};
 use nlu_crds::NluService;
 use serde_json::{json, Value};
 
@@ -62,13 +62,20 @@ pub fn deployment(svc: &NluService, cfg: &OperatorConfig) -> Deployment {
         json!({"name": "model", "mountPath": MODEL_MOUNT, "readOnly": true}),
         json!({"name": "tmp", "mountPath": "/tmp"}),
     ];
+    // emptyDirs are capped, so a download (or anything else) cannot fill the node's disk: the
+    // model volume holds what the init container may write, /tmp little.
     let model_volume = match &spec.model.source.pvc {
         Some(pvc) => {
             json!({"name": "model", "persistentVolumeClaim": {"claimName": pvc.claim_name, "readOnly": true}})
         }
-        None => json!({"name": "model", "emptyDir": {}}),
+        None => {
+            let archive = spec.model.source.url.is_some();
+            let limit = download::model_volume_mib(download::DEFAULT_MAX_BYTES, archive);
+            json!({"name": "model", "emptyDir": {"sizeLimit": format!("{limit}Mi")}})
+        }
     };
-    let mut volumes = vec![model_volume, json!({"name": "tmp", "emptyDir": {}})];
+    let tmp_volume = json!({"name": "tmp", "emptyDir": {"sizeLimit": format!("{}Mi", download::TMP_VOLUME_MIB)}});
+    let mut volumes = vec![model_volume, tmp_volume];
     let jwt = auth_mode(spec) == AuthMode::Jwt;
     if jwt {
         mounts.push(json!({"name": "jwks", "mountPath": JWKS_MOUNT, "readOnly": true}));
@@ -211,7 +218,8 @@ pub fn model_dir(source: &ModelSource) -> String {
     format!("{MODEL_MOUNT}/url")
 }
 
-/// Arguments of the init container that fetches the model, or `None` for a PVC.
+/// Arguments of the init container that fetches the model, or `None` for a PVC. The cap is
+/// passed explicitly, so it always matches the model volume's `sizeLimit`.
 pub fn download_args(source: &ModelSource) -> Option<Vec<String>> {
     let mut args: Vec<String> = vec!["download".into()];
     if let Some(hub) = &source.hugging_face {
@@ -248,6 +256,16 @@ pub fn download_args(source: &ModelSource) -> Option<Vec<String>> {
     } else {
         return None;
     }
+    args.extend([
+        "--max-download-bytes".into(),
+        download::DEFAULT_MAX_BYTES.to_string(),
+    ]);
+    args.extend(
+        source
+            .sha256
+            .iter()
+            .flat_map(|sha| ["--sha256".into(), sha.clone()]),
+    );
     Some(args)
 }
 
