@@ -232,8 +232,9 @@ impl Cluster {
     }
 
     /// Asks the operator to rotate its token signing key, as a person would: `nlu-operator
-    /// rotate-key`, which returns once the operator has done it.
-    pub async fn rotate_signing_key(&self) -> anyhow::Result<()> {
+    /// rotate-key` (with `--revoke-old` when `revoke_old`: earlier keys are dropped at once),
+    /// which returns once the operator has done it.
+    pub async fn rotate_signing_key(&self, revoke_old: bool) -> anyhow::Result<()> {
         let mut cli = tokio::process::Command::new(nlu_testkit::workspace_binary(
             "nlu-operator",
             "nlu-operator",
@@ -244,6 +245,9 @@ impl Cluster {
             process::OPERATOR_NAMESPACE,
         ])
         .args(["--wait-seconds", "60"]);
+        if revoke_old {
+            cli.arg("--revoke-old");
+        }
         if backend_kind() == BackendKind::Process {
             cli.env("KUBECONFIG", process::backend().await.cluster.kubeconfig());
         }

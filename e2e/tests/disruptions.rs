@@ -112,13 +112,43 @@ async fn a_redis_outage_under_fail_open_keeps_serving() {
     cluster.delete::<NluService>(name).await.unwrap();
 }
 
+/// A leaked key: `rotate-key --revoke-old` refuses the old tokens as soon as the servers see the
+/// new key set, and every tenant gets a token of the new key without anyone touching it.
+#[tokio::test]
+async fn revoking_the_old_signing_keys_refuses_old_tokens_and_reissues_every_token() {
+    let _one = one_at_a_time().await;
+    let (cluster, https, old) = served_tenant("chi").await.unwrap();
+    let old_kid = cluster.token_kid("chi").await.unwrap();
+
+    cluster.rotate_signing_key(true).await.unwrap();
+    let refused = answers(&https, Some(&old), 401, 90).await;
+    assert_eq!(
+        refused.error_code(),
+        Some("invalid_token"),
+        "{}",
+        refused.body
+    );
+    let renewed = wait_for(
+        "a token of the new key",
+        Duration::from_secs(90),
+        || async {
+            let token = cluster.tenant_token("chi").await?;
+            Ok((token != old).then_some(token))
+        },
+    )
+    .await
+    .unwrap();
+    assert_ne!(cluster.token_kid("chi").await.unwrap(), old_kid);
+    answers(&https, Some(&renewed), 200, 60).await;
+}
+
 #[tokio::test]
 async fn a_signing_key_rotation_keeps_old_tokens_until_their_key_retires() {
     let _one = one_at_a_time().await;
     let (cluster, https, old) = served_tenant("upsilon").await.unwrap();
     let old_kid = cluster.token_kid("upsilon").await.unwrap();
 
-    cluster.rotate_signing_key().await.unwrap();
+    cluster.rotate_signing_key(false).await.unwrap();
     // A tenant made now gets a token of the new key, which the servers accept once the new
     // key set reaches them (ConfigMap volume, then the server's reload).
     let new = tenant_with_token(&tenant("phi", &[SERVICE], &["predict"], 0))

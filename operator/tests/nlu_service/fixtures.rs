@@ -39,7 +39,9 @@ model:
   task: uninlu
   source:
     modelScope: {id: damo/nlp_structbert_siamese-uninlu_chinese-base, revision: v1.0.1}
-    sha256: 4f1b5ad5b4b3c8f4e7d9fd4d0a4c1c2b9d8f7e6a5b4c3d2e1f0a9b8c7d6e5f40
+    # The SHA-256 of ../shared/fixtures/uninlu-tiny/model/model.safetensors: e2e's rendered_pods
+    # runs this snapshot against the stand-in hub, which serves that file under this id.
+    sha256: 1bc4835b8a8857b875742f80976dd42283ad03918d684568e8ab6e01d6bc8aeb
   maxSequenceLength: 512
 autoscaling: {minReplicas: 2, maxReplicas: 8, targetCPUUtilizationPercentage: 60, targetInflightRequests: 4}
 resources:
