@@ -121,25 +121,7 @@ async fn revoking_the_old_signing_keys_refuses_old_tokens_and_reissues_every_tok
     let old_kid = cluster.token_kid("chi").await.unwrap();
 
     cluster.rotate_signing_key(true).await.unwrap();
-    let refused = answers(&https, Some(&old), 401, 90).await;
-    assert_eq!(
-        refused.error_code(),
-        Some("invalid_token"),
-        "{}",
-        refused.body
-    );
-    let renewed = wait_for(
-        "a token of the new key",
-        Duration::from_secs(90),
-        || async {
-            let token = cluster.tenant_token("chi").await?;
-            Ok((token != old).then_some(token))
-        },
-    )
-    .await
-    .unwrap();
-    assert_ne!(cluster.token_kid("chi").await.unwrap(), old_kid);
-    answers(&https, Some(&renewed), 200, 60).await;
+    old_token_refused_then_renewed(&cluster, &https, "chi", &old, &old_kid).await;
 }
 
 #[tokio::test]
@@ -160,25 +142,37 @@ async fn a_signing_key_rotation_keeps_old_tokens_until_their_key_retires() {
     answers(&https, Some(&old), 200, 5).await;
 
     cluster.let_retired_keys_expire().await.unwrap();
-    let refused = answers(&https, Some(&old), 401, 90).await;
+    old_token_refused_then_renewed(&cluster, &https, "upsilon", &old, &old_kid).await;
+    // The new tokens still work.
+    answers(&https, Some(&new), 200, 5).await;
+}
+
+/// Once the key of `old` is no longer published: `old` is refused as an invalid token, the
+/// tenant gets a token of the current key, and that one is served.
+async fn old_token_refused_then_renewed(
+    cluster: &Cluster,
+    https: &Https,
+    tenant: &str,
+    old: &str,
+    old_kid: &str,
+) {
+    let refused = answers(https, Some(old), 401, 90).await;
     assert_eq!(
         refused.error_code(),
         Some("invalid_token"),
         "{}",
         refused.body
     );
-    // The tenant gets a token of the current key, and the new tokens still work.
     let renewed = wait_for(
         "a token of the new key",
         Duration::from_secs(90),
         || async {
-            let token = cluster.tenant_token("upsilon").await?;
+            let token = cluster.tenant_token(tenant).await?;
             Ok((token != old).then_some(token))
         },
     )
     .await
     .unwrap();
-    assert_ne!(cluster.token_kid("upsilon").await.unwrap(), old_kid);
-    answers(&https, Some(&renewed), 200, 60).await;
-    answers(&https, Some(&new), 200, 5).await;
+    assert_ne!(cluster.token_kid(tenant).await.unwrap(), old_kid);
+    answers(https, Some(&renewed), 200, 60).await;
 }
