@@ -325,6 +325,39 @@ async fn deleting_an_nluservice_removes_its_children() {
     .unwrap();
 }
 
+/// The operator's policy in the running system: an NluService that names an image outside the
+/// allowed repositories (by default the operator's own server image's) is Degraded, naming the
+/// flag, and nothing of it runs.
+#[tokio::test]
+async fn an_image_outside_the_allowed_repositories_is_degraded_and_never_runs() {
+    let cluster = cluster().await;
+    let name = "foreign-image";
+    let mut svc = uninlu_service(name, "foreign.nlu-e2e.test", "foreign-tls");
+    svc.spec.image = Some("evil.example/miner:1".into());
+    cluster.apply(&svc).await.unwrap();
+    let degraded = wait_for(
+        "NluService foreign-image Degraded",
+        Duration::from_secs(60),
+        || async {
+            let svc = cluster.api::<NluService>().get(name).await?;
+            let conditions = svc.status.map(|s| s.conditions).unwrap_or_default();
+            Ok(conditions
+                .into_iter()
+                .find(|c| c.type_ == "Degraded" && c.status == "True"))
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(degraded.reason, "ImageNotAllowed");
+    assert!(
+        degraded.message.contains("--allowed-image-repositories"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(children_present(&cluster, name).await.unwrap(), [false; 5]);
+    cluster.delete::<NluService>(name).await.unwrap();
+}
+
 /// Whether each child kind an NluService with Ingress and autoscaling owns exists: Deployment,
 /// Service, Ingress, HPA, NetworkPolicy.
 async fn children_present(cluster: &Cluster, name: &str) -> kube::Result<[bool; 5]> {
