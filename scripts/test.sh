@@ -10,7 +10,16 @@ root=$PWD
 shared="$root/../shared"
 [ -d "$shared/fixtures" ] || { echo "error: ../shared (fixtures, tools) must sit beside the checkout" >&2; exit 2; }
 
-step() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+# Each step's start is printed; the summary lists how long each took (the CI-time budget).
+timings=()
+step_name=""
+step_start=$SECONDS
+step() {
+  [ -z "$step_name" ] || timings+=("$(printf '%5ds  %s' $((SECONDS - step_start)) "$step_name")")
+  step_name=$1
+  step_start=$SECONDS
+  printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"
+}
 
 if [ "${NLU_SKIP_INSTALL:-0}" != 1 ]; then
   step "system packages"
@@ -63,6 +72,8 @@ step "summary"
 awk '/^test result:/ { p += $4; f += $6; i += $8 }
      END { printf "cargo test: %d passed, %d failed, %d ignored\n", p, f, i }' "$log"
 grep -E '^test .* FAILED$' "$log" || true
+printf 'step times (%d s in all):\n' "$SECONDS"
+printf '  %s\n' "${timings[@]}"
 status=$cargo_status
 for name in "${!checks[@]}"; do
   echo "$name: ${checks[$name]}"
