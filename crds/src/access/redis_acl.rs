@@ -118,10 +118,7 @@ pub fn setuser_args(keys: &RedisKeys, namespace: &str, password: &str) -> Vec<St
 
 /// How Redis shows a password in `ACL GETUSER`: its SHA-256 in lowercase hex.
 pub fn password_hash(password: &str) -> String {
-    Sha256::digest(password.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    format!("{:x}", Sha256::digest(password.as_bytes()))
 }
 
 /// `url` (the operator's Redis URL: `redis://`, `rediss://`, `redis+cluster://`,

@@ -435,12 +435,7 @@ fn stream(
         return Err(format!("{url}: got {done} of {total} bytes"));
     }
     out.sync_all().map_err(|e| e.to_string())?;
-    let sha256 = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok((done, sha256))
+    Ok((done, format!("{:x}", hasher.finalize())))
 }
 
 #[cfg(test)]

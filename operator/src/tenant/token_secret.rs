@@ -86,10 +86,7 @@ pub fn grant_hash(req: &TokenRequest) -> String {
         req.gen,
         req.tenant_uid
     );
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    format!("{:x}", Sha256::digest(text.as_bytes()))
 }
 
 /// The token currently in the Secret, as its annotations describe it.

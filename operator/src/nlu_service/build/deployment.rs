@@ -141,10 +141,8 @@ pub fn deployment(svc: &NluService, cfg: &OperatorConfig) -> Deployment {
 /// its SHA-256, which say when it changed and nothing about the password.
 pub fn stamp_redis_credential(deployment: &mut Deployment, url: &[u8]) {
     use sha2::{Digest, Sha256};
-    let version: String = Sha256::digest(url)[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let mut version = format!("{:x}", Sha256::digest(url));
+    version.truncate(16);
     if let Some(spec) = deployment.spec.as_mut() {
         spec.template
             .metadata
