@@ -176,11 +176,11 @@ pub fn retire_after(now: DateTime<Utc>, tenants: &[Arc<Tenant>]) -> DateTime<Utc
         .filter_map(|t| t.spec.token_ttl().ok())
         .filter_map(|ttl| chrono::Duration::from_std(ttl).ok())
         .map(|ttl| now + ttl);
-    let by_status = tenants
-        .iter()
-        .filter_map(|t| t.status.as_ref()?.token_expires_at.as_ref())
-        .filter_map(|t| DateTime::from_timestamp(t.0.as_second(), 0));
-    let latest = by_ttl.chain(by_status).max().unwrap_or(now).max(now);
+    let latest = by_ttl
+        .chain(token_expiries(tenants))
+        .max()
+        .unwrap_or(now)
+        .max(now);
     latest + chrono::Duration::from_std(RETIRE_MARGIN).expect("margin fits")
 }
 
@@ -205,11 +205,17 @@ pub fn rotation_request(secret: &Secret) -> Option<Rotation> {
 
 /// How many Tenants hold a token that is still valid at `now` (by their status).
 pub fn tokens_at_stake(tenants: &[Arc<Tenant>], now: DateTime<Utc>) -> usize {
+    token_expiries(tenants)
+        .filter(|expires| *expires > now)
+        .count()
+}
+
+/// When the Tenants' current tokens expire, as their status records it.
+fn token_expiries(tenants: &[Arc<Tenant>]) -> impl Iterator<Item = DateTime<Utc>> + '_ {
     tenants
         .iter()
         .filter_map(|t| t.status.as_ref()?.token_expires_at.as_ref())
-        .filter(|expires| expires.0.as_second() > now.timestamp())
-        .count()
+        .filter_map(|t| DateTime::from_timestamp(t.0.as_second(), 0))
 }
 
 /// What [`sync`] did, for events and logs.
@@ -338,21 +344,20 @@ pub fn key_event(change: &KeyChange) -> Option<Event> {
         KeyChange::Restored => EventType::Warning,
         _ => EventType::Normal,
     };
-    Some(Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Sign".into(),
-        secondary: None,
-    })
+    Some(event(type_, reason, note))
 }
 
 /// The Warning Event of a key Secret missing while tokens it signed are valid.
 pub fn missing_event(error: &KeyError) -> Event {
+    event(EventType::Warning, "SigningKeyMissing", error.to_string())
+}
+
+/// An Event about the key Secret.
+fn event(type_: EventType, reason: &str, note: String) -> Event {
     Event {
-        type_: EventType::Warning,
-        reason: "SigningKeyMissing".into(),
-        note: Some(error.to_string()),
+        type_,
+        reason: reason.into(),
+        note: Some(note),
         action: "Sign".into(),
         secondary: None,
     }
