@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use nlu_crds::access::redis_acl::{credential_url, setuser_args, user_name};
+use nlu_crds::access::redis_client::RedisConnection;
 use nlu_crds::access::redis_keys::{script_args, Charge, QUOTA_SCRIPT};
 use nlu_crds::access::{QuotaOutcome, RedisKeys, Scope, TenantRecord};
 use nlu_server::auth::quota::QuotaStore;
@@ -20,6 +21,29 @@ async fn refused(conn: &mut redis::aio::MultiplexedConnection, cmd: &redis::Cmd)
         Ok(value) => panic!("{cmd:?} was accepted: {value:?}"),
         Err(e) => e.to_string().to_uppercase(),
     }
+}
+
+/// Makes the namespace's ACL user, as the operator's `ACL SETUSER` does.
+async fn make_user(root: &mut RedisConnection, keys: &RedisKeys, namespace: &str, password: &str) {
+    let _: redis::Value = redis::cmd("ACL")
+        .arg(setuser_args(keys, namespace, password))
+        .query_async(root)
+        .await
+        .unwrap();
+}
+
+/// The namespace's credential URL on `redis_url` and the server's quota store opened with it;
+/// `max_delay`: the longest pause before the store reconnects.
+fn store_of(
+    redis_url: &str,
+    namespace: &str,
+    password: &str,
+    prefix: &str,
+    max_delay: Duration,
+) -> (String, QuotaStore) {
+    let url = credential_url(redis_url, &user_name(namespace), password).unwrap();
+    let store = QuotaStore::new(&url, None, prefix, Duration::from_secs(2), max_delay).unwrap();
+    (url, store)
 }
 
 #[tokio::test]
@@ -36,22 +60,16 @@ async fn a_namespace_credential_runs_its_quota_script_and_nothing_else() {
         write_record(&mut root, &prefix, tenant, &record).await;
     }
     let password = "pw-of-team-a";
-    let _: () = redis::cmd("ACL")
-        .arg(setuser_args(&keys, "team-a", password))
-        .query_async(&mut root)
-        .await
-        .unwrap();
-    let url = credential_url(&redis.url(), &user_name("team-a"), password).unwrap();
+    make_user(&mut root, &keys, "team-a", password).await;
 
     // The server's own quota code with A's credential: allowed, counted, limited, released.
-    let store = QuotaStore::new(
-        &url,
-        None,
+    let (url, store) = store_of(
+        &redis.url(),
+        "team-a",
+        password,
         &prefix,
-        Duration::from_secs(2),
         Duration::from_secs(30),
-    )
-    .unwrap();
+    );
     store.ping().await.unwrap();
     let alice = "team-a/alice".parse().unwrap();
     let alice_token = credential();
@@ -178,25 +196,19 @@ async fn a_credential_refused_while_its_user_is_missing_works_once_the_user_is_b
     let keys = RedisKeys::new(prefix.clone());
     let mut root = RedisTarget::new(redis.url()).conn();
     let password = "pw-of-team-c";
-    let url = credential_url(&redis.url(), &user_name("team-c"), password).unwrap();
-    let store = QuotaStore::new(
-        &url,
-        None,
+    let (_, store) = store_of(
+        &redis.url(),
+        "team-c",
+        password,
         &prefix,
-        Duration::from_secs(2),
         Duration::from_millis(100),
-    )
-    .unwrap();
+    );
     for _ in 0..3 {
         let error = store.ping().await.unwrap_err().to_string();
         assert!(error.contains("uthentication"), "{error}");
     }
 
-    let _: () = redis::cmd("ACL")
-        .arg(setuser_args(&keys, "team-c", password))
-        .query_async(&mut root)
-        .await
-        .unwrap();
+    make_user(&mut root, &keys, "team-c", password).await;
     eventually(5, "the credential to work once its user exists", || async {
         store.ping().await.is_ok()
     })
@@ -219,20 +231,14 @@ async fn on_a_cluster_the_namespace_user_exists_on_every_master() {
         write_record(&mut root, &prefix, tenant, &open_record()).await;
     }
     let password = "pw-of-team-a-on-a-cluster";
-    let _: redis::Value = redis::cmd("ACL")
-        .arg(setuser_args(&keys, "team-a", password))
-        .query_async(&mut root)
-        .await
-        .unwrap();
-    let url = credential_url(&cluster.url(), &user_name("team-a"), password).unwrap();
-    let store = QuotaStore::new(
-        &url,
-        None,
+    make_user(&mut root, &keys, "team-a", password).await;
+    let (_, store) = store_of(
+        &cluster.url(),
+        "team-a",
+        password,
         &prefix,
-        Duration::from_secs(2),
         Duration::from_secs(30),
-    )
-    .unwrap();
+    );
     store.ping().await.unwrap();
     for (nonce, tenant) in (1..).zip(&tenants) {
         let outcome = store
