@@ -22,7 +22,7 @@ exits non-zero without a report, unless --force. The load before and after every
 printed with it.
 
     python3 bench/make_models.py
-    cargo build --release -p nlu-server --bin bench_model --bin bench_http
+    cargo build --release -p nlu-bench
     python3 bench/side_by_side.py [--threads 2] [--seconds 3] [--models minilm,bert-base,bert-large]
         [--shapes 1x16,1x128,8x128,32x128] [--large-shapes 1x16,8x128] [--max-load 0.75] [--force]
 """
@@ -375,7 +375,7 @@ def main():
 
     for binary in ("bench_model", "bench_http"):
         if not (args.bin / binary).is_file():
-            sys.exit(f"{args.bin / binary} missing: cargo build --release -p nlu-server --bin bench_model --bin bench_http")
+            sys.exit(f"{args.bin / binary} missing: cargo build --release -p nlu-bench")
     try:
         import torch
         import transformers

@@ -22,14 +22,8 @@ pub fn run(args: &DownloadArgs) -> model::Result<PathBuf> {
         (Some(repo), None) => (repo, HubConfig::from_env()),
         (None, None) => return Err(model::ModelError::BadSpec(String::new())),
     };
-    let mut hub = checked(hub);
     let endpoint = if args.modelscope.is_some() { &args.modelscope_endpoint } else { &args.hub_endpoint };
-    if let Some(endpoint) = endpoint {
-        hub.endpoint = endpoint.trim_end_matches('/').to_owned();
-    }
-    if let Some(dir) = &args.cache_dir {
-        hub.cache_dir = dir.clone();
-    }
+    let mut hub = checked(hub).with_flags(endpoint.as_deref(), args.cache_dir.as_deref());
     if let Some(revision) = &args.revision {
         hub.revision = revision.clone();
     }

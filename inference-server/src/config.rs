@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::model::Dtype;
+use crate::batching::{BatchLimits, Settings};
+use crate::duration_flag::parse_duration;
+use crate::engine::EngineConfig;
+use crate::model::{self, Dtype, HubConfig};
 
 // The flag values the operator writes are the contract crate's enums (one definition each).
 pub use nlu_crds::serve::{LogFormat, Pooling, Task};
@@ -110,7 +113,7 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
 
     #[command(flatten)]
-    pub uninlu_limits: UniNluLimitArgs,
+    pub uninlu_limits: crate::uninlu::Limits,
 
     #[command(flatten)]
     pub auth: crate::auth::AuthArgs,
@@ -180,29 +183,6 @@ pub struct LimitArgs {
     pub request_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Args)]
-pub struct UniNluLimitArgs {
-    /// UniNLU: most characters in the text.
-    #[arg(long, env = "NLU_MAX_TEXT_CHARS", default_value_t = 10_000)]
-    pub max_text_chars: usize,
-
-    /// UniNLU: most sliding windows (384 tokens, stride 352) per text.
-    #[arg(long, env = "NLU_MAX_WINDOWS", default_value_t = 16)]
-    pub max_windows: usize,
-
-    /// UniNLU: deepest schema nesting.
-    #[arg(long, env = "NLU_MAX_SCHEMA_DEPTH", default_value_t = 4)]
-    pub max_schema_depth: usize,
-
-    /// UniNLU: most keys in the whole schema.
-    #[arg(long, env = "NLU_MAX_SCHEMA_KEYS", default_value_t = 64)]
-    pub max_schema_keys: usize,
-
-    /// UniNLU: most prompts one request may run, counted as the traversal expands (422 beyond).
-    #[arg(long, env = "NLU_MAX_PROMPTS", default_value_t = 512)]
-    pub max_prompts: usize,
-}
-
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
     /// Hugging Face hub id, e.g. thenlper/gte-large-zh. Exactly one of --model, --modelscope
@@ -262,18 +242,45 @@ pub fn parse_sha256(value: &str) -> Result<String, String> {
     }
 }
 
-/// A duration flag such as `720h`, `10s`, `250ms` or `1h 30m` (jiff's friendly format), positive.
-pub fn parse_duration(value: &str) -> Result<Duration, String> {
-    let parsed: jiff::SignedDuration = value
-        .parse()
-        .map_err(|e| format!("{value:?} is not a duration such as 10s or 720h: {e}"))?;
-    Duration::try_from(parsed)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{value:?} must be a positive duration"))
+impl ServeArgs {
+    /// The engine's settings, from the flags.
+    pub fn engine_config(&self) -> EngineConfig {
+        EngineConfig {
+            model: self.model.clone(),
+            hub: HubConfig {
+                max_download_bytes: self.max_download_bytes,
+                ..HubConfig::from_env()
+            }
+            .with_flags(self.hub_endpoint.as_deref(), self.model_cache_dir.as_deref()),
+            task: self.task,
+            dtype: self.dtype,
+            pooling: self.pooling.map(|p| match p {
+                Pooling::Cls => model::Pooling::Cls,
+                Pooling::Mean => model::Pooling::Mean,
+            }),
+            normalize: !self.no_normalize,
+            served_model_name: self.served_model_name.clone(),
+            batching: self.batching.settings(),
+            max_input_length: self.limits.max_input_length,
+            max_batch_inputs: self.limits.max_batch_inputs,
+            uninlu: self.uninlu_limits.clone(),
+        }
+    }
 }
 
 impl BatchingArgs {
+    fn settings(&self) -> Settings {
+        Settings {
+            limits: BatchLimits {
+                max_tokens: self.max_batch_tokens,
+                max_sequences: self.max_batch_requests,
+            },
+            max_wait: Duration::from_millis(self.max_wait_millis),
+            max_queue_tokens: self.max_queue_tokens,
+        }
+    }
+
+
     /// Rejects settings under which no batch could ever form.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_batch_requests == 0 || self.max_batch_tokens == 0 || self.max_queue_tokens == 0
@@ -322,16 +329,6 @@ pub(crate) mod tests {
             |prefix: &str| parse_serve("uninlu", &["--path-prefix", prefix]).map(|a| a.path_prefix);
         assert_eq!(parse("/uninlu/").unwrap().as_deref(), Some("/uninlu"));
         assert!(parse("/a/../b").is_err());
-    }
-
-    #[test]
-    fn durations_parse_in_friendly_units() {
-        assert_eq!(parse_duration("720h"), Ok(Duration::from_secs(720 * 3600)));
-        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        for bad in ["", "0s", "-5h", "forever"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
-        }
     }
 
     #[test]

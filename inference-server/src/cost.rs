@@ -4,52 +4,54 @@
 //! `--max-request-cost` and charged to the tenant's token quotas, so no work runs unpaid and a
 //! refusal comes before the work it refuses.
 
-use axum::extract::{FromRequestParts, OptionalFromRequestParts};
-use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue};
-use axum::response::{IntoResponseParts, ResponseParts};
+use futures::future::BoxFuture;
 
-use crate::auth::Meter;
-use crate::http::{ApiError, AppState};
+use crate::error::{Error, Kind};
+
+/// Who pays for a request's model work: its tenant's token quotas (auth's `Meter`).
+pub trait Payer: Send + Sync {
+    /// Charges `tokens`, or says why the work may not run.
+    fn charge(&self, tokens: u64) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// A stable number for the payer, under which its work takes turns with other payers' in
+    /// the batcher.
+    fn turn_key(&self) -> u64;
+}
 
 /// The running bill of one request.
 pub struct Bill {
-    /// The tenant's quotas; `None` under `--auth none`.
-    meter: Option<Meter>,
+    /// `None` under `--auth none`.
+    payer: Option<Box<dyn Payer>>,
     /// `--max-request-cost`.
     limit: u64,
     total: u64,
 }
 
 impl Bill {
-    pub fn new(meter: Option<Meter>, limit: u64) -> Self {
+    pub fn new(payer: Option<Box<dyn Payer>>, limit: u64) -> Self {
         Self {
-            meter,
+            payer,
             limit,
             total: 0,
         }
     }
 
-    /// Admits `tokens` more of this request's work: refused (413) when the request would then
-    /// cost more than `--max-request-cost`, else charged to the tenant (see [`Meter::charge`]).
-    pub async fn charge(&mut self, tokens: usize) -> Result<(), ApiError> {
+    /// Admits `tokens` more of this request's work: refused (`TooLarge`) when the request would
+    /// then cost more than `--max-request-cost`, else charged to the payer.
+    pub async fn charge(&mut self, tokens: usize) -> Result<(), Error> {
         let tokens = u64::try_from(tokens).unwrap_or(u64::MAX);
         let total = over_limit(self.total, tokens, self.limit)?;
-        if let Some(meter) = &self.meter {
-            meter.charge(tokens).await?;
+        if let Some(payer) = &self.payer {
+            payer.charge(tokens).await?;
         }
         self.total = total;
         Ok(())
     }
 
-    /// A stable number for the request's tenant, under which its work takes turns with other
-    /// tenants' in the batcher (one tenant for all under `--auth none`).
+    /// Under which key the request's work takes turns in the batcher (one key for all under
+    /// `--auth none`).
     pub fn tenant_key(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let Some(meter) = &self.meter else { return 0 };
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        meter.tenant().hash(&mut hasher);
-        hasher.finish()
+        self.payer.as_ref().map_or(0, |p| p.turn_key())
     }
 
     /// What the request has cost so far: the `X-Request-Cost` of its answer.
@@ -58,12 +60,12 @@ impl Bill {
     }
 }
 
-/// Pure: the new total, or the 413 that names it and the limit.
-fn over_limit(spent: u64, tokens: u64, limit: u64) -> Result<u64, ApiError> {
+/// Pure: the new total, or the refusal that names it and the limit.
+fn over_limit(spent: u64, tokens: u64, limit: u64) -> Result<u64, Error> {
     let total = spent.saturating_add(tokens);
     if total > limit {
-        return Err(ApiError::new(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        return Err(Error::new(
+            Kind::TooLarge,
             "request_too_costly",
             format!(
                 "this request costs at least {total} token positions; the limit is {limit} \
@@ -74,38 +76,9 @@ fn over_limit(spent: u64, tokens: u64, limit: u64) -> Result<u64, ApiError> {
     Ok(total)
 }
 
-impl FromRequestParts<AppState> for Bill {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let meter =
-            <axum::Extension<Meter> as OptionalFromRequestParts<AppState>>::from_request_parts(
-                parts, state,
-            )
-            .await?
-            .map(|axum::Extension(m)| m);
-        Ok(Bill::new(meter, state.max_request_cost))
-    }
-}
-
-/// `X-Request-Cost`: the token positions the request's model work ran.
+/// The token positions a request's model work ran (sent as `X-Request-Cost`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RequestCost(pub u64);
-
-pub static REQUEST_COST: HeaderName = HeaderName::from_static("x-request-cost");
-
-impl IntoResponseParts for RequestCost {
-    type Error = std::convert::Infallible;
-
-    fn into_response_parts(self, mut res: ResponseParts) -> Result<ResponseParts, Self::Error> {
-        res.headers_mut()
-            .insert(REQUEST_COST.clone(), HeaderValue::from(self.0));
-        Ok(res)
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -116,7 +89,7 @@ mod tests {
         assert_eq!(over_limit(0, 100, 100).unwrap(), 100);
         assert_eq!(over_limit(60, 40, 100).unwrap(), 100);
         let e = over_limit(60, 41, 100).unwrap_err();
-        assert_eq!((e.status.as_u16(), e.code), (413, "request_too_costly"));
+        assert_eq!((e.kind, e.code), (Kind::TooLarge, "request_too_costly"));
         assert!(
             e.message.contains("at least 101") && e.message.contains("is 100"),
             "{}",

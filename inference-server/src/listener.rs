@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
-use crate::config::parse_duration;
+use crate::duration_flag::parse_duration;
 
 /// Connection limits of a listener. `ListenerArgs::parse_from(["x"])` gives the defaults.
 #[derive(Debug, Clone, clap::Parser)]

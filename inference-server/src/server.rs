@@ -124,7 +124,7 @@ pub async fn serve(
 /// Loads the model, runs one warm-up batch, then marks the server ready.
 fn load(args: &ServeArgs, state: &AppState) -> anyhow::Result<()> {
     let started = Instant::now();
-    let engine = Engine::load(args, state.metrics.clone())?;
+    let engine = Engine::load(&args.engine_config(), state.metrics.clone())?;
     state
         .metrics
         .model_load_seconds

@@ -24,6 +24,7 @@ mod proxy;
 mod redis;
 mod redis_cluster;
 mod skip;
+pub mod walls;
 #[cfg(feature = "apiserver")]
 mod stand_in;
 mod watchdog;

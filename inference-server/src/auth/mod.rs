@@ -29,8 +29,9 @@ use nlu_crds::access::{Credential, QualifiedName, QuotaOutcome, Scope};
 use nlu_crds::routes::Route;
 use prometheus_client::registry::Registry;
 
-use crate::config::parse_duration;
-use crate::http::{ApiError, TenantId};
+use crate::duration_flag::parse_duration;
+use crate::cost::Payer;
+use crate::error::{Error, Kind};
 use jwt::{bearer, BearerError, TokenVerifier};
 use metrics::{AuthMetrics, TenantLabels};
 use policy::{BackendHealth, FailurePolicy, LocalLimiter};
@@ -118,6 +119,12 @@ pub struct Tenant {
     /// The token's `jti`, for audit logs.
     pub token_id: String,
 }
+
+/// Who called, as established by this layer: put into the *response* extensions, also of its
+/// refusals, with its bounded metrics label ([`TenantLabel`]), for the access log to read after
+/// the call.
+#[derive(Debug, Clone)]
+pub struct TenantId(pub String);
 
 /// Bounded tenant label for metrics, in the response extensions next to [`TenantId`].
 #[derive(Debug, Clone)]
@@ -335,10 +342,10 @@ pub fn decide(
     let too_many = |usage: Usage, retry: u64, code, message: String| {
         Err(Refusal {
             reported: Reported::of(&usage, now),
-            ..Refusal::new(ApiError {
-                retry_after: Some(u32::try_from(retry.max(1)).unwrap_or(u32::MAX)),
-                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
-            })
+            ..Refusal::new(
+                Error::new(Kind::Exhausted, code, message)
+                    .retry_after(u32::try_from(retry.max(1)).unwrap_or(u32::MAX)),
+            )
         })
     };
     let cost = match charge {
@@ -409,8 +416,8 @@ pub fn decide(
         // Waiting cannot help: not a 429.
         QuotaOutcome::CostOverTokenLimit(usage) => Err(Refusal {
             reported: Reported::of(&usage, now),
-            ..Refusal::new(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
+            ..Refusal::new(Error::new(
+                Kind::TooLarge,
                 "request_too_costly",
                 format!(
                     "this work needs {cost} tokens, more than the tenant's token limit of {} \
@@ -453,15 +460,11 @@ struct MeterReport {
 // Refusals become responses at once (see `decide`).
 #[allow(clippy::result_large_err)]
 impl Meter {
-    pub fn tenant(&self) -> &QualifiedName {
-        &self.tenant.id
-    }
-
     /// Charges `tokens` to the tenant's token quotas (counted even when unlimited, for usage),
     /// or says why the work may not run: 429 when the tokens are used up for now, 413 when this
     /// work alone exceeds a token limit, 401/403 when the tenant lost access meanwhile, 503
     /// when Redis is down under fail-closed (fail-open lets it run).
-    pub async fn charge(&self, tokens: u64) -> Result<(), ApiError> {
+    pub async fn charge(&self, tokens: u64) -> Result<(), Error> {
         match self.run(Charge::Tokens(tokens)).await {
             Ok(reported) => {
                 self.auth
@@ -535,15 +538,12 @@ impl Meter {
     /// per-minute limit, and their model work with them.
     fn unchecked(&self, charge: Charge) -> Result<Reported, Refusal> {
         let auth = &self.auth;
-        let refuse = |status, code, message, retry| {
-            Err(self.tag(Refusal::new(ApiError {
-                retry_after: Some(retry),
-                ..ApiError::new(status, code, message)
-            })))
+        let refuse = |kind, code, message, retry| {
+            Err(self.tag(Refusal::new(Error::new(kind, code, message).retry_after(retry))))
         };
         match (auth.policy, charge) {
             (FailurePolicy::FailClosed, _) => refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
+                Kind::Unavailable,
                 "quota_backend_unavailable",
                 "quotas cannot be checked right now",
                 1,
@@ -553,7 +553,7 @@ impl Meter {
                 match auth.local.check(&self.tenant.id.to_string()) {
                     Ok(()) => Ok(Reported::default()),
                     Err(wait) => refuse(
-                        StatusCode::TOO_MANY_REQUESTS,
+                        Kind::Exhausted,
                         "rate_limited",
                         "too many requests; retry later",
                         u32::try_from(wait).unwrap_or(u32::MAX),
@@ -564,10 +564,23 @@ impl Meter {
     }
 }
 
+impl Payer for Meter {
+    fn charge(&self, tokens: u64) -> futures::future::BoxFuture<'_, Result<(), Error>> {
+        Box::pin(Meter::charge(self, tokens))
+    }
+
+    fn turn_key(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.tenant.id.hash(&mut hasher);
+        hasher.finish()
+    }
+}
+
 /// A refused request: the error, its extra headers, and the tenant when known (for metrics).
 #[derive(Debug)]
 pub struct Refusal {
-    pub error: ApiError,
+    pub error: Error,
     pub www_authenticate: Option<&'static str>,
     pub reported: Reported,
     /// Tenant id and metrics label.
@@ -575,7 +588,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(error: ApiError) -> Self {
+    fn new(error: Error) -> Self {
         Self {
             error,
             www_authenticate: None,
@@ -587,7 +600,7 @@ impl Refusal {
     fn unauthenticated(code: &'static str, message: impl Into<String>) -> Self {
         Self {
             www_authenticate: Some("Bearer"),
-            ..Self::new(ApiError::new(StatusCode::UNAUTHORIZED, code, message))
+            ..Self::new(Error::new(Kind::Unauthenticated, code, message))
         }
     }
 
@@ -599,7 +612,7 @@ impl Refusal {
     }
 
     fn forbidden(code: &'static str, message: &str) -> Self {
-        Self::new(ApiError::new(StatusCode::FORBIDDEN, code, message))
+        Self::new(Error::new(Kind::Forbidden, code, message))
     }
 }
 
@@ -711,13 +724,18 @@ mod tests {
     use chrono::TimeZone;
     use nlu_crds::access::redis_keys::Counts;
 
+    /// What the client sees (the status table lives in `http`).
+    fn http_status(e: &Error) -> StatusCode {
+        crate::http::errors::status(e.kind)
+    }
+
     fn now() -> chrono::DateTime<chrono::Utc> {
         chrono::Utc.with_ymd_and_hms(2026, 3, 1, 23, 0, 0).unwrap()
     }
 
     fn status(outcome: QuotaOutcome) -> (StatusCode, &'static str) {
         let r = decide(outcome, Charge::Request, now()).unwrap_err();
-        (r.error.status, r.error.code)
+        (http_status(&r.error), r.error.code)
     }
 
     #[test]
@@ -791,7 +809,7 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(
-            (daily.error.status, daily.error.retry_after),
+            (http_status(&daily.error), daily.error.retry_after),
             (StatusCode::TOO_MANY_REQUESTS, Some(3600))
         );
         assert_eq!(
@@ -828,7 +846,7 @@ mod tests {
         let usage = tokens(counts(10_000, 400, 1_000, 400, 12_300));
         let r = decide(QuotaOutcome::TokenRateLimited(usage), charge, now()).unwrap_err();
         assert_eq!(
-            (r.error.status, r.error.code, r.error.retry_after),
+            (http_status(&r.error), r.error.code, r.error.retry_after),
             (
                 StatusCode::TOO_MANY_REQUESTS,
                 "token_rate_limited",
@@ -855,7 +873,7 @@ mod tests {
         let usage = tokens(counts(0, 0, 500, 0, 0));
         let r = decide(QuotaOutcome::CostOverTokenLimit(usage), charge, now()).unwrap_err();
         assert_eq!(
-            (r.error.status, r.error.code, r.error.retry_after),
+            (http_status(&r.error), r.error.code, r.error.retry_after),
             (StatusCode::PAYLOAD_TOO_LARGE, "request_too_costly", None)
         );
         assert!(

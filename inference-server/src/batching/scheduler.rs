@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use super::queue::{run_now, select_batch, BatchLimits, Pending, Waiting};
+use crate::error::{Error, Kind};
 use crate::metrics::Metrics;
 
 /// Runs one batch on the model. Owned by the model thread, so it needs no locking.
@@ -27,6 +28,19 @@ pub enum BatchError {
     ShuttingDown,
     #[error("inference failed: {0}")]
     Failed(String),
+}
+
+impl From<BatchError> for Error {
+    fn from(e: BatchError) -> Self {
+        let message = e.to_string();
+        match e {
+            BatchError::QueueFull => Error::new(Kind::Unavailable, "overloaded", message).retry_after(1),
+            BatchError::ShuttingDown => {
+                Error::new(Kind::Unavailable, "shutting_down", message).retry_after(1)
+            }
+            BatchError::Failed(_) => Error::internal(message),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -600,5 +614,12 @@ mod tests {
             assert_eq!(reply.await.unwrap().unwrap(), want);
         }
         assert_eq!(b.admit(0, TOKENS).err(), Some(BatchError::ShuttingDown));
+    }
+
+    #[test]
+    fn a_full_queue_says_when_to_retry() {
+        let e = Error::from(BatchError::QueueFull);
+        assert_eq!((e.kind, e.retry_after), (Kind::Unavailable, Some(1)));
+        assert_eq!(Error::from(BatchError::Failed("x".into())).kind, Kind::Internal);
     }
 }

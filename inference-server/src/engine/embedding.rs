@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use crate::batching::{Batcher, Job, Settings, Worker};
 use crate::cost::Bill;
-use crate::http::ApiError;
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::model::pooling::l2_normalize;
 use crate::model::Embedder;
@@ -81,7 +81,7 @@ impl EmbeddingEngine {
     }
 
     /// Tokenizes, charges the tokens to `bill`, then runs the model.
-    pub async fn embed(&self, req: EmbedRequest, bill: &mut Bill) -> Result<Embedded, ApiError> {
+    pub async fn embed(&self, req: EmbedRequest, bill: &mut Bill) -> Result<Embedded, Error> {
         check_inputs(&req.texts, self.limits.max_batch_inputs)?;
         let arrival = self.batcher.announce();
         let started = Instant::now();
@@ -100,8 +100,8 @@ impl EmbeddingEngine {
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
-        .map_err(|e| ApiError::internal(format!("tokenizer task failed: {e}")))?
-        .map_err(|e| ApiError::bad_request("invalid_input", e.to_string()))?;
+        .map_err(|e| Error::internal(format!("tokenizer task failed: {e}")))?
+        .map_err(|e| Error::invalid("invalid_input", e.to_string()))?;
         self.metrics
             .tokenize_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -126,21 +126,21 @@ impl EmbeddingEngine {
 }
 
 /// Pure: the request-level checks that need no tokenizer.
-pub fn check_inputs(texts: &[String], max_inputs: usize) -> Result<(), ApiError> {
+pub fn check_inputs(texts: &[String], max_inputs: usize) -> Result<(), Error> {
     if texts.is_empty() {
-        return Err(ApiError::bad_request(
+        return Err(Error::invalid(
             "empty_input",
             "the input list is empty",
         ));
     }
     if texts.len() > max_inputs {
-        return Err(ApiError::too_large(format!(
+        return Err(Error::too_large(format!(
             "{} inputs in one request; the limit is {max_inputs} (--max-batch-inputs)",
             texts.len()
         )));
     }
     if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
-        return Err(ApiError::bad_request(
+        return Err(Error::invalid(
             "empty_input",
             format!("input {i} is empty"),
         ));
@@ -149,9 +149,9 @@ pub fn check_inputs(texts: &[String], max_inputs: usize) -> Result<(), ApiError>
 }
 
 /// Pure: refuses any tokenized input over the limit (only reachable without truncation).
-pub fn check_lengths(encoded: &[Vec<u32>], max_len: usize) -> Result<(), ApiError> {
+pub fn check_lengths(encoded: &[Vec<u32>], max_len: usize) -> Result<(), Error> {
     match encoded.iter().position(|ids| ids.len() > max_len) {
-        Some(i) => Err(ApiError::too_large(format!(
+        Some(i) => Err(Error::too_large(format!(
             "input {i} has {} tokens; the limit is {max_len} (--max-input-length); send \"truncate\": true to cut it",
             encoded[i].len()
         ))),
@@ -172,7 +172,7 @@ mod tests {
             .message
             .contains("input 1"));
         let e = check_inputs(&s(&["a"; 5]), 4).unwrap_err();
-        assert_eq!(e.status, axum::http::StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(e.kind, crate::error::Kind::TooLarge);
         assert!(e.message.contains("--max-batch-inputs"));
         assert!(check_inputs(&s(&["a"]), 4).is_ok());
     }

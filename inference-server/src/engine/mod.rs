@@ -5,7 +5,6 @@ pub mod embedding;
 pub mod uninlu;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use serde::Serialize;
@@ -13,13 +12,35 @@ use serde::Serialize;
 pub use embedding::{EmbedRequest, Embedded, EmbeddingEngine};
 pub use uninlu::UniNluEngine;
 
-use crate::batching::{BatchLimits, Settings};
-use crate::config::{BatchingArgs, Pooling as PoolingFlag, ServeArgs, Task};
+use crate::batching::Settings;
 use crate::cost::Bill;
 use crate::metrics::Metrics;
 use crate::model::kernels::linear::bf16_available;
 use crate::model::{self, Dtype, Embedder, HubConfig, Pooling, UniNluModel};
 use crate::uninlu::Limits;
+use nlu_crds::serve::Task;
+
+/// What the engine needs to load and run a model; `config` makes it from the flags.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// A model folder or a hub id.
+    pub model: String,
+    pub hub: HubConfig,
+    pub task: Task,
+    pub dtype: Dtype,
+    /// Embedding pooling; `None`: the model folder's.
+    pub pooling: Option<Pooling>,
+    /// Embeddings are L2-normalised unless a request says otherwise.
+    pub normalize: bool,
+    /// The name `/info` and `/v1/embeddings` report; `None`: the hub id or the folder's name.
+    pub served_model_name: Option<String>,
+    pub batching: Settings,
+    /// Embedding: longest input in tokens; never above what the model allows.
+    pub max_input_length: Option<usize>,
+    /// Embedding: most inputs per request.
+    pub max_batch_inputs: usize,
+    pub uninlu: Limits,
+}
 
 /// The dtype the model will run in: bf16 only where the AMX kernel can run.
 fn runnable(requested: Dtype) -> Dtype {
@@ -71,64 +92,44 @@ pub enum Engine {
 
 impl Engine {
     /// Resolves the model (folder or hub id), loads it and starts its model thread. Blocking.
-    pub fn load(args: &ServeArgs, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        let files = model::resolve(
-            &args.model,
-            &HubConfig {
-                max_download_bytes: args.max_download_bytes,
-                ..hub_config(
-                    args.model_cache_dir.as_deref(),
-                    args.hub_endpoint.as_deref(),
-                )
-            },
-        )
-        .with_context(|| format!("cannot load model {}", args.model))?;
-        let settings = batch_settings(&args.batching);
-        let dtype = runnable(args.dtype);
-        match args.task {
+    pub fn load(config: &EngineConfig, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        let files = model::resolve(&config.model, &config.hub)
+            .with_context(|| format!("cannot load model {}", config.model))?;
+        let settings = config.batching.clone();
+        let dtype = runnable(config.dtype);
+        match config.task {
             Task::Embedding => {
-                let pooling = args.pooling.map(|p| match p {
-                    PoolingFlag::Cls => Pooling::Cls,
-                    PoolingFlag::Mean => Pooling::Mean,
-                });
-                let embedder = Embedder::load(&files, pooling, dtype)?;
+                let embedder = Embedder::load(&files, config.pooling, dtype)?;
                 let model_info = embedder.info().clone();
                 let model_max =
                     sentence_max_seq_length(&files.dir).unwrap_or(model_info.max_positions);
                 let max_input_length = cap(
-                    args.limits.max_input_length,
+                    config.max_input_length,
                     model_max.min(model_info.max_positions),
                 );
                 let info = ModelInfo {
-                    model: served_name(args, &files),
+                    model: served_name(config, &files),
                     task: Task::Embedding.as_str(),
                     dims: model_info.dims,
                     max_input_length: Some(max_input_length),
                     max_text_chars: None,
                     pooling: Some(model_info.pooling),
-                    normalize: Some(!args.no_normalize),
+                    normalize: Some(config.normalize),
                     dtype,
                 };
                 let limits = embedding::EmbedLimits {
                     max_input_length,
-                    max_batch_inputs: args.limits.max_batch_inputs,
+                    max_batch_inputs: config.max_batch_inputs,
                 };
                 let engine =
-                    EmbeddingEngine::start(embedder, settings, limits, !args.no_normalize, metrics);
+                    EmbeddingEngine::start(embedder, settings, limits, config.normalize, metrics);
                 Ok(Engine::Embedding { engine, info })
             }
             Task::Uninlu => {
                 let model = UniNluModel::load(&files, dtype)?;
-                let u = &args.uninlu_limits;
-                let limits = Limits {
-                    max_text_chars: u.max_text_chars,
-                    max_windows: u.max_windows,
-                    max_schema_depth: u.max_schema_depth,
-                    max_schema_keys: u.max_schema_keys,
-                    max_prompts: u.max_prompts,
-                };
+                let limits = config.uninlu.clone();
                 let info = ModelInfo {
-                    model: served_name(args, &files),
+                    model: served_name(config, &files),
                     task: Task::Uninlu.as_str(),
                     dims: model.info().hidden_size,
                     max_input_length: None,
@@ -214,13 +215,13 @@ fn sentence_max_seq_length(dir: &std::path::Path) -> Option<usize> {
 }
 
 /// `--served-model-name`, else the hub id as given, else the folder's name.
-fn served_name(args: &ServeArgs, files: &model::ModelFiles) -> String {
-    match &args.served_model_name {
+fn served_name(config: &EngineConfig, files: &model::ModelFiles) -> String {
+    match &config.served_model_name {
         Some(name) => name.clone(),
-        None if model::download::is_hub_id(&args.model)
-            && !std::path::Path::new(&args.model).exists() =>
+        None if model::download::is_hub_id(&config.model)
+            && !std::path::Path::new(&config.model).exists() =>
         {
-            args.model.clone()
+            config.model.clone()
         }
         None => files.name(),
     }
@@ -229,27 +230,4 @@ fn served_name(args: &ServeArgs, files: &model::ModelFiles) -> String {
 /// `--max-input-length`, never beyond what the model allows.
 fn cap(requested: Option<usize>, model_max: usize) -> usize {
     requested.map_or(model_max, |r| r.min(model_max))
-}
-
-fn batch_settings(args: &BatchingArgs) -> Settings {
-    Settings {
-        limits: BatchLimits {
-            max_tokens: args.max_batch_tokens,
-            max_sequences: args.max_batch_requests,
-        },
-        max_wait: Duration::from_millis(args.max_wait_millis),
-        max_queue_tokens: args.max_queue_tokens,
-    }
-}
-
-/// The model layer's hub settings, with the flags taking precedence over its defaults.
-pub fn hub_config(cache_dir: Option<&std::path::Path>, endpoint: Option<&str>) -> HubConfig {
-    let mut hub = HubConfig::from_env();
-    if let Some(dir) = cache_dir {
-        hub.cache_dir = dir.to_path_buf();
-    }
-    if let Some(endpoint) = endpoint {
-        hub.endpoint = endpoint.trim_end_matches('/').to_owned();
-    }
-    hub
 }

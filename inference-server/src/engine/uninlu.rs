@@ -4,15 +4,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::http::StatusCode;
 use serde_json::Value;
 
 use crate::batching::{Batcher, Job, Settings, Worker};
 use crate::cost::Bill;
-use crate::http::ApiError;
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::model::{Logits, TextStates, UniNluModel};
-use crate::uninlu::windows::TextWindow;
+use crate::model::windows::TextWindow;
 use crate::uninlu::{Limits, PredictError, Prediction, PromptJob, Schema, Traversal};
 
 /// Work for the model thread.
@@ -91,13 +90,6 @@ pub struct UniNluEngine {
     limits: Limits,
 }
 
-impl From<PredictError> for ApiError {
-    fn from(e: PredictError) -> Self {
-        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        ApiError::new(status, e.code(), e.to_string())
-    }
-}
-
 /// A traversal and the prompts it asks for next, with their batch costs.
 struct Step {
     traversal: Traversal,
@@ -143,7 +135,7 @@ impl UniNluEngine {
         text: String,
         schema: Value,
         bill: &mut Bill,
-    ) -> Result<Prediction, ApiError> {
+    ) -> Result<Prediction, Error> {
         let arrival = self.batcher.announce();
         let started = Instant::now();
         let (model, limits) = (self.model.clone(), self.limits.clone());
@@ -172,7 +164,7 @@ impl UniNluEngine {
             )
             .await?;
         let Some(UniOut::States(states)) = encoded.into_iter().next() else {
-            return Err(ApiError::internal(
+            return Err(Error::internal(
                 "the model thread answered an encoding with logits",
             ));
         };
@@ -196,7 +188,7 @@ impl UniNluEngine {
                 .into_iter()
                 .map(|out| match out {
                     UniOut::Logits(l) => Ok(l),
-                    UniOut::States(_) => Err(ApiError::internal(
+                    UniOut::States(_) => Err(Error::internal(
                         "the model thread answered a prompt with states",
                     )),
                 })
@@ -222,7 +214,7 @@ impl UniNluEngine {
         &self,
         mut traversal: Traversal,
         logits: Option<Vec<Logits>>,
-    ) -> Result<Step, ApiError> {
+    ) -> Result<Step, Error> {
         let model = self.model.clone();
         blocking(move || {
             if let Some(logits) = logits {
@@ -244,9 +236,9 @@ impl UniNluEngine {
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, PredictError> + Send + 'static,
-) -> Result<T, ApiError> {
+) -> Result<T, Error> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::internal(format!("pipeline task failed: {e}")))?
-        .map_err(ApiError::from)
+        .map_err(|e| Error::internal(format!("pipeline task failed: {e}")))?
+        .map_err(Error::from)
 }

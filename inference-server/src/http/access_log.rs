@@ -11,7 +11,7 @@ use axum::response::Response;
 use super::router::AppState;
 use nlu_crds::routes::Route;
 
-use crate::auth::TenantLabel;
+use crate::auth::{TenantId, TenantLabel};
 use crate::metrics::{RequestLabels, RouteLabels};
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -19,12 +19,6 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The request's id, in the request extensions for handlers that want to log it.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
-
-/// Who called, as established by the auth layer. The auth layer puts it (and its bounded
-/// metrics label, [`TenantLabel`]) into the *response* extensions, also of its refusals, where
-/// this middleware reads them after the call.
-#[derive(Debug, Clone)]
-pub struct TenantId(pub String);
 
 /// The caller's id when it is a sane token (visible ASCII, at most 128 bytes), else a new UUID.
 pub fn request_id(headers: &HeaderMap) -> String {

@@ -5,11 +5,11 @@
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::{ApiError, AppState};
+use super::AppState;
+use crate::error::{Error, Kind};
 
 pub async fn deadline(State(state): State<AppState>, request: Request, next: Next) -> Response {
     match tokio::time::timeout(state.request_timeout, next.run(request)).await {
@@ -18,9 +18,9 @@ pub async fn deadline(State(state): State<AppState>, request: Request, next: Nex
     }
 }
 
-fn timed_out(limit: Duration) -> ApiError {
-    ApiError::new(
-        StatusCode::GATEWAY_TIMEOUT,
+fn timed_out(limit: Duration) -> Error {
+    Error::new(
+        Kind::TimedOut,
         "request_timeout",
         format!(
             "the request did not finish within {limit:?} (--request-timeout); send less work \
@@ -36,7 +36,7 @@ mod tests {
     #[test]
     fn the_answer_names_the_limit() {
         let e = timed_out(Duration::from_secs(90));
-        assert_eq!((e.status.as_u16(), e.code), (504, "request_timeout"));
+        assert_eq!((e.kind, e.code), (Kind::TimedOut, "request_timeout"));
         assert!(e.message.contains("within 90s"), "{}", e.message);
     }
 }

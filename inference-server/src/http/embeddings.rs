@@ -6,9 +6,10 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::errors::{ApiError, ApiJson};
+use super::errors::ApiJson;
+use crate::error::Error;
 use super::router::AppState;
-use crate::config::Task;
+use nlu_crds::serve::Task;
 use crate::cost::{Bill, RequestCost};
 use crate::engine::{EmbedRequest, Embedded, EmbeddingEngine};
 
@@ -110,12 +111,12 @@ pub struct SimilarityResponse {
     pub scores: Vec<f32>,
 }
 
-fn engine(state: &AppState) -> Result<&EmbeddingEngine, ApiError> {
+fn engine(state: &AppState) -> Result<&EmbeddingEngine, Error> {
     state.require(Task::Embedding)?;
     state
         .engine()?
         .embedding()
-        .ok_or_else(|| ApiError::internal("the loaded model is not an embedding model"))
+        .ok_or_else(|| Error::internal("the loaded model is not an embedding model"))
 }
 
 fn model_name(state: &AppState) -> String {
@@ -135,7 +136,7 @@ pub async fn openai(
     State(state): State<AppState>,
     mut bill: Bill,
     ApiJson(req): ApiJson<OpenAiRequest>,
-) -> Result<(RequestCost, Json<OpenAiResponse>), ApiError> {
+) -> Result<(RequestCost, Json<OpenAiResponse>), Error> {
     let engine = engine(&state)?;
     let Embedded { vectors, tokens } = engine
         .embed(
@@ -189,7 +190,7 @@ pub async fn tei(
     State(state): State<AppState>,
     mut bill: Bill,
     ApiJson(req): ApiJson<TeiRequest>,
-) -> Result<(RequestCost, Json<Vec<Vec<f32>>>), ApiError> {
+) -> Result<(RequestCost, Json<Vec<Vec<f32>>>), Error> {
     let engine = engine(&state)?;
     let normalize = req.normalize.unwrap_or(engine.normalize_default());
     let embedded = engine
@@ -214,10 +215,10 @@ pub async fn similarity(
     State(state): State<AppState>,
     mut bill: Bill,
     ApiJson(req): ApiJson<SimilarityRequest>,
-) -> Result<(RequestCost, Json<SimilarityResponse>), ApiError> {
+) -> Result<(RequestCost, Json<SimilarityResponse>), Error> {
     let engine = engine(&state)?;
     if req.sentences_to_compare.is_empty() {
-        return Err(ApiError::bad_request(
+        return Err(Error::invalid(
             "empty_input",
             "sentences_to_compare must not be empty",
         ));

@@ -10,62 +10,24 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::batching::BatchError;
+use crate::error::{Error, Kind};
 use crate::listener::BodyDeadline;
 
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
-    pub message: String,
-    /// Seconds, for 503/429 answers the client should retry.
-    pub retry_after: Option<u32>,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-
-    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
-    }
-
-    pub fn too_large(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
-    }
-
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
-    }
-
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
-    }
-}
-
-impl From<BatchError> for ApiError {
-    fn from(e: BatchError) -> Self {
-        match e {
-            BatchError::QueueFull => ApiError {
-                retry_after: Some(1),
-                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", e.to_string())
-            },
-            BatchError::ShuttingDown => ApiError {
-                retry_after: Some(1),
-                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", e.to_string())
-            },
-            BatchError::Failed(_) => ApiError::internal(e.to_string()),
-        }
+/// The one status table: every error of the server reaches the client through it.
+pub fn status(kind: Kind) -> StatusCode {
+    match kind {
+        Kind::Invalid => StatusCode::BAD_REQUEST,
+        Kind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Kind::Forbidden => StatusCode::FORBIDDEN,
+        Kind::NotFound => StatusCode::NOT_FOUND,
+        Kind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        Kind::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+        Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Kind::TooComplex => StatusCode::UNPROCESSABLE_ENTITY,
+        Kind::Exhausted => StatusCode::TOO_MANY_REQUESTS,
+        Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Kind::TimedOut => StatusCode::GATEWAY_TIMEOUT,
     }
 }
 
@@ -84,15 +46,16 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
-impl IntoResponse for ApiError {
+impl IntoResponse for Error {
     fn into_response(self) -> Response {
+        let status = status(self.kind);
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code.to_owned(),
                 message: self.message,
             },
         };
-        let mut response = (self.status, Json(body)).into_response();
+        let mut response = (status, Json(body)).into_response();
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
@@ -102,22 +65,22 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON body parsed into `T`, with every failure mapped to [`ApiError`]:
+/// A JSON body parsed into `T`, with every failure mapped to an [`Error`]:
 /// too large -> 413; not all there by the listener's [`BodyDeadline`] -> 408; not UTF-8, not
 /// JSON, or the wrong shape (types, unknown fields) -> 400.
 /// The content type is not checked, so `curl -d` works as is.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
-    type Rejection = ApiError;
+    type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let deadline = req.extensions().get::<BodyDeadline>().copied();
         let read = Bytes::from_request(req, state);
         let read = match deadline {
             Some(BodyDeadline(at)) => tokio::time::timeout_at(at, read).await.map_err(|_| {
-                ApiError::new(
-                    StatusCode::REQUEST_TIMEOUT,
+                Error::new(
+                    Kind::BodyTimeout,
                     "body_timeout",
                     "the request body did not arrive in time (--body-read-timeout)",
                 )
@@ -126,9 +89,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         };
         let bytes = read.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::too_large("the request body is larger than the server's limit (--max-body-bytes)")
+                Error::too_large("the request body is larger than the server's limit (--max-body-bytes)")
             } else {
-                ApiError::bad_request("invalid_body", rejection.body_text())
+                Error::invalid("invalid_body", rejection.body_text())
             }
         })?;
         parse_json(&bytes).map(ApiJson)
@@ -136,15 +99,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 }
 
 /// Pure: body bytes to `T` or the client's error.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     let text = std::str::from_utf8(bytes)
-        .map_err(|e| ApiError::bad_request("invalid_utf8", format!("the request body is not UTF-8: {e}")))?;
+        .map_err(|e| Error::invalid("invalid_utf8", format!("the request body is not UTF-8: {e}")))?;
     serde_json::from_str(text).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
-            Category::Data => ApiError::bad_request("invalid_request", e.to_string()),
+            Category::Data => Error::invalid("invalid_request", e.to_string()),
             Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}"))
+                Error::invalid("invalid_json", format!("the request body is not valid JSON: {e}"))
             }
         }
     })
@@ -166,19 +129,41 @@ mod tests {
         let code = |b: &[u8]| parse_json::<Body>(b).unwrap_err();
         assert_eq!(code(b"\xff\xfe").code, "invalid_utf8");
         assert_eq!(code(b"{").code, "invalid_json");
-        assert_eq!(code(b"").status, StatusCode::BAD_REQUEST);
+        assert_eq!(code(b"").kind, Kind::Invalid);
         let wrong_type = code(br#"{"text": 1}"#);
         assert_eq!(
-            (wrong_type.status, wrong_type.code),
-            (StatusCode::BAD_REQUEST, "invalid_request")
+            (wrong_type.kind, wrong_type.code),
+            (Kind::Invalid, "invalid_request")
         );
         assert!(code(br#"{"text": "a", "extra": 1}"#).message.contains("unknown field"));
         assert!(parse_json::<Body>(br#"{"text": "a"}"#).is_ok());
     }
 
     #[test]
-    fn queue_full_says_when_to_retry() {
-        let e = ApiError::from(BatchError::QueueFull);
-        assert_eq!((e.status, e.retry_after), (StatusCode::SERVICE_UNAVAILABLE, Some(1)));
+    fn every_kind_has_its_own_status_and_retry_after_is_sent() {
+        let kinds = [
+            Kind::Invalid,
+            Kind::Unauthenticated,
+            Kind::Forbidden,
+            Kind::NotFound,
+            Kind::MethodNotAllowed,
+            Kind::BodyTimeout,
+            Kind::TooLarge,
+            Kind::TooComplex,
+            Kind::Exhausted,
+            Kind::Internal,
+            Kind::Unavailable,
+            Kind::TimedOut,
+        ];
+        let statuses: Vec<u16> = kinds.iter().map(|k| status(*k).as_u16()).collect();
+        assert_eq!(
+            statuses,
+            [400, 401, 403, 404, 405, 408, 413, 422, 429, 500, 503, 504]
+        );
+        let response = Error::new(Kind::Exhausted, "rate_limited", "slow down")
+            .retry_after(7)
+            .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "7");
     }
 }

@@ -3,12 +3,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::json;
 
-use super::errors::ApiError;
+use crate::error::{Error, Kind};
 use super::router::AppState;
 use crate::engine::ModelInfo;
 
@@ -62,12 +62,12 @@ pub async fn healthz() -> Json<serde_json::Value> {
     responses(
         (status = 200, description = "Ready", body = super::openapi::Status, example = json!({"status": "ready"})),
         (status = 503, description = "Not ready (loading, a dependency down, or shutting down)", body = super::errors::ErrorBody)))]
-pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, Error> {
     state
         .health
         .readiness()
         .map(|()| Json(json!({ "status": "ready" })))
-        .map_err(|reason| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason))
+        .map_err(|reason| Error::new(Kind::Unavailable, "not_ready", reason))
 }
 
 /// Prometheus metrics (OpenMetrics text).
@@ -89,6 +89,6 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     responses(
         (status = 200, description = "The served model and its limits", body = ModelInfo),
         (status = 503, description = "The model is still loading", body = super::errors::ErrorBody)))]
-pub async fn info(State(state): State<AppState>) -> Result<Json<ModelInfo>, ApiError> {
+pub async fn info(State(state): State<AppState>) -> Result<Json<ModelInfo>, Error> {
     Ok(Json(state.engine()?.info().clone()))
 }

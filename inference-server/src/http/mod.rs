@@ -9,8 +9,7 @@ pub mod openapi;
 pub mod path_prefix;
 pub mod playground;
 pub mod predict;
+pub mod request_cost;
 pub mod router;
 
-pub use access_log::TenantId;
-pub use errors::ApiError;
 pub use router::{metrics_router, router, AppState};

@@ -6,9 +6,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::errors::{ApiError, ApiJson};
+use super::errors::ApiJson;
+use crate::error::Error;
 use super::router::AppState;
-use crate::config::Task;
+use nlu_crds::serve::Task;
 use crate::cost::{Bill, RequestCost};
 use crate::uninlu::Prediction;
 
@@ -29,37 +30,37 @@ pub struct PredictRequest {
 }
 
 /// Pure: the request's text and schema, or the client's error.
-pub fn text_and_schema(req: PredictRequest) -> Result<(String, Value), ApiError> {
+pub fn text_and_schema(req: PredictRequest) -> Result<(String, Value), Error> {
     let text = match (req.text, req.input) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
+            return Err(Error::invalid(
                 "invalid_request",
                 "give either text or input, not both",
             ))
         }
         (Some(t), None) | (None, Some(t)) => t,
         (None, None) => {
-            return Err(ApiError::bad_request(
+            return Err(Error::invalid(
                 "invalid_request",
                 "missing field text",
             ))
         }
     };
     let Value::String(text) = text else {
-        return Err(ApiError::bad_request(
+        return Err(Error::invalid(
             "invalid_request",
             "text must be a string",
         ));
     };
     if text.trim().is_empty() {
-        return Err(ApiError::bad_request(
+        return Err(Error::invalid(
             "empty_input",
             "text must not be empty",
         ));
     }
     let schema = req
         .schema
-        .ok_or_else(|| ApiError::bad_request("invalid_request", "missing field schema"))?;
+        .ok_or_else(|| Error::invalid("invalid_request", "missing field schema"))?;
     Ok((text, schema))
 }
 
@@ -73,12 +74,12 @@ pub async fn predict(
     State(state): State<AppState>,
     mut bill: Bill,
     ApiJson(req): ApiJson<PredictRequest>,
-) -> Result<(RequestCost, Json<Prediction>), ApiError> {
+) -> Result<(RequestCost, Json<Prediction>), Error> {
     state.require(Task::Uninlu)?;
     let engine = state
         .engine()?
         .uninlu()
-        .ok_or_else(|| ApiError::internal("the loaded model is not a UniNLU model"))?;
+        .ok_or_else(|| Error::internal("the loaded model is not a UniNLU model"))?;
     let (text, schema) = text_and_schema(req)?;
     let prediction = engine.predict(text, schema, &mut bill).await?;
     Ok((bill.cost(), Json(prediction)))
@@ -89,7 +90,7 @@ mod tests {
     use super::*;
     use crate::http::errors::parse_json;
 
-    fn check(body: &str) -> Result<(String, Value), ApiError> {
+    fn check(body: &str) -> Result<(String, Value), Error> {
         text_and_schema(parse_json(body.as_bytes())?)
     }
 

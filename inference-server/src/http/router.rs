@@ -4,14 +4,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{middleware, Router};
 use nlu_crds::routes::{Kind, Method, Route};
 
-use super::errors::ApiError;
+use crate::error::{self, Error};
 use super::{access_log, deadline, embeddings, health, openapi, playground, predict};
-use crate::config::Task;
+use nlu_crds::serve::Task;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 
@@ -71,23 +70,18 @@ impl AppState {
         }
     }
 
-    pub fn engine(&self) -> Result<&Engine, ApiError> {
-        self.engine.get().ok_or_else(|| ApiError {
-            retry_after: Some(5),
-            ..ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "loading",
-                "the model is still loading",
-            )
+    pub fn engine(&self) -> Result<&Engine, Error> {
+        self.engine.get().ok_or_else(|| {
+            Error::new(error::Kind::Unavailable, "loading", "the model is still loading").retry_after(5)
         })
     }
 
     /// The route's error when this server runs the other task.
-    pub fn require(&self, task: Task) -> Result<(), ApiError> {
+    pub fn require(&self, task: Task) -> Result<(), Error> {
         if self.task == task {
             return Ok(());
         }
-        Err(ApiError::not_found(format!(
+        Err(Error::not_found(format!(
             "this server runs the {} task; this route needs a server started with --task {}",
             self.task.as_str(),
             task.as_str()
@@ -122,7 +116,7 @@ fn handler(route: Route) -> MethodRouter<AppState> {
 pub fn metrics_router(state: AppState) -> Router {
     Router::new()
         .route(Route::Metrics.path(), handler(Route::Metrics))
-        .fallback(|| async { ApiError::not_found("this listener serves /metrics only") })
+        .fallback(|| async { Error::not_found("this listener serves /metrics only") })
         .with_state(state)
 }
 
@@ -151,10 +145,10 @@ pub fn router(
             deadline::deadline,
         ))
         .merge(open)
-        .fallback(|| async { ApiError::not_found("no such route") })
+        .fallback(|| async { Error::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
+            Error::new(
+                error::Kind::MethodNotAllowed,
                 "method_not_allowed",
                 "this route does not take that method",
             )

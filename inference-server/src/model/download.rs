@@ -93,6 +93,15 @@ impl HubConfig {
         }
     }
 
+    /// The flags' endpoint and cache folder, where given, over the environment's.
+    pub fn with_flags(self, endpoint: Option<&str>, cache_dir: Option<&std::path::Path>) -> Self {
+        Self {
+            endpoint: endpoint.map_or(self.endpoint, |e| e.trim_end_matches('/').to_owned()),
+            cache_dir: cache_dir.map_or(self.cache_dir, std::path::Path::to_path_buf),
+            ..self
+        }
+    }
+
     /// The URL of one file of `repo`.
     pub fn file_url(&self, repo: &str, file: &str) -> String {
         match self.kind {

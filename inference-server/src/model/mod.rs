@@ -9,6 +9,7 @@ pub mod kernels;
 pub mod pooling;
 pub mod tokenizer;
 pub mod uninlu;
+pub mod windows;
 
 pub use download::{download, download_archive, download_into, HubConfig, HubKind};
 pub use embedder::{Embedder, EmbedderInfo};

@@ -13,7 +13,7 @@ use super::files::ModelFiles;
 use super::kernels::linear::Dtype;
 use super::tokenizer::Tokenizer;
 use super::{ModelError, Result};
-use crate::uninlu::windows::{merge, TextWindow};
+use crate::model::windows::{merge, TextWindow};
 
 /// What `/info` reports.
 #[derive(Clone, Debug, Serialize)]
@@ -128,7 +128,7 @@ impl UniNluModel {
     /// Runs the lower layers over all windows of one text at once (token type 0, positions
     /// from 0), packed: window padding is dropped, which leaves the real tokens' states as they
     /// are (padding is masked) and the padding's logits are never used (see
-    /// [`crate::uninlu::windows::merge`]). Windows come from [`crate::uninlu::windows::split`].
+    /// [`crate::model::windows::merge`]). Windows come from [`crate::model::windows::split`].
     pub fn encode_text(&self, windows: &[TextWindow]) -> Result<TextStates> {
         let len = windows.first().map(|w| w.ids.len()).unwrap_or(0);
         if len == 0

@@ -1,5 +1,5 @@
 //! The UniNLU pipeline around [`crate::model::UniNluModel`]: schema parsing, prompt
-//! construction, sliding windows, decoding and the traversal that ties them together, with the
+//! construction, decoding and the traversal that ties them together, with the
 //! limits a server needs. Synchronous and free of I/O.
 
 pub mod decode;
@@ -7,16 +7,16 @@ pub mod limits;
 pub mod pipeline;
 pub mod prompts;
 pub mod schema;
-pub mod windows;
 
 pub use decode::ChainItem;
 pub use limits::Limits;
 pub use pipeline::{classification_labels, predict, Prediction, PromptJob, Traversal};
 pub use schema::{Schema, SchemaNode};
 
+use crate::error::{Error, Kind};
 use crate::model::ModelError;
 
-/// Why a prediction request cannot be served. [`PredictError::status`] gives the HTTP status.
+/// Why a prediction request cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum PredictError {
     /// Malformed schema (not an object, `{}` sub-schema, non-null non-object value).
@@ -37,30 +37,20 @@ pub enum PredictError {
     Model(#[from] ModelError),
 }
 
-impl PredictError {
-    /// 400 for malformed input, 413 for oversized text, 422 for a schema too large to run,
-    /// 500 for model failures.
-    pub fn status(&self) -> u16 {
-        match self {
-            Self::InvalidSchema(_) => 400,
-            Self::TextTooLong { .. } | Self::TooManyWindows { .. } => 413,
-            Self::SchemaTooDeep { .. } | Self::TooManyKeys { .. } | Self::TooManyPrompts { .. } => {
-                422
+/// Malformed input is `Invalid`, oversized text `TooLarge`, a schema too large to run
+/// `TooComplex`, a model failure `Internal`; each with a stable machine-readable code.
+impl From<PredictError> for Error {
+    fn from(e: PredictError) -> Self {
+        let (kind, code) = match &e {
+            PredictError::InvalidSchema(_) => (Kind::Invalid, "invalid_schema"),
+            PredictError::TextTooLong { .. } | PredictError::TooManyWindows { .. } => {
+                (Kind::TooLarge, "text_too_long")
             }
-            Self::Model(_) => 500,
-        }
-    }
-
-    /// Stable machine-readable code for `{"error": {"code", ...}}`.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::InvalidSchema(_) => "invalid_schema",
-            Self::TextTooLong { .. } => "text_too_long",
-            Self::TooManyWindows { .. } => "text_too_long",
-            Self::SchemaTooDeep { .. } => "schema_too_deep",
-            Self::TooManyKeys { .. } => "schema_too_large",
-            Self::TooManyPrompts { .. } => "too_many_prompts",
-            Self::Model(_) => "model_error",
-        }
+            PredictError::SchemaTooDeep { .. } => (Kind::TooComplex, "schema_too_deep"),
+            PredictError::TooManyKeys { .. } => (Kind::TooComplex, "schema_too_large"),
+            PredictError::TooManyPrompts { .. } => (Kind::TooComplex, "too_many_prompts"),
+            PredictError::Model(_) => (Kind::Internal, "model_error"),
+        };
+        Error::new(kind, code, e.to_string())
     }
 }

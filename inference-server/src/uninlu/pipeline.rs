@@ -22,7 +22,7 @@ use serde_json::Value;
 use super::decode::{spans, ChainItem, CharText};
 use super::prompts::{prompt, PROMPT_MAX_TOKENS};
 use super::schema::Schema;
-use super::windows::{split, TextWindow};
+use crate::model::windows::{split, TextWindow};
 use super::{Limits, PredictError};
 use crate::model::{Encoding, Logits, ModelError, Tokenizer, UniNluModel};
 

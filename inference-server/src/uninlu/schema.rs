@@ -155,7 +155,10 @@ mod tests {
                 matches!(err, PredictError::InvalidSchema(_)),
                 "{bad}: {err:?}"
             );
-            assert_eq!(err.status(), 400);
+            assert_eq!(
+                crate::error::Error::from(err).kind,
+                crate::error::Kind::Invalid
+            );
         }
     }
 

@@ -179,7 +179,7 @@ fn batched_jobs_of_different_texts_equal_separate_scoring() {
     let short = tok.encode("谷爱凌在北京冬奥会获得金牌", None).unwrap();
     let long_text = "北京冬奥会期间，来自世界各地的运动员齐聚张家口。".repeat(20);
     let long = tok.encode(&long_text, None).unwrap();
-    let windows = |ids: &[u32]| nlu_server::uninlu::windows::split(ids);
+    let windows = |ids: &[u32]| nlu_server::model::windows::split(ids);
     let a = model.encode_text(&windows(&short.ids)).unwrap();
     let b = model.encode_text(&windows(&long.ids)).unwrap();
     assert_eq!(b.windows(), 2);

@@ -6,7 +6,7 @@
 //! 16-256 characters per input (the target of issue 9). Records /proc/loadavg before and after
 //! every figure: these machines are shared.
 //!
-//! `cargo run --release -p nlu-server --bin bench_http -- [--model DIR] [--url URL] [--seconds S] [--clients N] [--workloads mixed-chars,...] [--dtype bf16] [--json]`
+//! `cargo run --release -p nlu-bench --bin bench_http -- [--model DIR] [--url URL] [--seconds S] [--clients N] [--workloads mixed-chars,...] [--dtype bf16] [--json]`
 //! The model defaults to the folder `scripts/fetch-minilm.sh` prints. Threads: `RAYON_NUM_THREADS`.
 
 use std::path::PathBuf;

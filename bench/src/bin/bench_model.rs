@@ -4,7 +4,7 @@
 //! 4 relations) on a StructBERT-base-shaped random model. Prints markdown tables and the machine
 //! load, or JSON lines (`--json`, read by `bench/side_by_side.py`).
 //!
-//! `cargo run -p nlu-server --bin bench_model --release -- [--model DIR] [--seconds S] [--skip-base] [--skip-uninlu] [--shapes 8x64,1x16] [--dtype bf16] [--json]`
+//! `cargo run -p nlu-bench --bin bench_model --release -- [--model DIR] [--seconds S] [--skip-base] [--skip-uninlu] [--shapes 8x64,1x16] [--dtype bf16] [--json]`
 //! The model defaults to MiniLM in the cache of `scripts/fetch-minilm.sh`. Threads: `RAYON_NUM_THREADS`.
 
 use std::collections::HashMap;
@@ -205,7 +205,7 @@ fn bench_uninlu(model: &UniNluModel, budget: Duration, json: bool) -> Result<()>
     .collect::<Result<Vec<_>, _>>()?;
     let times = measure(budget, || {
         let text = tok.encode(rel_text, None)?;
-        let states = model.encode_text(&nlu_server::uninlu::windows::split(&text.ids))?;
+        let states = model.encode_text(&nlu_server::model::windows::split(&text.ids))?;
         model.score(&states, &root)?;
         model.score(&states, &relations)?;
         Ok(())
