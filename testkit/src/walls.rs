@@ -119,6 +119,16 @@ pub fn check(crate_dir: &Path, walls: &BTreeMap<String, Allowed>) -> Vec<String>
     problems
 }
 
+/// Panics, naming every problem, unless the crate at `crate_dir` keeps to the walls the
+/// workspace's `ARCHITECTURE.md` (beside the crate's folder) draws for `crate_name`.
+pub fn assert_kept(crate_dir: &Path, crate_name: &str) {
+    let document = std::fs::read_to_string(crate_dir.join("../ARCHITECTURE.md"))
+        .expect("ARCHITECTURE.md beside the crate's folder");
+    let walls = table(&document, crate_name).unwrap_or_else(|e| panic!("ARCHITECTURE.md: {e}"));
+    let problems = check(crate_dir, &walls);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(dir)
