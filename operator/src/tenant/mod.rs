@@ -199,9 +199,7 @@ async fn sync_keys(
     };
     if let Some(event) = event {
         let reference = signing_key::secret_ref(&ctx.config.operator_namespace);
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(error = %e, "could not publish the key event");
-        }
+        crate::controller_kit::publish(&ctx.recorder, &reference, &event).await;
     }
     result.map(|(ring, _)| ring)
 }
