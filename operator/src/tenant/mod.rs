@@ -8,6 +8,7 @@
 
 pub mod controller;
 pub mod jwks_publish;
+pub mod plan;
 pub mod redis_acl;
 pub mod redis_sync;
 pub mod revocation;
