@@ -9,6 +9,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::Client;
 
 use crate::config::OperatorConfig;
+use crate::controller_kit::FailureBackoff;
 use crate::metrics::Metrics;
 
 /// The `controller` name in Events, field managers and metrics.
@@ -24,7 +25,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub clock: Clock,
-    /// Retry delays of objects whose reconcile failed.
+    /// Consecutive failures of objects whose reconcile failed (the controllers' retry delays).
     pub backoff: FailureBackoff,
 }
 
@@ -60,34 +61,5 @@ impl Context {
     /// Now, as a Kubernetes `Time` (condition timestamps).
     pub fn now_time(&self) -> Time {
         Time(self.now())
-    }
-}
-
-/// Per-object retry delays after failed reconciles: doubling from 5 s up to 5 min, reset by a
-/// success, so a broken object neither spins nor waits long once fixed.
-#[derive(Default)]
-pub struct FailureBackoff {
-    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
-}
-
-impl FailureBackoff {
-    const FIRST: std::time::Duration = std::time::Duration::from_secs(5);
-    const MAX: std::time::Duration = std::time::Duration::from_secs(300);
-
-    /// Records a failure of `key` and returns how long to wait before the next try.
-    pub fn next_delay(&self, key: &str) -> std::time::Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        let n = failures.entry(key.to_owned()).or_insert(0);
-        let delay = Self::FIRST.saturating_mul(1 << (*n).min(10)).min(Self::MAX);
-        *n += 1;
-        delay
-    }
-
-    /// Forgets the failures of `key` after a successful reconcile.
-    pub fn reset(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
     }
 }

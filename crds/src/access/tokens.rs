@@ -126,7 +126,8 @@ impl TokenRequest {
     }
 }
 
-fn random_jti() -> String {
+/// A random token id (`jti`): 16 bytes from the OS, as hex.
+pub fn random_jti() -> String {
     let mut bytes = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()

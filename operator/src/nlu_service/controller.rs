@@ -12,7 +12,7 @@ use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::NamespaceResourceScope;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -28,6 +28,7 @@ use super::status::{self, Observed};
 use super::validate::{self, Problem};
 use crate::apply::{apply_status, apply_unless_taken, delete_owned, holder_of, NameTaken};
 use crate::context::Context;
+use crate::controller_kit::{self as kit, status_change, RetryPolicy};
 use crate::ownership::{Holder, Mark};
 use crate::tenant::jwks_publish::{auth_on, JWKS_CONFIGMAP};
 use crate::tenant::redis_acl::uses_operator_redis;
@@ -38,6 +39,11 @@ pub const CONTROLLER: &str = "nluservice";
 const RESYNC: Duration = Duration::from_secs(300);
 /// Re-check an invalid spec this often: a missing Secret may appear without touching the CR.
 const RECHECK_INVALID: Duration = Duration::from_secs(60);
+/// API errors: retried after 5 s, then doubling.
+const RETRY: RetryPolicy = RetryPolicy {
+    controller: CONTROLLER,
+    first_delay: Duration::from_secs(5),
+};
 
 /// Why a reconcile failed; the variant name is the metrics `reason`.
 #[derive(Debug, thiserror::Error)]
@@ -103,13 +109,13 @@ pub async fn reconcile(svc: Arc<NluService>, ctx: Arc<Context>) -> Result<Action
     };
     let new_status = status::compute(&svc, &seen, ctx.now_time());
     let old_status = svc.status.clone().unwrap_or_default();
-    if new_status != old_status {
+    if let Some(new_status) = status_change(Some(&old_status), new_status) {
         apply_status(&ctx.client, svc.as_ref(), &new_status)
             .await
             .map_err(Error::Status)?;
         publish_flips(&svc, &ctx, &old_status.conditions, &new_status.conditions).await;
     }
-    ctx.backoff.reset(&backoff_key(&svc));
+    RETRY.succeeded(&ctx, svc.as_ref());
     Ok(Action::requeue(
         if problem.is_some() || !applied.taken.is_empty() {
             RECHECK_INVALID
@@ -121,10 +127,7 @@ pub async fn reconcile(svc: Arc<NluService>, ctx: Arc<Context>) -> Result<Action
 
 /// Requeue with a growing delay and count the failure by reason.
 pub fn error_policy(svc: Arc<NluService>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_failed(CONTROLLER, error.reason());
-    let delay = ctx.backoff.next_delay(&backoff_key(&svc));
-    tracing::warn!(namespace = svc.namespace().as_deref(), name = %svc.name_any(), %error, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
+    RETRY.failed(&ctx, svc.as_ref(), error.reason(), error)
 }
 
 /// Whether the object the reconcile started from is still the live one, not being deleted.
@@ -144,10 +147,6 @@ async fn current(svc: &NluService, ctx: &Context) -> Result<Option<NluService>, 
             name: svc.name_any(),
             source,
         })
-}
-
-fn backoff_key(svc: &NluService) -> String {
-    format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any())
 }
 
 /// With auth on, the Secret holding the Redis URL must exist with its key: otherwise every pod
@@ -323,18 +322,14 @@ async fn publish_flips(
     }
 }
 
-/// Publishes an Event about `svc`; a failure to record it is logged, never fails the reconcile.
+/// Publishes an Event about `svc` (never failing the reconcile).
 async fn publish(svc: &NluService, ctx: &Context, type_: EventType, reason: &str, note: String) {
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, &svc.object_ref(&())).await {
-        tracing::warn!(%error, reason, "could not publish event");
-    }
+    kit::publish(
+        &ctx.recorder,
+        &svc.object_ref(&()),
+        &kit::event(type_, reason, note),
+    )
+    .await;
 }
 
 /// Runs the controller until `stop` is cancelled, then lets running reconciles finish.

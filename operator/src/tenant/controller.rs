@@ -1,5 +1,7 @@
-//! The Tenant reconcile: finalizer -> revocation -> Redis record -> token Secret -> usage ->
-//! status. Deletion removes the tenant's Redis keys before the finalizer lets the Tenant go.
+//! The Tenant reconcile: finalizer -> count a pending revocation -> observe (Redis, the token
+//! Secret) -> plan (pure, `plan.rs`) -> carry the plan out: the record, the Secret, the status,
+//! then the Events. Deletion removes the tenant's Redis keys before the finalizer lets the Tenant
+//! go.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -7,24 +9,23 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use nlu_crds::access::redis_client::RedisConnection;
-use nlu_crds::access::{Claims, Credential, QualifiedName, RedisKeys};
+use nlu_crds::access::tokens::random_jti;
+use nlu_crds::access::{QualifiedName, RedisKeys};
 use nlu_crds::{NluService, Tenant};
-use rand::RngCore;
 use tokio::sync::watch;
 
-use super::revocation::{self, generation, pending_revoke};
+use super::plan::{self, utc_day, Facts, Plan};
 use super::signing_key::KeyRing;
-use super::status::{self, Observed, USAGE_REFRESH};
-use super::token_secret::{self, grant_hash, reissue_reason, token_request, IssuedToken};
-use super::{redis_sync, CONTROLLER, FINALIZER};
-use crate::apply::NameTaken;
+use super::status::{self, USAGE_REFRESH};
+use super::{redis_sync, token_secret, CONTROLLER, FINALIZER};
+use crate::apply::apply_status;
 use crate::context::Context;
-use crate::ownership::{holder, Holder, Mark};
+use crate::controller_kit::{self as kit, status_change, RetryPolicy};
 
 /// How long a deleted Tenant's finalizer waits for Redis before it lets the Tenant go.
 pub const CLEANUP_PATIENCE: Duration = Duration::from_secs(15 * 60);
@@ -40,8 +41,11 @@ pub fn gives_up_on_redis(
     })
 }
 
-/// Longest wait between retries of a failing reconcile.
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Failures (Redis away above all) are retried after 2 s, then doubling.
+const RETRY: RetryPolicy = RetryPolicy {
+    controller: CONTROLLER,
+    first_delay: Duration::from_secs(2),
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -85,10 +89,8 @@ pub struct TenantContext {
     pub services: Store<NluService>,
     /// The `iss` claim of issued tokens.
     pub issuer: String,
-    /// When each tenant's usage was last written to status (throttle).
-    usage_written: Mutex<HashMap<String, Instant>>,
-    /// Consecutive failures per tenant (retry backoff).
-    failures: Mutex<HashMap<String, u32>>,
+    /// When this operator last showed each tenant's usage in status (the usage throttle).
+    usage_shown: Mutex<HashMap<String, Instant>>,
 }
 
 impl TenantContext {
@@ -107,43 +109,41 @@ impl TenantContext {
             ring,
             services,
             issuer,
-            usage_written: Mutex::default(),
-            failures: Mutex::default(),
+            usage_shown: Mutex::default(),
         }
     }
 
-    async fn event(&self, tenant: &Tenant, type_: EventType, reason: &str, note: String) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = self
-            .base
-            .recorder
-            .publish(&event, &tenant.object_ref(&()))
-            .await
-        {
-            tracing::warn!(tenant = %tenant.name_any(), reason, error = %e, "could not publish event");
-        }
+    /// Whether the usage in `id`'s status is due for a refresh: this operator has not shown any
+    /// yet (it may have restarted) or showed it [`USAGE_REFRESH`] ago.
+    fn usage_stale(&self, id: &QualifiedName) -> bool {
+        self.usage_shown
+            .lock()
+            .expect("not poisoned")
+            .get(&id.to_string())
+            .is_none_or(|at| at.elapsed() >= USAGE_REFRESH)
+    }
+
+    /// `id`'s status shows fresh usage from now on.
+    fn usage_shown_now(&self, id: &QualifiedName) {
+        let mut shown = self.usage_shown.lock().expect("not poisoned");
+        shown.insert(id.to_string(), Instant::now());
+    }
+
+    /// `id` is gone.
+    fn forget_usage(&self, id: &QualifiedName) {
+        let mut shown = self.usage_shown.lock().expect("not poisoned");
+        shown.remove(&id.to_string());
     }
 }
 
 /// Reconciles one Tenant (entry point of the controller and of tests).
 pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<TenantContext>) -> Result<Action, Error> {
     let _timer = ctx.base.metrics.reconcile_started(CONTROLLER);
-    let key = format!(
-        "{}/{}",
-        tenant.namespace().unwrap_or_default(),
-        tenant.name_any()
-    );
     let api: Api<Tenant> = Api::namespaced(
         ctx.base.client.clone(),
         &tenant.namespace().unwrap_or_default(),
     );
-    let result = finalizer(&api, FINALIZER, tenant, |event| async {
+    let result = finalizer(&api, FINALIZER, tenant.clone(), |event| async {
         match event {
             Finalizer::Apply(t) => apply(&t, &ctx).await,
             Finalizer::Cleanup(t) => cleanup(&t, &ctx).await,
@@ -152,222 +152,119 @@ pub async fn reconcile(tenant: Arc<Tenant>, ctx: Arc<TenantContext>) -> Result<A
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     if result.is_ok() {
-        ctx.failures.lock().expect("not poisoned").remove(&key);
+        RETRY.succeeded(&ctx.base, tenant.as_ref());
     }
     result
 }
 
 /// Requeue after a failure: 2 s doubling per consecutive failure, at most 5 minutes.
 pub fn error_policy(tenant: Arc<Tenant>, error: &Error, ctx: Arc<TenantContext>) -> Action {
-    ctx.base
-        .metrics
-        .reconcile_failed(CONTROLLER, error.reason());
-    let key = format!(
-        "{}/{}",
-        tenant.namespace().unwrap_or_default(),
-        tenant.name_any()
-    );
-    let mut failures = ctx.failures.lock().expect("not poisoned");
-    let n = failures.entry(key.clone()).or_insert(0);
-    *n = n.saturating_add(1);
-    let wait = backoff(*n);
-    tracing::warn!(tenant = %key, error = %error, retry_in = ?wait, "tenant reconcile failed");
-    Action::requeue(wait)
-}
-
-/// Retry delay after `failures` consecutive failures.
-pub fn backoff(failures: u32) -> Duration {
-    Duration::from_secs(2u64.saturating_pow(failures.min(16))).min(MAX_BACKOFF)
+    RETRY.failed(&ctx.base, tenant.as_ref(), error.reason(), error)
 }
 
 async fn apply(tenant: &Tenant, ctx: &TenantContext) -> Result<Action, Error> {
-    let ns = tenant.namespace().unwrap_or_default();
-    let id = QualifiedName::new(ns.clone(), tenant.name_any())
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let id = tenant_id(tenant)?;
+    let revoked = count_revocation(tenant, ctx).await?;
+    let tenant = revoked.as_ref().unwrap_or(tenant);
     let now = ctx.base.now();
-    let ttl = tenant
-        .spec
-        .token_ttl()
-        .map_err(|e| Error::Invalid(format!("spec.token.ttl: {e}")))?
-        .min(ctx.base.config.max_token_ttl);
 
-    // A revocation is counted in status first, so it survives whatever fails next.
-    let counted;
-    let tenant = match pending_revoke(tenant) {
-        Some(value) => {
-            counted = revocation::handled(tenant, value);
-            crate::apply::apply_status(
-                &ctx.base.client,
-                &counted,
-                counted.status.as_ref().expect("handled sets status"),
-            )
-            .await?;
-            let note = format!(
-                "every token below generation {} stops working",
-                generation(&counted)
-            );
-            ctx.event(&counted, EventType::Normal, "Revoked", note)
-                .await;
-            &counted
-        }
-        None => tenant,
+    let mut redis = ctx.redis.clone();
+    let read = async {
+        let stored = redis_sync::read_stored(&mut redis, &ctx.keys, &id).await?;
+        let counted = redis_sync::read_usage(&mut redis, &ctx.keys, &id, utc_day(now)).await?;
+        Ok::<_, redis::RedisError>((stored, counted))
     };
-    let uid = tenant
-        .uid()
-        .ok_or_else(|| Error::Invalid("the Tenant has no metadata.uid".into()))?;
-    let wanted = Credential {
-        tid: uid,
-        gen: generation(tenant),
+    let (stored, counted) = match read.await {
+        Ok(read) => read,
+        Err(e) => return Err(redis_unavailable(tenant, ctx, e).await),
     };
-
-    let record = redis_sync::record(&tenant.spec, &wanted);
-    let credential = match redis_sync::write_record(&mut ctx.redis.clone(), &ctx.keys, &id, &record)
-        .await
-    {
-        Ok(credential) => credential,
-        Err(e) => {
-            let message = format!("cannot write the access record to Redis: {e}");
-            let failed =
-                status::not_ready_status(tenant, "RedisUnavailable", message, ctx.base.now_time());
-            if tenant.status.as_ref() != Some(&failed) {
-                if let Err(e) = crate::apply::apply_status(&ctx.base.client, tenant, &failed).await
-                {
-                    tracing::warn!(tenant = %id, error = %e, "could not report the Redis failure in status");
-                }
-            }
-            return Err(e.into());
-        }
-    };
-    let was_suspended = tenant.status.as_ref().is_some_and(|s| {
-        nlu_crds::conditions::is_true(&s.conditions, nlu_crds::conditions::SUSPENDED)
-    });
-    if tenant.spec.suspended != was_suspended {
-        let (reason, note) = if tenant.spec.suspended {
-            ("Suspended", "every request of this tenant is refused (403)")
-        } else {
-            ("Resumed", "requests of this tenant are served again")
-        };
-        ctx.event(tenant, EventType::Normal, reason, note.into())
-            .await;
-    }
-
-    let secrets: Api<Secret> = Api::namespaced(ctx.base.client.clone(), &ns);
-    let secret_name = token_secret::secret_name(&tenant.name_any());
-    let observed = secrets.get_opt(&secret_name).await?;
-    if let Some(wait) = secret_name_taken(tenant, ctx, observed.as_ref(), &secret_name).await? {
-        return Ok(wait);
-    }
-    let current = observed.as_ref().and_then(IssuedToken::from_secret);
-    let request = token_request(tenant, &ctx.issuer, ttl, &credential)?;
-    let hash = grant_hash(&request);
+    let secrets: Api<Secret> = Api::namespaced(
+        ctx.base.client.clone(),
+        &tenant.namespace().unwrap_or_default(),
+    );
+    let secret = secrets
+        .get_opt(&token_secret::secret_name(&tenant.name_any()))
+        .await?;
     let ring = ctx.ring.borrow().clone();
-    let token = match (
-        reissue_reason(
-            current.as_ref(),
-            &hash,
-            |kid| ring.publishes(kid),
-            now.as_second(),
-        ),
-        current,
-    ) {
-        (None, Some(current)) => current,
-        (reason, _) => {
-            let claims = request.claims_at(now.as_second(), jti());
-            let token = IssuedToken {
-                token: ring.signing.mint(&claims)?,
-                kid: ring.signing.kid().to_owned(),
-                grant_hash: hash,
-                issued_at: claims.iat,
-                expires_at: claims.exp,
-            };
-            let reason = reason.map_or("TokenIssued", |r| r.as_str());
-            ctx.event(
-                tenant,
-                EventType::Normal,
-                reason,
-                issued_note(&claims, &secret_name),
-            )
-            .await;
-            token
-        }
-    };
-    let desired = token_secret::secret(tenant, &token, &service_urls(tenant, &ctx.services));
-    if !observed
-        .as_ref()
-        .is_some_and(|o| token_secret::up_to_date(o, &desired))
-    {
-        crate::apply::apply(&ctx.base.client, &desired).await?;
-    }
-
-    let today = utc_day(now);
-    let used = redis_sync::read_usage(&mut ctx.redis.clone(), &ctx.keys, &id, today).await?;
-    let key = id.to_string();
-    let usage_stale = ctx
-        .usage_written
-        .lock()
-        .expect("not poisoned")
-        .get(&key)
-        .is_none_or(|at| at.elapsed() >= USAGE_REFRESH);
-    let observed_state = Observed {
-        secret_name,
-        token_expires_at: token.expires_at,
-        usage: status::usage(today, used, &record),
-        usage_stale,
-    };
-    let new_status = status::ready_status(tenant, &observed_state, ctx.base.now_time());
-    if tenant.status.as_ref() != Some(&new_status) {
-        crate::apply::apply_status(&ctx.base.client, tenant, &new_status).await?;
-        if tenant.status.as_ref().and_then(|s| s.usage.as_ref()) != new_status.usage.as_ref() {
-            ctx.usage_written
-                .lock()
-                .expect("not poisoned")
-                .insert(key, Instant::now());
-        }
-    }
-
-    let until_renewal = u64::try_from(token.renew_at() - now.as_second()).unwrap_or(0);
-    Ok(Action::requeue(
-        USAGE_REFRESH.min(Duration::from_secs(until_renewal.max(1))),
-    ))
+    let plan = plan::plan(&Facts {
+        tenant,
+        secret: secret.as_ref(),
+        stored: &stored,
+        counted,
+        usage_stale: ctx.usage_stale(&id),
+        ring: &ring,
+        urls: service_urls(tenant, &ctx.services),
+        now,
+        issuer: &ctx.issuer,
+        max_ttl: ctx.base.config.max_token_ttl,
+        jti: random_jti(),
+    })?;
+    execute(tenant, &id, plan, ctx).await
 }
 
-/// A Secret of the token's name that this Tenant does not control is not adopted: no token is
-/// read from or written into it, Ready turns False with `SecretNameTaken` and a Warning Event
-/// says so (once, when the status changes). `None` when the name is free or the Secret ours.
-async fn secret_name_taken(
-    tenant: &Tenant,
-    ctx: &TenantContext,
-    observed: Option<&Secret>,
-    secret_name: &str,
-) -> Result<Option<Action>, Error> {
-    let uid = tenant.uid().unwrap_or_default();
-    if holder(observed.map(|s| &s.metadata), Mark::ControlledBy(&uid)) != Holder::Foreign {
+/// Counts a pending revocation in status before anything else is read or written, so that the
+/// count survives whatever fails next and raises `gen` once. Returns the Tenant as counted.
+async fn count_revocation(tenant: &Tenant, ctx: &TenantContext) -> Result<Option<Tenant>, Error> {
+    let Some((counted, revoked)) = plan::revocation(tenant) else {
         return Ok(None);
-    }
-    let taken = NameTaken {
-        kind: "Secret".into(),
-        name: secret_name.to_owned(),
     };
-    let reason = "SecretNameTaken";
-    let blocked = status::not_ready_status(tenant, reason, taken.to_string(), ctx.base.now_time());
-    if tenant.status.as_ref() != Some(&blocked) {
-        crate::apply::apply_status(&ctx.base.client, tenant, &blocked).await?;
-        ctx.event(tenant, EventType::Warning, reason, taken.to_string())
-            .await;
-    }
-    Ok(Some(Action::requeue(USAGE_REFRESH)))
+    let status = counted.status.as_ref().expect("counted in status");
+    apply_status(&ctx.base.client, &counted, status).await?;
+    kit::publish(&ctx.base.recorder, &counted.object_ref(&()), &revoked).await;
+    Ok(Some(counted))
 }
 
-/// The UTC day usage counters are kept by.
-fn utc_day(now: k8s_openapi::jiff::Timestamp) -> chrono::NaiveDate {
-    chrono::DateTime::from_timestamp(now.as_second(), 0)
-        .unwrap_or_default()
-        .date_naive()
+/// Carries `plan` out. The record goes first: a token must never carry a `gen` the record does
+/// not hold yet. The Events go last, so each tells of a write that was made.
+async fn execute(
+    tenant: &Tenant,
+    id: &QualifiedName,
+    plan: Plan,
+    ctx: &TenantContext,
+) -> Result<Action, Error> {
+    tracing::debug!(tenant = %id, token = ?plan.token, "carrying out the plan");
+    let mut redis = ctx.redis.clone();
+    let written = redis_sync::write_record(&mut redis, &ctx.keys, id, &plan.record).await;
+    if let Err(e) = written {
+        return Err(redis_unavailable(tenant, ctx, e).await);
+    }
+    if let Some(secret) = &plan.secret {
+        crate::apply::apply(&ctx.base.client, secret).await?;
+    }
+    if let Some(status) = &plan.status {
+        apply_status(&ctx.base.client, tenant, status).await?;
+        if plan.shows_new_usage {
+            ctx.usage_shown_now(id);
+        }
+    }
+    let regarding = tenant.object_ref(&());
+    for event in &plan.events {
+        kit::publish(&ctx.base.recorder, &regarding, event).await;
+    }
+    Ok(Action::requeue(plan.requeue))
+}
+
+/// Ready turns False with `RedisUnavailable` (written when that changes the status; a failure
+/// to write it is only logged); the Redis error is returned, for the retry.
+async fn redis_unavailable(tenant: &Tenant, ctx: &TenantContext, e: redis::RedisError) -> Error {
+    let message = format!("cannot write the access record to Redis: {e}");
+    let failed = status::not_ready_status(tenant, "RedisUnavailable", message, ctx.base.now_time());
+    if let Some(failed) = status_change(tenant.status.as_ref(), failed) {
+        if let Err(error) = apply_status(&ctx.base.client, tenant, &failed).await {
+            tracing::warn!(tenant = %tenant.name_any(), %error, "could not report the Redis failure in status");
+        }
+    }
+    e.into()
+}
+
+/// The tenant's `namespace/name`, as tokens and Redis keys name it.
+fn tenant_id(tenant: &Tenant) -> Result<QualifiedName, Error> {
+    QualifiedName::new(tenant.namespace().unwrap_or_default(), tenant.name_any())
+        .map_err(|e| Error::Invalid(e.to_string()))
 }
 
 async fn cleanup(tenant: &Tenant, ctx: &TenantContext) -> Result<Action, Error> {
-    let id = QualifiedName::new(tenant.namespace().unwrap_or_default(), tenant.name_any())
-        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let id = tenant_id(tenant)?;
     let deleted = redis_sync::delete_tenant(
         &mut ctx.redis.clone(),
         &ctx.keys,
@@ -388,14 +285,11 @@ async fn cleanup(tenant: &Tenant, ctx: &TenantContext) -> Result<Action, Error> 
             CLEANUP_PATIENCE.as_secs() / 60
         );
         tracing::warn!(tenant = %id, "{note}");
-        ctx.event(tenant, EventType::Warning, "RedisCleanupAbandoned", note)
-            .await;
+        let abandoned = kit::event(EventType::Warning, "RedisCleanupAbandoned", note);
+        kit::publish(&ctx.base.recorder, &tenant.object_ref(&()), &abandoned).await;
         return Ok(Action::await_change());
     }
-    ctx.usage_written
-        .lock()
-        .expect("not poisoned")
-        .remove(&id.to_string());
+    ctx.forget_usage(&id);
     tracing::info!(tenant = %id, "removed the tenant's Redis keys");
     Ok(Action::await_change())
 }
@@ -414,22 +308,6 @@ fn service_urls(tenant: &Tenant, services: &Store<NluService>) -> BTreeMap<Strin
         .collect()
 }
 
-fn issued_note(claims: &Claims, secret: &str) -> String {
-    let expires = chrono::DateTime::from_timestamp(claims.exp, 0)
-        .map(|t| t.to_rfc3339())
-        .unwrap_or_default();
-    format!(
-        "new token (generation {}) in Secret {secret}, expires {expires}",
-        claims.gen
-    )
-}
-
-fn jti() -> String {
-    let mut bytes = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,9 +322,10 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_and_caps() {
-        assert_eq!(backoff(1), Duration::from_secs(2));
-        assert_eq!(backoff(3), Duration::from_secs(8));
-        assert_eq!(backoff(20), MAX_BACKOFF);
+    fn retries_start_at_2_s_double_and_cap() {
+        let delay = |failures| kit::retry_delay(RETRY.first_delay, failures);
+        assert_eq!(delay(1), Duration::from_secs(2));
+        assert_eq!(delay(3), Duration::from_secs(8));
+        assert_eq!(delay(20), kit::MAX_RETRY_DELAY);
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod controller;
 pub mod jwks_publish;
+pub mod plan;
 pub mod redis_acl;
 pub mod redis_sync;
 pub mod revocation;
@@ -199,9 +200,7 @@ async fn sync_keys(
     };
     if let Some(event) = event {
         let reference = signing_key::secret_ref(&ctx.config.operator_namespace);
-        if let Err(e) = ctx.recorder.publish(&event, &reference).await {
-            tracing::warn!(error = %e, "could not publish the key event");
-        }
+        crate::controller_kit::publish(&ctx.recorder, &reference, &event).await;
     }
     result.map(|(ring, _)| ring)
 }

@@ -1,6 +1,6 @@
-//! The tenant's side of Redis, with the contract's key names: its record (written whole on
-//! every reconcile), today's usage counters (read), and every key of the tenant (deleted when
-//! the Tenant goes).
+//! The tenant's side of Redis, with the contract's key names: its record (`uid` and `gen` read
+//! first, then written whole on every reconcile), today's usage counters (read), and every key
+//! of the tenant (deleted when the Tenant goes).
 
 use std::time::Duration;
 
@@ -50,51 +50,55 @@ pub fn record(spec: &TenantSpec, credential: &Credential) -> TenantRecord {
     }
 }
 
-/// Writes every field of the record in one `HSET` (atomic: a server never sees half of it),
-/// never lowering the `gen` stored for the same Tenant (uid): returns the credential tokens
-/// must then carry. Read and write are two commands; the operator is the only writer (one
-/// leader at a time).
+/// The `uid` and `gen` of the tenant's stored record, as text (`None`: no record, or no such
+/// field), read before the record is written.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stored {
+    pub uid: Option<String>,
+    pub gen: Option<String>,
+}
+
+impl Stored {
+    /// The credential tokens must carry: `wanted`, unless the stored record is of the same
+    /// Tenant (uid) with a higher `gen`. The record's `gen` is never lowered, so revoked tokens
+    /// stay revoked whatever the Tenant says now; a Tenant deleted and created again has a new
+    /// uid, so it starts afresh.
+    pub fn never_lower(&self, wanted: Credential) -> Credential {
+        let stored = self.gen.as_deref().and_then(|g| g.parse::<u64>().ok());
+        match stored {
+            Some(gen) if self.uid.as_deref() == Some(wanted.tid.as_str()) && gen > wanted.gen => {
+                Credential { gen, ..wanted }
+            }
+            _ => wanted,
+        }
+    }
+}
+
+/// The stored record's `uid` and `gen`. Read and the later write are two commands; the operator
+/// is the only writer of the record (one leader at a time), so it does not change in between.
+pub async fn read_stored(
+    conn: &mut RedisConnection,
+    keys: &RedisKeys,
+    tenant: &QualifiedName,
+) -> redis::RedisResult<Stored> {
+    let (uid, gen) = redis::cmd("HMGET")
+        .arg(keys.tenant(tenant))
+        .arg(field::UID)
+        .arg(field::GEN)
+        .query_async(conn)
+        .await?;
+    Ok(Stored { uid, gen })
+}
+
+/// Writes every field of the record in one `HSET` (atomic: a server never sees half of it).
 pub async fn write_record(
     conn: &mut RedisConnection,
     keys: &RedisKeys,
     tenant: &QualifiedName,
     record: &TenantRecord,
-) -> redis::RedisResult<Credential> {
-    let key = keys.tenant(tenant);
-    let (uid, gen): (Option<String>, Option<String>) = redis::cmd("HMGET")
-        .arg(&key)
-        .arg(field::UID)
-        .arg(field::GEN)
-        .query_async(conn)
-        .await?;
-    let wanted = Credential {
-        tid: record.uid.clone(),
-        gen: record.gen,
-    };
-    let credential = never_lower(uid.as_deref(), gen.as_deref(), wanted);
-    let record = TenantRecord {
-        gen: credential.gen,
-        ..record.clone()
-    };
-    conn.hset_multiple::<_, _, _, ()>(key, &record.to_fields())
-        .await?;
-    Ok(credential)
-}
-
-/// `wanted`, with the stored generation when the stored record is of the same Tenant and has a
-/// higher one (a Tenant deleted and created again has a new uid, so it starts afresh).
-fn never_lower(
-    stored_uid: Option<&str>,
-    stored_gen: Option<&str>,
-    wanted: Credential,
-) -> Credential {
-    let stored = stored_gen.and_then(|g| g.parse::<u64>().ok());
-    match stored {
-        Some(gen) if stored_uid == Some(wanted.tid.as_str()) && gen > wanted.gen => {
-            Credential { gen, ..wanted }
-        }
-        _ => wanted,
-    }
+) -> redis::RedisResult<()> {
+    conn.hset_multiple(keys.tenant(tenant), &record.to_fields())
+        .await
 }
 
 /// What the servers counted for a tenant on one UTC day.
@@ -143,6 +147,14 @@ mod tests {
             tid: "uid-1".into(),
             gen,
         }
+    }
+
+    fn never_lower(uid: Option<&str>, gen: Option<&str>, wanted: Credential) -> Credential {
+        let stored = Stored {
+            uid: uid.map(Into::into),
+            gen: gen.map(Into::into),
+        };
+        stored.never_lower(wanted)
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! for with the `nlu.dev/revoke` annotation. Each new annotation value is counted once, in
 //! `status.revocations` and `status.revokeHandled`, which only the operator writes: editing the
 //! Tenant can raise the generation (revoke) but never lower it. The Redis record's `gen` is only
-//! ever raised too (`redis_sync::write_record`), and tokens carry the Tenant's uid, so a Tenant
-//! deleted and created again starts with none of the old tokens valid.
+//! ever raised too (`redis_sync::Stored::never_lower`), and tokens carry the Tenant's uid, so a
+//! Tenant deleted and created again starts with none of the old tokens valid.
 
 use kube::ResourceExt;
 use nlu_crds::access::redis_keys::MAX_LIMIT;
