@@ -1,12 +1,8 @@
-//! Reconciles 1,000 NluServices against the recording API stand-in and prints the time per
+//! Reconciles 1,000 NluServices against nlu-testkit's recording fake API and prints the time per
 //! object for (a) building and diffing the desired state (pure, the 1 ms target) and (b) a whole
 //! reconcile through the client (requests, JSON, status), plus the process's peak memory.
 //!
 //! `cargo bench -p nlu-operator --bench reconcile --profile dev` (or the default bench profile).
-
-#[path = "../tests/nlu_service/mock.rs"]
-#[allow(dead_code)] // the tests use more of the stand-in than the bench
-mod mock;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,6 +16,7 @@ use nlu_operator::metrics::Metrics;
 use nlu_operator::nlu_service::build::children;
 use nlu_operator::nlu_service::controller::reconcile;
 use nlu_operator::nlu_service::status::{compute, Observed};
+use nlu_testkit::FakeApi;
 use serde_json::json;
 
 const N: usize = 1_000;
@@ -85,8 +82,8 @@ async fn main() {
     assert_eq!(changed, 0, "same input, same desired state");
     let rss_pure = peak_rss_kib();
 
-    // (b) Whole reconciles through a kube Client against the stand-in.
-    let (client, api) = mock::FakeApi::start();
+    // (b) Whole reconciles through a kube Client against the fake API.
+    let (client, api) = FakeApi::start();
     for svc in &svcs {
         let ns = svc.metadata.namespace.clone().unwrap();
         let name = svc.metadata.name.clone().unwrap();
@@ -119,7 +116,7 @@ async fn main() {
         requests as f64 / N as f64
     );
     println!(
-        "peak RSS: {} MiB before, {} MiB after the pure pass (1,000 CRs + 2 desired sets), {} MiB after the mocked reconciles (the stand-in keeps every object and request body)",
+        "peak RSS: {} MiB before, {} MiB after the pure pass (1,000 CRs + 2 desired sets), {} MiB after the mocked reconciles (the fake keeps every object, change and request body)",
         rss_start / 1024,
         rss_pure / 1024,
         peak_rss_kib() / 1024

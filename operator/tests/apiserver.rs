@@ -5,8 +5,8 @@
 //! generations, finalizers, deletion and watches behave as in a cluster), kube-runtime's
 //! `Controller` with the operator's own `run` functions, and `redis-server`.
 //! Not real: the core kinds (Secrets, ConfigMaps, Deployments, Services, Events, ...) live in
-//! nlu-testkit's in-memory stand-in behind the same URL, because this server cannot serve them;
-//! and nothing runs Pods, so tests write a Deployment's status as the kubelet would.
+//! nlu-testkit's fake API behind the same URL, because this server cannot serve them; and
+//! nothing runs Pods, so tests write a Deployment's status as the kubelet would.
 //! Without the tool or redis-server the tests print SKIP (and fail under `NLU_REQUIRE_*=1`).
 
 #[path = "apiserver/harness.rs"]

@@ -1,9 +1,6 @@
 //! NluService controller without a cluster: pure builders (asserts and YAML snapshots of the
-//! full child set), reconciles and leader election against the recording API stand-in in
-//! `nlu_service/mock.rs`.
-
-#[path = "nlu_service/mock.rs"]
-pub mod mock;
+//! full child set), reconciles and leader election against nlu-testkit's recording fake API
+//! (`nlu_testkit::FakeApi`).
 
 #[path = "nlu_service/fixtures.rs"]
 pub mod fixtures;

@@ -1,6 +1,6 @@
 //! The one URL the controllers under test talk to: the `nlu.dev` resources, CRDs and discovery
 //! go to the real API server unchanged (status codes, conflicts, watches and all); the core kinds
-//! are served by the in-memory stand-in. Every request is recorded.
+//! are served by the fake API's store (`fake_api`). Every request is recorded.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use http::header::CONTENT_TYPE;
 use http::StatusCode;
 
-use crate::stand_in::{self, Query, Reply, Store};
+use crate::fake_api::{content_type, route, Query, Store};
 
 /// One request seen by the proxy.
 #[derive(Clone, Debug)]
@@ -23,7 +23,7 @@ pub struct RecordedRequest {
     pub content_type: String,
     /// Status code of the answer (for a watch: of its header).
     pub status: StatusCode,
-    /// Whether the real API server answered (else the stand-in).
+    /// Whether the real API server answered (else the fake API's store).
     pub real: bool,
 }
 
@@ -108,23 +108,13 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
         Ok(body) => body,
         Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
-    let content_type = parts
-        .headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
     let request = Call {
         method: parts.method.clone(),
         path_and_query: parts
             .uri
             .path_and_query()
             .map_or("/".to_owned(), |pq| pq.to_string()),
-        content_type: content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_owned(),
+        content_type: content_type(&parts.headers),
         body: body.to_vec(),
     };
     let interference = {
@@ -156,22 +146,22 @@ impl Call {
     }
 }
 
-/// Routes one call to the stand-in or the real server and records it.
+/// Routes one call to the fake API's store or the real server and records it.
 async fn dispatch(shared: &Shared, call: Call) -> Response {
     let (path, query) = call
         .path_and_query
         .split_once('?')
         .unwrap_or((&call.path_and_query, ""));
-    let (response, real) = match stand_in::route(path) {
+    let (response, real) = match route(path).filter(|route| route.is_core()) {
         Some(route) => {
             let reply = shared.store.handle(
                 &call.method,
                 route,
-                &Query::parse(Some(query)),
+                &Query::parse(query),
                 &call.content_type,
                 &call.body,
             );
-            (stand_in_response(reply), false)
+            (reply.into_response().map(Body::new), false)
         }
         None => (forward(&shared.upstream, &call).await, true),
     };
@@ -184,24 +174,6 @@ async fn dispatch(shared: &Shared, call: Call) -> Response {
         real,
     });
     response
-}
-
-fn stand_in_response(reply: Reply) -> Response {
-    match reply {
-        Reply::Json(code, value) => (
-            code,
-            [(CONTENT_TYPE, "application/json")],
-            value.to_string(),
-        )
-            .into_response(),
-        Reply::Watch(events) => Response::builder()
-            .header(CONTENT_TYPE, "application/json")
-            .body(Body::from_stream(futures::StreamExt::map(
-                events,
-                Ok::<_, std::convert::Infallible>,
-            )))
-            .expect("watch response"),
-    }
 }
 
 /// Sends the call as it came to the real server (the upstream client adds its address and

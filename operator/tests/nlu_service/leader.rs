@@ -1,4 +1,4 @@
-//! Leader election over the API stand-in: the controllers start once the Lease is taken, stop
+//! Leader election over the fake API: the controllers start once the Lease is taken, stop
 //! on shutdown, and the Lease is released (holder cleared) on the way out.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,7 +9,7 @@ use nlu_operator::leader::{run_while_leader, LeaseSettings};
 use nlu_operator::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
-use crate::mock::FakeApi;
+use nlu_testkit::FakeApi;
 
 #[tokio::test]
 async fn controllers_run_while_leading_and_the_lease_is_released_on_shutdown() {

@@ -1,4 +1,4 @@
-//! Reconciles against the recording API stand-in: the exact requests (method, path, field
+//! Reconciles against the recording fake API: the exact requests (method, path, field
 //! manager and force, content type, body), status writes only on change, events, deletes of
 //! switched-off children, and degraded specs.
 
@@ -19,7 +19,7 @@ use nlu_operator::nlu_service::controller::{error_policy, reconcile, Error, CONT
 use serde_json::{json, Value};
 
 use crate::fixtures::{self, NS};
-use crate::mock::{Call, FakeApi};
+use nlu_testkit::fake_api::{Call, FakeApi};
 
 fn path(kind_path: &str, name: &str) -> String {
     format!("{kind_path}/namespaces/{NS}/{name}")
@@ -61,7 +61,7 @@ fn events_path() -> String {
     format!("/apis/events.k8s.io/v1/namespaces/{NS}/events")
 }
 
-/// A controller context on the stand-in, with a clock the test moves.
+/// A controller context on the fake API, with a clock the test moves.
 struct Env {
     api: FakeApi,
     ctx: Arc<Context>,
@@ -133,7 +133,7 @@ fn stamped(deployment: Value, url: &[u8]) -> Value {
     serde_json::to_value(typed).unwrap()
 }
 
-/// The Redis URL the pods of `svc` read, from the Secret the stand-in holds.
+/// The Redis URL the pods of `svc` read, from the Secret the fake API holds.
 fn redis_url(env: &Env, svc: &NluService) -> Option<Vec<u8>> {
     let (name, key) = redis_secret(&svc.spec, &OperatorConfig::default())?;
     let secret: k8s_openapi::api::core::v1::Secret =
@@ -665,9 +665,10 @@ async fn no_child_is_written_for_a_service_that_is_gone() {
 async fn objects_of_a_childs_name_that_someone_else_holds_are_not_adopted() {
     let env = Env::new();
     let theirs = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "gte", "namespace": NS, "labels": {"team": "theirs"}}, "spec": {"replicas": 7}});
-    env.api.put(&deployment_path("gte"), theirs.clone());
+    // As stored (with its resource version): compared whole after the reconcile.
+    let theirs = env.api.put(&deployment_path("gte"), theirs);
     let their_jwks = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "nlu-jwks", "namespace": NS}, "data": {"jwks.json": "{\"keys\":[]}"}});
-    env.api.put(&configmap_path("nlu-jwks"), their_jwks.clone());
+    let their_jwks = env.api.put(&configmap_path("nlu-jwks"), their_jwks);
 
     let action = env.reconcile(&fixtures::minimal()).await.unwrap();
     assert_eq!(

@@ -23,9 +23,9 @@ use nlu_operator::tenant::signing_key::KeyRing;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use nlu_testkit::RedisServer;
+use nlu_testkit::{FakeApi, RedisServer};
 
-use crate::harness::{redis_conn, FakeApi};
+use crate::harness::redis_conn;
 
 pub const NS: &str = "team";
 
@@ -145,7 +145,7 @@ impl Env {
 
     fn writes(&self) -> usize {
         self.api
-            .requests()
+            .calls()
             .iter()
             .filter(|r| r.method != "GET" && !r.path.ends_with("/events"))
             .count()

@@ -131,11 +131,14 @@ async fn the_secret_holds_only_the_token_and_service_urls() {
     // Applied with the operator's field manager, forced.
     let apply = env
         .api
-        .requests()
+        .calls()
         .into_iter()
         .find(|r| r.method == "PATCH" && r.path == secret_path("acme-token"))
         .unwrap();
-    assert_eq!(apply.content_type, "application/apply-patch+yaml");
+    assert_eq!(
+        apply.content_type.as_deref(),
+        Some("application/apply-patch+yaml")
+    );
     assert!(
         apply.query.contains("fieldManager=nlu-operator") && apply.query.contains("force=true"),
         "{}",
@@ -218,7 +221,7 @@ async fn usage_appears_in_status_throttled_to_once_a_minute() {
     // Shown usage is less than a minute old: no status write.
     let status_writes = || {
         env.api
-            .requests()
+            .calls()
             .iter()
             .filter(|r| r.path.ends_with("/status"))
             .count()
@@ -300,7 +303,7 @@ async fn revocation_makes_older_tokens_stale_once_per_request() {
     );
     let repeats = env
         .api
-        .requests()
+        .calls()
         .into_iter()
         .filter(|r| r.method == "PATCH" && r.path.contains("/events/"))
         .count();

@@ -5,9 +5,10 @@
 //! pod of every Deployment as real processes of this workspace's binaries (init containers,
 //! probes, restarts, rolling updates), a model hub on loopback for the init containers'
 //! downloads. What is a stand-in: the core kinds' API ([`crate::ClusterProxy`]'s in-memory
-//! store: no admission, no field managers), and the kubelet's isolation: processes run as the
-//! test's user with path mapping instead of mounts (see [`pod_plan`]), no cgroup limits, no
-//! `securityContext`. ReplicaSets are not modelled (pods belong to their Deployment).
+//! store, [`crate::fake_api`]: no admission, no managed fields), and the kubelet's isolation:
+//! processes run as the test's user with path mapping instead of mounts (see [`pod_plan`]), no
+//! cgroup limits, no `securityContext`. ReplicaSets are not modelled (pods belong to their
+//! Deployment).
 //!
 //! Controllers besides the kubelet: Services as loopback load balancers ([`services`]), the
 //! HTTPS Ingress front ([`ingress`]), garbage collection by owner ([`gc`]), and the
