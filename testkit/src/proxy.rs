@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use http::header::CONTENT_TYPE;
 use http::StatusCode;
 
-use crate::fake_api::{content_type, route, Query, Store};
+use crate::fake_api::{content_type, parse, route, Query, Store};
 
 /// One request seen by the proxy.
 #[derive(Clone, Debug)]
@@ -159,7 +159,7 @@ async fn dispatch(shared: &Shared, call: Call) -> Response {
                 route,
                 &Query::parse(query),
                 &call.content_type,
-                &call.body,
+                parse(&call.body),
             );
             (reply.into_response().map(Body::new), false)
         }

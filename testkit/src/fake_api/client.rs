@@ -10,7 +10,7 @@ use kube::Client;
 use serde_json::Value;
 
 use super::route::{route, Query};
-use super::store::{content_type, status, ReplyBody, Store};
+use super::store::{content_type, parse, status, ReplyBody, Store};
 
 /// One request as the client sent it.
 #[derive(Clone, Debug, PartialEq)]
@@ -73,7 +73,7 @@ impl FakeApi {
     /// Stores `object` at `path` as a write behind the API's back would (see the module's
     /// documentation): as given, with a new resource version. Returns it as stored.
     pub fn put(&self, path: &str, object: Value) -> Value {
-        self.inner.store.put(&api_path(path), object)
+        Value::clone(&self.inner.store.put(&api_path(path), object))
     }
 
     pub fn get(&self, path: &str) -> Option<Value> {
@@ -81,7 +81,7 @@ impl FakeApi {
             .store
             .get(&api_path(path))
             .ok()
-            .map(|(_, object)| object)
+            .map(|(_, object)| Value::clone(&object))
     }
 
     /// Removes a stored object (what the garbage collector does to a child whose owner is gone).
@@ -126,15 +126,17 @@ impl FakeApi {
         let content_type = content_type(&parts.headers);
         let path = parts.uri.path().to_owned();
         let query = parts.uri.query().unwrap_or_default().to_owned();
+        let body = parse(&bytes);
         self.inner.calls.lock().unwrap().push(Call {
             method: parts.method.to_string(),
             path: path.clone(),
             query: query.clone(),
             content_type: (!content_type.is_empty()).then(|| content_type.clone()),
-            body: (!bytes.is_empty()).then(|| {
-                serde_json::from_slice(&bytes)
-                    .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned().into())
-            }),
+            body: match &body {
+                _ if bytes.is_empty() => None,
+                Ok(json) => Some(json.clone()),
+                Err(_) => Some(String::from_utf8_lossy(&bytes).into_owned().into()),
+            },
         });
         if parts.method != Method::GET && self.take_failure(&path) {
             let failure = status(
@@ -149,7 +151,7 @@ impl FakeApi {
                 let query = Query::parse(&query);
                 self.inner
                     .store
-                    .handle(&parts.method, route, &query, &content_type, &bytes)
+                    .handle(&parts.method, route, &query, &content_type, body)
             }
             None => status(
                 StatusCode::NOT_FOUND,

@@ -42,4 +42,4 @@ pub use client::{Call, FakeApi};
 #[cfg(feature = "apiserver")]
 pub(crate) use route::{route, Query};
 #[cfg(feature = "apiserver")]
-pub(crate) use store::{content_type, Store};
+pub(crate) use store::{content_type, parse, Store};

@@ -75,6 +75,7 @@ impl Route {
     }
 
     /// Whether this is one of the core kinds (what the proxy serves from the store).
+    #[cfg(feature = "apiserver")]
     pub(crate) fn is_core(&self) -> bool {
         self.kind.is_some()
     }

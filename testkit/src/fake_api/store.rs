@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -23,9 +23,9 @@ const MERGE: &str = "application/merge-patch+json";
 const STRATEGIC_MERGE: &str = "application/strategic-merge-patch+json";
 const JSON_PATCH: &str = "application/json-patch+json";
 
-/// What the store answers.
+/// What the store answers (a stored object is shared, not copied).
 pub(crate) enum Reply {
-    Json(StatusCode, Value),
+    Json(StatusCode, Arc<Value>),
     Watch(BoxStream<'static, Bytes>),
 }
 
@@ -70,7 +70,7 @@ struct Change {
     resource_version: u64,
     event: &'static str,
     key: Key,
-    object: Value,
+    object: Arc<Value>,
 }
 
 /// Who applied a configuration: (field manager, subresource or "").
@@ -79,8 +79,8 @@ type Applier = (String, String);
 #[derive(Default)]
 struct State {
     resource_version: u64,
-    objects: BTreeMap<Key, Value>,
-    /// Each field manager's last applied configuration, per object.
+    objects: BTreeMap<Key, Arc<Value>>,
+    /// The fields of each field manager's last applied configuration, per object.
     applied: BTreeMap<Key, BTreeMap<Applier, Value>>,
     history: Vec<Change>,
 }
@@ -90,7 +90,7 @@ pub(crate) struct Store {
     changes: broadcast::Sender<Change>,
 }
 
-type Outcome = Result<(StatusCode, Value), Reply>;
+type Outcome = Result<(StatusCode, Arc<Value>), Reply>;
 
 impl Store {
     pub(crate) fn new() -> Store {
@@ -100,23 +100,25 @@ impl Store {
         }
     }
 
+    /// Answers one request; `body` is the request's JSON body (see [`parse`]), which only
+    /// writes read.
     pub(crate) fn handle(
         &self,
         method: &Method,
         route: Route,
         query: &Query,
         content_type: &str,
-        body: &[u8],
+        body: Result<Value, Reply>,
     ) -> Reply {
         let result = match (method, route.name.is_some()) {
             (&Method::GET, false) if query.flag("watch") => return self.watch(&route, query),
             (&Method::GET, false) => self.list(&route, query),
             (&Method::GET, true) => self.get(&route),
-            (&Method::POST, false) => parse(body).and_then(|object| {
+            (&Method::POST, false) => body.and_then(|object| {
                 let mut state = self.state.lock().unwrap();
                 self.create(&mut state, &route, object)
             }),
-            (&Method::PUT, true) => parse(body).and_then(|object| self.replace(&route, object)),
+            (&Method::PUT, true) => body.and_then(|object| self.replace(&route, object)),
             (&Method::PATCH, true) => self.patch(&route, query, content_type, body),
             (&Method::DELETE, true) => self.delete(&route),
             _ => Err(status(
@@ -134,10 +136,11 @@ impl Store {
     /// Stores `object` as given under `route` with a new resource version, as a write behind
     /// the API's back would (a test arranging the world): no server-owned metadata, no status
     /// split, no generation. Watchers see it. Returns the object as stored.
-    pub(crate) fn put(&self, route: &Route, mut object: Value) -> Value {
+    pub(crate) fn put(&self, route: &Route, mut object: Value) -> Arc<Value> {
         let mut state = self.state.lock().unwrap();
         state.resource_version += 1;
         object["metadata"]["resourceVersion"] = state.resource_version.to_string().into();
+        let object = Arc::new(object);
         let key = route.key();
         let event = match state.objects.insert(key.clone(), object.clone()) {
             Some(_) => "MODIFIED",
@@ -162,7 +165,7 @@ impl Store {
             .objects
             .iter()
             .filter(|(key, object)| route.holds(key) && selector.matches(object))
-            .map(|(_, object)| object.clone())
+            .map(|(_, object)| Value::clone(object))
             .collect();
         let list = json!({
             "apiVersion": route.api_version,
@@ -170,7 +173,7 @@ impl Store {
             "metadata": {"resourceVersion": state.resource_version.to_string()},
             "items": items,
         });
-        Ok((StatusCode::OK, list))
+        Ok((StatusCode::OK, Arc::new(list)))
     }
 
     /// Events after the requested resource version (or every current object as ADDED when none
@@ -242,9 +245,10 @@ impl Store {
             .chain(live)
             .take_until(tokio::time::sleep(timeout))
             .map(|change| {
-                let mut line =
-                    serde_json::to_vec(&json!({"type": change.event, "object": change.object}))
-                        .unwrap();
+                let mut line = serde_json::to_vec(
+                    &json!({"type": change.event, "object": change.object.as_ref()}),
+                )
+                .unwrap();
                 line.push(b'\n');
                 Bytes::from(line)
             });
@@ -311,21 +315,28 @@ impl Store {
         self.update(&mut state, route, existing, object)
     }
 
-    fn patch(&self, route: &Route, query: &Query, content_type: &str, body: &[u8]) -> Outcome {
+    fn patch(
+        &self,
+        route: &Route,
+        query: &Query,
+        content_type: &str,
+        body: Result<Value, Reply>,
+    ) -> Outcome {
         let mut state = self.state.lock().unwrap();
         let key = route.key();
-        let patch = parse(body)?;
+        let patch = body?;
         let Some(existing) = state.objects.get(&key).cloned() else {
             return match content_type {
                 APPLY => {
-                    let created = self.create(&mut state, route, patch.clone())?;
-                    remember_applied(&mut state, route, query, patch);
+                    let applied = fields(&patch);
+                    let created = self.create(&mut state, route, patch)?;
+                    remember_applied(&mut state, route, query, applied);
                     Ok(created)
                 }
                 _ => Err(not_found(route)),
             };
         };
-        let mut object = existing.clone();
+        let mut object = Value::clone(&existing);
         match content_type {
             APPLY => {
                 check_precondition(&object, &patch)?;
@@ -346,7 +357,7 @@ impl Store {
                 check_precondition(&object, &patch)?;
                 json_patch::merge(&mut object, &patch);
             }
-            JSON_PATCH => apply_json_patch(&mut object, patch.clone())?,
+            JSON_PATCH => apply_json_patch(&mut object, &patch)?,
             other => {
                 return Err(status(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -357,7 +368,7 @@ impl Store {
         }
         let updated = self.update(&mut state, route, existing, object)?;
         if content_type == APPLY {
-            remember_applied(&mut state, route, query, patch);
+            remember_applied(&mut state, route, query, fields(&patch));
         }
         Ok(updated)
     }
@@ -365,10 +376,12 @@ impl Store {
     pub(crate) fn delete(&self, route: &Route) -> Outcome {
         let mut state = self.state.lock().unwrap();
         let key = route.key();
-        let mut object = state.objects.remove(&key).ok_or_else(|| not_found(route))?;
+        let removed = state.objects.remove(&key).ok_or_else(|| not_found(route))?;
         state.applied.remove(&key);
         state.resource_version += 1;
+        let mut object = Arc::unwrap_or_clone(removed);
         object["metadata"]["resourceVersion"] = state.resource_version.to_string().into();
+        let object = Arc::new(object);
         self.record(&mut state, "DELETED", key, object.clone());
         Ok((StatusCode::OK, object))
     }
@@ -379,11 +392,11 @@ impl Store {
         &self,
         state: &mut State,
         route: &Route,
-        existing: Value,
+        existing: Arc<Value>,
         candidate: Value,
     ) -> Outcome {
         let (mut object, keep_status) = match route.subresource.as_deref() {
-            Some("status") => (existing.clone(), candidate.get("status").cloned()),
+            Some("status") => (Value::clone(&existing), candidate.get("status").cloned()),
             Some(other) => {
                 return Err(status(
                     StatusCode::NOT_FOUND,
@@ -403,10 +416,10 @@ impl Store {
             })
             .collect::<Map<_, _>>();
         let mut object = prepare(route, object, Some(Value::Object(server_owned)), None);
-        if object == existing {
+        if object == *existing {
             return Ok((StatusCode::OK, existing));
         }
-        if without_metadata_and_status(&object) != without_metadata_and_status(&existing) {
+        if !same_outside_metadata_and_status(&object, &existing) {
             let generation = existing["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             object["metadata"]["generation"] = generation.into();
         }
@@ -424,23 +437,25 @@ impl Store {
         route: &Route,
         event: &'static str,
         object: Value,
-    ) -> Value {
-        let object = prepare(route, object, None, Some(state.resource_version));
+    ) -> Arc<Value> {
+        let object = Arc::new(prepare(route, object, None, Some(state.resource_version)));
         state.objects.insert(route.key(), object.clone());
         self.record(state, event, route.key(), object.clone());
         object
     }
 
-    fn record(&self, state: &mut State, event: &'static str, key: Key, object: Value) {
+    fn record(&self, state: &mut State, event: &'static str, key: Key, object: Arc<Value>) {
         let change = Change {
             resource_version: state.resource_version,
             event,
             key,
             object,
         };
-        state.history.push(change.clone());
-        // No receiver (no watch open) is fine.
-        let _ = self.changes.send(change);
+        if self.changes.receiver_count() > 0 {
+            // A watch that ended since is fine.
+            let _ = self.changes.send(change.clone());
+        }
+        state.history.push(change);
     }
 }
 
@@ -452,12 +467,20 @@ fn applier(route: &Route, query: &Query) -> Applier {
     )
 }
 
-fn remember_applied(state: &mut State, route: &Route, query: &Query, config: Value) {
+fn remember_applied(state: &mut State, route: &Route, query: &Query, applied: Value) {
     state
         .applied
         .entry(route.key())
         .or_default()
-        .insert(applier(route, query), config);
+        .insert(applier(route, query), applied);
+}
+
+/// The fields a configuration sets: its maps, with every other value as null.
+fn fields(config: &Value) -> Value {
+    match config {
+        Value::Object(map) => map.iter().map(|(k, v)| (k.clone(), fields(v))).collect(),
+        _ => Value::Null,
+    }
 }
 
 /// Removes from `object` the fields a manager's previous configuration (`before`) set and its
@@ -480,8 +503,8 @@ fn drop_unapplied(object: &mut Value, before: &Value, now: &Value, others: &[&Va
 
 /// Applies a JSON patch (RFC 6902) all or nothing; a `test` for null passes on an absent path,
 /// as it does on the API server (kube's finalizer helper tests an absent list that way).
-fn apply_json_patch(object: &mut Value, patch: Value) -> Result<(), Reply> {
-    let operations: json_patch::Patch = serde_json::from_value(patch)
+fn apply_json_patch(object: &mut Value, patch: &Value) -> Result<(), Reply> {
+    let operations = <json_patch::Patch as serde::Deserialize>::deserialize(patch)
         .map_err(|e| status(StatusCode::BAD_REQUEST, "BadRequest", &e.to_string()))?;
     for operation in &operations.0 {
         if let json_patch::PatchOperation::Test(test) = operation {
@@ -550,13 +573,15 @@ fn prepare(
     object
 }
 
-fn without_metadata_and_status(object: &Value) -> Value {
-    let mut rest = object.clone();
-    if let Some(map) = rest.as_object_mut() {
-        map.remove("metadata");
-        map.remove("status");
+/// Whether two objects agree on everything but `metadata` and `status` (what `generation`
+/// counts).
+fn same_outside_metadata_and_status(a: &Value, b: &Value) -> bool {
+    fn counted(object: &Value) -> impl Iterator<Item = (&String, &Value)> {
+        let fields = object.as_object().into_iter().flatten();
+        fields.filter(|(name, _)| *name != "metadata" && *name != "status")
     }
-    rest
+    counted(a).count() == counted(b).count()
+        && counted(a).all(|(name, value)| b.get(name) == Some(value))
 }
 
 fn set_or_remove(object: &mut Value, name: &str, value: Option<Value>) {
@@ -582,7 +607,8 @@ fn metadata_mut(object: &mut Value) -> Result<&mut Map<String, Value>, Reply> {
         })
 }
 
-fn parse(body: &[u8]) -> Result<Value, Reply> {
+/// A request body as JSON, else the API server's 400.
+pub(crate) fn parse(body: &[u8]) -> Result<Value, Reply> {
     serde_json::from_slice(body).map_err(|e| {
         status(
             StatusCode::BAD_REQUEST,
@@ -603,13 +629,11 @@ pub(crate) fn not_found(route: &Route) -> Reply {
 
 /// A `metav1.Status` failure, as the real server sends it.
 pub(crate) fn status(code: StatusCode, reason: &str, message: &str) -> Reply {
-    Reply::Json(
-        code,
-        json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code.as_u16(),
-        }),
-    )
+    let failure = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code.as_u16(),
+    });
+    Reply::Json(code, Arc::new(failure))
 }
 
 #[cfg(test)]
@@ -623,15 +647,15 @@ mod tests {
         let (path, query) = path_and_query
             .split_once('?')
             .unwrap_or((path_and_query, ""));
-        let body = serde_json::to_vec(&body).unwrap();
+        let body = Ok(body);
         match store.handle(
             &method,
             route(path).unwrap(),
             &Query::parse(query),
             kind,
-            &body,
+            body,
         ) {
-            Reply::Json(code, value) if code.is_success() => value,
+            Reply::Json(code, value) if code.is_success() => Value::clone(&value),
             Reply::Json(code, value) => json!({"failed": code.as_u16(), "reason": value["reason"]}),
             Reply::Watch(_) => panic!("not a watch"),
         }
