@@ -48,7 +48,7 @@ try {
   const response = await fetch(base + "/api/predict", {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ text, schema }),
+    body: JSON.stringify({ text, schema, scores: true }),
   });
   if (!response.ok) fail("API answered " + response.status);
   const answer = await response.json();
@@ -76,10 +76,11 @@ try {
   const pageText = await page.$eval("#highlighted", (p) => p.textContent);
   if (pageText !== text) fail("the highlighted paragraph does not show the whole text");
 
-  // One list item per chain, each naming its items' types and spans in order.
+  // One list item per chain, each naming its items' types, spans and scores in order.
   const chains = await page.$$eval("#chains li", (lis) =>
-    lis.map((li) => [...li.querySelectorAll(".chain-item")].map((c) => c.querySelector(".type").textContent + "=" + c.childNodes[1].textContent)));
-  const want = answer.output.map((chain) => chain.map((item) => item.type + "=" + item.span));
+    lis.map((li) => [...li.querySelectorAll(".chain-item")].map((c) =>
+      c.querySelector(".type").textContent + "=" + c.childNodes[1].textContent + c.querySelector(".score").textContent)));
+  const want = answer.output.map((chain) => chain.map((item) => `${item.type}=${item.span} ${item.score.toFixed(2)}`));
   if (JSON.stringify(chains) !== JSON.stringify(want)) fail(`chains ${JSON.stringify(chains)} != API ${JSON.stringify(want)}`);
 
   await page.screenshot({ path: join(outDir, "ner.png"), fullPage: true });

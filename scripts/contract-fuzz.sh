@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Contract fuzzing: runs schemathesis against the server's own /openapi.json, on the tiny
 # fixture models, with auth off and with auth on (keygen + token, a real redis-server with one
-# tenant record). Fails on any 5xx, any response that violates the document, or a hang.
+# tenant record). Fails on any 5xx, any response that violates the document, or a hang. Then the
+# official OpenAI Python client calls the embedding server with auth on
+# (scripts/openai_client_check.py).
 #
 #   scripts/contract-fuzz.sh            # EXAMPLES=30 per operation by default
 #   EXAMPLES=100 scripts/contract-fuzz.sh
@@ -17,12 +19,12 @@ EXAMPLES=${EXAMPLES:-30}
 OUT=$ROOT/target/contract-fuzz
 VENV=$ROOT/target/contract-venv/venv
 SCHEMATHESIS_VERSION=${SCHEMATHESIS_VERSION:-4.32.5}
+OPENAI_VERSION=${OPENAI_VERSION:-2.8.1}
 mkdir -p "$OUT"
 
-if [[ ! -x $VENV/bin/schemathesis ]]; then
-    python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION"
-fi
+[[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
+# Quick, and without the network, once both are there.
+"$VENV/bin/python" -m pip install -q "schemathesis==$SCHEMATHESIS_VERSION" "openai==$OPENAI_VERSION"
 # scripts/test.sh hands over the binary its `cargo test --workspace` built; a build of this
 # package alone would resolve features differently and compile much of the tree again.
 BIN=${NLU_SERVER_BIN:-}
@@ -112,7 +114,8 @@ auth_flags() {
 # shellcheck disable=SC2046
 UNINLU_AUTH=$(start_server --model "$UNINLU" --task uninlu $(auth_flags default/uninlu))
 # shellcheck disable=SC2046
-GTE_AUTH=$(start_server --model "$GTE" --task embedding $(auth_flags default/gte))
+GTE_AUTH=$(start_server --model "$GTE" --task embedding --served-model-name thenlper/gte-tiny \
+    $(auth_flags default/gte))
 # The token is served (else the fuzzing below would only ever see refusals).
 curl -sf -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GTE_AUTH/embed" \
     -H 'Content-Type: application/json' -d '{"inputs": "hello"}' ||
@@ -122,5 +125,9 @@ fuzz embedding-auth "$GTE_AUTH" -H "Authorization: Bearer $TOKEN"
 # Without a token: every model route must refuse, as documented.
 # shellcheck disable=SC2046
 fuzz uninlu-no-token "$(start_server --model "$UNINLU" --task uninlu $(auth_flags default/uninlu))"
+
+echo "== the official OpenAI client"
+"$VENV/bin/python" scripts/openai_client_check.py "http://127.0.0.1:$GTE_AUTH" "$TOKEN" \
+    thenlper/gte-tiny 64
 
 echo "contract fuzzing passed"

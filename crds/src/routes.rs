@@ -1,7 +1,9 @@
-//! Every HTTP route of `nlu-server`, declared once. The server builds its router, its auth scope
-//! check, its metrics labels and the OpenAPI check from this table; the operator publishes
-//! through the Ingress only the routes it marks public. Adding a route is one entry here plus its
-//! handler in the server's `match` over [`Route`], which the compiler keeps complete.
+//! Every HTTP route of `nlu-server`, declared once in [`route_table!`] below: path, method, kind
+//! (which decides auth scope, quotas, deadline and load) and exposure. The server builds its
+//! router, its auth scope check, its metrics labels and the OpenAPI paths from this table; the
+//! operator publishes through the Ingress only the routes it marks public. Adding a route is one
+//! line here; the server's handler table (`http/handlers.rs`), a `match` over [`Route`], then
+//! fails to compile until the route has its handler.
 
 use crate::access::Scope;
 use crate::serve::Task;
@@ -20,7 +22,7 @@ pub enum Kind {
     /// charged against quotas, runs under `--request-timeout` and counts as load for the
     /// autoscaler.
     Model(Scope, Task),
-    /// Probes and the API document: open, for the kubelet and in-cluster tooling.
+    /// Open to anyone, never charged: probes, the API document, model discovery.
     Open,
     /// The playground page and its files: served unless `--no-playground`.
     Playground,
@@ -37,100 +39,80 @@ pub enum Public {
     Never,
 }
 
+/// One route's facts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    OpenAiEmbeddings,
-    Embed,
-    Similarity,
-    Predict,
-    Healthz,
-    Readyz,
-    Info,
-    OpenApi,
-    Metrics,
-    Playground,
-    PlaygroundScript,
-    PlaygroundStyle,
+struct Facts {
+    /// Axum's syntax: a segment `{name}` matches any one segment, a last `{*name}` the rest.
+    path: &'static str,
+    method: Method,
+    kind: Kind,
+    public: Public,
+}
+
+/// Declares [`Route`], `Route::ALL` and each route's [`Facts`] from one line per route.
+macro_rules! route_table {
+    ($($(#[$doc:meta])* $route:ident => $path:literal, $method:ident, $kind:expr, $public:ident;)*) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Route {
+            $($(#[$doc])* $route,)*
+        }
+
+        impl Route {
+            pub const ALL: [Route; [$(stringify!($route)),*].len()] = [$(Route::$route),*];
+
+            const fn facts(self) -> Facts {
+                match self {
+                    $(Route::$route => Facts {
+                        path: $path,
+                        method: Method::$method,
+                        kind: $kind,
+                        public: Public::$public,
+                    },)*
+                }
+            }
+        }
+    };
+}
+
+use Kind::{Model, Open, Playground};
+use Scope::{Embed, Predict};
+use Task::{Embedding, Uninlu};
+
+route_table! {
+    OpenAiEmbeddings => "/v1/embeddings", Post, Model(Embed, Embedding), Always;
+    Embed => "/embed", Post, Model(Embed, Embedding), Always;
+    Similarity => "/similarity", Post, Model(Embed, Embedding), Always;
+    Tokenize => "/tokenize", Post, Model(Embed, Embedding), Always;
+    Decode => "/decode", Post, Model(Embed, Embedding), Always;
+    Predict => "/api/predict", Post, Model(Predict, Uninlu), Always;
+    /// The second seed app's API: `{"task_type", "input_text"}`.
+    TaskPredict => "/predict", Post, Model(Predict, Uninlu), Always;
+    /// OpenAI's model list, which clients and the tools built on them call to discover the model.
+    OpenAiModels => "/v1/models", Get, Open, Always;
+    OpenAiModel => "/v1/models/{*id}", Get, Open, Always;
+    Healthz => "/healthz", Get, Open, Never;
+    Readyz => "/readyz", Get, Open, Never;
+    /// The playground page reads the model's task from it and links the document.
+    Info => "/info", Get, Open, WithPlayground;
+    OpenApi => "/openapi.json", Get, Open, WithPlayground;
+    /// Tenant ids and each tenant's traffic: never public.
+    Metrics => "/metrics", Get, Kind::Metrics, Never;
+    Playground => "/", Get, Playground, WithPlayground;
+    PlaygroundScript => "/playground/playground.js", Get, Playground, WithPlayground;
+    PlaygroundStyle => "/playground/playground.css", Get, Playground, WithPlayground;
 }
 
 impl Route {
-    pub const ALL: [Route; 12] = [
-        Route::OpenAiEmbeddings,
-        Route::Embed,
-        Route::Similarity,
-        Route::Predict,
-        Route::Healthz,
-        Route::Readyz,
-        Route::Info,
-        Route::OpenApi,
-        Route::Metrics,
-        Route::Playground,
-        Route::PlaygroundScript,
-        Route::PlaygroundStyle,
-    ];
-
-    /// The route's facts: path, method, kind and exposure.
-    const fn facts(self) -> (&'static str, Method, Kind, Public) {
-        use Kind::*;
-        use Method::*;
-        match self {
-            Route::OpenAiEmbeddings => (
-                "/v1/embeddings",
-                Post,
-                Model(Scope::Embed, Task::Embedding),
-                Public::Always,
-            ),
-            Route::Embed => (
-                "/embed",
-                Post,
-                Model(Scope::Embed, Task::Embedding),
-                Public::Always,
-            ),
-            Route::Similarity => (
-                "/similarity",
-                Post,
-                Model(Scope::Embed, Task::Embedding),
-                Public::Always,
-            ),
-            Route::Predict => (
-                "/api/predict",
-                Post,
-                Model(Scope::Predict, Task::Uninlu),
-                Public::Always,
-            ),
-            Route::Healthz => ("/healthz", Get, Open, Public::Never),
-            Route::Readyz => ("/readyz", Get, Open, Public::Never),
-            // The playground page reads the model's task from /info and links the document.
-            Route::Info => ("/info", Get, Open, Public::WithPlayground),
-            Route::OpenApi => ("/openapi.json", Get, Open, Public::WithPlayground),
-            // Tenant ids and each tenant's traffic: never public.
-            Route::Metrics => ("/metrics", Get, Kind::Metrics, Public::Never),
-            Route::Playground => ("/", Get, Kind::Playground, Public::WithPlayground),
-            Route::PlaygroundScript => (
-                "/playground/playground.js",
-                Get,
-                Kind::Playground,
-                Public::WithPlayground,
-            ),
-            Route::PlaygroundStyle => (
-                "/playground/playground.css",
-                Get,
-                Kind::Playground,
-                Public::WithPlayground,
-            ),
-        }
-    }
-
     pub const fn path(self) -> &'static str {
-        self.facts().0
+        self.facts().path
     }
 
     pub const fn method(self) -> Method {
-        self.facts().1
+        self.facts().method
     }
 
     pub const fn kind(self) -> Kind {
-        self.facts().2
+        self.facts().kind
     }
 
     /// Whether the Ingress of a server of `task` publishes this route, given whether the
@@ -141,7 +123,7 @@ impl Route {
                 return false;
             }
         }
-        match self.facts().3 {
+        match self.facts().public {
             Public::Always => true,
             Public::WithPlayground => playground,
             Public::Never => false,
@@ -156,15 +138,43 @@ impl Route {
         }
     }
 
-    /// Whether the OpenAPI document describes it (the playground's static files it does not).
-    pub const fn documented(self) -> bool {
-        !matches!(self, Route::PlaygroundScript | Route::PlaygroundStyle)
+    /// The path in OpenAPI's syntax, where a rest parameter `{*name}` is written `{name}`.
+    pub fn openapi_path(self) -> String {
+        self.path().replace("{*", "{")
     }
 
-    /// The route of a request path (exact match: routes take no path parameters).
-    pub fn find(path: &str) -> Option<Route> {
-        Route::ALL.into_iter().find(|r| r.path() == path)
+    /// What an Ingress rule needs to match this route: the path up to its first parameter, and
+    /// whether that is the whole path (`Exact`) or a prefix of it (`Prefix`).
+    pub fn ingress_path(self) -> (&'static str, bool) {
+        match self.path().split_once("/{") {
+            Some((fixed, _)) => (fixed, false),
+            None => (self.path(), true),
+        }
     }
+
+    /// The route of a request path.
+    pub fn find(path: &str) -> Option<Route> {
+        Route::ALL.into_iter().find(|r| matches(r.path(), path))
+    }
+}
+
+/// Whether `path` matches the route path `pattern` (see [`Facts::path`]); parameters match only
+/// non-empty segments, as axum's do.
+fn matches(pattern: &str, path: &str) -> bool {
+    let mut path_segments = path.split('/');
+    for expected in pattern.split('/') {
+        let Some(segment) = path_segments.next() else {
+            return false;
+        };
+        if expected.starts_with("{*") {
+            return !segment.is_empty();
+        }
+        let parameter = expected.starts_with('{');
+        if (parameter && segment.is_empty()) || (!parameter && segment != expected) {
+            return false;
+        }
+    }
+    path_segments.next().is_none()
 }
 
 #[cfg(test)]
@@ -176,11 +186,14 @@ mod tests {
         for route in Route::ALL {
             assert_eq!(Route::find(route.path()), Some(route));
         }
-        assert_eq!(
-            Route::find("/api/predict").and_then(Route::scope),
-            Some(Scope::Predict)
-        );
-        for path in ["/v1/embeddings", "/embed", "/similarity"] {
+        for path in ["/api/predict", "/predict"] {
+            assert_eq!(
+                Route::find(path).and_then(Route::scope),
+                Some(Scope::Predict),
+                "{path}"
+            );
+        }
+        for path in ["/v1/embeddings", "/embed", "/similarity", "/tokenize", "/decode"] {
             assert_eq!(
                 Route::find(path).and_then(Route::scope),
                 Some(Scope::Embed),
@@ -188,11 +201,39 @@ mod tests {
             );
         }
         assert_eq!(Route::find("/healthz").and_then(Route::scope), None);
+        assert_eq!(Route::find("/v1/models").and_then(Route::scope), None);
         assert_eq!(Route::find("/api/predict/"), None);
+        assert_eq!(Route::find("/api"), None);
+        assert_eq!(Route::find(""), None);
     }
 
     #[test]
-    fn only_model_routes_are_public_without_the_playground() {
+    fn parameters_match_one_segment_or_the_rest() {
+        assert!(matches("/a/{id}", "/a/x"));
+        assert!(!matches("/a/{id}", "/a/"));
+        assert!(!matches("/a/{id}", "/a/x/y"));
+        assert!(!matches("/a/{id}", "/a"));
+        assert!(matches("/a/{*id}", "/a/x/y"));
+        assert!(matches("/a/{*id}", "/a/x"));
+        assert!(!matches("/a/{*id}", "/a/"));
+        assert!(!matches("/a/{*id}", "/a"));
+        assert!(!matches("/a/b", "/a/c"));
+        assert_eq!(
+            Route::find("/v1/models/BAAI/bge-m3"),
+            Some(Route::OpenAiModel)
+        );
+        assert_eq!(Route::find("/v1/models"), Some(Route::OpenAiModels));
+    }
+
+    #[test]
+    fn ingress_paths_stop_at_the_first_parameter() {
+        assert_eq!(Route::Embed.ingress_path(), ("/embed", true));
+        assert_eq!(Route::OpenAiModel.ingress_path(), ("/v1/models", false));
+        assert_eq!(Route::OpenAiModel.openapi_path(), "/v1/models/{id}");
+    }
+
+    #[test]
+    fn model_routes_and_discovery_are_public_without_the_playground() {
         let public = |task, playground| -> Vec<&str> {
             Route::ALL
                 .into_iter()
@@ -202,9 +243,20 @@ mod tests {
         };
         assert_eq!(
             public(Task::Embedding, false),
-            ["/v1/embeddings", "/embed", "/similarity"]
+            [
+                "/v1/embeddings",
+                "/embed",
+                "/similarity",
+                "/tokenize",
+                "/decode",
+                "/v1/models",
+                "/v1/models/{*id}"
+            ]
         );
-        assert_eq!(public(Task::Uninlu, false), ["/api/predict"]);
+        assert_eq!(
+            public(Task::Uninlu, false),
+            ["/api/predict", "/predict", "/v1/models", "/v1/models/{*id}"]
+        );
         let with_playground = public(Task::Uninlu, true);
         assert!(with_playground.contains(&"/"));
         assert!(with_playground.contains(&"/info"));

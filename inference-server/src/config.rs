@@ -106,6 +106,12 @@ pub struct ServeArgs {
     #[arg(long, env = "NLU_NO_PLAYGROUND")]
     pub no_playground: bool,
 
+    /// UniNLU: a JSON file of task types for `POST /predict {"task_type", "input_text"}`, each
+    /// `{"schema"?: {...}, "labels"?: [...]}`, replacing or adding to the built-in ones (see
+    /// docs/server.md). Checked at start.
+    #[arg(long, env = "NLU_TASK_PRESETS")]
+    pub task_presets: Option<PathBuf>,
+
     #[command(flatten)]
     pub batching: BatchingArgs,
 
@@ -243,6 +249,17 @@ pub fn parse_sha256(value: &str) -> Result<String, String> {
 }
 
 impl ServeArgs {
+    /// The task types of `POST /predict`: the built-in ones, with `--task-presets` over them.
+    pub fn presets(&self) -> anyhow::Result<crate::uninlu::Presets> {
+        let Some(path) = &self.task_presets else {
+            return Ok(crate::uninlu::Presets::builtin());
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("--task-presets {}: {e}", path.display()))?;
+        crate::uninlu::Presets::with_file(&text, &self.uninlu_limits)
+            .map_err(|e| anyhow::anyhow!("--task-presets {}: {e}", path.display()))
+    }
+
     /// The engine's settings, from the flags.
     pub fn engine_config(&self) -> EngineConfig {
         EngineConfig {

@@ -43,7 +43,8 @@ pub async fn serve(
         .with_playground(!args.no_playground)
         .with_metrics_on_api(args.metrics_listen.is_none())
         .with_max_request_cost(args.limits.max_request_cost)
-        .with_request_timeout(args.limits.request_timeout);
+        .with_request_timeout(args.limits.request_timeout)
+        .with_presets(args.presets()?);
     // Bound before the API answers, so a port clash is a start error, not a silent gap.
     let metrics_server = match args.metrics_listen {
         Some(addr) => {

@@ -117,7 +117,7 @@ function drawSpans(text, spans, palette) {
     mark.textContent = piece;
     mark.dataset.start = start;
     mark.dataset.end = end;
-    mark.title = [...new Set(covering.map((s) => `${s.type}: ${s.span}`))].join("\n");
+    mark.title = [...new Set(covering.map((s) => `${s.type}: ${s.span} (${s.score.toFixed(2)})`))].join("\n");
     mark.style.setProperty("--hl", colourOf(covering[0].type, palette));
     if (covering.length > 1) mark.classList.add("depth-" + Math.min(covering.length, 3));
     out.append(mark);
@@ -139,7 +139,11 @@ function drawChains(chains, palette) {
       const offset = document.createElement("span");
       offset.className = "offset";
       offset.textContent = ` [${item.offset[0]}, ${item.offset[1]})`;
-      el.append(type, item.span, offset);
+      const score = document.createElement("span");
+      score.className = "score";
+      score.textContent = ` ${item.score.toFixed(2)}`;
+      score.title = "the probability the model gives this span";
+      el.append(type, item.span, offset, score);
       li.append(el);
     }
     list.append(li);
@@ -174,7 +178,7 @@ function setUpUniNlu() {
         throw new Error("The schema is not valid JSON: " + e.message);
       }
       const text = $("text").value;
-      const answer = await call("api/predict", { text, schema });
+      const answer = await call("api/predict", { text, schema, scores: true });
       const palette = new Map();
       const spans = answer.output.flat();
       drawSpans(text, spans, palette);

@@ -9,5 +9,7 @@ mod server {
     mod errors;
     mod lifecycle;
     mod listener;
+    mod models;
+    mod tokens;
     mod uninlu;
 }

@@ -8,6 +8,7 @@ use crate::cost::Bill;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::model::pooling::l2_normalize;
+use crate::model::tokenizer::{Encoding, Token};
 use crate::model::Embedder;
 
 /// Runs batches of token ids through the embedder; vectors come back raw (normalised per request).
@@ -26,6 +27,9 @@ pub struct EmbedRequest {
     /// Cut inputs over the limit instead of refusing them.
     pub truncate: bool,
     pub normalize: bool,
+    /// Keep only the first this many dimensions of each vector (Matryoshka models), then
+    /// normalise if `normalize`; `None` keeps the model's size.
+    pub dimensions: Option<usize>,
 }
 
 pub struct Embedded {
@@ -80,23 +84,21 @@ impl EmbeddingEngine {
         self.batcher.shutdown();
     }
 
-    /// Tokenizes, charges the tokens to `bill`, then runs the model.
-    pub async fn embed(&self, req: EmbedRequest, bill: &mut Bill) -> Result<Embedded, Error> {
-        check_inputs(&req.texts, self.limits.max_batch_inputs)?;
-        let arrival = self.batcher.announce();
+    /// Encodes `texts` off the runtime, cut to the input limit when `truncate`; `special` adds
+    /// the special tokens.
+    async fn encode_all(
+        &self,
+        texts: Vec<String>,
+        truncate: bool,
+        special: bool,
+    ) -> Result<Vec<Encoding>, Error> {
         let started = Instant::now();
         let embedder = self.embedder.clone();
-        let max_len = self.limits.max_input_length;
-        let (texts, truncate) = (req.texts, req.truncate);
+        let max_len = truncate.then_some(self.limits.max_input_length);
         let encoded = tokio::task::spawn_blocking(move || {
             texts
                 .iter()
-                .map(|t| {
-                    embedder
-                        .tokenizer()
-                        .encode(t, truncate.then_some(max_len))
-                        .map(|e| e.ids)
-                })
+                .map(|t| embedder.tokenizer().encode_with(t, max_len, special))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
@@ -105,6 +107,58 @@ impl EmbeddingEngine {
         self.metrics
             .tokenize_seconds
             .observe(started.elapsed().as_secs_f64());
+        Ok(encoded)
+    }
+
+    /// `/tokenize`: each text's tokens, under the same input checks as [`Self::embed`]; no
+    /// model work, so nothing to charge.
+    pub async fn tokenize(
+        &self,
+        texts: Vec<String>,
+        truncate: bool,
+        special: bool,
+    ) -> Result<Vec<Vec<Token>>, Error> {
+        check_inputs(&texts, self.limits.max_batch_inputs)?;
+        let encoded = self.encode_all(texts.clone(), truncate, special).await?;
+        let ids: Vec<Vec<u32>> = encoded.iter().map(|e| e.ids.clone()).collect();
+        check_lengths(&ids, self.limits.max_input_length)?;
+        let tokenizer = self.embedder.tokenizer();
+        Ok(texts
+            .iter()
+            .zip(&encoded)
+            .map(|(text, encoding)| tokenizer.tokens(text, encoding))
+            .collect())
+    }
+
+    /// `/decode`: the text of each list of ids.
+    pub async fn decode(&self, ids: Vec<Vec<u32>>, skip_special: bool) -> Result<Vec<String>, Error> {
+        if ids.is_empty() || ids.iter().any(Vec::is_empty) {
+            return Err(Error::invalid("empty_input", "ids must hold at least one id in each list"));
+        }
+        check_count(ids.len(), self.limits.max_batch_inputs)?;
+        let embedder = self.embedder.clone();
+        tokio::task::spawn_blocking(move || {
+            ids.iter()
+                .map(|ids| embedder.tokenizer().decode(ids, skip_special))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| Error::internal(format!("tokenizer task failed: {e}")))?
+        .map_err(|e| Error::invalid("invalid_input", e.to_string()))
+    }
+
+    /// Tokenizes, charges the tokens to `bill`, then runs the model.
+    pub async fn embed(&self, req: EmbedRequest, bill: &mut Bill) -> Result<Embedded, Error> {
+        check_inputs(&req.texts, self.limits.max_batch_inputs)?;
+        let dims = check_dimensions(req.dimensions, self.embedder.info().dims)?;
+        let arrival = self.batcher.announce();
+        let max_len = self.limits.max_input_length;
+        let encoded: Vec<Vec<u32>> = self
+            .encode_all(req.texts, req.truncate, true)
+            .await?
+            .into_iter()
+            .map(|e| e.ids)
+            .collect();
         check_lengths(&encoded, max_len)?;
 
         let tokens = encoded.iter().map(Vec::len).sum();
@@ -118,8 +172,11 @@ impl EmbeddingEngine {
             })
             .collect();
         let mut vectors = arrival.run_all(&request, jobs).await?;
-        if req.normalize {
-            vectors.iter_mut().for_each(|v| l2_normalize(v));
+        for v in &mut vectors {
+            v.truncate(dims);
+            if req.normalize {
+                l2_normalize(v);
+            }
         }
         Ok(Embedded { vectors, tokens })
     }
@@ -133,12 +190,7 @@ pub fn check_inputs(texts: &[String], max_inputs: usize) -> Result<(), Error> {
             "the input list is empty",
         ));
     }
-    if texts.len() > max_inputs {
-        return Err(Error::too_large(format!(
-            "{} inputs in one request; the limit is {max_inputs} (--max-batch-inputs)",
-            texts.len()
-        )));
-    }
+    check_count(texts.len(), max_inputs)?;
     if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
         return Err(Error::invalid(
             "empty_input",
@@ -146,6 +198,28 @@ pub fn check_inputs(texts: &[String], max_inputs: usize) -> Result<(), Error> {
         ));
     }
     Ok(())
+}
+
+/// Pure: refuses more inputs in one request than `--max-batch-inputs`.
+fn check_count(inputs: usize, max_inputs: usize) -> Result<(), Error> {
+    if inputs > max_inputs {
+        return Err(Error::too_large(format!(
+            "{inputs} inputs in one request; the limit is {max_inputs} (--max-batch-inputs)"
+        )));
+    }
+    Ok(())
+}
+
+/// Pure: the size of the vectors to return, refusing a `dimensions` of 0 or above the model's.
+pub fn check_dimensions(dimensions: Option<usize>, model_dims: usize) -> Result<usize, Error> {
+    match dimensions {
+        None => Ok(model_dims),
+        Some(d) if (1..=model_dims).contains(&d) => Ok(d),
+        Some(d) => Err(Error::invalid(
+            "invalid_dimensions",
+            format!("dimensions is {d}; this model gives 1 to {model_dims}"),
+        )),
+    }
 }
 
 /// Pure: refuses any tokenized input over the limit (only reachable without truncation).
@@ -175,6 +249,18 @@ mod tests {
         assert_eq!(e.kind, crate::error::Kind::TooLarge);
         assert!(e.message.contains("--max-batch-inputs"));
         assert!(check_inputs(&s(&["a"]), 4).is_ok());
+    }
+
+    #[test]
+    fn dimensions_stay_within_the_model() {
+        assert_eq!(check_dimensions(None, 384).unwrap(), 384);
+        assert_eq!(check_dimensions(Some(384), 384).unwrap(), 384);
+        assert_eq!(check_dimensions(Some(1), 384).unwrap(), 1);
+        for wrong in [0, 385] {
+            let e = check_dimensions(Some(wrong), 384).unwrap_err();
+            assert_eq!(e.code, "invalid_dimensions");
+            assert!(e.message.contains("1 to 384"), "{}", e.message);
+        }
     }
 
     #[test]

@@ -10,6 +10,8 @@ use anyhow::Context;
 use serde::Serialize;
 
 pub use embedding::{EmbedRequest, Embedded, EmbeddingEngine};
+/// A token as `/tokenize` shows it (the model's type, spoken by the engine to the edge).
+pub use crate::model::tokenizer::Token;
 pub use uninlu::UniNluEngine;
 
 use crate::batching::Settings;
@@ -178,6 +180,7 @@ impl Engine {
                             texts: vec!["warm up".into()],
                             truncate: true,
                             normalize: true,
+                            dimensions: None,
                         },
                         unmetered,
                     )

@@ -12,6 +12,7 @@ use super::router::AppState;
 use nlu_crds::serve::Task;
 use crate::cost::{Bill, RequestCost};
 use crate::engine::{EmbedRequest, Embedded, EmbeddingEngine};
+use nlu_crds::routes::Route;
 
 /// A string or a list of strings.
 #[derive(Debug, Deserialize)]
@@ -22,7 +23,7 @@ pub enum Inputs {
 }
 
 impl Inputs {
-    fn into_vec(self) -> Vec<String> {
+    pub fn into_vec(self) -> Vec<String> {
         match self {
             Inputs::One(s) => vec![s],
             Inputs::Many(v) => v,
@@ -51,6 +52,10 @@ pub struct OpenAiRequest {
     pub encoding_format: EncodingFormat,
     /// End-user id, accepted for compatibility and not used.
     pub user: Option<String>,
+    /// Keep only the first this many dimensions (Matryoshka), then normalise as the server
+    /// does; at most the model's size (see `/info`).
+    #[schema(minimum = 1)]
+    pub dimensions: Option<usize>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -95,6 +100,10 @@ pub struct TeiRequest {
     /// Cut inputs longer than the limit instead of refusing them.
     #[serde(default)]
     pub truncate: bool,
+    /// Keep only the first this many dimensions (Matryoshka), then normalise if `normalize`;
+    /// at most the model's size (see `/info`).
+    #[schema(minimum = 1)]
+    pub dimensions: Option<usize>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -111,7 +120,8 @@ pub struct SimilarityResponse {
     pub scores: Vec<f32>,
 }
 
-fn engine(state: &AppState) -> Result<&EmbeddingEngine, Error> {
+/// The embedding engine, or why this server has none.
+pub fn engine(state: &AppState) -> Result<&EmbeddingEngine, Error> {
     state.require(Task::Embedding)?;
     state
         .engine()?
@@ -128,7 +138,7 @@ fn model_name(state: &AppState) -> String {
 }
 
 /// OpenAI-compatible embeddings.
-#[utoipa::path(post, path = "/v1/embeddings", tag = "embedding",
+#[utoipa::path(post, path = Route::OpenAiEmbeddings.openapi_path(), tag = "embedding",
     request_body = OpenAiRequest,
     security((), ("bearer" = [])),
     responses((status = 200, description = "One embedding per input, in input order", body = OpenAiResponse), super::openapi::ModelErrors))]
@@ -144,6 +154,7 @@ pub async fn openai(
                 texts: req.input.into_vec(),
                 truncate: false,
                 normalize: engine.normalize_default(),
+                dimensions: req.dimensions,
             },
             &mut bill,
         )
@@ -182,7 +193,7 @@ fn encode(vector: Vec<f32>, format: EncodingFormat) -> EmbeddingValue {
 }
 
 /// text-embeddings-inference compatible embeddings: one vector per input.
-#[utoipa::path(post, path = "/embed", tag = "embedding",
+#[utoipa::path(post, path = Route::Embed.openapi_path(), tag = "embedding",
     request_body = TeiRequest,
     security((), ("bearer" = [])),
     responses((status = 200, description = "One vector per input, in input order", body = Vec<Vec<f32>>), super::openapi::ModelErrors))]
@@ -199,6 +210,7 @@ pub async fn tei(
                 texts: req.inputs.into_vec(),
                 truncate: req.truncate,
                 normalize,
+                dimensions: req.dimensions,
             },
             &mut bill,
         )
@@ -207,7 +219,7 @@ pub async fn tei(
 }
 
 /// Cosine similarity of each sentence to the source sentence.
-#[utoipa::path(post, path = "/similarity", tag = "embedding",
+#[utoipa::path(post, path = Route::Similarity.openapi_path(), tag = "embedding",
     request_body = SimilarityRequest,
     security((), ("bearer" = [])),
     responses((status = 200, description = "One score per compared sentence, in order", body = SimilarityResponse), super::openapi::ModelErrors))]
@@ -232,6 +244,7 @@ pub async fn similarity(
                 texts,
                 truncate: false,
                 normalize: true,
+                dimensions: None,
             },
             &mut bill,
         )

@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::error::{Error, Kind};
 use super::router::AppState;
 use crate::engine::ModelInfo;
+use nlu_crds::routes::Route;
 
 /// A dependency's own readiness (e.g. the quota backend under fail-closed).
 pub type ReadinessCheck = Box<dyn Fn() -> Result<(), &'static str> + Send + Sync>;
@@ -50,7 +51,7 @@ impl Health {
 }
 
 /// Liveness: answers while the process serves HTTP, also while the model loads.
-#[utoipa::path(get, path = "/healthz", tag = "probes",
+#[utoipa::path(get, path = Route::Healthz.openapi_path(), tag = "probes",
     responses((status = 200, description = "Alive", body = super::openapi::Status, example = json!({"status": "alive"}))))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "alive" }))
@@ -58,7 +59,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 /// Readiness: the model is loaded and warmed up, dependencies (Redis under auth) are reachable,
 /// and shutdown has not begun.
-#[utoipa::path(get, path = "/readyz", tag = "probes",
+#[utoipa::path(get, path = Route::Readyz.openapi_path(), tag = "probes",
     responses(
         (status = 200, description = "Ready", body = super::openapi::Status, example = json!({"status": "ready"})),
         (status = 503, description = "Not ready (loading, a dependency down, or shutting down)", body = super::errors::ErrorBody)))]
@@ -71,7 +72,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
 }
 
 /// Prometheus metrics (OpenMetrics text).
-#[utoipa::path(get, path = "/metrics", tag = "probes",
+#[utoipa::path(get, path = Route::Metrics.openapi_path(), tag = "probes",
     responses((status = 200, description = "OpenMetrics exposition", body = String,
         content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
@@ -85,7 +86,7 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 /// The served model.
-#[utoipa::path(get, path = "/info", tag = "probes",
+#[utoipa::path(get, path = Route::Info.openapi_path(), tag = "probes",
     responses(
         (status = 200, description = "The served model and its limits", body = ModelInfo),
         (status = 503, description = "The model is still loading", body = super::errors::ErrorBody)))]

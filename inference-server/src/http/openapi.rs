@@ -17,7 +17,7 @@ use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 use nlu_crds::routes::Route;
 
 use super::errors::ErrorBody;
-use super::{embeddings, health, playground, predict};
+use super::handlers;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,34 +26,31 @@ use super::{embeddings, health, playground, predict};
         description = "CPU inference server for SiameseUniNLU (span extraction guided by a schema) and \
                        sentence embeddings. Every error answer is `{\"error\": {\"code\", \"message\"}}`. \
                        With `--auth jwt` the model routes need a tenant token (`Authorization: Bearer`); \
-                       probes, metrics and this document never do."
-    ),
-    paths(
-        predict::predict,
-        embeddings::openai,
-        embeddings::tei,
-        embeddings::similarity,
-        health::healthz,
-        health::readyz,
-        health::metrics,
-        health::info,
-        openapi_json,
-        playground::index,
+                       probes, metrics, the model list and this document never do."
     ),
     components(schemas(ErrorBody)),
-    modifiers(&BearerAuth, &ModelHeaders),
+    modifiers(&BearerAuth),
     tags(
         (name = "uninlu", description = "SiameseUniNLU (servers started with --task uninlu)"),
         (name = "embedding", description = "Sentence embeddings (servers started with --task embedding)"),
+        (name = "models", description = "OpenAI's model list (every server): the one model it runs"),
         (name = "probes", description = "Health, readiness, metrics and model info; never need a token"),
         (name = "meta", description = "This document and the playground page"),
     )
 )]
 pub struct ApiDoc;
 
+/// The whole document: [`ApiDoc`]'s frame with the operations of the handler table.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(handlers::Paths::openapi());
+    ModelHeaders.modify(&mut doc);
+    doc
+}
+
 /// The document as pretty JSON (what `/openapi.json` serves and `docs/openapi.json` holds).
 pub fn json() -> String {
-    ApiDoc::openapi()
+    document()
         .to_pretty_json()
         .expect("the OpenAPI document serializes")
 }
@@ -61,7 +58,7 @@ pub fn json() -> String {
 static JSON: LazyLock<String> = LazyLock::new(json);
 
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "meta",
+#[utoipa::path(get, path = Route::OpenApi.openapi_path(), tag = "meta",
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object, content_type = "application/json")))]
 pub async fn openapi_json() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], JSON.as_str())
@@ -154,7 +151,8 @@ const MODEL_HEADERS: [(&str, &str); 7] = [
 ];
 
 /// Adds [`MODEL_HEADERS`] (rate limits only, on refusals) to the answers of every model route of
-/// the route table, with `Retry-After` on 429 and 503.
+/// the route table, with `Retry-After` on 429 and 503. Runs on the whole [`document`], after the
+/// operations are in.
 struct ModelHeaders;
 
 impl Modify for ModelHeaders {
@@ -180,7 +178,7 @@ impl Modify for ModelHeaders {
             let Some(op) = openapi
                 .paths
                 .paths
-                .get_mut(route.path())
+                .get_mut(&route.openapi_path())
                 .and_then(|p| p.post.as_mut())
             else {
                 continue;
@@ -236,6 +234,13 @@ pub fn uninlu_schema() -> impl Into<RefOr<Schema>> {
              nested schema, or a string holding that JSON. Key order is significant.",
         ))
         .examples([serde_json::json!({"人物": null, "地理位置": null, "组织机构": null})])
+}
+
+/// [`uninlu_schema`] or `null` (an optional one, where `null` means none).
+pub fn optional_uninlu_schema() -> impl Into<RefOr<Schema>> {
+    OneOfBuilder::new()
+        .item(uninlu_schema())
+        .item(ObjectBuilder::new().schema_type(Type::Null))
 }
 
 /// One input text: not empty, not only whitespace (the server answers 400 `empty_input`).

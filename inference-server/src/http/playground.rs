@@ -3,6 +3,7 @@
 
 use axum::http::header::{self, HeaderName};
 use axum::response::IntoResponse;
+use nlu_crds::routes::Route;
 
 const INDEX: &str = include_str!("../../static/index.html");
 const SCRIPT: &str = include_str!("../../static/playground.js");
@@ -23,7 +24,7 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
 }
 
 /// The playground page (404 when the server runs with --no-playground).
-#[utoipa::path(get, path = "/", tag = "meta",
+#[utoipa::path(get, path = Route::Playground.openapi_path(), tag = "meta",
     responses(
         (status = 200, description = "The playground page", body = String, content_type = "text/html; charset=utf-8"),
         (status = 404, description = "The server runs with --no-playground", body = super::errors::ErrorBody)))]

@@ -1,4 +1,4 @@
-//! UniNLU route: `POST /api/predict`.
+//! UniNLU routes: `POST /api/predict`, and the second seed app's `POST /predict`.
 
 use axum::extract::State;
 use axum::Json;
@@ -12,6 +12,7 @@ use super::router::AppState;
 use nlu_crds::serve::Task;
 use crate::cost::{Bill, RequestCost};
 use crate::uninlu::Prediction;
+use nlu_crds::routes::Route;
 
 /// `text` (or `input`, as the original pipeline call names it) and a schema, which is a JSON
 /// object or a string holding one. Kept as raw JSON so the checks below can say what is wrong.
@@ -27,6 +28,10 @@ pub struct PredictRequest {
     pub input: Option<Value>,
     #[schema(required = true, schema_with = super::openapi::uninlu_schema)]
     pub schema: Option<Value>,
+    /// Give each span a `score`: the probability the model gives it (see docs). Default false,
+    /// which answers exactly what the original pipeline answers.
+    #[serde(default)]
+    pub scores: bool,
 }
 
 /// Pure: the request's text and schema, or the client's error.
@@ -66,22 +71,77 @@ pub fn text_and_schema(req: PredictRequest) -> Result<(String, Value), Error> {
 
 /// UniNLU: extract spans for a schema (NER, relations, events, sentiment, classification,
 /// matching, NLI, reading comprehension).
-#[utoipa::path(post, path = "/api/predict", tag = "uninlu",
+#[utoipa::path(post, path = Route::Predict.openapi_path(), tag = "uninlu",
     request_body = PredictRequest,
     security((), ("bearer" = [])),
     responses((status = 200, description = "Complete chains, root to leaf", body = Prediction), super::openapi::ModelErrors))]
 pub async fn predict(
     State(state): State<AppState>,
-    mut bill: Bill,
+    bill: Bill,
     ApiJson(req): ApiJson<PredictRequest>,
+) -> Result<(RequestCost, Json<Prediction>), Error> {
+    let scores = req.scores;
+    let (text, schema) = text_and_schema(req)?;
+    run(&state, bill, text, schema, scores).await
+}
+
+/// The second seed app's request: a task type and the text.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"task_type": "ner", "input_text": "2022年北京冬奥会在北京举行"}))]
+pub struct TaskRequest {
+    /// One of the server's task types (built in: ner, relation, event, attribute_sentiment,
+    /// sentiment, classification, text_matching, nli, reading_comprehension; more with
+    /// --task-presets). An unknown one is a 400 listing the known ones.
+    pub task_type: String,
+    /// The text, without the labels: the task type puts them before it.
+    #[schema(min_length = 1, pattern = r"\S")]
+    pub input_text: String,
+    /// Replaces the task type's schema (reading_comprehension has none: its schema is the
+    /// question, e.g. `{"谷爱凌获得了什么奖牌？": null}`). `null`: the task type's.
+    #[schema(schema_with = super::openapi::optional_uninlu_schema)]
+    pub schema: Option<Value>,
+}
+
+/// The second seed app's route: UniNLU under a named task type, for clients written against
+/// `POST /predict {"task_type", "input_text"}`. Answers as `/api/predict` does.
+#[utoipa::path(post, path = Route::TaskPredict.openapi_path(), tag = "uninlu",
+    request_body = TaskRequest,
+    security((), ("bearer" = [])),
+    responses((status = 200, description = "Complete chains, root to leaf", body = Prediction), super::openapi::ModelErrors))]
+pub async fn task(
+    State(state): State<AppState>,
+    bill: Bill,
+    ApiJson(req): ApiJson<TaskRequest>,
+) -> Result<(RequestCost, Json<Prediction>), Error> {
+    if req.input_text.trim().is_empty() {
+        return Err(Error::invalid("empty_input", "input_text must not be empty"));
+    }
+    let (text, schema) = state
+        .presets
+        .request(&req.task_type, &req.input_text, req.schema)?;
+    run(&state, bill, text, schema, false).await
+}
+
+/// Runs one prediction, with span scores only when asked.
+async fn run(
+    state: &AppState,
+    mut bill: Bill,
+    text: String,
+    schema: Value,
+    scores: bool,
 ) -> Result<(RequestCost, Json<Prediction>), Error> {
     state.require(Task::Uninlu)?;
     let engine = state
         .engine()?
         .uninlu()
         .ok_or_else(|| Error::internal("the loaded model is not a UniNLU model"))?;
-    let (text, schema) = text_and_schema(req)?;
     let prediction = engine.predict(text, schema, &mut bill).await?;
+    let prediction = if scores {
+        prediction
+    } else {
+        prediction.without_scores()
+    };
     Ok((bill.cost(), Json(prediction)))
 }
 

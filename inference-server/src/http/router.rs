@@ -1,18 +1,19 @@
 //! The routes and the state they share.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{middleware, Router};
-use nlu_crds::routes::{Kind, Method, Route};
+use nlu_crds::routes::{Kind, Route};
 
 use crate::error::{self, Error};
-use super::{access_log, deadline, embeddings, health, openapi, playground, predict};
+use super::handlers::handler;
+use super::{access_log, deadline, health};
 use nlu_crds::serve::Task;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
+use crate::uninlu::Presets;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -29,6 +30,10 @@ pub struct AppState {
     pub max_request_cost: u64,
     /// Longest a model request may take (`--request-timeout`).
     pub request_timeout: Duration,
+    /// When this server started, in Unix seconds (the `created` of `/v1/models`).
+    pub started: u64,
+    /// The task types of `POST /predict`.
+    pub presets: Arc<Presets>,
 }
 
 impl AppState {
@@ -42,6 +47,10 @@ impl AppState {
             metrics_on_api: true,
             max_request_cost: u64::MAX,
             request_timeout: Duration::MAX,
+            started: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            presets: Arc::new(Presets::builtin()),
         }
     }
 
@@ -55,6 +64,13 @@ impl AppState {
     pub fn with_request_timeout(self, request_timeout: Duration) -> Self {
         AppState {
             request_timeout,
+            ..self
+        }
+    }
+
+    pub fn with_presets(self, presets: Presets) -> Self {
+        AppState {
+            presets: Arc::new(presets),
             ..self
         }
     }
@@ -86,28 +102,6 @@ impl AppState {
             self.task.as_str(),
             task.as_str()
         )))
-    }
-}
-
-/// The handler of each route of the table (`nlu_crds::routes`), under the table's method.
-fn handler(route: Route) -> MethodRouter<AppState> {
-    let method = match route.method() {
-        Method::Get => MethodFilter::GET,
-        Method::Post => MethodFilter::POST,
-    };
-    match route {
-        Route::OpenAiEmbeddings => on(method, embeddings::openai),
-        Route::Embed => on(method, embeddings::tei),
-        Route::Similarity => on(method, embeddings::similarity),
-        Route::Predict => on(method, predict::predict),
-        Route::Healthz => on(method, health::healthz),
-        Route::Readyz => on(method, health::readyz),
-        Route::Info => on(method, health::info),
-        Route::OpenApi => on(method, openapi::openapi_json),
-        Route::Metrics => on(method, health::metrics),
-        Route::Playground => on(method, playground::index),
-        Route::PlaygroundScript => on(method, playground::script),
-        Route::PlaygroundStyle => on(method, playground::style),
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
@@ -29,6 +30,17 @@ impl Encoding {
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
+}
+
+/// One token of an [`Encoding`], for people (`/tokenize`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    pub id: u32,
+    pub text: String,
+    /// `[CLS]`, `[SEP]`, `<s>` and the like, which cover no text.
+    pub special: bool,
+    /// The `[start, end)` code points of the text it covers; `None` for a special token.
+    pub span: Option<(usize, usize)>,
 }
 
 pub struct Tokenizer {
@@ -117,6 +129,7 @@ impl Tokenizer {
             .map_err(tok_err)?;
         inner.with_pre_tokenizer(Some(BertPreTokenizer));
         inner.with_post_processor(Some(processor));
+        inner.with_decoder(Some(WordPieceDecoder::default()));
         inner.add_special_tokens(known).map_err(tok_err)?;
         Ok(Self { inner })
     }
@@ -124,25 +137,74 @@ impl Tokenizer {
     /// Encodes with special tokens. `max_len` truncates the way the Python tokenizers do for a
     /// single BERT sequence: the content is cut so that `[CLS] ... [SEP]` fits in `max_len`.
     pub fn encode(&self, text: &str, max_len: Option<usize>) -> Result<Encoding> {
+        self.encode_with(text, max_len, true)
+    }
+
+    /// [`Self::encode`], or without special tokens when `special` is false (then `max_len`
+    /// simply keeps the first tokens).
+    pub fn encode_with(&self, text: &str, max_len: Option<usize>, special: bool) -> Result<Encoding> {
         let enc = self
             .inner
-            .encode_char_offsets(text, true)
+            .encode_char_offsets(text, special)
             .map_err(tok_err)?;
         let mut ids = enc.get_ids().to_vec();
         let mut offsets = enc.get_offsets().to_vec();
         if let Some(max) = max_len.filter(|&m| ids.len() > m) {
-            if max < 2 {
-                return Err(ModelError::Input(format!(
-                    "a maximum length of {max} cannot hold [CLS] and [SEP]"
-                )));
+            if special {
+                if max < 2 {
+                    return Err(ModelError::Input(format!(
+                        "a maximum length of {max} cannot hold [CLS] and [SEP]"
+                    )));
+                }
+                let last = ids.len() - 1;
+                ids.swap(max - 1, last);
+                offsets.swap(max - 1, last);
             }
-            let last = ids.len() - 1;
-            ids.swap(max - 1, last);
-            offsets.swap(max - 1, last);
             ids.truncate(max);
             offsets.truncate(max);
         }
         Ok(Encoding { ids, offsets })
+    }
+
+    /// The tokens of `encoding` (made from `text`) as people read them: a special token by its
+    /// name, any other by the characters of `text` it covers (offsets in code points).
+    pub fn tokens(&self, text: &str, encoding: &Encoding) -> Vec<Token> {
+        let added = self.inner.get_added_tokens_decoder();
+        let chars: Vec<char> = text.chars().collect();
+        encoding
+            .ids
+            .iter()
+            .zip(&encoding.offsets)
+            .map(|(&id, &(start, stop))| match added.get(&id).filter(|t| t.special) {
+                Some(token) => Token {
+                    id,
+                    text: token.content.clone(),
+                    special: true,
+                    span: None,
+                },
+                None => Token {
+                    id,
+                    text: chars[start.min(chars.len())..stop.min(chars.len())]
+                        .iter()
+                        .collect(),
+                    special: false,
+                    span: Some((start, stop)),
+                },
+            })
+            .collect()
+    }
+
+    /// The text of `ids`, without the special tokens when `skip_special`; ids outside the
+    /// vocabulary are an input error.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        let size = self.vocab_size();
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= size) {
+            return Err(ModelError::Input(format!(
+                "token id {id} is not in the vocabulary (0 to {})",
+                size - 1
+            )));
+        }
+        self.inner.decode(ids, skip_special).map_err(tok_err)
     }
 
     pub fn vocab_size(&self) -> usize {

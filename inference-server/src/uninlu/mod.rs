@@ -5,12 +5,14 @@
 pub mod decode;
 pub mod limits;
 pub mod pipeline;
+pub mod presets;
 pub mod prompts;
 pub mod schema;
 
 pub use decode::ChainItem;
 pub use limits::Limits;
 pub use pipeline::{classification_labels, predict, Prediction, PromptJob, Traversal};
+pub use presets::{PresetError, Presets};
 pub use schema::{Schema, SchemaNode};
 
 use crate::error::{Error, Kind};
@@ -52,5 +54,16 @@ impl From<PredictError> for Error {
             PredictError::Model(_) => (Kind::Internal, "model_error"),
         };
         Error::new(kind, code, e.to_string())
+    }
+}
+
+/// Both are the client's mistake: a 400 that says what to send.
+impl From<PresetError> for Error {
+    fn from(e: PresetError) -> Self {
+        let code = match &e {
+            PresetError::Unknown(..) => "unknown_task_type",
+            PresetError::NeedsSchema(_) => "schema_required",
+        };
+        Error::new(Kind::Invalid, code, e.to_string())
     }
 }

@@ -35,7 +35,7 @@ pub struct PromptJob {
 }
 
 /// The answer to one request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Prediction {
     /// Complete chains, root to leaf, in depth-first schema order.
     pub output: Vec<Vec<ChainItem>>,
@@ -45,6 +45,17 @@ pub struct Prediction {
     /// Prompts the request ran.
     #[serde(skip)]
     pub prompts: usize,
+}
+
+impl Prediction {
+    /// The prediction as the original pipeline gives it: the spans without their scores.
+    pub fn without_scores(mut self) -> Self {
+        self.output
+            .iter_mut()
+            .flatten()
+            .for_each(|item| item.score = None);
+        self
+    }
 }
 
 /// An open sibling group: a schema level to extract, under a chain of chosen ancestors.
@@ -207,12 +218,13 @@ impl Traversal {
             for (k, (key, nested)) in nodes.into_iter().enumerate() {
                 let l = logits.next().expect("length checked above");
                 let found = spans(&text, &self.encoding.offsets, &l.head, &l.tail);
-                for (i, (start, end, span)) in found.into_iter().enumerate() {
+                for (i, f) in found.into_iter().enumerate() {
                     let mut chain = group.chain.clone();
                     chain.push(ChainItem {
                         kind: key.clone(),
-                        span,
-                        offset: [start, end],
+                        span: f.span,
+                        offset: [f.start, f.end],
+                        score: Some(f.score),
                     });
                     let mut order = group.order.clone();
                     order.push((k, i));
@@ -312,6 +324,7 @@ mod tests {
             kind: "分类".into(),
             span: span.into(),
             offset: [start, end],
+            score: None,
         }]
     }
 
@@ -365,6 +378,7 @@ mod traversal_tests {
             kind: kind.into(),
             span: span.into(),
             offset: [start, end],
+            score: None,
         }
     }
 
@@ -405,6 +419,10 @@ mod traversal_tests {
         assert!(t.next_prompts(&tok).unwrap().is_empty());
         assert!(t.is_done());
         let p = t.finish();
+        // Every found span is scored from its own two logits (1.0 and 1.0 here).
+        let one = super::super::decode::score(1.0, 1.0);
+        assert!(p.output.iter().flatten().all(|i| i.score == Some(one)), "{p:?}");
+        let p = p.without_scores();
         assert_eq!(p.prompts, 4);
         assert_eq!(
             p.output,

@@ -25,6 +25,7 @@ mod tests {
             kind: kind.into(),
             span: span.into(),
             offset: [0, 0],
+            score: None,
         }
     }
 

@@ -204,3 +204,51 @@ async fn concurrent_clients_get_sequential_vectors() {
         "some batch held more than one input: {single} of {all} had one"
     );
 }
+
+/// `dimensions` keeps a vector's first dimensions and normalises them when the request
+/// normalises: checked against the full raw vector, cut and normalised here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dimensions_cut_then_normalise() {
+    let server = TestServer::start(&["--model", &gte_tiny(), "--task", "embedding"]).await;
+    let text = "今天天气很好";
+    let (status, body) = server
+        .post("/embed", &json!({ "inputs": text, "normalize": false }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let raw = floats(&body[0]);
+    assert_eq!(raw.len(), 64);
+    let prefix = &raw[..16];
+    let norm = prefix.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let unit: Vec<f32> = prefix.iter().map(|x| x / norm).collect();
+
+    let (status, body) = server
+        .post("/embed", &json!({ "inputs": text, "normalize": false, "dimensions": 16 }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let cut = floats(&body[0]);
+    assert_eq!(cut.len(), 16);
+    for (got, want) in cut.iter().zip(prefix) {
+        assert!((got - want).abs() < 1e-6, "{cut:?} vs {prefix:?}");
+    }
+
+    let (status, body) = server
+        .post("/v1/embeddings", &json!({ "input": [text, text], "dimensions": 16 }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for item in body["data"].as_array().unwrap() {
+        let got = floats(&item["embedding"]);
+        assert_eq!(got.len(), 16);
+        for (g, w) in got.iter().zip(&unit) {
+            assert!((g - w).abs() < 1e-5, "{got:?} vs {unit:?}");
+        }
+    }
+
+    for wrong in [0, 65] {
+        let (status, body) = server
+            .post("/v1/embeddings", &json!({ "input": text, "dimensions": wrong }))
+            .await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(super::harness::error_code(&body), "invalid_dimensions");
+    }
+    server.stop().await.unwrap();
+}

@@ -382,8 +382,17 @@ fn ingress_uses_cert_manager_and_never_a_secret_object() {
         .iter()
         .map(|p| (p.path.as_deref().unwrap(), p.path_type.as_str()))
         .collect();
-    // Public by default: the model route of its task only, no playground, probes or metrics.
-    assert_eq!(paths, [("/uninlu/api/predict", "Exact")]);
+    // Public by default: the model routes of its task and model discovery only; no
+    // playground, probes or metrics.
+    assert_eq!(
+        paths,
+        [
+            ("/uninlu/api/predict", "Exact"),
+            ("/uninlu/predict", "Exact"),
+            ("/uninlu/v1/models", "Exact"),
+            ("/uninlu/v1/models", "Prefix")
+        ]
+    );
 
     let issuer = build(&auth_off()).ingress.unwrap();
     let ann = issuer.metadata.annotations.unwrap();

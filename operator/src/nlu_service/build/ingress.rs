@@ -1,8 +1,8 @@
 //! The Ingress when `spec.ingress` is set, with cert-manager doing TLS: the operator annotates
 //! and names the Secret, cert-manager issues into it; the operator never writes the Secret.
 //! It publishes only the routes the route table marks public (the model routes, and the
-//! playground when it is on), each as an exact path: probes, `/metrics` and any future route
-//! stay inside the cluster.
+//! playground when it is on), each as an exact path (a prefix for a route with a parameter):
+//! probes, `/metrics` and any future route stay inside the cluster.
 
 use std::collections::BTreeMap;
 
@@ -21,17 +21,24 @@ use super::typed;
 /// Path prefix of the service when the spec names none.
 pub const DEFAULT_PATH: &str = "/";
 
-/// The exact paths the Ingress of a server of `task` routes: `prefix` + each public route, and the
-/// bare prefix (which the server redirects to `prefix/`) when the playground is on.
-pub fn public_paths(prefix: &str, task: Task, playground: bool) -> Vec<String> {
+/// The paths the Ingress of a server of `task` routes, with their `pathType`: `prefix` + each
+/// public route (`Exact`, or `Prefix` up to a route's first parameter), and the bare prefix (which
+/// the server redirects to `prefix/`) when the playground is on.
+pub fn public_paths(prefix: &str, task: Task, playground: bool) -> Vec<(String, &'static str)> {
     let prefix = prefix.trim_end_matches('/');
-    let bare = (playground && !prefix.is_empty()).then(|| prefix.to_owned());
+    let bare = (playground && !prefix.is_empty()).then(|| (prefix.to_owned(), "Exact"));
     bare.into_iter()
         .chain(
             Route::ALL
                 .into_iter()
                 .filter(|r| r.is_public(task, playground))
-                .map(|r| format!("{prefix}{}", r.path())),
+                .map(|r| {
+                    let (path, exact) = r.ingress_path();
+                    (
+                        format!("{prefix}{path}"),
+                        if exact { "Exact" } else { "Prefix" },
+                    )
+                }),
         )
         .collect()
 }
@@ -65,7 +72,7 @@ pub fn ingress(svc: &NluService) -> Option<Ingress> {
         playground_on(&svc.spec),
     )
     .into_iter()
-    .map(|path| json!({"path": path, "pathType": "Exact", "backend": backend}))
+    .map(|(path, path_type)| json!({"path": path, "pathType": path_type, "backend": backend}))
     .collect();
     let mut body = json!({
         "ingressClassName": spec.class_name,
@@ -88,18 +95,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_model_routes_and_the_playground_are_published() {
+    fn only_public_routes_and_the_playground_are_published() {
+        let paths = |prefix, task, playground| -> Vec<String> {
+            public_paths(prefix, task, playground)
+                .into_iter()
+                .map(|(path, kind)| format!("{kind} {path}"))
+                .collect()
+        };
         assert_eq!(
-            public_paths("/", Task::Embedding, false),
-            ["/v1/embeddings", "/embed", "/similarity"]
+            paths("/", Task::Embedding, false),
+            [
+                "Exact /v1/embeddings",
+                "Exact /embed",
+                "Exact /similarity",
+                "Exact /tokenize",
+                "Exact /decode",
+                "Exact /v1/models",
+                "Prefix /v1/models"
+            ]
         );
-        let prefixed = public_paths("/uninlu/", Task::Uninlu, true);
-        assert_eq!(prefixed[0], "/uninlu");
+        let prefixed = paths("/uninlu/", Task::Uninlu, true);
+        assert_eq!(prefixed[0], "Exact /uninlu");
         for path in [
-            "/uninlu/",
-            "/uninlu/api/predict",
-            "/uninlu/info",
-            "/uninlu/playground/playground.js",
+            "Exact /uninlu/",
+            "Exact /uninlu/api/predict",
+            "Exact /uninlu/info",
+            "Exact /uninlu/playground/playground.js",
+            "Prefix /uninlu/v1/models",
+            "Exact /uninlu/predict",
         ] {
             assert!(prefixed.iter().any(|p| p == path), "{path}: {prefixed:?}");
         }
@@ -107,6 +130,6 @@ mod tests {
             .iter()
             .any(|p| p.ends_with("/metrics") || p.ends_with("/healthz")));
         assert!(!prefixed.iter().any(|p| p.ends_with("/embed")));
-        assert!(!public_paths("/", Task::Uninlu, true).contains(&String::new()));
+        assert!(!paths("/", Task::Uninlu, true).contains(&"Exact ".to_owned()));
     }
 }
