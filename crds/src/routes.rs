@@ -92,6 +92,8 @@ route_table! {
     OpenAiModel => "/v1/models/{*id}", Get, Open, Always;
     Healthz => "/healthz", Get, Open, Never;
     Readyz => "/readyz", Get, Open, Never;
+    /// The second seed app's health route, which its clients call through the Ingress.
+    Health => "/health", Get, Open, Always;
     /// The playground page reads the model's task from it and links the document.
     Info => "/info", Get, Open, WithPlayground;
     OpenApi => "/openapi.json", Get, Open, WithPlayground;
@@ -250,12 +252,13 @@ mod tests {
                 "/tokenize",
                 "/decode",
                 "/v1/models",
-                "/v1/models/{*id}"
+                "/v1/models/{*id}",
+                "/health"
             ]
         );
         assert_eq!(
             public(Task::Uninlu, false),
-            ["/api/predict", "/predict", "/v1/models", "/v1/models/{*id}"]
+            ["/api/predict", "/predict", "/v1/models", "/v1/models/{*id}", "/health"]
         );
         let with_playground = public(Task::Uninlu, true);
         assert!(with_playground.contains(&"/"));

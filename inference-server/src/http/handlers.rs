@@ -50,6 +50,7 @@ handlers! {
         OpenAiModel => models::retrieve,
         Healthz => health::healthz,
         Readyz => health::readyz,
+        Health => health::health,
         Info => health::info,
         OpenApi => openapi::openapi_json,
         Metrics => health::metrics,

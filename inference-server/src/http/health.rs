@@ -71,6 +71,15 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
         .map_err(|reason| Error::new(Kind::Unavailable, "not_ready", reason))
 }
 
+/// The second seed app's health route, for its clients: ready or not, as `/readyz`.
+#[utoipa::path(get, path = Route::Health.openapi_path(), tag = "probes",
+    responses(
+        (status = 200, description = "Ready", body = super::openapi::Status, example = json!({"status": "ready"})),
+        (status = 503, description = "Not ready (loading, a dependency down, or shutting down)", body = super::errors::ErrorBody)))]
+pub async fn health(state: State<AppState>) -> Result<Json<serde_json::Value>, Error> {
+    readyz(state).await
+}
+
 /// Prometheus metrics (OpenMetrics text).
 #[utoipa::path(get, path = Route::Metrics.openapi_path(), tag = "probes",
     responses((status = 200, description = "OpenMetrics exposition", body = String,

@@ -336,6 +336,8 @@ async fn seed_app_task_types_answer_like_api_predict() {
         .await;
     assert_eq!(status, 200, "{body}");
 
+    let (status, body) = server.get("/health").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ready"}"#));
     server.stop().await.unwrap();
 }
 

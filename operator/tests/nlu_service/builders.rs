@@ -382,15 +382,16 @@ fn ingress_uses_cert_manager_and_never_a_secret_object() {
         .iter()
         .map(|p| (p.path.as_deref().unwrap(), p.path_type.as_str()))
         .collect();
-    // Public by default: the model routes of its task and model discovery only; no
-    // playground, probes or metrics.
+    // Public by default: the model routes of its task, model discovery and the seed app's
+    // health route only; no playground, probes or metrics.
     assert_eq!(
         paths,
         [
             ("/uninlu/api/predict", "Exact"),
             ("/uninlu/predict", "Exact"),
             ("/uninlu/v1/models", "Exact"),
-            ("/uninlu/v1/models", "Prefix")
+            ("/uninlu/v1/models", "Prefix"),
+            ("/uninlu/health", "Exact")
         ]
     );
 

@@ -111,7 +111,8 @@ mod tests {
                 "Exact /tokenize",
                 "Exact /decode",
                 "Exact /v1/models",
-                "Prefix /v1/models"
+                "Prefix /v1/models",
+                "Exact /health"
             ]
         );
         let prefixed = paths("/uninlu/", Task::Uninlu, true);
@@ -123,6 +124,7 @@ mod tests {
             "Exact /uninlu/playground/playground.js",
             "Prefix /uninlu/v1/models",
             "Exact /uninlu/predict",
+            "Exact /uninlu/health",
         ] {
             assert!(prefixed.iter().any(|p| p == path), "{path}: {prefixed:?}");
         }
