@@ -8,7 +8,7 @@ use super::files::ModelFiles;
 use super::kernels::linear::Dtype;
 use super::pooling::{l2_normalize, Pooling};
 use super::tokenizer::Tokenizer;
-use super::{ModelError, Result};
+use super::Result;
 
 /// What `/info` reports.
 #[derive(Clone, Debug, Serialize)]
@@ -70,24 +70,7 @@ impl Embedder {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let vocab = self.bert.embeddings().vocab_size();
-        for seq in batch {
-            if seq.is_empty() {
-                return Err(ModelError::Input("empty token sequence".into()));
-            }
-            if seq.len() > self.info.max_positions {
-                return Err(ModelError::Input(format!(
-                    "{} tokens exceed the model's {} positions",
-                    seq.len(),
-                    self.info.max_positions
-                )));
-            }
-            if let Some(id) = seq.iter().find(|&&id| id as usize >= vocab) {
-                return Err(ModelError::Input(format!(
-                    "token id {id} is outside the vocabulary"
-                )));
-            }
-        }
+        self.bert.check(batch, None)?;
         let hidden = self.bert.forward(batch);
         let lens: Vec<usize> = batch.iter().map(Vec::len).collect();
         let mut pooled = self.pooling.pool(&hidden, &lens, self.info.dims);

@@ -1,5 +1,5 @@
-//! Model layer: model files (local folder or hub download), tokenizer, a CPU-oriented BERT
-//! encoder on candle, pooling, the sentence embedder and the SiameseUniNLU model.
+//! Model layer: model files (local folder or hub download), tokenizer, a CPU-oriented BERT /
+//! XLM-RoBERTa encoder on candle, pooling, the sentence embedder and the SiameseUniNLU model.
 
 pub mod bert;
 pub mod download;
@@ -11,6 +11,7 @@ pub mod tokenizer;
 pub mod uninlu;
 pub mod windows;
 
+pub use bert::Family;
 pub use download::{download, download_archive, download_into, HubConfig, HubKind};
 pub use embedder::{Embedder, EmbedderInfo};
 pub use files::{resolve, ModelFiles};
