@@ -17,7 +17,7 @@ pub use embedder::{Embedder, EmbedderInfo};
 pub use files::{resolve, ModelFiles};
 pub use kernels::linear::Dtype;
 pub use pooling::Pooling;
-pub use tokenizer::{Encoding, Tokenizer};
+pub use tokenizer::{Encoding, PairEncoding, Tokenizer};
 pub use uninlu::{Logits, TextStates, UniNluInfo, UniNluModel};
 
 use std::path::PathBuf;
