@@ -1,7 +1,9 @@
 //! Model layer: model files (local folder or hub download), tokenizer, a CPU-oriented BERT /
-//! XLM-RoBERTa encoder on candle, pooling, the sentence embedder and the SiameseUniNLU model.
+//! XLM-RoBERTa encoder on candle, pooling, the sentence embedder (with bge-m3's sparse and
+//! multi-vector heads) and the SiameseUniNLU model.
 
 pub mod bert;
+pub mod bge_m3;
 pub mod download;
 pub mod embedder;
 pub mod files;
@@ -12,8 +14,9 @@ pub mod uninlu;
 pub mod windows;
 
 pub use bert::Family;
+pub use bge_m3::SparseWeights;
 pub use download::{download, download_archive, download_into, HubConfig, HubKind};
-pub use embedder::{Embedder, EmbedderInfo};
+pub use embedder::{Embedder, EmbedderInfo, MultiEmbedding, Outputs};
 pub use files::{resolve, ModelFiles};
 pub use kernels::linear::Dtype;
 pub use pooling::Pooling;
