@@ -7,6 +7,10 @@
 //! the linear layers only do real work. Layers are separate values so that models can run any slice of them (UniNLU
 //! runs the lower and upper halves on different inputs). Embeddings take explicit position and
 //! token-type ids.
+//!
+//! (XLM-)RoBERTa checkpoints run through the same code: their weights, layers and kernels are
+//! BERT's. What differs (weight prefix, position ids, token types) is decided from `config.json`
+//! in one pure place, [`Layout`].
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -36,6 +40,13 @@ pub struct BertConfig {
     pub hidden_act: String,
     #[serde(default)]
     pub position_embedding_type: Option<String>,
+    /// `bert` (also when absent), `roberta` or `xlm-roberta`; see [`Layout`].
+    #[serde(default)]
+    pub model_type: Option<String>,
+    /// RoBERTa's padding index, which its position ids start after (transformers' default 1 for
+    /// RoBERTa configs; unused for BERT).
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
 }
 
 fn default_positions() -> usize {
@@ -84,7 +95,116 @@ impl BertConfig {
                 self.hidden_size, self.num_attention_heads
             ));
         }
+        let layout = self.layout();
+        if self.max_position_embeddings <= layout.position_offset() {
+            return bad(format!(
+                "max_position_embeddings {} leaves no position after the padding index {}",
+                self.max_position_embeddings,
+                layout.position_offset() - 1
+            ));
+        }
         Ok(())
+    }
+
+    /// How this checkpoint's token ids become embedding rows and where its weights live.
+    pub fn layout(&self) -> Layout {
+        Layout::new(self.model_type.as_deref(), self.pad_token_id)
+    }
+}
+
+/// The checkpoint families the encoder runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Family {
+    /// BERT and its look-alikes (GTE, MiniLM, StructBERT): `model_type` `bert` or absent.
+    Bert,
+    /// RoBERTa and XLM-RoBERTa (bge-m3, bge-reranker): `model_type` `roberta` or `xlm-roberta`.
+    Roberta,
+}
+
+/// Everything that differs between BERT and (XLM-)RoBERTa checkpoints once the weights are
+/// loaded: the weight-name prefix, the position ids and the token types. Pure, decided from
+/// `config.json` ([`BertConfig::layout`]); the encoder, its kernels and the packing are shared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub family: Family,
+    /// RoBERTa's padding index (0 for BERT, where it is unused).
+    pad: u32,
+}
+
+impl Layout {
+    /// `model_type` `roberta` / `xlm-roberta` is RoBERTa (padding index `pad_token_id`,
+    /// transformers' default 1); anything else keeps the BERT rules the encoder always had.
+    pub fn new(model_type: Option<&str>, pad_token_id: Option<u32>) -> Self {
+        match model_type {
+            Some("roberta" | "xlm-roberta") => Self {
+                family: Family::Roberta,
+                pad: pad_token_id.unwrap_or(1),
+            },
+            _ => Self {
+                family: Family::Bert,
+                pad: 0,
+            },
+        }
+    }
+
+    /// The prefix of the encoder's weights inside task checkpoints (`*ForSequenceClassification`
+    /// and the like); bare encoders (sentence-transformers, bge-m3) have none.
+    pub fn weight_prefix(self) -> &'static str {
+        match self.family {
+            Family::Bert => "bert",
+            Family::Roberta => "roberta",
+        }
+    }
+
+    /// The position-table rows before the first token's: RoBERTa numbers tokens from
+    /// `pad + 1`.
+    pub fn position_offset(self) -> usize {
+        match self.family {
+            Family::Bert => 0,
+            Family::Roberta => self.pad as usize + 1,
+        }
+    }
+
+    /// Appends the position ids of one sequence. BERT: `0, 1, ...`. RoBERTa: transformers'
+    /// `create_position_ids_from_input_ids`, `cumsum(id != pad) * (id != pad) + pad`, i.e.
+    /// `pad + 1 + i` for an unpadded sequence, and `pad` for a padding token.
+    pub fn positions(self, ids: &[u32], out: &mut Vec<u32>) {
+        match self.family {
+            Family::Bert => out.extend(0..ids.len() as u32),
+            Family::Roberta => {
+                let mut count = 0;
+                out.extend(ids.iter().map(|&id| {
+                    if id == self.pad {
+                        self.pad
+                    } else {
+                        count += 1;
+                        self.pad + count
+                    }
+                }));
+            }
+        }
+    }
+
+    /// The token type of a token in `segment` (0 for the first text of a pair, 1 for the
+    /// second, as tokenizers' post-processors number them). RoBERTa has one type
+    /// (`type_vocab_size` 1): always 0, whatever the tokenizer says.
+    pub fn token_type(self, segment: u32) -> u32 {
+        match self.family {
+            Family::Bert => segment,
+            Family::Roberta => 0,
+        }
+    }
+
+    /// The encoder's weights: under [`Layout::weight_prefix`] when the checkpoint has them
+    /// there (task models), else at the top (bare encoders).
+    pub fn encoder_weights<'a>(self, vb: &VarBuilder<'a>) -> VarBuilder<'a> {
+        let prefix = self.weight_prefix();
+        if vb.contains_tensor(&format!("{prefix}.embeddings.word_embeddings.weight")) {
+            vb.pp(prefix)
+        } else {
+            vb.clone()
+        }
     }
 }
 
@@ -95,7 +215,12 @@ pub struct Linear {
 }
 
 impl Linear {
-    fn load(vb: &VarBuilder, in_dim: usize, out_dim: usize, dtype: Dtype) -> Result<Self> {
+    pub(crate) fn load(
+        vb: &VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        dtype: Dtype,
+    ) -> Result<Self> {
         Self::fused(std::slice::from_ref(vb), in_dim, out_dim, dtype)
     }
 
@@ -140,6 +265,10 @@ impl Linear {
             w: Weights::new(w_t, in_dim, n, dtype),
             b,
         })
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.b.len()
     }
 
     /// `x`: `[rows, in]`; returns `[rows, out]`.
@@ -205,14 +334,27 @@ pub struct TokenIds {
 }
 
 impl TokenIds {
-    /// Sequences packed back to back, positions from 0, token type 0.
+    /// Sequences packed back to back, positions from 0, token type 0 (BERT).
     pub fn packed(seqs: &[Vec<u32>]) -> Self {
+        Self::pack(Layout::new(None, None), seqs, None)
+    }
+
+    /// Sequences packed back to back, positions and token types per `layout`; `segments`
+    /// (one per token, as the tokenizer numbers the texts of a pair) default to 0.
+    pub fn pack(layout: Layout, seqs: &[Vec<u32>], segments: Option<&[Vec<u32>]>) -> Self {
         let mut t = Self::default();
-        for seq in seqs {
+        for (i, seq) in seqs.iter().enumerate() {
             t.ids.extend_from_slice(seq);
-            t.positions.extend(0..seq.len() as u32);
+            layout.positions(seq, &mut t.positions);
+            match segments.map(|s| &s[i]) {
+                Some(seg) => t
+                    .token_types
+                    .extend(seg.iter().map(|&s| layout.token_type(s))),
+                None => t
+                    .token_types
+                    .extend(std::iter::repeat_n(layout.token_type(0), seq.len())),
+            }
         }
-        t.token_types = vec![0; t.ids.len()];
         t
     }
 }
@@ -225,6 +367,7 @@ pub struct Embeddings {
     token_type: Vec<f32>,
     hidden: usize,
     norm: LayerNorm,
+    layout: Layout,
 }
 
 impl Embeddings {
@@ -239,6 +382,7 @@ impl Embeddings {
             token_type: table(cfg.type_vocab_size, "token_type_embeddings.weight")?,
             hidden: h,
             norm: LayerNorm::load(&vb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
+            layout: cfg.layout(),
         })
     }
 
@@ -267,8 +411,18 @@ impl Embeddings {
         self.word.len() / self.hidden
     }
 
+    /// The longest sequence the position table allows (RoBERTa: its rows less
+    /// [`Layout::position_offset`], e.g. 514 - 2 = 512).
     pub fn max_positions(&self) -> usize {
-        self.position.len() / self.hidden
+        self.position.len() / self.hidden - self.layout.position_offset()
+    }
+
+    pub fn type_vocab_size(&self) -> usize {
+        self.token_type.len() / self.hidden
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     pub fn hidden_size(&self) -> usize {
@@ -404,20 +558,18 @@ pub fn load_layers(
     }
 }
 
-/// A plain BERT encoder (embeddings + all layers), as used by sentence-embedding models.
+/// A plain BERT (or XLM-RoBERTa) encoder (embeddings + all layers), as used by
+/// sentence-embedding models and, under a classification head, by cross-encoders.
 pub struct Bert {
     embeddings: Embeddings,
     layers: Vec<Layer>,
 }
 
 impl Bert {
-    /// Accepts unprefixed keys (sentence-transformers, GTE) and `bert.`-prefixed ones.
+    /// Accepts unprefixed keys (sentence-transformers, GTE, bge-m3) and keys under the family's
+    /// prefix (`bert.`, `roberta.`: [`Layout::encoder_weights`]).
     pub fn load(vb: &VarBuilder, cfg: &BertConfig, dtype: Dtype) -> Result<Self> {
-        let vb = if vb.contains_tensor("bert.embeddings.word_embeddings.weight") {
-            vb.pp("bert")
-        } else {
-            vb.clone()
-        };
+        let vb = cfg.layout().encoder_weights(vb);
         let layers = load_layers(&vb, "encoder.layer", cfg, dtype)?;
         if layers.is_empty() {
             return Err(ModelError::Config(
@@ -434,11 +586,122 @@ impl Bert {
         &self.embeddings
     }
 
+    /// Checks that `seqs` fit the model: not empty, within the position table, ids inside the
+    /// vocabulary, and `segments` (when given) one per token and within the token types.
+    pub fn check(&self, seqs: &[Vec<u32>], segments: Option<&[Vec<u32>]>) -> Result<()> {
+        let vocab = self.embeddings.vocab_size();
+        let max = self.embeddings.max_positions();
+        let types = self.embeddings.type_vocab_size();
+        let layout = self.embeddings.layout();
+        if segments.is_some_and(|s| s.len() != seqs.len()) {
+            return Err(ModelError::Input(
+                "token types are not given for every sequence".into(),
+            ));
+        }
+        for (i, seq) in seqs.iter().enumerate() {
+            if seq.is_empty() {
+                return Err(ModelError::Input("empty token sequence".into()));
+            }
+            if seq.len() > max {
+                return Err(ModelError::Input(format!(
+                    "{} tokens exceed the model's {max} positions",
+                    seq.len()
+                )));
+            }
+            if let Some(id) = seq.iter().find(|&&id| id as usize >= vocab) {
+                return Err(ModelError::Input(format!(
+                    "token id {id} is outside the vocabulary"
+                )));
+            }
+            if let Some(seg) = segments.map(|s| &s[i]) {
+                if seg.len() != seq.len() {
+                    return Err(ModelError::Input(format!(
+                        "{} token types for {} tokens",
+                        seg.len(),
+                        seq.len()
+                    )));
+                }
+                if let Some(t) = seg
+                    .iter()
+                    .map(|&s| layout.token_type(s))
+                    .find(|&t| t as usize >= types)
+                {
+                    return Err(ModelError::Input(format!(
+                        "token type {t} is outside the model's {types} types"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The last hidden states of every token of `seqs`, packed: `[total tokens, hidden]`, the
-    /// sequences back to back. Ids and lengths must fit the model (see [`Embeddings::forward`]).
+    /// sequences back to back; token type 0 throughout. Ids and lengths must fit the model
+    /// ([`Bert::check`]).
     pub fn forward(&self, seqs: &[Vec<u32>]) -> Vec<f32> {
+        self.forward_segments(seqs, None)
+    }
+
+    /// [`Bert::forward`] with the tokenizer's segment ids (0 for the first text of a pair, 1 for
+    /// the second); the layout decides what token types they become.
+    pub fn forward_segments(&self, seqs: &[Vec<u32>], segments: Option<&[Vec<u32>]>) -> Vec<f32> {
         let lens: Vec<usize> = seqs.iter().map(Vec::len).collect();
-        let x = self.embeddings.forward(&TokenIds::packed(seqs));
+        let ids = TokenIds::pack(self.embeddings.layout(), seqs, segments);
+        let x = self.embeddings.forward(&ids);
         run_layers(&self.layers, x, &lens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_follows_model_type() {
+        assert_eq!(Layout::new(None, Some(0)).family, Family::Bert);
+        assert_eq!(Layout::new(Some("bert"), Some(1)).family, Family::Bert);
+        for kind in ["roberta", "xlm-roberta"] {
+            let l = Layout::new(Some(kind), None);
+            assert_eq!(l.family, Family::Roberta);
+            assert_eq!(l.weight_prefix(), "roberta");
+            // transformers' RoBERTa default padding index is 1: positions from 2.
+            assert_eq!(l.position_offset(), 2);
+        }
+    }
+
+    #[test]
+    fn roberta_positions_skip_the_padding_index_and_types_are_zero() {
+        let l = Layout::new(Some("xlm-roberta"), Some(1));
+        let mut pos = Vec::new();
+        l.positions(&[0, 5, 7, 2], &mut pos);
+        assert_eq!(pos, [2, 3, 4, 5]);
+        // A padding token keeps the padding index and is not counted, as
+        // create_position_ids_from_input_ids does.
+        pos.clear();
+        l.positions(&[0, 1, 7, 2], &mut pos);
+        assert_eq!(pos, [2, 1, 3, 4]);
+        let t = TokenIds::pack(
+            l,
+            &[vec![0, 5, 2], vec![0, 6]],
+            Some(&[vec![0, 0, 1], vec![1, 1]]),
+        );
+        assert_eq!(t.token_types, [0; 5]);
+        assert_eq!(t.positions, [2, 3, 4, 2, 3]);
+    }
+
+    #[test]
+    fn bert_positions_count_from_zero_and_keep_segments() {
+        let l = Layout::new(Some("bert"), Some(0));
+        let t = TokenIds::pack(
+            l,
+            &[vec![101, 0, 102], vec![101, 102]],
+            Some(&[vec![0, 0, 1], vec![0, 1]]),
+        );
+        assert_eq!(t.positions, [0, 1, 2, 0, 1]);
+        assert_eq!(t.token_types, [0, 0, 1, 0, 1]);
+        assert_eq!(
+            TokenIds::packed(&[vec![101, 0, 102]]).token_types,
+            [0, 0, 0]
+        );
     }
 }

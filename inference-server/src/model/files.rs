@@ -18,6 +18,13 @@ pub struct ModelFiles {
     pub tokenizer: TokenizerFiles,
     /// `1_Pooling/config.json` of sentence-transformers folders.
     pub pooling_config: Option<PathBuf>,
+    /// bge-m3's sparse (lexical weight) head, `Linear(hidden -> 1)`: see [`ModelFiles::from_dir`].
+    pub sparse_head: Option<WeightsFile>,
+    /// bge-m3's multi-vector (ColBERT) head, `Linear(hidden -> dims)`.
+    pub colbert_head: Option<WeightsFile>,
+    /// `special_tokens_map.json`, else `tokenizer_config.json`: which tokens the tokenizer
+    /// calls cls, eos, pad and unk (bge-m3's sparse head skips them).
+    pub special_tokens: Option<PathBuf>,
 }
 
 /// `model.safetensors` is preferred: it is memory-mapped instead of unpickled.
@@ -74,12 +81,24 @@ impl ModelFiles {
                 })
             })
             .ok_or_else(|| missing("no tokenizer.json or vocab.txt"))?;
+        // bge-m3 keeps its extra heads next to the encoder, each a `{weight, bias}` state dict:
+        // `sparse_linear.pt` / `colbert_linear.pt` (torch zip) as the hub ships them, or the same
+        // tensors as `*.safetensors` (preferred, memory-mapped).
+        let head = |name: &str| {
+            file(&format!("{name}.safetensors"))
+                .map(WeightsFile::Safetensors)
+                .or_else(|| file(&format!("{name}.pt")).map(WeightsFile::Pytorch))
+        };
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
             weights,
             tokenizer,
             pooling_config: file("1_Pooling/config.json"),
+            sparse_head: head("sparse_linear"),
+            colbert_head: head("colbert_linear"),
+            special_tokens: file("special_tokens_map.json")
+                .or_else(|| file("tokenizer_config.json")),
         })
     }
 

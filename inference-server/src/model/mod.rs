@@ -1,7 +1,10 @@
-//! Model layer: model files (local folder or hub download), tokenizer, a CPU-oriented BERT
-//! encoder on candle, pooling, the sentence embedder and the SiameseUniNLU model.
+//! Model layer: model files (local folder or hub download), tokenizer, a CPU-oriented BERT /
+//! XLM-RoBERTa encoder on candle, pooling, the sentence embedder (with bge-m3's sparse and
+//! multi-vector heads), the cross-encoder (reranker) and the SiameseUniNLU model.
 
 pub mod bert;
+pub mod bge_m3;
+pub mod cross_encoder;
 pub mod download;
 pub mod embedder;
 pub mod files;
@@ -11,12 +14,15 @@ pub mod tokenizer;
 pub mod uninlu;
 pub mod windows;
 
+pub use bert::Family;
+pub use bge_m3::SparseWeights;
+pub use cross_encoder::{CrossEncoder, CrossEncoderInfo, ScoreActivation};
 pub use download::{download, download_archive, download_into, HubConfig, HubKind};
-pub use embedder::{Embedder, EmbedderInfo};
+pub use embedder::{Embedder, EmbedderInfo, MultiEmbedding, Outputs};
 pub use files::{resolve, ModelFiles};
 pub use kernels::linear::Dtype;
 pub use pooling::Pooling;
-pub use tokenizer::{Encoding, Tokenizer};
+pub use tokenizer::{Encoding, PairEncoding, Tokenizer};
 pub use uninlu::{Logits, TextStates, UniNluInfo, UniNluModel};
 
 use std::path::PathBuf;

@@ -1,6 +1,9 @@
 //! The WordPiece tokenizer of BERT models, loaded from `tokenizer.json` or rebuilt from
 //! `vocab.txt` + `tokenizer_config.json`; both give the same ids. Offsets are in Unicode code
-//! points, as the UniNLU output and Python's string indexing use them.
+//! points, as the UniNLU output and Python's string indexing use them. SentencePiece (Unigram)
+//! tokenizers of XLM-RoBERTa models come as `tokenizer.json` only; their special tokens
+//! (`<s> A </s>`, pairs `<s> A </s></s> B </s>`) come from the file's post-processor, like
+//! BERT's (`[CLS] A [SEP] B [SEP]`).
 
 use std::path::Path;
 
@@ -9,7 +12,10 @@ use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
-use tokenizers::AddedToken;
+use tokenizers::utils::truncation::{
+    truncate_encodings, TruncationDirection, TruncationParams, TruncationStrategy,
+};
+use tokenizers::{AddedToken, PostProcessor};
 
 use super::files::TokenizerFiles;
 use super::{ModelError, Result};
@@ -41,6 +47,14 @@ pub struct Token {
     pub special: bool,
     /// The `[start, end)` code points of the text it covers; `None` for a special token.
     pub span: Option<(usize, usize)>,
+}
+
+/// Token ids of a text pair, special tokens included, and the segment of each token (0 for the
+/// first text and its special tokens, 1 for the second, as the post-processor numbers them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PairEncoding {
+    pub ids: Vec<u32>,
+    pub segments: Vec<u32>,
 }
 
 pub struct Tokenizer {
@@ -207,7 +221,60 @@ impl Tokenizer {
         self.inner.decode(ids, skip_special).map_err(tok_err)
     }
 
+    /// Encodes a pair (query, passage) with the post-processor's special tokens. `max_len`
+    /// truncates as the Python tokenizers do with `truncation=True` (`longest_first`): the longer
+    /// text loses tokens from its end first, so that the pair with its special tokens fits.
+    pub fn encode_pair(
+        &self,
+        first: &str,
+        second: &str,
+        max_len: Option<usize>,
+    ) -> Result<PairEncoding> {
+        let a = self
+            .inner
+            .encode_char_offsets(first, false)
+            .map_err(tok_err)?;
+        let mut b = self
+            .inner
+            .encode_char_offsets(second, false)
+            .map_err(tok_err)?;
+        // As `encode((first, second))` numbers them before the post-processor.
+        b.set_type_ids(vec![1; b.len()]);
+        let (a, b) = match max_len {
+            Some(max) => {
+                let added = self
+                    .inner
+                    .get_post_processor()
+                    .map_or(0, |p| p.added_tokens(true));
+                if max <= added {
+                    return Err(ModelError::Input(format!(
+                        "a maximum length of {max} cannot hold a pair's {added} special tokens"
+                    )));
+                }
+                let params = TruncationParams {
+                    direction: TruncationDirection::Right,
+                    max_length: max - added,
+                    strategy: TruncationStrategy::LongestFirst,
+                    stride: 0,
+                };
+                let (a, b) = truncate_encodings(a, Some(b), &params).map_err(tok_err)?;
+                (a, b.expect("the pair stays a pair"))
+            }
+            None => (a, b),
+        };
+        let enc = self.inner.post_process(a, Some(b), true).map_err(tok_err)?;
+        Ok(PairEncoding {
+            ids: enc.get_ids().to_vec(),
+            segments: enc.get_type_ids().to_vec(),
+        })
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// The id of `token` (special tokens included), if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
     }
 }

@@ -8,7 +8,9 @@
 
 use serde::Serialize;
 
-use super::bert::{load_layers, run_layers, BertConfig, Embeddings, Layer, Linear, TokenIds};
+use super::bert::{
+    load_layers, run_layers, BertConfig, Embeddings, Family, Layer, Linear, TokenIds,
+};
 use super::files::ModelFiles;
 use super::kernels::linear::Dtype;
 use super::tokenizer::Tokenizer;
@@ -73,6 +75,11 @@ pub struct Logits {
 impl UniNluModel {
     pub fn load(files: &ModelFiles, dtype: Dtype) -> Result<Self> {
         let cfg = BertConfig::load(&files.config)?;
+        if cfg.layout().family != Family::Bert {
+            return Err(ModelError::Config(
+                "SiameseUniNLU is a BERT model; this config is not BERT's".into(),
+            ));
+        }
         let vb = files.weights.var_builder()?;
         let lower = load_layers(&vb, "plm.encoder.layer", &cfg, dtype)?;
         let upper = load_layers(&vb, "crossattention.layer", &cfg, dtype)?;
