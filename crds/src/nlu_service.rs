@@ -85,6 +85,7 @@ pub struct NluServiceSpec {
 /// What to serve.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.taskPresets) || self.task == 'uninlu'").message("taskPresets is for the uninlu task").field_path(".taskPresets"))]
 pub struct ModelSpec {
     /// `uninlu` (SiameseUniNLU: POST /api/predict) or `embedding` (GTE-style: POST /v1/embeddings).
     pub task: Task,
@@ -100,6 +101,34 @@ pub struct ModelSpec {
     /// Embedding pooling; default from the model folder (`1_Pooling/config.json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pooling: Option<Pooling>,
+
+    /// UniNLU: task types for the second seed app's `POST /predict {"task_type", "input_text"}`,
+    /// from a ConfigMap in the service's namespace, replacing or adding to the built-in ones
+    /// (docs/server.md). Mounted into the pods and read at start (`--task-presets`): a bad file
+    /// stops the server at start (the rollout does not progress), and an edit takes effect at
+    /// the next rollout (`kubectl rollout restart deployment/<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_presets: Option<TaskPresets>,
+}
+
+/// A ConfigMap key holding a `--task-presets` JSON file.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskPresets {
+    /// The ConfigMap's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub config_map: String,
+    /// The key holding the JSON. Default `presets.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"))]
+    pub key: Option<String>,
+}
+
+impl TaskPresets {
+    /// The key the JSON is under.
+    pub fn key(&self) -> &str {
+        self.key.as_deref().unwrap_or("presets.json")
+    }
 }
 
 /// Where the model files come from.

@@ -227,6 +227,8 @@ pub struct ServeFlags {
     /// The Ingress path the server is published under, when not `/`.
     pub path_prefix: Option<String>,
     pub playground: bool,
+    /// UniNLU task types file inside the pod (`None`: the built-in ones).
+    pub task_presets: Option<String>,
 }
 
 /// The flags of `--auth jwt`.
@@ -301,6 +303,7 @@ impl ServeFlags {
             }
         }
         flag("path-prefix", self.path_prefix.clone());
+        flag("task-presets", self.task_presets.clone());
         if !self.playground {
             args.push("--no-playground".into());
         }
@@ -354,11 +357,13 @@ mod tests {
             }),
             path_prefix: Some("/gte".into()),
             playground: false,
+            task_presets: Some("/etc/nlu/task-presets/p.json".into()),
         };
         let expected = "serve --model /models --task embedding --listen 0.0.0.0:8080 --metrics-listen 0.0.0.0:9090 \
             --log-format json --pooling mean --max-batch-requests 8 --auth jwt \
             --jwks /etc/nlu/jwks/jwks.json --service-id ns/svc --redis-prefix nlu \
-            --redis-failure-policy fail-open --path-prefix /gte --no-playground";
+            --redis-failure-policy fail-open --path-prefix /gte --task-presets /etc/nlu/task-presets/p.json \
+            --no-playground";
         assert_eq!(flags.to_args().join(" "), expected);
     }
 

@@ -124,6 +124,16 @@ async fn every_rendered_deployment_runs_and_becomes_ready() {
             }),
         )
         .await;
+        // The task types of the UniNLU case's spec.model.taskPresets.
+        create::<ConfigMap>(
+            &Api::namespaced(client.clone(), &ns),
+            json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "uninlu-presets", "namespace": ns},
+                "data": {"presets.json": r#"{"topic": {"schema": {"主题": null}, "labels": ["体育", "财经"]}}"#},
+            }),
+        )
+        .await;
         for (secret, key) in [("nlu-redis", "url"), ("tenants-redis", "connection")] {
             create::<Secret>(
                 &Api::namespaced(client.clone(), &ns),

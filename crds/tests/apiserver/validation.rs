@@ -54,6 +54,9 @@ const LONG_PATH_AT_LIMIT: &str = "\"/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
 /// A SHA-256 as `spec.model.source.sha256` takes it, and the same in upper case (refused).
 const SHA256_LOWER: &str = r#""9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d08e1d5d5f1ab""#;
 const SHA256_UPPER: &str = r#""9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D08E1D5D5F1AB""#;
+/// 254 and 253 characters: one over and exactly at a Kubernetes name's (and ConfigMap key's) maxLength.
+const LONG_NAME: &str = r#""aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa""#;
+const LONG_NAME_AT_LIMIT: &str = r#""aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa""#;
 const TENANT: &str = "tenant.yaml";
 const PER_DAY_RULE: &str =
     "Tenant spec.quota rule: requestsPerDay must be from 0 (unlimited) to 999999999999999";
@@ -148,6 +151,27 @@ const CASES: &[Case] = &[
         GTE, &[("/spec/model/source/sha256", SHA256_LOWER)], "spec.model.source.sha256", Rule),
     limit("NluService spec.model.maxSequenceLength minimum", UNINLU, &[("/spec/model/maxSequenceLength", "7")], "spec.model.maxSequenceLength", "8"),
     limit("NluService spec.model.maxSequenceLength maximum", UNINLU, &[("/spec/model/maxSequenceLength", "8193")], "spec.model.maxSequenceLength", "8192"),
+    // taskPresets: a ConfigMap key, for UniNLU only.
+    case("NluService spec.model rule: taskPresets is for the uninlu task", GTE, &[("/spec/model/taskPresets", r#"{"configMap": "p"}"#)],
+        "spec.model.taskPresets", Rule),
+    case("NluService spec.model.taskPresets.configMap required", UNINLU, &[("/spec/model/taskPresets", r#"{"key": "p.json"}"#)],
+        "spec.model.taskPresets.configMap", Required),
+    limit("NluService spec.model.taskPresets.configMap minLength", UNINLU, &[("/spec/model/taskPresets", r#"{"configMap": ""}"#)],
+        "spec.model.taskPresets.configMap", r#"{"configMap": "p"}"#),
+    Case { expect: TooLong, at_limit: Some(LONG_NAME_AT_LIMIT),
+        ..case("NluService spec.model.taskPresets.configMap maxLength", UNINLU,
+        &[("/spec/model/taskPresets", r#"{"configMap": "p"}"#), ("/spec/model/taskPresets/configMap", LONG_NAME)],
+        "spec.model.taskPresets.configMap", TooLong) },
+    limit("NluService spec.model.taskPresets.key minLength", UNINLU, &[("/spec/model/taskPresets", r#"{"configMap": "p", "key": ""}"#)],
+        "spec.model.taskPresets.key", r#"{"configMap": "p", "key": "p.json"}"#),
+    Case { expect: TooLong, at_limit: Some(LONG_NAME_AT_LIMIT),
+        ..case("NluService spec.model.taskPresets.key maxLength", UNINLU,
+        &[("/spec/model/taskPresets", r#"{"configMap": "p"}"#), ("/spec/model/taskPresets/key", LONG_NAME)],
+        "spec.model.taskPresets.key", TooLong) },
+    limit("NluService spec.model.taskPresets.key pattern", UNINLU, &[("/spec/model/taskPresets", r#"{"configMap": "p", "key": "../x"}"#)],
+        "spec.model.taskPresets.key", r#"{"configMap": "p", "key": "my_presets-1.json"}"#),
+    limit("NluService spec.model.taskPresets.key pattern", UNINLU, &[("/spec/model/taskPresets", r#"{"configMap": "p", "key": ".."}"#)],
+        "spec.model.taskPresets.key", r#"{"configMap": "p", "key": "p.json"}"#),
     case("NluService spec.model.pooling enum", GTE, &[("/spec/model/pooling", r#""max""#)], "spec.model.pooling", NotSupported),
     // autoscaling
     case("NluService spec.autoscaling.minReplicas required", UNINLU, &[("/spec/autoscaling/minReplicas", "null")],

@@ -43,6 +43,7 @@ model:
     # runs this snapshot against the stand-in hub, which serves that file under this id.
     sha256: 1bc4835b8a8857b875742f80976dd42283ad03918d684568e8ab6e01d6bc8aeb
   maxSequenceLength: 512
+  taskPresets: {configMap: uninlu-presets}
 autoscaling: {minReplicas: 2, maxReplicas: 8, targetCPUUtilizationPercentage: 60, targetInflightRequests: 4}
 resources:
   requests: {cpu: "2", memory: 2Gi}

@@ -24,6 +24,8 @@ pub const METRICS_PORT: i32 = 9090;
 pub const MODEL_MOUNT: &str = "/models";
 /// Where the JWK Set ConfigMap is mounted.
 pub const JWKS_MOUNT: &str = "/etc/nlu/jwks";
+/// Where `spec.model.taskPresets`' ConfigMap is mounted (each key a file, as the kubelet writes them).
+pub const TASK_PRESETS_MOUNT: &str = "/etc/nlu/task-presets";
 /// Seconds the pod keeps serving after it was taken out of the endpoints, before SIGTERM, so
 /// load balancers stop routing to it first; the server then drains in-flight requests.
 pub const DRAIN_SECONDS: i64 = 5;
@@ -80,6 +82,10 @@ pub fn deployment(svc: &NluService, cfg: &OperatorConfig) -> Deployment {
     if jwt {
         mounts.push(json!({"name": "jwks", "mountPath": JWKS_MOUNT, "readOnly": true}));
         volumes.push(json!({"name": "jwks", "configMap": {"name": JWKS_CONFIGMAP}}));
+    }
+    if let Some(presets) = &spec.model.task_presets {
+        mounts.push(json!({"name": "task-presets", "mountPath": TASK_PRESETS_MOUNT, "readOnly": true}));
+        volumes.push(json!({"name": "task-presets", "configMap": {"name": presets.config_map}}));
     }
 
     let probe = |path: &str, period: i32, failures: i32| json!({"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 2});
@@ -301,6 +307,11 @@ pub fn serve_args(svc: &NluService, cfg: &OperatorConfig) -> Vec<String> {
             .and_then(|i| i.path.clone())
             .filter(|p| !p.trim_end_matches('/').is_empty()),
         playground: playground_on(spec),
+        task_presets: spec
+            .model
+            .task_presets
+            .as_ref()
+            .map(|p| format!("{TASK_PRESETS_MOUNT}/{}", p.key())),
     }
     .to_args()
 }
