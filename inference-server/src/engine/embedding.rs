@@ -121,7 +121,7 @@ impl EmbeddingEngine {
         check_inputs(&texts, self.limits.max_batch_inputs)?;
         let encoded = self.encode_all(texts.clone(), truncate, special).await?;
         let ids: Vec<Vec<u32>> = encoded.iter().map(|e| e.ids.clone()).collect();
-        check_lengths(&ids, self.limits.max_input_length)?;
+        check_lengths(ids.iter().map(Vec::len), self.limits.max_input_length, "input")?;
         let tokenizer = self.embedder.tokenizer();
         Ok(texts
             .iter()
@@ -159,7 +159,7 @@ impl EmbeddingEngine {
             .into_iter()
             .map(|e| e.ids)
             .collect();
-        check_lengths(&encoded, max_len)?;
+        check_lengths(encoded.iter().map(Vec::len), max_len, "input")?;
 
         let tokens = encoded.iter().map(Vec::len).sum();
         let request = self.batcher.admit(bill.tenant_key(), tokens)?;
@@ -222,12 +222,16 @@ pub fn check_dimensions(dimensions: Option<usize>, model_dims: usize) -> Result<
     }
 }
 
-/// Pure: refuses any tokenized input over the limit (only reachable without truncation).
-pub fn check_lengths(encoded: &[Vec<u32>], max_len: usize) -> Result<(), Error> {
-    match encoded.iter().position(|ids| ids.len() > max_len) {
-        Some(i) => Err(Error::too_large(format!(
-            "input {i} has {} tokens; the limit is {max_len} (--max-input-length); send \"truncate\": true to cut it",
-            encoded[i].len()
+/// Pure: refuses the first tokenized sequence over the limit (only reachable without
+/// truncation), naming it as `what` and its index.
+pub fn check_lengths(
+    lengths: impl IntoIterator<Item = usize>,
+    max_len: usize,
+    what: &str,
+) -> Result<(), Error> {
+    match lengths.into_iter().enumerate().find(|&(_, n)| n > max_len) {
+        Some((i, n)) => Err(Error::too_large(format!(
+            "{what} {i} has {n} tokens; the limit is {max_len} (--max-input-length); send \"truncate\": true to cut it"
         ))),
         None => Ok(()),
     }
@@ -265,12 +269,12 @@ mod tests {
 
     #[test]
     fn length_check_names_the_limit() {
-        let e = check_lengths(&[vec![1, 2], vec![1, 2, 3]], 2).unwrap_err();
+        let e = check_lengths([2, 3], 2, "input").unwrap_err();
         assert!(
             e.message.contains("input 1 has 3 tokens; the limit is 2"),
             "{}",
             e.message
         );
-        assert!(check_lengths(&[vec![1, 2]], 2).is_ok());
+        assert!(check_lengths([2], 2, "input").is_ok());
     }
 }

@@ -24,7 +24,7 @@ impl Problem {
 /// The first problem of `spec`, if any.
 pub fn check(spec: &NluServiceSpec) -> Result<(), Problem> {
     check_source(&spec.model.source)?;
-    if spec.model.task == Task::Uninlu && spec.model.pooling.is_some() {
+    if spec.model.task != Task::Embedding && spec.model.pooling.is_some() {
         return Err(Problem::new(
             "PoolingNotApplicable",
             "model.pooling applies to the embedding task only",
