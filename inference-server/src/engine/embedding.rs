@@ -1,7 +1,6 @@
 //! Embedding requests: validate, tokenize off the runtime, batch on the model thread, pool.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::batching::{Batcher, Job, Settings, Worker};
 use crate::cost::Bill;
@@ -92,22 +91,15 @@ impl EmbeddingEngine {
         truncate: bool,
         special: bool,
     ) -> Result<Vec<Encoding>, Error> {
-        let started = Instant::now();
         let embedder = self.embedder.clone();
         let max_len = truncate.then_some(self.limits.max_input_length);
-        let encoded = tokio::task::spawn_blocking(move || {
+        super::tokenize_off_runtime(&self.metrics, move || {
             texts
                 .iter()
                 .map(|t| embedder.tokenizer().encode_with(t, max_len, special))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
-        .map_err(|e| Error::internal(format!("tokenizer task failed: {e}")))?
-        .map_err(|e| Error::invalid("invalid_input", e.to_string()))?;
-        self.metrics
-            .tokenize_seconds
-            .observe(started.elapsed().as_secs_f64());
-        Ok(encoded)
     }
 
     /// `/tokenize`: each text's tokens, under the same input checks as [`Self::embed`]; no
@@ -161,9 +153,6 @@ impl EmbeddingEngine {
             .collect();
         check_lengths(encoded.iter().map(Vec::len), max_len, "input")?;
 
-        let tokens = encoded.iter().map(Vec::len).sum();
-        let request = self.batcher.admit(bill.tenant_key(), tokens)?;
-        bill.charge(tokens).await?;
         let jobs = encoded
             .into_iter()
             .map(|ids| Job {
@@ -171,7 +160,7 @@ impl EmbeddingEngine {
                 input: ids,
             })
             .collect();
-        let mut vectors = arrival.run_all(&request, jobs).await?;
+        let (mut vectors, tokens) = super::run_charged(&self.batcher, arrival, bill, jobs).await?;
         for v in &mut vectors {
             v.truncate(dims);
             if req.normalize {

@@ -16,8 +16,9 @@ pub use rerank::{RerankEngine, RerankRequest, Reranked};
 pub use crate::model::tokenizer::Token;
 pub use uninlu::UniNluEngine;
 
-use crate::batching::Settings;
+use crate::batching::{Arrival, Batcher, Job, Settings};
 use crate::cost::Bill;
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::model::kernels::linear::bf16_available;
 use crate::model::{
@@ -270,6 +271,37 @@ impl Engine {
             Engine::Rerank { engine, .. } => engine.shutdown(),
         }
     }
+}
+
+/// Runs `tokenize` on the blocking pool (the tokio workers never compute) and times it; a
+/// model error there is the client's input error.
+async fn tokenize_off_runtime<T: Send + 'static>(
+    metrics: &Metrics,
+    tokenize: impl FnOnce() -> model::Result<T> + Send + 'static,
+) -> Result<T, Error> {
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(tokenize)
+        .await
+        .map_err(|e| Error::internal(format!("tokenizer task failed: {e}")))?
+        .map_err(|e| Error::invalid("invalid_input", e.to_string()))?;
+    metrics
+        .tokenize_seconds
+        .observe(started.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+/// Admits `jobs` as one request, charges their tokens to `bill` before they run, runs them
+/// and returns their outputs in order with the tokens charged.
+async fn run_charged<I: Send + 'static, O: Send + 'static>(
+    batcher: &Batcher<I, O>,
+    arrival: Arrival<'_, I, O>,
+    bill: &mut Bill,
+    jobs: Vec<Job<I>>,
+) -> Result<(Vec<O>, usize), Error> {
+    let tokens = jobs.iter().map(|job| job.tokens).sum();
+    let request = batcher.admit(bill.tenant_key(), tokens)?;
+    bill.charge(tokens).await?;
+    Ok((arrival.run_all(&request, jobs).await?, tokens))
 }
 
 /// The length sentence-transformers models were trained and are evaluated at

@@ -2,7 +2,6 @@
 //! tokens, score each pair as one job of the shared batcher, apply the model's activation.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::embedding::{check_inputs, check_lengths, EmbedLimits};
 use crate::batching::{Batcher, Job, Settings, Worker};
@@ -79,22 +78,15 @@ impl RerankEngine {
         texts: Vec<String>,
         truncate: bool,
     ) -> Result<Vec<PairEncoding>, Error> {
-        let started = Instant::now();
         let model = self.model.clone();
         let max_len = truncate.then_some(self.limits.max_input_length);
-        let encoded = tokio::task::spawn_blocking(move || {
+        super::tokenize_off_runtime(&self.metrics, move || {
             texts
                 .iter()
                 .map(|t| model.tokenizer().encode_pair(&query, t, max_len))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
-        .map_err(|e| Error::internal(format!("tokenizer task failed: {e}")))?
-        .map_err(|e| Error::invalid("invalid_input", e.to_string()))?;
-        self.metrics
-            .tokenize_seconds
-            .observe(started.elapsed().as_secs_f64());
-        Ok(encoded)
     }
 
     /// Scores each text against the query: encodes, charges the tokens to `bill`, then runs
@@ -113,10 +105,6 @@ impl RerankEngine {
             self.limits.max_input_length,
             "the query with input",
         )?;
-
-        let tokens = pairs.iter().map(|p| p.ids.len()).sum();
-        let request = self.batcher.admit(bill.tenant_key(), tokens)?;
-        bill.charge(tokens).await?;
         let jobs = pairs
             .into_iter()
             .map(|pair| Job {
@@ -124,7 +112,7 @@ impl RerankEngine {
                 input: pair,
             })
             .collect();
-        let mut scores = arrival.run_all(&request, jobs).await?;
+        let (mut scores, tokens) = super::run_charged(&self.batcher, arrival, bill, jobs).await?;
         if !req.raw_scores {
             let activation = self.activation();
             scores.iter_mut().for_each(|s| *s = activation.apply(*s));
