@@ -88,12 +88,15 @@ fuzz() {
 
 UNINLU=$FIXTURES/uninlu-tiny/model
 GTE=$FIXTURES/gte-tiny/model
+# A tiny XLM-RoBERTa cross-encoder (tests/parity/rerank.rs checks it against transformers).
+RERANK=$ROOT/inference-server/tests/fixtures/rerank/xlmr-reranker-tiny
 
 # Auth off.
 fuzz uninlu "$(start_server --model "$UNINLU" --task uninlu)"
 fuzz embedding "$(start_server --model "$GTE" --task embedding)"
+fuzz rerank "$(start_server --model "$RERANK" --task rerank)"
 
-# Auth on: keys, Redis with one tenant allowed both scopes and generous limits, a token.
+# Auth on: keys, Redis with one tenant allowed every scope and generous limits, a token.
 "$BIN" keygen --out-dir "$WORK/keys" >/dev/null
 REDIS_PORT=$(free_port)
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$OUT/redis.log" 2>&1 &
@@ -104,9 +107,10 @@ for _ in $(seq 1 100); do
 done
 redis-cli -p "$REDIS_PORT" HSET "nlu:tenant:{default/fuzz}" enabled 1 requests_per_day 10000000 \
     requests_per_minute 1000000 tokens_per_day 0 tokens_per_minute 0 max_concurrent_requests 0 \
-    scopes predict,embed services "" gen 1 uid fuzz-1 >/dev/null
+    scopes predict,embed,rerank services "" gen 1 uid fuzz-1 >/dev/null
 TOKEN=$("$BIN" token --signing-key "$WORK/keys/signing-key.pem" --tenant default/fuzz \
-    --audience default/uninlu --audience default/gte --scope predict,embed --ttl 3600 --gen 1 \
+    --audience default/uninlu --audience default/gte --audience default/rerank \
+    --scope predict,embed,rerank --ttl 3600 --gen 1 \
     --tenant-uid fuzz-1)
 auth_flags() {
     echo --auth jwt --jwks "$WORK/keys/jwks.json" --service-id "$1" --redis-url "redis://127.0.0.1:$REDIS_PORT/"
@@ -116,12 +120,18 @@ UNINLU_AUTH=$(start_server --model "$UNINLU" --task uninlu $(auth_flags default/
 # shellcheck disable=SC2046
 GTE_AUTH=$(start_server --model "$GTE" --task embedding --served-model-name thenlper/gte-tiny \
     $(auth_flags default/gte))
+# shellcheck disable=SC2046
+RERANK_AUTH=$(start_server --model "$RERANK" --task rerank $(auth_flags default/rerank))
 # The token is served (else the fuzzing below would only ever see refusals).
 curl -sf -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$GTE_AUTH/embed" \
     -H 'Content-Type: application/json' -d '{"inputs": "hello"}' ||
     { echo "the fuzzing tenant's token is refused" >&2; exit 1; }
+curl -sf -o /dev/null -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$RERANK_AUTH/v1/rerank" \
+    -H 'Content-Type: application/json' -d '{"query": "hello", "documents": ["hi"]}' ||
+    { echo "the fuzzing tenant's token is refused for rerank" >&2; exit 1; }
 fuzz uninlu-auth "$UNINLU_AUTH" -H "Authorization: Bearer $TOKEN"
 fuzz embedding-auth "$GTE_AUTH" -H "Authorization: Bearer $TOKEN"
+fuzz rerank-auth "$RERANK_AUTH" -H "Authorization: Bearer $TOKEN"
 # Without a token: every model route must refuse, as documented.
 # shellcheck disable=SC2046
 fuzz uninlu-no-token "$(start_server --model "$UNINLU" --task uninlu $(auth_flags default/uninlu))"

@@ -87,13 +87,15 @@ pub struct NluServiceSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.taskPresets) || self.task == 'uninlu'").message("taskPresets is for the uninlu task").field_path(".taskPresets"))]
 pub struct ModelSpec {
-    /// `uninlu` (SiameseUniNLU: POST /api/predict) or `embedding` (GTE-style: POST /v1/embeddings).
+    /// `uninlu` (SiameseUniNLU: POST /api/predict), `embedding` (GTE-style: POST /v1/embeddings)
+    /// or `rerank` (a cross-encoder: POST /rerank, /v1/rerank).
     pub task: Task,
 
     /// Where the model files come from. Exactly one of the fields must be set.
     pub source: ModelSource,
 
-    /// Longest input in tokens (embedding inputs; UniNLU prompts). Default: the model's maximum.
+    /// Longest input in tokens (embedding inputs; UniNLU prompts; rerank (query, text) pairs).
+    /// Default: the model's maximum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 8, max = 8192))]
     pub max_sequence_length: Option<i32>,

@@ -75,7 +75,7 @@ macro_rules! route_table {
 }
 
 use Kind::{Model, Open, Playground};
-use Scope::{Embed, Predict};
+use Scope::{Embed, Predict, Rerank};
 use Task::{Embedding, Uninlu};
 
 route_table! {
@@ -84,6 +84,10 @@ route_table! {
     Similarity => "/similarity", Post, Model(Embed, Embedding), Always;
     Tokenize => "/tokenize", Post, Model(Embed, Embedding), Always;
     Decode => "/decode", Post, Model(Embed, Embedding), Always;
+    /// text-embeddings-inference's rerank: `{"query", "texts"}` -> `[{"index", "score"}]`.
+    Rerank => "/rerank", Post, Model(Rerank, Task::Rerank), Always;
+    /// Cohere's and Jina's rerank: `{"query", "documents", "top_n"}` -> `{"results"}`.
+    CohereRerank => "/v1/rerank", Post, Model(Rerank, Task::Rerank), Always;
     Predict => "/api/predict", Post, Model(Predict, Uninlu), Always;
     /// The second seed app's API: `{"task_type", "input_text"}`.
     TaskPredict => "/predict", Post, Model(Predict, Uninlu), Always;
@@ -202,6 +206,13 @@ mod tests {
                 "{path}"
             );
         }
+        for path in ["/rerank", "/v1/rerank"] {
+            assert_eq!(
+                Route::find(path).and_then(Route::scope),
+                Some(Scope::Rerank),
+                "{path}"
+            );
+        }
         assert_eq!(Route::find("/healthz").and_then(Route::scope), None);
         assert_eq!(Route::find("/v1/models").and_then(Route::scope), None);
         assert_eq!(Route::find("/api/predict/"), None);
@@ -259,6 +270,10 @@ mod tests {
         assert_eq!(
             public(Task::Uninlu, false),
             ["/api/predict", "/predict", "/v1/models", "/v1/models/{*id}", "/health"]
+        );
+        assert_eq!(
+            public(Task::Rerank, false),
+            ["/rerank", "/v1/rerank", "/v1/models", "/v1/models/{*id}", "/health"]
         );
         let with_playground = public(Task::Uninlu, true);
         assert!(with_playground.contains(&"/"));

@@ -111,6 +111,8 @@ pub enum Task {
     Uninlu,
     /// Sentence embeddings and similarity.
     Embedding,
+    /// Reranking: a cross-encoder scores (query, passage) pairs.
+    Rerank,
 }
 
 impl Task {
@@ -119,6 +121,7 @@ impl Task {
         match self {
             Task::Uninlu => "uninlu",
             Task::Embedding => "embedding",
+            Task::Rerank => "rerank",
         }
     }
 }

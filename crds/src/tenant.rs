@@ -31,7 +31,8 @@ pub struct TenantSpec {
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub services: Vec<String>,
 
-    /// Operations allowed: `predict` (UniNLU) and `embed` (embeddings, similarity). Empty: all.
+    /// Operations allowed: `predict` (UniNLU), `embed` (embeddings, similarity) and `rerank`.
+    /// Empty: all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub scopes: Vec<Scope>,
@@ -59,6 +60,8 @@ pub enum Scope {
     Predict,
     /// `POST /v1/embeddings`, `/embed`, `/similarity`.
     Embed,
+    /// `POST /rerank`, `/v1/rerank`.
+    Rerank,
 }
 
 /// Request and token limits of a tenant. `0` means unlimited.

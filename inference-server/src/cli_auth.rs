@@ -34,8 +34,8 @@ pub struct TokenArgs {
     #[arg(long = "audience", required = true)]
     pub audience: Vec<QualifiedName>,
 
-    /// Operations granted, comma-separated: predict, embed.
-    #[arg(long, default_value = "predict,embed", value_parser = parse_scopes)]
+    /// Operations granted, comma-separated: predict, embed, rerank.
+    #[arg(long, default_value = "predict,embed,rerank", value_parser = parse_scopes)]
     pub scope: Scopes,
 
     /// Lifetime in seconds.
@@ -63,7 +63,7 @@ pub struct Scopes(pub Vec<Scope>);
 fn parse_scopes(s: &str) -> Result<Scopes, String> {
     let scopes = Scope::parse_list(s).map_err(|e| e.to_string())?;
     if scopes.is_empty() {
-        return Err("at least one scope is needed: predict, embed".into());
+        return Err("at least one scope is needed: predict, embed, rerank".into());
     }
     Ok(Scopes(scopes))
 }

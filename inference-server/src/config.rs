@@ -338,6 +338,7 @@ pub(crate) mod tests {
         assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(args.batching.max_batch_requests, 32);
         assert!(args.batching.validate().is_ok());
+        assert_eq!(parse_serve("rerank", &[]).unwrap().task, Task::Rerank);
     }
 
     #[test]

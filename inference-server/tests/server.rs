@@ -10,6 +10,7 @@ mod server {
     mod lifecycle;
     mod listener;
     mod models;
+    mod rerank;
     mod tokens;
     mod uninlu;
 }

@@ -16,15 +16,18 @@ pub enum Scope {
     Predict,
     /// Embeddings and similarity: `POST /v1/embeddings`, `/embed`, `/similarity`.
     Embed,
+    /// Reranking: `POST /rerank`, `/v1/rerank`.
+    Rerank,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 2] = [Scope::Predict, Scope::Embed];
+    pub const ALL: [Scope; 3] = [Scope::Predict, Scope::Embed, Scope::Rerank];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Predict => "predict",
             Scope::Embed => "embed",
+            Scope::Rerank => "rerank",
         }
     }
 
@@ -59,6 +62,7 @@ impl FromStr for Scope {
         match s {
             "predict" => Ok(Scope::Predict),
             "embed" => Ok(Scope::Embed),
+            "rerank" => Ok(Scope::Rerank),
             other => Err(AccessError::UnknownScope(other.to_string())),
         }
     }
@@ -172,6 +176,13 @@ mod tests {
         assert_eq!(scopes, vec![Scope::Predict, Scope::Embed]);
         assert_eq!(Scope::join(&scopes), "predict,embed");
         assert!(Scope::parse_list("").unwrap().is_empty());
+        for scope in Scope::ALL {
+            assert_eq!(scope.as_str().parse::<Scope>().unwrap(), scope);
+        }
+        assert_eq!(
+            Scope::parse_list("rerank,embed").unwrap(),
+            [Scope::Rerank, Scope::Embed]
+        );
         assert!(
             matches!(Scope::parse_list("predict,admin"), Err(AccessError::UnknownScope(s)) if s == "admin")
         );

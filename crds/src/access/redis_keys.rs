@@ -58,7 +58,7 @@ pub mod field {
     pub const TOKENS_PER_MINUTE: &str = "tokens_per_minute";
     /// Integer, most requests in flight at once over all servers, `0` = unlimited.
     pub const MAX_CONCURRENT_REQUESTS: &str = "max_concurrent_requests";
-    /// Comma-separated scopes (`predict,embed`); empty = all.
+    /// Comma-separated scopes (`predict,embed,rerank`); empty = all.
     pub const SCOPES: &str = "scopes";
     /// Comma-separated NluService names in the tenant's namespace; empty = all.
     pub const SERVICES: &str = "services";

@@ -211,7 +211,7 @@ mod tests {
         assert_eq!(claims.aud, vec!["team-a/gte", "team-a/uninlu"]);
         assert_eq!(
             claims.scope,
-            vec![Scope::Predict, Scope::Embed],
+            vec![Scope::Predict, Scope::Embed, Scope::Rerank],
             "empty scopes grant all"
         );
         assert_eq!(claims.exp - claims.iat, 3600);

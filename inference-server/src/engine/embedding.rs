@@ -1,7 +1,6 @@
 //! Embedding requests: validate, tokenize off the runtime, batch on the model thread, pool.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::batching::{Batcher, Job, Settings, Worker};
 use crate::cost::Bill;
@@ -92,22 +91,15 @@ impl EmbeddingEngine {
         truncate: bool,
         special: bool,
     ) -> Result<Vec<Encoding>, Error> {
-        let started = Instant::now();
         let embedder = self.embedder.clone();
         let max_len = truncate.then_some(self.limits.max_input_length);
-        let encoded = tokio::task::spawn_blocking(move || {
+        super::tokenize_off_runtime(&self.metrics, move || {
             texts
                 .iter()
                 .map(|t| embedder.tokenizer().encode_with(t, max_len, special))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
-        .map_err(|e| Error::internal(format!("tokenizer task failed: {e}")))?
-        .map_err(|e| Error::invalid("invalid_input", e.to_string()))?;
-        self.metrics
-            .tokenize_seconds
-            .observe(started.elapsed().as_secs_f64());
-        Ok(encoded)
     }
 
     /// `/tokenize`: each text's tokens, under the same input checks as [`Self::embed`]; no
@@ -121,7 +113,7 @@ impl EmbeddingEngine {
         check_inputs(&texts, self.limits.max_batch_inputs)?;
         let encoded = self.encode_all(texts.clone(), truncate, special).await?;
         let ids: Vec<Vec<u32>> = encoded.iter().map(|e| e.ids.clone()).collect();
-        check_lengths(&ids, self.limits.max_input_length)?;
+        check_lengths(ids.iter().map(Vec::len), self.limits.max_input_length, "input")?;
         let tokenizer = self.embedder.tokenizer();
         Ok(texts
             .iter()
@@ -159,11 +151,8 @@ impl EmbeddingEngine {
             .into_iter()
             .map(|e| e.ids)
             .collect();
-        check_lengths(&encoded, max_len)?;
+        check_lengths(encoded.iter().map(Vec::len), max_len, "input")?;
 
-        let tokens = encoded.iter().map(Vec::len).sum();
-        let request = self.batcher.admit(bill.tenant_key(), tokens)?;
-        bill.charge(tokens).await?;
         let jobs = encoded
             .into_iter()
             .map(|ids| Job {
@@ -171,7 +160,7 @@ impl EmbeddingEngine {
                 input: ids,
             })
             .collect();
-        let mut vectors = arrival.run_all(&request, jobs).await?;
+        let (mut vectors, tokens) = super::run_charged(&self.batcher, arrival, bill, jobs).await?;
         for v in &mut vectors {
             v.truncate(dims);
             if req.normalize {
@@ -222,12 +211,16 @@ pub fn check_dimensions(dimensions: Option<usize>, model_dims: usize) -> Result<
     }
 }
 
-/// Pure: refuses any tokenized input over the limit (only reachable without truncation).
-pub fn check_lengths(encoded: &[Vec<u32>], max_len: usize) -> Result<(), Error> {
-    match encoded.iter().position(|ids| ids.len() > max_len) {
-        Some(i) => Err(Error::too_large(format!(
-            "input {i} has {} tokens; the limit is {max_len} (--max-input-length); send \"truncate\": true to cut it",
-            encoded[i].len()
+/// Pure: refuses the first tokenized sequence over the limit (only reachable without
+/// truncation), naming it as `what` and its index.
+pub fn check_lengths(
+    lengths: impl IntoIterator<Item = usize>,
+    max_len: usize,
+    what: &str,
+) -> Result<(), Error> {
+    match lengths.into_iter().enumerate().find(|&(_, n)| n > max_len) {
+        Some((i, n)) => Err(Error::too_large(format!(
+            "{what} {i} has {n} tokens; the limit is {max_len} (--max-input-length); send \"truncate\": true to cut it"
         ))),
         None => Ok(()),
     }
@@ -265,12 +258,12 @@ mod tests {
 
     #[test]
     fn length_check_names_the_limit() {
-        let e = check_lengths(&[vec![1, 2], vec![1, 2, 3]], 2).unwrap_err();
+        let e = check_lengths([2, 3], 2, "input").unwrap_err();
         assert!(
             e.message.contains("input 1 has 3 tokens; the limit is 2"),
             "{}",
             e.message
         );
-        assert!(check_lengths(&[vec![1, 2]], 2).is_ok());
+        assert!(check_lengths([2], 2, "input").is_ok());
     }
 }

@@ -2,6 +2,7 @@
 //! (validate -> tokenize off the runtime -> queue -> model thread -> answer).
 
 pub mod embedding;
+pub mod rerank;
 pub mod uninlu;
 
 use std::sync::Arc;
@@ -10,15 +11,19 @@ use anyhow::Context;
 use serde::Serialize;
 
 pub use embedding::{EmbedRequest, Embedded, EmbeddingEngine};
+pub use rerank::{RerankEngine, RerankRequest, Reranked};
 /// A token as `/tokenize` shows it (the model's type, spoken by the engine to the edge).
 pub use crate::model::tokenizer::Token;
 pub use uninlu::UniNluEngine;
 
-use crate::batching::Settings;
+use crate::batching::{Arrival, Batcher, Job, Settings};
 use crate::cost::Bill;
+use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::model::kernels::linear::bf16_available;
-use crate::model::{self, Dtype, Embedder, HubConfig, Pooling, UniNluModel};
+use crate::model::{
+    self, CrossEncoder, Dtype, Embedder, HubConfig, Pooling, ScoreActivation, UniNluModel,
+};
 use crate::uninlu::Limits;
 use nlu_crds::serve::Task;
 
@@ -37,9 +42,10 @@ pub struct EngineConfig {
     /// The name `/info` and `/v1/embeddings` report; `None`: the hub id or the folder's name.
     pub served_model_name: Option<String>,
     pub batching: Settings,
-    /// Embedding: longest input in tokens; never above what the model allows.
+    /// Embedding: longest input in tokens; rerank: longest (query, text) pair; never above
+    /// what the model allows.
     pub max_input_length: Option<usize>,
-    /// Embedding: most inputs per request.
+    /// Embedding and rerank: most inputs (texts) per request.
     pub max_batch_inputs: usize,
     pub uninlu: Limits,
 }
@@ -59,12 +65,13 @@ fn runnable(requested: Dtype) -> Dtype {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ModelInfo {
     pub model: String,
-    /// `embedding` or `uninlu`.
+    /// `embedding`, `uninlu` or `rerank`.
     #[schema(value_type = String)]
     pub task: &'static str,
     /// Embedding size (hidden size of the encoder).
     pub dims: usize,
-    /// Embedding task: longest input in tokens ([CLS]/[SEP] included).
+    /// Embedding task: longest input in tokens ([CLS]/[SEP] included); rerank task: longest
+    /// (query, text) pair in tokens, special tokens included.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_input_length: Option<usize>,
     /// UniNLU task: longest text in characters.
@@ -76,6 +83,11 @@ pub struct ModelInfo {
     /// Embedding task only: whether vectors are L2-normalised unless a request says otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub normalize: Option<bool>,
+    /// Rerank task only: what turns a logit into a score (`sigmoid` or `identity`), applied
+    /// unless a request asks for raw scores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub activation: Option<ScoreActivation>,
     /// Number format of the weights: `f32` or `bf16`.
     #[schema(value_type = String)]
     pub dtype: Dtype,
@@ -88,6 +100,10 @@ pub enum Engine {
     },
     UniNlu {
         engine: UniNluEngine,
+        info: ModelInfo,
+    },
+    Rerank {
+        engine: RerankEngine,
         info: ModelInfo,
     },
 }
@@ -117,6 +133,7 @@ impl Engine {
                     max_text_chars: None,
                     pooling: Some(model_info.pooling),
                     normalize: Some(config.normalize),
+                    activation: None,
                     dtype,
                 };
                 let limits = embedding::EmbedLimits {
@@ -138,10 +155,35 @@ impl Engine {
                     max_text_chars: Some(limits.max_text_chars),
                     pooling: None,
                     normalize: None,
+                    activation: None,
                     dtype,
                 };
                 Ok(Engine::UniNlu {
                     engine: UniNluEngine::start(model, settings, limits, metrics),
+                    info,
+                })
+            }
+            Task::Rerank => {
+                let model = CrossEncoder::load(&files, dtype)?;
+                let model_info = model.info().clone();
+                let max_input_length = cap(config.max_input_length, model_info.max_positions);
+                let info = ModelInfo {
+                    model: served_name(config, &files),
+                    task: Task::Rerank.as_str(),
+                    dims: model_info.hidden_size,
+                    max_input_length: Some(max_input_length),
+                    max_text_chars: None,
+                    pooling: None,
+                    normalize: None,
+                    activation: Some(model_info.activation),
+                    dtype,
+                };
+                let limits = embedding::EmbedLimits {
+                    max_input_length,
+                    max_batch_inputs: config.max_batch_inputs,
+                };
+                Ok(Engine::Rerank {
+                    engine: RerankEngine::start(model, settings, limits, metrics),
                     info,
                 })
             }
@@ -150,21 +192,30 @@ impl Engine {
 
     pub fn info(&self) -> &ModelInfo {
         match self {
-            Engine::Embedding { info, .. } | Engine::UniNlu { info, .. } => info,
+            Engine::Embedding { info, .. }
+            | Engine::UniNlu { info, .. }
+            | Engine::Rerank { info, .. } => info,
         }
     }
 
     pub fn embedding(&self) -> Option<&EmbeddingEngine> {
         match self {
             Engine::Embedding { engine, .. } => Some(engine),
-            Engine::UniNlu { .. } => None,
+            _ => None,
         }
     }
 
     pub fn uninlu(&self) -> Option<&UniNluEngine> {
         match self {
             Engine::UniNlu { engine, .. } => Some(engine),
-            Engine::Embedding { .. } => None,
+            _ => None,
+        }
+    }
+
+    pub fn rerank(&self) -> Option<&RerankEngine> {
+        match self {
+            Engine::Rerank { engine, .. } => Some(engine),
+            _ => None,
         }
     }
 
@@ -194,6 +245,18 @@ impl Engine {
                     )
                     .await
                     .map(drop),
+                Engine::Rerank { engine, .. } => engine
+                    .rerank(
+                        RerankRequest {
+                            query: "warm up".into(),
+                            texts: vec!["warm up".into()],
+                            truncate: true,
+                            raw_scores: false,
+                        },
+                        unmetered,
+                    )
+                    .await
+                    .map(drop),
             }
         };
         futures::executor::block_on(run)
@@ -205,8 +268,40 @@ impl Engine {
         match self {
             Engine::Embedding { engine, .. } => engine.shutdown(),
             Engine::UniNlu { engine, .. } => engine.shutdown(),
+            Engine::Rerank { engine, .. } => engine.shutdown(),
         }
     }
+}
+
+/// Runs `tokenize` on the blocking pool (the tokio workers never compute) and times it; a
+/// model error there is the client's input error.
+async fn tokenize_off_runtime<T: Send + 'static>(
+    metrics: &Metrics,
+    tokenize: impl FnOnce() -> model::Result<T> + Send + 'static,
+) -> Result<T, Error> {
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(tokenize)
+        .await
+        .map_err(|e| Error::internal(format!("tokenizer task failed: {e}")))?
+        .map_err(|e| Error::invalid("invalid_input", e.to_string()))?;
+    metrics
+        .tokenize_seconds
+        .observe(started.elapsed().as_secs_f64());
+    Ok(out)
+}
+
+/// Admits `jobs` as one request, charges their tokens to `bill` before they run, runs them
+/// and returns their outputs in order with the tokens charged.
+async fn run_charged<I: Send + 'static, O: Send + 'static>(
+    batcher: &Batcher<I, O>,
+    arrival: Arrival<'_, I, O>,
+    bill: &mut Bill,
+    jobs: Vec<Job<I>>,
+) -> Result<(Vec<O>, usize), Error> {
+    let tokens = jobs.iter().map(|job| job.tokens).sum();
+    let request = batcher.admit(bill.tenant_key(), tokens)?;
+    bill.charge(tokens).await?;
+    Ok((arrival.run_all(&request, jobs).await?, tokens))
 }
 
 /// The length sentence-transformers models were trained and are evaluated at

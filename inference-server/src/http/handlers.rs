@@ -7,7 +7,7 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 use nlu_crds::routes::{Method, Route};
 
 use super::router::AppState;
-use super::{embeddings, health, models, openapi, playground, predict, tokens};
+use super::{embeddings, health, models, openapi, playground, predict, rerank, tokens};
 
 /// Declares [`handler`] and [`Paths`] from one line per route.
 macro_rules! handlers {
@@ -44,6 +44,8 @@ handlers! {
         Similarity => embeddings::similarity,
         Tokenize => tokens::tokenize,
         Decode => tokens::decode,
+        Rerank => rerank::rerank,
+        CohereRerank => rerank::cohere_rerank,
         Predict => predict::predict,
         TaskPredict => predict::task,
         OpenAiModels => models::list,

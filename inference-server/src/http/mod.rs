@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod path_prefix;
 pub mod playground;
 pub mod predict;
+pub mod rerank;
 pub mod request_cost;
 pub mod router;
 pub mod tokens;

@@ -23,8 +23,8 @@ use super::handlers;
 #[openapi(
     info(
         title = "nlu-server",
-        description = "CPU inference server for SiameseUniNLU (span extraction guided by a schema) and \
-                       sentence embeddings. Every error answer is `{\"error\": {\"code\", \"message\"}}`. \
+        description = "CPU inference server for SiameseUniNLU (span extraction guided by a schema), \
+                       sentence embeddings and reranking (cross-encoders). Every error answer is `{\"error\": {\"code\", \"message\"}}`. \
                        With `--auth jwt` the model routes need a tenant token (`Authorization: Bearer`); \
                        probes, metrics, the model list and this document never do."
     ),
@@ -33,6 +33,7 @@ use super::handlers;
     tags(
         (name = "uninlu", description = "SiameseUniNLU (servers started with --task uninlu)"),
         (name = "embedding", description = "Sentence embeddings (servers started with --task embedding)"),
+        (name = "rerank", description = "Reranking with a cross-encoder (servers started with --task rerank)"),
         (name = "models", description = "OpenAI's model list (every server): the one model it runs"),
         (name = "probes", description = "Health, readiness, metrics and model info; never need a token"),
         (name = "meta", description = "This document and the playground page"),
@@ -83,7 +84,7 @@ pub enum ModelErrors {
     Forbidden(ErrorBody),
     #[response(
         status = 404,
-        description = "This server runs the other task (see /info)"
+        description = "This server runs another task (see /info)"
     )]
     NotFound(ErrorBody),
     #[response(

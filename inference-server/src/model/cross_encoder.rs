@@ -89,6 +89,8 @@ pub struct CrossEncoderInfo {
     /// The longest pair (special tokens included) the position table allows.
     pub max_positions: usize,
     pub activation: ScoreActivation,
+    /// The encoder's hidden size.
+    pub hidden_size: usize,
     /// What the encoder's weights are multiplied in.
     pub dtype: Dtype,
 }
@@ -155,6 +157,7 @@ impl CrossEncoder {
             family: layout.family,
             max_positions: bert.embeddings().max_positions(),
             activation,
+            hidden_size: h,
             dtype,
         };
         Ok(Self {

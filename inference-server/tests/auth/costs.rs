@@ -12,7 +12,8 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-/// A real server on a tiny fixture model with `--auth jwt`; returns its base URL once ready.
+/// A real server on a tiny fixture model (a name of `../shared/fixtures`, or a folder path)
+/// with `--auth jwt`; returns its base URL once ready.
 pub async fn serve(
     model: &str,
     task: &str,
@@ -21,7 +22,12 @@ pub async fn serve(
     prefix: &str,
     extra: &[&str],
 ) -> String {
-    let args: Vec<String> = ["--model", &tiny_model(model), "--task", task]
+    let model = if model.contains('/') {
+        model.to_owned()
+    } else {
+        tiny_model(model)
+    };
+    let args: Vec<String> = ["--model", &model, "--task", task]
         .into_iter()
         .chain(extra.iter().copied())
         .map(String::from)
@@ -291,6 +297,38 @@ async fn batch_tokens(base: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix("nlu_batch_tokens_sum "))
         .map_or(0.0, |v| v.parse::<f64>().unwrap()) as u64
+}
+
+#[tokio::test]
+async fn rerank_is_charged_what_its_batches_ran() {
+    let redis = shared_redis();
+    let keys = Keys::new();
+    let prefix = unique_prefix();
+    let tenant = "team-a/rerank";
+    put_record(&redis.url(), &prefix, tenant, &open_record()).await;
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/rerank/bert-reranker-tiny"
+    );
+    let base = serve(model, "rerank", &redis.url(), &keys, &prefix, &[]).await;
+
+    let before = batch_tokens(&base).await;
+    let body = json!({"query": "北京的天气", "documents": ["今天北京的天气很好。", TEXT]});
+    let r = post(&base, "/v1/rerank", &keys.token(tenant), &body).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let cost = header(&r, "x-request-cost");
+    let ran = batch_tokens(&base).await - before;
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["usage"]["total_tokens"], cost);
+    assert!(cost > 20, "two pairs: {cost}");
+    assert_eq!(
+        cost, ran,
+        "charged exactly the token positions the batches ran"
+    );
+    assert_eq!(
+        used(&mut redis_conn(&redis.url()), &prefix, tenant, "tokens").await,
+        cost
+    );
 }
 
 #[tokio::test]

@@ -247,7 +247,9 @@ pub fn app(args: &AuthArgs) -> Router {
         .route("/api/predict", post(echo_tenant))
         .route("/v1/embeddings", post(echo_tenant))
         .route("/embed", post(echo_tenant))
-        .route("/similarity", post(echo_tenant));
+        .route("/similarity", post(echo_tenant))
+        .route("/rerank", post(echo_tenant))
+        .route("/v1/rerank", post(echo_tenant));
     auth.protect(api)
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -275,6 +275,18 @@ async fn tenants_not_allowed_get_403() {
             "scope_not_granted",
         ),
         (
+            "token without rerank",
+            embed_only("team-a/this-service"),
+            "/rerank",
+            "scope_not_granted",
+        ),
+        (
+            "record without rerank",
+            keys.token("team-a/predict-only"),
+            "/v1/rerank",
+            "scope_not_granted",
+        ),
+        (
             "service not granted",
             keys.token("team-a/other-service"),
             "/similarity",

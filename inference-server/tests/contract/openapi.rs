@@ -50,6 +50,16 @@ fn document_describes_every_route_errors_and_auth() {
             .collect();
         assert_eq!(operations, [method], "{route:?}");
     }
+    // Generated clients name their methods after operation ids: each is unique.
+    let mut ids: Vec<&str> = paths
+        .values()
+        .flat_map(|p| p.as_object().unwrap().values())
+        .map(|op| op["operationId"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let count = ids.len();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "an operationId is used twice: {ids:?}");
     // Only the playground's files are left out.
     for route in Route::ALL {
         assert!(

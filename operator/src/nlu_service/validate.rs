@@ -24,7 +24,7 @@ impl Problem {
 /// The first problem of `spec`, if any.
 pub fn check(spec: &NluServiceSpec) -> Result<(), Problem> {
     check_source(&spec.model.source)?;
-    if spec.model.task == Task::Uninlu && spec.model.pooling.is_some() {
+    if spec.model.task != Task::Embedding && spec.model.pooling.is_some() {
         return Err(Problem::new(
             "PoolingNotApplicable",
             "model.pooling applies to the embedding task only",
@@ -142,6 +142,7 @@ mod tests {
             ("model: {task: embedding, source: {pvc: {claimName: m, path: /abs}}}", "InvalidModelPath"),
             ("model: {task: embedding, source: {url: 'ftp://a'}}", "InvalidModelUrl"),
             ("model: {task: uninlu, source: {url: 'https://a'}, pooling: cls}", "PoolingNotApplicable"),
+            ("model: {task: rerank, source: {url: 'https://a'}, pooling: mean}", "PoolingNotApplicable"),
             ("model: {task: embedding, source: {url: 'https://a'}}\nreplicas: 2\nautoscaling: {minReplicas: 1, maxReplicas: 2}", "ConflictingReplicas"),
             ("model: {task: embedding, source: {url: 'https://a'}}\nautoscaling: {minReplicas: 3, maxReplicas: 2}", "InvalidAutoscaling"),
             ("model: {task: embedding, source: {url: 'https://a'}}\ningress: {tls: {issuer: x}}", "IngressTlsWithoutHost"),

@@ -70,6 +70,7 @@ pub fn scope(s: SpecScope) -> Scope {
     match s {
         SpecScope::Predict => Scope::Predict,
         SpecScope::Embed => Scope::Embed,
+        SpecScope::Rerank => Scope::Rerank,
     }
 }
 

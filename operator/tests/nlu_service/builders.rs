@@ -556,3 +556,33 @@ fn image_comes_from_the_spec_or_the_operator() {
         }
     }
 }
+
+#[test]
+fn a_rerank_service_serves_the_rerank_task_and_publishes_only_its_routes() {
+    let c = build(&service(
+        "rerank",
+        "model: {task: rerank, source: {huggingFace: {repo: BAAI/bge-reranker-base}}, maxSequenceLength: 512}\ningress: {host: r.example.com, tls: {issuer: ca}}",
+    ));
+    let a = args(&c);
+    assert_eq!(flag(&a, "--task"), Some("rerank"));
+    assert_eq!(flag(&a, "--max-input-length"), Some("512"));
+    assert_eq!(flag(&a, "--pooling"), None);
+    let paths: Vec<String> = c.ingress.unwrap().spec.unwrap().rules.unwrap()[0]
+        .http
+        .as_ref()
+        .unwrap()
+        .paths
+        .iter()
+        .map(|p| p.path.clone().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/rerank",
+            "/v1/rerank",
+            "/v1/models",
+            "/v1/models",
+            "/health"
+        ]
+    );
+}

@@ -115,6 +115,16 @@ mod tests {
                 "Exact /health"
             ]
         );
+        assert_eq!(
+            paths("/", Task::Rerank, false),
+            [
+                "Exact /rerank",
+                "Exact /v1/rerank",
+                "Exact /v1/models",
+                "Prefix /v1/models",
+                "Exact /health"
+            ]
+        );
         let prefixed = paths("/uninlu/", Task::Uninlu, true);
         assert_eq!(prefixed[0], "Exact /uninlu");
         for path in [
@@ -132,6 +142,7 @@ mod tests {
             .iter()
             .any(|p| p.ends_with("/metrics") || p.ends_with("/healthz")));
         assert!(!prefixed.iter().any(|p| p.ends_with("/embed")));
+        assert!(!prefixed.iter().any(|p| p.ends_with("rerank")));
         assert!(!paths("/", Task::Uninlu, true).contains(&"Exact ".to_owned()));
     }
 }
