@@ -7,7 +7,7 @@ use crate::cost::Bill;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::model::pooling::l2_normalize;
-use crate::model::tokenizer::{Encoding, Token};
+use crate::model::tokenizer::{Encoding, Token, Tokenizer};
 use crate::model::Embedder;
 
 /// Runs batches of token ids through the embedder; vectors come back raw (normalised per request).
@@ -83,20 +83,23 @@ impl EmbeddingEngine {
         self.batcher.shutdown();
     }
 
-    /// Encodes `texts` off the runtime, cut to the input limit when `truncate`; `special` adds
-    /// the special tokens.
-    async fn encode_all(
+    /// Encodes each of `texts` off the runtime (cut to the input limit when `truncate`;
+    /// `special` adds the special tokens) and turns it into what `each` makes of the tokenizer,
+    /// the text and its encoding.
+    async fn encode_each<T: Send + 'static>(
         &self,
         texts: Vec<String>,
         truncate: bool,
         special: bool,
-    ) -> Result<Vec<Encoding>, Error> {
+        each: fn(&Tokenizer, &str, Encoding) -> T,
+    ) -> Result<Vec<T>, Error> {
         let embedder = self.embedder.clone();
         let max_len = truncate.then_some(self.limits.max_input_length);
         super::tokenize_off_runtime(&self.metrics, move || {
+            let tokenizer = embedder.tokenizer();
             texts
                 .iter()
-                .map(|t| embedder.tokenizer().encode_with(t, max_len, special))
+                .map(|t| Ok(each(tokenizer, t, tokenizer.encode_with(t, max_len, special)?)))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
@@ -111,15 +114,13 @@ impl EmbeddingEngine {
         special: bool,
     ) -> Result<Vec<Vec<Token>>, Error> {
         check_inputs(&texts, self.limits.max_batch_inputs)?;
-        let encoded = self.encode_all(texts.clone(), truncate, special).await?;
-        let ids: Vec<Vec<u32>> = encoded.iter().map(|e| e.ids.clone()).collect();
-        check_lengths(ids.iter().map(Vec::len), self.limits.max_input_length, "input")?;
-        let tokenizer = self.embedder.tokenizer();
-        Ok(texts
-            .iter()
-            .zip(&encoded)
-            .map(|(text, encoding)| tokenizer.tokens(text, encoding))
-            .collect())
+        let tokens = self
+            .encode_each(texts, truncate, special, |tokenizer, text, encoding| {
+                tokenizer.tokens(text, &encoding)
+            })
+            .await?;
+        check_lengths(tokens.iter().map(Vec::len), self.limits.max_input_length, "input")?;
+        Ok(tokens)
     }
 
     /// `/decode`: the text of each list of ids.
@@ -146,11 +147,8 @@ impl EmbeddingEngine {
         let arrival = self.batcher.announce();
         let max_len = self.limits.max_input_length;
         let encoded: Vec<Vec<u32>> = self
-            .encode_all(req.texts, req.truncate, true)
-            .await?
-            .into_iter()
-            .map(|e| e.ids)
-            .collect();
+            .encode_each(req.texts, req.truncate, true, |_, _, encoding| encoding.ids)
+            .await?;
         check_lengths(encoded.iter().map(Vec::len), max_len, "input")?;
 
         let jobs = encoded

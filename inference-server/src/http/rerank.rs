@@ -137,22 +137,20 @@ pub fn check_top_n(top_n: Option<usize>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Pure: the ranked answer of `texts` scored `scores`, each item made by `item(index, score,
-/// text)` where `text` is `Some` only when `keep_text`.
+/// Pure: the ranked answer of the texts scored `scores`, each item made by `item(index, score,
+/// text)`, where `text` is `Some` only when the texts are `returned` (kept for the answer).
 fn ranked<T>(
-    texts: Vec<String>,
+    returned: Option<Vec<String>>,
     scores: &[f32],
     top_n: Option<usize>,
-    keep_text: bool,
     item: impl Fn(usize, f32, Option<String>) -> T,
 ) -> Vec<T> {
-    let mut texts: Vec<Option<String>> = texts.into_iter().map(Some).collect();
+    let mut texts: Vec<Option<String>> = returned
+        .map(|texts| texts.into_iter().map(Some).collect())
+        .unwrap_or_default();
     ranking(scores, top_n)
         .into_iter()
-        .map(|i| {
-            let text = if keep_text { texts[i].take() } else { None };
-            item(i, scores[i], text)
-        })
+        .map(|i| item(i, scores[i], texts.get_mut(i).and_then(Option::take)))
         .collect()
 }
 
@@ -168,25 +166,24 @@ pub async fn rerank(
     ApiJson(req): ApiJson<TeiRerankRequest>,
 ) -> Result<(RequestCost, Json<Vec<Rank>>), Error> {
     let engine = engine(&state)?;
-    let texts = req.texts;
+    // Copied only when the answer carries them.
+    let returned = req.return_text.then(|| req.texts.clone());
     let Reranked { scores, .. } = engine
         .rerank(
             RerankRequest {
                 query: req.query,
-                texts: texts.clone(),
+                texts: req.texts,
                 truncate: req.truncate.unwrap_or(false),
                 raw_scores: req.raw_scores,
             },
             &mut bill,
         )
         .await?;
-    let ranks = ranked(
-        texts,
-        &scores,
-        None,
-        req.return_text,
-        |index, score, text| Rank { index, text, score },
-    );
+    let ranks = ranked(returned, &scores, None, |index, score, text| Rank {
+        index,
+        text,
+        score,
+    });
     Ok((bill.cost(), Json(ranks)))
 }
 
@@ -205,11 +202,13 @@ pub async fn cohere_rerank(
     let engine = engine(&state)?;
     check_top_n(req.top_n)?;
     let texts: Vec<String> = req.documents.into_iter().map(Document::into_text).collect();
+    // Copied only when the answer carries them.
+    let returned = req.return_documents.then(|| texts.clone());
     let Reranked { scores, tokens } = engine
         .rerank(
             RerankRequest {
                 query: req.query,
-                texts: texts.clone(),
+                texts,
                 truncate: true,
                 raw_scores: false,
             },
@@ -217,10 +216,9 @@ pub async fn cohere_rerank(
         )
         .await?;
     let results = ranked(
-        texts,
+        returned,
         &scores,
         req.top_n,
-        req.return_documents,
         |index, relevance_score, text| CohereResult {
             index,
             relevance_score,
@@ -269,7 +267,7 @@ mod tests {
         let texts = || vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
         let rank = |index, score, text| Rank { index, text, score };
         assert_eq!(
-            ranked(texts(), &[0.2, 0.7, 0.1], None, false, rank),
+            ranked(None, &[0.2, 0.7, 0.1], None, rank),
             [
                 Rank {
                     index: 1,
@@ -289,7 +287,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            ranked(texts(), &[0.2, 0.7, 0.1], Some(1), true, rank),
+            ranked(Some(texts()), &[0.2, 0.7, 0.1], Some(1), rank),
             [Rank {
                 index: 1,
                 text: Some("b".into()),
