@@ -90,10 +90,13 @@ UNINLU=$FIXTURES/uninlu-tiny/model
 GTE=$FIXTURES/gte-tiny/model
 # A tiny XLM-RoBERTa cross-encoder (tests/parity/rerank.rs checks it against transformers).
 RERANK=$ROOT/inference-server/tests/fixtures/rerank/xlmr-reranker-tiny
+# A tiny bge-m3 (XLM-RoBERTa with the sparse and multi-vector heads): auth off it answers every
+# embedding route; auth on, GTE (BERT, no heads) answers them with 404s.
+M3=$ROOT/inference-server/tests/fixtures/rerank/xlmr-m3-tiny
 
 # Auth off.
 fuzz uninlu "$(start_server --model "$UNINLU" --task uninlu)"
-fuzz embedding "$(start_server --model "$GTE" --task embedding)"
+fuzz embedding "$(start_server --model "$M3" --task embedding)"
 fuzz rerank "$(start_server --model "$RERANK" --task rerank)"
 
 # Auth on: keys, Redis with one tenant allowed every scope and generous limits, a token.

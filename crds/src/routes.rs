@@ -81,6 +81,10 @@ use Task::{Embedding, Uninlu};
 route_table! {
     OpenAiEmbeddings => "/v1/embeddings", Post, Model(Embed, Embedding), Always;
     Embed => "/embed", Post, Model(Embed, Embedding), Always;
+    /// bge-m3's lexical weights, text-embeddings-inference's shape: `[[{"index", "value"}]]`.
+    EmbedSparse => "/embed_sparse", Post, Model(Embed, Embedding), Always;
+    /// bge-m3's multi-vector (ColBERT) output: one vector per token after the first.
+    EmbedColbert => "/embed_colbert", Post, Model(Embed, Embedding), Always;
     Similarity => "/similarity", Post, Model(Embed, Embedding), Always;
     Tokenize => "/tokenize", Post, Model(Embed, Embedding), Always;
     Decode => "/decode", Post, Model(Embed, Embedding), Always;
@@ -199,7 +203,15 @@ mod tests {
                 "{path}"
             );
         }
-        for path in ["/v1/embeddings", "/embed", "/similarity", "/tokenize", "/decode"] {
+        for path in [
+            "/v1/embeddings",
+            "/embed",
+            "/embed_sparse",
+            "/embed_colbert",
+            "/similarity",
+            "/tokenize",
+            "/decode",
+        ] {
             assert_eq!(
                 Route::find(path).and_then(Route::scope),
                 Some(Scope::Embed),
@@ -259,6 +271,8 @@ mod tests {
             [
                 "/v1/embeddings",
                 "/embed",
+                "/embed_sparse",
+                "/embed_colbert",
                 "/similarity",
                 "/tokenize",
                 "/decode",

@@ -5,6 +5,7 @@ mod server {
     pub mod connections;
     pub mod harness;
 
+    mod bge_m3;
     mod embeddings;
     mod errors;
     mod lifecycle;

@@ -8,16 +8,39 @@ use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::model::pooling::l2_normalize;
 use crate::model::tokenizer::{Encoding, Token, Tokenizer};
-use crate::model::Embedder;
+use crate::model::{Embedder, MultiEmbedding, Outputs, SparseWeights};
 
-/// Runs batches of token ids through the embedder; vectors come back raw (normalised per request).
+/// One text's token ids and the outputs its request asked for.
+pub struct EmbedInput {
+    ids: Vec<u32>,
+    outputs: Outputs,
+}
+
+/// Runs batches through the embedder, computing what any input of the batch asked for in one
+/// forward and giving each input only its own; vectors come back raw (normalised per request).
 struct EmbedWorker(Arc<Embedder>);
 
 impl Worker for EmbedWorker {
-    type Input = Vec<u32>;
-    type Output = Vec<f32>;
-    fn run(&mut self, batch: Vec<Vec<u32>>) -> anyhow::Result<Vec<Vec<f32>>> {
-        Ok(self.0.embed(&batch, false)?)
+    type Input = EmbedInput;
+    type Output = MultiEmbedding;
+    fn run(&mut self, batch: Vec<EmbedInput>) -> anyhow::Result<Vec<MultiEmbedding>> {
+        let any = batch.iter().fold(Outputs::default(), |all, input| Outputs {
+            dense: all.dense || input.outputs.dense,
+            sparse: all.sparse || input.outputs.sparse,
+            colbert: all.colbert || input.outputs.colbert,
+        });
+        let (ids, wants): (Vec<Vec<u32>>, Vec<Outputs>) =
+            batch.into_iter().map(|i| (i.ids, i.outputs)).unzip();
+        let encoded = self.0.encode(&ids, any, false)?;
+        Ok(encoded
+            .into_iter()
+            .zip(wants)
+            .map(|(all, want)| MultiEmbedding {
+                dense: all.dense.filter(|_| want.dense),
+                sparse: all.sparse.filter(|_| want.sparse),
+                colbert: all.colbert.filter(|_| want.colbert),
+            })
+            .collect())
     }
 }
 
@@ -46,7 +69,7 @@ pub struct EmbedLimits {
 
 pub struct EmbeddingEngine {
     embedder: Arc<Embedder>,
-    batcher: Batcher<Vec<u32>, Vec<f32>>,
+    batcher: Batcher<EmbedInput, MultiEmbedding>,
     metrics: Arc<Metrics>,
     limits: EmbedLimits,
     normalize: bool,
@@ -142,30 +165,113 @@ impl EmbeddingEngine {
 
     /// Tokenizes, charges the tokens to `bill`, then runs the model.
     pub async fn embed(&self, req: EmbedRequest, bill: &mut Bill) -> Result<Embedded, Error> {
-        check_inputs(&req.texts, self.limits.max_batch_inputs)?;
         let dims = check_dimensions(req.dimensions, self.embedder.info().dims)?;
-        let arrival = self.batcher.announce();
-        let max_len = self.limits.max_input_length;
-        let encoded: Vec<Vec<u32>> = self
-            .encode_each(req.texts, req.truncate, true, |_, _, encoding| encoding.ids)
-            .await?;
-        check_lengths(encoded.iter().map(Vec::len), max_len, "input")?;
+        let dense = Outputs {
+            dense: true,
+            ..Outputs::default()
+        };
+        let (outputs, tokens) = self.run(req.texts, req.truncate, dense, bill).await?;
+        let vectors = outputs
+            .into_iter()
+            .map(|out| {
+                let mut v = out.dense.expect("asked for the dense vector");
+                v.truncate(dims);
+                if req.normalize {
+                    l2_normalize(&mut v);
+                }
+                v
+            })
+            .collect();
+        Ok(Embedded { vectors, tokens })
+    }
 
+    /// `/embed_sparse`: bge-m3's lexical weights of each text (never normalised).
+    pub async fn embed_sparse(
+        &self,
+        texts: Vec<String>,
+        truncate: bool,
+        bill: &mut Bill,
+    ) -> Result<Vec<SparseWeights>, Error> {
+        self.require(self.embedder.has_sparse(), "a sparse head (`sparse_linear`)")?;
+        let sparse = Outputs {
+            sparse: true,
+            ..Outputs::default()
+        };
+        let (outputs, _) = self.run(texts, truncate, sparse, bill).await?;
+        Ok(outputs
+            .into_iter()
+            .map(|out| out.sparse.expect("asked for the sparse weights"))
+            .collect())
+    }
+
+    /// `/embed_colbert`: bge-m3's multi-vector output, one vector per token after the first,
+    /// each normalised when `normalize` (FlagEmbedding's `normalize_embeddings`).
+    pub async fn embed_colbert(
+        &self,
+        texts: Vec<String>,
+        truncate: bool,
+        normalize: bool,
+        bill: &mut Bill,
+    ) -> Result<Vec<Vec<Vec<f32>>>, Error> {
+        self.require(
+            self.embedder.colbert_dims().is_some(),
+            "a multi-vector head (`colbert_linear`)",
+        )?;
+        let colbert = Outputs {
+            colbert: true,
+            ..Outputs::default()
+        };
+        let (outputs, _) = self.run(texts, truncate, colbert, bill).await?;
+        Ok(outputs
+            .into_iter()
+            .map(|out| {
+                let mut vectors = out.colbert.expect("asked for the multi-vectors");
+                if normalize {
+                    vectors.iter_mut().for_each(|v| l2_normalize(v));
+                }
+                vectors
+            })
+            .collect())
+    }
+
+    /// Refuses a route whose head the model lacks, as a route of another task is refused.
+    fn require(&self, has_head: bool, head: &str) -> Result<(), Error> {
+        if has_head {
+            return Ok(());
+        }
+        Err(Error::not_found(format!(
+            "the model {} has no {head}; this route needs a model with one, such as BAAI/bge-m3",
+            self.embedder.info().model
+        )))
+    }
+
+    /// Checks and tokenizes `texts`, charges the tokens to `bill`, then runs the model for
+    /// `outputs`; returns them in input order with the tokens charged.
+    async fn run(
+        &self,
+        texts: Vec<String>,
+        truncate: bool,
+        outputs: Outputs,
+        bill: &mut Bill,
+    ) -> Result<(Vec<MultiEmbedding>, usize), Error> {
+        check_inputs(&texts, self.limits.max_batch_inputs)?;
+        let arrival = self.batcher.announce();
+        let encoded: Vec<Vec<u32>> = self
+            .encode_each(texts, truncate, true, |_, _, encoding| encoding.ids)
+            .await?;
+        check_lengths(
+            encoded.iter().map(Vec::len),
+            self.limits.max_input_length,
+            "input",
+        )?;
         let jobs = encoded
             .into_iter()
             .map(|ids| Job {
                 tokens: ids.len(),
-                input: ids,
+                input: EmbedInput { ids, outputs },
             })
             .collect();
-        let (mut vectors, tokens) = super::run_charged(&self.batcher, arrival, bill, jobs).await?;
-        for v in &mut vectors {
-            v.truncate(dims);
-            if req.normalize {
-                l2_normalize(v);
-            }
-        }
-        Ok(Embedded { vectors, tokens })
+        super::run_charged(&self.batcher, arrival, bill, jobs).await
     }
 }
 

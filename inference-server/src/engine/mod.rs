@@ -83,6 +83,13 @@ pub struct ModelInfo {
     /// Embedding task only: whether vectors are L2-normalised unless a request says otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub normalize: Option<bool>,
+    /// Embedding task only: whether the model has bge-m3's sparse head (`/embed_sparse`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sparse: Option<bool>,
+    /// Embedding task, models with bge-m3's multi-vector head only: the size of each
+    /// `/embed_colbert` vector.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub colbert_dims: Option<usize>,
     /// Rerank task only: what turns a logit into a score (`sigmoid` or `identity`), applied
     /// unless a request asks for raw scores.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -133,6 +140,8 @@ impl Engine {
                     max_text_chars: None,
                     pooling: Some(model_info.pooling),
                     normalize: Some(config.normalize),
+                    sparse: Some(embedder.has_sparse()),
+                    colbert_dims: embedder.colbert_dims(),
                     activation: None,
                     dtype,
                 };
@@ -155,6 +164,8 @@ impl Engine {
                     max_text_chars: Some(limits.max_text_chars),
                     pooling: None,
                     normalize: None,
+                    sparse: None,
+                    colbert_dims: None,
                     activation: None,
                     dtype,
                 };
@@ -175,6 +186,8 @@ impl Engine {
                     max_text_chars: None,
                     pooling: None,
                     normalize: None,
+                    sparse: None,
+                    colbert_dims: None,
                     activation: Some(model_info.activation),
                     dtype,
                 };

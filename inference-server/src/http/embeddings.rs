@@ -108,6 +108,38 @@ pub struct TeiRequest {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+pub struct SparseRequest {
+    #[schema(schema_with = super::openapi::inputs)]
+    pub inputs: Inputs,
+    /// Cut inputs longer than the limit instead of refusing them.
+    #[serde(default)]
+    pub truncate: bool,
+}
+
+/// One token's lexical weight (text-embeddings-inference's `SparseValue`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SparseValue {
+    /// The token id.
+    pub index: u32,
+    /// Its weight, > 0.
+    pub value: f32,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ColbertRequest {
+    #[schema(schema_with = super::openapi::inputs)]
+    pub inputs: Inputs,
+    /// Scale each vector to unit length. Default: the server's setting (on unless started
+    /// with --no-normalize).
+    pub normalize: Option<bool>,
+    /// Cut inputs longer than the limit instead of refusing them.
+    #[serde(default)]
+    pub truncate: bool,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SimilarityRequest {
     #[schema(schema_with = super::openapi::text)]
     pub source_sentence: String,
@@ -216,6 +248,52 @@ pub async fn tei(
         )
         .await?;
     Ok((bill.cost(), Json(embedded.vectors)))
+}
+
+/// bge-m3's lexical (sparse) weights, in text-embeddings-inference's shape: per input the
+/// tokens with a positive weight, ascending by token id, special tokens left out. Only for
+/// models whose folder has bge-m3's `sparse_linear` head (404 otherwise).
+#[utoipa::path(post, path = Route::EmbedSparse.openapi_path(), tag = "embedding",
+    request_body = SparseRequest,
+    security((), ("bearer" = [])),
+    responses((status = 200, description = "One list of token weights per input, in input order", body = Vec<Vec<SparseValue>>), super::openapi::ModelErrors))]
+pub async fn sparse(
+    State(state): State<AppState>,
+    mut bill: Bill,
+    ApiJson(req): ApiJson<SparseRequest>,
+) -> Result<(RequestCost, Json<Vec<Vec<SparseValue>>>), Error> {
+    let weights = engine(&state)?
+        .embed_sparse(req.inputs.into_vec(), req.truncate, &mut bill)
+        .await?;
+    let values = weights
+        .into_iter()
+        .map(|text| {
+            text.into_iter()
+                .map(|(index, value)| SparseValue { index, value })
+                .collect()
+        })
+        .collect();
+    Ok((bill.cost(), Json(values)))
+}
+
+/// bge-m3's multi-vector (ColBERT) output: per input one vector per token after the first
+/// (`<s>`), the closing `</s>` included, as FlagEmbedding returns `colbert_vecs`. Only for
+/// models whose folder has bge-m3's `colbert_linear` head (404 otherwise).
+#[utoipa::path(post, path = Route::EmbedColbert.openapi_path(), tag = "embedding",
+    request_body = ColbertRequest,
+    security((), ("bearer" = [])),
+    responses((status = 200, description = "One list of token vectors per input, in input order", body = Vec<Vec<Vec<f32>>>), super::openapi::ModelErrors))]
+pub async fn colbert(
+    State(state): State<AppState>,
+    mut bill: Bill,
+    ApiJson(req): ApiJson<ColbertRequest>,
+) -> Result<(RequestCost, Json<Vec<Vec<Vec<f32>>>>), Error> {
+    let engine = engine(&state)?;
+    let normalize = req.normalize.unwrap_or(engine.normalize_default());
+    let vectors = engine
+        .embed_colbert(req.inputs.into_vec(), req.truncate, normalize, &mut bill)
+        .await?;
+    Ok((bill.cost(), Json(vectors)))
 }
 
 /// Cosine similarity of each sentence to the source sentence.

@@ -41,6 +41,8 @@ handlers! {
     documented {
         OpenAiEmbeddings => embeddings::openai,
         Embed => embeddings::tei,
+        EmbedSparse => embeddings::sparse,
+        EmbedColbert => embeddings::colbert,
         Similarity => embeddings::similarity,
         Tokenize => tokens::tokenize,
         Decode => tokens::decode,

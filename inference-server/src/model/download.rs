@@ -154,6 +154,9 @@ const HUB_FILES: &[&str] = &[
     "special_tokens_map.json",
     "1_Pooling/config.json",
     "sentence_bert_config.json",
+    // bge-m3's sparse and multi-vector heads, as its repository ships them.
+    "sparse_linear.pt",
+    "colbert_linear.pt",
     "model.safetensors",
 ];
 /// Only fetched when the repository has no `model.safetensors`.

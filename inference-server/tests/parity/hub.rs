@@ -159,6 +159,30 @@ fn downloads_into_the_cache_and_reuses_it() {
 }
 
 #[test]
+fn downloads_bge_m3_heads_as_the_hub_ships_them() {
+    // The hub has the heads as torch checkpoints only.
+    let hub_root = tempfile::tempdir().unwrap();
+    let model =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rerank/xlmr-m3-tiny");
+    for name in files_under(&model) {
+        if !name.ends_with("_linear.safetensors") {
+            let to = hub_root.path().join(&name);
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(model.join(&name), to).unwrap();
+        }
+    }
+    let (endpoint, _) = stand_in_hub("BAAI/bge-m3-tiny", hub_root.path().to_path_buf());
+    let cache = tempfile::tempdir().unwrap();
+    let files = resolve("BAAI/bge-m3-tiny", &hub(endpoint, cache.path())).unwrap();
+    for name in ["sparse_linear.pt", "colbert_linear.pt"] {
+        assert!(files.dir.join(name).is_file(), "{name} not downloaded");
+    }
+    let embedder = Embedder::load(&files, None, Dtype::F32).unwrap();
+    assert!(embedder.has_sparse());
+    assert_eq!(embedder.colbert_dims(), Some(32));
+}
+
+#[test]
 fn missing_repository_is_a_clear_error() {
     let (endpoint, _) = stand_in_hub("test-org/gte-tiny", fixtures().join("gte-tiny/model"));
     let cache = tempfile::tempdir().unwrap();

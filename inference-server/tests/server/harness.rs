@@ -25,6 +25,12 @@ pub fn uninlu_tiny() -> String {
     fixtures().join("uninlu-tiny/model").display().to_string()
 }
 
+/// The XLM-RoBERTa, bge-m3 and reranker fixtures `scripts/make-rerank-fixtures.py` made with
+/// transformers and FlagEmbedding's formulas, with their `expected.json`.
+pub fn rerank_fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rerank")
+}
+
 pub fn read_json(path: PathBuf) -> Value {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()

@@ -2,15 +2,9 @@
 //! transformers gives for the fixture rerankers (`tests/fixtures/rerank/expected.json`), and
 //! every refusal of a bad request.
 
-use std::path::PathBuf;
-
 use serde_json::{json, Value};
 
-use super::harness::{error_code, gte_tiny, read_json, TestServer};
-
-fn rerank_fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rerank")
-}
+use super::harness::{error_code, gte_tiny, read_json, rerank_fixtures, TestServer};
 
 fn reranker(name: &str) -> String {
     rerank_fixtures().join(name).display().to_string()
