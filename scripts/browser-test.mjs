@@ -1,9 +1,9 @@
 // Drives the system Chromium (no browser download) through the playground: on a UniNLU server
 // picks the NER template, submits, and checks that the highlighted text and the chain list match
 // what the API answers for the same input; on an embedding server checks the similarity bars
-// against /similarity. Screenshots into OUT_DIR.
+// against /similarity, on a rerank server the ranking against /rerank. Screenshots into OUT_DIR.
 //
-//   node scripts/browser-test.mjs UNINLU_URL EMBEDDING_URL OUT_DIR
+//   node scripts/browser-test.mjs UNINLU_URL EMBEDDING_URL RERANK_URL OUT_DIR
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -12,10 +12,38 @@ import { createRequire } from "node:module";
 const require = createRequire(import.meta.url);
 const { chromium } = require(process.env.PLAYWRIGHT_CORE_DIR);
 
-const [base, embeddingBase, outDir] = process.argv.slice(2);
+const [base, embeddingBase, rerankBase, outDir] = process.argv.slice(2);
 const fail = (message) => {
   throw new Error(message);
 };
+
+async function postJson(url, body) {
+  const response = await fetch(url, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  if (!response.ok) fail(`${url} answered ${response.status}`);
+  return response.json();
+}
+
+/** Checks that list `id` shows one row per `want` ({label, score}) in order, bars as the page draws them. */
+async function checkBars(page, id, want, what) {
+  const rows = await page.$$eval(`#${id} li`, (lis) => lis.map((li) => ({
+    label: li.children[0].textContent,
+    score: li.querySelector(".score").textContent,
+    width: li.querySelector(".bar span").style.width,
+  })));
+  const wantRows = want.map(({ label, score }) => ({
+    label,
+    score: score.toFixed(3),
+    width: `${Math.max(0, Math.min(1, score)) * 100}%`,
+  }));
+  // The browser keeps a bar's width to 4 decimals.
+  const sameRow = (a, b) => a.label === b.label && a.score === b.score && Math.abs(parseFloat(a.width) - parseFloat(b.width)) < 0.01;
+  if (rows.length < 2 || rows.length !== wantRows.length || !rows.every((r, i) => sameRow(r, wantRows[i]))) fail(`${what}: bars ${JSON.stringify(rows)} != API ${JSON.stringify(wantRows)}`);
+  return rows.length;
+}
 
 const profile = mkdtempSync(join(tmpdir(), "nlu-browser-test-"));
 const context = await chromium.launchPersistentContext(profile, {
@@ -33,7 +61,7 @@ try {
   page.on("console", (m) => m.type() === "error" && problems.push("console: " + m.text()));
   page.on("pageerror", (e) => problems.push("page error: " + e.message));
   page.on("requestfailed", (r) => problems.push("request failed: " + r.url()));
-  page.on("request", (r) => ![base, embeddingBase].some((b) => r.url().startsWith(b)) && problems.push("request elsewhere: " + r.url()));
+  page.on("request", (r) => ![base, embeddingBase, rerankBase].some((b) => r.url().startsWith(b)) && problems.push("request elsewhere: " + r.url()));
 
   await page.goto(base + "/");
   await page.waitForSelector("body[data-ready=uninlu]", { timeout: 30000 });
@@ -93,26 +121,22 @@ try {
   const sentences = (await page.inputValue("#sentences")).split("\n").map((l) => l.trim()).filter(Boolean);
   await page.click("#compare");
   await page.waitForSelector("#similarity-result:not([hidden])", { timeout: 30000 });
-  const apiScores = await (await fetch(embeddingBase + "/similarity", {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ source_sentence: source, sentences_to_compare: sentences }),
-  })).json();
-  const rows = await page.$$eval("#scores li", (lis) => lis.map((li) => ({
-    label: li.children[0].textContent,
-    score: li.querySelector(".score").textContent,
-    width: li.querySelector(".bar span").style.width,
-  })));
-  const wantRows = apiScores.scores.map((score, i) => ({
-    label: sentences[i],
-    score: score.toFixed(3),
-    width: `${Math.max(0, Math.min(1, score)) * 100}%`,
-  }));
-  // The browser keeps a bar's width to 4 decimals.
-  const sameRow = (a, b) => a.label === b.label && a.score === b.score && Math.abs(parseFloat(a.width) - parseFloat(b.width)) < 0.01;
-  if (rows.length < 2 || rows.length !== wantRows.length || !rows.every((r, i) => sameRow(r, wantRows[i]))) fail(`bars ${JSON.stringify(rows)} != API ${JSON.stringify(wantRows)}`);
+  const apiScores = await postJson(embeddingBase + "/similarity", { source_sentence: source, sentences_to_compare: sentences });
+  const bars = await checkBars(page, "scores", apiScores.scores.map((score, i) => ({ label: sentences[i], score })), "similarity");
   await page.screenshot({ path: join(outDir, "similarity.png"), fullPage: true });
-  console.log(`similarity: ${rows.length} bars; screenshot ${join(outDir, "similarity.png")}`);
+  console.log(`similarity: ${bars} bars; screenshot ${join(outDir, "similarity.png")}`);
+
+  // Rerank: the passages best first, scores as the API gives them.
+  await page.goto(rerankBase + "/");
+  await page.waitForSelector("body[data-ready=rerank]", { timeout: 30000 });
+  const query = await page.inputValue("#query");
+  const passages = (await page.inputValue("#passages")).split("\n").map((l) => l.trim()).filter(Boolean);
+  await page.click("#rank");
+  await page.waitForSelector("#rerank-result:not([hidden])", { timeout: 30000 });
+  const ranked = await postJson(rerankBase + "/rerank", { query, texts: passages });
+  const ranks = await checkBars(page, "ranking", ranked.map(({ index, score }) => ({ label: passages[index], score })), "rerank");
+  await page.screenshot({ path: join(outDir, "rerank.png"), fullPage: true });
+  console.log(`rerank: ${ranks} passages ranked; screenshot ${join(outDir, "rerank.png")}`);
 
   if (problems.length) fail(problems.join("\n"));
   console.log("browser test passed");

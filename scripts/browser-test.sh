@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Browser test of the playground in headless Debian Chromium, driven by playwright-core (npm;
-# it never downloads a browser): starts nlu-server on the uninlu-tiny and gte-tiny fixtures, picks
-# the NER template, submits, compares the highlighted spans and chains with the API's answer,
-# checks the similarity bars, and saves screenshots to target/browser-test/.
+# it never downloads a browser): starts nlu-server on the uninlu-tiny, gte-tiny and tiny XLM-R
+# reranker fixtures, picks the NER template, submits, compares the highlighted spans and chains
+# with the API's answer, checks the similarity and rerank bars, and saves screenshots to
+# target/browser-test/.
 #
 # Needs /usr/bin/chromium (Debian: apt-get install -y chromium), node >= 18, npm (first run).
 set -euo pipefail
@@ -54,6 +55,7 @@ start() {
 }
 UNINLU_URL=$(start uninlu "$FIXTURES/uninlu-tiny/model" uninlu)
 EMBEDDING_URL=$(start embedding "$FIXTURES/gte-tiny/model" embedding)
+RERANK_URL=$(start rerank "$ROOT/inference-server/tests/fixtures/rerank/xlmr-reranker-tiny" rerank)
 
 PLAYWRIGHT_CORE_DIR=$NODE_DIR/node_modules/playwright-core \
-    timeout 120 node "$ROOT/scripts/browser-test.mjs" "$UNINLU_URL" "$EMBEDDING_URL" "$OUT"
+    timeout 120 node "$ROOT/scripts/browser-test.mjs" "$UNINLU_URL" "$EMBEDDING_URL" "$RERANK_URL" "$OUT"

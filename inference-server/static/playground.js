@@ -1,4 +1,4 @@
-// The playground: calls the server's own API (info, api/predict, similarity) and draws the
+// The playground: calls the server's own API (info, api/predict, similarity, rerank) and draws the
 // answers. No dependencies, nothing loaded from elsewhere. Paths are relative to the page, so it
 // works under an Ingress path prefix too.
 "use strict";
@@ -192,34 +192,58 @@ function setUpUniNlu() {
 
 // ---- Embeddings ----
 
+/** The non-blank lines of a text field. */
+function lines(id) {
+  return $(id).value.split("\n").map((s) => s.trim()).filter(Boolean);
+}
+
+/** Fills list `id` with one row per `{label, score}`: the label, a bar and the score. */
+function drawBars(id, rows) {
+  const list = $(id);
+  list.replaceChildren();
+  for (const { label, score } of rows) {
+    const li = document.createElement("li");
+    const text = document.createElement("span");
+    text.textContent = label;
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    const fill = document.createElement("span");
+    // Cosines run from -1 and raw rerank scores are logits; the bar shows [0, 1].
+    fill.style.width = `${Math.max(0, Math.min(1, score)) * 100}%`;
+    bar.append(fill);
+    const value = document.createElement("span");
+    value.className = "score";
+    value.textContent = score.toFixed(3);
+    li.append(text, bar, value);
+    list.append(li);
+  }
+}
+
 function setUpSimilarity() {
   $("similarity-form").addEventListener("submit", (event) => {
     event.preventDefault();
     busy($("compare"), async () => {
-      const sentences = $("sentences").value.split("\n").map((s) => s.trim()).filter(Boolean);
+      const sentences = lines("sentences");
       const answer = await call("similarity", {
         source_sentence: $("source").value,
         sentences_to_compare: sentences,
       });
-      const list = $("scores");
-      list.replaceChildren();
-      answer.scores.forEach((score, i) => {
-        const li = document.createElement("li");
-        const label = document.createElement("span");
-        label.textContent = sentences[i];
-        const bar = document.createElement("span");
-        bar.className = "bar";
-        const fill = document.createElement("span");
-        // Cosine in [-1, 1]; the bar shows [0, 1].
-        fill.style.width = `${Math.max(0, Math.min(1, score)) * 100}%`;
-        bar.append(fill);
-        const value = document.createElement("span");
-        value.className = "score";
-        value.textContent = score.toFixed(3);
-        li.append(label, bar, value);
-        list.append(li);
-      });
+      drawBars("scores", answer.scores.map((score, i) => ({ label: sentences[i], score })));
       $("similarity-result").hidden = false;
+    });
+  });
+}
+
+// ---- Rerank ----
+
+function setUpRerank() {
+  $("rerank-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    busy($("rank"), async () => {
+      // Best first, as the API answers.
+      const ranked = await call("rerank", { query: $("query").value, texts: lines("passages"), return_text: true });
+      drawBars("ranking", ranked.map(({ text, score }) => ({ label: text, score })));
+      $("rerank-result").hidden = false;
     });
   });
 }
@@ -232,6 +256,7 @@ async function start() {
   $("token").addEventListener("change", () => sessionStorage.setItem("nlu-token", $("token").value.trim()));
   setUpUniNlu();
   setUpSimilarity();
+  setUpRerank();
   for (;;) {
     const response = await fetch("info").catch(() => null);
     if (response && response.ok) {
@@ -239,6 +264,7 @@ async function start() {
       $("model-info").textContent = `Model ${info.model} · task ${info.task}`;
       $("uninlu-view").hidden = info.task !== "uninlu";
       $("embedding-view").hidden = info.task !== "embedding";
+      $("rerank-view").hidden = info.task !== "rerank";
       document.body.dataset.ready = info.task;
       return;
     }
