@@ -8,13 +8,16 @@ and model.onnx (what ONNX Runtime loads, exported from those weights).
 - minilm: all-MiniLM-L6-v2, real weights (the folder `scripts/fetch-minilm.sh` prints).
 - bert-base: 12 layers, hidden 768, 12 heads, intermediate 3072; random weights (seed 0).
 - bert-large: 24 layers, hidden 1024, 16 heads, intermediate 4096; random weights (seed 0).
+- bert-base-reranker: a cross-encoder of BERT-base's shape (`BertForSequenceClassification`, one
+  label, the shape of bge-reranker-base's encoder), random weights (seed 0); no model.onnx (the
+  rerank figures compare nlu-server with PyTorch only).
 
 Random weights cost the same work as trained ones; they use transformers' own initialisation
 (normal, std 0.02; LayerNorm 1/0) and MiniLM's vocabulary (bert-base-uncased, 30,522 entries).
 A folder with a `.complete` marker is reused; `--force` rewrites it. Needs torch, transformers,
 safetensors, onnx and onnxscript (the dynamo ONNX exporter); never run by CI.
 
-    python3 bench/make_models.py [--cache target/bench-models] [--models minilm,bert-base,bert-large] [--force]
+    python3 bench/make_models.py [--cache target/bench-models] [--models minilm,bert-base,bert-large,bert-base-reranker] [--force]
 
 Prints the folder of each model.
 """
@@ -27,13 +30,14 @@ import sys
 
 import torch
 import transformers
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertForSequenceClassification, BertModel
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SHAPES = {
     "bert-base": dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, intermediate_size=3072),
     "bert-large": dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16, intermediate_size=4096),
 }
+RERANKERS = {"bert-base-reranker": "bert-base"}
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 ONNX_OPSET = 18
 
@@ -106,11 +110,18 @@ def write_model(name, folder, minilm):
         model = BertModel.from_pretrained(folder, add_pooling_layer=False).eval()
     else:
         torch.manual_seed(0)
-        config = BertConfig(vocab_size=30522, hidden_act="gelu", **SHAPES[name])
-        model = BertModel(config, add_pooling_layer=False).eval()
+        shape = SHAPES[RERANKERS.get(name, name)]
+        config = BertConfig(vocab_size=30522, hidden_act="gelu", num_labels=1, **shape)
+        if name in RERANKERS:
+            model = BertForSequenceClassification(config).eval()
+        else:
+            model = BertModel(config, add_pooling_layer=False).eval()
         model.save_pretrained(folder, safe_serialization=True)
         for f in TOKENIZER_FILES:
             shutil.copy2(minilm / f, folder / f)
+    if name in RERANKERS:
+        (folder / ".complete").touch()
+        return
     export_onnx(model, folder / "model.onnx")
     check_onnx(model, folder / "model.onnx")
     (folder / ".complete").touch()
@@ -120,13 +131,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=pathlib.Path, default=REPO / "target/bench-models",
                     help="folder that receives one sub-folder per model (default: target/bench-models)")
-    ap.add_argument("--models", default="minilm,bert-base,bert-large",
-                    help="comma-separated subset of minilm, bert-base, bert-large")
+    ap.add_argument("--models", default="minilm,bert-base,bert-large,bert-base-reranker",
+                    help="comma-separated subset of minilm, bert-base, bert-large, bert-base-reranker")
     ap.add_argument("--force", action="store_true", help="rewrite folders that are already complete")
     args = ap.parse_args()
     transformers.logging.set_verbosity_error()  # MiniLM's unused pooler weights are expected
     names = args.models.split(",")
-    unknown = set(names) - {"minilm", *SHAPES}
+    unknown = set(names) - {"minilm", *SHAPES, *RERANKERS}
     if unknown:
         ap.error(f"unknown model(s): {', '.join(sorted(unknown))}")
     minilm = minilm_dir()

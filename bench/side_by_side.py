@@ -11,6 +11,11 @@ real weights, BERT-base and BERT-large shapes with random weights) and each batc
 The ids are the synthetic ones bench_model uses (all tokens real, no padding). Ours also pools
 and normalises (negligible next to the encoder); the peers stop at last_hidden_state.
 
+Rerank (issue 22), bert-base-reranker: a query of 8 words and 32 passages of 16-256 characters per
+request, through HTTP (`bench_http --workloads rerank`, `/v1/rerank`, 1 and --clients clients)
+next to PyTorch in-process (`BertForSequenceClassification`: tokenizer on the 32 pairs, padded
+batch, logits, sigmoid) on the same generator's pairs. Figures in pairs/s.
+
 End to end, MiniLM, the workload of issue 9's target: texts of 16-256 characters, 32 per request,
 through HTTP (`target/release/bench_http --workloads mixed-chars --json`, 1 and --clients clients)
 next to PyTorch (and ONNX Runtime) in-process on texts from the same generator (tokenizer +
@@ -86,6 +91,11 @@ class Texts:
 
     def request(self):
         return [self.chars() for _ in range(32)]
+
+    def rerank_request(self):
+        """bench_http's rerank request: a query of 8 words, then 32 passages."""
+        query = " ".join(self.word() for _ in range(8))
+        return query, self.request()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,8 +247,26 @@ def in_process_texts(args, tokenizer, forward):
     return summary(times, 32, tokens)
 
 
-def ours_http(args, folder, dtype):
-    cmd = [str(args.bin / "bench_http"), "--model", str(folder), "--workloads", "mixed-chars",
+def in_process_pairs(args, tokenizer, model):
+    """Tokenizer + cross-encoder + sigmoid on a query and its 32 passages (what /v1/rerank runs)."""
+    import torch
+
+    texts = Texts()
+
+    def step():
+        query, passages = texts.rerank_request()
+        batch = tokenizer([query] * len(passages), passages, padding=True, truncation=True, max_length=512,
+                          return_tensors="pt")
+        with torch.inference_mode():
+            model(**batch).logits.sigmoid()
+        return int(batch["attention_mask"].sum())
+
+    times, tokens = timed(step, args.http_seconds)
+    return summary(times, 32, tokens)
+
+
+def ours_http(args, folder, dtype, workload="mixed-chars"):
+    cmd = [str(args.bin / "bench_http"), "--model", str(folder), "--workloads", workload,
            "--clients", str(args.clients), "--seconds", str(args.http_seconds), "--dtype", dtype, "--json"]
     out = subprocess.run(cmd, env=env(args), check=True, capture_output=True, text=True).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
@@ -276,6 +304,16 @@ def model_table(args, grid):
         cells = [model, f"{batch} x {seq}", fmt(o), fmt(x), fmt(t), fmt(tb), fmt(ob),
                  ratio(o, x), ratio(o, t), ratio(ob, tb), frac]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def relative_table(rows, unit):
+    """(label, figure) rows with their rate relative to the PyTorch fp32 row."""
+    base = next((r for label, r in rows if label.startswith("PyTorch fp32")), None)
+    lines = [f"| engine | {unit} | p50 ms per request | vs PyTorch fp32 in-process |", "|---|---:|---:|---:|"]
+    for label, r in rows:
+        rel = "" if base is None else f"{r['inputs_per_s'] / base['inputs_per_s']:.2f}"
+        lines.append(f"| {label} | {r['inputs_per_s']:.1f} | {r['p50_ms']:.1f} | {rel} |")
     return "\n".join(lines)
 
 
@@ -322,7 +360,7 @@ def parse_shapes(text):
 
 def run_models(args, results, torch_ok, ours_bf16):
     grid = {}
-    for name in args.models.split(","):
+    for name in filter(None, args.models.split(",")):
         folder = args.cache / name
         if not (folder / ".complete").is_file():
             sys.exit(f"{folder} missing: run bench/make_models.py first")
@@ -355,7 +393,8 @@ def main():
                     help="folder of bench/make_models.py (default: target/bench-models)")
     ap.add_argument("--bin", type=pathlib.Path, default=REPO / "target/release",
                     help="folder with bench_model and bench_http (default: target/release)")
-    ap.add_argument("--models", default="minilm,bert-base,bert-large", help="models to run, comma-separated")
+    ap.add_argument("--models", default="minilm,bert-base,bert-large",
+                    help="models of the model-only figures, comma-separated; empty for none")
     ap.add_argument("--shapes", type=parse_shapes, default=parse_shapes("1x16,1x128,8x128,32x128"),
                     help="BATCHxSEQ list for MiniLM and BERT-base (default: 1x16,1x128,8x128,32x128)")
     ap.add_argument("--large-shapes", type=parse_shapes, default=parse_shapes("1x16,8x128"),
@@ -364,7 +403,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=3.0, help="seconds per model-only figure (after a warm-up run)")
     ap.add_argument("--http-seconds", type=float, default=10.0, help="seconds per end-to-end figure")
     ap.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients of the end-to-end figure")
-    ap.add_argument("--skip-http", action="store_true", help="model-only figures only")
+    ap.add_argument("--skip-http", action="store_true", help="no end-to-end MiniLM figures")
+    ap.add_argument("--skip-rerank", action="store_true", help="no rerank figures")
     ap.add_argument("--max-load", type=float, default=0.75,
                     help="highest 1-minute load average at which a figure is taken (default 0.75)")
     ap.add_argument("--settle", type=float, default=300.0,
@@ -420,15 +460,30 @@ def main():
                          lambda: in_process_texts(args, tokenizer, forward))
             e2e.append((label, row))
 
+    rerank = []
+    if not args.skip_rerank:
+        folder = args.cache / "bert-base-reranker"
+        if not (folder / ".complete").is_file():
+            sys.exit(f"{folder} missing: run bench/make_models.py first")
+        what = "bert-base-reranker, query + 32 passages of 16-256 chars"
+        for row in figure_list(args, results, f"{what}, HTTP ours f32", lambda: ours_http(args, folder, "f32", "rerank")):
+            rerank.append((f"ours f32 via HTTP (/v1/rerank), {row['clients']} client(s)", row))
+        if torch_ok:
+            from transformers import AutoTokenizer, BertForSequenceClassification
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = BertForSequenceClassification.from_pretrained(folder).eval()
+            row = figure(args, results, f"{what}, PyTorch fp32 in-process",
+                         lambda: in_process_pairs(args, tokenizer, model))
+            rerank.append(("PyTorch fp32 in-process", row))
+
     print("\n".join(f"- {n}" for n in notes))
     print(f"\n### Model only (tokens/s, p50 latency)\n\n{model_table(args, grid)}")
     if e2e:
-        base = next((r for label, r in e2e if label.startswith("PyTorch fp32")), None)
         print("\n### End to end, MiniLM, 16-256 character texts, 32 per request\n")
-        print("| engine | inputs/s | p50 ms per request | vs PyTorch fp32 in-process |\n|---|---:|---:|---:|")
-        for label, r in e2e:
-            rel = "" if base is None else f"{r['inputs_per_s'] / base['inputs_per_s']:.2f}"
-            print(f"| {label} | {r['inputs_per_s']:.1f} | {r['p50_ms']:.1f} | {rel} |")
+        print(relative_table(e2e, "inputs/s"))
+    if rerank:
+        print("\n### Rerank, BERT-base cross-encoder, a query and 32 passages of 16-256 characters per request\n")
+        print(relative_table(rerank, "pairs/s"))
     print(f"\n### Every figure with the load around it\n\n{figures_table(results)}")
     if args.json_out:
         args.json_out.write_text(json.dumps({"notes": notes, "figures": results}, indent=1))

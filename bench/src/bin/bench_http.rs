@@ -3,8 +3,9 @@
 //! (or JSON lines with `--json`, read by `bench/side_by_side.py`) of the chosen workloads:
 //! server overhead for one 16-token input (HTTP p50 minus the model's own p50), a batch x length
 //! grid, and the two mixed-length workloads of 32 inputs per request: 8-60 words per input, and
-//! 16-256 characters per input (the target of issue 9). Records /proc/loadavg before and after
-//! every figure: these machines are shared.
+//! 16-256 characters per input (the target of issue 9). `--workloads rerank` instead runs a
+//! reranker (`--task rerank`): a query and 32 passages of 16-256 characters per `/v1/rerank`
+//! request. Records /proc/loadavg before and after every figure: these machines are shared.
 //!
 //! `cargo run --release -p nlu-bench --bin bench_http -- [--model DIR] [--url URL] [--seconds S] [--clients N] [--workloads mixed-chars,...] [--dtype bf16] [--json]`
 //! The model defaults to the folder `scripts/fetch-minilm.sh` prints. Threads: `RAYON_NUM_THREADS`.
@@ -56,6 +57,9 @@ enum Workload {
     MixedWords,
     /// 32 inputs of 16-256 characters per request.
     MixedChars,
+    /// A query of 8 words and 32 passages of 16-256 characters per `/v1/rerank` request; needs
+    /// a reranker model and runs alone (its server runs `--task rerank`).
+    Rerank,
 }
 
 impl Workload {
@@ -141,13 +145,28 @@ struct Run {
     elapsed: Duration,
 }
 
-/// `clients` closed-loop clients, each sending requests made by `make` until `seconds` pass.
+/// A request body and the number of inputs (texts or pairs) it holds.
+type Request = (Value, usize);
+
+/// `/v1/embeddings` requests of the texts `make` gives.
+fn embeddings(
+    make: impl Fn(&mut u64) -> Vec<String> + Send + Sync + 'static,
+) -> impl Fn(&mut u64) -> Request + Send + Sync + 'static {
+    move |seed| {
+        let batch = make(seed);
+        let inputs = batch.len();
+        (json!({ "input": batch }), inputs)
+    }
+}
+
+/// `clients` closed-loop clients, each sending requests made by `make` until `seconds` pass;
+/// every answer must be 200 with OpenAI's (and Cohere's) `usage.prompt_tokens`.
 async fn closed_loop(
     client: &reqwest::Client,
     url: &str,
     clients: usize,
     seconds: f64,
-    make: impl Fn(&mut u64) -> Vec<String> + Send + Sync + 'static,
+    make: impl Fn(&mut u64) -> Request + Send + Sync + 'static,
 ) -> Result<Run> {
     let make = Arc::new(make);
     let started = Instant::now();
@@ -159,17 +178,13 @@ async fn closed_loop(
                 let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (c as u64 + 1);
                 let (mut latencies, mut inputs, mut tokens) = (Vec::new(), 0, 0);
                 while Instant::now() < deadline {
-                    let batch = make(&mut seed);
+                    let (body, n) = make(&mut seed);
                     let t = Instant::now();
-                    let r = client
-                        .post(&url)
-                        .json(&json!({ "input": batch }))
-                        .send()
-                        .await?;
+                    let r = client.post(&url).json(&body).send().await?;
                     anyhow::ensure!(r.status() == 200, "status {}", r.status());
                     let body: Value = r.json().await?;
                     latencies.push(t.elapsed());
-                    inputs += batch.len();
+                    inputs += n;
                     tokens += body["usage"]["prompt_tokens"].as_u64().context("usage")? as usize;
                 }
                 anyhow::Ok((latencies, inputs, tokens))
@@ -270,6 +285,11 @@ async fn main() -> Result<()> {
         println!("load before: {}", loadavg());
     }
 
+    let rerank = args.workloads.contains(&Workload::Rerank);
+    anyhow::ensure!(
+        !rerank || args.workloads.len() == 1,
+        "the rerank workload runs alone: its server runs --task rerank"
+    );
     let base = match &args.url {
         Some(url) => url.trim_end_matches('/').to_owned(),
         None => {
@@ -280,7 +300,7 @@ async fn main() -> Result<()> {
                 "--model",
                 &model,
                 "--task",
-                "embedding",
+                if rerank { "rerank" } else { "embedding" },
                 "--max-batch-inputs",
                 "1024",
                 "--dtype",
@@ -324,9 +344,14 @@ async fn main() -> Result<()> {
                 section("Server overhead: one 16-token input, one client");
                 let model_p50 = model_only_p50(&model, args.dtype, args.seconds)?;
                 let load = loadavg();
-                let single =
-                    closed_loop(&client, &url, 1, args.seconds, |seed| vec![text(14, seed)])
-                        .await?;
+                let single = closed_loop(
+                    &client,
+                    &url,
+                    1,
+                    args.seconds,
+                    embeddings(|seed| vec![text(14, seed)]),
+                )
+                .await?;
                 report(json, workload, "HTTP, 1 x 16 tokens", 1, &single, &load);
                 let http_p50 = percentile(&single.latencies, 0.5);
                 let overhead = http_p50.saturating_sub(model_p50);
@@ -351,9 +376,15 @@ async fn main() -> Result<()> {
                 for batch in [1usize, 8, 32] {
                     for len in [16usize, 64, 256] {
                         let load = loadavg();
-                        let run = closed_loop(&client, &url, 1, args.seconds, move |seed| {
-                            (0..batch).map(|_| text(len - 2, seed)).collect()
-                        })
+                        let run = closed_loop(
+                            &client,
+                            &url,
+                            1,
+                            args.seconds,
+                            embeddings(move |seed| {
+                                (0..batch).map(|_| text(len - 2, seed)).collect()
+                            }),
+                        )
                         .await?;
                         report(
                             json,
@@ -370,14 +401,20 @@ async fn main() -> Result<()> {
                 section("Mixed lengths (8-60 words per input, 32 inputs per request)");
                 for clients in [1, args.clients] {
                     let load = loadavg();
-                    let run = closed_loop(&client, &url, clients, args.seconds, |seed| {
-                        (0..32)
-                            .map(|_| {
-                                let words = 8 + (*seed % 53) as usize;
-                                text(words, seed)
-                            })
-                            .collect()
-                    })
+                    let run = closed_loop(
+                        &client,
+                        &url,
+                        clients,
+                        args.seconds,
+                        embeddings(|seed| {
+                            (0..32)
+                                .map(|_| {
+                                    let words = 8 + (*seed % 53) as usize;
+                                    text(words, seed)
+                                })
+                                .collect()
+                        }),
+                    )
                     .await?;
                     report(
                         json,
@@ -389,14 +426,35 @@ async fn main() -> Result<()> {
                     );
                 }
             }
-            Workload::MixedChars => {
-                section("Mixed lengths (16-256 characters per input, 32 inputs per request)");
+            Workload::MixedChars | Workload::Rerank => {
+                let (title, url) = match workload {
+                    Workload::Rerank => (
+                        "Rerank (a query of 8 words and 32 passages of 16-256 characters per request)",
+                        format!("{base}/v1/rerank"),
+                    ),
+                    _ => (
+                        "Mixed lengths (16-256 characters per input, 32 inputs per request)",
+                        url.clone(),
+                    ),
+                };
+                section(title);
                 for clients in [1, args.clients] {
                     let load = loadavg();
-                    let run = closed_loop(&client, &url, clients, args.seconds, |seed| {
-                        (0..32).map(|_| text_chars(seed)).collect()
-                    })
-                    .await?;
+                    let passages = |seed: &mut u64| (0..32).map(|_| text_chars(seed)).collect();
+                    let run = match workload {
+                        Workload::Rerank => {
+                            closed_loop(&client, &url, clients, args.seconds, move |seed| {
+                                let query = text(8, seed);
+                                let documents: Vec<String> = passages(seed);
+                                (json!({ "query": query, "documents": documents }), 32)
+                            })
+                            .await?
+                        }
+                        _ => {
+                            closed_loop(&client, &url, clients, args.seconds, embeddings(passages))
+                                .await?
+                        }
+                    };
                     report(
                         json,
                         workload,
