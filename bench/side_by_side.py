@@ -191,6 +191,8 @@ def ours(args, folder, batch, seq, dtype=None):
         cmd += ["--dtype", dtype]
     out = subprocess.run(cmd, env=env(args), check=True, capture_output=True, text=True).stdout
     row = json.loads(out.strip().splitlines()[-1])
+    if dtype and row["dtype"] != dtype:
+        return None  # bench_model fell back (bf16 without AMX-BF16): not a bf16 figure
     return {k: row[k] for k in ("inputs_per_s", "tokens_per_s", "p50_ms", "p99_ms", "runs")}
 
 

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
+use nlu_server::model::kernels::linear::runnable;
 use nlu_server::model::{Dtype, Embedder, ModelFiles, UniNluModel};
 use nlu_server::uninlu::{predict, Limits};
 use serde_json::json;
@@ -309,6 +310,11 @@ fn main() -> Result<()> {
         .flat_map(|&t| BATCHES.iter().map(move |&b| (b, t)))
         .collect();
     let shapes = args.shapes.as_ref().map_or(&grid, |s| &s.0);
+    // The server's fallback, not the AMX kernel's panic, on a CPU without AMX-BF16.
+    let (dtype, fallback) = runnable(args.dtype);
+    if let Some(why) = fallback {
+        eprintln!("{why}");
+    }
     if !args.json {
         println!(
             "# bench_model\n\nthreads: {}, loadavg at start: {}",
@@ -322,23 +328,23 @@ fn main() -> Result<()> {
     };
     match model {
         Some((name, dir)) => {
-            let embedder = Embedder::load(&ModelFiles::from_dir(&dir)?, None, args.dtype)?;
-            bench_embedder(&name, args.dtype, &embedder, budget, shapes, args.json)?
+            let embedder = Embedder::load(&ModelFiles::from_dir(&dir)?, None, dtype)?;
+            bench_embedder(&name, dtype, &embedder, budget, shapes, args.json)?
         }
         None => eprintln!("MiniLM skipped: run scripts/fetch-minilm.sh or pass --model DIR"),
     }
     if !args.skip_base {
         let tmp = tempfile_dir("bert-base")?;
         let files = random_model(&tmp, 12, false)?;
-        let embedder = Embedder::load(&files, None, args.dtype)?;
+        let embedder = Embedder::load(&files, None, dtype)?;
         let name = "BERT-base shape (random weights)";
-        bench_embedder(name, args.dtype, &embedder, budget, shapes, args.json)?;
+        bench_embedder(name, dtype, &embedder, budget, shapes, args.json)?;
         std::fs::remove_dir_all(&tmp)?;
     }
     if !args.skip_uninlu {
         let tmp = tempfile_dir("uninlu-base")?;
         let files = random_model(&tmp, 12, true)?;
-        bench_uninlu(&UniNluModel::load(&files, args.dtype)?, budget, args.json)?;
+        bench_uninlu(&UniNluModel::load(&files, dtype)?, budget, args.json)?;
         std::fs::remove_dir_all(&tmp)?;
     }
     if !args.json {

@@ -20,7 +20,7 @@ use crate::batching::{Arrival, Batcher, Job, Settings};
 use crate::cost::Bill;
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::model::kernels::linear::bf16_available;
+use crate::model::kernels::linear::runnable;
 use crate::model::{
     self, CrossEncoder, Dtype, Embedder, HubConfig, Pooling, ScoreActivation, UniNluModel,
 };
@@ -50,15 +50,13 @@ pub struct EngineConfig {
     pub uninlu: Limits,
 }
 
-/// The dtype the model will run in: bf16 only where the AMX kernel can run.
-fn runnable(requested: Dtype) -> Dtype {
-    if requested == Dtype::Bf16 && !bf16_available() {
-        tracing::warn!(
-            "--dtype bf16 needs a CPU with AMX-BF16 (and a kernel that grants it); running f32"
-        );
-        return Dtype::F32;
+/// The dtype the model will run in ([`runnable`]), logging a fallback.
+fn runnable_logged(requested: Dtype) -> Dtype {
+    let (dtype, fallback) = runnable(requested);
+    if let Some(why) = fallback {
+        tracing::warn!("{why}");
     }
-    requested
+    dtype
 }
 
 /// What GET /info reports.
@@ -121,7 +119,7 @@ impl Engine {
         let files = model::resolve(&config.model, &config.hub)
             .with_context(|| format!("cannot load model {}", config.model))?;
         let settings = config.batching.clone();
-        let dtype = runnable(config.dtype);
+        let dtype = runnable_logged(config.dtype);
         match config.task {
             Task::Embedding => {
                 let embedder = Embedder::load(&files, config.pooling, dtype)?;

@@ -84,6 +84,19 @@ pub fn bf16_available() -> bool {
     false
 }
 
+/// The dtype a model asked to run in `requested` runs in: bf16 only where [`bf16_available`],
+/// else f32 with the reason (for the caller to log), so the server and the bench binaries fall
+/// back alike instead of reaching the AMX kernel's panic.
+pub fn runnable(requested: Dtype) -> (Dtype, Option<&'static str>) {
+    if requested == Dtype::Bf16 && !bf16_available() {
+        return (
+            Dtype::F32,
+            Some("--dtype bf16 needs a CPU with AMX-BF16 (and a kernel that grants it); running f32"),
+        );
+    }
+    (requested, None)
+}
+
 impl Weights {
     /// `w_t`: `[k, n]` row-major. Panics for bf16 where [`bf16_available`] is false (the
     /// caller checks it).
