@@ -19,6 +19,14 @@ pub struct RequestLabels {
     pub tenant: String,
 }
 
+/// What runs: set once the model is loaded.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub task: String,
+    pub dtype: String,
+    pub kernel: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     pub route: String,
@@ -39,6 +47,7 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub queue_rejections: Counter,
     pub model_load_seconds: Gauge<f64, AtomicU64>,
+    pub model: Family<ModelLabels, Gauge>,
     pub uninlu_prompts: Histogram,
     pub open_connections: Gauge,
 }
@@ -132,6 +141,12 @@ impl Metrics {
             "Time to load the model",
             model_load_seconds.clone(),
         );
+        let model = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "model_info",
+            "1 for the loaded model's task, weight dtype and matmul kernel (as /info says)",
+            model.clone(),
+        );
         let uninlu_prompts = Histogram::new(exponential_buckets(1.0, 2.0, 12));
         registry.register(
             "uninlu_prompts",
@@ -159,6 +174,7 @@ impl Metrics {
             in_flight,
             queue_rejections,
             model_load_seconds,
+            model,
             uninlu_prompts,
             open_connections,
         }

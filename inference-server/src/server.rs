@@ -14,7 +14,7 @@ use crate::engine::Engine;
 use crate::http::health::{Health, ReadinessCheck};
 use crate::http::{self, AppState};
 use crate::listener;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ModelLabels};
 
 /// Serves on `listener` (HTTPS with --tls-cert/--tls-key, auth per --auth) until `shutdown`
 /// completes, then stops taking connections, finishes the requests in flight (and so the queued
@@ -130,6 +130,16 @@ fn load(args: &ServeArgs, state: &AppState) -> anyhow::Result<()> {
         .metrics
         .model_load_seconds
         .set(started.elapsed().as_secs_f64());
+    let info = engine.info();
+    state
+        .metrics
+        .model
+        .get_or_create(&ModelLabels {
+            task: info.task.to_owned(),
+            dtype: info.dtype.to_string(),
+            kernel: info.kernel.to_owned(),
+        })
+        .set(1);
     tracing::info!(seconds = started.elapsed().as_secs_f64(), info = ?engine.info(), "model loaded");
     engine.warm_up()?;
     if state.engine.set(engine).is_err() {

@@ -20,7 +20,7 @@ use crate::batching::{Arrival, Batcher, Job, Settings};
 use crate::cost::Bill;
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::model::kernels::linear::runnable;
+use crate::model::kernels::linear::{kernel_path, runnable};
 use crate::model::{
     self, CrossEncoder, Dtype, Embedder, HubConfig, Pooling, ScoreActivation, UniNluModel,
 };
@@ -96,6 +96,10 @@ pub struct ModelInfo {
     /// Number format of the weights: `f32` or `bf16`.
     #[schema(value_type = String)]
     pub dtype: Dtype,
+    /// The matmul kernel of the linear layers on this CPU: `avx512`, `amx` (bf16) or `gemm`
+    /// (CPUs without AVX-512).
+    #[schema(value_type = String)]
+    pub kernel: &'static str,
 }
 
 pub enum Engine {
@@ -142,6 +146,7 @@ impl Engine {
                     colbert_dims: embedder.colbert_dims(),
                     activation: None,
                     dtype,
+                    kernel: kernel_path(dtype),
                 };
                 let limits = embedding::EmbedLimits {
                     max_input_length,
@@ -166,6 +171,7 @@ impl Engine {
                     colbert_dims: None,
                     activation: None,
                     dtype,
+                    kernel: kernel_path(dtype),
                 };
                 Ok(Engine::UniNlu {
                     engine: UniNluEngine::start(model, settings, limits, metrics),
@@ -188,6 +194,7 @@ impl Engine {
                     colbert_dims: None,
                     activation: Some(model_info.activation),
                     dtype,
+                    kernel: kernel_path(dtype),
                 };
                 let limits = embedding::EmbedLimits {
                     max_input_length,

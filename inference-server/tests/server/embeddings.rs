@@ -104,6 +104,15 @@ async fn gte_tiny_parity_through_every_route() {
     assert_eq!(info["task"], "embedding");
     assert_eq!(info["pooling"], "cls");
     assert_eq!(info["dims"], floats(&cases(&expected)[0]["cls_normalized"]).len());
+    // The kernel the CPU's features select, said by /info and by a metric alike.
+    let kernel = match std::is_x86_feature_detected!("avx512f") {
+        true => "avx512",
+        false => "gemm",
+    };
+    assert_eq!((&info["dtype"], &info["kernel"]), (&json!("f32"), &json!(kernel)), "{info}");
+    let (_, metrics) = server.get("/metrics").await;
+    let line = format!(r#"nlu_model_info{{task="embedding",dtype="f32",kernel="{kernel}"}} 1"#);
+    assert!(metrics.lines().any(|l| l == line), "no {line} in\n{metrics}");
     server.stop().await.unwrap();
 }
 

@@ -97,6 +97,18 @@ pub fn runnable(requested: Dtype) -> (Dtype, Option<&'static str>) {
     (requested, None)
 }
 
+/// The matmul kernel the linear layers of a `dtype` model run on this CPU (what
+/// [`Weights::new`] picks): `amx` (bf16), `avx512` (f32), or `gemm` (f32 on CPUs without
+/// AVX-512; gemm picks its own SIMD at run time).
+pub fn kernel_path(dtype: Dtype) -> &'static str {
+    match dtype {
+        Dtype::Bf16 => "amx",
+        #[cfg(target_arch = "x86_64")]
+        Dtype::F32 if avx512::available() => "avx512",
+        Dtype::F32 => "gemm",
+    }
+}
+
 impl Weights {
     /// `w_t`: `[k, n]` row-major. Panics for bf16 where [`bf16_available`] is false (the
     /// caller checks it).
