@@ -27,7 +27,7 @@ exits non-zero without a report, unless --force. The load before and after every
 printed with it.
 
     python3 bench/make_models.py
-    cargo build --release -p nlu-bench
+    cargo build --release -p nlu-bench   # bench_model, bench_http, fma_peak
     python3 bench/side_by_side.py [--threads 2] [--seconds 3] [--models minilm,bert-base,bert-large]
         [--shapes 1x16,1x128,8x128,32x128] [--large-shapes 1x16,8x128] [--max-load 0.75] [--force]
 """
@@ -43,7 +43,8 @@ import time
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-PEAK_FP32_PER_CORE = 230e9  # AVX-512 FMA, measured on this machine class (engineering notes)
+# CPU features that decide which kernels and peer modes can run natively, recorded with each run.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 WORDS = (
     "the cat sat on mat while people walked through city after rain and market was busy with fresh "
@@ -298,7 +299,7 @@ def model_table(args, grid):
     head = ["model", "batch x seq", "ours f32", "ORT", "PyTorch fp32", "PyTorch bf16", "ours bf16",
             "ours/ORT", "ours/PyTorch fp32", "ours bf16/PyTorch bf16", "ours % of fp32 peak"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    peak = args.threads * PEAK_FP32_PER_CORE
+    peak = args.peak
     for (model, batch, seq), rows in grid.items():
         config = rows["config"]
         o, x, t, tb, ob = (rows.get(k) for k in ("ours", "ort", "torch", "torch-bf16", "ours-bf16"))
@@ -330,6 +331,24 @@ def figures_table(results):
 
 
 # ---------------------------------------------------------------------------------------------
+
+def cpu_flags():
+    """The CPU_FLAGS this CPU has."""
+    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            have = set(line.split(":", 1)[1].split())
+            return [f for f in CPU_FLAGS if f in have]
+    return []
+
+
+def fma_peak(args):
+    """This machine's f32 FMA peak in FLOP/s at --threads threads, measured by `fma_peak` on a
+    quiet machine (the "% of fp32 peak" column divides by it)."""
+    wait_for_quiet(args, "the FMA peak")
+    cmd = [str(args.bin / "fma_peak"), "--threads", str(args.threads), "--json"]
+    row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return row["gflops"] * 1e9, row["isa"]
+
 
 def cpu_model():
     for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
@@ -415,7 +434,7 @@ def main():
     ap.add_argument("--json-out", type=pathlib.Path, help="also write every figure to this JSON file")
     args = ap.parse_args()
 
-    for binary in ("bench_model", "bench_http"):
+    for binary in ("bench_model", "bench_http", "fma_peak"):
         if not (args.bin / binary).is_file():
             sys.exit(f"{args.bin / binary} missing: cargo build --release -p nlu-bench")
     try:
@@ -430,9 +449,11 @@ def main():
         torch_ok = False
         print(f"note: PyTorch skipped ({e})", file=sys.stderr)
     ours_bf16 = has_flag(str(args.bin / "bench_model"), "--dtype")
+    args.peak, isa = fma_peak(args)
     notes = [f"threads: {args.threads}; max load {args.max_load}; {args.seconds} s per model-only figure; "
-             f"fp32 peak taken as {args.threads} x {PEAK_FP32_PER_CORE / 1e9:.0f} GFLOP/s",
-             f"CPU: {cpu_model()}; {versions(torch_ok)}; source {source_version()} (binaries: {args.bin})"]
+             f"fp32 peak measured: {args.peak / 1e9:.0f} GFLOP/s ({isa} FMA, fma_peak)",
+             f"CPU: {cpu_model()} ({' '.join(cpu_flags()) or 'none of ' + ' '.join(CPU_FLAGS)}); "
+             f"{versions(torch_ok)}; source {source_version()} (binaries: {args.bin})"]
     if not ours_bf16:
         notes.append("ours bf16: skipped (bench_model has no --dtype yet)")
     if not torch_ok:

@@ -1,0 +1,154 @@
+//! The f32 FMA peak of this machine's cores, measured: each thread runs independent chains of
+//! fused multiply-adds on the widest vectors the CPU has (AVX-512, else AVX2 + FMA), enough
+//! chains to hide the FMA latency on every FMA port, for `--seconds`. `bench/side_by_side.py`
+//! divides the encoder's FLOP rate by it for "% of fp32 peak", so that figure holds on every
+//! CPU kind instead of assuming one machine's peak.
+//!
+//! `cargo run --release -p nlu-bench --bin fma_peak -- [--threads N] [--seconds S] [--json]`
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Parser;
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(about = "Measures the CPU's f32 FMA peak (GFLOP/s)")]
+struct Args {
+    /// Threads, one per core to measure (default: RAYON_NUM_THREADS, else every core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Seconds of measurement.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Iterations between clock reads: long enough that reading the clock costs nothing.
+const ROUND: u64 = 1 << 20;
+
+/// The vector width used and a round of `ROUND` iterations on it, returning the FLOPs done.
+struct Isa {
+    name: &'static str,
+    round: fn() -> f64,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::ROUND;
+
+    /// 16 chains of 16 lanes: two FMA ports x 4 cycles of latency need 8; more cost nothing.
+    const CHAINS_512: usize = 16;
+    /// 12 chains of 8 lanes (16 ymm registers hold them and the two constants).
+    const CHAINS_256: usize = 12;
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn round_avx512() -> f32 {
+        let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+        let mut acc = [_mm512_set1_ps(1.0); CHAINS_512];
+        for _ in 0..ROUND {
+            for x in acc.iter_mut() {
+                *x = _mm512_fmadd_ps(*x, a, b);
+            }
+        }
+        acc.iter().map(|&x| _mm512_reduce_add_ps(x)).sum()
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn round_avx2() -> f32 {
+        let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+        let mut acc = [_mm256_set1_ps(1.0); CHAINS_256];
+        for _ in 0..ROUND {
+            for x in acc.iter_mut() {
+                *x = _mm256_fmadd_ps(*x, a, b);
+            }
+        }
+        let mut lanes = [0f32; 8];
+        acc.iter()
+            .map(|&x| {
+                _mm256_storeu_ps(lanes.as_mut_ptr(), x);
+                lanes.iter().sum::<f32>()
+            })
+            .sum()
+    }
+
+    pub fn avx512() -> f64 {
+        // SAFETY: chosen only where the CPU has AVX-512F (`super::isa`).
+        std::hint::black_box(unsafe { round_avx512() });
+        (ROUND as usize * CHAINS_512 * 16 * 2) as f64
+    }
+
+    pub fn avx2() -> f64 {
+        // SAFETY: chosen only where the CPU has AVX2 and FMA (`super::isa`).
+        std::hint::black_box(unsafe { round_avx2() });
+        (ROUND as usize * CHAINS_256 * 8 * 2) as f64
+    }
+}
+
+/// The widest FMA this CPU runs, or `None` (no x86 FMA: nothing to measure).
+fn isa() -> Option<Isa> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            return Some(Isa {
+                name: "avx512f",
+                round: x86::avx512,
+            });
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Some(Isa {
+                name: "avx2+fma",
+                round: x86::avx2,
+            });
+        }
+    }
+    None
+}
+
+/// FLOP/s of one thread running `round` for `budget` (after one warm-up round).
+fn per_thread(round: fn() -> f64, budget: Duration) -> f64 {
+    round();
+    let started = Instant::now();
+    let mut flops = 0.0;
+    while started.elapsed() < budget {
+        flops += round();
+    }
+    flops / started.elapsed().as_secs_f64()
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let Some(isa) = isa() else {
+        anyhow::bail!("this CPU has neither AVX-512F nor AVX2 + FMA: no FMA peak to measure");
+    };
+    let threads = args.threads.unwrap_or_else(|| {
+        std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    });
+    let budget = Duration::from_secs_f64(args.seconds);
+    let flops: f64 = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| s.spawn(|| per_thread(isa.round, budget)))
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("worker")).sum()
+    });
+    let gflops = flops / 1e9;
+    if args.json {
+        println!(
+            "{}",
+            json!({ "kind": "peak", "isa": isa.name, "threads": threads, "gflops": gflops })
+        );
+    } else {
+        println!(
+            "f32 FMA peak: {gflops:.1} GFLOP/s ({threads} threads, {})",
+            isa.name
+        );
+    }
+    Ok(())
+}
