@@ -250,8 +250,9 @@ impl Claims {
         self.sub.parse()
     }
 
-    pub fn grants(&self, scope: Scope) -> bool {
-        self.scope.contains(&scope)
+    /// Whether the token holds one of `scopes` (each of them would allow the call).
+    pub fn grants(&self, scopes: &[Scope]) -> bool {
+        self.scope.iter().any(|s| scopes.contains(s))
     }
 
     /// What the tenant record must still accept for this token to work.
@@ -369,6 +370,7 @@ mod tests {
                                "nbf":10,"jti":"j","gen":3,"tid":"uid-alice","scope":["embed"]})
         );
         assert_eq!(serde_json::from_value::<Claims>(json).unwrap(), claims);
-        assert!(claims.grants(Scope::Embed) && !claims.grants(Scope::Predict));
+        assert!(claims.grants(&[Scope::Embed]) && !claims.grants(&[Scope::Predict]));
+        assert!(claims.grants(&[Scope::Predict, Scope::Embed]));
     }
 }
