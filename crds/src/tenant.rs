@@ -31,8 +31,11 @@ pub struct TenantSpec {
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub services: Vec<String>,
 
-    /// Operations allowed: `predict` (UniNLU), `embed` (embeddings, similarity) and `rerank`.
-    /// Empty: all.
+    /// Operations allowed: `predict` (UniNLU, every task), `embed` (embeddings, similarity) and
+    /// `rerank`; or UniNLU narrowed to tasks: `predict:ner`, `predict:relation`,
+    /// `predict:event`, `predict:sentiment`, `predict:classification`, `predict:match`,
+    /// `predict:nli`, `predict:mrc` (a request's task is told from its schema and text; one
+    /// whose task cannot be told needs `predict`: docs/auth.md). Empty: all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub scopes: Vec<Scope>,
@@ -56,8 +59,32 @@ pub struct TenantSpec {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
-    /// `POST /api/predict` (UniNLU).
+    /// `POST /api/predict` and `/predict` (UniNLU), every task.
     Predict,
+    /// UniNLU named entity recognition only.
+    #[serde(rename = "predict:ner")]
+    PredictNer,
+    /// UniNLU relation extraction only.
+    #[serde(rename = "predict:relation")]
+    PredictRelation,
+    /// UniNLU event extraction only.
+    #[serde(rename = "predict:event")]
+    PredictEvent,
+    /// UniNLU sentiment (attribute sentiment included) only.
+    #[serde(rename = "predict:sentiment")]
+    PredictSentiment,
+    /// UniNLU text classification only.
+    #[serde(rename = "predict:classification")]
+    PredictClassification,
+    /// UniNLU text matching only.
+    #[serde(rename = "predict:match")]
+    PredictMatch,
+    /// UniNLU natural language inference only.
+    #[serde(rename = "predict:nli")]
+    PredictNli,
+    /// UniNLU reading comprehension only.
+    #[serde(rename = "predict:mrc")]
+    PredictMrc,
     /// `POST /v1/embeddings`, `/embed`, `/similarity`.
     Embed,
     /// `POST /rerank`, `/v1/rerank`.

@@ -160,11 +160,14 @@ fn schema_rejects_bad_types_enums_and_minimums() {
     for (pointer, value) in [
         ("/spec/services", json!([])),
         ("/spec/scopes", json!(["admin"])),
+        ("/spec/scopes", json!(["predict:summary"])),
         ("/spec/token/generation", json!(0)),
     ] {
         let errors = schema_errors(&schema, &with(good.clone(), pointer, value.clone()));
         assert!(!errors.is_empty(), "{pointer} = {value} must be rejected");
     }
+    let per_task = with(good, "/spec/scopes", json!(["predict:ner", "predict:mrc", "embed"]));
+    assert_eq!(schema_errors(&schema, &per_task), Vec::<String>::new());
 }
 
 #[test]

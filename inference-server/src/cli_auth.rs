@@ -34,7 +34,9 @@ pub struct TokenArgs {
     #[arg(long = "audience", required = true)]
     pub audience: Vec<QualifiedName>,
 
-    /// Operations granted, comma-separated: predict, embed, rerank.
+    /// Operations granted, comma-separated: predict, embed, rerank; or UniNLU narrowed to
+    /// tasks: predict:ner, predict:relation, predict:event, predict:sentiment,
+    /// predict:classification, predict:match, predict:nli, predict:mrc.
     #[arg(long, default_value = "predict,embed,rerank", value_parser = parse_scopes)]
     pub scope: Scopes,
 
@@ -63,7 +65,7 @@ pub struct Scopes(pub Vec<Scope>);
 fn parse_scopes(s: &str) -> Result<Scopes, String> {
     let scopes = Scope::parse_list(s).map_err(|e| e.to_string())?;
     if scopes.is_empty() {
-        return Err("at least one scope is needed: predict, embed, rerank".into());
+        return Err("at least one scope is needed: predict, predict:<task>, embed, rerank".into());
     }
     Ok(Scopes(scopes))
 }
@@ -121,7 +123,7 @@ mod tests {
     use super::*;
     use clap::Parser;
     use nlu_crds::access::jwks::ed25519_keys;
-    use nlu_crds::access::Verifier;
+    use nlu_crds::access::{UninluTask, Verifier};
 
     #[derive(Parser)]
     struct Cli {
@@ -165,7 +167,7 @@ mod tests {
             "--audience",
             "ns/uninlu",
             "--scope",
-            "embed",
+            "embed,predict:ner",
             "--ttl",
             "60",
             "--gen",
@@ -184,7 +186,11 @@ mod tests {
             .unwrap();
         assert_eq!(
             (claims.sub.as_str(), claims.gen, claims.scope.clone()),
-            ("ns/alice", 4, vec![Scope::Embed])
+            (
+                "ns/alice",
+                4,
+                vec![Scope::PredictTask(UninluTask::Ner), Scope::Embed]
+            )
         );
         assert_eq!(claims.tid, "local-alice-1");
         assert_eq!(claims.exp - claims.iat, 60);
@@ -214,6 +220,7 @@ mod tests {
         for args in [
             with("--tenant", Some("alice")),
             with("--scope", Some("admin")),
+            with("--scope", Some("predict:summary")),
             with("--scope", Some("")),
             with("--audience", None),
             with("--tenant-uid", Some("")),

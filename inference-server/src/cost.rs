@@ -5,6 +5,7 @@
 //! refusal comes before the work it refuses.
 
 use futures::future::BoxFuture;
+use nlu_crds::access::UninluTask;
 
 use crate::error::{Error, Kind};
 
@@ -12,6 +13,10 @@ use crate::error::{Error, Kind};
 pub trait Payer: Send + Sync {
     /// Charges `tokens`, or says why the work may not run.
     fn charge(&self, tokens: u64) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Says whether the tenant's scopes allow UniNLU work of `task` (`None`: a request whose
+    /// task cannot be told); asked once per UniNLU request, before its first charge.
+    fn allow_task(&mut self, task: Option<UninluTask>) -> Result<(), Error>;
 
     /// A stable number for the payer, under which its work takes turns with other payers' in
     /// the batcher.
@@ -46,6 +51,14 @@ impl Bill {
         }
         self.total = total;
         Ok(())
+    }
+
+    /// Refuses UniNLU work of `task` the payer's scopes do not allow ([`Payer::allow_task`]);
+    /// under `--auth none` every task is allowed.
+    pub fn allow_task(&mut self, task: Option<UninluTask>) -> Result<(), Error> {
+        self.payer
+            .as_mut()
+            .map_or(Ok(()), |payer| payer.allow_task(task))
     }
 
     /// Under which key the request's work takes turns in the batcher (one key for all under

@@ -22,6 +22,8 @@ mod redis_cluster;
 mod redis_failure;
 #[path = "auth/redis_tls.rs"]
 mod redis_tls;
+#[path = "auth/task_scopes.rs"]
+mod task_scopes;
 #[path = "auth/tls.rs"]
 mod tls;
 #[path = "auth/tokens.rs"]

@@ -7,28 +7,117 @@ use serde::{Deserialize, Serialize};
 
 use super::AccessError;
 
-/// An operation a tenant may call. Each model route of the server needs exactly one
-/// ([`crate::routes::Route::scope`]).
+/// An operation a tenant may call. Each model route of the server needs one operation
+/// ([`crate::routes::Route::scope`]); `predict` also comes narrowed to one UniNLU task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(into = "&'static str", try_from = "String")]
 pub enum Scope {
-    /// UniNLU extraction: `POST /api/predict`.
+    /// UniNLU, every task: `POST /api/predict`, `/predict`.
     Predict,
+    /// UniNLU requests of this task only (`predict:ner`, ...): the routes of `predict`, for the
+    /// requests whose schema and text express the task (see [`UninluTask`]).
+    PredictTask(UninluTask),
     /// Embeddings and similarity: `POST /v1/embeddings`, `/embed`, `/similarity`.
     Embed,
     /// Reranking: `POST /rerank`, `/v1/rerank`.
     Rerank,
 }
 
+/// The UniNLU tasks a tenant may be granted one by one (`predict:<task>`). Which task a
+/// request is follows from its schema and text (the server's `uninlu::task`, documented in
+/// docs/auth.md); a request whose task cannot be told needs `predict`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum UninluTask {
+    /// Named entity recognition.
+    Ner,
+    /// Relation extraction.
+    Relation,
+    /// Event extraction.
+    Event,
+    /// Sentiment, attribute sentiment included.
+    Sentiment,
+    /// Text classification.
+    Classification,
+    /// Text matching.
+    Match,
+    /// Natural language inference.
+    Nli,
+    /// Machine reading comprehension.
+    Mrc,
+}
+
+impl UninluTask {
+    pub const ALL: [UninluTask; 8] = [
+        UninluTask::Ner,
+        UninluTask::Relation,
+        UninluTask::Event,
+        UninluTask::Sentiment,
+        UninluTask::Classification,
+        UninluTask::Match,
+        UninluTask::Nli,
+        UninluTask::Mrc,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UninluTask::Ner => "ner",
+            UninluTask::Relation => "relation",
+            UninluTask::Event => "event",
+            UninluTask::Sentiment => "sentiment",
+            UninluTask::Classification => "classification",
+            UninluTask::Match => "match",
+            UninluTask::Nli => "nli",
+            UninluTask::Mrc => "mrc",
+        }
+    }
+}
+
+impl fmt::Display for UninluTask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::Predict, Scope::Embed, Scope::Rerank];
+    /// The scopes a token gets when its tenant names none: every operation, every task.
+    pub const OPERATIONS: [Scope; 3] = [Scope::Predict, Scope::Embed, Scope::Rerank];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Scope::Predict => "predict",
+            Scope::PredictTask(task) => match task {
+                UninluTask::Ner => "predict:ner",
+                UninluTask::Relation => "predict:relation",
+                UninluTask::Event => "predict:event",
+                UninluTask::Sentiment => "predict:sentiment",
+                UninluTask::Classification => "predict:classification",
+                UninluTask::Match => "predict:match",
+                UninluTask::Nli => "predict:nli",
+                UninluTask::Mrc => "predict:mrc",
+            },
             Scope::Embed => "embed",
             Scope::Rerank => "rerank",
         }
+    }
+
+    /// The scopes that let a request through to a route of `operation`: the operation, and for
+    /// `predict` each `predict:<task>` too, since the task is known only once the handler has
+    /// read the request ([`Scope::granting`] then decides).
+    pub fn reaching(operation: Scope) -> Vec<Scope> {
+        let tasks = match operation {
+            Scope::Predict => UninluTask::ALL.map(Scope::PredictTask).to_vec(),
+            _ => Vec::new(),
+        };
+        [vec![operation], tasks].concat()
+    }
+
+    /// The scopes that grant a UniNLU request of `task`: `predict` always, `predict:<task>`
+    /// when the task is known (`None`: the request's task cannot be told, so only the broad
+    /// scope covers it).
+    pub fn granting(task: Option<UninluTask>) -> Vec<Scope> {
+        std::iter::once(Scope::Predict)
+            .chain(task.map(Scope::PredictTask))
+            .collect()
     }
 
     /// Parses a comma-separated list (`predict,embed`); blanks are ignored.
@@ -63,8 +152,25 @@ impl FromStr for Scope {
             "predict" => Ok(Scope::Predict),
             "embed" => Ok(Scope::Embed),
             "rerank" => Ok(Scope::Rerank),
-            other => Err(AccessError::UnknownScope(other.to_string())),
+            other => UninluTask::ALL
+                .into_iter()
+                .map(Scope::PredictTask)
+                .find(|scope| scope.as_str() == other)
+                .ok_or_else(|| AccessError::UnknownScope(other.to_string())),
         }
+    }
+}
+
+impl From<Scope> for &'static str {
+    fn from(scope: Scope) -> Self {
+        scope.as_str()
+    }
+}
+
+impl TryFrom<String> for Scope {
+    type Error = AccessError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
     }
 }
 
@@ -144,8 +250,9 @@ impl Claims {
         self.sub.parse()
     }
 
-    pub fn grants(&self, scope: Scope) -> bool {
-        self.scope.contains(&scope)
+    /// Whether the token holds one of `scopes` (each of them would allow the call).
+    pub fn grants(&self, scopes: &[Scope]) -> bool {
+        self.scope.iter().any(|s| scopes.contains(s))
     }
 
     /// What the tenant record must still accept for this token to work.
@@ -176,16 +283,51 @@ mod tests {
         assert_eq!(scopes, vec![Scope::Predict, Scope::Embed]);
         assert_eq!(Scope::join(&scopes), "predict,embed");
         assert!(Scope::parse_list("").unwrap().is_empty());
-        for scope in Scope::ALL {
+        let tasks = UninluTask::ALL.map(Scope::PredictTask);
+        for scope in Scope::OPERATIONS.into_iter().chain(tasks) {
             assert_eq!(scope.as_str().parse::<Scope>().unwrap(), scope);
+            let json = serde_json::to_value(scope).unwrap();
+            assert_eq!(json, scope.as_str());
+            assert_eq!(serde_json::from_value::<Scope>(json).unwrap(), scope);
         }
+        assert_eq!(
+            Scope::parse_list("predict:ner, predict:mrc").unwrap(),
+            [
+                Scope::PredictTask(UninluTask::Ner),
+                Scope::PredictTask(UninluTask::Mrc)
+            ]
+        );
         assert_eq!(
             Scope::parse_list("rerank,embed").unwrap(),
             [Scope::Rerank, Scope::Embed]
         );
-        assert!(
-            matches!(Scope::parse_list("predict,admin"), Err(AccessError::UnknownScope(s)) if s == "admin")
+        for unknown in [
+            "admin",
+            "predict:",
+            "predict:summary",
+            "embed:ner",
+            "Predict",
+        ] {
+            assert!(
+                matches!(Scope::parse_list(&format!("predict,{unknown}")), Err(AccessError::UnknownScope(s)) if s == unknown),
+                "{unknown}"
+            );
+        }
+        assert!(serde_json::from_str::<Scope>(r#""predict:summary""#).is_err());
+    }
+
+    #[test]
+    fn task_scopes_reach_the_predict_routes_and_grant_their_task_only() {
+        let ner = Scope::PredictTask(UninluTask::Ner);
+        let reaching = Scope::reaching(Scope::Predict);
+        assert_eq!(reaching.len(), 9);
+        assert!(reaching.contains(&Scope::Predict) && reaching.contains(&ner));
+        assert_eq!(Scope::reaching(Scope::Embed), [Scope::Embed]);
+        assert_eq!(
+            Scope::granting(Some(UninluTask::Ner)),
+            [Scope::Predict, ner]
         );
+        assert_eq!(Scope::granting(None), [Scope::Predict]);
     }
 
     #[test]
@@ -228,6 +370,7 @@ mod tests {
                                "nbf":10,"jti":"j","gen":3,"tid":"uid-alice","scope":["embed"]})
         );
         assert_eq!(serde_json::from_value::<Claims>(json).unwrap(), claims);
-        assert!(claims.grants(Scope::Embed) && !claims.grants(Scope::Predict));
+        assert!(claims.grants(&[Scope::Embed]) && !claims.grants(&[Scope::Predict]));
+        assert!(claims.grants(&[Scope::Predict, Scope::Embed]));
     }
 }

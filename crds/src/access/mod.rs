@@ -18,7 +18,7 @@ pub mod redis_keys;
 pub mod tokens;
 pub mod verify;
 
-pub use claims::{Claims, Credential, QualifiedName, Scope};
+pub use claims::{Claims, Credential, QualifiedName, Scope, UninluTask};
 pub use jwks::{public_jwk, thumbprint};
 pub use redis_keys::{QuotaOutcome, RedisKeys, TenantRecord};
 pub use tokens::{SigningKey, TokenRequest};
@@ -29,7 +29,7 @@ pub use verify::{TokenError, Verifier};
 pub enum AccessError {
     #[error("invalid name {0:?}: expected namespace/name")]
     InvalidName(String),
-    #[error("unknown scope {0:?}: expected predict or embed")]
+    #[error("unknown scope {0:?}: expected predict, predict:<task> (ner, relation, event, sentiment, classification, match, nli, mrc), embed or rerank")]
     UnknownScope(String),
     #[error("invalid signing key: {0}")]
     SigningKey(String),

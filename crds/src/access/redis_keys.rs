@@ -58,7 +58,7 @@ pub mod field {
     pub const TOKENS_PER_MINUTE: &str = "tokens_per_minute";
     /// Integer, most requests in flight at once over all servers, `0` = unlimited.
     pub const MAX_CONCURRENT_REQUESTS: &str = "max_concurrent_requests";
-    /// Comma-separated scopes (`predict,embed,rerank`); empty = all.
+    /// Comma-separated scopes (`predict,embed,rerank`, `predict:ner`, ...); empty = all.
     pub const SCOPES: &str = "scopes";
     /// Comma-separated NluService names in the tenant's namespace; empty = all.
     pub const SERVICES: &str = "services";
@@ -267,10 +267,11 @@ impl TenantRecord {
 /// and once per unit of model work to charge its tokens (`requests` = 0), so the token cost is
 /// known exactly when it is charged.
 ///
-/// KEYS: [`RedisKeys::script_keys`]. ARGV: token `gen`, route scope, service name, usage TTL
-/// seconds, a unique nonce, requests to count (`0`/`1`), tokens to charge, the request's lease
-/// in ms (how long it may hold a place under `max_concurrent_requests`: the request timeout),
-/// token `tid`.
+/// KEYS: [`RedisKeys::script_keys`]. ARGV: token `gen`, the scopes that would each allow the
+/// call (comma-separated, e.g. [`Scope::reaching`] or [`Scope::granting`]; the record must list
+/// one of them or none at all), service name, usage TTL seconds, a unique nonce, requests to
+/// count (`0`/`1`), tokens to charge, the request's lease in ms (how long it may hold a place
+/// under `max_concurrent_requests`: the request timeout), token `tid`.
 /// Reply: `{code, requests: per_day, used_today, per_minute, used_last_minute, minute_reset_ms,
 /// tokens: the same five, max_concurrent_requests, requests in flight}`, decoded by
 /// [`QuotaOutcome::from_reply`]; a part the call did not count is zeros. A counted request
@@ -314,7 +315,14 @@ end
 if f[1] ~= '1' then return answer(2, zero, zero) end
 -- A token of another incarnation of the tenant (deleted and re-created) is revoked too.
 if below(ARGV[1], f[6]) or ARGV[9] ~= f[10] then return answer(3, zero, zero) end
-if not listed(f[4], ARGV[2]) then return answer(4, zero, zero) end
+-- ARGV[2] lists the scopes that would each allow the call: the record must grant one.
+local function any_listed(list, items)
+  for item in string.gmatch(items, '[^,]+') do
+    if listed(list, item) then return true end
+  end
+  return false
+end
+if not any_listed(f[4], ARGV[2]) then return answer(4, zero, zero) end
 if not listed(f[5], ARGV[3]) then return answer(5, zero, zero) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -408,11 +416,11 @@ pub enum Charge {
     Tokens(u64),
 }
 
-/// The script's `ARGV`, in its order; `nonce` must be unique per call (it names the call's
-/// entries in the minute logs).
+/// The script's `ARGV`, in its order; `scopes`: those that would each allow the call; `nonce`
+/// must be unique per call (it names the call's entries in the minute logs).
 pub fn script_args(
     credential: &Credential,
-    scope: Scope,
+    scopes: &[Scope],
     service: &str,
     nonce: u64,
     charge: Charge,
@@ -424,7 +432,7 @@ pub fn script_args(
     };
     [
         credential.gen.to_string(),
-        scope.as_str().to_string(),
+        Scope::join(scopes),
         service.to_string(),
         USAGE_TTL_SECS.to_string(),
         nonce.to_string(),
@@ -536,6 +544,7 @@ impl QuotaOutcome {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::UninluTask;
 
     fn alice() -> QualifiedName {
         "team-a/alice".parse().unwrap()
@@ -600,14 +609,14 @@ mod tests {
             tokens_per_day: 100_000,
             tokens_per_minute: 2_000,
             max_concurrent_requests: 4,
-            scopes: vec![Scope::Embed],
+            scopes: vec![Scope::Embed, Scope::PredictTask(UninluTask::Ner)],
             services: vec!["gte".into(), "uninlu".into()],
             gen: 7,
             uid: "5f0c-uid".into(),
         };
         let fields = fields(&record);
         assert_eq!(fields["enabled"], "1");
-        assert_eq!(fields["scopes"], "embed");
+        assert_eq!(fields["scopes"], "embed,predict:ner");
         assert_eq!(fields["services"], "gte,uninlu");
         assert_eq!(fields["tokens_per_minute"], "2000");
         assert_eq!(TenantRecord::from_fields(&fields).unwrap(), record);

@@ -99,7 +99,7 @@ impl TokenRequest {
     /// The claims for a token issued at `now` (Unix seconds) with token id `jti`.
     pub fn claims_at(&self, now: i64, jti: String) -> Claims {
         let mut scope = if self.scopes.is_empty() {
-            Scope::ALL.to_vec()
+            Scope::OPERATIONS.to_vec()
         } else {
             self.scopes.clone()
         };

@@ -244,7 +244,10 @@ const CASES: &[Case] = &[
     limit("Tenant spec.services minItems", TENANT, &[("/spec/services", "[]")], "spec.services", r#"["uninlu"]"#),
     case("Tenant spec.services listType set", TENANT, &[("/spec/services", r#"["uninlu", "uninlu"]"#)], "spec.services[1]", Duplicate),
     case("Tenant spec.scopes listType set", TENANT, &[("/spec/scopes", r#"["embed", "embed"]"#)], "spec.scopes[1]", Duplicate),
-    case("Tenant spec.scopes[] enum", TENANT, &[("/spec/scopes", r#"["predict", "admin"]"#)], "spec.scopes[1]", NotSupported),
+    // Every value of the enum is accepted, the per-task scopes of UniNLU included.
+    Case { at_limit: Some(r#"["predict", "predict:ner", "predict:relation", "predict:event", "predict:sentiment",
+                            "predict:classification", "predict:match", "predict:nli", "predict:mrc", "embed", "rerank"]"#),
+        ..case("Tenant spec.scopes[] enum", TENANT, &[("/spec/scopes", r#"["predict:ner", "predict:summary"]"#)], "spec.scopes[1]", NotSupported) },
     Case { at_limit: Some("0"),
         ..case(PER_DAY_RULE, TENANT, &[("/spec/quota/requestsPerDay", "-1")], "spec.quota.requestsPerDay", Rule) },
     Case { at_limit: Some("999999999999999"),

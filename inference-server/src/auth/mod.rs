@@ -5,6 +5,8 @@
 //! the route -> quota script ([`quota`]) or, while Redis is down, the failure policy ([`policy`])
 //! -> handler. Answers: 401 (token), 403 (tenant not allowed), 429 (limits), 503 (Redis down,
 //! fail-closed), with `X-RateLimit-*` headers on every response the quota script counted.
+//! UniNLU's per-task scopes (`predict:<task>`) reach its routes like `predict`; once the handler
+//! knows the request's task it asks the meter again (`Payer::allow_task`).
 
 pub mod jwt;
 pub mod metrics;
@@ -25,7 +27,7 @@ use clap::Args;
 use nlu_crds::access::redis_keys::DEFAULT_PREFIX;
 use nlu_crds::access::redis_keys::{Charge, Usage};
 use nlu_crds::access::tokens::DEFAULT_ISSUER;
-use nlu_crds::access::{Credential, QualifiedName, QuotaOutcome, Scope};
+use nlu_crds::access::{Credential, QualifiedName, QuotaOutcome, Scope, UninluTask};
 use nlu_crds::routes::Route;
 use prometheus_client::registry::Registry;
 
@@ -238,9 +240,10 @@ impl Auth {
                 Refusal::invalid_token("the Authorization header is not a Bearer token")
             }
         })?;
-        let scope = Route::find(path).and_then(Route::scope).ok_or_else(|| {
+        let operation = Route::find(path).and_then(Route::scope).ok_or_else(|| {
             Refusal::forbidden("scope_not_granted", "this route is not a tenant operation")
         })?;
+        let need = Scope::reaching(operation);
         let claims = self
             .verifier
             .verify(token)
@@ -256,15 +259,16 @@ impl Auth {
             label: self.metrics.tenants.label(&tenant.id.to_string()),
             tenant,
             credential: claims.credential(),
-            scope,
+            token_scopes: claims.scope.clone(),
+            need,
             request_nonce: rand::random(),
             report: Arc::default(),
         };
         let refuse = |code, message: &str| meter.tag(Refusal::forbidden(code, message));
-        if !claims.grants(scope) {
+        if !claims.grants(&meter.need) {
             return Err(refuse(
                 "scope_not_granted",
-                &format!("the token does not grant {scope}"),
+                &format!("the token does not grant {operation}"),
             ));
         }
         if meter.tenant.id.namespace != self.service.namespace {
@@ -368,9 +372,11 @@ pub fn decide(
         ),
         QuotaOutcome::Suspended => forbidden("tenant_suspended", "the tenant is suspended"),
         QuotaOutcome::Revoked => Err(Refusal::invalid_token("token was revoked")),
-        QuotaOutcome::ScopeNotGranted => {
-            forbidden("scope_not_granted", "the tenant may not use this operation")
-        }
+        QuotaOutcome::ScopeNotGranted => forbidden(
+            "scope_not_granted",
+            "the tenant's record does not grant this operation or task (its token may predate \
+             a change of the Tenant's scopes)",
+        ),
         QuotaOutcome::ServiceNotGranted => forbidden(
             "service_not_granted",
             "the tenant may not call this service",
@@ -443,7 +449,12 @@ pub struct Meter {
     label: String,
     /// The tenant incarnation and generation the token speaks for.
     credential: Credential,
-    scope: Scope,
+    /// What the token grants.
+    token_scopes: Vec<Scope>,
+    /// The scopes that would each allow the request: the tenant record must list one (or
+    /// none at all) at every quota script call. First those reaching the route, then, for
+    /// UniNLU, those granting the request's task ([`Meter::allow_task`]).
+    need: Vec<Scope>,
     /// Names the request in Redis: its place under a concurrency limit.
     request_nonce: u64,
     /// Headers to add to the response, shared with the middleware.
@@ -513,7 +524,7 @@ impl Meter {
             .check(
                 &self.tenant.id,
                 &self.credential,
-                self.scope,
+                &self.need,
                 &auth.service.name,
                 charge,
                 nonce,
@@ -569,11 +580,39 @@ impl Payer for Meter {
         Box::pin(Meter::charge(self, tokens))
     }
 
+    /// The token must grant the task ([`Scope::granting`]); the record is asked at the
+    /// charges, which come before any model work, so a record narrowed since the token was
+    /// issued refuses the task too.
+    fn allow_task(&mut self, task: Option<UninluTask>) -> Result<(), Error> {
+        let need = Scope::granting(task);
+        if !self.token_scopes.iter().any(|s| need.contains(s)) {
+            let error = Error::new(Kind::Forbidden, "scope_not_granted", task_refusal(task));
+            self.auth.metrics.decision(&self.label, error.code);
+            return Err(error);
+        }
+        self.need = need;
+        Ok(())
+    }
+
     fn turn_key(&self) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         self.tenant.id.hash(&mut hasher);
         hasher.finish()
+    }
+}
+
+/// Why a token is refused a UniNLU request of `task` (`None`: its task cannot be told).
+fn task_refusal(task: Option<UninluTask>) -> String {
+    match task {
+        Some(task) => format!(
+            "this request is a {task} task: it needs the scope predict:{task} or predict, which \
+             the token does not grant"
+        ),
+        None => "the task of this request cannot be told from its schema and text (see \
+                 docs/auth.md, \"Per-task scopes\"): it needs the scope predict, which the token \
+                 does not grant"
+            .into(),
     }
 }
 

@@ -52,14 +52,14 @@ impl QuotaStore {
         })
     }
 
-    /// Checks `charge` against the tenant record and limits, counting it when allowed. `nonce`
-    /// must be unique per call; a request admitted under a concurrency limit holds a place
+    /// Checks `charge` against the tenant record and limits, counting it when allowed; the
+    /// record must grant one of `scopes`. `nonce` must be unique per call; a request admitted under a concurrency limit holds a place
     /// named by it until [`QuotaStore::release`].
     pub async fn check(
         &self,
         tenant: &QualifiedName,
         credential: &Credential,
-        scope: Scope,
+        scopes: &[Scope],
         service_name: &str,
         charge: Charge,
         nonce: u64,
@@ -70,7 +70,7 @@ impl QuotaStore {
             .arg(
                 &script_args(
                     credential,
-                    scope,
+                    scopes,
                     service_name,
                     nonce,
                     charge,

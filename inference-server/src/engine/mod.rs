@@ -255,14 +255,13 @@ impl Engine {
                     )
                     .await
                     .map(drop),
-                Engine::UniNlu { engine, .. } => engine
-                    .predict(
-                        "warm up".into(),
-                        serde_json::json!({ "warm up": null }),
-                        unmetered,
-                    )
-                    .await
-                    .map(drop),
+                Engine::UniNlu { engine, .. } => {
+                    let schema = engine.schema(&serde_json::json!({ "warm up": null }))?;
+                    engine
+                        .predict("warm up".into(), schema, unmetered)
+                        .await
+                        .map(drop)
+                }
                 Engine::Rerank { engine, .. } => engine
                     .rerank(
                         RerankRequest {

@@ -128,22 +128,24 @@ impl UniNluEngine {
         self.batcher.shutdown();
     }
 
+    /// A request's schema, checked against this server's depth and key limits.
+    pub fn schema(&self, value: &Value) -> Result<Schema, Error> {
+        Ok(Schema::parse(value, &self.limits)?)
+    }
+
     /// Runs the traversal level by level; each level's work (the first with the text's
     /// encoding) is charged to `bill` before it runs.
     pub async fn predict(
         &self,
         text: String,
-        schema: Value,
+        schema: Schema,
         bill: &mut Bill,
     ) -> Result<Prediction, Error> {
         let arrival = self.batcher.announce();
         let started = Instant::now();
         let (model, limits) = (self.model.clone(), self.limits.clone());
-        let traversal = blocking(move || {
-            let schema = Schema::parse(&schema, &limits)?;
-            Traversal::new(model.tokenizer(), &text, schema, &limits)
-        })
-        .await?;
+        let traversal =
+            blocking(move || Traversal::new(model.tokenizer(), &text, schema, &limits)).await?;
         let mut step = self.step(traversal, None).await?;
         self.metrics
             .tokenize_seconds

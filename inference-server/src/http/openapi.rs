@@ -79,7 +79,7 @@ pub enum ModelErrors {
     Unauthorized(ErrorBody),
     #[response(
         status = 403,
-        description = "Auth on: the tenant is disabled, or may not use this service or operation"
+        description = "Auth on: the tenant is disabled, or may not use this service, operation or (UniNLU) task"
     )]
     Forbidden(ErrorBody),
     #[response(

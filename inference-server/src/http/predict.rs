@@ -11,7 +11,8 @@ use crate::error::Error;
 use super::router::AppState;
 use nlu_crds::serve::Task;
 use crate::cost::{Bill, RequestCost};
-use crate::uninlu::Prediction;
+use crate::uninlu::{task_of, Prediction};
+use nlu_crds::access::UninluTask;
 use nlu_crds::routes::Route;
 
 /// `text` (or `input`, as the original pipeline call names it) and a schema, which is a JSON
@@ -71,6 +72,10 @@ pub fn text_and_schema(req: PredictRequest) -> Result<(String, Value), Error> {
 
 /// UniNLU: extract spans for a schema (NER, relations, events, sentiment, classification,
 /// matching, NLI, reading comprehension).
+///
+/// Auth on: needs the scope `predict`, or `predict:<task>` for the task the schema and text
+/// express (docs/auth.md, "Per-task scopes"); a request whose task cannot be told needs
+/// `predict`.
 #[utoipa::path(post, path = Route::Predict.openapi_path(), tag = "uninlu",
     request_body = PredictRequest,
     security((), ("bearer" = [])),
@@ -82,7 +87,7 @@ pub async fn predict(
 ) -> Result<(RequestCost, Json<Prediction>), Error> {
     let scores = req.scores;
     let (text, schema) = text_and_schema(req)?;
-    run(&state, bill, text, schema, scores).await
+    run(&state, bill, text, schema, scores, None).await
 }
 
 /// The second seed app's request: a task type and the text.
@@ -105,6 +110,11 @@ pub struct TaskRequest {
 
 /// The second seed app's route: UniNLU under a named task type, for clients written against
 /// `POST /predict {"task_type", "input_text"}`. Answers as `/api/predict` does.
+///
+/// Auth on: a built-in task type used with its own schema needs the scope of the task it names
+/// (`predict:ner` for `ner`, ...) or `predict`; a request that brings its schema, and a
+/// `--task-presets` entry, needs the scope of the task its text and schema express, as on
+/// `/api/predict`.
 #[utoipa::path(post, path = Route::TaskPredict.openapi_path(), tag = "uninlu",
     request_body = TaskRequest,
     security((), ("bearer" = [])),
@@ -117,25 +127,33 @@ pub async fn task(
     if req.input_text.trim().is_empty() {
         return Err(Error::invalid("empty_input", "input_text must not be empty"));
     }
+    let named = match req.schema {
+        None => state.presets.task(&req.task_type),
+        Some(_) => None,
+    };
     let (text, schema) = state
         .presets
         .request(&req.task_type, &req.input_text, req.schema)?;
-    run(&state, bill, text, schema, false).await
+    run(&state, bill, text, schema, false, named).await
 }
 
-/// Runs one prediction, with span scores only when asked.
+/// Runs one prediction, with span scores only when asked, if the tenant's scopes allow its
+/// task: `named` when the task type names it, else told from text and schema.
 async fn run(
     state: &AppState,
     mut bill: Bill,
     text: String,
     schema: Value,
     scores: bool,
+    named: Option<UninluTask>,
 ) -> Result<(RequestCost, Json<Prediction>), Error> {
     state.require(Task::Uninlu)?;
     let engine = state
         .engine()?
         .uninlu()
         .ok_or_else(|| Error::internal("the loaded model is not a UniNLU model"))?;
+    let schema = engine.schema(&schema)?;
+    bill.allow_task(named.or_else(|| task_of(&text, &schema)))?;
     let prediction = engine.predict(text, schema, &mut bill).await?;
     let prediction = if scores {
         prediction

@@ -8,12 +8,14 @@ pub mod pipeline;
 pub mod presets;
 pub mod prompts;
 pub mod schema;
+pub mod task;
 
 pub use decode::ChainItem;
 pub use limits::Limits;
 pub use pipeline::{classification_labels, predict, Prediction, PromptJob, Traversal};
 pub use presets::{PresetError, Presets};
 pub use schema::{Schema, SchemaNode};
+pub use task::task_of;
 
 use crate::error::{Error, Kind};
 use crate::model::ModelError;

@@ -2,9 +2,11 @@
 //! {"task_type", "input_text"}`: each names a UniNLU schema and, for classification-like tasks,
 //! the labels the pipeline reads before `|` in the text (spec/uninlu.md, "Task formats"). The
 //! built-in set follows the model card's examples; `--task-presets` replaces or adds entries.
+//! A built-in task type also names the UniNLU task its requests run, for the per-task scopes.
 
 use std::collections::BTreeMap;
 
+use nlu_crds::access::UninluTask;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -21,6 +23,11 @@ pub struct Preset {
     /// Labels put before the text as `label1,label2|text`; empty for extraction tasks.
     #[serde(default)]
     pub labels: Vec<String>,
+    /// The task a request runs with this schema (the scope `predict:<task>` it needs): set for
+    /// the built-in task types that have a schema. `None` (every `--task-presets` entry): the
+    /// task is told from the text and schema, as for `/api/predict` ([`super::task_of`]).
+    #[serde(skip)]
+    pub task: Option<UninluTask>,
 }
 
 /// The task types a server answers, by name.
@@ -36,10 +43,11 @@ pub enum PresetError {
     NeedsSchema(String),
 }
 
-fn preset(schema: Value, labels: &[&str]) -> Preset {
+fn preset(task: UninluTask, schema: Value, labels: &[&str]) -> Preset {
     Preset {
         schema: Some(schema),
         labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+        task: Some(task),
     }
 }
 
@@ -50,6 +58,7 @@ impl Presets {
             (
                 "ner",
                 preset(
+                    UninluTask::Ner,
                     json!({"人物": null, "地理位置": null, "组织机构": null}),
                     &[],
                 ),
@@ -57,6 +66,7 @@ impl Presets {
             (
                 "relation",
                 preset(
+                    UninluTask::Relation,
                     json!({"人物": {"比赛项目(赛事名称)": null, "参赛地点(城市)": null, "获奖时间(时间)": null}}),
                     &[],
                 ),
@@ -64,21 +74,31 @@ impl Presets {
             (
                 "event",
                 preset(
+                    UninluTask::Event,
                     json!({"胜负(事件触发词)": {"时间": null, "败者": null, "胜者": null, "赛事名称": null}}),
                     &[],
                 ),
             ),
             (
                 "attribute_sentiment",
-                preset(json!({"属性词": {"情感词": null}}), &[]),
+                preset(
+                    UninluTask::Sentiment,
+                    json!({"属性词": {"情感词": null}}),
+                    &[],
+                ),
             ),
             (
                 "sentiment",
-                preset(json!({"情感分类": null}), &["正向", "负向"]),
+                preset(
+                    UninluTask::Sentiment,
+                    json!({"情感分类": null}),
+                    &["正向", "负向"],
+                ),
             ),
             (
                 "classification",
                 preset(
+                    UninluTask::Classification,
                     json!({"分类": null}),
                     &[
                         "故事", "文化", "娱乐", "体育", "财经", "房产", "汽车", "教育", "科技",
@@ -88,11 +108,16 @@ impl Presets {
             ),
             (
                 "text_matching",
-                preset(json!({"文本匹配": null}), &["相似", "不相似"]),
+                preset(
+                    UninluTask::Match,
+                    json!({"文本匹配": null}),
+                    &["相似", "不相似"],
+                ),
             ),
             (
                 "nli",
                 preset(
+                    UninluTask::Nli,
                     json!({"段落2和段落1的关系是：": null}),
                     &["蕴含", "矛盾", "中立"],
                 ),
@@ -102,6 +127,7 @@ impl Presets {
                 Preset {
                     schema: None,
                     labels: Vec::new(),
+                    task: None,
                 },
             ),
         ];
@@ -139,6 +165,12 @@ impl Presets {
             presets.0.insert(name, preset);
         }
         Ok(presets)
+    }
+
+    /// The task a request of `task_type` runs when it uses the task type's own schema (see
+    /// [`Preset::task`]); `None` for unknown task types.
+    pub fn task(&self, task_type: &str) -> Option<UninluTask> {
+        self.0.get(task_type)?.task
     }
 
     /// Pure: the pipeline's text and schema for `input_text` under `task_type`; `schema`

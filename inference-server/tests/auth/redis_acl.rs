@@ -14,6 +14,9 @@ use nlu_server::auth::quota::QuotaStore;
 
 use crate::harness::*;
 
+/// The scopes the calls here ask for: embeddings.
+const EMBED: &[Scope] = &[Scope::Embed];
+
 /// Runs `cmd` on `conn` and returns the error text (the test fails if Redis accepted it).
 async fn refused(conn: &mut redis::aio::MultiplexedConnection, cmd: &redis::Cmd) -> String {
     let result: redis::RedisResult<redis::Value> = cmd.query_async(conn).await;
@@ -73,27 +76,11 @@ async fn a_namespace_credential_runs_its_quota_script_and_nothing_else() {
     store.ping().await.unwrap();
     let alice = "team-a/alice".parse().unwrap();
     let alice_token = credential();
-    let check = |nonce| {
-        store.check(
-            &alice,
-            &alice_token,
-            Scope::Embed,
-            "gte",
-            Charge::Request,
-            nonce,
-        )
-    };
+    let check = |nonce| store.check(&alice, &alice_token, EMBED, "gte", Charge::Request, nonce);
     assert!(matches!(check(1).await.unwrap(), QuotaOutcome::Allowed(_)));
     assert!(matches!(
         store
-            .check(
-                &alice,
-                &credential(),
-                Scope::Embed,
-                "gte",
-                Charge::Tokens(5),
-                2
-            )
+            .check(&alice, &credential(), EMBED, "gte", Charge::Tokens(5), 2)
             .await
             .unwrap(),
         QuotaOutcome::Allowed(_)
@@ -118,7 +105,7 @@ async fn a_namespace_credential_runs_its_quota_script_and_nothing_else() {
     // B's tenants through the store and through the script by hand: refused.
     let bob = "team-b/bob".parse().unwrap();
     let error = store
-        .check(&bob, &credential(), Scope::Embed, "gte", Charge::Request, 6)
+        .check(&bob, &credential(), EMBED, "gte", Charge::Request, 6)
         .await
         .unwrap_err()
         .to_string()
@@ -132,14 +119,14 @@ async fn a_namespace_credential_runs_its_quota_script_and_nothing_else() {
     let mut eval = redis::cmd("EVAL");
     eval.arg(QUOTA_SCRIPT).arg(6);
     eval.arg(&keys.script_keys(&bob, Utc::now().date_naive())[..]);
-    eval.arg(&script_args(&credential(), Scope::Embed, "gte", 7, Charge::Request, 1000)[..]);
+    eval.arg(&script_args(&credential(), EMBED, "gte", 7, Charge::Request, 1000)[..]);
     assert!(refused(&mut a, &eval).await.contains("NOPERM"));
     let mut evalsha = redis::cmd("EVALSHA");
     evalsha
         .arg(redis::Script::new(QUOTA_SCRIPT).get_hash())
         .arg(6);
     evalsha.arg(&keys.script_keys(&bob, Utc::now().date_naive())[..]);
-    evalsha.arg(&script_args(&credential(), Scope::Embed, "gte", 8, Charge::Request, 1000)[..]);
+    evalsha.arg(&script_args(&credential(), EMBED, "gte", 8, Charge::Request, 1000)[..]);
     assert!(refused(&mut a, &evalsha).await.contains("NOPERM"));
     // The script must declare its keys: touching an undeclared key of B is refused as well.
     let mut sneaky = redis::cmd("EVALSHA");
@@ -149,7 +136,7 @@ async fn a_namespace_credential_runs_its_quota_script_and_nothing_else() {
     let mut mixed = keys.script_keys(&alice, Utc::now().date_naive()).to_vec();
     mixed[1] = keys.usage(&bob, Utc::now().date_naive());
     sneaky.arg(&mixed[..]);
-    sneaky.arg(&script_args(&credential(), Scope::Embed, "gte", 9, Charge::Request, 1000)[..]);
+    sneaky.arg(&script_args(&credential(), EMBED, "gte", 9, Charge::Request, 1000)[..]);
     assert!(refused(&mut a, &sneaky).await.contains("NOPERM"));
 
     // Its own record is read-only; the server-wide and dangerous commands are refused.
@@ -245,7 +232,7 @@ async fn on_a_cluster_the_namespace_user_exists_on_every_master() {
             .check(
                 &tenant.parse().unwrap(),
                 &credential(),
-                Scope::Embed,
+                EMBED,
                 "gte",
                 Charge::Request,
                 nonce,
@@ -258,7 +245,7 @@ async fn on_a_cluster_the_namespace_user_exists_on_every_master() {
         .check(
             &"team-b/bob".parse().unwrap(),
             &credential(),
-            Scope::Embed,
+            EMBED,
             "gte",
             Charge::Request,
             99,

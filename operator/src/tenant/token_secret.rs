@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
-use nlu_crds::access::{Credential, QualifiedName, Scope, TokenRequest};
+use nlu_crds::access::{Credential, QualifiedName, Scope, TokenRequest, UninluTask};
 use nlu_crds::tenant::Scope as SpecScope;
 use nlu_crds::Tenant;
 use sha2::{Digest, Sha256};
@@ -69,6 +69,14 @@ pub fn token_request(
 pub fn scope(s: SpecScope) -> Scope {
     match s {
         SpecScope::Predict => Scope::Predict,
+        SpecScope::PredictNer => Scope::PredictTask(UninluTask::Ner),
+        SpecScope::PredictRelation => Scope::PredictTask(UninluTask::Relation),
+        SpecScope::PredictEvent => Scope::PredictTask(UninluTask::Event),
+        SpecScope::PredictSentiment => Scope::PredictTask(UninluTask::Sentiment),
+        SpecScope::PredictClassification => Scope::PredictTask(UninluTask::Classification),
+        SpecScope::PredictMatch => Scope::PredictTask(UninluTask::Match),
+        SpecScope::PredictNli => Scope::PredictTask(UninluTask::Nli),
+        SpecScope::PredictMrc => Scope::PredictTask(UninluTask::Mrc),
         SpecScope::Embed => Scope::Embed,
         SpecScope::Rerank => Scope::Rerank,
     }
@@ -250,14 +258,27 @@ mod tests {
 
     #[test]
     fn request_names_services_as_audiences_in_the_tenant_namespace() {
-        let t =
-            tenant(serde_json::json!({"services": ["uninlu", "gte", "gte"], "scopes": ["embed"]}));
+        let t = tenant(
+            serde_json::json!({"services": ["uninlu", "gte", "gte"], "scopes": ["embed", "predict:ner"]}),
+        );
         let req = token_request(&t, "iss", Duration::from_secs(60), &credential(3)).unwrap();
         let aud: Vec<String> = req.audience.iter().map(ToString::to_string).collect();
         assert_eq!(aud, ["team/gte", "team/uninlu"]);
         assert_eq!(req.tenant.to_string(), "team/acme");
-        assert_eq!(req.scopes, [Scope::Embed]);
+        assert_eq!(
+            req.scopes,
+            [Scope::PredictTask(UninluTask::Ner), Scope::Embed]
+        );
         assert_eq!((req.gen, req.tenant_uid.as_str()), (3, "uid-acme"));
+    }
+
+    #[test]
+    fn every_contract_scope_is_a_spec_scope_of_the_same_name() {
+        let tasks = UninluTask::ALL.map(Scope::PredictTask);
+        for contract in Scope::OPERATIONS.into_iter().chain(tasks) {
+            let spec: SpecScope = serde_json::from_value(contract.as_str().into()).unwrap();
+            assert_eq!(scope(spec), contract);
+        }
     }
 
     #[test]

@@ -190,21 +190,22 @@ impl Env {
             .verifier(&service.to_string())
             .verify(token)
             .map_err(Refused::Token)?;
-        if !claims.grants(scope) {
+        let need = Scope::reaching(scope);
+        if !claims.grants(&need) {
             return Err(Refused::ScopeClaim);
         }
         let tenant = claims.tenant().unwrap();
         if tenant.namespace != service.namespace {
             return Err(Refused::Namespace);
         }
-        Ok(self.quota_script(&tenant, &claims, scope, &service.name))
+        Ok(self.quota_script(&tenant, &claims, &need, &service.name))
     }
 
     pub fn quota_script(
         &self,
         tenant: &QualifiedName,
         claims: &Claims,
-        scope: Scope,
+        scopes: &[Scope],
         service: &str,
     ) -> QuotaOutcome {
         let keys = RedisKeys::default();
@@ -214,7 +215,7 @@ impl Env {
         call.key(&keys.script_keys(tenant, today)[..]).arg(
             &script_args(
                 &claims.credential(),
-                scope,
+                scopes,
                 service,
                 rand_nonce(),
                 Charge::Request,

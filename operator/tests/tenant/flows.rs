@@ -8,7 +8,7 @@ use kube::runtime::controller::Action;
 
 use kube::ResourceExt;
 use nlu_crds::access::redis_keys::field;
-use nlu_crds::access::{QualifiedName, QuotaOutcome, RedisKeys, Scope, TokenError};
+use nlu_crds::access::{QualifiedName, QuotaOutcome, RedisKeys, Scope, TokenError, UninluTask};
 use nlu_crds::conditions::{is_true, QUOTA_EXCEEDED, READY, SUSPENDED};
 use nlu_operator::tenant::signing_key::{
     self, KeyChange, KeyError, KeyRing, REVOKE_OLD_ANNOTATION, ROTATED_ANNOTATION,
@@ -96,6 +96,30 @@ async fn token_is_accepted_for_its_services_and_scopes_only() {
         .finalizers()
         .contains(&FINALIZER.to_owned()));
     assert_eq!(env.api.event_reasons(), ["TokenIssued"]);
+}
+
+/// A Tenant narrowed to one UniNLU task: its token and record carry the task scope, which
+/// reaches the UniNLU routes (where the server then checks each request's task) and no other.
+#[tokio::test]
+async fn a_per_task_scope_reaches_the_uninlu_routes_only() {
+    let env = Env::new().await;
+    env.create_tenant(
+        "acme",
+        json!({"services": ["uninlu"], "scopes": ["predict:ner"]}),
+    );
+    env.settle("acme").await;
+    let token = env.token("acme");
+    let ner = Scope::PredictTask(UninluTask::Ner);
+    assert_eq!(claims_of(&env, &token, "team/uninlu").scope, [ner]);
+    assert_eq!(record(&env)[field::SCOPES], "predict:ner");
+    assert!(matches!(
+        env.server_decision(&token, "team/uninlu", Scope::Predict),
+        Ok(QuotaOutcome::Allowed(_))
+    ));
+    assert_eq!(
+        env.server_decision(&token, "team/uninlu", Scope::Embed),
+        Err(Refused::ScopeClaim)
+    );
 }
 
 #[tokio::test]
