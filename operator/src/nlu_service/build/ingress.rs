@@ -107,6 +107,8 @@ mod tests {
             [
                 "Exact /v1/embeddings",
                 "Exact /embed",
+                "Exact /embed_sparse",
+                "Exact /embed_colbert",
                 "Exact /similarity",
                 "Exact /tokenize",
                 "Exact /decode",
