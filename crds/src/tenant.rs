@@ -186,7 +186,6 @@ pub struct UsageDay {
     /// Requests allowed that day.
     pub requests: i64,
     /// Tokens charged that day.
-    #[serde(default)]
     pub tokens: i64,
     /// Requests refused that day, by reason (as in `usage.refused`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
