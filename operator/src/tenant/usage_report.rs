@@ -26,6 +26,7 @@ pub struct UsageArgs {
     #[arg(long)]
     pub until: Option<NaiveDate>,
 
+    /// `table` or `csv`.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 
