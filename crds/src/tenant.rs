@@ -1,6 +1,8 @@
 //! `Tenant`: "this customer may call these services and operations, this much". The operator
 //! issues its token into a Secret, writes its record to Redis and reports usage.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -190,6 +192,31 @@ pub struct Usage {
     /// Tokens left that day; absent when unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens_remaining: Option<i64>,
+    /// Requests refused so far that day, by reason (`suspended`, `revoked`, `scope`, `service`,
+    /// `requests_per_day`, `requests_per_minute`, `tokens_per_day`, `tokens_per_minute`,
+    /// `cost_over_limit`, `concurrency`); reasons with none are absent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refused: BTreeMap<String, i64>,
+    /// The days before, newest first: the operator's `--usage-history-days` (7 by default, at
+    /// most 31) of them, those with anything counted. Older days stay in Redis for
+    /// `--usage-retention-days`: `nlu-operator usage` prints them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<UsageDay>,
+}
+
+/// One past UTC day of a tenant's usage.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageDay {
+    /// The UTC day, `YYYY-MM-DD`.
+    pub date: String,
+    /// Requests allowed that day.
+    pub requests: i64,
+    /// Tokens charged that day.
+    pub tokens: i64,
+    /// Requests refused that day, by reason (as in `usage.refused`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refused: BTreeMap<String, i64>,
 }
 
 /// Longest `spec.token.ttl` the CRD allows (8760h), and the operator's default

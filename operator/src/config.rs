@@ -4,6 +4,9 @@
 use std::net::SocketAddr;
 
 use clap::{Args, ValueEnum};
+use nlu_crds::access::redis_keys::{DEFAULT_USAGE_RETENTION_DAYS, MAX_USAGE_RETENTION_DAYS};
+
+use crate::tenant::status::MAX_USAGE_HISTORY_DAYS;
 
 /// Settings the controllers and pure builders read.
 #[derive(Args, Clone, Debug, PartialEq)]
@@ -79,6 +82,17 @@ pub struct OperatorConfig {
     /// Keep it at most the servers' `--max-token-lifetime`.
     #[arg(long, env = "NLU_OPERATOR_MAX_TOKEN_TTL", default_value = "8760h", value_parser = parse_duration)]
     pub max_token_ttl: std::time::Duration,
+
+    /// Days each day's usage of a tenant (requests, tokens, refusals by reason) stays in Redis,
+    /// 1 to 366: written into every tenant record, the servers' quota script sets it as the
+    /// usage hash's lifetime. `nlu-operator usage` reads that far back.
+    #[arg(long, env = "NLU_OPERATOR_USAGE_RETENTION_DAYS", default_value_t = DEFAULT_USAGE_RETENTION_DAYS, value_parser = clap::value_parser!(u64).range(1..=MAX_USAGE_RETENTION_DAYS))]
+    pub usage_retention_days: u64,
+
+    /// Days before today shown in `Tenant.status.usage.history`, 0 to 31 (no more than
+    /// --usage-retention-days are kept).
+    #[arg(long, env = "NLU_OPERATOR_USAGE_HISTORY_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u64).range(0..=MAX_USAGE_HISTORY_DAYS))]
+    pub usage_history_days: u64,
 
     /// Prefix of every Redis key (must match the servers' `--redis-prefix`).
     #[arg(long, env = "NLU_OPERATOR_REDIS_PREFIX", default_value = nlu_crds::access::redis_keys::DEFAULT_PREFIX, value_parser = nlu_crds::access::redis_keys::prefix)]
@@ -209,6 +223,8 @@ impl Default for OperatorConfig {
             redis_ca_file: None,
             redis_prefix: nlu_crds::access::redis_keys::DEFAULT_PREFIX.into(),
             max_token_ttl: nlu_crds::tenant::MAX_TOKEN_TTL,
+            usage_retention_days: DEFAULT_USAGE_RETENTION_DAYS,
+            usage_history_days: 7,
             policy: Policy::default(),
         }
     }

@@ -33,6 +33,9 @@ enum Command {
     /// Ask the running operator to rotate its token signing key and wait until it has: new
     /// tokens are signed with a new key, earlier tokens stay valid until they expire.
     RotateKey(tenant::rotate_key::RotateKeyArgs),
+    /// Print a Tenant's daily usage (requests, tokens, refusals by reason) from Redis, one row
+    /// per UTC day, as a table or CSV.
+    Usage(Box<tenant::usage_report::UsageArgs>),
 }
 
 #[tokio::main]
@@ -42,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
         None => run(cli.run).await,
         Some(Command::Run(args)) => run(*args).await,
         Some(Command::RotateKey(args)) => tenant::rotate_key::rotate_key(kube::Client::try_default().await?, &args).await,
+        Some(Command::Usage(args)) => tenant::usage_report::usage(&args).await,
     }
 }
 

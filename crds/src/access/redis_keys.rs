@@ -5,7 +5,8 @@
 //! (`{ns/name}`), so all of them live in one Redis Cluster slot and one script can touch them:
 //! - `nlu:tenant:{ns/name}`: hash, see [`field`] and [`TenantRecord`] (written by the operator).
 //! - `nlu:usage:{ns/name}:{YYYY-MM-DD}`: hash of `requests` and `tokens` counted that UTC day
-//!   (kept two days).
+//!   and of refused requests by reason (`refused:<reason>`, see [`REFUSAL_REASONS`]), kept for
+//!   the record's `usage_retention_days` (the operator's `--usage-retention-days`).
 //! - `nlu:rate:{ns/name}`: sorted set of request times (ms) in the last minute: a sliding
 //!   window log, so no burst is possible across minute edges.
 //! - `nlu:rate-tokens:{ns/name}`: the same log for token charges (members `ms:nonce:tokens`),
@@ -14,7 +15,7 @@
 //!   request's nonce, score: when its lease ends, in ms), for `maxConcurrentRequests`. A server
 //!   removes its member when the request ends; a lease of a server that died ends by itself.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::NaiveDate;
 
@@ -27,8 +28,19 @@ pub const DEFAULT_PREFIX: &str = "nlu:";
 /// stop being exact); the Tenant CRD allows no more.
 pub const MAX_LIMIT: u64 = 999_999_999_999_999;
 
-/// Usage counters live two days so yesterday's total is still readable just after midnight.
-pub const USAGE_TTL_SECS: u64 = 2 * 24 * 3600;
+/// How many days a day's usage hash lives when the tenant record names no retention (a record
+/// written by an operator older than `usage_retention_days`): the operator's default too.
+pub const DEFAULT_USAGE_RETENTION_DAYS: u64 = 35;
+
+/// Longest retention a record may name (a year, leap day included): it bounds the usage keys
+/// [`RedisKeys::all`] names for deletion.
+pub const MAX_USAGE_RETENTION_DAYS: u64 = 366;
+
+/// A usage hash lives `retention_days` from its first count (the script sets the TTL), so the
+/// day is readable for at least that many days after it began.
+pub fn usage_ttl_secs(retention_days: u64) -> u64 {
+    retention_days * 24 * 3600
+}
 
 /// The kinds of key, the part between the prefix and the tenant's hash tag.
 pub mod kind {
@@ -62,6 +74,9 @@ pub mod field {
     pub const SCOPES: &str = "scopes";
     /// Comma-separated NluService names in the tenant's namespace; empty = all.
     pub const SERVICES: &str = "services";
+    /// Integer, 1 to [`super::MAX_USAGE_RETENTION_DAYS`]: how long each day's usage hash
+    /// lives. Optional: absent = [`super::DEFAULT_USAGE_RETENTION_DAYS`].
+    pub const USAGE_RETENTION_DAYS: &str = "usage_retention_days";
     /// Credential generation: tokens with a lower `gen` claim are revoked.
     pub const GEN: &str = "gen";
     /// The Tenant's `metadata.uid`: tokens whose `tid` claim differs are revoked.
@@ -72,6 +87,59 @@ pub mod field {
 pub mod usage_field {
     pub const REQUESTS: &str = "requests";
     pub const TOKENS: &str = "tokens";
+    /// Prefix of the refusal counters: `refused:<reason>`, one of [`super::REFUSAL_REASONS`].
+    pub const REFUSED_PREFIX: &str = "refused:";
+}
+
+/// The reasons a refusal is counted under (the script's table maps its reply codes to them).
+/// A missing or invalid record is not counted: there is no tenant to count it for.
+pub const REFUSAL_REASONS: [&str; 10] = [
+    "suspended",
+    "revoked",
+    "scope",
+    "service",
+    "requests_per_day",
+    "requests_per_minute",
+    "tokens_per_day",
+    "tokens_per_minute",
+    "cost_over_limit",
+    "concurrency",
+];
+
+/// One UTC day of a tenant's usage hash.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DayUsage {
+    /// Requests allowed.
+    pub requests: u64,
+    /// Tokens charged.
+    pub tokens: u64,
+    /// Refused requests by reason; reasons with none are absent.
+    pub refused: BTreeMap<String, u64>,
+}
+
+impl DayUsage {
+    /// Reads an `HGETALL` reply (empty when the day has no hash). The script only writes
+    /// counters by `HINCRBY`, so a field that is not a number was not written by it: skipped.
+    pub fn from_fields(fields: &HashMap<String, String>) -> Self {
+        let number = |name: &str| fields.get(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let refused = fields
+            .iter()
+            .filter_map(|(name, value)| {
+                let reason = name.strip_prefix(usage_field::REFUSED_PREFIX)?;
+                Some((reason.to_owned(), value.parse().ok()?))
+            })
+            .collect();
+        Self {
+            requests: number(usage_field::REQUESTS),
+            tokens: number(usage_field::TOKENS),
+            refused,
+        }
+    }
+
+    /// Whether nothing was counted that day.
+    pub fn is_empty(&self) -> bool {
+        self.requests == 0 && self.tokens == 0 && self.refused.is_empty()
+    }
 }
 
 /// Checks a `--redis-prefix`: braces would put a hash tag in the prefix and every tenant in
@@ -140,8 +208,9 @@ impl RedisKeys {
         self.key(kind::IN_FLIGHT, tenant)
     }
 
-    /// Every key the tenant can have on `today`: the usage counters still alive
-    /// ([`USAGE_TTL_SECS`]) are those of the last three days. Named, not scanned, because
+    /// Every key the tenant can have on `today`: the usage hashes of every day the longest
+    /// retention ([`MAX_USAGE_RETENTION_DAYS`]) can keep alive, whatever retention wrote them
+    /// (a hash of day D lives until D + retention + 1 at most). Named, not scanned, because
     /// `SCAN` sees one node of a cluster only.
     pub fn all(&self, tenant: &QualifiedName, today: NaiveDate) -> Vec<String> {
         let mut keys = vec![
@@ -152,7 +221,7 @@ impl RedisKeys {
             self.in_flight(tenant),
         ];
         keys.extend(
-            (0..3)
+            (0..=MAX_USAGE_RETENTION_DAYS)
                 .filter_map(|back| today.checked_sub_days(chrono::Days::new(back)))
                 .map(|day| self.usage(tenant, day)),
         );
@@ -173,7 +242,7 @@ impl RedisKeys {
 }
 
 /// The tenant hash as typed values.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TenantRecord {
     pub enabled: bool,
     pub requests_per_day: u64,
@@ -188,6 +257,26 @@ pub struct TenantRecord {
     pub gen: u64,
     /// The Tenant's `metadata.uid` (not empty).
     pub uid: String,
+    /// How many days each day's usage hash lives, 1 to [`MAX_USAGE_RETENTION_DAYS`].
+    pub usage_retention_days: u64,
+}
+
+impl Default for TenantRecord {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            requests_per_day: 0,
+            requests_per_minute: 0,
+            tokens_per_day: 0,
+            tokens_per_minute: 0,
+            max_concurrent_requests: 0,
+            scopes: Vec::new(),
+            services: Vec::new(),
+            gen: 0,
+            uid: String::new(),
+            usage_retention_days: DEFAULT_USAGE_RETENTION_DAYS,
+        }
+    }
 }
 
 impl TenantRecord {
@@ -213,11 +302,16 @@ impl TenantRecord {
             (field::SERVICES, self.services.join(",")),
             (field::GEN, self.gen.to_string()),
             (field::UID, self.uid.clone()),
+            (
+                field::USAGE_RETENTION_DAYS,
+                self.usage_retention_days.to_string(),
+            ),
         ]
     }
 
     /// Reads an `HGETALL` reply as strictly as the quota script does: a missing field or a
-    /// non-number is an error, never a default.
+    /// non-number is an error, never a default (but for the optional `usage_retention_days`,
+    /// which only records of older operators lack).
     pub fn from_fields(fields: &HashMap<String, String>) -> Result<Self, AccessError> {
         let get = |name: &str| {
             fields
@@ -258,6 +352,17 @@ impl TenantRecord {
                 .filter(|uid| !uid.is_empty())
                 .ok_or_else(|| AccessError::Record(format!("{} is empty", field::UID)))?
                 .to_owned(),
+            usage_retention_days: match fields.get(field::USAGE_RETENTION_DAYS) {
+                None => DEFAULT_USAGE_RETENTION_DAYS,
+                Some(_) => Some(number(field::USAGE_RETENTION_DAYS)?)
+                    .filter(|days| (1..=MAX_USAGE_RETENTION_DAYS).contains(days))
+                    .ok_or_else(|| {
+                        AccessError::Record(format!(
+                            "{} is not 1 to {MAX_USAGE_RETENTION_DAYS}",
+                            field::USAGE_RETENTION_DAYS
+                        ))
+                    })?,
+            },
         })
     }
 }
@@ -269,27 +374,40 @@ impl TenantRecord {
 ///
 /// KEYS: [`RedisKeys::script_keys`]. ARGV: token `gen`, the scopes that would each allow the
 /// call (comma-separated, e.g. [`Scope::reaching`] or [`Scope::granting`]; the record must list
-/// one of them or none at all), service name, usage TTL seconds, a unique nonce, requests to
-/// count (`0`/`1`), tokens to charge, the request's lease in ms (how long it may hold a place
-/// under `max_concurrent_requests`: the request timeout), token `tid`.
+/// one of them or none at all), service name, usage TTL seconds when the record names no
+/// `usage_retention_days`, a unique nonce, requests to count (`0`/`1`), tokens to charge, the
+/// request's lease in ms (how long it may hold a place under `max_concurrent_requests`: the
+/// request timeout), token `tid`.
 /// Reply: `{code, requests: per_day, used_today, per_minute, used_last_minute, minute_reset_ms,
 /// tokens: the same five, max_concurrent_requests, requests in flight}`, decoded by
 /// [`QuotaOutcome::from_reply`]; a part the call did not count is zeros. A counted request
 /// under a concurrency limit holds a place named by its nonce until the server removes it
-/// ([`RedisKeys::in_flight`]) or its lease ends. Time comes from Redis so all servers share one clock. Counters only ever
+/// ([`RedisKeys::in_flight`]) or its lease ends. A refusal of a tenant with a valid record is
+/// counted in the day's usage hash under its reason ([`REFUSAL_REASONS`]), in the same call, so
+/// none is lost. Time comes from Redis so all servers share one clock. Counters only ever
 /// change by `HINCRBY`/`INCRBY` with the caller's decimal strings: Lua formats numbers above
 /// 10^14 inexactly.
 pub const QUOTA_SCRIPT: &str = r#"
 local zero = {0, 0, 0, 0, 0}
 local conc = {0, 0}
+local ttl = ARGV[4]
+local refused = {[2] = 'suspended', [3] = 'revoked', [4] = 'scope', [5] = 'service',
+                 [6] = 'requests_per_day', [7] = 'requests_per_minute', [9] = 'tokens_per_day',
+                 [10] = 'tokens_per_minute', [11] = 'cost_over_limit', [12] = 'concurrency'}
+local function count(field, by)
+  local used = redis.call('HINCRBY', KEYS[2], field, by)
+  if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ttl) end
+  return used
+end
 local function answer(code, req, tok)
+  if refused[code] then count('refused:' .. refused[code], 1) end
   return {code, req[1], req[2], req[3], req[4], req[5], tok[1], tok[2], tok[3], tok[4], tok[5],
           conc[1], conc[2]}
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return answer(1, zero, zero) end
 local f = redis.call('HMGET', KEYS[1], 'enabled', 'requests_per_day', 'requests_per_minute',
                      'scopes', 'services', 'gen', 'tokens_per_day', 'tokens_per_minute',
-                     'max_concurrent_requests', 'uid')
+                     'max_concurrent_requests', 'uid', 'usage_retention_days')
 local function digits(v, most)
   return type(v) == 'string' and #v <= most and string.find(v, '^%d+$') ~= nil
 end
@@ -298,6 +416,7 @@ if (f[1] ~= '1' and f[1] ~= '0') or not digits(f[2], 15) or not digits(f[3], 15)
    or type(f[4]) ~= 'string' or type(f[5]) ~= 'string' or not digits(f[6], 20)
    or not digits(f[7], 15) or not digits(f[8], 15) or not digits(f[9], 15)
    or type(f[10]) ~= 'string' or f[10] == ''
+   or (f[11] and (not digits(f[11], 3) or tonumber(f[11]) < 1 or tonumber(f[11]) > 366))
    or not digits(ARGV[7], 15) or not digits(ARGV[8], 15) then
   return answer(8, zero, zero)
 end
@@ -312,6 +431,8 @@ local function below(a, b)
   if #a ~= #b then return #a < #b end
   return a < b
 end
+-- The retention in days, as seconds (`usage_ttl_secs`).
+if f[11] then ttl = tonumber(f[11]) * 86400 end
 if f[1] ~= '1' then return answer(2, zero, zero) end
 -- A token of another incarnation of the tenant (deleted and re-created) is revoked too.
 if below(ARGV[1], f[6]) or ARGV[9] ~= f[10] then return answer(3, zero, zero) end
@@ -332,11 +453,6 @@ local function reset(log, in_window)
   local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
   if oldest[2] == nil then return 0 end
   return tonumber(oldest[2]) + 60000 - now
-end
-local function count(field, by)
-  local used = redis.call('HINCRBY', KEYS[2], field, by)
-  if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
-  return used
 end
 local req = zero
 if ARGV[6] == '1' then
@@ -434,7 +550,7 @@ pub fn script_args(
         credential.gen.to_string(),
         Scope::join(scopes),
         service.to_string(),
-        USAGE_TTL_SECS.to_string(),
+        usage_ttl_secs(DEFAULT_USAGE_RETENTION_DAYS).to_string(),
         nonce.to_string(),
         requests.to_string(),
         tokens.to_string(),
@@ -576,14 +692,53 @@ mod tests {
         let keys = RedisKeys::default();
         let today = NaiveDate::from_ymd_opt(2026, 3, 1).unwrap();
         let all = keys.all(&alice(), today);
-        for day in ["2026-03-01", "2026-02-28", "2026-02-27"] {
-            assert!(
-                all.contains(&format!("nlu:usage:{{team-a/alice}}:{day}")),
-                "{day}"
-            );
+        let usage_of = |back: u64| keys.usage(&alice(), today - chrono::Days::new(back));
+        for back in [0, 1, MAX_USAGE_RETENTION_DAYS] {
+            assert!(all.contains(&usage_of(back)), "{back} days back");
         }
-        assert_eq!(all.len(), 8);
+        assert!(!all.contains(&usage_of(MAX_USAGE_RETENTION_DAYS + 1)));
+        assert_eq!(all.len(), 5 + 367, "bounded by the longest retention");
         assert!(all.contains(&"nlu:in-flight:{team-a/alice}".to_string()));
+    }
+
+    #[test]
+    fn the_script_counts_refusals_under_the_declared_reasons_and_bounds_retention() {
+        let table = QUOTA_SCRIPT
+            .split_once("local refused = {")
+            .and_then(|(_, rest)| rest.split_once('}'))
+            .unwrap()
+            .0;
+        let named: Vec<&str> = table
+            .split(',')
+            .map(|entry| entry.split('\'').nth(1).unwrap())
+            .collect();
+        assert_eq!(named, REFUSAL_REASONS);
+        assert!(QUOTA_SCRIPT.contains(&format!("> {MAX_USAGE_RETENTION_DAYS})")));
+        assert!(QUOTA_SCRIPT.contains(&format!("* {} end", usage_ttl_secs(1))));
+    }
+
+    #[test]
+    fn day_usage_reads_counters_and_refusals_by_reason() {
+        let fields: HashMap<String, String> = [
+            ("requests", "12"),
+            ("tokens", "3400"),
+            ("refused:requests_per_minute", "2"),
+            ("refused:suspended", "1"),
+            ("other", "x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let day = DayUsage::from_fields(&fields);
+        assert_eq!((day.requests, day.tokens), (12, 3400));
+        assert_eq!(
+            day.refused,
+            BTreeMap::from([
+                ("requests_per_minute".to_string(), 2),
+                ("suspended".to_string(), 1)
+            ])
+        );
+        assert!(DayUsage::from_fields(&HashMap::new()).is_empty());
     }
 
     #[test]
@@ -613,13 +768,24 @@ mod tests {
             services: vec!["gte".into(), "uninlu".into()],
             gen: 7,
             uid: "5f0c-uid".into(),
+            usage_retention_days: 90,
         };
         let fields = fields(&record);
         assert_eq!(fields["enabled"], "1");
         assert_eq!(fields["scopes"], "embed,predict:ner");
         assert_eq!(fields["services"], "gte,uninlu");
         assert_eq!(fields["tokens_per_minute"], "2000");
+        assert_eq!(fields["usage_retention_days"], "90");
         assert_eq!(TenantRecord::from_fields(&fields).unwrap(), record);
+        let mut older = fields.clone();
+        older.remove(field::USAGE_RETENTION_DAYS);
+        assert_eq!(
+            TenantRecord::from_fields(&older)
+                .unwrap()
+                .usage_retention_days,
+            DEFAULT_USAGE_RETENTION_DAYS,
+            "a record of an older operator keeps the default retention"
+        );
     }
 
     #[test]
@@ -648,6 +814,8 @@ mod tests {
             (field::REQUESTS_PER_DAY, "ten"),
             (field::ENABLED, "yes"),
             (field::UID, ""),
+            (field::USAGE_RETENTION_DAYS, "0"),
+            (field::USAGE_RETENTION_DAYS, "367"),
         ] {
             let mut bad = good.clone();
             bad.insert(name.into(), value.into());

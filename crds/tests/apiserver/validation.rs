@@ -285,6 +285,9 @@ const CASES: &[Case] = &[
     case("Tenant status.tokenExpiresAt format date-time", TENANT, &[("/status/tokenExpiresAt", r#""next month""#)], "status.tokenExpiresAt", Format),
     case("Tenant status.usage.date required", TENANT, &[("/status/usage/date", "null")], "status.usage.date", Required),
     case("Tenant status.usage.requests required", TENANT, &[("/status/usage/requests", "null")], "status.usage.requests", Required),
+    case("Tenant status.usage.history[].date required", TENANT, &[("/status/usage/history/0/date", "null")], "status.usage.history[0].date", Required),
+    case("Tenant status.usage.history[].requests required", TENANT, &[("/status/usage/history/0/requests", "null")], "status.usage.history[0].requests", Required),
+    case("Tenant status.usage.history[].tokens required", TENANT, &[("/status/usage/history/0/tokens", "null")], "status.usage.history[0].tokens", Required),
 ];
 
 /// Sites exercised by other tests of this binary (not refusals of a single object).
@@ -307,7 +310,8 @@ fn valid_status() -> Value {
     json!({
         "conditions": [{"type": "Ready", "status": "True", "reason": "Up", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}],
         "tokenExpiresAt": "2026-12-01T00:00:00Z",
-        "usage": {"date": "2026-11-23", "requests": 1},
+        "usage": {"date": "2026-11-23", "requests": 1,
+                  "history": [{"date": "2026-11-22", "requests": 3, "tokens": 40, "refused": {"scope": 1}}]},
     })
 }
 

@@ -349,9 +349,11 @@ async fn damaged_records_are_refused_for_their_tenant_only() {
     let args = auth_args(&redis.url(), &keys.jwks_path(), &prefix, &[]);
     let server = TestServer::start(&args).await;
     let full: Vec<(&str, String)> = open_record().to_fields();
-    // Each case: the full record with one field removed or replaced by a non-number.
+    // Each case: the full record with one field removed or replaced by a non-number. The
+    // usage retention is optional (records of older operators lack it), so only its values are.
+    let optional = "usage_retention_days";
     let mut cases: Vec<(String, Vec<(&str, String)>)> = Vec::new();
-    for (i, (name, _)) in full.iter().enumerate() {
+    for (i, (name, _)) in full.iter().enumerate().filter(|(_, (n, _))| *n != optional) {
         let mut missing = full.clone();
         missing.remove(i);
         cases.push((format!("without {name}"), missing));
@@ -367,6 +369,9 @@ async fn damaged_records_are_refused_for_their_tenant_only() {
         ("max_concurrent_requests", ""),
         ("gen", "2.5"),
         ("gen", "123456789012345678901"),
+        (optional, "0"),
+        (optional, "367"),
+        (optional, "35d"),
     ] {
         let mut damaged = full.clone();
         damaged.iter_mut().find(|(n, _)| *n == name).unwrap().1 = bad.to_owned();
@@ -390,11 +395,31 @@ async fn damaged_records_are_refused_for_their_tenant_only() {
             "{what}"
         );
     }
-    // Everybody else is served and the server stays ready.
+    // Everybody else is served and the server stays ready; a record without the retention
+    // too (the default applies).
     let fine = server
         .call("/embed", Some(&keys.token("team-a/fine")))
         .await;
     assert_eq!(fine.status(), StatusCode::OK);
+    let older: Vec<(&str, String)> = full
+        .iter()
+        .filter(|(n, _)| *n != optional)
+        .cloned()
+        .collect();
+    let _: () = redis::cmd("HSET")
+        .arg(key("team-a/older"))
+        .arg(older)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let older = server
+        .call("/embed", Some(&keys.token("team-a/older")))
+        .await;
+    assert_eq!(
+        older.status(),
+        StatusCode::OK,
+        "a record without the retention"
+    );
     assert_eq!(server.get("/readyz").await.status(), StatusCode::OK);
     let metrics = server.get("/metrics").await.text().await.unwrap();
     assert!(

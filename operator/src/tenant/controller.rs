@@ -129,6 +129,12 @@ impl TenantContext {
         shown.insert(id.to_string(), Instant::now());
     }
 
+    /// Days before today shown in status: `--usage-history-days`, no more than are kept.
+    fn usage_history_days(&self) -> u64 {
+        let config = &self.base.config;
+        config.usage_history_days.min(config.usage_retention_days)
+    }
+
     /// `id` is gone.
     fn forget_usage(&self, id: &QualifiedName) {
         let mut shown = self.usage_shown.lock().expect("not poisoned");
@@ -171,10 +177,11 @@ async fn apply(tenant: &Tenant, ctx: &TenantContext) -> Result<Action, Error> {
     let mut redis = ctx.redis.clone();
     let read = async {
         let stored = redis_sync::read_stored(&mut redis, &ctx.keys, &id).await?;
-        let counted = redis_sync::read_usage(&mut redis, &ctx.keys, &id, utc_day(now)).await?;
-        Ok::<_, redis::RedisError>((stored, counted))
+        let days = status::usage_days(utc_day(now), ctx.usage_history_days());
+        let usage = redis_sync::read_days(&mut redis, &ctx.keys, &id, &days).await?;
+        Ok::<_, redis::RedisError>((stored, usage))
     };
-    let (stored, counted) = match read.await {
+    let (stored, usage) = match read.await {
         Ok(read) => read,
         Err(e) => return Err(redis_unavailable(tenant, ctx, e).await),
     };
@@ -190,7 +197,8 @@ async fn apply(tenant: &Tenant, ctx: &TenantContext) -> Result<Action, Error> {
         tenant,
         secret: secret.as_ref(),
         stored: &stored,
-        counted,
+        usage: &usage,
+        usage_retention_days: ctx.base.config.usage_retention_days,
         usage_stale: ctx.usage_stale(&id),
         ring: &ring,
         urls: service_urls(tenant, &ctx.services),

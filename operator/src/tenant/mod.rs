@@ -16,6 +16,7 @@ pub mod rotate_key;
 pub mod signing_key;
 pub mod status;
 pub mod token_secret;
+pub mod usage_report;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,12 +26,14 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, ResourceExt};
+use nlu_crds::access::redis_client::RedisConnection;
 use nlu_crds::access::tokens::DEFAULT_ISSUER;
 use nlu_crds::access::RedisKeys;
 use nlu_crds::{NluService, Tenant};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::OperatorConfig;
 use crate::context::Context;
 use controller::TenantContext;
 use signing_key::{KeyChange, KeyRing, SIGNING_KEY_SECRET};
@@ -52,8 +55,8 @@ pub async fn run(ctx: Arc<Context>, stop: CancellationToken) {
     }
 }
 
-async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result<()> {
-    let config = &ctx.config;
+/// The operator's Redis (`--redis-url`, `--redis-ca-file`).
+pub fn connect_redis(config: &OperatorConfig) -> anyhow::Result<RedisConnection> {
     let url = config
         .redis_url
         .as_deref()
@@ -65,7 +68,12 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
             })?),
             None => None,
         };
-    let redis = redis_sync::connect(url, ca_pem)?;
+    redis_sync::connect(url, ca_pem)
+}
+
+async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result<()> {
+    let config = &ctx.config;
+    let redis = connect_redis(config)?;
     let client = ctx.client.clone();
     let (tenants, services): (Api<Tenant>, Api<NluService>) = match &config.namespace {
         Some(ns) => (

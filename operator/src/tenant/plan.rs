@@ -17,7 +17,7 @@ use nlu_crds::conditions::{is_true, SUSPENDED};
 use nlu_crds::{Tenant, TenantStatus};
 
 use super::controller::Error;
-use super::redis_sync::{self, Counted, Stored};
+use super::redis_sync::{self, Stored};
 use super::revocation::{self, generation};
 use super::signing_key::KeyRing;
 use super::status::{self, USAGE_REFRESH};
@@ -27,6 +27,7 @@ use super::token_secret::{
 use crate::apply::NameTaken;
 use crate::controller_kit::{event, status_change};
 use crate::ownership::{holder, Holder, Mark};
+use nlu_crds::access::redis_keys::DayUsage;
 
 /// Ready's reason and the Warning Event when a Secret of the token's name is someone else's.
 pub const SECRET_NAME_TAKEN: &str = "SecretNameTaken";
@@ -39,8 +40,11 @@ pub struct Facts<'a> {
     pub secret: Option<&'a Secret>,
     /// The stored record's uid and `gen`.
     pub stored: &'a Stored,
-    /// What the servers counted today (UTC).
-    pub counted: Counted,
+    /// What the servers counted on [`status::usage_days`]: today (UTC) first, then the days
+    /// before, newest first.
+    pub usage: &'a [DayUsage],
+    /// `--usage-retention-days`, written into the record for the servers' quota script.
+    pub usage_retention_days: u64,
     /// Whether the usage in status is older than [`USAGE_REFRESH`] (the controller keeps time).
     pub usage_stale: bool,
     /// The signing keys: the active one signs new tokens; a token whose key is no longer
@@ -116,7 +120,7 @@ pub fn plan(f: &Facts) -> Result<Plan, Error> {
         tid,
         gen: generation(f.tenant),
     });
-    let record = redis_sync::record(&f.tenant.spec, &credential);
+    let record = redis_sync::record(&f.tenant.spec, &credential, f.usage_retention_days);
     let events = Vec::from_iter(suspension_event(f.tenant));
     let secret_holder = holder(
         f.secret.map(|s| &s.metadata),
@@ -181,7 +185,7 @@ fn with_token(
     let observed = status::Observed {
         secret_name,
         token_expires_at: token.expires_at,
-        usage: status::usage(utc_day(f.now), f.counted, &record),
+        usage: status::usage(utc_day(f.now), f.usage, &record),
         usage_stale: f.usage_stale,
     };
     let ready = status::ready_status(tenant, &observed, Time(f.now));
@@ -273,7 +277,7 @@ mod tests {
         tenant: Tenant,
         secret: Option<Secret>,
         stored: Stored,
-        counted: Counted,
+        usage: Vec<DayUsage>,
         usage_stale: bool,
         ring: KeyRing,
         now: i64,
@@ -292,7 +296,7 @@ mod tests {
                 tenant,
                 secret: None,
                 stored: Stored::default(),
-                counted: Counted::default(),
+                usage: vec![DayUsage::default()],
                 usage_stale: true,
                 ring: KeyRing::generate(),
                 now: T0,
@@ -312,7 +316,8 @@ mod tests {
                 tenant,
                 secret: self.secret.as_ref(),
                 stored: &self.stored,
-                counted: self.counted,
+                usage: &self.usage,
+                usage_retention_days: 35,
                 usage_stale: self.usage_stale,
                 ring: &self.ring,
                 urls: BTreeMap::new(),
@@ -469,10 +474,10 @@ mod tests {
              |w| w.max_ttl = Duration::from_secs(50),
              outcome(Issue(GrantChanged), 1, &["TokenReissued"], ready, true, false, 40)),
             ("usage counted, shown less than a minute ago",
-             |w| { w.counted.requests = 3; w.usage_stale = false },
+             |w| { w.usage[0].requests = 3; w.usage_stale = false },
              outcome(Keep, 1, &[], None, false, false, 60)),
             ("usage counted, shown a minute ago",
-             |w| w.counted.requests = 3,
+             |w| w.usage[0].requests = 3,
              outcome(Keep, 1, &[], ready, false, true, 60)),
             ("a Secret of the name that someone else made",
              |w| w.secret = Some(Secret { metadata: kube::api::ObjectMeta { name: Some("acme-token".into()), ..Default::default() }, ..Default::default() }),

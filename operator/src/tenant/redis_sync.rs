@@ -1,12 +1,12 @@
 //! The tenant's side of Redis, with the contract's key names: its record (`uid` and `gen` read
-//! first, then written whole on every reconcile), today's usage counters (read), and every key
+//! first, then written whole on every reconcile), its daily usage hashes (read), and every key
 //! of the tenant (deleted when the Tenant goes).
 
 use std::time::Duration;
 
 use chrono::NaiveDate;
 use nlu_crds::access::redis_client::{self, RedisConnection, Timeouts};
-use nlu_crds::access::redis_keys::{field, usage_field};
+use nlu_crds::access::redis_keys::{field, DayUsage};
 use nlu_crds::access::{Credential, QualifiedName, RedisKeys, TenantRecord};
 use nlu_crds::TenantSpec;
 use redis::AsyncCommands;
@@ -25,8 +25,13 @@ pub fn connect(url: &str, ca_pem: Option<Vec<u8>>) -> anyhow::Result<RedisConnec
         .map_err(|e| anyhow::anyhow!("--redis-url / --redis-ca-file: {e}"))
 }
 
-/// The record the servers check requests against, for tokens of `credential`.
-pub fn record(spec: &TenantSpec, credential: &Credential) -> TenantRecord {
+/// The record the servers check requests against, for tokens of `credential`; each day's
+/// usage is kept `usage_retention_days` (`--usage-retention-days`).
+pub fn record(
+    spec: &TenantSpec,
+    credential: &Credential,
+    usage_retention_days: u64,
+) -> TenantRecord {
     let quota = spec.quota.clone().unwrap_or_default();
     // Negative limits are refused by the CRD schema; treat any that slip through as unlimited.
     let limit = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok()).unwrap_or(0);
@@ -47,6 +52,7 @@ pub fn record(spec: &TenantSpec, credential: &Credential) -> TenantRecord {
         services,
         gen: credential.gen,
         uid: credential.tid.clone(),
+        usage_retention_days,
     }
 }
 
@@ -101,30 +107,20 @@ pub async fn write_record(
         .await
 }
 
-/// What the servers counted for a tenant on one UTC day.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Counted {
-    pub requests: u64,
-    pub tokens: u64,
-}
-
-/// Requests and tokens counted for the tenant on `day` (UTC).
-pub async fn read_usage(
+/// The usage hashes of the tenant's `days` (UTC), in their order, in one round trip; a day
+/// without a hash is empty.
+pub async fn read_days(
     conn: &mut RedisConnection,
     keys: &RedisKeys,
     tenant: &QualifiedName,
-    day: NaiveDate,
-) -> redis::RedisResult<Counted> {
-    let (requests, tokens): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
-        .arg(keys.usage(tenant, day))
-        .arg(usage_field::REQUESTS)
-        .arg(usage_field::TOKENS)
-        .query_async(conn)
-        .await?;
-    Ok(Counted {
-        requests: requests.unwrap_or(0),
-        tokens: tokens.unwrap_or(0),
-    })
+    days: &[NaiveDate],
+) -> redis::RedisResult<Vec<DayUsage>> {
+    let mut pipe = redis::pipe();
+    for day in days {
+        pipe.hgetall(keys.usage(tenant, *day));
+    }
+    let hashes: Vec<std::collections::HashMap<String, String>> = pipe.query_async(conn).await?;
+    Ok(hashes.iter().map(DayUsage::from_fields).collect())
 }
 
 /// Deletes the record, the minute limiters and every usage counter of the tenant.
@@ -186,7 +182,7 @@ mod tests {
             "quota": {"requestsPerDay": 100, "tokensPerMinute": 5000, "maxConcurrentRequests": 3}
         }))
         .unwrap();
-        let r = record(&spec, &credential(4));
+        let r = record(&spec, &credential(4), 90);
         assert_eq!(
             r,
             TenantRecord {
@@ -200,11 +196,12 @@ mod tests {
                 services: vec!["gte".into(), "uninlu".into()],
                 gen: 4,
                 uid: "uid-1".into(),
+                usage_retention_days: 90,
             }
         );
         let open: TenantSpec =
             serde_json::from_value(serde_json::json!({"services": ["gte"]})).unwrap();
-        let r = record(&open, &credential(1));
+        let r = record(&open, &credential(1), 35);
         assert!(
             r.enabled
                 && r.scopes.is_empty()

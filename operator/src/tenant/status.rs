@@ -5,14 +5,21 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::redis_sync::Counted;
+use std::collections::BTreeMap;
+
+use chrono::{Days, NaiveDate};
+use nlu_crds::access::redis_keys::DayUsage;
 use nlu_crds::access::TenantRecord;
 use nlu_crds::conditions::{condition, set_condition, QUOTA_EXCEEDED, READY, SUSPENDED};
-use nlu_crds::tenant::Usage;
+use nlu_crds::tenant::{Usage, UsageDay};
 use nlu_crds::{Tenant, TenantStatus};
 
 /// Usage in status changes at most this often (each change is an API write).
 pub const USAGE_REFRESH: Duration = Duration::from_secs(60);
+
+/// Most days before today `status.usage.history` shows (`--usage-history-days`): keeps the
+/// status small whatever the retention.
+pub const MAX_USAGE_HISTORY_DAYS: u64 = 31;
 
 /// What the reconcile observed.
 pub struct Observed {
@@ -118,18 +125,57 @@ pub fn not_ready_status(tenant: &Tenant, reason: &str, message: String, now: Tim
     status
 }
 
-/// A day's usage from the counts and the record's daily limits (`0` = unlimited: no
-/// `remaining`).
-pub fn usage(date: chrono::NaiveDate, counted: Counted, record: &TenantRecord) -> Usage {
-    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+/// The days whose usage the reconcile reads: `today` first, then `history_days` days before
+/// it, newest first (the order [`usage`] takes them in).
+pub fn usage_days(today: NaiveDate, history_days: u64) -> Vec<NaiveDate> {
+    (0..=history_days)
+        .filter_map(|back| today.checked_sub_days(Days::new(back)))
+        .collect()
+}
+
+/// Usage from the counts of [`usage_days`] (`days[0]` today, `days[i]` `i` days before) and
+/// the record's daily limits (`0` = unlimited: no `remaining`). Past days with nothing counted
+/// are left out of the history.
+pub fn usage(today: NaiveDate, days: &[DayUsage], record: &TenantRecord) -> Usage {
+    let counted = days.first().cloned().unwrap_or_default();
     let left = |limit: u64, used: u64| (limit > 0).then(|| count(limit.saturating_sub(used)));
+    let history = usage_days(today, days.len().saturating_sub(1) as u64)
+        .into_iter()
+        .zip(days)
+        .skip(1)
+        .filter(|(_, day)| !day.is_empty())
+        .map(|(date, day)| UsageDay {
+            date: date_text(date),
+            requests: count(day.requests),
+            tokens: count(day.tokens),
+            refused: refused(day),
+        })
+        .collect();
     Usage {
-        date: date.format("%Y-%m-%d").to_string(),
+        date: date_text(today),
         requests: count(counted.requests),
         remaining: left(record.requests_per_day, counted.requests),
         tokens: count(counted.tokens),
         tokens_remaining: left(record.tokens_per_day, counted.tokens),
+        refused: refused(&counted),
+        history,
     }
+}
+
+/// A count as the CRD's integers hold it.
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn refused(day: &DayUsage) -> BTreeMap<String, i64> {
+    day.refused
+        .iter()
+        .map(|(reason, n)| (reason.clone(), count(*n)))
+        .collect()
+}
+
+fn date_text(date: NaiveDate) -> String {
+    date.format("%Y-%m-%d").to_string()
 }
 
 #[cfg(test)]
@@ -161,29 +207,34 @@ mod tests {
         }
     }
 
-    fn counted(requests: u64, tokens: u64) -> Counted {
-        Counted { requests, tokens }
+    /// Today's counts, no days before.
+    fn counted(requests: u64, tokens: u64) -> Vec<DayUsage> {
+        vec![DayUsage {
+            requests,
+            tokens,
+            ..DayUsage::default()
+        }]
     }
 
     fn observed(requests: u64, d: u32, stale: bool) -> Observed {
         Observed {
             secret_name: "acme-token".into(),
             token_expires_at: 5_000,
-            usage: usage(day(d), counted(requests, 0), &limits()),
+            usage: usage(day(d), &counted(requests, 0), &limits()),
             usage_stale: stale,
         }
     }
 
     #[test]
     fn usage_counts_remaining_only_with_a_limit() {
-        let u = usage(day(1), counted(3, 400), &limits());
+        let u = usage(day(1), &counted(3, 400), &limits());
         assert_eq!(
             (u.remaining, u.tokens, u.tokens_remaining),
             (Some(7), 400, Some(600))
         );
-        let over = usage(day(1), counted(12, 1_500), &limits());
+        let over = usage(day(1), &counted(12, 1_500), &limits());
         assert_eq!((over.remaining, over.tokens_remaining), (Some(0), Some(0)));
-        let unlimited = usage(day(1), counted(3, 400), &TenantRecord::default());
+        let unlimited = usage(day(1), &counted(3, 400), &TenantRecord::default());
         assert_eq!(
             (unlimited.remaining, unlimited.tokens_remaining),
             (None, None)
@@ -192,9 +243,43 @@ mod tests {
     }
 
     #[test]
+    fn history_shows_the_days_before_with_anything_counted_newest_first() {
+        assert_eq!(usage_days(day(3), 2), [day(3), day(2), day(1)]);
+        let refused = DayUsage {
+            refused: BTreeMap::from([("requests_per_minute".to_string(), 2)]),
+            ..DayUsage::default()
+        };
+        let days = [
+            DayUsage::default(),
+            counted(4, 90).remove(0),
+            DayUsage::default(),
+            refused,
+        ];
+        let u = usage(day(4), &days, &limits());
+        assert_eq!((u.date.as_str(), u.requests), ("2026-11-04", 0));
+        assert_eq!(
+            u.history,
+            [
+                UsageDay {
+                    date: "2026-11-03".into(),
+                    requests: 4,
+                    tokens: 90,
+                    refused: BTreeMap::new(),
+                },
+                UsageDay {
+                    date: "2026-11-01".into(),
+                    requests: 0,
+                    tokens: 0,
+                    refused: BTreeMap::from([("requests_per_minute".to_string(), 2)]),
+                },
+            ]
+        );
+    }
+
+    #[test]
     fn used_up_tokens_alone_raise_quota_exceeded() {
         let mut o = observed(1, 1, true);
-        o.usage = usage(day(1), counted(1, 1_000), &limits());
+        o.usage = usage(day(1), &counted(1, 1_000), &limits());
         let s = ready_status(&tenant(false), &o, at(100));
         assert!(is_true(&s.conditions, QUOTA_EXCEEDED));
         let c = s
@@ -211,7 +296,7 @@ mod tests {
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(s.token_secret_name.as_deref(), Some("acme-token"));
         assert_eq!(s.token_expires_at, Some(at(5_000)));
-        assert_eq!(s.usage, Some(usage(day(1), counted(10, 0), &limits())));
+        assert_eq!(s.usage, Some(usage(day(1), &counted(10, 0), &limits())));
         assert!(is_true(&s.conditions, READY));
         assert!(is_true(&s.conditions, SUSPENDED));
         assert!(is_true(&s.conditions, QUOTA_EXCEEDED));

@@ -1,6 +1,7 @@
 //! A Tenant controller context wired to the harness, plus the server's admission rules
 //! (verifier, scope, namespace, quota script) used to judge the tokens the controller issues.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
@@ -44,6 +45,9 @@ pub struct Env {
     pub ring: watch::Sender<Arc<KeyRing>>,
     pub ctx: Arc<TenantContext>,
     services: Writer<NluService>,
+    /// Seconds the operator's clock (and the day the server counts on) runs ahead of the wall
+    /// clock; tokens are still verified at wall-clock time.
+    ahead: Arc<AtomicI64>,
 }
 
 impl Env {
@@ -52,7 +56,16 @@ impl Env {
         let (client, api) = FakeApi::start();
         let (ring, _) = watch::channel(Arc::new(KeyRing::generate()));
         let (_, services) = reflector::store();
-        let ctx = context(&client, &redis, &ring, &services, OperatorConfig::default()).await;
+        let ahead = Arc::default();
+        let ctx = context(
+            &client,
+            &redis,
+            &ring,
+            &services,
+            OperatorConfig::default(),
+            &ahead,
+        )
+        .await;
         Self {
             redis,
             api,
@@ -60,7 +73,18 @@ impl Env {
             ring,
             ctx,
             services,
+            ahead,
         }
+    }
+
+    /// Moves the operator's clock, and the day the server counts on, `seconds` ahead.
+    pub fn advance(&self, seconds: i64) {
+        self.ahead.fetch_add(seconds, Ordering::SeqCst);
+    }
+
+    /// The UTC day on the operator's clock: the one the server counts usage on.
+    pub fn today(&self) -> chrono::NaiveDate {
+        nlu_operator::tenant::plan::utc_day(self.ctx.base.now())
     }
 
     /// A new controller context (as after an operator restart: no in-memory throttle state).
@@ -76,6 +100,7 @@ impl Env {
             &self.ring,
             &self.services,
             config,
+            &self.ahead,
         )
         .await
     }
@@ -209,7 +234,7 @@ impl Env {
         service: &str,
     ) -> QuotaOutcome {
         let keys = RedisKeys::default();
-        let today = chrono::Utc::now().date_naive();
+        let today = self.today();
         let script = redis::Script::new(QUOTA_SCRIPT);
         let mut call = script.prepare_invoke();
         call.key(&keys.script_keys(tenant, today)[..]).arg(
@@ -253,12 +278,15 @@ async fn context(
     ring: &watch::Sender<Arc<KeyRing>>,
     services: &Writer<NluService>,
     config: OperatorConfig,
+    ahead: &Arc<AtomicI64>,
 ) -> Arc<TenantContext> {
-    let base = Arc::new(Context::new(
-        client.clone(),
-        config,
-        Arc::new(Metrics::new()),
-    ));
+    let ahead = ahead.clone();
+    let clock = Arc::new(move || {
+        let ahead = k8s_openapi::jiff::SignedDuration::from_secs(ahead.load(Ordering::SeqCst));
+        k8s_openapi::jiff::Timestamp::now() + ahead
+    });
+    let base =
+        Arc::new(Context::new(client.clone(), config, Arc::new(Metrics::new())).with_clock(clock));
     let conn = nlu_operator::tenant::redis_sync::connect(&redis.url(), None).unwrap();
     Arc::new(TenantContext::new(
         base,

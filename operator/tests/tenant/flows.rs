@@ -1,6 +1,6 @@
 //! The issue's done-when list, one test each.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,11 +10,13 @@ use kube::ResourceExt;
 use nlu_crds::access::redis_keys::field;
 use nlu_crds::access::{QualifiedName, QuotaOutcome, RedisKeys, Scope, TokenError, UninluTask};
 use nlu_crds::conditions::{is_true, QUOTA_EXCEEDED, READY, SUSPENDED};
+use nlu_crds::tenant::UsageDay;
+use nlu_operator::config::OperatorConfig;
 use nlu_operator::tenant::signing_key::{
     self, KeyChange, KeyError, KeyRing, REVOKE_OLD_ANNOTATION, ROTATED_ANNOTATION,
     ROTATE_ANNOTATION, SIGNING_KEY_SECRET,
 };
-use nlu_operator::tenant::{controller, FINALIZER};
+use nlu_operator::tenant::{controller, redis_sync, usage_report, FINALIZER};
 use redis::Commands;
 use serde_json::json;
 
@@ -275,6 +277,101 @@ async fn usage_appears_in_status_throttled_to_once_a_minute() {
         env.server_decision(&token, "team/gte", Scope::Embed),
         Ok(QuotaOutcome::DailyQuotaExceeded(_))
     ));
+}
+
+/// Done-when of issue 19 (usage history): what was served on day D, refusals included, is read
+/// back on D + 1 from `status.usage.history` and from `nlu-operator usage`.
+#[tokio::test]
+async fn yesterdays_usage_survives_the_day_boundary_in_status_and_the_usage_report() {
+    let env = Env::new().await;
+    env.create_tenant(
+        "acme",
+        json!({"services": ["gte"], "quota": {"requestsPerDay": 2}}),
+    );
+    env.settle("acme").await;
+    assert_eq!(record(&env)[field::USAGE_RETENTION_DAYS], "35");
+    let token = env.token("acme");
+    let served = env.today();
+    let outcomes: Vec<_> = (0..3)
+        .map(|_| {
+            env.server_decision(&token, "team/gte", Scope::Embed)
+                .unwrap()
+        })
+        .collect();
+    assert!(matches!(
+        outcomes[..],
+        [
+            QuotaOutcome::Allowed(_),
+            QuotaOutcome::Allowed(_),
+            QuotaOutcome::DailyQuotaExceeded(_)
+        ]
+    ));
+    let keys = RedisKeys::default();
+    let ttl: i64 = redis_conn(&env.redis)
+        .ttl(keys.usage(&acme(), served))
+        .unwrap();
+    assert!(ttl > 34 * 86_400, "kept for the retention, not {ttl} s");
+
+    env.advance(86_400);
+    assert_eq!(env.today(), served.succ_opt().unwrap());
+    env.settle("acme").await;
+    let usage = env.tenant("acme").status.unwrap().usage.unwrap();
+    assert_eq!(
+        (usage.date, usage.requests),
+        (env.today().to_string(), 0),
+        "a new day"
+    );
+    assert_eq!(
+        usage.history,
+        [UsageDay {
+            date: served.to_string(),
+            requests: 2,
+            tokens: 0,
+            refused: BTreeMap::from([("requests_per_day".into(), 1)]),
+        }],
+        "yesterday in status"
+    );
+
+    let mut conn = redis_sync::connect(&env.redis.url(), None).unwrap();
+    let rows = usage_report::read(&mut conn, &keys, &acme(), served, env.today())
+        .await
+        .unwrap();
+    assert_eq!(
+        usage_report::render(&rows, usage_report::Format::Csv),
+        format!(
+            "date,requests,tokens,refused_requests_per_day\n{served},2,0,1\n{},0,0,0\n",
+            env.today()
+        ),
+        "yesterday in `nlu-operator usage`"
+    );
+}
+
+/// `--usage-retention-days` reaches the record, and the quota script keeps each day that long.
+#[tokio::test]
+async fn the_operators_usage_retention_sets_how_long_a_day_is_kept() {
+    let env = Env::new().await;
+    env.create_tenant("acme", json!({"services": ["gte"], "suspended": true}));
+    let config = OperatorConfig {
+        usage_retention_days: 3,
+        ..OperatorConfig::default()
+    };
+    let ctx = env.context_with(config).await;
+    for _ in 0..2 {
+        controller::reconcile(Arc::new(env.tenant("acme")), ctx.clone())
+            .await
+            .unwrap();
+    }
+    assert_eq!(record(&env)[field::USAGE_RETENTION_DAYS], "3");
+    assert!(matches!(
+        env.server_decision(&env.token("acme"), "team/gte", Scope::Embed),
+        Ok(QuotaOutcome::Suspended)
+    ));
+    let usage = RedisKeys::default().usage(&acme(), env.today());
+    let mut conn = redis_conn(&env.redis);
+    let ttl: i64 = conn.ttl(&usage).unwrap();
+    assert!((2 * 86_400..=3 * 86_400).contains(&ttl), "{ttl} s");
+    let refused: Option<u64> = conn.hget(&usage, "refused:suspended").unwrap();
+    assert_eq!(refused, Some(1), "the refusal is counted by reason");
 }
 
 #[tokio::test]

@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 
-use nlu_crds::access::redis_keys::usage_field;
+use nlu_crds::access::redis_keys::{usage_field, DayUsage};
 use nlu_crds::access::{QualifiedName, RedisKeys, TenantRecord};
-use nlu_operator::tenant::redis_sync::{connect, delete_tenant, read_usage, write_record, Counted};
+use nlu_operator::tenant::redis_sync::{connect, delete_tenant, read_days, write_record};
 use nlu_testkit::RedisCluster;
 
 #[tokio::test]
@@ -54,11 +54,23 @@ async fn records_usage_and_deletion_work_on_a_cluster() {
         .await
         .unwrap();
     assert_eq!(
-        read_usage(&mut conn, &keys, &tenant, today).await.unwrap(),
-        Counted {
-            requests: 7,
-            tokens: 300
-        }
+        read_days(
+            &mut conn,
+            &keys,
+            &tenant,
+            &[today, today.pred_opt().unwrap()]
+        )
+        .await
+        .unwrap(),
+        [
+            DayUsage {
+                requests: 7,
+                tokens: 300,
+                ..DayUsage::default()
+            },
+            DayUsage::default()
+        ],
+        "one pipeline on the tenant's slot"
     );
 
     delete_tenant(&mut conn, &keys, &tenant, today)
