@@ -17,10 +17,6 @@ use nlu_crds::{Tenant, TenantStatus};
 /// Usage in status changes at most this often (each change is an API write).
 pub const USAGE_REFRESH: Duration = Duration::from_secs(60);
 
-/// Most days before today `status.usage.history` shows (`--usage-history-days`): keeps the
-/// status small whatever the retention.
-pub const MAX_USAGE_HISTORY_DAYS: u64 = 31;
-
 /// What the reconcile observed.
 pub struct Observed {
     pub secret_name: String,
