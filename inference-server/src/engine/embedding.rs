@@ -24,11 +24,9 @@ impl Worker for EmbedWorker {
     type Input = EmbedInput;
     type Output = MultiEmbedding;
     fn run(&mut self, batch: Vec<EmbedInput>) -> anyhow::Result<Vec<MultiEmbedding>> {
-        let any = batch.iter().fold(Outputs::default(), |all, input| Outputs {
-            dense: all.dense || input.outputs.dense,
-            sparse: all.sparse || input.outputs.sparse,
-            colbert: all.colbert || input.outputs.colbert,
-        });
+        let any = batch
+            .iter()
+            .fold(Outputs::default(), |all, input| all.union(input.outputs));
         let (ids, wants): (Vec<Vec<u32>>, Vec<Outputs>) =
             batch.into_iter().map(|i| (i.ids, i.outputs)).unzip();
         let encoded = self.0.encode(&ids, any, false)?;
@@ -122,7 +120,13 @@ impl EmbeddingEngine {
             let tokenizer = embedder.tokenizer();
             texts
                 .iter()
-                .map(|t| Ok(each(tokenizer, t, tokenizer.encode_with(t, max_len, special)?)))
+                .map(|t| {
+                    Ok(each(
+                        tokenizer,
+                        t,
+                        tokenizer.encode_with(t, max_len, special)?,
+                    ))
+                })
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
@@ -142,14 +146,25 @@ impl EmbeddingEngine {
                 tokenizer.tokens(text, &encoding)
             })
             .await?;
-        check_lengths(tokens.iter().map(Vec::len), self.limits.max_input_length, "input")?;
+        check_lengths(
+            tokens.iter().map(Vec::len),
+            self.limits.max_input_length,
+            "input",
+        )?;
         Ok(tokens)
     }
 
     /// `/decode`: the text of each list of ids.
-    pub async fn decode(&self, ids: Vec<Vec<u32>>, skip_special: bool) -> Result<Vec<String>, Error> {
+    pub async fn decode(
+        &self,
+        ids: Vec<Vec<u32>>,
+        skip_special: bool,
+    ) -> Result<Vec<String>, Error> {
         if ids.is_empty() || ids.iter().any(Vec::is_empty) {
-            return Err(Error::invalid("empty_input", "ids must hold at least one id in each list"));
+            return Err(Error::invalid(
+                "empty_input",
+                "ids must hold at least one id in each list",
+            ));
         }
         check_count(ids.len(), self.limits.max_batch_inputs)?;
         let embedder = self.embedder.clone();
@@ -166,11 +181,9 @@ impl EmbeddingEngine {
     /// Tokenizes, charges the tokens to `bill`, then runs the model.
     pub async fn embed(&self, req: EmbedRequest, bill: &mut Bill) -> Result<Embedded, Error> {
         let dims = check_dimensions(req.dimensions, self.embedder.info().dims)?;
-        let dense = Outputs {
-            dense: true,
-            ..Outputs::default()
-        };
-        let (outputs, tokens) = self.run(req.texts, req.truncate, dense, bill).await?;
+        let (outputs, tokens) = self
+            .run(req.texts, req.truncate, Outputs::DENSE, bill)
+            .await?;
         let vectors = outputs
             .into_iter()
             .map(|out| {
@@ -192,12 +205,11 @@ impl EmbeddingEngine {
         truncate: bool,
         bill: &mut Bill,
     ) -> Result<Vec<SparseWeights>, Error> {
-        self.require(self.embedder.has_sparse(), "a sparse head (`sparse_linear`)")?;
-        let sparse = Outputs {
-            sparse: true,
-            ..Outputs::default()
-        };
-        let (outputs, _) = self.run(texts, truncate, sparse, bill).await?;
+        self.require(
+            self.embedder.has_sparse(),
+            "a sparse head (`sparse_linear`)",
+        )?;
+        let (outputs, _) = self.run(texts, truncate, Outputs::SPARSE, bill).await?;
         Ok(outputs
             .into_iter()
             .map(|out| out.sparse.expect("asked for the sparse weights"))
@@ -217,11 +229,7 @@ impl EmbeddingEngine {
             self.embedder.colbert_dims().is_some(),
             "a multi-vector head (`colbert_linear`)",
         )?;
-        let colbert = Outputs {
-            colbert: true,
-            ..Outputs::default()
-        };
-        let (outputs, _) = self.run(texts, truncate, colbert, bill).await?;
+        let (outputs, _) = self.run(texts, truncate, Outputs::COLBERT, bill).await?;
         Ok(outputs
             .into_iter()
             .map(|out| {
@@ -278,17 +286,11 @@ impl EmbeddingEngine {
 /// Pure: the request-level checks that need no tokenizer.
 pub fn check_inputs(texts: &[String], max_inputs: usize) -> Result<(), Error> {
     if texts.is_empty() {
-        return Err(Error::invalid(
-            "empty_input",
-            "the input list is empty",
-        ));
+        return Err(Error::invalid("empty_input", "the input list is empty"));
     }
     check_count(texts.len(), max_inputs)?;
     if let Some(i) = texts.iter().position(|t| t.trim().is_empty()) {
-        return Err(Error::invalid(
-            "empty_input",
-            format!("input {i} is empty"),
-        ));
+        return Err(Error::invalid("empty_input", format!("input {i} is empty")));
     }
     Ok(())
 }

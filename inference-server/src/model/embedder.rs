@@ -24,6 +24,33 @@ pub struct Outputs {
     pub colbert: bool,
 }
 
+impl Outputs {
+    pub const DENSE: Outputs = Outputs {
+        dense: true,
+        sparse: false,
+        colbert: false,
+    };
+    pub const SPARSE: Outputs = Outputs {
+        dense: false,
+        sparse: true,
+        colbert: false,
+    };
+    pub const COLBERT: Outputs = Outputs {
+        dense: false,
+        sparse: false,
+        colbert: true,
+    };
+
+    /// Every output either asks for.
+    pub fn union(self, other: Outputs) -> Outputs {
+        Outputs {
+            dense: self.dense || other.dense,
+            sparse: self.sparse || other.sparse,
+            colbert: self.colbert || other.colbert,
+        }
+    }
+}
+
 /// One text's outputs: `Some` exactly for those asked for.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MultiEmbedding {
@@ -120,17 +147,11 @@ impl Embedder {
     /// One vector per sequence. The batch runs packed (no padding), so it gives the same vectors
     /// as one-by-one calls.
     pub fn embed(&self, batch: &[Vec<u32>], normalize: bool) -> Result<Vec<Vec<f32>>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.bert.check(batch, None)?;
-        let hidden = self.bert.forward(batch);
-        let lens: Vec<usize> = batch.iter().map(Vec::len).collect();
-        let mut pooled = self.pooling.pool(&hidden, &lens, self.info.dims);
-        if normalize {
-            pooled.iter_mut().for_each(|v| l2_normalize(v));
-        }
-        Ok(pooled)
+        Ok(self
+            .encode(batch, Outputs::DENSE, normalize)?
+            .into_iter()
+            .map(|out| out.dense.expect("asked for the dense vector"))
+            .collect())
     }
 
     /// The `outputs` asked for, per sequence, from one packed forward. `normalize` scales the
