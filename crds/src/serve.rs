@@ -239,6 +239,8 @@ pub struct ServeFlags {
 pub struct JwtFlags {
     /// JWK Set file inside the pod.
     pub jwks: String,
+    /// The tenants' identity providers' keys and mappings (`identities.json`) inside the pod.
+    pub identities: Option<String>,
     /// `namespace/name` of the service (the tokens' audience).
     pub service_id: String,
     pub redis_prefix: String,
@@ -297,6 +299,7 @@ impl ServeFlags {
             Some(jwt) => {
                 flag("auth", Some("jwt".into()));
                 flag("jwks", Some(jwt.jwks.clone()));
+                flag("identities", jwt.identities.clone());
                 flag("service-id", Some(jwt.service_id.clone()));
                 flag("redis-prefix", Some(jwt.redis_prefix.clone()));
                 flag(
@@ -354,6 +357,7 @@ mod tests {
             max_queue_tokens: None,
             jwt: Some(JwtFlags {
                 jwks: "/etc/nlu/jwks/jwks.json".into(),
+                identities: Some("/etc/nlu/jwks/identities.json".into()),
                 service_id: "ns/svc".into(),
                 redis_prefix: "nlu".into(),
                 redis_failure_policy: FailurePolicy::FailOpen,
@@ -364,7 +368,7 @@ mod tests {
         };
         let expected = "serve --model /models --task embedding --listen 0.0.0.0:8080 --metrics-listen 0.0.0.0:9090 \
             --log-format json --pooling mean --max-batch-requests 8 --auth jwt \
-            --jwks /etc/nlu/jwks/jwks.json --service-id ns/svc --redis-prefix nlu \
+            --jwks /etc/nlu/jwks/jwks.json --identities /etc/nlu/jwks/identities.json --service-id ns/svc --redis-prefix nlu \
             --redis-failure-policy fail-open --path-prefix /gte --task-presets /etc/nlu/task-presets/p.json \
             --no-playground";
         assert_eq!(flags.to_args().join(" "), expected);

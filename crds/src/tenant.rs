@@ -8,6 +8,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::access::identity::ClaimMatch;
+
 /// Desired access of one customer.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
@@ -53,6 +55,37 @@ pub struct TenantSpec {
     /// The tenant's bearer token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<TokenSpec>,
+
+    /// Tokens of the tenant's own identity provider (an OIDC issuer: Keycloak, Dex, Azure AD,
+    /// ...) accepted beside the operator's token, under the same scopes, quota and record
+    /// (docs/auth.md, "Federated tokens").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentitySpec>,
+}
+
+/// Which tokens of an identity provider speak for this tenant: those `issuer` signed, carrying
+/// `audience`, whose claims satisfy every one of `claims`. A token that matches the mappings of
+/// two Tenants is refused.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    cel,
+    validation = Rule::new("self.issuer.startsWith('https://') || self.issuer.matches('^http://(127[.]0[.]0[.]1|localhost|[[]::1[]])(:[0-9]+)?(/.*)?$')").message("issuer must be an https:// URL (http:// only on the loopback address, for development)").field_path(".issuer"),
+    validation = Rule::new("self.claims.all(c, has(c.equals) != has(c.contains))").message("each claim condition needs exactly one of equals and contains").field_path(".claims")
+)]
+pub struct IdentitySpec {
+    /// The issuer URL, exactly as its tokens carry it in `iss`; the operator reads
+    /// `<issuer>/.well-known/openid-configuration` and the JWK Set it names.
+    #[schemars(length(min = 9, max = 512))]
+    pub issuer: String,
+    /// The audience (`aud`) the tokens must carry, e.g. the client id of the API in the
+    /// identity provider.
+    #[schemars(length(min = 1, max = 256))]
+    pub audience: String,
+    /// Conditions on the tokens' claims that select this tenant, all of which must hold, e.g.
+    /// `{claim: azp, equals: billing-app}` or `{claim: groups, contains: nlu-team-a}`.
+    #[schemars(length(min = 1, max = 16))]
+    pub claims: Vec<ClaimMatch>,
 }
 
 /// An operation a token may be used for.

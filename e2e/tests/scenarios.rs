@@ -528,3 +528,92 @@ async fn a_service_published_under_an_ingress_path_answers_there() {
     answers_at(&https, "/uninlu/api/predict", Some(&token), 200, 180).await;
     cluster.delete::<NluService>(name).await.unwrap();
 }
+
+/// Tokens of a tenant's own identity provider (issue: federated tokens): one for the mapped
+/// client is served under that Tenant's quota; one for an unmapped client, of another issuer,
+/// for another audience, HS256-signed, or signed with a key the issuer rotated out is 401.
+/// The issuer is the testkit's loopback stand-in (discovery, JWK Set, rotation) in this test
+/// process, which a kind cluster's operator cannot reach: process cluster only.
+#[tokio::test]
+async fn identity_provider_tokens_are_served_under_the_mapped_tenant() {
+    if backend_kind() == BackendKind::Kind {
+        eprintln!("skipped on kind: the loopback issuer is not reachable from the cluster");
+        return;
+    }
+    let cluster = ready_service().await.unwrap();
+    let https = cluster
+        .https(SERVICE_HOST, SERVICE_TLS_SECRET)
+        .await
+        .unwrap();
+    let (idp, stranger) = (
+        nlu_testkit::OidcIssuer::start().await.unwrap(),
+        nlu_testkit::OidcIssuer::start().await.unwrap(),
+    );
+    let mut federated = tenant("iota", &[SERVICE], &["predict"], 0);
+    federated.spec.quota.as_mut().unwrap().requests_per_day = Some(100);
+    federated.spec.identity = Some(
+        serde_json::from_value(serde_json::json!({
+            "issuer": idp.issuer(),
+            "audience": "nlu-api",
+            "claims": [{"claim": "azp", "equals": "billing-app"}],
+        }))
+        .unwrap(),
+    );
+    tenant_with_token(&federated).await.unwrap();
+    let claims = |azp: &str, aud: &str| serde_json::json!({"sub": "user-7", "aud": aud, "azp": azp, "jti": "idp-1"});
+
+    let good = idp.mint(claims("billing-app", "nlu-api"));
+    let first = answers(&https, Some(&good), 200, 60).await;
+    let second = answers(&https, Some(&good), 200, 5).await;
+    let header = |a: &e2e::Answer, name: &str| a.headers[name].to_str().unwrap().to_owned();
+    assert_eq!(
+        header(&first, "x-ratelimit-limit"),
+        "100",
+        "the Tenant's quota"
+    );
+    let remaining = |a: &e2e::Answer| header(a, "x-ratelimit-remaining").parse::<u64>().unwrap();
+    assert_eq!(
+        remaining(&first) - 1,
+        remaining(&second),
+        "counted for the Tenant"
+    );
+
+    let hs256 = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"iss": idp.issuer(), "aud": "nlu-api", "azp": "billing-app",
+                            "exp": chrono::Utc::now().timestamp() + 300}),
+        &jsonwebtoken::EncodingKey::from_secret(b"shared secret"),
+    )
+    .unwrap();
+    let (request, _) = predict_case().unwrap();
+    for (case, token) in [
+        (
+            "an unmapped client",
+            idp.mint(claims("other-app", "nlu-api")),
+        ),
+        (
+            "another issuer",
+            stranger.mint(claims("billing-app", "nlu-api")),
+        ),
+        (
+            "a wrong audience",
+            idp.mint(claims("billing-app", "other-api")),
+        ),
+        ("an HS256 token", hs256),
+    ] {
+        let answer = https.post(PREDICT, Some(&token), &request).await.unwrap();
+        assert_eq!(answer.status, 401, "{case}: {}", answer.body);
+        assert_eq!(answer.error_code(), Some("invalid_token"), "{case}");
+    }
+
+    idp.rotate();
+    let refused = answers(&https, Some(&good), 401, 30).await;
+    assert_eq!(refused.error_code(), Some("invalid_token"));
+    answers(
+        &https,
+        Some(&idp.mint(claims("billing-app", "nlu-api"))),
+        200,
+        30,
+    )
+    .await;
+}

@@ -6,6 +6,8 @@
 mod connections;
 #[path = "auth/costs.rs"]
 mod costs;
+#[path = "auth/federated.rs"]
+mod federated;
 #[path = "auth/harness.rs"]
 mod harness;
 #[path = "auth/in_flight.rs"]

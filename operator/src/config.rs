@@ -79,6 +79,12 @@ pub struct OperatorConfig {
     #[arg(long, env = "NLU_OPERATOR_REDIS_CA_FILE")]
     pub redis_ca_file: Option<std::path::PathBuf>,
 
+    /// PEM file of the CA certificates to trust when reading the tenants' identity providers
+    /// (`Tenant.spec.identity`: their discovery documents and JWK Sets), instead of the
+    /// system's roots. Proxies come from `HTTPS_PROXY`/`ALL_PROXY`/`NO_PROXY`.
+    #[arg(long, env = "NLU_OPERATOR_IDENTITY_CA_FILE")]
+    pub identity_ca_file: Option<std::path::PathBuf>,
+
     /// Longest lifetime of a token the operator issues, whatever a Tenant's `spec.token.ttl`
     /// asks for (`90m`, `24h`, `720h`): bounds how long a token lives after a signing key leaks.
     /// Keep it at most the servers' `--max-token-lifetime`.
@@ -223,6 +229,7 @@ impl Default for OperatorConfig {
             redis_pod_labels: Vec::new(),
             redis_url: None,
             redis_ca_file: None,
+            identity_ca_file: None,
             redis_prefix: nlu_crds::access::redis_keys::DEFAULT_PREFIX.into(),
             max_token_ttl: nlu_crds::tenant::MAX_TOKEN_TTL,
             usage_retention_days: DEFAULT_USAGE_RETENTION_DAYS,

@@ -26,6 +26,8 @@ mod cluster;
 #[cfg(feature = "fake-api")]
 pub mod fake_api;
 #[cfg(feature = "apiserver")]
+mod oidc_issuer;
+#[cfg(feature = "apiserver")]
 mod proxy;
 mod redis;
 mod redis_cluster;
@@ -39,6 +41,8 @@ pub use apiserver::{api_server, ApiServer};
 pub use cluster::{collect_garbage, workspace_binary, ClusterOptions, PodInfo, ProcessCluster};
 #[cfg(feature = "fake-api")]
 pub use fake_api::FakeApi;
+#[cfg(feature = "apiserver")]
+pub use oidc_issuer::OidcIssuer;
 #[cfg(feature = "apiserver")]
 pub use proxy::{Call, ClusterProxy, RecordedRequest};
 pub use redis::RedisServer;

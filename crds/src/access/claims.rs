@@ -260,6 +260,7 @@ impl Claims {
         Credential {
             tid: self.tid.clone(),
             gen: self.gen,
+            identity: None,
         }
     }
 }
@@ -271,6 +272,11 @@ impl Claims {
 pub struct Credential {
     pub tid: String,
     pub gen: u64,
+    /// For a token of the tenant's own identity provider ([`super::identity`]): the fingerprint
+    /// of the identity mapping it matched. The record must hold the same one (`gen` is the
+    /// operator's tokens' and is not compared), so changing or removing `spec.identity` refuses
+    /// such tokens at once, before the servers' copy of the mapping follows.
+    pub identity: Option<String>,
 }
 
 #[cfg(test)]

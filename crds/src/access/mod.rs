@@ -4,12 +4,15 @@
 //! - [`tokens`]: Ed25519 signing keys and minting of EdDSA tokens (operator and `nlu-server token`).
 //! - [`jwks`]: the public JWK Set that servers verify against (kid = RFC 7638 thumbprint).
 //! - [`verify`]: token verification, shared so the operator can prove its tokens pass the server.
+//! - [`identity`]: tokens of a tenant's own OIDC identity provider: the keys and mappings the
+//!   operator publishes and their verification.
 //! - [`redis_keys`]: Redis key names, the tenant record and the atomic quota script.
 //! - [`redis_acl`]: the Redis ACL user of a service namespace (rules, name, credential URL).
 //! - `redis_client` (feature `redis-client`): how both binaries open Redis (one server or a
 //!   Redis Cluster), TLS roots included.
 
 pub mod claims;
+pub mod identity;
 pub mod jwks;
 pub mod redis_acl;
 #[cfg(feature = "redis-client")]
@@ -22,7 +25,7 @@ pub use claims::{Claims, Credential, QualifiedName, Scope, UninluTask};
 pub use jwks::{public_jwk, thumbprint};
 pub use redis_keys::{QuotaOutcome, RedisKeys, TenantRecord};
 pub use tokens::{SigningKey, TokenRequest};
-pub use verify::{TokenError, Verifier};
+pub use verify::{Caller, TokenError, Verifier};
 
 /// Errors from the access contract that are not about a presented token.
 #[derive(Debug, thiserror::Error)]

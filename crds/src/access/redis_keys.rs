@@ -81,6 +81,10 @@ pub mod field {
     pub const GEN: &str = "gen";
     /// The Tenant's `metadata.uid`: tokens whose `tid` claim differs are revoked.
     pub const UID: &str = "uid";
+    /// Fingerprint of the Tenant's `spec.identity` ([`crate::access::identity::fingerprint`]),
+    /// empty without one: tokens of its identity provider are accepted only while it matches.
+    /// Optional: absent = empty.
+    pub const IDENTITY: &str = "identity";
 }
 
 /// Field names of a day's usage hash.
@@ -259,6 +263,8 @@ pub struct TenantRecord {
     pub uid: String,
     /// How many days each day's usage hash lives, 1 to [`MAX_USAGE_RETENTION_DAYS`].
     pub usage_retention_days: u64,
+    /// Fingerprint of the identity mapping whose tokens are accepted (`spec.identity`).
+    pub identity: Option<String>,
 }
 
 impl Default for TenantRecord {
@@ -275,6 +281,7 @@ impl Default for TenantRecord {
             gen: 0,
             uid: String::new(),
             usage_retention_days: DEFAULT_USAGE_RETENTION_DAYS,
+            identity: None,
         }
     }
 }
@@ -306,6 +313,8 @@ impl TenantRecord {
                 field::USAGE_RETENTION_DAYS,
                 self.usage_retention_days.to_string(),
             ),
+            // Always written, so removing `spec.identity` clears it in the same HSET.
+            (field::IDENTITY, self.identity.clone().unwrap_or_default()),
         ]
     }
 
@@ -363,6 +372,10 @@ impl TenantRecord {
                         ))
                     })?,
             },
+            identity: fields
+                .get(field::IDENTITY)
+                .filter(|f| !f.is_empty())
+                .cloned(),
         })
     }
 }
@@ -377,7 +390,8 @@ impl TenantRecord {
 /// one of them or none at all), service name, usage TTL seconds when the record names no
 /// `usage_retention_days`, a unique nonce, requests to count (`0`/`1`), tokens to charge, the
 /// request's lease in ms (how long it may hold a place under `max_concurrent_requests`: the
-/// request timeout), token `tid`.
+/// request timeout), token `tid`, the identity fingerprint of a token of the tenant's identity
+/// provider (empty for the operator's tokens, whose `gen` is compared instead).
 /// Reply: `{code, requests: per_day, used_today, per_minute, used_last_minute, minute_reset_ms,
 /// tokens: the same five, max_concurrent_requests, requests in flight}`, decoded by
 /// [`QuotaOutcome::from_reply`]; a part the call did not count is zeros. A counted request
@@ -407,7 +421,7 @@ end
 if redis.call('EXISTS', KEYS[1]) == 0 then return answer(1, zero, zero) end
 local f = redis.call('HMGET', KEYS[1], 'enabled', 'requests_per_day', 'requests_per_minute',
                      'scopes', 'services', 'gen', 'tokens_per_day', 'tokens_per_minute',
-                     'max_concurrent_requests', 'uid', 'usage_retention_days')
+                     'max_concurrent_requests', 'uid', 'usage_retention_days', 'identity')
 local function digits(v, most)
   return type(v) == 'string' and #v <= most and string.find(v, '^%d+$') ~= nil
 end
@@ -434,8 +448,12 @@ end
 -- The retention in days, as seconds (`usage_ttl_secs`).
 if f[11] then ttl = tonumber(f[11]) * 86400 end
 if f[1] ~= '1' then return answer(2, zero, zero) end
--- A token of another incarnation of the tenant (deleted and re-created) is revoked too.
-if below(ARGV[1], f[6]) or ARGV[9] ~= f[10] then return answer(3, zero, zero) end
+-- A token of another incarnation of the tenant (deleted and re-created) is revoked too. One of
+-- the tenant's identity provider (ARGV[10] set) needs the record's identity mapping instead.
+if ARGV[9] ~= f[10] then return answer(3, zero, zero) end
+if ARGV[10] ~= '' then
+  if f[12] ~= ARGV[10] then return answer(3, zero, zero) end
+elseif below(ARGV[1], f[6]) then return answer(3, zero, zero) end
 -- ARGV[2] lists the scopes that would each allow the call: the record must grant one.
 local function any_listed(list, items)
   for item in string.gmatch(items, '[^,]+') do
@@ -541,7 +559,7 @@ pub fn script_args(
     nonce: u64,
     charge: Charge,
     lease_ms: u64,
-) -> [String; 9] {
+) -> [String; 10] {
     let (requests, tokens) = match charge {
         Charge::Request => (1, 0),
         Charge::Tokens(n) => (0, n),
@@ -556,6 +574,7 @@ pub fn script_args(
         tokens.to_string(),
         lease_ms.min(MAX_LIMIT).to_string(),
         credential.tid.clone(),
+        credential.identity.clone().unwrap_or_default(),
     ]
 }
 
@@ -755,6 +774,12 @@ mod tests {
             .collect()
     }
 
+    fn fields_of_none(record: &TenantRecord) -> String {
+        let fields = fields(record);
+        assert_eq!(TenantRecord::from_fields(&fields).unwrap(), *record);
+        fields[field::IDENTITY].clone()
+    }
+
     #[test]
     fn record_round_trips_through_hash_fields() {
         let record = TenantRecord {
@@ -769,6 +794,7 @@ mod tests {
             gen: 7,
             uid: "5f0c-uid".into(),
             usage_retention_days: 90,
+            identity: Some("0c1f".into()),
         };
         let fields = fields(&record);
         assert_eq!(fields["enabled"], "1");
@@ -776,7 +802,13 @@ mod tests {
         assert_eq!(fields["services"], "gte,uninlu");
         assert_eq!(fields["tokens_per_minute"], "2000");
         assert_eq!(fields["usage_retention_days"], "90");
+        assert_eq!(fields["identity"], "0c1f");
         assert_eq!(TenantRecord::from_fields(&fields).unwrap(), record);
+        let without = TenantRecord {
+            identity: None,
+            ..record.clone()
+        };
+        assert_eq!(fields_of_none(&without), "", "written empty, to clear an old one");
         let mut older = fields.clone();
         older.remove(field::USAGE_RETENTION_DAYS);
         assert_eq!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
-use super::claims::{Claims, QualifiedName};
+use super::claims::{Claims, Credential, QualifiedName, Scope};
 
 /// Seconds of clock skew tolerated on `exp`, `nbf` and `iat`.
 pub const DEFAULT_LEEWAY_SECS: u64 = 10;
@@ -47,6 +47,10 @@ pub enum TokenError {
     UnsupportedCritical,
     #[error("token is larger than 8192 bytes")]
     TooLarge,
+    #[error("token of the identity provider matches no tenant's identity mapping")]
+    NoTenant,
+    #[error("token of the identity provider matches more than one tenant's identity mapping")]
+    AmbiguousTenant,
 }
 
 impl TokenError {
@@ -66,6 +70,8 @@ impl TokenError {
             TokenError::LifetimeTooLong => "lifetime_too_long",
             TokenError::UnsupportedCritical => "unsupported_crit",
             TokenError::TooLarge => "too_large",
+            TokenError::NoTenant => "no_tenant",
+            TokenError::AmbiguousTenant => "ambiguous_tenant",
         }
     }
 }
@@ -131,21 +137,13 @@ impl Verifier {
             .as_deref()
             .and_then(|kid| self.keys.get(kid))
             .ok_or(TokenError::UnknownKey)?;
-        let data =
-            jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
-                match e.kind() {
-                    ErrorKind::InvalidSignature => TokenError::BadSignature,
-                    ErrorKind::ExpiredSignature => TokenError::Expired,
-                    ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-                    ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
-                    ErrorKind::InvalidAudience => TokenError::WrongAudience,
-                    ErrorKind::InvalidAlgorithm => TokenError::WrongAlgorithm,
-                    _ => TokenError::Malformed,
-                }
-            })?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+            .map_err(|e| token_error(&e))?;
         data.claims.tenant().map_err(|_| TokenError::Malformed)?;
+        let claims = &data.claims;
         lifetime_check(
-            &data.claims,
+            claims.iat,
+            claims.exp,
             now(),
             self.validation.leeway,
             self.max_lifetime,
@@ -154,18 +152,76 @@ impl Verifier {
     }
 }
 
-fn now() -> i64 {
+/// Who a verified token speaks for, whichever issuer signed it: what the server checks and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub tenant: QualifiedName,
+    /// The token's `sub`: the tenant for the operator's tokens, the user or client for an
+    /// identity provider's (empty when it has none).
+    pub subject: String,
+    /// The token's `jti` (empty when it has none).
+    pub token_id: String,
+    /// Operations the token grants; the tenant record can narrow them further.
+    pub scopes: Vec<Scope>,
+    pub credential: Credential,
+    /// Expiry and start of validity, seconds since the Unix epoch.
+    pub exp: i64,
+    pub nbf: i64,
+}
+
+impl Caller {
+    /// Whether the token holds one of `scopes` (each of them would allow the call).
+    pub fn grants(&self, scopes: &[Scope]) -> bool {
+        self.scopes.iter().any(|s| scopes.contains(s))
+    }
+}
+
+impl Claims {
+    /// The caller an operator token speaks for (its `sub` is the tenant).
+    pub fn caller(&self) -> Result<Caller, TokenError> {
+        Ok(Caller {
+            tenant: self.tenant().map_err(|_| TokenError::Malformed)?,
+            subject: self.sub.clone(),
+            token_id: self.jti.clone(),
+            scopes: self.scope.clone(),
+            credential: self.credential(),
+            exp: self.exp,
+            nbf: self.nbf,
+        })
+    }
+}
+
+/// What a failed `jsonwebtoken::decode` means to the client.
+pub(crate) fn token_error(e: &jsonwebtoken::errors::Error) -> TokenError {
+    match e.kind() {
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+        ErrorKind::InvalidAlgorithm => TokenError::WrongAlgorithm,
+        _ => TokenError::Malformed,
+    }
+}
+
+pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
 /// `iat` not later than now (with the leeway), and `exp - iat` within `max`.
-fn lifetime_check(claims: &Claims, now: i64, leeway: u64, max: Duration) -> Result<(), TokenError> {
+pub(crate) fn lifetime_check(
+    iat: i64,
+    exp: i64,
+    now: i64,
+    leeway: u64,
+    max: Duration,
+) -> Result<(), TokenError> {
     let leeway = i64::try_from(leeway).unwrap_or(i64::MAX);
-    if claims.iat > now.saturating_add(leeway) {
+    if iat > now.saturating_add(leeway) {
         return Err(TokenError::IssuedInFuture);
     }
     let max = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
-    if claims.exp.saturating_sub(claims.iat) > max {
+    if exp.saturating_sub(iat) > max {
         return Err(TokenError::LifetimeTooLong);
     }
     Ok(())

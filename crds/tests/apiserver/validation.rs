@@ -20,6 +20,8 @@ enum Expect {
     Invalid,
     /// maxLength.
     TooLong,
+    /// maxItems.
+    TooMany,
     /// A `format` (date-time).
     Format,
     /// A CEL rule: FieldValueInvalid with the rule's message, taken from the site name.
@@ -67,6 +69,11 @@ const TOKENS_PER_DAY_RULE: &str =
 const TOKENS_PER_MINUTE_RULE: &str =
     "Tenant spec.quota rule: tokensPerMinute must be from 0 (unlimited) to 999999999999999";
 const TTL_RULE: &str = "Tenant spec.token.ttl rule: ttl must be a duration from 5m to 8760h (the servers' default --max-token-lifetime), e.g. 720h";
+
+/// A valid `spec.identity`, which the identity cases start from.
+const IDENTITY: &str = r#"{"issuer": "https://idp.example", "audience": "nlu-api", "claims": [{"claim": "azp", "equals": "app"}]}"#;
+const ISSUER_RULE: &str = "Tenant spec.identity rule: issuer must be an https:// URL (http:// only on the loopback address, for development)";
+const CLAIM_RULE: &str = "Tenant spec.identity rule: each claim condition needs exactly one of equals and contains";
 
 const fn case(
     site: &'static str,
@@ -272,6 +279,29 @@ const CASES: &[Case] = &[
         ..case(TTL_RULE, TENANT, &[("/spec/token/ttl", r#""4m59s""#)], "spec.token.ttl", Rule) },
     Case { at_limit: Some(r#""8760h""#),
         ..case(TTL_RULE, TENANT, &[("/spec/token/ttl", r#""8760h1s""#)], "spec.token.ttl", Rule) },
+    // Tenant: spec.identity
+    case("Tenant spec.identity.issuer required", TENANT, &[("/spec/identity", IDENTITY), ("/spec/identity/issuer", "null")], "spec.identity.issuer", Required),
+    case("Tenant spec.identity.audience required", TENANT, &[("/spec/identity", IDENTITY), ("/spec/identity/audience", "null")], "spec.identity.audience", Required),
+    case("Tenant spec.identity.claims required", TENANT, &[("/spec/identity", IDENTITY), ("/spec/identity/claims", "null")], "spec.identity.claims", Required),
+    case("Tenant spec.identity.claims[].claim required", TENANT, &[("/spec/identity", IDENTITY), ("/spec/identity/claims/0/claim", "null")], "spec.identity.claims[0].claim", Required),
+    limit("Tenant spec.identity.issuer minLength", TENANT, &[("/spec/identity", IDENTITY), ("/spec/identity/issuer", r#""https://""#)], "spec.identity.issuer", r#""https://a""#),
+    Case { expect: TooLong, ..limit("Tenant spec.identity.issuer maxLength", TENANT, &[("/spec/identity", IDENTITY), ("/spec/identity/issuer", r#""https://aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa""#)], "spec.identity.issuer", r#""https://aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa""#) },
+    limit("Tenant spec.identity.audience minLength", TENANT, &[("/spec/identity", IDENTITY), ("/spec/identity/audience", r#""""#)], "spec.identity.audience", r#""a""#),
+    Case { expect: TooLong, ..limit("Tenant spec.identity.audience maxLength", TENANT, &[("/spec/identity", IDENTITY), ("/spec/identity/audience", r#""aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa""#)], "spec.identity.audience", r#""aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa""#) },
+    limit("Tenant spec.identity.claims minItems", TENANT, &[("/spec/identity", IDENTITY), ("/spec/identity/claims", "[]")], "spec.identity.claims", r#"[{"claim": "azp", "equals": "app"}]"#),
+    Case { expect: TooMany, ..limit("Tenant spec.identity.claims maxItems", TENANT, &[("/spec/identity", IDENTITY), ("/spec/identity/claims", r#"[{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"}]"#)], "spec.identity.claims", r#"[{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"},{"claim":"azp","equals":"a"}]"#) },
+    limit("Tenant spec.identity.claims[].claim minLength", TENANT, &[("/spec/identity", IDENTITY), ("/spec/identity/claims/0/claim", r#""""#)], "spec.identity.claims[0].claim", r#""a""#),
+    Case { expect: TooLong, ..limit("Tenant spec.identity.claims[].claim maxLength", TENANT, &[("/spec/identity", IDENTITY), ("/spec/identity/claims/0/claim", r#""ccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc""#)], "spec.identity.claims[0].claim", r#""cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc""#) },
+    Case { expect: TooLong, ..limit("Tenant spec.identity.claims[].equals maxLength", TENANT, &[("/spec/identity", IDENTITY), ("/spec/identity/claims/0/equals", r#""vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv""#)], "spec.identity.claims[0].equals", r#""vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv""#) },
+    Case { expect: TooLong, ..limit("Tenant spec.identity.claims[].contains maxLength", TENANT, &[("/spec/identity", IDENTITY), ("/spec/identity/claims/0/equals", "null"), ("/spec/identity/claims/0/contains", r#""vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv""#)], "spec.identity.claims[0].contains", r#""vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv""#) },
+    Case { at_limit: Some(r#""http://127.0.0.1:5556/dex""#),
+        ..case(ISSUER_RULE, TENANT, &[("/spec/identity", IDENTITY), ("/spec/identity/issuer", r#""http://idp.example""#)], "spec.identity.issuer", Rule) },
+    Case { at_limit: Some(r#""http://[::1]""#),
+        ..case(ISSUER_RULE, TENANT, &[("/spec/identity", IDENTITY), ("/spec/identity/issuer", r#""http://127.0.0.1.evil.example""#)], "spec.identity.issuer", Rule) },
+    Case { at_limit: Some(r#"[{"claim": "groups", "contains": "team"}]"#),
+        ..case(CLAIM_RULE, TENANT, &[("/spec/identity", IDENTITY), ("/spec/identity/claims", r#"[{"claim": "azp", "equals": "a", "contains": "a"}]"#)], "spec.identity.claims", Rule) },
+    Case { at_limit: Some(r#"[{"claim": "azp", "equals": "a"}]"#),
+        ..case(CLAIM_RULE, TENANT, &[("/spec/identity", IDENTITY), ("/spec/identity/claims", r#"[{"claim": "azp"}]"#)], "spec.identity.claims", Rule) },
     // Tenant: status
     case("Tenant status.conditions listType map", TENANT, &[("/status/conditions", DUPLICATE_READY)], "status.conditions[1]", Duplicate),
     case("Tenant status.conditions[].type required", TENANT, &[("/status/conditions/0/type", "null")], "status.conditions[0].type", Required),
@@ -407,6 +437,7 @@ fn check(case: &Case, (code, answer): (StatusCode, Value)) -> Result<(), String>
         Duplicate => ("FieldValueDuplicate", None),
         Invalid => ("FieldValueInvalid", None),
         TooLong => ("FieldValueTooLong", None),
+        TooMany => ("FieldValueTooMany", None),
         Format => ("FieldValueTypeInvalid", None),
         Rule => (
             "FieldValueInvalid",

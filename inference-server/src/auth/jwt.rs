@@ -1,5 +1,7 @@
 //! Bearer tokens: taken from the `Authorization` header, verified against the JWK Set file
-//! (`--jwks`), which is re-read when it changes so keys rotate without a restart.
+//! (`--jwks`) when the operator issued them, or against the tenants' identity providers
+//! (`--identities`) when one of those did; both files are re-read when they change, so keys
+//! rotate without a restart.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -7,9 +9,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::http::{header, HeaderMap};
+use nlu_crds::access::identity::{unverified_issuer, FederatedVerifier};
 use nlu_crds::access::jwks::ed25519_keys;
 use nlu_crds::access::verify::DEFAULT_LEEWAY_SECS;
-use nlu_crds::access::{Claims, QualifiedName, TokenError, Verifier};
+use nlu_crds::access::{Caller, QualifiedName, TokenError, Verifier};
 
 use crate::reloading::Reloading;
 
@@ -43,27 +46,42 @@ pub struct TokenVerifier {
 const CACHE_CAPACITY: usize = 10_000;
 
 /// A verifier that remembers the tokens whose signatures it checked: tenants send the same
-/// token for its whole lifetime, and the Ed25519 check is most of the cost of auth. Lifetime
-/// (`exp`, `nbf`) is checked again on every use; a new JWK Set brings a new, empty cache, so a
-/// removed key stops working at once.
+/// token for its whole lifetime, and the signature check is most of the cost of auth. Lifetime
+/// (`exp`, `nbf`) is checked again on every use; a new JWK Set or identities file brings a new,
+/// empty cache, so a removed key or mapping stops working at once.
 struct CachingVerifier {
     verifier: Verifier,
-    verified: Mutex<HashMap<String, Claims>>,
+    /// The operator's issuer: its tokens go to `verifier`, all others to `federated`.
+    issuer: String,
+    federated: Option<FederatedVerifier>,
+    verified: Mutex<HashMap<String, Caller>>,
 }
 
 impl CachingVerifier {
-    fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+    fn check(&self, token: &str) -> Result<Caller, TokenError> {
+        let federated = self
+            .federated
+            .as_ref()
+            .filter(|_| unverified_issuer(token).is_some_and(|iss| iss != self.issuer));
+        match federated {
+            Some(federated) => federated.verify(token),
+            None => self.verifier.verify(token)?.caller(),
+        }
+    }
+
+    fn verify(&self, token: &str) -> Result<Caller, TokenError> {
         let now = chrono::Utc::now().timestamp();
         let leeway = DEFAULT_LEEWAY_SECS as i64;
         let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(claims) = verified.get(token) {
-            if claims.exp + leeway >= now && claims.nbf - leeway <= now {
+            if claims.exp.saturating_add(leeway) >= now && claims.nbf.saturating_sub(leeway) <= now
+            {
                 return Ok(claims.clone());
             }
             verified.remove(token);
         }
         drop(verified);
-        let claims = self.verifier.verify(token)?;
+        let claims = self.check(token)?;
         let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
         if verified.len() >= CACHE_CAPACITY {
             verified.clear();
@@ -74,35 +92,57 @@ impl CachingVerifier {
 }
 
 impl TokenVerifier {
+    /// `identities`: the tenants' identity providers (`--identities`), when given.
     pub fn start(
         jwks: PathBuf,
+        identities: Option<PathBuf>,
         issuer: String,
         service: QualifiedName,
         max_lifetime: Duration,
     ) -> anyhow::Result<Self> {
-        let load = {
-            let jwks = jwks.clone();
-            move || {
-                let bytes = std::fs::read(&jwks)
-                    .map_err(|e| anyhow::anyhow!("cannot read JWK Set {}: {e}", jwks.display()))?;
-                let keys = ed25519_keys(&bytes)?;
-                if keys.is_empty() {
-                    tracing::warn!(file = %jwks.display(), "the JWK Set has no Ed25519 keys: every token is refused");
-                }
-                let verifier = Verifier::new(keys, &issuer, &service, DEFAULT_LEEWAY_SECS)
-                    .with_max_lifetime(max_lifetime);
-                Ok(CachingVerifier {
-                    verifier,
-                    verified: Mutex::default(),
-                })
+        let files = std::iter::once(jwks.clone())
+            .chain(identities.clone())
+            .collect();
+        let load = move || {
+            let bytes = std::fs::read(&jwks)
+                .map_err(|e| anyhow::anyhow!("cannot read JWK Set {}: {e}", jwks.display()))?;
+            let keys = ed25519_keys(&bytes)?;
+            if keys.is_empty() {
+                tracing::warn!(file = %jwks.display(), "the JWK Set has no Ed25519 keys: every operator token is refused");
             }
+            let verifier = Verifier::new(keys, &issuer, &service, DEFAULT_LEEWAY_SECS)
+                .with_max_lifetime(max_lifetime);
+            let federated = match &identities {
+                Some(path) => {
+                    let bytes = std::fs::read(path).map_err(|e| {
+                        anyhow::anyhow!("cannot read --identities {}: {e}", path.display())
+                    })?;
+                    Some(FederatedVerifier::parse(
+                        &bytes,
+                        DEFAULT_LEEWAY_SECS,
+                        max_lifetime,
+                    )?)
+                }
+                None => None,
+            };
+            Ok(CachingVerifier {
+                verifier,
+                issuer: issuer.clone(),
+                federated,
+                verified: Mutex::default(),
+            })
         };
-        let verifier = Reloading::start("JWK Set", vec![jwks], load)?;
-        tracing::info!(keys = verifier.get().verifier.key_count(), "JWK Set loaded");
+        let verifier = Reloading::start("JWK Set", files, load)?;
+        let loaded = verifier.get();
+        tracing::info!(
+            keys = loaded.verifier.key_count(),
+            identity_provider_keys = loaded.federated.as_ref().map_or(0, |f| f.key_count()),
+            "JWK Set loaded"
+        );
         Ok(Self { verifier })
     }
 
-    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+    pub fn verify(&self, token: &str) -> Result<Caller, TokenError> {
         self.verifier.get().verify(token)
     }
 }

@@ -52,6 +52,12 @@ pub struct AuthArgs {
     #[arg(long, env = "NLU_JWKS", required_if_eq("auth", "jwt"))]
     pub jwks: Option<PathBuf>,
 
+    /// The tenants' identity providers (`identities.json`, written by the operator beside the
+    /// JWK Set): their keys and which tokens speak for which tenant; re-read when it changes.
+    /// Unset: only the operator's tokens are accepted (docs/auth.md, "Federated tokens").
+    #[arg(long, env = "NLU_IDENTITIES")]
+    pub identities: Option<PathBuf>,
+
     /// The `iss` claim tokens must carry.
     #[arg(long, env = "NLU_JWT_ISSUER", default_value = DEFAULT_ISSUER)]
     pub jwt_issuer: String,
@@ -118,6 +124,9 @@ pub struct AuthArgs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tenant {
     pub id: QualifiedName,
+    /// The token's `sub`: the tenant for the operator's tokens, the user or client for an
+    /// identity provider's.
+    pub subject: String,
     /// The token's `jti`, for audit logs.
     pub token_id: String,
 }
@@ -174,6 +183,7 @@ impl Auth {
         ));
         let verifier = TokenVerifier::start(
             jwks,
+            args.identities.clone(),
             args.jwt_issuer.clone(),
             service.clone(),
             args.max_token_lifetime,
@@ -244,28 +254,27 @@ impl Auth {
             Refusal::forbidden("scope_not_granted", "this route is not a tenant operation")
         })?;
         let need = Scope::reaching(operation);
-        let claims = self
+        let caller = self
             .verifier
             .verify(token)
             .map_err(|e| Refusal::invalid_token(e.to_string()))?;
         let tenant = Tenant {
-            id: claims
-                .tenant()
-                .map_err(|e| Refusal::invalid_token(e.to_string()))?,
-            token_id: claims.jti.clone(),
+            id: caller.tenant.clone(),
+            subject: caller.subject.clone(),
+            token_id: caller.token_id.clone(),
         };
         let meter = Meter {
             auth: self.clone(),
             label: self.metrics.tenants.label(&tenant.id.to_string()),
             tenant,
-            credential: claims.credential(),
-            token_scopes: claims.scope.clone(),
+            credential: caller.credential.clone(),
+            token_scopes: caller.scopes.clone(),
             need,
             request_nonce: rand::random(),
             report: Arc::default(),
         };
         let refuse = |code, message: &str| meter.tag(Refusal::forbidden(code, message));
-        if !claims.grants(&meter.need) {
+        if !caller.grants(&meter.need) {
             return Err(refuse(
                 "scope_not_granted",
                 &format!("the token does not grant {operation}"),

@@ -125,6 +125,7 @@ pub fn credential() -> Credential {
     Credential {
         tid: TENANT_UID.into(),
         gen: 1,
+        identity: None,
     }
 }
 

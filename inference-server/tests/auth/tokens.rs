@@ -350,10 +350,12 @@ async fn damaged_records_are_refused_for_their_tenant_only() {
     let server = TestServer::start(&args).await;
     let full: Vec<(&str, String)> = open_record().to_fields();
     // Each case: the full record with one field removed or replaced by a non-number. The
-    // usage retention is optional (records of older operators lack it), so only its values are.
+    // usage retention and the identity fingerprint are optional (records of older operators
+    // lack them), so only the retention's values are.
     let optional = "usage_retention_days";
     let mut cases: Vec<(String, Vec<(&str, String)>)> = Vec::new();
-    for (i, (name, _)) in full.iter().enumerate().filter(|(_, (n, _))| *n != optional) {
+    let required = |n: &str| n != optional && n != "identity";
+    for (i, (name, _)) in full.iter().enumerate().filter(|(_, (n, _))| required(n)) {
         let mut missing = full.clone();
         missing.remove(i);
         cases.push((format!("without {name}"), missing));

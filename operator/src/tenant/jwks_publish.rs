@@ -1,5 +1,7 @@
 //! Publishes the public JWK Set as ConfigMap `nlu-jwks` (key `jwks.json`) in every namespace
-//! with an NluService that has auth on; the server pods mount it and re-read it when it changes.
+//! with an NluService that has auth on, and beside it the keys and mappings of the tenants'
+//! identity providers (key `identities.json`, from [`super::identity_keys`]); the server pods
+//! mount it and re-read it when it changes.
 //! The ConfigMap is owned by those NluServices, so it goes away with the last of them. It is the
 //! namespace's trust anchor, so it is watched: an edit is undone and a deletion re-created.
 
@@ -18,6 +20,7 @@ use nlu_crds::nlu_service::AuthMode;
 use nlu_crds::NluService;
 use tokio::sync::watch;
 
+use super::identity_keys::{Published, IDENTITIES_KEY};
 use super::signing_key::KeyRing;
 use crate::apply::{apply_unless_taken, FIELD_MANAGER};
 use crate::ownership::MANAGED_BY_LABEL;
@@ -63,11 +66,20 @@ pub fn owners_by_namespace(
     by_ns
 }
 
-/// One ConfigMap per namespace with auth-on services, owned by all of them.
-pub fn desired(services: &[Arc<NluService>], jwks_json: &str) -> BTreeMap<String, ConfigMap> {
+/// `identities.json` of a namespace whose Tenants name no identity provider.
+const NO_IDENTITIES: &str = r#"{"issuers":[]}"#;
+
+/// One ConfigMap per namespace with auth-on services, owned by all of them: the JWK Set, and
+/// the namespace's document of `identities` (by namespace).
+pub fn desired(
+    services: &[Arc<NluService>],
+    jwks_json: &str,
+    identities: &BTreeMap<String, String>,
+) -> BTreeMap<String, ConfigMap> {
     owners_by_namespace(services, auth_on)
         .into_iter()
         .map(|(ns, owners)| {
+            let identities = identities.get(&ns).map_or(NO_IDENTITIES, String::as_str);
             let cm = ConfigMap {
                 metadata: ObjectMeta {
                     name: Some(JWKS_CONFIGMAP.into()),
@@ -79,10 +91,10 @@ pub fn desired(services: &[Arc<NluService>], jwks_json: &str) -> BTreeMap<String
                     )])),
                     ..ObjectMeta::default()
                 },
-                data: Some(BTreeMap::from([(
-                    JWKS_KEY.to_owned(),
-                    jwks_json.to_owned(),
-                )])),
+                data: Some(BTreeMap::from([
+                    (JWKS_KEY.to_owned(), jwks_json.to_owned()),
+                    (IDENTITIES_KEY.to_owned(), identities.to_owned()),
+                ])),
                 ..ConfigMap::default()
             };
             (ns, cm)
@@ -138,6 +150,7 @@ pub async fn run(
     client: Client,
     services: Store<NluService>,
     mut ring: watch::Receiver<Arc<KeyRing>>,
+    mut identities: watch::Receiver<Published>,
     namespace: Option<String>,
 ) {
     let api: Api<ConfigMap> = match &namespace {
@@ -159,7 +172,8 @@ pub async fn run(
     let mut foreign: HashMap<String, Instant> = HashMap::new();
     loop {
         let jwks = ring.borrow_and_update().jwks_json();
-        for (ns, cm) in desired(&services.state(), &jwks) {
+        let published = identities.borrow_and_update().clone();
+        for (ns, cm) in desired(&services.state(), &jwks, &published) {
             let seen = live.get(&ObjectRef::new(JWKS_CONFIGMAP).within(&ns));
             let intact = seen.as_deref().is_some_and(|seen| holds(seen, &cm));
             let skip_foreign = foreign
@@ -184,6 +198,7 @@ pub async fn run(
         }
         tokio::select! {
             changed = ring.changed() => if changed.is_err() { return },
+            changed = identities.changed() => if changed.is_err() { return },
             // One of the operator's ConfigMaps was edited, lost its label or was deleted.
             Some(_) = changes.next() => {}
             () = tokio::time::sleep(POLL) => {}
@@ -238,7 +253,8 @@ mod tests {
             svc("b", "open", Some("none")),
             svc("c", "x", Some("jwt")),
         ];
-        let out = desired(&services, "{\"keys\":[]}");
+        let identities = BTreeMap::from([("c".to_owned(), "{\"issuers\":[1]}".to_owned())]);
+        let out = desired(&services, "{\"keys\":[]}", &identities);
         assert_eq!(out.keys().collect::<Vec<_>>(), ["a", "c"]);
         let a = &out["a"];
         assert_eq!(a.metadata.name.as_deref(), Some(JWKS_CONFIGMAP));
@@ -253,11 +269,16 @@ mod tests {
             "several owners, none the controller"
         );
         assert_eq!(a.data.as_ref().unwrap()[JWKS_KEY], "{\"keys\":[]}");
+        assert_eq!(a.data.as_ref().unwrap()[IDENTITIES_KEY], NO_IDENTITIES);
+        assert_eq!(
+            out["c"].data.as_ref().unwrap()[IDENTITIES_KEY],
+            "{\"issuers\":[1]}"
+        );
     }
 
     #[test]
     fn drift_is_any_other_content_or_a_lost_label_and_extras_are_stripped() {
-        let want = desired(&[svc("a", "gte", None)], "{\"keys\":[]}")
+        let want = desired(&[svc("a", "gte", None)], "{\"keys\":[]}", &BTreeMap::new())
             .remove("a")
             .unwrap();
         assert!(holds(&want, &want));

@@ -2,11 +2,13 @@
 //! Redis, reports usage, and keeps the signing keys and their public JWK Set.
 //!
 //! Runtime pieces started by [`run`]: the key manager (the key Secret: creation, rotation,
-//! retirement), the JWK Set publisher (ConfigMap `nlu-jwks` per namespace), the Redis ACL user
+//! retirement), the reader of the tenants' identity providers' keys ([`identity_keys`]), the JWK
+//! Set publisher (ConfigMap `nlu-jwks` per namespace), the Redis ACL user
 //! and credential Secret of each service namespace ([`redis_acl`]), and the controller
 //! itself ([`controller::reconcile`]).
 
 pub mod controller;
+pub mod identity_keys;
 pub mod jwks_publish;
 pub mod plan;
 pub mod redis_acl;
@@ -114,10 +116,17 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
     .touched_objects()
     .for_each(|_| futures::future::ready(()));
     helpers.spawn(service_events);
+    let (identities_tx, identities_rx) = watch::channel(identity_keys::Published::default());
+    helpers.spawn(identity_keys::run(
+        tenant_store.clone(),
+        identity_keys::agent(config.identity_ca_file.as_deref())?,
+        identities_tx,
+    ));
     helpers.spawn(jwks_publish::run(
         client.clone(),
         service_store.clone(),
         ring_rx.clone(),
+        identities_rx,
         config.namespace.clone(),
     ));
     helpers.spawn(redis_acl::run(

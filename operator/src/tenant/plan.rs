@@ -119,6 +119,7 @@ pub fn plan(f: &Facts) -> Result<Plan, Error> {
     let credential = f.stored.never_lower(Credential {
         tid,
         gen: generation(f.tenant),
+        identity: None,
     });
     let record = redis_sync::record(&f.tenant.spec, &credential, f.usage_retention_days);
     let events = Vec::from_iter(suspension_event(f.tenant));

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use chrono::NaiveDate;
 use nlu_crds::access::redis_client::{self, RedisConnection, Timeouts};
+use nlu_crds::access::identity::fingerprint;
 use nlu_crds::access::redis_keys::{field, DayUsage};
 use nlu_crds::access::{Credential, QualifiedName, RedisKeys, TenantRecord};
 use nlu_crds::TenantSpec;
@@ -53,6 +54,10 @@ pub fn record(
         gen: credential.gen,
         uid: credential.tid.clone(),
         usage_retention_days,
+        identity: spec
+            .identity
+            .as_ref()
+            .map(|i| fingerprint(&i.issuer, &i.audience, &i.claims)),
     }
 }
 
@@ -142,6 +147,7 @@ mod tests {
         Credential {
             tid: "uid-1".into(),
             gen,
+            identity: None,
         }
     }
 
@@ -197,7 +203,23 @@ mod tests {
                 gen: 4,
                 uid: "uid-1".into(),
                 usage_retention_days: 90,
+                identity: None,
             }
+        );
+        let federated: TenantSpec = serde_json::from_value(serde_json::json!({
+            "services": ["gte"],
+            "identity": {"issuer": "https://idp", "audience": "api",
+                         "claims": [{"claim": "azp", "equals": "app"}]}
+        }))
+        .unwrap();
+        let identity = federated.identity.clone().unwrap();
+        assert_eq!(
+            record(&federated, &credential(1), 35).identity,
+            Some(fingerprint(
+                &identity.issuer,
+                &identity.audience,
+                &identity.claims
+            ))
         );
         let open: TenantSpec =
             serde_json::from_value(serde_json::json!({"services": ["gte"]})).unwrap();

@@ -253,6 +253,7 @@ mod tests {
         Credential {
             tid: "uid-acme".into(),
             gen,
+            identity: None,
         }
     }
 

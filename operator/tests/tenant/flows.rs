@@ -822,10 +822,12 @@ async fn the_jwk_set_is_published_where_services_check_tokens_and_follows_rotati
         .unwrap();
         writer.apply_watcher_event(&watcher::Event::Apply(svc));
     }
+    let (_identities, no_identities) = tokio::sync::watch::channel(Default::default());
     let publisher = tokio::spawn(jwks_publish::run(
         env.client.clone(),
         services,
         env.ring.subscribe(),
+        no_identities,
         None,
     ));
     let path = format!("/api/v1/namespaces/team/configmaps/{JWKS_CONFIGMAP}");

@@ -13,6 +13,7 @@ use super::labels::{child_meta, labels, selector};
 use super::typed;
 use crate::config::OperatorConfig;
 use crate::nlu_service::validate::relative_model_path;
+use crate::tenant::identity_keys::IDENTITIES_KEY;
 use crate::tenant::jwks_publish::{JWKS_CONFIGMAP, JWKS_KEY};
 
 /// Container port of the server (HTTP API and probes).
@@ -279,6 +280,7 @@ pub fn serve_args(svc: &NluService, cfg: &OperatorConfig) -> Vec<String> {
     let batching = spec.batching.clone().unwrap_or_default();
     let jwt = (auth_mode(spec) == AuthMode::Jwt).then(|| JwtFlags {
         jwks: format!("{JWKS_MOUNT}/{JWKS_KEY}"),
+        identities: Some(format!("{JWKS_MOUNT}/{IDENTITIES_KEY}")),
         service_id: format!("{}/{}", svc.namespace().unwrap_or_default(), svc.name_any()),
         redis_prefix: cfg.redis_prefix.clone(),
         redis_failure_policy: spec
