@@ -5,10 +5,7 @@ use std::net::SocketAddr;
 
 use clap::{Args, ValueEnum};
 use nlu_crds::access::redis_keys::{DEFAULT_USAGE_RETENTION_DAYS, MAX_USAGE_RETENTION_DAYS};
-
-/// Most days before today `status.usage.history` shows (`--usage-history-days`): keeps the
-/// status small whatever the retention.
-const MAX_USAGE_HISTORY_DAYS: u64 = 31;
+use nlu_crds::tenant::MAX_USAGE_HISTORY_DAYS;
 
 /// Settings the controllers and pure builders read.
 #[derive(Args, Clone, Debug, PartialEq)]
