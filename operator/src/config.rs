@@ -93,6 +93,16 @@ pub struct OperatorConfig {
     #[arg(long, env = "NLU_OPERATOR_USAGE_HISTORY_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u64).range(0..=MAX_USAGE_HISTORY_DAYS))]
     pub usage_history_days: u64,
 
+    /// Most tenants whose usage the operator exports as metrics (`nlu_operator_tenant_*`, one
+    /// series per tenant and reason); tenants beyond it are counted in
+    /// `nlu_operator_tenant_usage_unexported`. Bounds the metrics' cardinality; 0 exports none.
+    #[arg(
+        long,
+        env = "NLU_OPERATOR_USAGE_METRICS_TENANTS",
+        default_value_t = 1000
+    )]
+    pub usage_metrics_tenants: usize,
+
     /// Prefix of every Redis key (must match the servers' `--redis-prefix`).
     #[arg(long, env = "NLU_OPERATOR_REDIS_PREFIX", default_value = nlu_crds::access::redis_keys::DEFAULT_PREFIX, value_parser = nlu_crds::access::redis_keys::prefix)]
     pub redis_prefix: String,
@@ -224,6 +234,7 @@ impl Default for OperatorConfig {
             max_token_ttl: nlu_crds::tenant::MAX_TOKEN_TTL,
             usage_retention_days: DEFAULT_USAGE_RETENTION_DAYS,
             usage_history_days: 7,
+            usage_metrics_tenants: 1000,
             policy: Policy::default(),
         }
     }

@@ -346,6 +346,62 @@ async fn yesterdays_usage_survives_the_day_boundary_in_status_and_the_usage_repo
     );
 }
 
+/// Issue 19 (usage metrics): what the servers counted in Redis reaches the operator's metrics
+/// per tenant, for no more than `--usage-metrics-tenants` tenants; the others are counted.
+#[tokio::test]
+async fn usage_counted_in_redis_is_exported_per_tenant_within_the_bound() {
+    let env = Env::new().await;
+    env.create_tenant(
+        "acme",
+        json!({"services": ["gte"], "quota": {"requestsPerDay": 1}}),
+    );
+    env.create_tenant("zeta", json!({"services": ["gte"]}));
+    let config = OperatorConfig {
+        usage_metrics_tenants: 1,
+        ..OperatorConfig::default()
+    };
+    let ctx = env.context_with(config).await;
+    let reconcile = |name: &'static str| {
+        let ctx = ctx.clone();
+        let tenant = Arc::new(env.tenant(name));
+        async move { controller::reconcile(tenant, ctx).await.unwrap() }
+    };
+    for _ in 0..2 {
+        reconcile("acme").await;
+    }
+    let token = env.token("acme");
+    let outcomes: Vec<_> = (0..2)
+        .map(|_| {
+            env.server_decision(&token, "team/gte", Scope::Embed)
+                .unwrap()
+        })
+        .collect();
+    assert!(matches!(
+        outcomes[..],
+        [
+            QuotaOutcome::Allowed(_),
+            QuotaOutcome::DailyQuotaExceeded(_)
+        ]
+    ));
+    reconcile("acme").await;
+    // The first pass only adds the finalizer.
+    for _ in 0..2 {
+        reconcile("zeta").await;
+    }
+
+    let text = ctx.base.metrics.encode();
+    for line in [
+        format!(r#"nlu_operator_tenant_requests_total{{tenant="{NS}/acme"}} 1"#),
+        format!(
+            r#"nlu_operator_tenant_refused_total{{tenant="{NS}/acme",reason="requests_per_day"}} 1"#
+        ),
+        "nlu_operator_tenant_usage_unexported 1".to_owned(),
+    ] {
+        assert!(text.contains(&line), "{line} in\n{text}");
+    }
+    assert!(!text.contains("zeta"), "over the bound: {text}");
+}
+
 /// `--usage-retention-days` reaches the record, and the quota script keeps each day that long.
 #[tokio::test]
 async fn the_operators_usage_retention_sets_how_long_a_day_is_kept() {
