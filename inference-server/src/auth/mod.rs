@@ -31,8 +31,8 @@ use nlu_crds::access::{Credential, QualifiedName, QuotaOutcome, Scope, UninluTas
 use nlu_crds::routes::Route;
 use prometheus_client::registry::Registry;
 
-use crate::duration_flag::parse_duration;
 use crate::cost::Payer;
+use crate::duration_flag::parse_duration;
 use crate::error::{Error, Kind};
 use jwt::{bearer, BearerError, TokenVerifier};
 use metrics::{AuthMetrics, TenantLabels};
@@ -120,6 +120,8 @@ pub struct Tenant {
     pub id: QualifiedName,
     /// The token's `jti`, for audit logs.
     pub token_id: String,
+    /// The token's `sub`, for audit logs.
+    pub subject: String,
 }
 
 /// Who called, as established by this layer: put into the *response* extensions, also of its
@@ -131,6 +133,21 @@ pub struct TenantId(pub String);
 /// Bounded tenant label for metrics, in the response extensions next to [`TenantId`].
 #[derive(Debug, Clone)]
 pub struct TenantLabel(pub String);
+
+/// What the audit log tells of an admitted request besides its tenant: in the response
+/// extensions next to [`TenantId`].
+#[derive(Debug, Clone)]
+pub struct Audit {
+    /// The token's `sub`.
+    pub subject: String,
+    /// The token's `jti`.
+    pub token_id: String,
+    /// The UniNLU task the request was checked for (`unknown`: its task could not be told);
+    /// `None` for other requests.
+    pub task: Option<&'static str>,
+    /// Tokens charged to the tenant's quotas.
+    pub cost: u64,
+}
 
 /// The auth layer's state.
 pub struct Auth {
@@ -253,6 +270,7 @@ impl Auth {
                 .tenant()
                 .map_err(|e| Refusal::invalid_token(e.to_string()))?,
             token_id: claims.jti.clone(),
+            subject: claims.sub.clone(),
         };
         let meter = Meter {
             auth: self.clone(),
@@ -466,6 +484,10 @@ struct MeterReport {
     requests: Option<RateLimit>,
     tokens: Option<RateLimit>,
     www_authenticate: Option<&'static str>,
+    /// Tokens charged so far (the audit log's cost).
+    charged: u64,
+    /// The UniNLU task checked ([`Audit::task`]).
+    task: Option<&'static str>,
 }
 
 // Refusals become responses at once (see `decide`).
@@ -485,7 +507,9 @@ impl Meter {
                         tenant: self.label.clone(),
                     })
                     .inc_by(tokens);
-                self.report().tokens = reported.tokens;
+                let mut report = self.report();
+                report.tokens = reported.tokens;
+                report.charged = report.charged.saturating_add(tokens);
                 Ok(())
             }
             Err(refusal) => {
@@ -550,7 +574,9 @@ impl Meter {
     fn unchecked(&self, charge: Charge) -> Result<Reported, Refusal> {
         let auth = &self.auth;
         let refuse = |kind, code, message, retry| {
-            Err(self.tag(Refusal::new(Error::new(kind, code, message).retry_after(retry))))
+            Err(self.tag(Refusal::new(
+                Error::new(kind, code, message).retry_after(retry),
+            )))
         };
         match (auth.policy, charge) {
             (FailurePolicy::FailClosed, _) => refuse(
@@ -584,6 +610,7 @@ impl Payer for Meter {
     /// charges, which come before any model work, so a record narrowed since the token was
     /// issued refuses the task too.
     fn allow_task(&mut self, task: Option<UninluTask>) -> Result<(), Error> {
+        self.report().task = Some(task.map_or("unknown", UninluTask::as_str));
         let need = Scope::granting(task);
         if !self.token_scopes.iter().any(|s| need.contains(s)) {
             let error = Error::new(Kind::Forbidden, "scope_not_granted", task_refusal(task));
@@ -723,6 +750,7 @@ pub async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next:
         Ok((meter, place)) => {
             auth.metrics.decision(&meter.label, "allowed");
             let tenant = (meter.tenant.id.to_string(), meter.label.clone());
+            let caller = meter.tenant.clone();
             let report = meter.report.clone();
             req.extensions_mut().insert(meter.tenant.clone());
             req.extensions_mut().insert(meter);
@@ -733,6 +761,12 @@ pub async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next:
                 add_challenge(&mut response, report.www_authenticate);
             }
             tag_tenant(&mut response, Some(tenant));
+            response.extensions_mut().insert(Audit {
+                subject: caller.subject,
+                token_id: caller.token_id,
+                task: report.task,
+                cost: report.charged,
+            });
             drop(place);
             response
         }
