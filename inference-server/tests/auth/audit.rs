@@ -2,7 +2,6 @@
 //! (`--audit-log FILE`), telling who called (tenant, token subject and id), the UniNLU task,
 //! the cost charged, the answer and the request id; never the request's text or its token.
 
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -102,14 +101,7 @@ async fn each_tenant_request_has_a_json_audit_line_on_its_own_sink_without_its_b
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     child.kill().unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    child.wait().unwrap();
+    let stderr = String::from_utf8(child.wait_with_output().unwrap().stderr).unwrap();
 
     let lines = audit_lines(&audit);
     assert_eq!(

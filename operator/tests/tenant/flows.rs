@@ -27,6 +27,16 @@ fn acme() -> QualifiedName {
     QualifiedName::new(NS, "acme").unwrap()
 }
 
+/// The quota script's answers to `count` embedding calls of `token` to `team/gte`.
+fn embed_calls(env: &Env, token: &str, count: usize) -> Vec<QuotaOutcome> {
+    (0..count)
+        .map(|_| {
+            env.server_decision(token, "team/gte", Scope::Embed)
+                .unwrap()
+        })
+        .collect()
+}
+
 fn record(env: &Env) -> HashMap<String, String> {
     redis_conn(&env.redis)
         .hgetall(RedisKeys::default().tenant(&acme()))
@@ -292,14 +302,8 @@ async fn yesterdays_usage_survives_the_day_boundary_in_status_and_the_usage_repo
     assert_eq!(record(&env)[field::USAGE_RETENTION_DAYS], "35");
     let token = env.token("acme");
     let served = env.today();
-    let outcomes: Vec<_> = (0..3)
-        .map(|_| {
-            env.server_decision(&token, "team/gte", Scope::Embed)
-                .unwrap()
-        })
-        .collect();
     assert!(matches!(
-        outcomes[..],
+        embed_calls(&env, &token, 3)[..],
         [
             QuotaOutcome::Allowed(_),
             QuotaOutcome::Allowed(_),
@@ -370,14 +374,8 @@ async fn usage_counted_in_redis_is_exported_per_tenant_within_the_bound() {
         reconcile("acme").await;
     }
     let token = env.token("acme");
-    let outcomes: Vec<_> = (0..2)
-        .map(|_| {
-            env.server_decision(&token, "team/gte", Scope::Embed)
-                .unwrap()
-        })
-        .collect();
     assert!(matches!(
-        outcomes[..],
+        embed_calls(&env, &token, 2)[..],
         [
             QuotaOutcome::Allowed(_),
             QuotaOutcome::DailyQuotaExceeded(_)
