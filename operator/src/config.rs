@@ -103,6 +103,12 @@ pub struct OperatorConfig {
     )]
     pub usage_metrics_tenants: usize,
 
+    /// Most Tenant reconciles running at once (1 to 1000). Unbounded, thousands of Tenants
+    /// (an operator start, a key rotation) would send all their requests at once and the API
+    /// server would time them out (docs/operator.md, "Sizing").
+    #[arg(long, env = "NLU_OPERATOR_TENANT_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub tenant_concurrency: u16,
+
     /// Prefix of every Redis key (must match the servers' `--redis-prefix`).
     #[arg(long, env = "NLU_OPERATOR_REDIS_PREFIX", default_value = nlu_crds::access::redis_keys::DEFAULT_PREFIX, value_parser = nlu_crds::access::redis_keys::prefix)]
     pub redis_prefix: String,
@@ -235,6 +241,7 @@ impl Default for OperatorConfig {
             usage_retention_days: DEFAULT_USAGE_RETENTION_DAYS,
             usage_history_days: 7,
             usage_metrics_tenants: 1000,
+            tenant_concurrency: 16,
             policy: Policy::default(),
         }
     }
