@@ -40,7 +40,7 @@ pub use cluster::{collect_garbage, workspace_binary, ClusterOptions, PodInfo, Pr
 #[cfg(feature = "fake-api")]
 pub use fake_api::FakeApi;
 #[cfg(feature = "apiserver")]
-pub use proxy::{Call, ClusterProxy, RecordedRequest};
+pub use proxy::{kubeconfig_text, Call, ClusterProxy, RecordedRequest};
 pub use redis::RedisServer;
 pub use redis_cluster::RedisCluster;
 pub use watchdog::kill_when_this_process_ends;
