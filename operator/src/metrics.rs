@@ -175,12 +175,15 @@ struct TenantSlots {
     unexported: BTreeSet<String>,
 }
 
+/// One figure of a day's usage.
+type Reading = fn(&DayUsage) -> u64;
+
 impl Collector for TenantUsage {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let slots = self.slots.lock().expect("not poisoned");
         let today = "so far today (UTC, as counted in Redis by every server; restarts from 0 at \
                      midnight UTC), per tenant";
-        let counters: [(&str, &str, fn(&DayUsage) -> u64); 2] = [
+        let counters: [(&str, &str, Reading); 2] = [
             ("tenant_requests", "Requests allowed", |d| d.requests),
             ("tenant_tokens", "Tokens charged", |d| d.tokens),
         ];
