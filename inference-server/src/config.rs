@@ -350,6 +350,16 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn audit_log_is_stderr_or_a_file() {
+        assert_eq!(audit_log("stderr"), Ok(AuditLog::Stderr));
+        assert_eq!(
+            audit_log("/var/log/nlu/audit.jsonl"),
+            Ok(AuditLog::File("/var/log/nlu/audit.jsonl".into()))
+        );
+        assert!(audit_log("").is_err());
+    }
+
+    #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
     }
