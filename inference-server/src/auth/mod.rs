@@ -134,8 +134,8 @@ pub struct TenantId(pub String);
 #[derive(Debug, Clone)]
 pub struct TenantLabel(pub String);
 
-/// What the audit log tells of an admitted request besides its tenant: in the response
-/// extensions next to [`TenantId`].
+/// What the audit log tells of a request whose token verified, besides its tenant: in the
+/// response extensions next to [`TenantId`], of admitted and refused requests alike.
 #[derive(Debug, Clone)]
 pub struct Audit {
     /// The token's `sub`.
@@ -526,11 +526,24 @@ impl Meter {
         self.report.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Names the tenant in a refusal (for metrics and the access log).
+    /// Names the tenant in a refusal (for metrics and the access log) and the token (for the
+    /// audit log).
     fn tag(&self, refusal: Refusal) -> Refusal {
         Refusal {
             tenant: Some((self.tenant.id.to_string(), self.label.clone())),
+            audit: Some(self.audit()),
             ..refusal
+        }
+    }
+
+    /// What the audit line tells of this request so far. Takes the report's lock.
+    fn audit(&self) -> Audit {
+        let report = self.report();
+        Audit {
+            subject: self.tenant.subject.clone(),
+            token_id: self.tenant.token_id.clone(),
+            task: report.task,
+            cost: report.charged,
         }
     }
 
@@ -651,6 +664,8 @@ pub struct Refusal {
     pub reported: Reported,
     /// Tenant id and metrics label.
     pub tenant: Option<(String, String)>,
+    /// The token's subject and id, when it verified.
+    pub audit: Option<Audit>,
 }
 
 impl Refusal {
@@ -660,6 +675,7 @@ impl Refusal {
             www_authenticate: None,
             reported: Reported::default(),
             tenant: None,
+            audit: None,
         }
     }
 
@@ -750,7 +766,7 @@ pub async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next:
         Ok((meter, place)) => {
             auth.metrics.decision(&meter.label, "allowed");
             let tenant = (meter.tenant.id.to_string(), meter.label.clone());
-            let caller = meter.tenant.clone();
+            let caller = meter.clone();
             let report = meter.report.clone();
             req.extensions_mut().insert(meter.tenant.clone());
             req.extensions_mut().insert(meter);
@@ -761,12 +777,8 @@ pub async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next:
                 add_challenge(&mut response, report.www_authenticate);
             }
             tag_tenant(&mut response, Some(tenant));
-            response.extensions_mut().insert(Audit {
-                subject: caller.subject,
-                token_id: caller.token_id,
-                task: report.task,
-                cost: report.charged,
-            });
+            drop(report);
+            response.extensions_mut().insert(caller.audit());
             drop(place);
             response
         }
@@ -786,6 +798,9 @@ pub async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next:
                 refusal.reported.tokens,
             );
             tag_tenant(&mut response, refusal.tenant);
+            if let Some(audit) = refusal.audit {
+                response.extensions_mut().insert(audit);
+            }
             response
         }
     }

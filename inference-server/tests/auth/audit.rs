@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+use nlu_crds::access::{Scope, TokenRequest};
+
 use crate::harness::*;
 
 const TEXT: &str = "1月22日，在北京举行的比赛中，中国队战胜了日本队。";
@@ -85,6 +87,14 @@ async fn each_tenant_request_has_a_json_audit_line_on_its_own_sink_without_its_b
         .unwrap();
     let refused = predict("audit-anonymous", None).await.unwrap();
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let (embed_only, embed_claims) = TokenRequest {
+        scopes: vec![Scope::Embed],
+        ..Keys::request(tenant)
+    }
+    .mint(&keys.key)
+    .unwrap();
+    let forbidden = predict("audit-forbidden", Some(&embed_only)).await.unwrap();
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
     assert_eq!(
         client
             .get(format!("{base}/healthz"))
@@ -96,8 +106,8 @@ async fn each_tenant_request_has_a_json_audit_line_on_its_own_sink_without_its_b
     );
 
     let deadline = Instant::now() + Duration::from_secs(10);
-    while audit_lines(&audit).len() < 2 {
-        assert!(Instant::now() < deadline, "two audit lines");
+    while audit_lines(&audit).len() < 3 {
+        assert!(Instant::now() < deadline, "three audit lines");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     child.kill().unwrap();
@@ -106,7 +116,7 @@ async fn each_tenant_request_has_a_json_audit_line_on_its_own_sink_without_its_b
     let lines = audit_lines(&audit);
     assert_eq!(
         lines.len(),
-        2,
+        3,
         "tenant operations only, not probes: {lines:#?}"
     );
     let line = |id: &str| {
@@ -132,6 +142,14 @@ async fn each_tenant_request_has_a_json_audit_line_on_its_own_sink_without_its_b
         (&anonymous["tenant"], &anonymous["jti"]),
         (&json!(""), &json!(""))
     );
+
+    // Refused at admission, after the token verified: who it was is known.
+    let forbidden = line("audit-forbidden");
+    assert_eq!(forbidden["status"], 403);
+    assert_eq!(forbidden["tenant"], tenant);
+    assert_eq!(forbidden["jti"], embed_claims.jti.as_str());
+    assert_eq!(forbidden["subject"], embed_claims.sub.as_str());
+    assert_eq!(forbidden["cost"], 0);
 
     let text = std::fs::read_to_string(&audit).unwrap();
     for secret in [TEXT, "地理位置", token.as_str()] {
