@@ -234,8 +234,13 @@ pub struct Usage {
     /// most 31) of them, those with anything counted. Older days stay in Redis for
     /// `--usage-retention-days`: `nlu-operator usage` prints them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_USAGE_HISTORY_DAYS))]
     pub history: Vec<UsageDay>,
 }
+
+/// Most days before today `status.usage.history` holds (the operator's `--usage-history-days`
+/// goes up to it, the schema's `maxItems`): keeps the status small whatever the retention.
+pub const MAX_USAGE_HISTORY_DAYS: u64 = 31;
 
 /// One past UTC day of a tenant's usage.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]

@@ -97,6 +97,12 @@ pub struct ServeArgs {
     #[arg(long, env = "NLU_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// Where the audit lines (target `nlu_audit`, one per tenant request) go, as JSON lines
+    /// whatever --log-format says: `stderr`, or a file path (appended to). Unset: with the
+    /// other logs, in their format.
+    #[arg(long, env = "NLU_AUDIT_LOG", value_parser = audit_log)]
+    pub audit_log: Option<AuditLog>,
+
     /// Path under which an Ingress publishes this server (e.g. /uninlu): stripped from request
     /// paths before routing, so /uninlu/api/predict is /api/predict; paths without it work too.
     #[arg(long, env = "NLU_PATH_PREFIX", value_parser = nlu_crds::serve::path_prefix)]
@@ -248,6 +254,21 @@ pub fn parse_sha256(value: &str) -> Result<String, String> {
     }
 }
 
+/// Where `--audit-log` sends the audit lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditLog {
+    Stderr,
+    File(PathBuf),
+}
+
+fn audit_log(value: &str) -> Result<AuditLog, String> {
+    match value {
+        "" => Err("a file path or stderr".into()),
+        "stderr" => Ok(AuditLog::Stderr),
+        path => Ok(AuditLog::File(PathBuf::from(path))),
+    }
+}
+
 impl ServeArgs {
     /// The task types of `POST /predict`: the built-in ones, with `--task-presets` over them.
     pub fn presets(&self) -> anyhow::Result<crate::uninlu::Presets> {
@@ -268,7 +289,10 @@ impl ServeArgs {
                 max_download_bytes: self.max_download_bytes,
                 ..HubConfig::from_env()
             }
-            .with_flags(self.hub_endpoint.as_deref(), self.model_cache_dir.as_deref()),
+            .with_flags(
+                self.hub_endpoint.as_deref(),
+                self.model_cache_dir.as_deref(),
+            ),
             task: self.task,
             dtype: self.dtype,
             pooling: self.pooling.map(|p| match p {
@@ -297,7 +321,6 @@ impl BatchingArgs {
         }
     }
 
-
     /// Rejects settings under which no batch could ever form.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_batch_requests == 0 || self.max_batch_tokens == 0 || self.max_queue_tokens == 0
@@ -324,6 +347,16 @@ pub(crate) mod tests {
             Command::Serve(args) => Ok(*args),
             _ => panic!("expected serve"),
         }
+    }
+
+    #[test]
+    fn audit_log_is_stderr_or_a_file() {
+        assert_eq!(audit_log("stderr"), Ok(AuditLog::Stderr));
+        assert_eq!(
+            audit_log("/var/log/nlu/audit.jsonl"),
+            Ok(AuditLog::File("/var/log/nlu/audit.jsonl".into()))
+        );
+        assert!(audit_log("").is_err());
     }
 
     #[test]

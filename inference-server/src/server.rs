@@ -178,21 +178,60 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Installs the log subscriber: text or JSON lines, filtered by `RUST_LOG` (default info).
-pub fn init_logging(format: crate::config::LogFormat) {
+/// Installs the log subscriber: text or JSON lines on stderr, filtered by `RUST_LOG` (default
+/// info); with `audit` (`--audit-log`), the audit lines go there instead, as JSON lines.
+pub fn init_logging(
+    format: crate::config::LogFormat,
+    audit: Option<&crate::config::AuditLog>,
+) -> anyhow::Result<()> {
+    use tracing_subscriber::filter::{filter_fn, Targets};
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
+
+    use crate::config::AuditLog;
+    use crate::http::access_log::AUDIT_TARGET;
+
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match format {
-        crate::config::LogFormat::Text => builder.try_init(),
-        crate::config::LogFormat::Json => builder
+    let main = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let main = match format {
+        crate::config::LogFormat::Text => main.boxed(),
+        crate::config::LogFormat::Json => main
             .json()
             .flatten_event(true)
             .with_current_span(false)
-            .try_init(),
+            .boxed(),
     };
+    let audit_writer = match audit {
+        None => None,
+        Some(AuditLog::Stderr) => Some(BoxMakeWriter::new(std::io::stderr)),
+        Some(AuditLog::File(path)) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("--audit-log {}: {e}", path.display()))?;
+            Some(BoxMakeWriter::new(std::sync::Mutex::new(file)))
+        }
+    };
+    let separate = audit_writer.is_some();
+    let audit_layer = audit_writer.map(|writer| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .with_writer(writer)
+            .with_filter(Targets::new().with_target(AUDIT_TARGET, tracing::Level::INFO))
+    });
+    let result = tracing_subscriber::registry()
+        .with(
+            main.with_filter(filter)
+                .with_filter(filter_fn(move |m| !separate || m.target() != AUDIT_TARGET)),
+        )
+        .with(audit_layer)
+        .try_init();
     // Already installed (tests start several servers in one process): keep the first one.
     drop(result);
+    Ok(())
 }

@@ -2,6 +2,8 @@
 //! started here, real TLS with certificates made at test time, tokens minted with the contract
 //! crate.
 
+#[path = "auth/audit.rs"]
+mod audit;
 #[path = "server/connections.rs"]
 mod connections;
 #[path = "auth/costs.rs"]

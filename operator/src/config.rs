@@ -5,10 +5,7 @@ use std::net::SocketAddr;
 
 use clap::{Args, ValueEnum};
 use nlu_crds::access::redis_keys::{DEFAULT_USAGE_RETENTION_DAYS, MAX_USAGE_RETENTION_DAYS};
-
-/// Most days before today `status.usage.history` shows (`--usage-history-days`): keeps the
-/// status small whatever the retention.
-const MAX_USAGE_HISTORY_DAYS: u64 = 31;
+use nlu_crds::tenant::MAX_USAGE_HISTORY_DAYS;
 
 /// Settings the controllers and pure builders read.
 #[derive(Args, Clone, Debug, PartialEq)]
@@ -101,6 +98,22 @@ pub struct OperatorConfig {
     /// --usage-retention-days are kept).
     #[arg(long, env = "NLU_OPERATOR_USAGE_HISTORY_DAYS", default_value_t = 7, value_parser = clap::value_parser!(u64).range(0..=MAX_USAGE_HISTORY_DAYS))]
     pub usage_history_days: u64,
+
+    /// Most tenants whose usage the operator exports as metrics (`nlu_operator_tenant_*`, one
+    /// series per tenant and reason); tenants beyond it are counted in
+    /// `nlu_operator_tenant_usage_unexported`. Bounds the metrics' cardinality; 0 exports none.
+    #[arg(
+        long,
+        env = "NLU_OPERATOR_USAGE_METRICS_TENANTS",
+        default_value_t = 1000
+    )]
+    pub usage_metrics_tenants: usize,
+
+    /// Most Tenant reconciles running at once (1 to 1000). Unbounded, thousands of Tenants
+    /// (an operator start, a key rotation) would send all their requests at once and the API
+    /// server would time them out (docs/operator.md, "Sizing").
+    #[arg(long, env = "NLU_OPERATOR_TENANT_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub tenant_concurrency: u16,
 
     /// Prefix of every Redis key (must match the servers' `--redis-prefix`).
     #[arg(long, env = "NLU_OPERATOR_REDIS_PREFIX", default_value = nlu_crds::access::redis_keys::DEFAULT_PREFIX, value_parser = nlu_crds::access::redis_keys::prefix)]
@@ -234,6 +247,8 @@ impl Default for OperatorConfig {
             max_token_ttl: nlu_crds::tenant::MAX_TOKEN_TTL,
             usage_retention_days: DEFAULT_USAGE_RETENTION_DAYS,
             usage_history_days: 7,
+            usage_metrics_tenants: 1000,
+            tenant_concurrency: 16,
             policy: Policy::default(),
         }
     }

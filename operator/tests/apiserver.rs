@@ -17,3 +17,5 @@ mod nlu_service;
 mod redis_acl;
 #[path = "apiserver/tenant.rs"]
 mod tenant;
+#[path = "apiserver/scale.rs"]
+mod scale;

@@ -44,7 +44,7 @@ pub use fake_api::FakeApi;
 #[cfg(feature = "apiserver")]
 pub use oidc_issuer::OidcIssuer;
 #[cfg(feature = "apiserver")]
-pub use proxy::{Call, ClusterProxy, RecordedRequest};
+pub use proxy::{kubeconfig_text, Call, ClusterProxy, RecordedRequest};
 pub use redis::RedisServer;
 pub use redis_cluster::RedisCluster;
 pub use watchdog::kill_when_this_process_ends;

@@ -96,6 +96,16 @@ impl ClusterProxy {
     }
 }
 
+/// A kubeconfig for a process (`kubectl`, `nlu-operator`) that talks plain HTTP to a proxy at
+/// `server` (its [`ClusterProxy::url`]), default namespace `default`.
+pub fn kubeconfig_text(server: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: process-cluster\n  cluster:\n    server: {server}\n\
+         contexts:\n- name: process-cluster\n  context:\n    cluster: process-cluster\n    user: admin\n    namespace: default\n\
+         current-context: process-cluster\nusers:\n- name: admin\n  user: {{}}\n"
+    )
+}
+
 impl Drop for ClusterProxy {
     fn drop(&mut self) {
         self.server.abort();

@@ -60,6 +60,10 @@ const SHA256_UPPER: &str = r#""9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD
 const LONG_NAME: &str = r#""aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa""#;
 const LONG_NAME_AT_LIMIT: &str = r#""aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa""#;
 const TENANT: &str = "tenant.yaml";
+/// 32 and 31 days: one over and exactly at status.usage.history's maxItems
+/// (`nlu_crds::tenant::MAX_USAGE_HISTORY_DAYS`, checked in `history_limit_is_the_flag_bound`).
+const LONG_HISTORY: &str = r#"[{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0}]"#;
+const LONG_HISTORY_AT_LIMIT: &str = r#"[{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0},{"date":"2026-11-01","requests":1,"tokens":0}]"#;
 const PER_DAY_RULE: &str =
     "Tenant spec.quota rule: requestsPerDay must be from 0 (unlimited) to 999999999999999";
 const PER_MINUTE_RULE: &str =
@@ -317,6 +321,8 @@ const CASES: &[Case] = &[
     case("Tenant status.usage.requests required", TENANT, &[("/status/usage/requests", "null")], "status.usage.requests", Required),
     case("Tenant status.usage.history[].date required", TENANT, &[("/status/usage/history/0/date", "null")], "status.usage.history[0].date", Required),
     case("Tenant status.usage.history[].requests required", TENANT, &[("/status/usage/history/0/requests", "null")], "status.usage.history[0].requests", Required),
+    Case { expect: TooMany, at_limit: Some(LONG_HISTORY_AT_LIMIT),
+        ..case("Tenant status.usage.history maxItems", TENANT, &[("/status/usage/history", LONG_HISTORY)], "status.usage.history", TooMany) },
     case("Tenant status.usage.history[].tokens required", TENANT, &[("/status/usage/history/0/tokens", "null")], "status.usage.history[0].tokens", Required),
 ];
 
@@ -457,6 +463,14 @@ fn check(case: &Case, (code, answer): (StatusCode, Value)) -> Result<(), String>
             message.map(|m| format!(" with {m:?}")).unwrap_or_default()
         ))
     }
+}
+
+#[test]
+fn history_limit_is_the_flag_bound() {
+    let max = nlu_crds::tenant::MAX_USAGE_HISTORY_DAYS;
+    let days = |text| parse(text).as_array().map_or(0, Vec::len) as u64;
+    assert_eq!(days(LONG_HISTORY_AT_LIMIT), max);
+    assert_eq!(days(LONG_HISTORY), max + 1);
 }
 
 #[test]

@@ -31,8 +31,8 @@ use nlu_crds::access::{Credential, QualifiedName, QuotaOutcome, Scope, UninluTas
 use nlu_crds::routes::Route;
 use prometheus_client::registry::Registry;
 
-use crate::duration_flag::parse_duration;
 use crate::cost::Payer;
+use crate::duration_flag::parse_duration;
 use crate::error::{Error, Kind};
 use jwt::{bearer, BearerError, TokenVerifier};
 use metrics::{AuthMetrics, TenantLabels};
@@ -140,6 +140,21 @@ pub struct TenantId(pub String);
 /// Bounded tenant label for metrics, in the response extensions next to [`TenantId`].
 #[derive(Debug, Clone)]
 pub struct TenantLabel(pub String);
+
+/// What the audit log tells of a request whose token verified, besides its tenant: in the
+/// response extensions next to [`TenantId`], of admitted and refused requests alike.
+#[derive(Debug, Clone)]
+pub struct Audit {
+    /// The token's `sub` (the identity provider's user or client for a federated token).
+    pub subject: String,
+    /// The token's `jti`.
+    pub token_id: String,
+    /// The UniNLU task the request was checked for (`unknown`: its task could not be told);
+    /// `None` for other requests.
+    pub task: Option<&'static str>,
+    /// Tokens charged to the tenant's quotas.
+    pub cost: u64,
+}
 
 /// The auth layer's state.
 pub struct Auth {
@@ -475,6 +490,10 @@ struct MeterReport {
     requests: Option<RateLimit>,
     tokens: Option<RateLimit>,
     www_authenticate: Option<&'static str>,
+    /// Tokens charged so far (the audit log's cost).
+    charged: u64,
+    /// The UniNLU task checked ([`Audit::task`]).
+    task: Option<&'static str>,
 }
 
 // Refusals become responses at once (see `decide`).
@@ -494,7 +513,9 @@ impl Meter {
                         tenant: self.label.clone(),
                     })
                     .inc_by(tokens);
-                self.report().tokens = reported.tokens;
+                let mut report = self.report();
+                report.tokens = reported.tokens;
+                report.charged = report.charged.saturating_add(tokens);
                 Ok(())
             }
             Err(refusal) => {
@@ -511,11 +532,24 @@ impl Meter {
         self.report.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Names the tenant in a refusal (for metrics and the access log).
+    /// Names the tenant in a refusal (for metrics and the access log) and the token (for the
+    /// audit log).
     fn tag(&self, refusal: Refusal) -> Refusal {
         Refusal {
             tenant: Some((self.tenant.id.to_string(), self.label.clone())),
+            audit: Some(self.audit()),
             ..refusal
+        }
+    }
+
+    /// What the audit line tells of this request so far. Takes the report's lock.
+    fn audit(&self) -> Audit {
+        let report = self.report();
+        Audit {
+            subject: self.tenant.subject.clone(),
+            token_id: self.tenant.token_id.clone(),
+            task: report.task,
+            cost: report.charged,
         }
     }
 
@@ -559,7 +593,9 @@ impl Meter {
     fn unchecked(&self, charge: Charge) -> Result<Reported, Refusal> {
         let auth = &self.auth;
         let refuse = |kind, code, message, retry| {
-            Err(self.tag(Refusal::new(Error::new(kind, code, message).retry_after(retry))))
+            Err(self.tag(Refusal::new(
+                Error::new(kind, code, message).retry_after(retry),
+            )))
         };
         match (auth.policy, charge) {
             (FailurePolicy::FailClosed, _) => refuse(
@@ -593,6 +629,7 @@ impl Payer for Meter {
     /// charges, which come before any model work, so a record narrowed since the token was
     /// issued refuses the task too.
     fn allow_task(&mut self, task: Option<UninluTask>) -> Result<(), Error> {
+        self.report().task = Some(task.map_or("unknown", UninluTask::as_str));
         let need = Scope::granting(task);
         if !self.token_scopes.iter().any(|s| need.contains(s)) {
             let error = Error::new(Kind::Forbidden, "scope_not_granted", task_refusal(task));
@@ -633,6 +670,8 @@ pub struct Refusal {
     pub reported: Reported,
     /// Tenant id and metrics label.
     pub tenant: Option<(String, String)>,
+    /// The token's subject and id, when it verified.
+    pub audit: Option<Audit>,
 }
 
 impl Refusal {
@@ -642,6 +681,7 @@ impl Refusal {
             www_authenticate: None,
             reported: Reported::default(),
             tenant: None,
+            audit: None,
         }
     }
 
@@ -732,6 +772,7 @@ pub async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next:
         Ok((meter, place)) => {
             auth.metrics.decision(&meter.label, "allowed");
             let tenant = (meter.tenant.id.to_string(), meter.label.clone());
+            let caller = meter.clone();
             let report = meter.report.clone();
             req.extensions_mut().insert(meter.tenant.clone());
             req.extensions_mut().insert(meter);
@@ -742,6 +783,8 @@ pub async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next:
                 add_challenge(&mut response, report.www_authenticate);
             }
             tag_tenant(&mut response, Some(tenant));
+            drop(report);
+            response.extensions_mut().insert(caller.audit());
             drop(place);
             response
         }
@@ -761,6 +804,9 @@ pub async fn authenticate(State(auth): State<Arc<Auth>>, mut req: Request, next:
                 refusal.reported.tokens,
             );
             tag_tenant(&mut response, refusal.tenant);
+            if let Some(audit) = refusal.audit {
+                response.extensions_mut().insert(audit);
+            }
             response
         }
     }

@@ -1,5 +1,7 @@
 //! Outermost middleware: request id, in-flight gauge (model routes), request metrics and one access log line
-//! per request (route, status, latency, tenant, request id; never bodies or credentials).
+//! per request (route, status, latency, tenant, request id; never bodies or credentials), and
+//! one audit line per tenant operation (target [`AUDIT_TARGET`]: who called which task at what
+//! cost, and the answer).
 
 use std::time::Instant;
 
@@ -11,10 +13,13 @@ use axum::response::Response;
 use super::router::AppState;
 use nlu_crds::routes::Route;
 
-use crate::auth::{TenantId, TenantLabel};
+use crate::auth::{Audit, TenantId, TenantLabel};
 use crate::metrics::{RequestLabels, RouteLabels};
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The tracing target of the audit lines, for `RUST_LOG` and `--audit-log`.
+pub const AUDIT_TARGET: &str = "nlu_audit";
 
 /// The request's id, in the request extensions for handlers that want to log it.
 #[derive(Debug, Clone)]
@@ -91,6 +96,24 @@ pub async fn access_log(State(state): State<AppState>, mut req: Request, next: N
         request_id = id.as_str(),
         "request"
     );
+    if load {
+        // Every tenant operation, refused ones too; the auth layer tells who (absent: not
+        // authenticated, or `--auth none`).
+        let audit = response.extensions().get::<Audit>();
+        tracing::info!(
+            target: AUDIT_TARGET,
+            tenant = tenant.as_str(),
+            subject = audit.map_or("", |a| a.subject.as_str()),
+            jti = audit.map_or("", |a| a.token_id.as_str()),
+            task = audit.and_then(|a| a.task).unwrap_or_default(),
+            cost = audit.map_or(0, |a| a.cost),
+            status,
+            request_id = id.as_str(),
+            route = label,
+            method = %method,
+            "audit"
+        );
+    }
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID.clone(), value);
     }

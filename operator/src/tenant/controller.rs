@@ -135,10 +135,11 @@ impl TenantContext {
         config.usage_history_days.min(config.usage_retention_days)
     }
 
-    /// `id` is gone.
+    /// `id` is gone: from the usage throttle and from the usage metrics.
     fn forget_usage(&self, id: &QualifiedName) {
         let mut shown = self.usage_shown.lock().expect("not poisoned");
         shown.remove(&id.to_string());
+        self.base.metrics.forget_tenant(&id.to_string());
     }
 }
 
@@ -185,6 +186,10 @@ async fn apply(tenant: &Tenant, ctx: &TenantContext) -> Result<Action, Error> {
         Ok(read) => read,
         Err(e) => return Err(redis_unavailable(tenant, ctx, e).await),
     };
+    if let Some(today) = usage.first() {
+        let limit = ctx.base.config.usage_metrics_tenants;
+        ctx.base.metrics.tenant_usage(&id.to_string(), today, limit);
+    }
     let secrets: Api<Secret> = Api::namespaced(
         ctx.base.client.clone(),
         &tenant.namespace().unwrap_or_default(),

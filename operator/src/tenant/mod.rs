@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, ResourceExt};
@@ -84,7 +85,8 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
         ),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
-    let controller = Controller::new(tenants.clone(), watcher::Config::default());
+    let controller = Controller::new(tenants.clone(), watcher::Config::default())
+        .with_config(ControllerConfig::default().concurrency(config.tenant_concurrency));
     let tenant_store = controller.store();
 
     let key_api: Api<Secret> = Api::namespaced(client.clone(), &config.operator_namespace);

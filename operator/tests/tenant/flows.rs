@@ -27,6 +27,16 @@ fn acme() -> QualifiedName {
     QualifiedName::new(NS, "acme").unwrap()
 }
 
+/// The quota script's answers to `count` embedding calls of `token` to `team/gte`.
+fn embed_calls(env: &Env, token: &str, count: usize) -> Vec<QuotaOutcome> {
+    (0..count)
+        .map(|_| {
+            env.server_decision(token, "team/gte", Scope::Embed)
+                .unwrap()
+        })
+        .collect()
+}
+
 fn record(env: &Env) -> HashMap<String, String> {
     redis_conn(&env.redis)
         .hgetall(RedisKeys::default().tenant(&acme()))
@@ -292,14 +302,8 @@ async fn yesterdays_usage_survives_the_day_boundary_in_status_and_the_usage_repo
     assert_eq!(record(&env)[field::USAGE_RETENTION_DAYS], "35");
     let token = env.token("acme");
     let served = env.today();
-    let outcomes: Vec<_> = (0..3)
-        .map(|_| {
-            env.server_decision(&token, "team/gte", Scope::Embed)
-                .unwrap()
-        })
-        .collect();
     assert!(matches!(
-        outcomes[..],
+        embed_calls(&env, &token, 3)[..],
         [
             QuotaOutcome::Allowed(_),
             QuotaOutcome::Allowed(_),
@@ -344,6 +348,56 @@ async fn yesterdays_usage_survives_the_day_boundary_in_status_and_the_usage_repo
         ),
         "yesterday in `nlu-operator usage`"
     );
+}
+
+/// Issue 19 (usage metrics): what the servers counted in Redis reaches the operator's metrics
+/// per tenant, for no more than `--usage-metrics-tenants` tenants; the others are counted.
+#[tokio::test]
+async fn usage_counted_in_redis_is_exported_per_tenant_within_the_bound() {
+    let env = Env::new().await;
+    env.create_tenant(
+        "acme",
+        json!({"services": ["gte"], "quota": {"requestsPerDay": 1}}),
+    );
+    env.create_tenant("zeta", json!({"services": ["gte"]}));
+    let config = OperatorConfig {
+        usage_metrics_tenants: 1,
+        ..OperatorConfig::default()
+    };
+    let ctx = env.context_with(config).await;
+    let reconcile = |name: &'static str| {
+        let ctx = ctx.clone();
+        let tenant = Arc::new(env.tenant(name));
+        async move { controller::reconcile(tenant, ctx).await.unwrap() }
+    };
+    for _ in 0..2 {
+        reconcile("acme").await;
+    }
+    let token = env.token("acme");
+    assert!(matches!(
+        embed_calls(&env, &token, 2)[..],
+        [
+            QuotaOutcome::Allowed(_),
+            QuotaOutcome::DailyQuotaExceeded(_)
+        ]
+    ));
+    reconcile("acme").await;
+    // The first pass only adds the finalizer.
+    for _ in 0..2 {
+        reconcile("zeta").await;
+    }
+
+    let text = ctx.base.metrics.encode();
+    for line in [
+        format!(r#"nlu_operator_tenant_requests_total{{tenant="{NS}/acme"}} 1"#),
+        format!(
+            r#"nlu_operator_tenant_refused_total{{tenant="{NS}/acme",reason="requests_per_day"}} 1"#
+        ),
+        "nlu_operator_tenant_usage_unexported 1".to_owned(),
+    ] {
+        assert!(text.contains(&line), "{line} in\n{text}");
+    }
+    assert!(!text.contains("zeta"), "over the bound: {text}");
 }
 
 /// `--usage-retention-days` reaches the record, and the quota script keeps each day that long.

@@ -149,7 +149,7 @@ impl ProcessCluster {
             .expect("cluster thread");
         let (proxy_url, hub, ingress) = started.recv().expect("the process cluster started");
         let kubeconfig = options.root.join("kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_text(&proxy_url)).expect("kubeconfig");
+        std::fs::write(&kubeconfig, crate::proxy::kubeconfig_text(&proxy_url)).expect("kubeconfig");
         Some(ProcessCluster {
             proxy_url,
             kubeconfig,
@@ -255,12 +255,4 @@ pub fn workspace_binary(package: &str, name: &str) -> PathBuf {
         );
     }
     binary
-}
-
-fn kubeconfig_text(server: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: process-cluster\n  cluster:\n    server: {server}\n\
-         contexts:\n- name: process-cluster\n  context:\n    cluster: process-cluster\n    user: admin\n    namespace: default\n\
-         current-context: process-cluster\nusers:\n- name: admin\n  user: {{}}\n"
-    )
 }
