@@ -10,6 +10,7 @@ pub mod linear;
 pub mod math;
 pub mod memory;
 pub mod norm;
+pub mod simd;
 
 /// What a matmul's output starts from before `x · W` is added: `bias` (`[n]`) plus, when
 /// given, `residual` (`[rows, n]`, row-major). The kernels add it as they write each output
