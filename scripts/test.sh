@@ -94,6 +94,8 @@ step "summary"
 awk '/^test result:/ { p += $4; f += $6; i += $8 }
      END { printf "cargo test: %d passed, %d failed, %d ignored\n", p, f, i }' "$log"
 grep -E '^test .* FAILED$' "$log" || true
+# The kernels' tests run every SIMD build this CPU has; this line says which ran and which not.
+grep -ohE 'kernel paths tested:.*' "$log" | sort -u || true
 printf 'step times (%d s in all):\n' "$SECONDS"
 printf '  %s\n' "${timings[@]}"
 status=$cargo_status

@@ -6,6 +6,7 @@
 //!
 //! `cargo run -p nlu-bench --bin bench_model --release -- [--model DIR] [--seconds S] [--skip-base] [--skip-uninlu] [--shapes 8x64,1x16] [--dtype bf16] [--json]`
 //! The model defaults to MiniLM in the cache of `scripts/fetch-minilm.sh`. Threads: `RAYON_NUM_THREADS`.
+//! Kernels: the CPU's best, or at most `NLU_KERNEL`'s (`avx2`, `gemm`: docs/server.md).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use clap::Parser;
-use nlu_server::model::kernels::linear::runnable;
+use nlu_server::model::kernels::linear::{kernel_path, runnable};
 use nlu_server::model::{Dtype, Embedder, ModelFiles, UniNluModel};
 use nlu_server::uninlu::{predict, Limits};
 use serde_json::json;
@@ -317,8 +318,9 @@ fn main() -> Result<()> {
     }
     if !args.json {
         println!(
-            "# bench_model\n\nthreads: {}, loadavg at start: {}",
+            "# bench_model\n\nthreads: {}, kernel: {}, loadavg at start: {}",
             candle_core::utils::get_num_threads(),
+            kernel_path(dtype),
             loadavg()
         );
     }

@@ -1,6 +1,7 @@
 //! The f32 FMA peak of this machine's cores, measured: each thread runs independent chains of
-//! fused multiply-adds on the widest vectors the CPU has (AVX-512, else AVX2 + FMA), enough
-//! chains to hide the FMA latency on every FMA port, for `--seconds`. `bench/side_by_side.py`
+//! fused multiply-adds on the widest vectors the CPU has (AVX-512, else AVX2 + FMA; at most
+//! `NLU_KERNEL`'s, like the encoder's kernels), enough chains to hide the FMA latency on every
+//! FMA port, for `--seconds`. `bench/side_by_side.py`
 //! divides the encoder's FLOP rate by it for "% of fp32 peak", so that figure holds on every
 //! CPU kind instead of assuming one machine's peak.
 //!
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
+use nlu_server::model::kernels::simd::{Level, Simd};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -77,36 +79,34 @@ mod x86 {
     }
 
     pub fn avx512() -> f64 {
-        // SAFETY: chosen only where the CPU has AVX-512F (`super::isa`).
+        // SAFETY: chosen only where the CPU has AVX-512F (`super::isa`, by `Simd`'s detection).
         std::hint::black_box(unsafe { round_avx512() });
         (ROUND as usize * CHAINS_512 * 16 * 2) as f64
     }
 
     pub fn avx2() -> f64 {
-        // SAFETY: chosen only where the CPU has AVX2 and FMA (`super::isa`).
+        // SAFETY: chosen only where the CPU has AVX2 and FMA (`super::isa`, by `Simd`'s detection).
         std::hint::black_box(unsafe { round_avx2() });
         (ROUND as usize * CHAINS_256 * 8 * 2) as f64
     }
 }
 
-/// The widest FMA this CPU runs, or `None` (no x86 FMA: nothing to measure).
+/// The FMA of the SIMD level the encoder's kernels run (the widest this CPU has, capped by
+/// `NLU_KERNEL` as theirs is), or `None` (no x86 FMA: nothing to measure).
 fn isa() -> Option<Isa> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx512f") {
-            return Some(Isa {
-                name: "avx512f",
-                round: x86::avx512,
-            });
-        }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Some(Isa {
-                name: "avx2+fma",
-                round: x86::avx2,
-            });
-        }
+    match Simd::best().level() {
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx512 => Some(Isa {
+            name: "avx512f",
+            round: x86::avx512,
+        }),
+        #[cfg(target_arch = "x86_64")]
+        Level::Avx2 => Some(Isa {
+            name: "avx2+fma",
+            round: x86::avx2,
+        }),
+        _ => None,
     }
-    None
 }
 
 /// FLOP/s of one thread running `round` for `budget` (after one warm-up round).

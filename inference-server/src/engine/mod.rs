@@ -96,8 +96,8 @@ pub struct ModelInfo {
     /// Number format of the weights: `f32` or `bf16`.
     #[schema(value_type = String)]
     pub dtype: Dtype,
-    /// The matmul kernel of the linear layers on this CPU: `avx512`, `amx` (bf16) or `gemm`
-    /// (CPUs without AVX-512).
+    /// The matmul kernel of the linear layers on this CPU: `avx512`, `avx2` (AVX2 + FMA, no
+    /// AVX-512), `amx` (bf16) or `gemm` (CPUs with neither).
     #[schema(value_type = String)]
     pub kernel: &'static str,
 }

@@ -105,9 +105,12 @@ async fn gte_tiny_parity_through_every_route() {
     assert_eq!(info["pooling"], "cls");
     assert_eq!(info["dims"], floats(&cases(&expected)[0]["cls_normalized"]).len());
     // The kernel the CPU's features select, said by /info and by a metric alike.
-    let kernel = match std::is_x86_feature_detected!("avx512f") {
-        true => "avx512",
-        false => "gemm",
+    let kernel = if std::is_x86_feature_detected!("avx512f") {
+        "avx512"
+    } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        "avx2"
+    } else {
+        "gemm"
     };
     assert_eq!((&info["dtype"], &info["kernel"]), (&json!("f32"), &json!(kernel)), "{info}");
     let (_, metrics) = server.get("/metrics").await;

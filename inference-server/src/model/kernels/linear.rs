@@ -2,19 +2,20 @@
 //! matmul kernels add the bias (plus the residual) as they first write each output block, and
 //! GELU runs in place on finished pieces, where candle's `matmul` + `broadcast_add` + `add` /
 //! `gelu_erf` makes more passes and more tensors. The matmul is the AVX-512 kernel
-//! ([`super::avx512`]), gemm's on CPUs without AVX-512, or, for `--dtype bf16`, the AMX kernel
-//! ([`super::amx`]).
+//! ([`super::avx512`]), the AVX2 + FMA one ([`super::avx2`]) on CPUs without AVX-512, gemm's on
+//! CPUs with neither, or, for `--dtype bf16`, the AMX kernel ([`super::amx`]).
 
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 use super::amx;
-#[cfg(target_arch = "x86_64")]
-use super::avx512;
 use super::math::gelu_erf_in_place;
 use super::memory::resize_for_overwrite;
+use super::simd::{Level, Simd};
 use super::Start;
+#[cfg(target_arch = "x86_64")]
+use super::{avx2, avx512};
 
 /// What follows the affine map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +70,9 @@ pub enum Weights {
     /// f32 on AVX-512 ([`avx512`]), where the CPU has it.
     #[cfg(target_arch = "x86_64")]
     F32(avx512::PackedWeights),
+    /// f32 on AVX2 + FMA ([`avx2`]), where the CPU has them and no AVX-512.
+    #[cfg(target_arch = "x86_64")]
+    F32Avx2(avx2::PackedWeights),
     /// f32 elsewhere: row-major `[k, n]`, which gemm reads without a transposed view.
     F32Portable { w_t: Vec<f32>, n: usize },
     /// bf16 on AMX tiles ([`amx`]), where the CPU has them.
@@ -91,21 +95,30 @@ pub fn runnable(requested: Dtype) -> (Dtype, Option<&'static str>) {
     if requested == Dtype::Bf16 && !bf16_available() {
         return (
             Dtype::F32,
-            Some("--dtype bf16 needs a CPU with AMX-BF16 (and a kernel that grants it); running f32"),
+            Some(
+                "--dtype bf16 needs a CPU with AMX-BF16 (and a kernel that grants it); running f32",
+            ),
         );
     }
     (requested, None)
 }
 
 /// The matmul kernel the linear layers of a `dtype` model run on this CPU (what
-/// [`Weights::new`] picks): `amx` (bf16), `avx512` (f32), or `gemm` (f32 on CPUs without
-/// AVX-512; gemm picks its own SIMD at run time).
+/// [`Weights::new`] picks): `amx` (bf16), `avx512` or `avx2` (f32), or `gemm` (f32 on CPUs
+/// with neither AVX-512 nor AVX2 + FMA; gemm picks its own SIMD at run time).
 pub fn kernel_path(dtype: Dtype) -> &'static str {
     match dtype {
         Dtype::Bf16 => "amx",
-        #[cfg(target_arch = "x86_64")]
-        Dtype::F32 if avx512::available() => "avx512",
-        Dtype::F32 => "gemm",
+        Dtype::F32 => f32_kernel(Simd::best()),
+    }
+}
+
+/// The f32 matmul kernel [`Weights::f32_on`] picks for `simd`.
+fn f32_kernel(simd: Simd) -> &'static str {
+    match simd.level() {
+        Level::Avx512 => "avx512",
+        Level::Avx2 => "avx2",
+        Level::Baseline => "gemm",
     }
 }
 
@@ -115,9 +128,7 @@ impl Weights {
     pub fn new(w_t: Vec<f32>, k: usize, n: usize, dtype: Dtype) -> Self {
         assert_eq!(w_t.len(), k * n, "weight size");
         match dtype {
-            #[cfg(target_arch = "x86_64")]
-            Dtype::F32 if avx512::available() => Self::F32(avx512::PackedWeights::pack(&w_t, k, n)),
-            Dtype::F32 => Self::F32Portable { w_t, n },
+            Dtype::F32 => Self::f32_on(Simd::best(), w_t, k, n),
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             Dtype::Bf16 => Self::Bf16(amx::PackedWeights::pack(&w_t, k, n)),
             #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
@@ -125,10 +136,25 @@ impl Weights {
         }
     }
 
+    /// f32 weights for the matmul of SIMD level `simd` ([`Self::new`] picks the best; the
+    /// tests each one the CPU runs).
+    pub fn f32_on(simd: Simd, w_t: Vec<f32>, k: usize, n: usize) -> Self {
+        assert_eq!(w_t.len(), k * n, "weight size");
+        match simd.level() {
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => Self::F32(avx512::PackedWeights::pack(&w_t, k, n)),
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => Self::F32Avx2(avx2::PackedWeights::pack(&w_t, k, n)),
+            _ => Self::F32Portable { w_t, n },
+        }
+    }
+
     pub fn k(&self) -> usize {
         match self {
             #[cfg(target_arch = "x86_64")]
             Self::F32(w) => w.k(),
+            #[cfg(target_arch = "x86_64")]
+            Self::F32Avx2(w) => w.k(),
             Self::F32Portable { w_t, n } => w_t.len() / n,
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             Self::Bf16(w) => w.k(),
@@ -139,6 +165,8 @@ impl Weights {
         match self {
             #[cfg(target_arch = "x86_64")]
             Self::F32(w) => w.n(),
+            #[cfg(target_arch = "x86_64")]
+            Self::F32Avx2(w) => w.n(),
             Self::F32Portable { n, .. } => *n,
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             Self::Bf16(w) => w.n(),
@@ -164,7 +192,9 @@ impl Weights {
             // The bias and residual enter as the kernels first write each output block, the
             // activation on each finished piece of output while it is in L1.
             #[cfg(target_arch = "x86_64")]
-            Self::F32(w) => avx512::matmul_then(x, rows, w, start, out, |o| act.apply(o)),
+            Self::F32(w) => avx512::KERNEL.matmul_then(x, rows, w, start, out, |o| act.apply(o)),
+            #[cfg(target_arch = "x86_64")]
+            Self::F32Avx2(w) => avx2::KERNEL.matmul_then(x, rows, w, start, out, |o| act.apply(o)),
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             Self::Bf16(w) => amx::matmul_then(x, rows, w, start, out, |o| act.apply(o)),
             Self::F32Portable { w_t, .. } => {
@@ -299,6 +329,7 @@ mod tests {
             (1, 1, 1),
             (1, 7, 3),
             (5, 13, 17),
+            (6, 9, 16),
             (33, 70, 65),
             (3, 384, 1536),
         ] {
@@ -314,16 +345,16 @@ mod tests {
                     test_values(n, 3, 0.5),
                 );
                 let want = naive(&x, &w, &b, residual, rows, act);
-                for weights in [
-                    Weights::new(w.clone(), k, n, Dtype::F32),
-                    Weights::F32Portable { w_t: w.clone(), n },
-                ] {
+                // Every kernel this CPU runs, not only the one `Weights::new` picks.
+                for simd in Simd::supported() {
+                    let weights = Weights::f32_on(simd, w.clone(), k, n);
                     let got = linear(&x, &weights, &b, residual, rows, act);
                     let worst =
                         max_abs_diff(got.iter().zip(&want).map(|(&g, &w)| (g.into(), w.into())));
                     assert!(
                         worst < 1e-4,
-                        "{rows}x{k}x{n} {act:?} residual {}: max abs diff {worst}",
+                        "{} {rows}x{k}x{n} {act:?} residual {}: max abs diff {worst}",
+                        f32_kernel(simd),
                         residual.is_some()
                     );
                 }
@@ -331,8 +362,22 @@ mod tests {
         }
     }
 
-    /// GFLOP/s of every f32 matmul kernel on encoder shapes (BERT-base at 8 x 128 tokens, one
-    /// 16-token query). `cargo test --release -p nlu-server --lib kernels::linear::tests::throughput -- --ignored --nocapture`
+    /// CPU time this process has used, all its threads, in seconds.
+    fn cpu_seconds() -> f64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a timespec this call may write.
+        unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+        ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    }
+
+    /// GFLOP/s of every f32 matmul kernel this CPU runs on encoder shapes (BERT-base at 8 x 128
+    /// tokens, one 16-token query): the fastest run, and GFLOP per second of CPU time over all
+    /// runs (per core, what the kernel does while it runs, whatever the neighbours on a shared
+    /// machine take; rayon's idle spinning lowers it a little with several threads).
+    /// `cargo test --release -p nlu-server --lib kernels::linear::tests::throughput -- --ignored --nocapture`
     #[test]
     #[ignore = "timing, run on demand"]
     fn throughput() {
@@ -348,18 +393,34 @@ mod tests {
                 test_values(k * n, 2, 0.5),
                 test_values(n, 3, 0.5),
             );
-            let mut line = format!("{rows}x{k}x{n}:");
-            for (name, weights) in [
-                ("avx512", Weights::new(w.clone(), k, n, Dtype::F32)),
-                ("gemm", Weights::F32Portable { w_t: w.clone(), n }),
-            ] {
-                let runs = (2e10 / (2 * rows * k * n) as f64).ceil() as usize;
-                let started = std::time::Instant::now();
-                for _ in 0..runs {
-                    std::hint::black_box(linear(&x, &weights, &b, None, rows, Activation::None));
-                }
-                let flops = (2 * rows * k * n * runs) as f64 / started.elapsed().as_secs_f64();
-                line += &format!(" {name} {:.0} GFLOP/s", flops / 1e9);
+            let mut line = format!("{rows}x{k}x{n} GFLOP/s:");
+            for simd in Simd::supported() {
+                let weights = Weights::f32_on(simd, w.clone(), k, n);
+                let flop = (2 * rows * k * n) as f64;
+                let runs = ((2e10 / flop).ceil() as usize).max(8);
+                let cpu_started = cpu_seconds();
+                let times: Vec<f64> = (0..runs)
+                    .map(|_| {
+                        let started = std::time::Instant::now();
+                        std::hint::black_box(linear(
+                            &x,
+                            &weights,
+                            &b,
+                            None,
+                            rows,
+                            Activation::None,
+                        ));
+                        started.elapsed().as_secs_f64()
+                    })
+                    .collect();
+                let cpu = cpu_seconds() - cpu_started;
+                let fastest = times.iter().copied().fold(f64::INFINITY, f64::min);
+                line += &format!(
+                    " {} {:.0} ({:.0} per CPU-s)",
+                    f32_kernel(simd),
+                    flop / fastest / 1e9,
+                    flop * runs as f64 / cpu / 1e9
+                );
             }
             eprintln!("{line}");
         }

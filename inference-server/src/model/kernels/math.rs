@@ -1,12 +1,14 @@
 //! The element-wise functions of the encoder (softmax, exact GELU) in a branch-free form the
 //! compiler vectorises: libm's `expf`/`erff` are scalar calls, which made these loops a tenth of
-//! the encoder's time. Each public function runs an AVX-512 build of the same code where the
-//! CPU has it.
+//! the encoder's time. Each public function runs the build of the same code for the CPU's SIMD
+//! level (AVX-512, AVX2 + FMA, or the baseline; [`super::simd`]).
 //!
 //! `exp`: range reduction to `r` in [-ln2/2, ln2/2] and a degree-6 Taylor polynomial (relative
 //! error below 4e-7, a few ulp). `erf`: Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7).
 
 use std::f32::consts::{FRAC_1_SQRT_2, LOG2_E};
+
+use super::simd::{simd_builds, Simd};
 
 /// `ln 2` split so that `n * LN2_HI` is exact for the `n` that occur.
 const LN2_HI: f32 = 0.693_145_75;
@@ -81,36 +83,24 @@ fn softmax_generic(r: &mut [f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn gelu_avx512(xs: &mut [f32]) {
-    gelu_generic(xs)
+simd_builds! {
+    /// [`gelu_erf_in_place`] at a given SIMD level.
+    pub fn gelu_erf_on(xs: &mut [f32]) => gelu_generic
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn softmax_avx512(r: &mut [f32]) {
-    softmax_generic(r)
+simd_builds! {
+    /// [`softmax_in_place`] at a given SIMD level.
+    pub fn softmax_on(r: &mut [f32]) => softmax_generic
 }
 
 /// In place: `0.5 x (1 + erf(x / √2))`, PyTorch's exact GELU.
 pub fn gelu_erf_in_place(xs: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F.
-        return unsafe { gelu_avx512(xs) };
-    }
-    gelu_generic(xs)
+    gelu_erf_on(Simd::best(), xs)
 }
 
 /// In place, max-subtracted like PyTorch's.
 pub fn softmax_in_place(r: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F.
-        return unsafe { softmax_avx512(r) };
-    }
-    softmax_generic(r)
+    softmax_on(Simd::best(), r)
 }
 
 #[cfg(test)]
@@ -133,22 +123,24 @@ mod tests {
 
     #[test]
     fn gelu_matches_the_exact_definition() {
-        let mut xs: Vec<f32> = grid().collect();
-        let want: Vec<f64> = xs
-            .iter()
-            .map(|&x| 0.5 * x as f64 * (1.0 + erf64(x as f64 / std::f64::consts::SQRT_2)))
+        let want: Vec<f64> = grid()
+            .map(|x| 0.5 * x as f64 * (1.0 + erf64(x as f64 / std::f64::consts::SQRT_2)))
             .collect();
-        gelu_erf_in_place(&mut xs);
-        let worst = xs
-            .iter()
-            .zip(&want)
-            .map(|(&g, w)| (g as f64 - w).abs())
-            .fold(0.0, f64::max);
-        assert!(worst < 1e-6, "max abs diff {worst}");
-        // Far tails: x and 0.
-        let mut tails = [30.0f32, -30.0, 1e4, -1e4];
-        gelu_erf_in_place(&mut tails);
-        assert_eq!(tails, [30.0, -0.0, 1e4, -0.0]);
+        for simd in Simd::supported() {
+            let level = simd.level().name();
+            let mut xs: Vec<f32> = grid().collect();
+            gelu_erf_on(simd, &mut xs);
+            let worst = xs
+                .iter()
+                .zip(&want)
+                .map(|(&g, w)| (g as f64 - w).abs())
+                .fold(0.0, f64::max);
+            assert!(worst < 1e-6, "{level}: max abs diff {worst}");
+            // Far tails: x and 0.
+            let mut tails = [30.0f32, -30.0, 1e4, -1e4];
+            gelu_erf_on(simd, &mut tails);
+            assert_eq!(tails, [30.0, -0.0, 1e4, -0.0], "{level}");
+        }
     }
 
     #[test]
@@ -164,14 +156,17 @@ mod tests {
 
     #[test]
     fn softmax_matches_the_definition_for_odd_lengths() {
-        for n in [1, 2, 15, 16, 17, 100, 513] {
+        for (simd, n) in
+            Simd::supported().flat_map(|s| [1, 2, 15, 16, 17, 100, 513].map(|n| (s, n)))
+        {
             let mut r: Vec<f32> = (0..n).map(|i| ((i * 37) % 23) as f32 / 3.0 - 4.0).collect();
             let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
             let e: Vec<f64> = r.iter().map(|&v| (v as f64 - max).exp()).collect();
             let z: f64 = e.iter().sum();
-            softmax_in_place(&mut r);
+            softmax_on(simd, &mut r);
             for (got, e) in r.iter().zip(&e) {
-                assert!((*got as f64 - e / z).abs() < 1e-6, "n = {n}");
+                let level = simd.level().name();
+                assert!((*got as f64 - e / z).abs() < 1e-6, "{level}: n = {n}");
             }
         }
     }

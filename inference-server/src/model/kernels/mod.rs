@@ -5,11 +5,16 @@
 pub mod amx;
 pub mod attention;
 #[cfg(target_arch = "x86_64")]
+pub mod avx2;
+#[cfg(target_arch = "x86_64")]
 pub mod avx512;
 pub mod linear;
 pub mod math;
 pub mod memory;
 pub mod norm;
+#[cfg(target_arch = "x86_64")]
+mod panels;
+pub mod simd;
 
 /// What a matmul's output starts from before `x · W` is added: `bias` (`[n]`) plus, when
 /// given, `residual` (`[rows, n]`, row-major). The kernels add it as they write each output

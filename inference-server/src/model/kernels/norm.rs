@@ -4,30 +4,29 @@
 
 use rayon::prelude::*;
 
+use super::simd::{simd_builds, Simd};
+
 /// Rows below this many values per task run on the calling thread: a rayon hop costs more.
 const MIN_VALUES_PER_TASK: usize = 16 * 1024;
 
 /// `x`: `[rows, weight.len()]` row-major; each row becomes
 /// `(row - mean) / sqrt(var + eps) * weight + bias` (biased variance, as PyTorch).
 pub fn layer_norm_in_place(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    layer_norm_on(Simd::best(), x, weight, bias, eps)
+}
+
+/// [`layer_norm_in_place`] at a given SIMD level.
+pub fn layer_norm_on(simd: Simd, x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
     let n = weight.len();
     assert!(n > 0 && bias.len() == n, "weight and bias sizes");
     assert!(x.len().is_multiple_of(n), "input size");
     let rows_per_task = (MIN_VALUES_PER_TASK / n).max(1);
-    x.par_chunks_mut(rows_per_task * n).for_each(|rows| {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { normalize_rows_avx512(rows, weight, bias, eps) };
-        }
-        normalize_rows(rows, weight, bias, eps)
-    });
+    x.par_chunks_mut(rows_per_task * n)
+        .for_each(|rows| normalize_rows_on(simd, rows, weight, bias, eps));
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn normalize_rows_avx512(rows: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
-    normalize_rows(rows, weight, bias, eps)
+simd_builds! {
+    fn normalize_rows_on(rows: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) => normalize_rows
 }
 
 #[inline(always)]
@@ -77,7 +76,8 @@ mod tests {
 
     #[test]
     fn matches_the_definition() {
-        for (rows, n) in [(1, 1), (1, 7), (3, 384), (70, 768), (1000, 33)] {
+        let shapes = [(1, 1), (1, 7), (3, 384), (70, 768), (1000, 33)];
+        for (simd, (rows, n)) in Simd::supported().flat_map(|s| shapes.map(|shape| (s, shape))) {
             // A large common offset per row: the one-pass formula would lose it.
             let x: Vec<f32> = (0..rows * n)
                 .map(|i| 1000.0 + ((i * 7919) % 101) as f32 / 10.0)
@@ -85,7 +85,7 @@ mod tests {
             let w: Vec<f32> = (0..n).map(|i| 0.5 + (i % 5) as f32 / 4.0).collect();
             let b: Vec<f32> = (0..n).map(|i| (i % 3) as f32 - 1.0).collect();
             let mut got = x.clone();
-            layer_norm_in_place(&mut got, &w, &b, 1e-12);
+            layer_norm_on(simd, &mut got, &w, &b, 1e-12);
             let want = naive(&x, &w, &b, 1e-12);
             let worst = got
                 .iter()
@@ -93,7 +93,8 @@ mod tests {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0, f32::max);
             // n = 1: every value is its row's mean, so the output is the bias alone.
-            assert!(worst < 1e-3, "{rows}x{n}: max abs diff {worst}");
+            let level = simd.level().name();
+            assert!(worst < 1e-3, "{level} {rows}x{n}: max abs diff {worst}");
         }
     }
 }
