@@ -17,6 +17,9 @@ pub const INGRESS_READY: &str = "IngressReady";
 pub const SUSPENDED: &str = "Suspended";
 /// The tenant used up today's quota.
 pub const QUOTA_EXCEEDED: &str = "QuotaExceeded";
+/// The keys of the tenant's identity provider (`spec.identity`) are read and published; absent
+/// without one.
+pub const IDENTITY_PROVIDER_READY: &str = "IdentityProviderReady";
 
 /// Put `new` into `conditions`, replacing the condition of the same type. The previous
 /// `lastTransitionTime` is kept unless the status flipped, so clients can tell how long a state

@@ -182,7 +182,8 @@ pub struct TokenSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantStatus {
-    /// Ready, Suspended, QuotaExceeded.
+    /// Ready, Suspended, QuotaExceeded; IdentityProviderReady with `spec.identity` (whether the
+    /// identity provider's keys were read, and why not).
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

@@ -560,6 +560,14 @@ async fn identity_provider_tokens_are_served_under_the_mapped_tenant() {
         .unwrap(),
     );
     tenant_with_token(&federated).await.unwrap();
+    wait_for("IdentityProviderReady", Duration::from_secs(30), || async {
+        let status = cluster.api::<Tenant>().get("iota").await?.status;
+        Ok(status
+            .filter(|s| condition_true(&s.conditions, "IdentityProviderReady"))
+            .map(|_| ()))
+    })
+    .await
+    .unwrap();
     let claims = |azp: &str, aud: &str| serde_json::json!({"sub": "user-7", "aud": aud, "azp": azp, "jti": "idp-1"});
 
     let good = idp.mint(claims("billing-app", "nlu-api"));

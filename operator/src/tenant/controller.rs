@@ -19,9 +19,10 @@ use nlu_crds::access::{QualifiedName, RedisKeys};
 use nlu_crds::{NluService, Tenant};
 use tokio::sync::watch;
 
+use super::identity_keys::Health;
 use super::plan::{self, utc_day, Facts, Plan};
 use super::signing_key::KeyRing;
-use super::status::{self, USAGE_REFRESH};
+use super::status::{self, identity_provider, USAGE_REFRESH};
 use super::{redis_sync, token_secret, CONTROLLER, FINALIZER};
 use crate::apply::apply_status;
 use crate::context::Context;
@@ -91,9 +92,19 @@ pub struct TenantContext {
     pub issuer: String,
     /// When this operator last showed each tenant's usage in status (the usage throttle).
     usage_shown: Mutex<HashMap<String, Instant>>,
+    /// What the reads of the identity providers gave ([`super::identity_keys`]).
+    identity_health: watch::Receiver<Health>,
 }
 
 impl TenantContext {
+    /// Shows on each Tenant what the reads of its identity provider gave.
+    pub fn with_identity_health(self, health: watch::Receiver<Health>) -> Self {
+        Self {
+            identity_health: health,
+            ..self
+        }
+    }
+
     pub fn new(
         base: Arc<Context>,
         redis: RedisConnection,
@@ -110,6 +121,7 @@ impl TenantContext {
             services,
             issuer,
             usage_shown: Mutex::default(),
+            identity_health: watch::channel(Health::default()).1,
         }
     }
 
@@ -211,6 +223,7 @@ async fn apply(tenant: &Tenant, ctx: &TenantContext) -> Result<Action, Error> {
         issuer: &ctx.issuer,
         max_ttl: ctx.base.config.max_token_ttl,
         jti: random_jti(),
+        identity: identity_provider(tenant, &ctx.identity_health.borrow()),
     })?;
     execute(tenant, &id, plan, ctx).await
 }

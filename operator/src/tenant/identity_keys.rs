@@ -42,6 +42,11 @@ const POLL: Duration = Duration::from_secs(1);
 /// The published document per namespace, as JSON (a namespace without identities is absent).
 pub type Published = Arc<BTreeMap<String, String>>;
 
+/// What the last read of each issuer gave: how many usable keys it publishes, or why it could
+/// not be read (an issuer not read yet is absent). Shown on the Tenants as
+/// `IdentityProviderReady`.
+pub type Health = Arc<BTreeMap<String, Result<usize, String>>>;
+
 /// Why an issuer's keys could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -232,6 +237,17 @@ fn get<T: serde::de::DeserializeOwned>(
     Ok((doc, cache_control))
 }
 
+/// Sends `value` unless the channel holds it already.
+fn replace_if_changed<T: PartialEq>(channel: &watch::Sender<Arc<T>>, value: T) {
+    channel.send_if_modified(|old| {
+        let changed = **old != value;
+        if changed {
+            *old = Arc::new(value);
+        }
+        changed
+    });
+}
+
 /// What is known of one issuer.
 struct Known {
     keys: Vec<Jwk>,
@@ -240,8 +256,14 @@ struct Known {
 
 /// Keeps `published` current: reads the issuers the Tenants name when due and sends the
 /// namespaces' documents whenever they change.
-pub async fn run(tenants: Store<Tenant>, agent: ureq::Agent, published: watch::Sender<Published>) {
+pub async fn run(
+    tenants: Store<Tenant>,
+    agent: ureq::Agent,
+    published: watch::Sender<Published>,
+    health: watch::Sender<Health>,
+) {
     let mut known: HashMap<String, Known> = HashMap::new();
+    let mut last_read: BTreeMap<String, Result<usize, String>> = BTreeMap::new();
     loop {
         let state = tenants.state();
         let mut wanted: Vec<String> = state
@@ -251,6 +273,7 @@ pub async fn run(tenants: Store<Tenant>, agent: ureq::Agent, published: watch::S
         wanted.sort();
         wanted.dedup();
         known.retain(|issuer, _| wanted.contains(issuer));
+        last_read.retain(|issuer, _| wanted.contains(issuer));
         for issuer in wanted {
             if known
                 .get(&issuer)
@@ -276,6 +299,7 @@ pub async fn run(tenants: Store<Tenant>, agent: ureq::Agent, published: watch::S
                     if keys != entry.keys {
                         tracing::info!(%issuer, keys = keys.len(), "read the identity provider's keys");
                     }
+                    last_read.insert(issuer.clone(), Ok(keys.len()));
                     *entry = Known {
                         keys,
                         next_read: Instant::now() + keep,
@@ -283,6 +307,7 @@ pub async fn run(tenants: Store<Tenant>, agent: ureq::Agent, published: watch::S
                 }
                 Err(e) => {
                     tracing::warn!(%issuer, error = %e, "cannot read the identity provider's keys; keeping those known");
+                    last_read.insert(issuer.clone(), Err(e.to_string()));
                     entry.next_read = Instant::now() + RETRY;
                 }
             }
@@ -298,13 +323,8 @@ pub async fn run(tenants: Store<Tenant>, agent: ureq::Agent, published: watch::S
                 (ns, json)
             })
             .collect();
-        published.send_if_modified(|old| {
-            let changed = **old != docs;
-            if changed {
-                *old = Arc::new(docs);
-            }
-            changed
-        });
+        replace_if_changed(&published, docs);
+        replace_if_changed(&health, last_read.clone());
         tokio::time::sleep(POLL).await;
     }
 }

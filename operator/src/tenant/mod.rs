@@ -119,10 +119,12 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
     .for_each(|_| futures::future::ready(()));
     helpers.spawn(service_events);
     let (identities_tx, identities_rx) = watch::channel(identity_keys::Published::default());
+    let (health_tx, health_rx) = watch::channel(identity_keys::Health::default());
     helpers.spawn(identity_keys::run(
         tenant_store.clone(),
         identity_keys::agent(config.identity_ca_file.as_deref())?,
         identities_tx,
+        health_tx,
     ));
     helpers.spawn(jwks_publish::run(
         client.clone(),
@@ -138,14 +140,17 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
         config.clone(),
     ));
 
-    let tenant_ctx = Arc::new(TenantContext::new(
-        ctx.clone(),
-        redis,
-        RedisKeys::new(config.redis_prefix.clone()),
-        ring_rx,
-        service_store,
-        DEFAULT_ISSUER.to_owned(),
-    ));
+    let tenant_ctx = Arc::new(
+        TenantContext::new(
+            ctx.clone(),
+            redis,
+            RedisKeys::new(config.redis_prefix.clone()),
+            ring_rx,
+            service_store,
+            DEFAULT_ISSUER.to_owned(),
+        )
+        .with_identity_health(health_rx),
+    );
     let secrets: Api<Secret> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),

@@ -59,6 +59,8 @@ pub struct Facts<'a> {
     pub max_ttl: Duration,
     /// The `jti` of a token issued now: random, so drawn by the caller.
     pub jti: String,
+    /// What the last read of the tenant's identity provider gave.
+    pub identity: status::IdentityProvider,
 }
 
 /// Everything one reconcile writes.
@@ -188,6 +190,7 @@ fn with_token(
         token_expires_at: token.expires_at,
         usage: status::usage(utc_day(f.now), f.usage, &record),
         usage_stale: f.usage_stale,
+        identity: f.identity.clone(),
     };
     let ready = status::ready_status(tenant, &observed, Time(f.now));
     let shown_usage = tenant.status.as_ref().and_then(|s| s.usage.as_ref());
@@ -326,6 +329,7 @@ mod tests {
                 issuer: "nlu-operator",
                 max_ttl: self.max_ttl,
                 jti: "jti-1".into(),
+                identity: status::IdentityProvider::None,
             }
         }
 

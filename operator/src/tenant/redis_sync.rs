@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use chrono::NaiveDate;
-use nlu_crds::access::redis_client::{self, RedisConnection, Timeouts};
 use nlu_crds::access::identity::fingerprint;
+use nlu_crds::access::redis_client::{self, RedisConnection, Timeouts};
 use nlu_crds::access::redis_keys::{field, DayUsage};
 use nlu_crds::access::{Credential, QualifiedName, RedisKeys, TenantRecord};
 use nlu_crds::TenantSpec;

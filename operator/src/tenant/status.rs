@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use chrono::{Days, NaiveDate};
 use nlu_crds::access::redis_keys::DayUsage;
 use nlu_crds::access::TenantRecord;
-use nlu_crds::conditions::{condition, set_condition, QUOTA_EXCEEDED, READY, SUSPENDED};
+use nlu_crds::conditions::{
+    condition, set_condition, IDENTITY_PROVIDER_READY, QUOTA_EXCEEDED, READY, SUSPENDED,
+};
 use nlu_crds::tenant::{Usage, UsageDay};
 use nlu_crds::{Tenant, TenantStatus};
 
@@ -26,6 +28,68 @@ pub struct Observed {
     pub usage: Usage,
     /// Whether the usage shown now is older than [`USAGE_REFRESH`] (tracked by the controller).
     pub usage_stale: bool,
+    pub identity: IdentityProvider,
+}
+
+/// What the operator's reads of the tenant's identity provider (`spec.identity`) gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityProvider {
+    /// The Tenant names none.
+    None,
+    /// Not read yet.
+    Pending,
+    /// Read; this many keys the servers accept.
+    Read(usize),
+    /// The last read failed, for this reason.
+    Failing(String),
+}
+
+/// The tenant's [`IdentityProvider`] from the last read of each issuer (absent: not read yet).
+pub fn identity_provider(
+    tenant: &Tenant,
+    reads: &BTreeMap<String, Result<usize, String>>,
+) -> IdentityProvider {
+    let Some(identity) = &tenant.spec.identity else {
+        return IdentityProvider::None;
+    };
+    match reads.get(&identity.issuer) {
+        None => IdentityProvider::Pending,
+        Some(Ok(keys)) => IdentityProvider::Read(*keys),
+        Some(Err(why)) => IdentityProvider::Failing(why.clone()),
+    }
+}
+
+/// The `IdentityProviderReady` condition, `None` without an identity provider.
+fn identity_condition(
+    identity: &IdentityProvider,
+    generation: Option<i64>,
+    now: Time,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    let (ready, reason, message) = match identity {
+        IdentityProvider::None => return None,
+        IdentityProvider::Pending => (false, "Pending", "its keys are not read yet".to_owned()),
+        IdentityProvider::Read(0) => (
+            false,
+            "NoUsableKeys",
+            "its JWK Set has no RS256 (2048 bits or more), ES256 or EdDSA signing key with a kid: \
+             its tokens are refused"
+                .to_owned(),
+        ),
+        IdentityProvider::Read(keys) => (true, "KeysRead", format!("{keys} signing keys read")),
+        IdentityProvider::Failing(why) => (
+            false,
+            "Unreachable",
+            format!("{why}; its tokens work with the keys read before, if any"),
+        ),
+    };
+    Some(condition(
+        IDENTITY_PROVIDER_READY,
+        ready,
+        reason,
+        message,
+        generation,
+        now,
+    ))
 }
 
 /// The status after a successful reconcile. Usage is only replaced when the shown value is
@@ -41,6 +105,7 @@ pub fn ready_status(tenant: &Tenant, observed: &Observed, now: Time) -> TenantSt
     };
     let exceeded = usage.remaining == Some(0) || usage.tokens_remaining == Some(0);
     let suspended = tenant.spec.suspended;
+    let now_for_identity = now.clone();
     let c = &mut status.conditions;
     set_condition(
         c,
@@ -94,6 +159,12 @@ pub fn ready_status(tenant: &Tenant, observed: &Observed, now: Time) -> TenantSt
             condition(QUOTA_EXCEEDED, false, "WithinQuota", "", generation, now)
         },
     );
+    match identity_condition(&observed.identity, generation, now_for_identity) {
+        Some(identity) => set_condition(&mut status.conditions, identity),
+        None => status
+            .conditions
+            .retain(|c| c.type_ != IDENTITY_PROVIDER_READY),
+    }
     status.usage = Some(usage);
     status.observed_generation = generation;
     status.token_secret_name = Some(observed.secret_name.clone());
@@ -218,6 +289,7 @@ mod tests {
             token_expires_at: 5_000,
             usage: usage(day(d), &counted(requests, 0), &limits()),
             usage_stale: stale,
+            identity: IdentityProvider::None,
         }
     }
 
@@ -296,6 +368,56 @@ mod tests {
         assert!(is_true(&s.conditions, READY));
         assert!(is_true(&s.conditions, SUSPENDED));
         assert!(is_true(&s.conditions, QUOTA_EXCEEDED));
+    }
+
+    #[test]
+    fn the_identity_providers_last_read_shows_as_a_condition_of_its_own() {
+        let mut t = tenant(false);
+        let issuer = "https://idp.example";
+        t.spec.identity = Some(
+            serde_json::from_value(serde_json::json!({"issuer": issuer, "audience": "api",
+                "claims": [{"claim": "azp", "equals": "app"}]}))
+            .unwrap(),
+        );
+        let reads = |read: Option<Result<usize, String>>| {
+            BTreeMap::from_iter(read.map(|r| (issuer.to_owned(), r)))
+        };
+        let condition_after = |t: &Tenant, read: Option<Result<usize, String>>| {
+            let seen = Observed {
+                identity: identity_provider(t, &reads(read)),
+                ..observed(1, 1, true)
+            };
+            let status = ready_status(t, &seen, at(100));
+            assert!(
+                is_true(&status.conditions, READY),
+                "Ready does not depend on it"
+            );
+            let found = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == IDENTITY_PROVIDER_READY)
+                .map(|c| (c.status.clone(), c.reason.clone()));
+            (found, status)
+        };
+        let shown = |status: &str, reason: &str| Some((status.to_owned(), reason.to_owned()));
+        assert_eq!(condition_after(&t, None).0, shown("False", "Pending"));
+        assert_eq!(
+            condition_after(&t, Some(Ok(2))).0,
+            shown("True", "KeysRead")
+        );
+        assert_eq!(
+            condition_after(&t, Some(Ok(0))).0,
+            shown("False", "NoUsableKeys")
+        );
+        let (failing, status) = condition_after(&t, Some(Err("GET x: refused".into())));
+        assert_eq!(failing, shown("False", "Unreachable"));
+        t.status = Some(status);
+        t.spec.identity = None;
+        assert_eq!(
+            condition_after(&t, None).0,
+            None,
+            "removed with spec.identity"
+        );
     }
 
     #[test]
