@@ -97,10 +97,7 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
     let (ring_tx, ring_rx) = watch::channel(ring);
     // A new ring re-checks every Tenant: after `--revoke-old` no token verifies any more and
     // each is re-issued at once.
-    let ring_changes = futures::stream::unfold(ring_rx.clone(), |mut rx| async move {
-        rx.changed().await.ok()?;
-        Some(((), rx))
-    });
+    let ring_changes = changes(ring_rx.clone());
     let mut helpers = tokio::task::JoinSet::new();
     helpers.spawn(manage_keys(
         key_api,
@@ -149,7 +146,7 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
             service_store,
             DEFAULT_ISSUER.to_owned(),
         )
-        .with_identity_health(health_rx),
+        .with_identity_health(health_rx.clone()),
     );
     let secrets: Api<Secret> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -158,7 +155,11 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=nlu-operator");
     controller
         .owns(secrets, managed)
-        .reconcile_all_on(ring_changes)
+        // A new ring re-checks every Tenant (see above); so does a change in how the identity
+        // providers' reads went, so that `IdentityProviderReady` follows within seconds. It
+        // changes when an issuer is first read, its key count changes or its reads start or
+        // stop failing, not on every read.
+        .reconcile_all_on(futures::stream::select(ring_changes, changes(health_rx)))
         .watches(services, watcher::Config::default(), move |svc| {
             tenants_using(&tenant_store, &svc)
         })
@@ -168,6 +169,16 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
         .await;
     helpers.abort_all();
     Ok(())
+}
+
+/// A unit for every change of the channel's value.
+fn changes<T: Send + Sync + 'static>(
+    rx: watch::Receiver<T>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(rx, |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    })
 }
 
 /// The Tenants of the service's namespace that list it (their Secret holds its URL).
