@@ -82,6 +82,13 @@ pub struct OperatorConfig {
     #[arg(long, env = "NLU_OPERATOR_IDENTITY_CA_FILE")]
     pub identity_ca_file: Option<std::path::PathBuf>,
 
+    /// Identity providers a Tenant's `spec.identity.issuer` may name, comma-separated: an issuer
+    /// URL, or a prefix ending in `/` that allows every issuer under it
+    /// (`https://login.example.com/realms/`). The operator reads no other issuer (whoever may
+    /// write a Tenant chooses the URL the operator fetches). Default: any.
+    #[arg(long, env = "NLU_OPERATOR_ALLOWED_IDENTITY_ISSUERS", value_delimiter = ',', value_parser = list_entry)]
+    pub allowed_identity_issuers: Vec<String>,
+
     /// Longest lifetime of a token the operator issues, whatever a Tenant's `spec.token.ttl`
     /// asks for (`90m`, `24h`, `720h`): bounds how long a token lives after a signing key leaks.
     /// Keep it at most the servers' `--max-token-lifetime`.
@@ -243,6 +250,7 @@ impl Default for OperatorConfig {
             redis_url: None,
             redis_ca_file: None,
             identity_ca_file: None,
+            allowed_identity_issuers: Vec::new(),
             redis_prefix: nlu_crds::access::redis_keys::DEFAULT_PREFIX.into(),
             max_token_ttl: nlu_crds::tenant::MAX_TOKEN_TTL,
             usage_retention_days: DEFAULT_USAGE_RETENTION_DAYS,

@@ -36,6 +36,9 @@ pub const DEFAULT_REFRESH: Duration = Duration::from_secs(300);
 pub const RETRY: Duration = Duration::from_secs(10);
 /// Largest discovery document or JWK Set read.
 const MAX_DOCUMENT_BYTES: u64 = 1 << 20;
+/// Why an issuer that `--allowed-identity-issuers` leaves out has no keys.
+const NOT_ALLOWED: &str =
+    "the operator's --allowed-identity-issuers does not list this issuer: it is not read";
 /// How often the Tenants are looked at for issuers added or removed.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -92,6 +95,15 @@ pub fn secure_url(url: &str) -> bool {
             url.strip_prefix(prefix)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with([':', '/']))
         })
+}
+
+/// Whether `--allowed-identity-issuers` lets the operator read `issuer`: every issuer when the
+/// list is empty, else one listed exactly or under a listed prefix ending in `/`.
+pub fn issuer_allowed(issuer: &str, allowed: &[String]) -> bool {
+    allowed.is_empty()
+        || allowed
+            .iter()
+            .any(|a| issuer == a || (a.ends_with('/') && issuer.starts_with(a.as_str())))
 }
 
 /// The keys of `set` that servers accept ([`signing_algorithm`]).
@@ -254,11 +266,12 @@ struct Known {
     next_read: Instant,
 }
 
-/// Keeps `published` current: reads the issuers the Tenants name when due and sends the
-/// namespaces' documents whenever they change.
+/// Keeps `published` current: reads the issuers the Tenants name (those `allowed`) when due
+/// and sends the namespaces' documents whenever they change.
 pub async fn run(
     tenants: Store<Tenant>,
     agent: ureq::Agent,
+    allowed: Vec<String>,
     published: watch::Sender<Published>,
     health: watch::Sender<Health>,
 ) {
@@ -275,6 +288,10 @@ pub async fn run(
         known.retain(|issuer, _| wanted.contains(issuer));
         last_read.retain(|issuer, _| wanted.contains(issuer));
         for issuer in wanted {
+            if !issuer_allowed(&issuer, &allowed) {
+                last_read.insert(issuer, Err(NOT_ALLOWED.to_owned()));
+                continue;
+            }
             if known
                 .get(&issuer)
                 .is_some_and(|k| Instant::now() < k.next_read)
@@ -345,6 +362,23 @@ mod tests {
         assert_eq!(refresh_after(Some("no-store, max-age=600")), MIN_REFRESH);
         assert_eq!(refresh_after(Some("private")), DEFAULT_REFRESH);
         assert_eq!(refresh_after(Some("max-age=x")), DEFAULT_REFRESH);
+    }
+
+    #[test]
+    fn only_listed_issuers_or_those_under_a_listed_prefix_are_read() {
+        let allowed = [
+            "https://a.example".to_owned(),
+            "https://b.example/realms/".to_owned(),
+        ];
+        assert!(issuer_allowed("https://anything", &[]));
+        assert!(issuer_allowed("https://a.example", &allowed));
+        assert!(
+            !issuer_allowed("https://a.example/x", &allowed),
+            "no prefix without '/'"
+        );
+        assert!(!issuer_allowed("https://a.example.evil", &allowed));
+        assert!(issuer_allowed("https://b.example/realms/acme", &allowed));
+        assert!(!issuer_allowed("https://b.example/realmsx", &allowed));
     }
 
     #[test]

@@ -120,6 +120,7 @@ async fn run_until(ctx: Arc<Context>, stop: CancellationToken) -> anyhow::Result
     helpers.spawn(identity_keys::run(
         tenant_store.clone(),
         identity_keys::agent(config.identity_ca_file.as_deref())?,
+        config.allowed_identity_issuers.clone(),
         identities_tx,
         health_tx,
     ));

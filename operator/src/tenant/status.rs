@@ -78,7 +78,7 @@ fn identity_condition(
         IdentityProvider::Read(keys) => (true, "KeysRead", format!("{keys} signing keys read")),
         IdentityProvider::Failing(why) => (
             false,
-            "Unreachable",
+            "ReadFailed",
             format!("{why}; its tokens work with the keys read before, if any"),
         ),
     };
@@ -410,7 +410,7 @@ mod tests {
             shown("False", "NoUsableKeys")
         );
         let (failing, status) = condition_after(&t, Some(Err("GET x: refused".into())));
-        assert_eq!(failing, shown("False", "Unreachable"));
+        assert_eq!(failing, shown("False", "ReadFailed"));
         t.status = Some(status);
         t.spec.identity = None;
         assert_eq!(
