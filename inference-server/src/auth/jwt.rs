@@ -113,6 +113,12 @@ impl TokenVerifier {
             let verifier = Verifier::new(keys, &issuer, &service, DEFAULT_LEEWAY_SECS)
                 .with_max_lifetime(max_lifetime);
             let federated = match &identities {
+                // Missing: a ConfigMap of an older operator, without the key yet. Only the
+                // operator's tokens work until the file appears (it is watched like the rest).
+                Some(path) if !path.exists() => {
+                    tracing::warn!(file = %path.display(), "--identities does not exist (yet): no identity provider's token is accepted");
+                    None
+                }
                 Some(path) => {
                     let bytes = std::fs::read(path).map_err(|e| {
                         anyhow::anyhow!("cannot read --identities {}: {e}", path.display())

@@ -54,7 +54,8 @@ pub struct AuthArgs {
 
     /// The tenants' identity providers (`identities.json`, written by the operator beside the
     /// JWK Set): their keys and which tokens speak for which tenant; re-read when it changes.
-    /// Unset: only the operator's tokens are accepted (docs/auth.md, "Federated tokens").
+    /// Unset, or no such file yet: only the operator's tokens are accepted (docs/auth.md,
+    /// "Federated tokens").
     #[arg(long, env = "NLU_IDENTITIES")]
     pub identities: Option<PathBuf>,
 

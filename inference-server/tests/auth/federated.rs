@@ -30,13 +30,9 @@ fn idp_token(key: &SigningKey, azp: &str) -> String {
     jsonwebtoken::encode(&header, &claims, &encoding).unwrap()
 }
 
-#[tokio::test]
-async fn a_mapped_token_passes_the_tenant_record_and_its_identity_fingerprint() {
-    let redis = shared_redis();
-    let (keys, prefix, idp) = (Keys::new(), unique_prefix(), SigningKey::generate());
-    let tenant = "team-a/billing";
-    let current = fingerprint(IDP, "nlu-api", &conditions());
-    let doc = Identities {
+/// `identities.json` as the operator writes it: `idp`'s key and one mapping for `tenant`.
+fn identities_doc(idp: &SigningKey, tenant: &str) -> Identities {
+    Identities {
         issuers: vec![TrustedIssuer {
             issuer: IDP.into(),
             keys: vec![public_jwk(&idp.verifying_key())],
@@ -45,12 +41,21 @@ async fn a_mapped_token_passes_the_tenant_record_and_its_identity_fingerprint() 
                 tid: TENANT_UID.into(),
                 audience: "nlu-api".into(),
                 claims: conditions(),
-                fingerprint: current.clone(),
+                fingerprint: fingerprint(IDP, "nlu-api", &conditions()),
             }],
         }],
-    };
+    }
+}
+
+#[tokio::test]
+async fn a_mapped_token_passes_the_tenant_record_and_its_identity_fingerprint() {
+    let redis = shared_redis();
+    let (keys, prefix, idp) = (Keys::new(), unique_prefix(), SigningKey::generate());
+    let tenant = "team-a/billing";
+    let current = fingerprint(IDP, "nlu-api", &conditions());
     let identities = keys.dir.path().join("identities.json");
-    std::fs::write(&identities, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let doc = serde_json::to_vec(&identities_doc(&idp, tenant)).unwrap();
+    std::fs::write(&identities, doc).unwrap();
     let record = |identity: Option<&str>| TenantRecord {
         identity: identity.map(String::from),
         ..open_record()
@@ -106,4 +111,41 @@ async fn a_mapped_token_passes_the_tenant_record_and_its_identity_fingerprint() 
     );
     put_record(&redis.url(), &prefix, tenant, &record(Some(&current))).await;
     assert_eq!(status(token).await, StatusCode::OK);
+}
+
+/// A server started before the operator wrote `identities.json` (an older operator's ConfigMap)
+/// serves the operator's tokens, and the identity provider's once the file appears.
+#[tokio::test]
+async fn a_missing_identities_file_is_waited_for() {
+    let redis = shared_redis();
+    let (keys, prefix, idp) = (Keys::new(), unique_prefix(), SigningKey::generate());
+    let tenant = "team-a/billing";
+    let record = TenantRecord {
+        identity: Some(fingerprint(IDP, "nlu-api", &conditions())),
+        ..open_record()
+    };
+    put_record(&redis.url(), &prefix, tenant, &record).await;
+    let identities = keys.dir.path().join("identities.json");
+    let args = auth_args(
+        &redis.url(),
+        &keys.jwks_path(),
+        &prefix,
+        &["--identities", identities.to_str().unwrap()],
+    );
+    let server = TestServer::start(&args).await;
+    let token = idp_token(&idp, "billing-app");
+    let operator_token = keys.token(tenant);
+    let call = |token: String| {
+        let server = &server;
+        async move { server.call("/v1/embeddings", Some(&token)).await.status() }
+    };
+    assert_eq!(call(operator_token).await, StatusCode::OK);
+    assert_eq!(call(token.clone()).await, StatusCode::UNAUTHORIZED);
+
+    let doc = serde_json::to_vec(&identities_doc(&idp, tenant)).unwrap();
+    std::fs::write(&identities, doc).unwrap();
+    eventually(10, "the identities file read", || async {
+        call(token.clone()).await == StatusCode::OK
+    })
+    .await;
 }
