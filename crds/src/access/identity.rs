@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::claims::{Credential, QualifiedName, Scope};
-use super::verify::{lifetime_check, now, token_error, Caller, TokenError, MAX_TOKEN_BYTES};
+use super::verify::{checked_header, lifetime_check, now, token_error, Caller, TokenError};
 use super::AccessError;
 
 /// Smallest RSA modulus accepted, in bits (NIST SP 800-131A).
@@ -209,19 +209,8 @@ impl FederatedVerifier {
     /// signature, issuer, audience, `exp`, `nbf`, `iat` and lifetime, then finds the one Tenant
     /// whose mapping the token satisfies.
     pub fn verify(&self, token: &str) -> Result<Caller, TokenError> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(TokenError::TooLarge);
-        }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
-        if !matches!(
-            header.alg,
-            Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA
-        ) {
-            return Err(TokenError::WrongAlgorithm);
-        }
-        if header.crit.is_some() {
-            return Err(TokenError::UnsupportedCritical);
-        }
+        let asymmetric = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+        let header = checked_header(token, &asymmetric)?;
         let iss = unverified_issuer(token).ok_or(TokenError::WrongIssuer)?;
         let issuer = self.issuers.get(&iss).ok_or(TokenError::WrongIssuer)?;
         let (algorithm, key) = header

@@ -120,18 +120,7 @@ impl Verifier {
     /// `nbf`, `iat` (not in the future) and lifetime; returns the claims.
     /// Scope and `gen` are checked by the caller, which knows the route and the tenant record.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(TokenError::TooLarge);
-        }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
-        if header.alg != Algorithm::EdDSA {
-            return Err(TokenError::WrongAlgorithm);
-        }
-        // RFC 7515 4.1.11: a receiver must refuse extensions it does not understand; this
-        // server understands none.
-        if header.crit.is_some() {
-            return Err(TokenError::UnsupportedCritical);
-        }
+        let header = checked_header(token, &[Algorithm::EdDSA])?;
         let key = header
             .kid
             .as_deref()
@@ -189,6 +178,27 @@ impl Claims {
             nbf: self.nbf,
         })
     }
+}
+
+/// The header of a token no larger than [`MAX_TOKEN_BYTES`], whose `alg` is one of `allowed`
+/// and which names no critical extension.
+pub(crate) fn checked_header(
+    token: &str,
+    allowed: &[Algorithm],
+) -> Result<jsonwebtoken::Header, TokenError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(TokenError::TooLarge);
+    }
+    let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+    if !allowed.contains(&header.alg) {
+        return Err(TokenError::WrongAlgorithm);
+    }
+    // RFC 7515 4.1.11: a receiver must refuse extensions it does not understand; this server
+    // understands none.
+    if header.crit.is_some() {
+        return Err(TokenError::UnsupportedCritical);
+    }
+    Ok(header)
 }
 
 /// What a failed `jsonwebtoken::decode` means to the client.

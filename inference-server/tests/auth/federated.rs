@@ -47,6 +47,17 @@ fn identities_doc(idp: &SigningKey, tenant: &str) -> Identities {
     }
 }
 
+/// A server on the shared Redis reading the identity providers from `identities`.
+async fn federated_server(keys: &Keys, prefix: &str, identities: &std::path::Path) -> TestServer {
+    let args = auth_args(
+        &shared_redis().url(),
+        &keys.jwks_path(),
+        prefix,
+        &["--identities", identities.to_str().unwrap()],
+    );
+    TestServer::start(&args).await
+}
+
 #[tokio::test]
 async fn a_mapped_token_passes_the_tenant_record_and_its_identity_fingerprint() {
     let redis = shared_redis();
@@ -61,13 +72,7 @@ async fn a_mapped_token_passes_the_tenant_record_and_its_identity_fingerprint() 
         ..open_record()
     };
     put_record(&redis.url(), &prefix, tenant, &record(Some(&current))).await;
-    let args = auth_args(
-        &redis.url(),
-        &keys.jwks_path(),
-        &prefix,
-        &["--identities", identities.to_str().unwrap()],
-    );
-    let server = TestServer::start(&args).await;
+    let server = federated_server(&keys, &prefix, &identities).await;
     let token = idp_token(&idp, "billing-app");
     let status = |token: String| {
         let server = &server;
@@ -126,13 +131,7 @@ async fn a_missing_identities_file_is_waited_for() {
     };
     put_record(&redis.url(), &prefix, tenant, &record).await;
     let identities = keys.dir.path().join("identities.json");
-    let args = auth_args(
-        &redis.url(),
-        &keys.jwks_path(),
-        &prefix,
-        &["--identities", identities.to_str().unwrap()],
-    );
-    let server = TestServer::start(&args).await;
+    let server = federated_server(&keys, &prefix, &identities).await;
     let token = idp_token(&idp, "billing-app");
     let operator_token = keys.token(tenant);
     let call = |token: String| {

@@ -105,7 +105,12 @@ pub fn ready_status(tenant: &Tenant, observed: &Observed, now: Time) -> TenantSt
     };
     let exceeded = usage.remaining == Some(0) || usage.tokens_remaining == Some(0);
     let suspended = tenant.spec.suspended;
-    let now_for_identity = now.clone();
+    match identity_condition(&observed.identity, generation, now.clone()) {
+        Some(identity) => set_condition(&mut status.conditions, identity),
+        None => status
+            .conditions
+            .retain(|c| c.type_ != IDENTITY_PROVIDER_READY),
+    }
     let c = &mut status.conditions;
     set_condition(
         c,
@@ -159,12 +164,6 @@ pub fn ready_status(tenant: &Tenant, observed: &Observed, now: Time) -> TenantSt
             condition(QUOTA_EXCEEDED, false, "WithinQuota", "", generation, now)
         },
     );
-    match identity_condition(&observed.identity, generation, now_for_identity) {
-        Some(identity) => set_condition(&mut status.conditions, identity),
-        None => status
-            .conditions
-            .retain(|c| c.type_ != IDENTITY_PROVIDER_READY),
-    }
     status.usage = Some(usage);
     status.observed_generation = generation;
     status.token_secret_name = Some(observed.secret_name.clone());
