@@ -4,12 +4,18 @@ same machine, one run. Not part of CI.
 
 Model only (no tokenizer, no HTTP), for each model folder of `bench/make_models.py` (MiniLM with
 real weights, BERT-base and BERT-large shapes with random weights) and each batch x sequence shape:
-  - ours: `target/release/bench_model --model DIR --shapes BxS --json` (f32; and `--dtype bf16`
-    once bench_model has that flag),
+  - ours: `target/release/bench_model --model DIR --shapes BxS --json` (f32; `--dtype int8` and
+    `--dtype bf16` where they run natively, see below),
   - ONNX Runtime: model.onnx, intra-op threads = --threads, inter-op 1, all graph optimisations,
   - PyTorch eager fp32 and PyTorch bf16 autocast (transformers' BertModel), when torch imports.
 The ids are the synthetic ones bench_model uses (all tokens real, no padding). Ours also pools
 and normalises (negligible next to the encoder); the peers stop at last_hidden_state.
+
+Modes the CPU cannot run natively are skipped, each with a note saying why (`skipped_modes`):
+PyTorch bf16 (model only and in-process) needs avx512_bf16 or amx_bf16 (elsewhere autocast is
+emulated and only costs minutes); ours bf16 needs amx_bf16 (elsewhere the server runs f32, a
+duplicate of ours f32); ours int8 needs avx2 + fma and a bench_model / bench_http whose --help
+offers int8. The CPU model and its flags (CPU_FLAGS) are in the notes of every run.
 
 Rerank (issue 22), bert-base-reranker: a query of 8 words and 32 passages of 16-256 characters per
 request, through HTTP (`bench_http --workloads rerank`, `/v1/rerank`, 1 and --clients clients)
@@ -24,7 +30,9 @@ encoder + mean pooling + L2 normalisation, one batch of 32 after the other).
 Every figure is taken only when the 1-minute load average is at most --max-load (waiting up to
 --settle seconds for it, since the previous figure loads the machine too); otherwise the script
 exits non-zero without a report, unless --force. The load before and after every figure is
-printed with it.
+printed with it. Each figure's summary goes to stderr as soon as it is taken, and --json-out is
+rewritten after every figure (notes + figures so far, "finished": false until the end), so a run
+killed halfway keeps what it measured.
 
     python3 bench/make_models.py
     cargo build --release -p nlu-bench   # bench_model, bench_http, fma_peak
@@ -36,6 +44,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -127,19 +136,60 @@ def wait_for_quiet(args, what):
     return line
 
 
-def figure(args, results, what, run):
-    """Takes one figure: waits for a quiet machine, runs `run()` (a dict of results), records the
-    load around it."""
+class Report:
+    """The notes and every figure taken so far. Each figure's summary goes to stderr as it is
+    added, and --json-out (if given) is rewritten after it, so a run killed halfway keeps what it
+    measured."""
+
+    def __init__(self, path, notes):
+        self.path, self.notes, self.figures = path, notes, []
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
+        self.save()
+
+    def add(self, row):
+        self.figures.append(row)
+        print(f"  {one_line(row)}", file=sys.stderr)
+        self.save()
+
+    def note(self, text):
+        self.notes.append(text)
+        print(f"note: {text}", file=sys.stderr)
+        self.save()
+
+    def save(self, finished=False):
+        if self.path:
+            tmp = self.path.with_name(self.path.name + ".tmp")  # never a half-written file
+            tmp.write_text(json.dumps({"notes": self.notes, "figures": self.figures, "finished": finished}, indent=1))
+            tmp.replace(self.path)
+
+
+def loads(line):
+    """The 1-, 5- and 15-minute load averages of a /proc/loadavg line."""
+    return " ".join(line.split()[:3])
+
+
+def one_line(row):
+    return (f"{row['what']}: {row['tokens_per_s']:,.0f} tokens/s, {row['inputs_per_s']:.1f} inputs/s, "
+            f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, {row['runs']} runs, "
+            f"load {loads(row['load_before'])} -> {loads(row['load_after'])}")
+
+
+def figure(args, report, what, run):
+    """Takes one figure: waits for a quiet machine, runs `run()` (a dict of results, or one with
+    only `skipped`: why), records the load around it."""
     before = wait_for_quiet(args, what)
     print(f"measuring {what} (load {before.split()[0]})", file=sys.stderr)
     row = run()
-    if row is not None:
-        row.update(what=what, load_before=before, load_after=loadavg()[1])
-        results.append(row)
+    if "skipped" in row:
+        report.note(f"{what}: skipped ({row['skipped']})")
+        return None
+    row.update(what=what, load_before=before, load_after=loadavg()[1])
+    report.add(row)
     return row
 
 
-def figure_list(args, results, what, run):
+def figure_list(args, report, what, run):
     """Like `figure`, for a run that yields several rows (bench_http: 1 and N clients)."""
     before = wait_for_quiet(args, what)
     print(f"measuring {what} (load {before.split()[0]})", file=sys.stderr)
@@ -148,7 +198,7 @@ def figure_list(args, results, what, run):
     for row in rows:
         row.update(what=f"{what}, {row['clients']} client(s)", load_before=before, load_after=after,
                    runs=row["requests"])
-        results.append(row)
+        report.add(row)
     return rows
 
 
@@ -180,9 +230,38 @@ def env(args):
     return dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
 
 
-def has_flag(binary, flag):
-    out = subprocess.run([binary, "--help"], capture_output=True, text=True)
-    return flag in out.stdout
+def help_text(binary):
+    return subprocess.run([binary, "--help"], capture_output=True, text=True).stdout
+
+
+def mentions(text, word):
+    """Whether `word` is in `text` as a word of its own (`int8` in a --help, not `uint8`)."""
+    return re.search(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text) is not None
+
+
+# What each of our dtypes needs of the CPU to run natively, and what happens without it.
+OURS_NEEDS = {
+    "bf16": ({"amx_bf16"}, "no amx_bf16: ours would run f32, a duplicate of ours f32"),
+    "int8": ({"avx2", "fma"}, "no avx2 + fma, which our int8 kernels need"),
+}
+
+
+def skipped_modes(flags, model_help, http_help):
+    """Mode -> why it is skipped, for the modes this CPU (`flags`: the CPU_FLAGS it has) cannot run
+    natively or the binaries (their --help texts) do not offer. Modes: "PyTorch bf16" (model only
+    and in-process), "ours bf16", "ours bf16 via HTTP", "ours int8", "ours int8 via HTTP"."""
+    have = set(flags)
+    skip = {}
+    if not have & {"avx512_bf16", "amx_bf16"}:
+        skip["PyTorch bf16"] = "no avx512_bf16 or amx_bf16: autocast would be emulated"
+    for dtype, (needs, why) in OURS_NEEDS.items():
+        for mode, binary, text in ((f"ours {dtype}", "bench_model", model_help),
+                                   (f"ours {dtype} via HTTP", "bench_http", http_help)):
+            if not mentions(text, dtype):
+                skip[mode] = f"{binary} --help offers no {dtype}"
+            elif not needs <= have:
+                skip[mode] = why
+    return skip
 
 
 def ours(args, folder, batch, seq, dtype=None):
@@ -192,8 +271,8 @@ def ours(args, folder, batch, seq, dtype=None):
         cmd += ["--dtype", dtype]
     out = subprocess.run(cmd, env=env(args), check=True, capture_output=True, text=True).stdout
     row = json.loads(out.strip().splitlines()[-1])
-    if dtype and row["dtype"] != dtype:
-        return None  # bench_model fell back (bf16 without AMX-BF16): not a bf16 figure
+    if dtype and row["dtype"] != dtype:  # bench_model fell back: not a figure of that dtype
+        return {"skipped": f"bench_model ran {row['dtype']} instead"}
     return {k: row[k] for k in ("inputs_per_s", "tokens_per_s", "p50_ms", "p99_ms", "runs")}
 
 
@@ -295,17 +374,18 @@ def ratio(a, b):
     return "" if a is None or b is None else f"{a['tokens_per_s'] / b['tokens_per_s']:.2f}"
 
 
-def model_table(args, grid):
-    head = ["model", "batch x seq", "ours f32", "ORT", "PyTorch fp32", "PyTorch bf16", "ours bf16",
-            "ours/ORT", "ours/PyTorch fp32", "ours bf16/PyTorch bf16", "ours % of fp32 peak"]
+def model_table(peak, grid):
+    """One row per (model, batch, seq) of `grid` (engine -> figure, None or absent: skipped);
+    `peak` is this machine's f32 FMA peak in FLOP/s."""
+    head = ["model", "batch x seq", "ours f32", "ours int8", "ORT", "PyTorch fp32", "PyTorch bf16", "ours bf16",
+            "ours/ORT", "ours/PyTorch fp32", "ours int8/f32", "ours bf16/PyTorch bf16", "ours % of fp32 peak"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    peak = args.peak
     for (model, batch, seq), rows in grid.items():
         config = rows["config"]
-        o, x, t, tb, ob = (rows.get(k) for k in ("ours", "ort", "torch", "torch-bf16", "ours-bf16"))
+        o, oi, x, t, tb, ob = (rows.get(k) for k in ("ours", "ours-int8", "ort", "torch", "torch-bf16", "ours-bf16"))
         frac = "" if o is None else f"{100 * o['tokens_per_s'] * flops_per_token(config, seq) / peak:.0f} %"
-        cells = [model, f"{batch} x {seq}", fmt(o), fmt(x), fmt(t), fmt(tb), fmt(ob),
-                 ratio(o, x), ratio(o, t), ratio(ob, tb), frac]
+        cells = [model, f"{batch} x {seq}", fmt(o), fmt(oi), fmt(x), fmt(t), fmt(tb), fmt(ob),
+                 ratio(o, x), ratio(o, t), ratio(oi, o), ratio(ob, tb), frac]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -324,9 +404,8 @@ def figures_table(results):
     lines = ["| figure | inputs/s | tokens/s | p50 ms | p99 ms | runs | loadavg before | loadavg after |",
              "|---|---:|---:|---:|---:|---:|---|---|"]
     for r in results:
-        load = lambda s: " ".join(s.split()[:3])
         lines.append(f"| {r['what']} | {r['inputs_per_s']:.1f} | {r['tokens_per_s']:,.0f} | {r['p50_ms']:.1f} | "
-                     f"{r['p99_ms']:.1f} | {r['runs']} | {load(r['load_before'])} | {load(r['load_after'])} |")
+                     f"{r['p99_ms']:.1f} | {r['runs']} | {loads(r['load_before'])} | {loads(r['load_after'])} |")
     return "\n".join(lines)
 
 
@@ -379,7 +458,7 @@ def parse_shapes(text):
     return [tuple(int(n) for n in s.split("x")) for s in text.split(",")]
 
 
-def run_models(args, results, torch_ok, ours_bf16):
+def run_models(args, report, torch_ok, skip):
     grid = {}
     for name in filter(None, args.models.split(",")):
         folder = args.cache / name
@@ -394,15 +473,19 @@ def run_models(args, results, torch_ok, ours_bf16):
         for batch, seq in shapes:
             rows = grid.setdefault((name, batch, seq), {"config": config})
             what = lambda engine: f"{name} {batch}x{seq} {engine}"
-            rows["ours"] = figure(args, results, what("ours f32"), lambda: ours(args, folder, batch, seq))
-            rows["ort"] = figure(args, results, what("ORT"), lambda: model_only(args, ort_forward(session), batch, seq))
+            rows["ours"] = figure(args, report, what("ours f32"), lambda: ours(args, folder, batch, seq))
+            if "ours int8" not in skip:
+                rows["ours-int8"] = figure(args, report, what("ours int8"),
+                                           lambda: ours(args, folder, batch, seq, "int8"))
+            rows["ort"] = figure(args, report, what("ORT"), lambda: model_only(args, ort_forward(session), batch, seq))
             if torch_ok:
-                rows["torch"] = figure(args, results, what("PyTorch fp32"),
+                rows["torch"] = figure(args, report, what("PyTorch fp32"),
                                        lambda: model_only(args, torch_forward(model, False), batch, seq))
-                rows["torch-bf16"] = figure(args, results, what("PyTorch bf16"),
-                                            lambda: model_only(args, torch_forward(model, True), batch, seq))
-            if ours_bf16:
-                rows["ours-bf16"] = figure(args, results, what("ours bf16"),
+                if "PyTorch bf16" not in skip:
+                    rows["torch-bf16"] = figure(args, report, what("PyTorch bf16"),
+                                                lambda: model_only(args, torch_forward(model, True), batch, seq))
+            if "ours bf16" not in skip:
+                rows["ours-bf16"] = figure(args, report, what("ours bf16"),
                                            lambda: ours(args, folder, batch, seq, "bf16"))
     return grid
 
@@ -448,26 +531,26 @@ def main():
     except ImportError as e:
         torch_ok = False
         print(f"note: PyTorch skipped ({e})", file=sys.stderr)
-    ours_bf16 = has_flag(str(args.bin / "bench_model"), "--dtype")
-    args.peak, isa = fma_peak(args)
+    flags = cpu_flags()
+    skip = skipped_modes(flags, help_text(str(args.bin / "bench_model")), help_text(str(args.bin / "bench_http")))
+    peak, isa = fma_peak(args)
     notes = [f"threads: {args.threads}; max load {args.max_load}; {args.seconds} s per model-only figure; "
-             f"fp32 peak measured: {args.peak / 1e9:.0f} GFLOP/s ({isa} FMA, fma_peak)",
-             f"CPU: {cpu_model()} ({' '.join(cpu_flags()) or 'none of ' + ' '.join(CPU_FLAGS)}); "
+             f"fp32 peak measured: {peak / 1e9:.0f} GFLOP/s ({isa} FMA, fma_peak)",
+             f"CPU: {cpu_model()} ({' '.join(flags) or 'none of ' + ' '.join(CPU_FLAGS)}); "
              f"{versions(torch_ok)}; source {source_version()} (binaries: {args.bin})"]
-    if not ours_bf16:
-        notes.append("ours bf16: skipped (bench_model has no --dtype yet)")
+    notes += [f"{mode}: skipped ({why})" for mode, why in skip.items()]
     if not torch_ok:
         notes.append("PyTorch: skipped (not importable)")
 
-    results = []
-    grid = run_models(args, results, torch_ok, ours_bf16)
+    report = Report(args.json_out, notes)
+    grid = run_models(args, report, torch_ok, skip)
 
     e2e = []
     if not args.skip_http:
         folder = args.cache / "minilm"
-        for dtype in ["f32", "bf16"] if ours_bf16 else ["f32"]:
+        for dtype in [d for d in ("f32", "int8", "bf16") if f"ours {d} via HTTP" not in skip]:
             what = f"minilm mixed 16-256 chars x 32, HTTP ours {dtype}"
-            for row in figure_list(args, results, what, lambda: ours_http(args, folder, dtype)):
+            for row in figure_list(args, report, what, lambda: ours_http(args, folder, dtype)):
                 e2e.append((f"ours {dtype} via HTTP, {row['clients']} client(s)", row))
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -476,10 +559,12 @@ def main():
         if torch_ok:
             from transformers import BertModel
             model = BertModel.from_pretrained(folder, add_pooling_layer=False).eval()
-            peers = [("PyTorch fp32 in-process", torch_forward(model, False)),
-                     ("PyTorch bf16 in-process", torch_forward(model, True))] + peers
+            torch_peers = [("PyTorch fp32 in-process", torch_forward(model, False))]
+            if "PyTorch bf16" not in skip:
+                torch_peers.append(("PyTorch bf16 in-process", torch_forward(model, True)))
+            peers = torch_peers + peers
         for label, forward in peers:
-            row = figure(args, results, f"minilm mixed 16-256 chars x 32, {label}",
+            row = figure(args, report, f"minilm mixed 16-256 chars x 32, {label}",
                          lambda: in_process_texts(args, tokenizer, forward))
             e2e.append((label, row))
 
@@ -489,27 +574,26 @@ def main():
         if not (folder / ".complete").is_file():
             sys.exit(f"{folder} missing: run bench/make_models.py first")
         what = "bert-base-reranker, query + 32 passages of 16-256 chars"
-        for row in figure_list(args, results, f"{what}, HTTP ours f32", lambda: ours_http(args, folder, "f32", "rerank")):
+        for row in figure_list(args, report, f"{what}, HTTP ours f32", lambda: ours_http(args, folder, "f32", "rerank")):
             rerank.append((f"ours f32 via HTTP (/v1/rerank), {row['clients']} client(s)", row))
         if torch_ok:
             from transformers import AutoTokenizer, BertForSequenceClassification
             tokenizer = AutoTokenizer.from_pretrained(folder)
             model = BertForSequenceClassification.from_pretrained(folder).eval()
-            row = figure(args, results, f"{what}, PyTorch fp32 in-process",
+            row = figure(args, report, f"{what}, PyTorch fp32 in-process",
                          lambda: in_process_pairs(args, tokenizer, model))
             rerank.append(("PyTorch fp32 in-process", row))
 
-    print("\n".join(f"- {n}" for n in notes))
-    print(f"\n### Model only (tokens/s, p50 latency)\n\n{model_table(args, grid)}")
+    print("\n".join(f"- {n}" for n in report.notes))
+    print(f"\n### Model only (tokens/s, p50 latency)\n\n{model_table(peak, grid)}")
     if e2e:
         print("\n### End to end, MiniLM, 16-256 character texts, 32 per request\n")
         print(relative_table(e2e, "inputs/s"))
     if rerank:
         print("\n### Rerank, BERT-base cross-encoder, a query and 32 passages of 16-256 characters per request\n")
         print(relative_table(rerank, "pairs/s"))
-    print(f"\n### Every figure with the load around it\n\n{figures_table(results)}")
-    if args.json_out:
-        args.json_out.write_text(json.dumps({"notes": notes, "figures": results}, indent=1))
+    print(f"\n### Every figure with the load around it\n\n{figures_table(report.figures)}")
+    report.save(finished=True)
 
 
 if __name__ == "__main__":
