@@ -3,7 +3,8 @@
 //! GELU runs in place on finished pieces, where candle's `matmul` + `broadcast_add` + `add` /
 //! `gelu_erf` makes more passes and more tensors. The matmul is the AVX-512 kernel
 //! ([`super::avx512`]), the AVX2 + FMA one ([`super::avx2`]) on CPUs without AVX-512, gemm's on
-//! CPUs with neither, or, for `--dtype bf16`, the AMX kernel ([`super::amx`]).
+//! CPUs with neither, for `--dtype bf16` the AMX kernel ([`super::amx`]), for `--dtype int8` an
+//! int8 one ([`super::int8`]).
 
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
@@ -13,9 +14,9 @@ use super::amx;
 use super::math::gelu_erf_in_place;
 use super::memory::resize_for_overwrite;
 use super::simd::{Level, Simd};
-use super::Start;
 #[cfg(target_arch = "x86_64")]
 use super::{avx2, avx512};
+use super::{int8, Start};
 
 /// What follows the affine map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,13 +36,15 @@ impl Activation {
 }
 
 /// The number format weights are stored and multiplied in (activations stay f32 between
-/// layers; bf16 products accumulate in f32).
+/// layers; bf16 products accumulate in f32; int8 quantises each layer's input per row and
+/// accumulates in i32).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
     #[default]
     F32,
     Bf16,
+    Int8,
 }
 
 impl std::str::FromStr for Dtype {
@@ -51,7 +54,10 @@ impl std::str::FromStr for Dtype {
         match s {
             "f32" => Ok(Self::F32),
             "bf16" => Ok(Self::Bf16),
-            other => Err(format!("unknown dtype {other:?} (expected f32 or bf16)")),
+            "int8" => Ok(Self::Int8),
+            other => Err(format!(
+                "unknown dtype {other:?} (expected f32, bf16 or int8)"
+            )),
         }
     }
 }
@@ -61,6 +67,7 @@ impl std::fmt::Display for Dtype {
         f.write_str(match self {
             Self::F32 => "f32",
             Self::Bf16 => "bf16",
+            Self::Int8 => "int8",
         })
     }
 }
@@ -78,6 +85,8 @@ pub enum Weights {
     /// bf16 on AMX tiles ([`amx`]), where the CPU has them.
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     Bf16(amx::PackedWeights),
+    /// int8, quantised per column, on the int8 kernels ([`int8`]).
+    Int8(int8::QuantWeights),
 }
 
 /// Whether this CPU runs `--dtype bf16` (AMX-BF16, and the kernel granted the tile permission).
@@ -89,26 +98,34 @@ pub fn bf16_available() -> bool {
 }
 
 /// The dtype a model asked to run in `requested` runs in: bf16 only where [`bf16_available`],
-/// else f32 with the reason (for the caller to log), so the server and the bench binaries fall
-/// back alike instead of reaching the AMX kernel's panic.
+/// int8 only where [`int8::available`], else f32 with the reason (for the caller to log), so the
+/// server and the bench binaries fall back alike instead of reaching a kernel's panic.
 pub fn runnable(requested: Dtype) -> (Dtype, Option<&'static str>) {
-    if requested == Dtype::Bf16 && !bf16_available() {
-        return (
+    match requested {
+        Dtype::Bf16 if !bf16_available() => (
             Dtype::F32,
             Some(
                 "--dtype bf16 needs a CPU with AMX-BF16 (and a kernel that grants it); running f32",
             ),
-        );
+        ),
+        Dtype::Int8 if !int8::available() => (
+            Dtype::F32,
+            Some(
+                "--dtype int8 needs a CPU with AVX2 and FMA (and NLU_KERNEL not gemm); running f32",
+            ),
+        ),
+        _ => (requested, None),
     }
-    (requested, None)
 }
 
 /// The matmul kernel the linear layers of a `dtype` model run on this CPU (what
-/// [`Weights::new`] picks): `amx` (bf16), `avx512` or `avx2` (f32), or `gemm` (f32 on CPUs
-/// with neither AVX-512 nor AVX2 + FMA; gemm picks its own SIMD at run time).
+/// [`Weights::new`] picks): `amx` (bf16), `avx512-vnni` or `avx2` (int8), `avx512` or `avx2`
+/// (f32), or `gemm` (f32 on CPUs with neither AVX-512 nor AVX2 + FMA; gemm picks its own SIMD at
+/// run time). For a dtype this CPU cannot run, `none` ([`runnable`] says what runs instead).
 pub fn kernel_path(dtype: Dtype) -> &'static str {
     match dtype {
         Dtype::Bf16 => "amx",
+        Dtype::Int8 => int8::Kernel::best().map_or("none", |k| k.name),
         Dtype::F32 => f32_kernel(Simd::best()),
     }
 }
@@ -123,8 +140,8 @@ fn f32_kernel(simd: Simd) -> &'static str {
 }
 
 impl Weights {
-    /// `w_t`: `[k, n]` row-major. Panics for bf16 where [`bf16_available`] is false (the
-    /// caller checks it).
+    /// `w_t`: `[k, n]` row-major. For bf16 and int8, the caller checks [`runnable`] first: their
+    /// kernels panic on CPUs without them.
     pub fn new(w_t: Vec<f32>, k: usize, n: usize, dtype: Dtype) -> Self {
         assert_eq!(w_t.len(), k * n, "weight size");
         match dtype {
@@ -133,6 +150,7 @@ impl Weights {
             Dtype::Bf16 => Self::Bf16(amx::PackedWeights::pack(&w_t, k, n)),
             #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
             Dtype::Bf16 => panic!("--dtype bf16 needs Linux on an x86-64 CPU with AMX"),
+            Dtype::Int8 => Self::Int8(int8::QuantWeights::pack(&w_t, k, n)),
         }
     }
 
@@ -158,6 +176,7 @@ impl Weights {
             Self::F32Portable { w_t, n } => w_t.len() / n,
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             Self::Bf16(w) => w.k(),
+            Self::Int8(w) => w.k(),
         }
     }
 
@@ -170,6 +189,7 @@ impl Weights {
             Self::F32Portable { n, .. } => *n,
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             Self::Bf16(w) => w.n(),
+            Self::Int8(w) => w.n(),
         }
     }
 
@@ -197,6 +217,7 @@ impl Weights {
             Self::F32Avx2(w) => avx2::KERNEL.matmul_then(x, rows, w, start, out, |o| act.apply(o)),
             #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
             Self::Bf16(w) => amx::matmul_then(x, rows, w, start, out, |o| act.apply(o)),
+            Self::Int8(w) => int8::matmul_then(x, rows, w, start, out, |o| act.apply(o)),
             Self::F32Portable { w_t, .. } => {
                 start_from(out, start);
                 let threads = candle_core::utils::get_num_threads();
@@ -373,7 +394,7 @@ mod tests {
         ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
     }
 
-    /// GFLOP/s of every f32 matmul kernel this CPU runs on encoder shapes (BERT-base at 8 x 128
+    /// GFLOP/s (int8: GOP/s) of every f32 and int8 matmul kernel this CPU runs on encoder shapes (BERT-base at 8 x 128
     /// tokens, one 16-token query): the fastest run, and GFLOP per second of CPU time over all
     /// runs (per core, what the kernel does while it runs, whatever the neighbours on a shared
     /// machine take; rayon's idle spinning lowers it a little with several threads).
@@ -394,14 +415,14 @@ mod tests {
                 test_values(n, 3, 0.5),
             );
             let mut line = format!("{rows}x{k}x{n} GFLOP/s:");
+            // Every f32 kernel, then every int8 one (its time includes quantising `x`).
+            let mut kernels: Vec<(String, Box<dyn Fn()>)> = Vec::new();
             for simd in Simd::supported() {
                 let weights = Weights::f32_on(simd, w.clone(), k, n);
-                let flop = (2 * rows * k * n) as f64;
-                let runs = ((2e10 / flop).ceil() as usize).max(8);
-                let cpu_started = cpu_seconds();
-                let times: Vec<f64> = (0..runs)
-                    .map(|_| {
-                        let started = std::time::Instant::now();
+                let (x, b) = (x.clone(), b.clone());
+                kernels.push((
+                    f32_kernel(simd).to_string(),
+                    Box::new(move || {
                         std::hint::black_box(linear(
                             &x,
                             &weights,
@@ -410,14 +431,42 @@ mod tests {
                             rows,
                             Activation::None,
                         ));
+                    }),
+                ));
+            }
+            for kernel in int8::Kernel::supported() {
+                let weights = int8::QuantWeights::pack(&w, k, n);
+                let (x, b) = (x.clone(), b.clone());
+                kernels.push((
+                    format!("int8-{}", kernel.name),
+                    Box::new(move || {
+                        let mut q = int8::QuantRows::default();
+                        q.quantize(&x, rows, k);
+                        let mut out = vec![0.0; rows * n];
+                        let start = Start {
+                            bias: &b,
+                            residual: None,
+                        };
+                        kernel.matmul_then(&q, rows, &weights, start, &mut out, |_| {});
+                        std::hint::black_box(out);
+                    }),
+                ));
+            }
+            for (name, run) in kernels {
+                let flop = (2 * rows * k * n) as f64;
+                let runs = ((2e10 / flop).ceil() as usize).max(8);
+                let cpu_started = cpu_seconds();
+                let times: Vec<f64> = (0..runs)
+                    .map(|_| {
+                        let started = std::time::Instant::now();
+                        run();
                         started.elapsed().as_secs_f64()
                     })
                     .collect();
                 let cpu = cpu_seconds() - cpu_started;
                 let fastest = times.iter().copied().fold(f64::INFINITY, f64::min);
                 line += &format!(
-                    " {} {:.0} ({:.0} per CPU-s)",
-                    f32_kernel(simd),
+                    " {name} {:.0} ({:.0} per CPU-s)",
                     flop / fastest / 1e9,
                     flop * runs as f64 / cpu / 1e9
                 );

@@ -8,6 +8,9 @@ pub mod attention;
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+pub mod int8;
+#[cfg(target_arch = "x86_64")]
+mod int8_x86;
 pub mod linear;
 pub mod math;
 pub mod memory;

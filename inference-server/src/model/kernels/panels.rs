@@ -8,6 +8,8 @@
 //! the output in registers, broadcasting one `x` value per row per k step. A task is a block of
 //! rows times a group of panels: the row block stays in L2 while the panels stream through it.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::memory::filled;
@@ -108,15 +110,21 @@ pub(crate) struct Call {
     pub first: Option<Origin>,
 }
 
-/// Defines `unsafe fn micro(mr: usize, call: Call)`, a kernel's dispatch to its micro-kernel
-/// `$kernel::<R>`, compiled for each row count `R` listed (1 to the kernel's `mr`).
+/// Defines `unsafe fn micro(mr: usize, call: Call)` (or `$name(mr, call: $call)`), a kernel's
+/// dispatch to its micro-kernel `$kernel::<R>`, compiled for each row count `R` listed (1 to the
+/// kernel's `mr`).
 macro_rules! micro_for_rows {
     ($kernel:ident: $($rows:literal)*) => {
+        $crate::model::kernels::panels::micro_for_rows!(
+            micro = $kernel($crate::model::kernels::panels::Call): $($rows)*
+        );
+    };
+    ($name:ident = $kernel:ident($call:ty): $($rows:literal)*) => {
         /// Dispatches to the micro-kernel compiled for `mr` rows.
         ///
         /// # Safety
         /// As the micro-kernel's: `call` is valid for `mr` rows; the CPU runs the kernel.
-        unsafe fn micro(mr: usize, call: $crate::model::kernels::panels::Call) {
+        unsafe fn $name(mr: usize, call: $call) {
             match mr {
                 $($rows => $kernel::<$rows>(call),)*
                 _ => unreachable!("micro-kernel rows {mr}"),
@@ -193,31 +201,7 @@ impl<const NR: usize> Kernel<NR> {
         if rows == 0 || n == 0 {
             return;
         }
-        let panels = n.div_ceil(NR);
-        let threads = rayon::current_num_threads();
-        // Row blocks of at most `mc` rows, as many as a multiple of the threads so that every thread
-        // gets the same share (5 blocks on 2 threads would leave one idle a fifth of the time).
-        let calls = rows.div_ceil(call_rows);
-        let mut row_blocks = rows.div_ceil(max_block_rows).min(calls);
-        if row_blocks > 1 {
-            row_blocks = row_blocks.next_multiple_of(threads).min(calls);
-        }
-        // Blocks of whole `mr`-row calls, their numbers differing by at most one (1024 rows, 14 per call:
-        // 12 or 13 calls per block, a 2-row call in the last): equal blocks of 171 rows would each
-        // end in a 1- to 3-row call, which runs at a fraction of the speed (too few accumulators to
-        // cover the FMA latency), and blocks all rounded up (182) would leave the last one short
-        // and the threads unbalanced.
-        let block_rows = |b: usize| {
-            (b * calls / row_blocks * call_rows)
-                ..((b + 1) * calls / row_blocks * call_rows).min(rows)
-        };
-        // Split the panels too when there are fewer row blocks than threads, as long as each task
-        // keeps enough work.
-        let per_panel = rows.div_ceil(row_blocks) * k * NR;
-        let groups = (threads.div_ceil(row_blocks))
-            .min(panels)
-            .min((panels * per_panel / MIN_TASK_WORK).max(1));
-        let group_size = panels.div_ceil(groups);
+        let split = Split::new(rows, call_rows, max_block_rows, n.div_ceil(NR), k * NR);
         let dst = SharedOut::new(out);
         // One micro-kernel call: output rows row..row+mr, panel p, the depth slice from `depth`.
         let call = |row: usize, mr: usize, p: usize, depth: usize| {
@@ -257,15 +241,9 @@ impl<const NR: usize> Kernel<NR> {
             }
         };
         let task = |t: usize| {
-            let (block, group) = (t / groups, t % groups);
-            let (first_row, block_end) = (block_rows(block).start, block_rows(block).end);
-            let row_calls = || {
-                (first_row..block_end)
-                    .step_by(call_rows)
-                    .map(|row| (row, call_rows.min(block_end - row)))
-            };
-            let group_panels = group * group_size..((group + 1) * group_size).min(panels);
-            if block_end - first_row <= STREAM_ROWS {
+            let (block, group_panels) = split.task(t);
+            let row_calls = || split.calls(block.clone());
+            if block.len() <= STREAM_ROWS {
                 // Few rows (short batches): bound by streaming the weights from memory, so read
                 // them in storage order, panel after panel, each from depth 0 to k; `x` and the
                 // output block stay in L1.
@@ -290,11 +268,87 @@ impl<const NR: usize> Kernel<NR> {
                 }
             }
         };
-        let tasks = row_blocks * groups;
-        if tasks == 1 {
-            task(0);
-        } else {
-            (0..tasks).into_par_iter().for_each(task);
+        split.run(task);
+    }
+}
+
+/// How an output of `rows` rows and `panels` column panels is cut into parallel tasks: blocks of
+/// whole micro-kernel calls of rows, times groups of panels. Shared by the f32 kernels and the
+/// int8 ones ([`super::int8`]).
+pub(crate) struct Split {
+    rows: usize,
+    call_rows: usize,
+    calls: usize,
+    row_blocks: usize,
+    groups: usize,
+    group_size: usize,
+    panels: usize,
+}
+
+impl Split {
+    /// `call_rows`: rows per micro-kernel call; `max_block_rows`: rows per task at most;
+    /// `panel_work`: multiply-adds of one panel per output row (k times its width).
+    pub(crate) fn new(
+        rows: usize,
+        call_rows: usize,
+        max_block_rows: usize,
+        panels: usize,
+        panel_work: usize,
+    ) -> Self {
+        let threads = rayon::current_num_threads();
+        // Row blocks of at most `max_block_rows` rows, as many as a multiple of the threads so
+        // that every thread gets the same share (5 blocks on 2 threads would leave one idle a
+        // fifth of the time).
+        let calls = rows.div_ceil(call_rows);
+        let mut row_blocks = rows.div_ceil(max_block_rows).min(calls).max(1);
+        if row_blocks > 1 {
+            row_blocks = row_blocks.next_multiple_of(threads).min(calls);
+        }
+        // Split the panels too when there are fewer row blocks than threads, as long as each
+        // task keeps enough work.
+        let per_panel = rows.div_ceil(row_blocks) * panel_work;
+        let groups = (threads.div_ceil(row_blocks))
+            .min(panels)
+            .min((panels * per_panel / MIN_TASK_WORK).max(1))
+            .max(1);
+        Self {
+            rows,
+            call_rows,
+            calls,
+            row_blocks,
+            groups,
+            group_size: panels.div_ceil(groups),
+            panels,
+        }
+    }
+
+    /// Task `t`'s rows and panels.
+    pub(crate) fn task(&self, t: usize) -> (Range<usize>, Range<usize>) {
+        let (block, group) = (t / self.groups, t % self.groups);
+        // Blocks of whole calls, their numbers differing by at most one (1024 rows, 14 per
+        // call: 12 or 13 calls per block, a 2-row call in the last): equal blocks of 171 rows
+        // would each end in a 1- to 3-row call, which runs at a fraction of the speed (too few
+        // accumulators to cover the FMA latency), and blocks all rounded up (182) would leave
+        // the last one short and the threads unbalanced.
+        let edge = |b: usize| (b * self.calls / self.row_blocks * self.call_rows).min(self.rows);
+        let panels = group * self.group_size..((group + 1) * self.group_size).min(self.panels);
+        (edge(block)..edge(block + 1), panels)
+    }
+
+    /// The micro-kernel calls of a block of rows: first row and row count.
+    pub(crate) fn calls(&self, block: Range<usize>) -> impl Iterator<Item = (usize, usize)> {
+        let call_rows = self.call_rows;
+        block
+            .clone()
+            .step_by(call_rows)
+            .map(move |row| (row, call_rows.min(block.end - row)))
+    }
+
+    /// Runs every task, in parallel when there are several.
+    pub(crate) fn run(&self, task: impl Fn(usize) + Sync) {
+        match self.row_blocks * self.groups {
+            1 => task(0),
+            tasks => (0..tasks).into_par_iter().for_each(&task),
         }
     }
 }

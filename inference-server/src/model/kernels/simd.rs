@@ -141,10 +141,18 @@ mod tests {
             true => "amx (bf16) ran",
             false => "amx (bf16) skipped",
         };
+        let int8: Vec<&str> = super::super::int8::Kernel::supported()
+            .map(|k| k.name)
+            .collect();
         let line = format!(
-            "kernel paths tested: {}; skipped: {}; {amx}\n",
+            "kernel paths tested: {}; skipped: {}; {amx}; int8 ran: {}\n",
             names(&|l| ran.contains(l)),
             names(&|l| !ran.contains(l)),
+            if int8.is_empty() {
+                "none".to_string()
+            } else {
+                int8.join(" ")
+            },
         );
         std::io::stderr().write_all(line.as_bytes()).unwrap();
         assert_eq!(ran.last(), Some(&Level::Baseline));

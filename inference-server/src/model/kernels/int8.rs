@@ -1,0 +1,567 @@
+//! `--dtype int8`: `out = start + x · W` with both sides quantised to 8 bits and the products
+//! summed exactly in i32.
+//!
+//! - **Weights**, once at load time: per output column, `w ≈ q · scale` with `|q| <= 64`
+//!   ([`WEIGHT_LEVEL`]; 7 bits, as ONNX Runtime's `reduce_range`), so that AVX2's `vpmaddubsw`,
+//!   which adds two u8 x i8 products into a saturating i16, can never saturate (2 · 255 · 64 =
+//!   32640). All kernels read the same quantised weights, so their results are bit-identical.
+//! - **Activations**, on every call: per row, asymmetric u8, `x ≈ (q - zero) · scale` over the
+//!   row's range (with 0 in it). Asymmetric because the inputs of the second feed-forward layer
+//!   (after GELU) hardly go below zero, and LayerNorm outputs have one-sided outliers: a symmetric
+//!   range would waste up to half of the 256 levels.
+//! - **Dequantising**: `out = (Σ q_x q_w - zero · Σ q_w) · scale_x · scale_w + bias (+ residual)`,
+//!   where `Σ q_w` per column is computed at load time.
+//!
+//! The micro-kernels ([`super::int8_x86`]: AVX-512 VNNI `vpdpbusd`, AVX2 `vpmaddubsw` +
+//! `vpmaddwd`) read groups of 4 consecutive k values per i32 lane, so the weights are packed as
+//! panels of [`NR`] columns whose every 4-deep k step is one 64-byte line. They leave an i32 tile
+//! of sums, and the dequantisation above runs once per output value in this module.
+
+use rayon::prelude::*;
+
+use super::memory::{filled, resize_for_overwrite};
+use super::panels::Split;
+use super::simd::{Level, Simd};
+use super::{SharedOut, Start};
+
+/// Output columns per panel: 16 i32 lanes (one zmm, two ymm).
+pub(crate) const NR: usize = 16;
+/// k values per i32 lane.
+pub(crate) const GROUP: usize = 4;
+/// The largest |quantised weight| (see the module's documentation).
+const WEIGHT_LEVEL: f32 = 64.0;
+/// Columns of a micro-kernel's tile: the widest call (two panels).
+pub(crate) const TILE_COLS: usize = 2 * NR;
+/// Rows of a micro-kernel's tile: the tallest call.
+pub(crate) const TILE_ROWS: usize = 12;
+/// Rows per task at most: their quantised `x` (96 x 3072 bytes for the widest layer) stays in
+/// L2 while the weight panels pass.
+const BLOCK_ROWS: usize = 96;
+/// Below this many values a row quantisation is not worth a rayon hop.
+const MIN_PARALLEL_VALUES: usize = 1 << 16;
+
+/// One 4-deep k step of a panel: [`NR`] lanes of [`GROUP`] weights, one aligned cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct Line(pub(crate) [i8; NR * GROUP]);
+
+/// `W` `[k, n]` quantised per column, packed as panels of [`NR`] columns (zero past `n` and past
+/// `k`), an even number of them so that two-panel calls never read past the end.
+pub struct QuantWeights {
+    lines: Vec<Line>,
+    scale: Vec<f32>,
+    /// `Σ_k q` per column: what the activations' zero point adds to each sum.
+    sums: Vec<i32>,
+    k: usize,
+    n: usize,
+}
+
+impl QuantWeights {
+    /// `w_t`: `[k, n]` row-major.
+    pub fn pack(w_t: &[f32], k: usize, n: usize) -> Self {
+        assert_eq!(w_t.len(), k * n, "weight size");
+        let scale: Vec<f32> = (0..n)
+            .map(|c| {
+                let max = (0..k).fold(0f32, |m, kk| m.max(w_t[kk * n + c].abs()));
+                if max > 0.0 && max.is_finite() {
+                    max / WEIGHT_LEVEL
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        let q = |kk: usize, c: usize| {
+            (w_t[kk * n + c] / scale[c])
+                .round_ties_even()
+                .clamp(-WEIGHT_LEVEL, WEIGHT_LEVEL) as i8
+        };
+        let steps = k.div_ceil(GROUP);
+        let panels = n.div_ceil(NR).next_multiple_of(2);
+        let mut lines = filled(panels * steps, Line([0; NR * GROUP]));
+        let sums = (0..n)
+            .map(|c| (0..k).map(|kk| i32::from(q(kk, c))).sum())
+            .collect();
+        for (p, panel) in lines.chunks_exact_mut(steps).enumerate() {
+            for (lane, c) in (p * NR..((p + 1) * NR).min(n)).enumerate() {
+                for kk in 0..k {
+                    panel[kk / GROUP].0[lane * GROUP + kk % GROUP] = q(kk, c);
+                }
+            }
+        }
+        Self {
+            lines,
+            scale,
+            sums,
+            k,
+            n,
+        }
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// 4-deep k steps per panel.
+    fn steps(&self) -> usize {
+        self.k.div_ceil(GROUP)
+    }
+}
+
+/// `x` `[rows, k]` quantised per row: `x ≈ (q - zero) · scale`, each row padded with zeros to
+/// whole groups of [`GROUP`] (the weights are zero there).
+#[derive(Default)]
+pub struct QuantRows {
+    bytes: Vec<u8>,
+    scale: Vec<f32>,
+    zero: Vec<i32>,
+    stride: usize,
+}
+
+impl QuantRows {
+    /// Quantises `x` into `self`, reusing its buffers.
+    pub fn quantize(&mut self, x: &[f32], rows: usize, k: usize) {
+        assert_eq!(x.len(), rows * k, "input size");
+        self.stride = k.div_ceil(GROUP) * GROUP;
+        resize_for_overwrite(&mut self.bytes, rows * self.stride);
+        let simd = Simd::best();
+        let (stride, k1) = (self.stride.max(1), k.max(1));
+        let row = |(q, x): (&mut [u8], &[f32])| quantize_row(simd, x, q);
+        let params: Vec<(f32, i32)> = if rows * k >= MIN_PARALLEL_VALUES {
+            let pairs = self
+                .bytes
+                .par_chunks_exact_mut(stride)
+                .zip(x.par_chunks_exact(k1));
+            pairs.map(row).collect()
+        } else {
+            let pairs = self.bytes.chunks_exact_mut(stride).zip(x.chunks_exact(k1));
+            pairs.map(row).collect()
+        };
+        (self.scale, self.zero) = params.into_iter().unzip();
+    }
+}
+
+/// `q[..x.len()]` = `x` as u8 over the row's range with 0 in it, `q`'s rest 0; returns the scale
+/// and the zero point.
+fn quantize_row(simd: Simd, x: &[f32], q: &mut [u8]) -> (f32, i32) {
+    let (mut lo, mut hi) = (0f32, 0f32);
+    let mut range = [0f32; 2];
+    row_range(simd, x, &mut range);
+    if range[0].is_finite() && range[1].is_finite() {
+        (lo, hi) = (range[0].min(0.0), range[1].max(0.0));
+    }
+    let scale = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
+    let zero = (-lo / scale).round_ties_even().clamp(0.0, 255.0);
+    let (q, pad) = q.split_at_mut(x.len());
+    levels(simd, x, q, 1.0 / scale, zero);
+    pad.fill(0);
+    (scale, zero as i32)
+}
+
+super::simd::simd_builds! {
+    /// `range` = `[min, max]` of `x` (NaN where `x` holds one).
+    fn row_range(x: &[f32], range: &mut [f32; 2]) => row_range_generic
+}
+
+#[inline(always)]
+fn row_range_generic(x: &[f32], range: &mut [f32; 2]) {
+    let (lo, hi) = x
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    let nan = x.iter().any(|v| v.is_nan());
+    *range = if nan { [f32::NAN; 2] } else { [lo, hi] };
+}
+
+super::simd::simd_builds! {
+    /// `q = clamp(round(x · inv_scale) + zero, 0, 255)`.
+    fn levels(x: &[f32], q: &mut [u8], inv_scale: f32, zero: f32) => levels_generic
+}
+
+#[inline(always)]
+fn levels_generic(x: &[f32], q: &mut [u8], inv_scale: f32, zero: f32) {
+    for (q, &v) in q.iter_mut().zip(x) {
+        // `as u8` saturates (and takes NaN to 0) after the clamp has done the real work.
+        *q = ((v * inv_scale).round_ties_even() + zero).clamp(0.0, 255.0) as u8;
+    }
+}
+
+/// One micro-kernel call: `tile[r][c] = Σ_g Σ_i a[r][4g + i] · panel[g][c][i]` for the call's
+/// rows and the columns of its panels (16 per panel).
+///
+/// Valid when `a` points at the call's rows of `4 · steps` bytes (row stride `lda`), `b` at the
+/// first of the kernel's panels, each `steps` lines, `panel_lines` lines apart, and `tile` at
+/// [`TILE_ROWS`] rows of [`TILE_COLS`] writable i32 values.
+#[derive(Clone, Copy)]
+pub(crate) struct Call {
+    pub a: *const u8,
+    pub lda: usize,
+    pub steps: usize,
+    pub b: *const Line,
+    pub panel_lines: usize,
+    pub tile: *mut [i32; TILE_COLS],
+}
+
+/// An int8 matmul kernel: its micro-kernel and blocking.
+pub struct Kernel {
+    pub name: &'static str,
+    micro: unsafe fn(rows: usize, call: Call),
+    /// Rows per call, at most [`TILE_ROWS`].
+    mr: usize,
+    /// Panels per call (1 or 2).
+    panels: usize,
+    /// The SIMD level it belongs to, for `NLU_KERNEL`'s cap.
+    level: Level,
+    /// Whether this CPU runs it.
+    runs: fn() -> bool,
+}
+
+impl Kernel {
+    /// # Safety
+    /// `micro` runs on every CPU where `runs` says true, and does what [`Call`] says for `1..=mr`
+    /// rows and `panels` panels.
+    pub(crate) const unsafe fn new(
+        name: &'static str,
+        micro: unsafe fn(rows: usize, call: Call),
+        mr: usize,
+        panels: usize,
+        level: Level,
+        runs: fn() -> bool,
+    ) -> Self {
+        assert!(mr <= TILE_ROWS && panels * NR <= TILE_COLS);
+        Self {
+            name,
+            micro,
+            mr,
+            panels,
+            level,
+            runs,
+        }
+    }
+
+    /// Every int8 kernel this CPU runs, fastest first (the tests run each).
+    pub fn supported() -> impl Iterator<Item = &'static Kernel> {
+        #[cfg(target_arch = "x86_64")]
+        let all: &'static [&Kernel] = &super::int8_x86::KERNELS;
+        #[cfg(not(target_arch = "x86_64"))]
+        let all: &'static [&Kernel] = &[];
+        all.iter().copied().filter(|k| (k.runs)())
+    }
+
+    /// The kernel `--dtype int8` runs: the fastest this CPU has within `NLU_KERNEL`'s cap
+    /// (`avx2` leaves out VNNI, `gemm` every int8 kernel); none on CPUs without AVX2 + FMA.
+    pub fn best() -> Option<&'static Kernel> {
+        let cap = Simd::best().level();
+        Self::supported().find(|k| k.level <= cap)
+    }
+
+    /// `out[rows, n] = finish(start + x · W)`, `x` quantised by [`QuantRows::quantize`] from
+    /// `[rows, W.k]`; `finish` runs on each finished piece of an output row. `out`'s old contents
+    /// are not read. Panics if this CPU does not run the kernel.
+    pub fn matmul_then(
+        &self,
+        x: &QuantRows,
+        rows: usize,
+        w: &QuantWeights,
+        start: Start,
+        out: &mut [f32],
+        finish: impl Fn(&mut [f32]) + Sync,
+    ) {
+        assert!(
+            (self.runs)(),
+            "the {} kernel needs a CPU with it",
+            self.name
+        );
+        let (k, n, steps) = (w.k, w.n, w.steps());
+        assert_eq!(x.scale.len(), rows, "quantised rows");
+        assert_eq!(x.stride, steps * GROUP, "quantised row length");
+        assert_eq!(out.len(), rows * n, "output size");
+        start.check(rows, n);
+        if rows == 0 || n == 0 {
+            return;
+        }
+        let width = self.panels * NR;
+        let split = Split::new(rows, self.mr, BLOCK_ROWS, n.div_ceil(width), k * width);
+        let dst = SharedOut::new(out);
+        let task = |t: usize| {
+            let (block, col_blocks) = split.task(t);
+            let mut tile = [[0i32; TILE_COLS]; TILE_ROWS];
+            for cb in col_blocks {
+                let (col, cols) = (cb * width, width.min(n - cb * width));
+                for (row, mr) in split.calls(block.clone()) {
+                    // SAFETY: a valid call: rows row..row+mr of the quantised `x` exist, each
+                    // `stride` = 4 · steps bytes; panels cb·panels.. exist (an even count, so
+                    // a two-panel call's second one too), each `steps` lines; the tile is
+                    // TILE_ROWS x TILE_COLS. The CPU runs the kernel (asserted above; `new`'s
+                    // contract).
+                    unsafe {
+                        (self.micro)(
+                            mr,
+                            Call {
+                                a: x.bytes.as_ptr().add(row * x.stride),
+                                lda: x.stride,
+                                steps,
+                                b: w.lines.as_ptr().add(cb * self.panels * steps),
+                                panel_lines: steps,
+                                tile: tile.as_mut_ptr(),
+                            },
+                        );
+                    }
+                    for (r, sums) in (row..row + mr).zip(&tile) {
+                        // SAFETY: columns col..col+cols of row r belong to this task alone (its
+                        // rows and column blocks are its own); `out` outlives the tasks.
+                        let o =
+                            unsafe { std::slice::from_raw_parts_mut(dst.at(r * n + col), cols) };
+                        let residual = start.residual.map(|res| &res[r * n + col..][..cols]);
+                        dequantize(
+                            x,
+                            r,
+                            w,
+                            col,
+                            &sums[..cols],
+                            &start.bias[col..][..cols],
+                            residual,
+                            o,
+                        );
+                        finish(o);
+                    }
+                }
+            }
+        };
+        split.run(task);
+    }
+}
+
+/// `o = (sums - zero · Σ q_w) · scale_x · scale_w + bias (+ residual)` for row `r` of `x` and
+/// the columns from `col` of `w`.
+#[allow(clippy::too_many_arguments)]
+fn dequantize(
+    x: &QuantRows,
+    r: usize,
+    w: &QuantWeights,
+    col: usize,
+    sums: &[i32],
+    bias: &[f32],
+    residual: Option<&[f32]>,
+    o: &mut [f32],
+) {
+    let (zero, scale) = (x.zero[r], x.scale[r]);
+    let columns = sums
+        .iter()
+        .zip(&w.sums[col..])
+        .zip(&w.scale[col..])
+        .zip(bias);
+    for (i, (((&sum, &w_sum), &w_scale), &b)) in columns.enumerate() {
+        o[i] = (sum - zero * w_sum) as f32 * (scale * w_scale)
+            + b
+            + residual.map_or(0.0, |res| res[i]);
+    }
+}
+
+/// Whether this CPU runs `--dtype int8` (an int8 kernel within `NLU_KERNEL`'s cap).
+pub fn available() -> bool {
+    Kernel::best().is_some()
+}
+
+thread_local! {
+    /// The quantised input of the last call on this thread, its buffers reused (a fresh one
+    /// per layer would page-fault on every forward).
+    static ROWS: std::cell::RefCell<QuantRows> = std::cell::RefCell::default();
+}
+
+/// `out = finish(start + x · W)` on the [`Kernel::best`] kernel. Panics where there is none
+/// ([`available`] is the check).
+pub fn matmul_then(
+    x: &[f32],
+    rows: usize,
+    w: &QuantWeights,
+    start: Start,
+    out: &mut [f32],
+    finish: impl Fn(&mut [f32]) + Sync,
+) {
+    let kernel = Kernel::best().expect("--dtype int8 needs a CPU with AVX2 and FMA");
+    ROWS.with_borrow_mut(|q| {
+        q.quantize(x, rows, w.k);
+        kernel.matmul_then(q, rows, w, start, out, finish);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{max_abs_diff, test_values};
+    use super::*;
+
+    /// The quantised values back as f32, in f64: `(q - zero) · scale` per row.
+    fn dequantized_rows(q: &QuantRows, rows: usize, k: usize) -> Vec<f64> {
+        (0..rows * k)
+            .map(|i| {
+                let (r, c) = (i / k, i % k);
+                (i32::from(q.bytes[r * q.stride + c]) - q.zero[r]) as f64 * q.scale[r] as f64
+            })
+            .collect()
+    }
+
+    /// The packed weights back as `[k, n]` f64.
+    fn dequantized_weights(w: &QuantWeights) -> Vec<f64> {
+        let (k, n, steps) = (w.k, w.n, w.steps());
+        (0..k * n)
+            .map(|i| {
+                let (kk, c) = (i / n, i % n);
+                let line = &w.lines[(c / NR) * steps + kk / GROUP];
+                line.0[(c % NR) * GROUP + kk % GROUP] as f64 * w.scale[c] as f64
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rows_are_quantised_within_half_a_level_with_zero_exact() {
+        let (rows, k) = (5, 37);
+        let mut x = test_values(rows * k, 1, 3.0);
+        x[..k].iter_mut().for_each(|v| *v = v.abs() + 0.5); // a row with no negative value
+        x[k..2 * k].fill(0.0); // and one of zeros
+        x[2 * k + 3] = 0.0;
+        let mut q = QuantRows::default();
+        q.quantize(&x, rows, k);
+        assert_eq!(q.stride, 40);
+        let back = dequantized_rows(&q, rows, k);
+        for r in 0..rows {
+            let half = q.scale[r] as f64 / 2.0 + 1e-6;
+            for c in 0..k {
+                let i = r * k + c;
+                assert!(
+                    (back[i] - x[i] as f64).abs() <= half,
+                    "row {r} col {c}: {} vs {}",
+                    back[i],
+                    x[i]
+                );
+            }
+            assert!(q.bytes[r * q.stride + k..(r + 1) * q.stride]
+                .iter()
+                .all(|&b| b == 0));
+        }
+        assert_eq!(back[2 * k + 3], 0.0, "zero is a level");
+        assert!(back[k..2 * k].iter().all(|&v| v == 0.0));
+        // A positive row uses the whole range from 0: its largest value is level 255.
+        assert_eq!(q.zero[0], 0);
+        assert_eq!(q.bytes[..k].iter().max(), Some(&255));
+    }
+
+    #[test]
+    fn weights_are_quantised_per_column_within_half_a_level() {
+        let (k, n) = (13, 21);
+        let w = test_values(k * n, 2, 0.5);
+        let packed = QuantWeights::pack(&w, k, n);
+        let back = dequantized_weights(&packed);
+        for (i, (&got, &want)) in back.iter().zip(&w).enumerate() {
+            let half = packed.scale[i % n] as f64 / 2.0 + 1e-9;
+            assert!((got - want as f64).abs() <= half, "weight {i}");
+        }
+        assert_eq!(
+            packed.lines.len(),
+            2 * k.div_ceil(GROUP),
+            "two panels (an even count)"
+        );
+    }
+
+    /// Runs every int8 kernel this CPU has on `x` `[rows, k]` and `w` `[k, n]`, with and without
+    /// a residual, against the definition on the quantised values in f64 (the sums are exact, so
+    /// only the f32 dequantisation differs), and checks that all kernels give the same bits.
+    fn check_kernels(x: &[f32], w: &[f32], rows: usize, k: usize, n: usize) {
+        let (bias, residual) = (test_values(n, 3, 0.5), test_values(rows * n, 4, 0.5));
+        let mut q = QuantRows::default();
+        q.quantize(x, rows, k);
+        let packed = QuantWeights::pack(w, k, n);
+        let (xq, wq) = (dequantized_rows(&q, rows, k), dequantized_weights(&packed));
+        for residual in [None, Some(&residual[..])] {
+            let mut first: Option<(&str, Vec<f32>)> = None;
+            for kernel in Kernel::supported() {
+                // Stale contents, as in a reused buffer: must not be read.
+                let mut got = vec![f32::NAN; rows * n];
+                let start = Start {
+                    bias: &bias,
+                    residual,
+                };
+                kernel.matmul_then(&q, rows, &packed, start, &mut got, |_| {});
+                let worst = max_abs_diff((0..rows * n).map(|i| {
+                    let (r, c) = (i / n, i % n);
+                    let want = bias[c] as f64
+                        + residual.map_or(0.0, |res| res[i] as f64)
+                        + (0..k).map(|j| xq[r * k + j] * wq[j * n + c]).sum::<f64>();
+                    (got[i] as f64, want)
+                }));
+                let tolerance = 1e-6 * (k as f64).max(100.0);
+                assert!(
+                    worst < tolerance,
+                    "{} {rows}x{k}x{n} residual {}: max abs diff {worst}",
+                    kernel.name,
+                    residual.is_some()
+                );
+                // Same sums, same dequantisation: bit-identical whatever the kernel.
+                match &first {
+                    None => first = Some((kernel.name, got)),
+                    Some((name, bits)) => assert!(
+                        bits.iter()
+                            .zip(&got)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{name} and {} differ",
+                        kernel.name
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Shapes that cut calls, panels, column blocks and groups of 4 short.
+    #[test]
+    fn kernels_compute_the_quantised_product_exactly() {
+        for (rows, k, n) in [
+            (1, 1, 1),
+            (1, 7, 3),
+            (5, 13, 17),
+            (12, 9, 32),
+            (13, 70, 65),
+            (33, 384, 100),
+            (250, 64, 48),
+            (97, 300, 1100),
+        ] {
+            let (x, w) = (test_values(rows * k, 1, 2.0), test_values(k * n, 2, 0.5));
+            check_kernels(&x, &w, rows, k, n);
+        }
+    }
+
+    /// The extremes `vpmaddubsw` sees: activation bytes of 255 against weights of ±64, whose
+    /// pairs sum to ±2 · 255 · 64; a kernel that saturated would be off by thousands.
+    #[test]
+    fn kernels_do_not_saturate_at_the_extremes() {
+        let (rows, k, n) = (3, 64, 32);
+        // Row 0 all at its maximum (level 255, zero point 0), row 1 all at its minimum, row 2
+        // alternating.
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| match i / k {
+                0 => 1.0,
+                1 => -1.0,
+                _ => [1.0, -1.0][i % 2],
+            })
+            .collect();
+        // Columns of +1, of -1, and alternating by depth: levels ±64.
+        let w: Vec<f32> = (0..k * n)
+            .map(|i| match (i % n) % 3 {
+                0 => 1.0,
+                1 => -1.0,
+                _ => [1.0, -1.0][(i / n) % 2],
+            })
+            .collect();
+        let mut q = QuantRows::default();
+        q.quantize(&x, rows, k);
+        assert!(q.bytes[..k].iter().all(|&b| b == 255));
+        assert!(QuantWeights::pack(&w, k, n).lines[0]
+            .0
+            .iter()
+            .all(|&v| v.abs() == 64));
+        check_kernels(&x, &w, rows, k, n);
+    }
+}
