@@ -77,10 +77,12 @@ pub struct ServeArgs {
     #[arg(long, env = "NLU_POOLING", value_enum)]
     pub pooling: Option<Pooling>,
 
-    /// Number format of the weight matrices: `f32`, or `bf16` (products accumulated in f32) on
+    /// Number format of the weight matrices: `f32`; `bf16` (products accumulated in f32) on
     /// CPUs with AMX-BF16 (Intel Sapphire Rapids and later), several times faster with
-    /// embeddings within cosine 0.999 of f32. On a CPU without AMX, `bf16` logs a warning and
-    /// runs f32.
+    /// embeddings within cosine 0.999 of f32; or `int8` (weights per column, activations per
+    /// row, i32 sums) on CPUs with AVX2 (AVX-512 VNNI where present), about twice f32's speed
+    /// with embeddings within cosine 0.999 of f32 (docs/server.md says when to use it). Where
+    /// the CPU lacks what the dtype needs, the server logs a warning and runs f32.
     #[arg(long, env = "NLU_DTYPE", default_value = "f32")]
     pub dtype: Dtype,
 

@@ -4,10 +4,10 @@
 //! on odd input. One test binary (linking is slow).
 
 mod parity {
-    mod bf16;
     pub mod common;
     mod gte;
     mod hub;
+    mod low_precision;
     mod minilm;
     mod rerank;
     mod robustness;

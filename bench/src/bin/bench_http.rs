@@ -7,7 +7,7 @@
 //! reranker (`--task rerank`): a query and 32 passages of 16-256 characters per `/v1/rerank`
 //! request. Records /proc/loadavg before and after every figure: these machines are shared.
 //!
-//! `cargo run --release -p nlu-bench --bin bench_http -- [--model DIR] [--url URL] [--seconds S] [--clients N] [--workloads mixed-chars,...] [--dtype bf16] [--json]`
+//! `cargo run --release -p nlu-bench --bin bench_http -- [--model DIR] [--url URL] [--seconds S] [--clients N] [--workloads mixed-chars,...] [--dtype bf16|int8] [--json]`
 //! The model defaults to the folder `scripts/fetch-minilm.sh` prints. Threads: `RAYON_NUM_THREADS`.
 
 use std::path::PathBuf;
@@ -39,7 +39,8 @@ struct Args {
     /// Workloads to run, comma-separated.
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = Workload::ALL)]
     workloads: Vec<Workload>,
-    /// Number format of the in-process server's weights (`serve --dtype`): `f32` or `bf16`.
+    /// Number format of the in-process server's weights (`serve --dtype`): `f32`, `bf16` or
+    /// `int8` (the server falls back to f32, with its warning, where the CPU lacks what it needs).
     #[arg(long, default_value = "f32")]
     dtype: Dtype,
     /// Print one JSON object per figure (with the load before and after it) instead of markdown.
@@ -258,8 +259,10 @@ fn minilm_dir() -> Result<PathBuf> {
     ))
 }
 
-/// The model's own p50 for one 16-token input, to subtract from the HTTP latency.
+/// The model's own p50 for one 16-token input, to subtract from the HTTP latency (in the dtype
+/// the server runs: `runnable` is the server's own fallback).
 fn model_only_p50(dir: &std::path::Path, dtype: Dtype, seconds: f64) -> Result<Duration> {
+    let (dtype, _) = nlu_server::model::kernels::linear::runnable(dtype);
     let embedder = Embedder::load(&ModelFiles::from_dir(dir)?, None, dtype)?;
     let ids = embedder.tokenizer().encode(&text(14, &mut 7), None)?.ids;
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);

@@ -4,7 +4,7 @@
 //! 4 relations) on a StructBERT-base-shaped random model. Prints markdown tables and the machine
 //! load, or JSON lines (`--json`, read by `bench/side_by_side.py`).
 //!
-//! `cargo run -p nlu-bench --bin bench_model --release -- [--model DIR] [--seconds S] [--skip-base] [--skip-uninlu] [--shapes 8x64,1x16] [--dtype bf16] [--json]`
+//! `cargo run -p nlu-bench --bin bench_model --release -- [--model DIR] [--seconds S] [--skip-base] [--skip-uninlu] [--shapes 8x64,1x16] [--dtype bf16|int8] [--json]`
 //! The model defaults to MiniLM in the cache of `scripts/fetch-minilm.sh`. Threads: `RAYON_NUM_THREADS`.
 //! Kernels: the CPU's best, or at most `NLU_KERNEL`'s (`avx2`, `gemm`: docs/server.md).
 
@@ -42,8 +42,9 @@ struct Args {
     /// `BATCHxLEN` pairs to run instead of the full grid, e.g. `8x128,1x16`.
     #[arg(long, value_parser = parse_shapes)]
     shapes: Option<Shapes>,
-    /// Number format of the weight matrices: `f32`, or `bf16` (AMX tiles, f32 accumulation; the
-    /// library falls back to f32 with a warning where the CPU lacks AMX).
+    /// Number format of the weight matrices: `f32`, `bf16` (AMX tiles, f32 accumulation) or
+    /// `int8` (AVX-512 VNNI or AVX2, i32 accumulation); the library falls back to f32 with the
+    /// server's warning where the CPU lacks what the dtype needs.
     #[arg(long, default_value = "f32")]
     dtype: Dtype,
     /// Print one JSON object per measurement (with the load before and after it) instead of

@@ -93,11 +93,12 @@ pub struct ModelInfo {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub activation: Option<ScoreActivation>,
-    /// Number format of the weights: `f32` or `bf16`.
+    /// Number format of the weights: `f32`, `bf16` or `int8`.
     #[schema(value_type = String)]
     pub dtype: Dtype,
     /// The matmul kernel of the linear layers on this CPU: `avx512`, `avx2` (AVX2 + FMA, no
-    /// AVX-512), `amx` (bf16) or `gemm` (CPUs with neither).
+    /// AVX-512; or int8 on AVX2), `avx512-vnni` (int8), `amx` (bf16) or `gemm` (CPUs with
+    /// neither).
     #[schema(value_type = String)]
     pub kernel: &'static str,
 }

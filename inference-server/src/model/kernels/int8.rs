@@ -1,22 +1,28 @@
 //! `--dtype int8`: `out = start + x · W` with both sides quantised to 8 bits and the products
 //! summed exactly in i32.
 //!
-//! - **Weights**, once at load time: per output column, `w ≈ q · scale` with `|q| <= 64`
-//!   ([`WEIGHT_LEVEL`]; 7 bits, as ONNX Runtime's `reduce_range`), so that AVX2's `vpmaddubsw`,
-//!   which adds two u8 x i8 products into a saturating i16, can never saturate (2 · 255 · 64 =
-//!   32640). All kernels read the same quantised weights, so their results are bit-identical.
-//! - **Activations**, on every call: per row, asymmetric u8, `x ≈ (q - zero) · scale` over the
-//!   row's range (with 0 in it). Asymmetric because the inputs of the second feed-forward layer
-//!   (after GELU) hardly go below zero, and LayerNorm outputs have one-sided outliers: a symmetric
-//!   range would waste up to half of the 256 levels.
-//! - **Dequantising**: `out = (Σ q_x q_w - zero · Σ q_w) · scale_x · scale_w + bias (+ residual)`,
-//!   where `Σ q_w` per column is computed at load time.
+//! - **Weights**, once at load time: per output column, `w ≈ q · scale` with `|q| <= 127`. A
+//!   bf16 copy, row-major, serves the activations' outliers (below).
+//! - **Activations**, on every call: per row, asymmetric over the row's range (with 0 in it),
+//!   `x ≈ (q - zero) · scale` with `0 <= q <= 127`. Seven bits keep AVX2's `vpmaddubsw`, which
+//!   adds two u8 x i8 products into a saturating i16, exact (2 · 127 · 127 = 32258 < 32767), so
+//!   VNNI and AVX2 give bit-identical results. Asymmetric because the inputs of the second
+//!   feed-forward layer (after GELU) hardly go below zero: a symmetric range would waste half
+//!   the levels.
+//! - **Outliers**: values beyond [`OUTLIER_RMS`] times the row's RMS (BERT's LayerNorm outputs
+//!   and GELU outputs have a few large ones per token) would stretch the row's range and leave
+//!   the other values a few levels. They are taken out of the quantised row (their level is the
+//!   zero point) and added in f32 against the bf16 weights: on real MiniLM this took the lowest
+//!   cosine to f32 over the fixture texts from 0.9935 to 0.9990 (see docs/benchmarks.md).
+//! - **Dequantising**: `out = (Σ q_x q_w - zero · Σ q_w) · scale_x · scale_w + Σ_outliers x · w
+//!   + bias (+ residual)`, where `Σ q_w` per column is computed at load time.
 //!
 //! The micro-kernels ([`super::int8_x86`]: AVX-512 VNNI `vpdpbusd`, AVX2 `vpmaddubsw` +
 //! `vpmaddwd`) read groups of 4 consecutive k values per i32 lane, so the weights are packed as
 //! panels of [`NR`] columns whose every 4-deep k step is one 64-byte line. They leave an i32 tile
 //! of sums, and the dequantisation above runs once per output value in this module.
 
+use half::bf16;
 use rayon::prelude::*;
 
 use super::memory::{filled, resize_for_overwrite};
@@ -28,8 +34,13 @@ use super::{SharedOut, Start};
 pub(crate) const NR: usize = 16;
 /// k values per i32 lane.
 pub(crate) const GROUP: usize = 4;
-/// The largest |quantised weight| (see the module's documentation).
-const WEIGHT_LEVEL: f32 = 64.0;
+/// The largest |quantised weight| and the largest activation level (see the module's
+/// documentation).
+const WEIGHT_LEVEL: f32 = 127.0;
+const ACTIVATION_LEVEL: f32 = 127.0;
+/// Activations beyond this many times their row's RMS are outliers, computed in f32 (2.5 on real
+/// MiniLM: 3 left the empty text at cosine 0.9988 to f32; a few values per row are above it).
+const OUTLIER_RMS: f32 = 2.5;
 /// Columns of a micro-kernel's tile: the widest call (two panels).
 pub(crate) const TILE_COLS: usize = 2 * NR;
 /// Rows of a micro-kernel's tile: the tallest call.
@@ -52,6 +63,8 @@ pub struct QuantWeights {
     scale: Vec<f32>,
     /// `Σ_k q` per column: what the activations' zero point adds to each sum.
     sums: Vec<i32>,
+    /// `W` in bf16, `[k, n]` row-major: the rows that outliers multiply.
+    exact: Vec<bf16>,
     k: usize,
     n: usize,
 }
@@ -92,6 +105,7 @@ impl QuantWeights {
             lines,
             scale,
             sums,
+            exact: w_t.iter().map(|&v| bf16::from_f32(v)).collect(),
             k,
             n,
         }
@@ -111,13 +125,15 @@ impl QuantWeights {
     }
 }
 
-/// `x` `[rows, k]` quantised per row: `x ≈ (q - zero) · scale`, each row padded with zeros to
-/// whole groups of [`GROUP`] (the weights are zero there).
+/// `x` `[rows, k]` quantised per row: `x ≈ (q - zero) · scale` plus the row's outliers, each
+/// row padded with zeros to whole groups of [`GROUP`] (the weights are zero there).
 #[derive(Default)]
 pub struct QuantRows {
     bytes: Vec<u8>,
     scale: Vec<f32>,
     zero: Vec<i32>,
+    /// Per row, its outliers: column and value.
+    outliers: Vec<Vec<(u32, f32)>>,
     stride: usize,
 }
 
@@ -130,7 +146,7 @@ impl QuantRows {
         let simd = Simd::best();
         let (stride, k1) = (self.stride.max(1), k.max(1));
         let row = |(q, x): (&mut [u8], &[f32])| quantize_row(simd, x, q);
-        let params: Vec<(f32, i32)> = if rows * k >= MIN_PARALLEL_VALUES {
+        let params: Vec<RowQuant> = if rows * k >= MIN_PARALLEL_VALUES {
             let pairs = self
                 .bytes
                 .par_chunks_exact_mut(stride)
@@ -140,45 +156,92 @@ impl QuantRows {
             let pairs = self.bytes.chunks_exact_mut(stride).zip(x.chunks_exact(k1));
             pairs.map(row).collect()
         };
-        (self.scale, self.zero) = params.into_iter().unzip();
+        self.scale.clear();
+        self.zero.clear();
+        self.outliers.clear();
+        for (scale, zero, outliers) in params {
+            self.scale.push(scale);
+            self.zero.push(zero);
+            self.outliers.push(outliers);
+        }
     }
 }
 
-/// `q[..x.len()]` = `x` as u8 over the row's range with 0 in it, `q`'s rest 0; returns the scale
-/// and the zero point.
-fn quantize_row(simd: Simd, x: &[f32], q: &mut [u8]) -> (f32, i32) {
-    let (mut lo, mut hi) = (0f32, 0f32);
-    let mut range = [0f32; 2];
-    row_range(simd, x, &mut range);
-    if range[0].is_finite() && range[1].is_finite() {
-        (lo, hi) = (range[0].min(0.0), range[1].max(0.0));
+/// A row's scale, zero point and outliers (column, value).
+type RowQuant = (f32, i32, Vec<(u32, f32)>);
+
+/// `q[..x.len()]` = `x` as levels over the row's range with 0 in it, outliers at the zero
+/// point, `q`'s rest 0; returns the scale, the zero point and the outliers.
+fn quantize_row(simd: Simd, x: &[f32], q: &mut [u8]) -> RowQuant {
+    let mut stats = [0f32; 3];
+    row_stats(simd, x, &mut stats);
+    let [sum_squares, ..] = stats;
+    let limit = OUTLIER_RMS * (sum_squares / x.len().max(1) as f32).sqrt();
+    let outliers: Vec<(u32, f32)> = match limit.is_finite() {
+        true => (0..x.len() as u32)
+            .map(|j| (j, x[j as usize]))
+            .filter(|(_, v)| v.abs() > limit)
+            .collect(),
+        false => Vec::new(),
+    };
+    if !outliers.is_empty() {
+        row_range_within(simd, x, limit, &mut stats);
     }
-    let scale = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
-    let zero = (-lo / scale).round_ties_even().clamp(0.0, 255.0);
-    let (q, pad) = q.split_at_mut(x.len());
-    levels(simd, x, q, 1.0 / scale, zero);
+    let [_, lo, hi] = stats;
+    let (lo, hi) = match lo.is_finite() && hi.is_finite() {
+        true => (lo.min(0.0), hi.max(0.0)),
+        false => (0.0, 0.0),
+    };
+    let scale = if hi > lo {
+        (hi - lo) / ACTIVATION_LEVEL
+    } else {
+        1.0
+    };
+    let zero = (-lo / scale).round_ties_even().clamp(0.0, ACTIVATION_LEVEL);
+    let (levels_of_x, pad) = q.split_at_mut(x.len());
+    levels(simd, x, levels_of_x, 1.0 / scale, zero);
+    for &(j, _) in &outliers {
+        levels_of_x[j as usize] = zero as u8;
+    }
     pad.fill(0);
-    (scale, zero as i32)
+    (scale, zero as i32, outliers)
 }
 
 super::simd::simd_builds! {
-    /// `range` = `[min, max]` of `x` (NaN where `x` holds one).
-    fn row_range(x: &[f32], range: &mut [f32; 2]) => row_range_generic
+    /// `stats` = `[Σ x², min, max]` of `x` (NaN where `x` holds one).
+    fn row_stats(x: &[f32], stats: &mut [f32; 3]) => row_stats_generic
 }
 
 #[inline(always)]
-fn row_range_generic(x: &[f32], range: &mut [f32; 2]) {
-    let (lo, hi) = x
-        .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        });
+fn row_stats_generic(x: &[f32], stats: &mut [f32; 3]) {
+    let (squares, lo, hi) = x.iter().fold(
+        (0f32, f32::INFINITY, f32::NEG_INFINITY),
+        |(s, lo, hi), &v| (s + v * v, lo.min(v), hi.max(v)),
+    );
     let nan = x.iter().any(|v| v.is_nan());
-    *range = if nan { [f32::NAN; 2] } else { [lo, hi] };
+    *stats = if nan {
+        [f32::NAN; 3]
+    } else {
+        [squares, lo, hi]
+    };
 }
 
 super::simd::simd_builds! {
-    /// `q = clamp(round(x · inv_scale) + zero, 0, 255)`.
+    /// `stats[1..]` = `[min, max]` of the values of `x` within `±limit`.
+    fn row_range_within(x: &[f32], limit: f32, stats: &mut [f32; 3]) => row_range_within_generic
+}
+
+#[inline(always)]
+fn row_range_within_generic(x: &[f32], limit: f32, stats: &mut [f32; 3]) {
+    let (lo, hi) = x.iter().fold((0f32, 0f32), |(lo, hi), &v| {
+        let v = if v.abs() > limit { 0.0 } else { v };
+        (lo.min(v), hi.max(v))
+    });
+    (stats[1], stats[2]) = (lo, hi);
+}
+
+super::simd::simd_builds! {
+    /// `q = clamp(round(x · inv_scale) + zero, 0, ACTIVATION_LEVEL)`.
     fn levels(x: &[f32], q: &mut [u8], inv_scale: f32, zero: f32) => levels_generic
 }
 
@@ -186,7 +249,7 @@ super::simd::simd_builds! {
 fn levels_generic(x: &[f32], q: &mut [u8], inv_scale: f32, zero: f32) {
     for (q, &v) in q.iter_mut().zip(x) {
         // `as u8` saturates (and takes NaN to 0) after the clamp has done the real work.
-        *q = ((v * inv_scale).round_ties_even() + zero).clamp(0.0, 255.0) as u8;
+        *q = ((v * inv_scale).round_ties_even() + zero).clamp(0.0, ACTIVATION_LEVEL) as u8;
     }
 }
 
@@ -336,8 +399,8 @@ impl Kernel {
     }
 }
 
-/// `o = (sums - zero · Σ q_w) · scale_x · scale_w + bias (+ residual)` for row `r` of `x` and
-/// the columns from `col` of `w`.
+/// `o = (sums - zero · Σ q_w) · scale_x · scale_w + Σ_outliers x · w + bias (+ residual)` for
+/// row `r` of `x` and the columns from `col` of `w`.
 #[allow(clippy::too_many_arguments)]
 fn dequantize(
     x: &QuantRows,
@@ -359,6 +422,12 @@ fn dequantize(
         o[i] = (sum - zero * w_sum) as f32 * (scale * w_scale)
             + b
             + residual.map_or(0.0, |res| res[i]);
+    }
+    for &(j, v) in &x.outliers[r] {
+        let row = &w.exact[j as usize * w.n + col..][..o.len()];
+        for (o, w) in o.iter_mut().zip(row) {
+            *o += v * w.to_f32();
+        }
     }
 }
 
@@ -395,7 +464,8 @@ mod tests {
     use super::super::{max_abs_diff, test_values};
     use super::*;
 
-    /// The quantised values back as f32, in f64: `(q - zero) · scale` per row.
+    /// The quantised values back as f32, in f64: `(q - zero) · scale` per row, the outliers'
+    /// places 0.
     fn dequantized_rows(q: &QuantRows, rows: usize, k: usize) -> Vec<f64> {
         (0..rows * k)
             .map(|i| {
@@ -403,6 +473,15 @@ mod tests {
                 (i32::from(q.bytes[r * q.stride + c]) - q.zero[r]) as f64 * q.scale[r] as f64
             })
             .collect()
+    }
+
+    /// `test_values` with a spike of `spike` every 29th value: outliers.
+    fn spiky(n: usize, seed: u64, amplitude: f32, spike: f32) -> Vec<f32> {
+        let mut x = test_values(n, seed, amplitude);
+        x.iter_mut()
+            .step_by(29)
+            .for_each(|v| *v = spike.copysign(*v));
+        x
     }
 
     /// The packed weights back as `[k, n]` f64.
@@ -420,7 +499,7 @@ mod tests {
     #[test]
     fn rows_are_quantised_within_half_a_level_with_zero_exact() {
         let (rows, k) = (5, 37);
-        let mut x = test_values(rows * k, 1, 3.0);
+        let mut x = spiky(rows * k, 1, 3.0, 40.0);
         x[..k].iter_mut().for_each(|v| *v = v.abs() + 0.5); // a row with no negative value
         x[k..2 * k].fill(0.0); // and one of zeros
         x[2 * k + 3] = 0.0;
@@ -430,8 +509,18 @@ mod tests {
         let back = dequantized_rows(&q, rows, k);
         for r in 0..rows {
             let half = q.scale[r] as f64 / 2.0 + 1e-6;
+            // The spikes, exactly, and nothing else.
+            let spikes: Vec<(u32, f32)> = (0..k)
+                .filter(|c| x[r * k + c].abs() > 30.0)
+                .map(|c| (c as u32, x[r * k + c]))
+                .collect();
+            assert_eq!(q.outliers[r], spikes, "row {r}");
             for c in 0..k {
                 let i = r * k + c;
+                if x[i].abs() > 30.0 {
+                    assert_eq!(back[i], 0.0, "an outlier's place is the zero point");
+                    continue;
+                }
                 assert!(
                     (back[i] - x[i] as f64).abs() <= half,
                     "row {r} col {c}: {} vs {}",
@@ -445,9 +534,9 @@ mod tests {
         }
         assert_eq!(back[2 * k + 3], 0.0, "zero is a level");
         assert!(back[k..2 * k].iter().all(|&v| v == 0.0));
-        // A positive row uses the whole range from 0: its largest value is level 255.
+        // A positive row uses the whole range from 0: its largest value is the top level.
         assert_eq!(q.zero[0], 0);
-        assert_eq!(q.bytes[..k].iter().max(), Some(&255));
+        assert_eq!(q.bytes[..k].iter().max(), Some(&(ACTIVATION_LEVEL as u8)));
     }
 
     #[test]
@@ -488,9 +577,13 @@ mod tests {
                 kernel.matmul_then(&q, rows, &packed, start, &mut got, |_| {});
                 let worst = max_abs_diff((0..rows * n).map(|i| {
                     let (r, c) = (i / n, i % n);
+                    let outliers = q.outliers[r]
+                        .iter()
+                        .map(|&(j, v)| v as f64 * bf16::from_f32(w[j as usize * n + c]).to_f64());
                     let want = bias[c] as f64
                         + residual.map_or(0.0, |res| res[i] as f64)
-                        + (0..k).map(|j| xq[r * k + j] * wq[j * n + c]).sum::<f64>();
+                        + (0..k).map(|j| xq[r * k + j] * wq[j * n + c]).sum::<f64>()
+                        + outliers.sum::<f64>();
                     (got[i] as f64, want)
                 }));
                 let tolerance = 1e-6 * (k as f64).max(100.0);
@@ -528,17 +621,17 @@ mod tests {
             (250, 64, 48),
             (97, 300, 1100),
         ] {
-            let (x, w) = (test_values(rows * k, 1, 2.0), test_values(k * n, 2, 0.5));
+            let (x, w) = (spiky(rows * k, 1, 2.0, 30.0), test_values(k * n, 2, 0.5));
             check_kernels(&x, &w, rows, k, n);
         }
     }
 
-    /// The extremes `vpmaddubsw` sees: activation bytes of 255 against weights of ±64, whose
-    /// pairs sum to ±2 · 255 · 64; a kernel that saturated would be off by thousands.
+    /// The extremes `vpmaddubsw` sees: activation levels of 127 against weights of ±127, whose
+    /// pairs sum to ±2 · 127 · 127; a kernel that saturated would be off by hundreds.
     #[test]
     fn kernels_do_not_saturate_at_the_extremes() {
         let (rows, k, n) = (3, 64, 32);
-        // Row 0 all at its maximum (level 255, zero point 0), row 1 all at its minimum, row 2
+        // Row 0 all at its maximum (the top level, zero point 0), row 1 all at its minimum, row 2
         // alternating.
         let x: Vec<f32> = (0..rows * k)
             .map(|i| match i / k {
@@ -547,7 +640,7 @@ mod tests {
                 _ => [1.0, -1.0][i % 2],
             })
             .collect();
-        // Columns of +1, of -1, and alternating by depth: levels ±64.
+        // Columns of +1, of -1, and alternating by depth: levels ±127.
         let w: Vec<f32> = (0..k * n)
             .map(|i| match (i % n) % 3 {
                 0 => 1.0,
@@ -557,11 +650,11 @@ mod tests {
             .collect();
         let mut q = QuantRows::default();
         q.quantize(&x, rows, k);
-        assert!(q.bytes[..k].iter().all(|&b| b == 255));
+        assert!(q.bytes[..k].iter().all(|&b| b == ACTIVATION_LEVEL as u8));
         assert!(QuantWeights::pack(&w, k, n).lines[0]
             .0
             .iter()
-            .all(|&v| v.abs() == 64));
+            .all(|&v| v.abs() == WEIGHT_LEVEL as i8));
         check_kernels(&x, &w, rows, k, n);
     }
 }
