@@ -177,7 +177,8 @@ fn quantize_row(simd: Simd, x: &[f32], q: &mut [u8]) -> RowQuant {
     row_stats(simd, x, &mut stats);
     let [sum_squares, ..] = stats;
     let limit = OUTLIER_RMS * (sum_squares / x.len().max(1) as f32).sqrt();
-    let outliers: Vec<(u32, f32)> = match limit.is_finite() {
+    let [_, lo, hi] = stats;
+    let outliers: Vec<(u32, f32)> = match limit.is_finite() && lo.abs().max(hi.abs()) > limit {
         true => (0..x.len() as u32)
             .map(|j| (j, x[j as usize]))
             .filter(|(_, v)| v.abs() > limit)
@@ -188,7 +189,7 @@ fn quantize_row(simd: Simd, x: &[f32], q: &mut [u8]) -> RowQuant {
         row_range_within(simd, x, limit, &mut stats);
     }
     let [_, lo, hi] = stats;
-    let (lo, hi) = match lo.is_finite() && hi.is_finite() {
+    let (lo, hi) = match limit.is_finite() && lo.is_finite() && hi.is_finite() {
         true => (lo.min(0.0), hi.max(0.0)),
         false => (0.0, 0.0),
     };
@@ -207,37 +208,64 @@ fn quantize_row(simd: Simd, x: &[f32], q: &mut [u8]) -> RowQuant {
     (scale, zero as i32, outliers)
 }
 
+/// Lanes of the reductions below: independent partial results, so that the compiler may keep
+/// them in vector registers (a single f32 accumulator is a sequential chain it may not reorder).
+const LANES: usize = 16;
+
 super::simd::simd_builds! {
-    /// `stats` = `[Σ x², min, max]` of `x` (NaN where `x` holds one).
+    /// `stats` = `[Σ x², min, max]` of `x` (the sum NaN where `x` holds a NaN).
     fn row_stats(x: &[f32], stats: &mut [f32; 3]) => row_stats_generic
 }
 
 #[inline(always)]
 fn row_stats_generic(x: &[f32], stats: &mut [f32; 3]) {
-    let (squares, lo, hi) = x.iter().fold(
-        (0f32, f32::INFINITY, f32::NEG_INFINITY),
-        |(s, lo, hi), &v| (s + v * v, lo.min(v), hi.max(v)),
-    );
-    let nan = x.iter().any(|v| v.is_nan());
-    *stats = if nan {
-        [f32::NAN; 3]
-    } else {
-        [squares, lo, hi]
-    };
+    let (mut squares, mut lo, mut hi) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for i in 0..LANES {
+            squares[i] += chunk[i] * chunk[i];
+            lo[i] = lo[i].min(chunk[i]);
+            hi[i] = hi[i].max(chunk[i]);
+        }
+    }
+    for (i, &v) in tail.iter().enumerate() {
+        squares[i] += v * v;
+        lo[i] = lo[i].min(v);
+        hi[i] = hi[i].max(v);
+    }
+    let fold =
+        |v: &[f32; LANES], f: fn(f32, f32) -> f32| v.iter().copied().reduce(f).unwrap_or(0.0);
+    *stats = [
+        fold(&squares, |a, b| a + b),
+        fold(&lo, f32::min),
+        fold(&hi, f32::max),
+    ];
 }
 
 super::simd::simd_builds! {
-    /// `stats[1..]` = `[min, max]` of the values of `x` within `±limit`.
+    /// `stats[1..]` = `[min, max]` of the values of `x` within `±limit`, and 0.
     fn row_range_within(x: &[f32], limit: f32, stats: &mut [f32; 3]) => row_range_within_generic
 }
 
 #[inline(always)]
 fn row_range_within_generic(x: &[f32], limit: f32, stats: &mut [f32; 3]) {
-    let (lo, hi) = x.iter().fold((0f32, 0f32), |(lo, hi), &v| {
+    let (mut lo, mut hi) = ([0f32; LANES], [0f32; LANES]);
+    let mut chunks = x.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for ((&v, lo), hi) in chunk.iter().zip(&mut lo).zip(&mut hi) {
+            let v = if v.abs() > limit { 0.0 } else { v };
+            *lo = lo.min(v);
+            *hi = hi.max(v);
+        }
+    }
+    for ((&v, lo), hi) in chunks.remainder().iter().zip(&mut lo).zip(&mut hi) {
         let v = if v.abs() > limit { 0.0 } else { v };
-        (lo.min(v), hi.max(v))
-    });
-    (stats[1], stats[2]) = (lo, hi);
+        *lo = lo.min(v);
+        *hi = hi.max(v);
+    }
+    stats[1] = lo.iter().copied().fold(0.0, f32::min);
+    stats[2] = hi.iter().copied().fold(0.0, f32::max);
 }
 
 super::simd::simd_builds! {
@@ -246,10 +274,16 @@ super::simd::simd_builds! {
 }
 
 #[inline(always)]
+#[allow(clippy::manual_clamp)] // clamp keeps NaN; see below
 fn levels_generic(x: &[f32], q: &mut [u8], inv_scale: f32, zero: f32) {
     for (q, &v) in q.iter_mut().zip(x) {
-        // `as u8` saturates (and takes NaN to 0) after the clamp has done the real work.
-        *q = ((v * inv_scale).round_ties_even() + zero).clamp(0.0, ACTIVATION_LEVEL) as u8;
+        // max/min, unlike clamp, take NaN to a bound, so the conversion always sees a value
+        // in 0..=ACTIVATION_LEVEL (and needs no saturating fix-ups).
+        let level = ((v * inv_scale).round_ties_even() + zero)
+            .max(0.0)
+            .min(ACTIVATION_LEVEL);
+        // SAFETY: `level` is finite and within u8.
+        *q = unsafe { level.to_int_unchecked::<u8>() };
     }
 }
 
@@ -350,6 +384,7 @@ impl Kernel {
         let width = self.panels * NR;
         let split = Split::new(rows, self.mr, BLOCK_ROWS, n.div_ceil(width), k * width);
         let dst = SharedOut::new(out);
+        let simd = Simd::best();
         let task = |t: usize| {
             let (block, col_blocks) = split.task(t);
             let mut tile = [[0i32; TILE_COLS]; TILE_ROWS];
@@ -379,55 +414,110 @@ impl Kernel {
                         // rows and column blocks are its own); `out` outlives the tasks.
                         let o =
                             unsafe { std::slice::from_raw_parts_mut(dst.at(r * n + col), cols) };
-                        let residual = start.residual.map(|res| &res[r * n + col..][..cols]);
-                        dequantize(
-                            x,
-                            r,
-                            w,
-                            col,
-                            &sums[..cols],
-                            &start.bias[col..][..cols],
-                            residual,
-                            o,
-                        );
-                        finish(o);
+                        dequantize(simd, x, r, w, col, sums, start, o);
+                        if x.outliers[r].is_empty() {
+                            finish(o);
+                        }
                     }
                 }
             }
         };
         split.run(task);
+        // The outliers, a whole bf16 weight row at a time (per column block, the loop overhead
+        // cost more than the products), then what waited for them.
+        let with_outliers = |(r, o): (usize, &mut [f32])| {
+            if !x.outliers[r].is_empty() {
+                for &(j, v) in &x.outliers[r] {
+                    add_scaled_row(simd, o, &w.exact[j as usize * n..][..n], v);
+                }
+                finish(o);
+            }
+        };
+        if rows * n >= MIN_PARALLEL_VALUES {
+            out.par_chunks_mut(n).enumerate().for_each(with_outliers);
+        } else {
+            out.chunks_mut(n).enumerate().for_each(with_outliers);
+        }
     }
 }
 
-/// `o = (sums - zero · Σ q_w) · scale_x · scale_w + Σ_outliers x · w + bias (+ residual)` for
-/// row `r` of `x` and the columns from `col` of `w`.
+/// `o = (sums - zero · Σ q_w) · scale_x · scale_w + bias (+ residual)` for row `r` of `x` and
+/// the columns from `col` of `w` (the outliers come later).
 #[allow(clippy::too_many_arguments)]
 fn dequantize(
+    simd: Simd,
     x: &QuantRows,
     r: usize,
     w: &QuantWeights,
     col: usize,
     sums: &[i32],
-    bias: &[f32],
-    residual: Option<&[f32]>,
+    start: Start,
     o: &mut [f32],
 ) {
-    let (zero, scale) = (x.zero[r], x.scale[r]);
-    let columns = sums
-        .iter()
-        .zip(&w.sums[col..])
-        .zip(&w.scale[col..])
-        .zip(bias);
-    for (i, (((&sum, &w_sum), &w_scale), &b)) in columns.enumerate() {
-        o[i] = (sum - zero * w_sum) as f32 * (scale * w_scale)
-            + b
-            + residual.map_or(0.0, |res| res[i]);
+    let (n, cols) = (w.n, o.len());
+    let columns = col..col + cols;
+    let row = Row {
+        zero: x.zero[r],
+        scale: x.scale[r],
+        sums: &sums[..cols],
+        w_sums: &w.sums[columns.clone()],
+        w_scale: &w.scale[columns.clone()],
+        bias: &start.bias[columns.clone()],
+    };
+    match start.residual {
+        Some(res) => dequantize_with(simd, row, &res[r * n + col..][..cols], o),
+        None => dequantize_with(simd, row, &[], o),
     }
-    for &(j, v) in &x.outliers[r] {
-        let row = &w.exact[j as usize * w.n + col..][..o.len()];
-        for (o, w) in o.iter_mut().zip(row) {
-            *o += v * w.to_f32();
+}
+
+/// What one output row's dequantisation reads, each slice as long as the output.
+#[derive(Clone, Copy)]
+struct Row<'a> {
+    zero: i32,
+    scale: f32,
+    sums: &'a [i32],
+    w_sums: &'a [i32],
+    w_scale: &'a [f32],
+    bias: &'a [f32],
+}
+
+super::simd::simd_builds! {
+    /// `o = (sums - zero · w_sums) · scale · w_scale + bias (+ residual, unless empty)`.
+    fn dequantize_with(row: Row, residual: &[f32], o: &mut [f32]) => dequantize_generic
+}
+
+#[inline(always)]
+fn dequantize_generic(row: Row, residual: &[f32], o: &mut [f32]) {
+    let (zero, scale) = (row.zero, row.scale);
+    let columns = row
+        .sums
+        .iter()
+        .zip(row.w_sums)
+        .zip(row.w_scale)
+        .zip(row.bias);
+    let values = columns.map(|(((&s, &ws), &sc), &b)| (s - zero * ws) as f32 * (scale * sc) + b);
+    // Two loops, so that each vectorises without a per-value branch.
+    if residual.is_empty() {
+        for (o, v) in o.iter_mut().zip(values) {
+            *o = v;
         }
+    } else {
+        for ((o, v), &res) in o.iter_mut().zip(values).zip(residual) {
+            *o = v + res;
+        }
+    }
+}
+
+super::simd::simd_builds! {
+    /// `o += v · w`, `w` in bf16.
+    fn add_scaled_row(o: &mut [f32], w: &[bf16], v: f32) => add_scaled_row_generic
+}
+
+#[inline(always)]
+fn add_scaled_row_generic(o: &mut [f32], w: &[bf16], v: f32) {
+    for (o, w) in o.iter_mut().zip(w) {
+        // bf16 is f32's upper half (the weights hold no NaN to quiet).
+        *o += v * f32::from_bits(u32::from(w.to_bits()) << 16);
     }
 }
 
