@@ -22,6 +22,8 @@
 //! panels of [`NR`] columns whose every 4-deep k step is one 64-byte line. They leave an i32 tile
 //! of sums, and the dequantisation above runs once per output value in this module.
 
+use std::ops::Range;
+
 use half::bf16;
 use rayon::prelude::*;
 
@@ -387,6 +389,12 @@ impl Kernel {
         let simd = Simd::best();
         let task = |t: usize| {
             let (block, col_blocks) = split.task(t);
+            let columns = col_blocks.start * width..(col_blocks.end * width).min(n);
+            // SAFETY: the columns `columns` of the rows `block` belong to this task alone (its
+            // rows and column blocks are its own); `out` outlives the tasks.
+            let out_of = |r: usize, cols: Range<usize>| unsafe {
+                std::slice::from_raw_parts_mut(dst.at(r * n + cols.start), cols.len())
+            };
             let mut tile = [[0i32; TILE_COLS]; TILE_ROWS];
             for cb in col_blocks {
                 let (col, cols) = (cb * width, width.min(n - cb * width));
@@ -410,10 +418,7 @@ impl Kernel {
                         );
                     }
                     for (r, sums) in (row..row + mr).zip(&tile) {
-                        // SAFETY: columns col..col+cols of row r belong to this task alone (its
-                        // rows and column blocks are its own); `out` outlives the tasks.
-                        let o =
-                            unsafe { std::slice::from_raw_parts_mut(dst.at(r * n + col), cols) };
+                        let o = out_of(r, col..col + cols);
                         dequantize(simd, x, r, w, col, sums, start, o);
                         if x.outliers[r].is_empty() {
                             finish(o);
@@ -421,23 +426,20 @@ impl Kernel {
                     }
                 }
             }
-        };
-        split.run(task);
-        // The outliers, a whole bf16 weight row at a time (per column block, the loop overhead
-        // cost more than the products), then what waited for them.
-        let with_outliers = |(r, o): (usize, &mut [f32])| {
-            if !x.outliers[r].is_empty() {
-                for &(j, v) in &x.outliers[r] {
-                    add_scaled_row(simd, o, &w.exact[j as usize * n..][..n], v);
+            // The outliers, over all the task's columns at once (per column block, the loop
+            // overhead cost more than the products), then what waited for them.
+            for r in block {
+                if !x.outliers[r].is_empty() {
+                    let o = out_of(r, columns.clone());
+                    for &(j, v) in &x.outliers[r] {
+                        let row = &w.exact[j as usize * n + columns.start..][..columns.len()];
+                        add_scaled_row(simd, o, row, v);
+                    }
+                    finish(o);
                 }
-                finish(o);
             }
         };
-        if rows * n >= MIN_PARALLEL_VALUES {
-            out.par_chunks_mut(n).enumerate().for_each(with_outliers);
-        } else {
-            out.chunks_mut(n).enumerate().for_each(with_outliers);
-        }
+        split.run(task);
     }
 }
 
@@ -664,7 +666,9 @@ mod tests {
                     bias: &bias,
                     residual,
                 };
-                kernel.matmul_then(&q, rows, &packed, start, &mut got, |_| {});
+                // An affine `finish`: applied twice, or before the outliers are in, it shows.
+                let finish = |o: &mut [f32]| o.iter_mut().for_each(|v| *v = 2.0 * *v + 1.0);
+                kernel.matmul_then(&q, rows, &packed, start, &mut got, finish);
                 let worst = max_abs_diff((0..rows * n).map(|i| {
                     let (r, c) = (i / n, i % n);
                     let outliers = q.outliers[r]
@@ -674,7 +678,7 @@ mod tests {
                         + residual.map_or(0.0, |res| res[i] as f64)
                         + (0..k).map(|j| xq[r * k + j] * wq[j * n + c]).sum::<f64>()
                         + outliers.sum::<f64>();
-                    (got[i] as f64, want)
+                    (got[i] as f64, 2.0 * want + 1.0)
                 }));
                 let tolerance = 1e-6 * (k as f64).max(100.0);
                 assert!(
