@@ -264,3 +264,39 @@ async fn dimensions_cut_then_normalise() {
     }
     server.stop().await.unwrap();
 }
+
+/// `--dtype int8` through HTTP: /info and the metric name the int8 kernel the CPU selects (or
+/// the f32 fallback on a CPU without AVX2), and the vectors stay within cosine 0.999 of the
+/// f32 references.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn int8_serves_close_vectors_and_says_so() {
+    let expected = read_json(fixtures().join("gte-tiny/expected.json"));
+    let server = TestServer::start(&["--model", &gte_tiny(), "--task", "embedding", "--dtype", "int8"]).await;
+    let avx2 = std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+    let (dtype, kernel) = if std::is_x86_feature_detected!("avx512f")
+        && std::is_x86_feature_detected!("avx512vnni")
+    {
+        ("int8", "avx512-vnni")
+    } else if avx2 {
+        ("int8", "avx2")
+    } else {
+        ("f32", "gemm")
+    };
+    let (status, info) = server.get("/info").await;
+    assert_eq!(status, 200);
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!((&info["dtype"], &info["kernel"]), (&json!(dtype), &json!(kernel)), "{info}");
+    let (_, metrics) = server.get("/metrics").await;
+    let line = format!(r#"nlu_model_info{{task="embedding",dtype="{dtype}",kernel="{kernel}"}} 1"#);
+    assert!(metrics.lines().any(|l| l == line), "no {line} in\n{metrics}");
+    for case in cases(&expected) {
+        let (status, body) = server.post("/embed", &json!({ "inputs": case["text"] })).await;
+        assert_eq!(status, 200, "{body}");
+        let (got, want) = (floats(&body[0]), floats(&case["cls_normalized"]));
+        let dot: f64 = got.iter().zip(&want).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        let cosine = dot / (norm(&got) * norm(&want));
+        assert!(cosine > 0.999, "{}: cosine {cosine}", case["text"]);
+    }
+    server.stop().await.unwrap();
+}
