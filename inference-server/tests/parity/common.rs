@@ -46,3 +46,21 @@ pub fn u32s(v: &serde_json::Value) -> Vec<u32> {
         .map(|x| x.as_u64().unwrap() as u32)
         .collect()
 }
+
+/// The ids of every case's `text`, truncated to `max_len`, by the embedder's tokenizer.
+pub fn case_ids(
+    embedder: &nlu_server::model::Embedder,
+    cases: &[serde_json::Value],
+    max_len: usize,
+) -> Vec<Vec<u32>> {
+    cases
+        .iter()
+        .map(|c| {
+            embedder
+                .tokenizer()
+                .encode(c["text"].as_str().unwrap(), Some(max_len))
+                .unwrap()
+                .ids
+        })
+        .collect()
+}

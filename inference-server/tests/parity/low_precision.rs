@@ -9,7 +9,7 @@ use nlu_server::model::{Dtype, Embedder, ModelFiles, Pooling, UniNluModel};
 use nlu_server::uninlu::{predict, Limits};
 use serde_json::Value;
 
-use super::common::{cosine, f64s, fixtures, read_json};
+use super::common::{case_ids, cosine, f64s, fixtures, read_json};
 use super::minilm::model_dir;
 
 /// Embeds every case of `expected` in `dtype` and compares with its `field` reference; returns
@@ -21,16 +21,7 @@ fn check(model: &Path, expected: &Path, pooling: Pooling, field: &str, dtype: Dt
     let expected = read_json(expected);
     let max_len = expected["max_length"].as_u64().unwrap() as usize;
     let cases = expected["cases"].as_array().unwrap();
-    let ids: Vec<Vec<u32>> = cases
-        .iter()
-        .map(|c| {
-            embedder
-                .tokenizer()
-                .encode(c["text"].as_str().unwrap(), Some(max_len))
-                .unwrap()
-                .ids
-        })
-        .collect();
+    let ids = case_ids(&embedder, cases, max_len);
     let vectors = embedder.embed(&ids, true).unwrap();
     let mut lowest = 1f64;
     for (case, got) in cases.iter().zip(&vectors) {

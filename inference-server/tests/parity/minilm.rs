@@ -7,7 +7,7 @@ use std::process::Command;
 
 use nlu_server::model::{Dtype, Embedder, ModelFiles, Pooling};
 
-use super::common::{cosine, f64s, fixtures, read_json, select, u32s};
+use super::common::{case_ids, cosine, f64s, fixtures, read_json, select, u32s};
 
 /// `$NLU_MINILM_DIR` when set, else what the fetch script prints (it reuses its cache).
 pub(super) fn model_dir() -> PathBuf {
@@ -61,16 +61,7 @@ fn minilm_matches_sentence_transformers() {
             Embedder::load(&ModelFiles::from_dir(dir.path()).unwrap(), None, Dtype::F32).unwrap();
         assert_eq!(embedder.info().pooling, Pooling::Mean);
         assert_eq!(embedder.info().dims, 384);
-        let ids: Vec<Vec<u32>> = cases
-            .iter()
-            .map(|c| {
-                embedder
-                    .tokenizer()
-                    .encode(c["text"].as_str().unwrap(), Some(max_len))
-                    .unwrap()
-                    .ids
-            })
-            .collect();
+        let ids = case_ids(&embedder, cases, max_len);
         for (case, got) in cases.iter().zip(&ids) {
             assert_eq!(
                 got,
