@@ -75,32 +75,32 @@ impl QuantWeights {
     /// `w_t`: `[k, n]` row-major.
     pub fn pack(w_t: &[f32], k: usize, n: usize) -> Self {
         assert_eq!(w_t.len(), k * n, "weight size");
-        let scale: Vec<f32> = (0..n)
-            .map(|c| {
-                let max = (0..k).fold(0f32, |m, kk| m.max(w_t[kk * n + c].abs()));
-                if max > 0.0 && max.is_finite() {
-                    max / WEIGHT_LEVEL
+        // Row by row (the storage order), not column by column.
+        let mut max = vec![0f32; n];
+        for row in w_t.chunks_exact(n.max(1)) {
+            for (m, v) in max.iter_mut().zip(row) {
+                *m = m.max(v.abs());
+            }
+        }
+        let scale: Vec<f32> = max
+            .iter()
+            .map(|&m| {
+                if m > 0.0 && m.is_finite() {
+                    m / WEIGHT_LEVEL
                 } else {
                     1.0
                 }
             })
             .collect();
-        let q = |kk: usize, c: usize| {
-            (w_t[kk * n + c] / scale[c])
-                .round_ties_even()
-                .clamp(-WEIGHT_LEVEL, WEIGHT_LEVEL) as i8
-        };
         let steps = k.div_ceil(GROUP);
         let panels = n.div_ceil(NR).next_multiple_of(2);
         let mut lines = filled(panels * steps, Line([0; NR * GROUP]));
-        let sums = (0..n)
-            .map(|c| (0..k).map(|kk| i32::from(q(kk, c))).sum())
-            .collect();
-        for (p, panel) in lines.chunks_exact_mut(steps).enumerate() {
-            for (lane, c) in (p * NR..((p + 1) * NR).min(n)).enumerate() {
-                for kk in 0..k {
-                    panel[kk / GROUP].0[lane * GROUP + kk % GROUP] = q(kk, c);
-                }
+        let mut sums = vec![0i32; n];
+        for (kk, row) in w_t.chunks_exact(n.max(1)).enumerate() {
+            for (c, (&v, &s)) in row.iter().zip(&scale).enumerate() {
+                let q = (v / s).round_ties_even().clamp(-WEIGHT_LEVEL, WEIGHT_LEVEL) as i8;
+                lines[(c / NR) * steps + kk / GROUP].0[(c % NR) * GROUP + kk % GROUP] = q;
+                sums[c] += i32::from(q);
             }
         }
         Self {
