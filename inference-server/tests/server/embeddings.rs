@@ -292,10 +292,7 @@ async fn int8_serves_close_vectors_and_says_so() {
     for case in cases(&expected) {
         let (status, body) = server.post("/embed", &json!({ "inputs": case["text"] })).await;
         assert_eq!(status, 200, "{body}");
-        let (got, want) = (floats(&body[0]), floats(&case["cls_normalized"]));
-        let dot: f64 = got.iter().zip(&want).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
-        let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-        let cosine = dot / (norm(&got) * norm(&want));
+        let cosine = cosine(&floats(&body[0]), &floats(&case["cls_normalized"]));
         assert!(cosine > 0.999, "{}: cosine {cosine}", case["text"]);
     }
     server.stop().await.unwrap();
