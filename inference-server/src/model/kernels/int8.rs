@@ -132,11 +132,16 @@ impl QuantWeights {
 #[derive(Default)]
 pub struct QuantRows {
     bytes: Vec<u8>,
-    scale: Vec<f32>,
-    zero: Vec<i32>,
-    /// Per row, its outliers: column and value.
-    outliers: Vec<Vec<(u32, f32)>>,
+    rows: Vec<RowQuant>,
     stride: usize,
+}
+
+/// How one row of `x` was quantised.
+struct RowQuant {
+    scale: f32,
+    zero: i32,
+    /// Column and value.
+    outliers: Vec<(u32, f32)>,
 }
 
 impl QuantRows {
@@ -148,32 +153,22 @@ impl QuantRows {
         let simd = Simd::best();
         let (stride, k1) = (self.stride.max(1), k.max(1));
         let row = |(q, x): (&mut [u8], &[f32])| quantize_row(simd, x, q);
-        let params: Vec<RowQuant> = if rows * k >= MIN_PARALLEL_VALUES {
+        if rows * k >= MIN_PARALLEL_VALUES {
             let pairs = self
                 .bytes
                 .par_chunks_exact_mut(stride)
                 .zip(x.par_chunks_exact(k1));
-            pairs.map(row).collect()
+            pairs.map(row).collect_into_vec(&mut self.rows);
         } else {
             let pairs = self.bytes.chunks_exact_mut(stride).zip(x.chunks_exact(k1));
-            pairs.map(row).collect()
-        };
-        self.scale.clear();
-        self.zero.clear();
-        self.outliers.clear();
-        for (scale, zero, outliers) in params {
-            self.scale.push(scale);
-            self.zero.push(zero);
-            self.outliers.push(outliers);
+            self.rows.clear();
+            self.rows.extend(pairs.map(row));
         }
     }
 }
 
-/// A row's scale, zero point and outliers (column, value).
-type RowQuant = (f32, i32, Vec<(u32, f32)>);
-
 /// `q[..x.len()]` = `x` as levels over the row's range with 0 in it, outliers at the zero
-/// point, `q`'s rest 0; returns the scale, the zero point and the outliers.
+/// point, `q`'s rest 0.
 fn quantize_row(simd: Simd, x: &[f32], q: &mut [u8]) -> RowQuant {
     let mut stats = [0f32; 3];
     row_stats(simd, x, &mut stats);
@@ -207,7 +202,11 @@ fn quantize_row(simd: Simd, x: &[f32], q: &mut [u8]) -> RowQuant {
         levels_of_x[j as usize] = zero as u8;
     }
     pad.fill(0);
-    (scale, zero as i32, outliers)
+    RowQuant {
+        scale,
+        zero: zero as i32,
+        outliers,
+    }
 }
 
 /// Lanes of the reductions below: independent partial results, so that the compiler may keep
@@ -376,7 +375,7 @@ impl Kernel {
             self.name
         );
         let (k, n, steps) = (w.k, w.n, w.steps());
-        assert_eq!(x.scale.len(), rows, "quantised rows");
+        assert_eq!(x.rows.len(), rows, "quantised rows");
         assert_eq!(x.stride, steps * GROUP, "quantised row length");
         assert_eq!(out.len(), rows * n, "output size");
         start.check(rows, n);
@@ -420,7 +419,7 @@ impl Kernel {
                     for (r, sums) in (row..row + mr).zip(&tile) {
                         let o = out_of(r, col..col + cols);
                         dequantize(simd, x, r, w, col, sums, start, o);
-                        if x.outliers[r].is_empty() {
+                        if x.rows[r].outliers.is_empty() {
                             finish(o);
                         }
                     }
@@ -429,9 +428,9 @@ impl Kernel {
             // The outliers, over all the task's columns at once (per column block, the loop
             // overhead cost more than the products), then what waited for them.
             for r in block {
-                if !x.outliers[r].is_empty() {
+                if !x.rows[r].outliers.is_empty() {
                     let o = out_of(r, columns.clone());
-                    for &(j, v) in &x.outliers[r] {
+                    for &(j, v) in &x.rows[r].outliers {
                         let row = &w.exact[j as usize * n + columns.start..][..columns.len()];
                         add_scaled_row(simd, o, row, v);
                     }
@@ -459,8 +458,8 @@ fn dequantize(
     let (n, cols) = (w.n, o.len());
     let columns = col..col + cols;
     let row = Row {
-        zero: x.zero[r],
-        scale: x.scale[r],
+        zero: x.rows[r].zero,
+        scale: x.rows[r].scale,
         sums: &sums[..cols],
         w_sums: &w.sums[columns.clone()],
         w_scale: &w.scale[columns.clone()],
@@ -562,7 +561,8 @@ mod tests {
         (0..rows * k)
             .map(|i| {
                 let (r, c) = (i / k, i % k);
-                (i32::from(q.bytes[r * q.stride + c]) - q.zero[r]) as f64 * q.scale[r] as f64
+                (i32::from(q.bytes[r * q.stride + c]) - q.rows[r].zero) as f64
+                    * q.rows[r].scale as f64
             })
             .collect()
     }
@@ -600,13 +600,13 @@ mod tests {
         assert_eq!(q.stride, 40);
         let back = dequantized_rows(&q, rows, k);
         for r in 0..rows {
-            let half = q.scale[r] as f64 / 2.0 + 1e-6;
+            let half = q.rows[r].scale as f64 / 2.0 + 1e-6;
             // The spikes, exactly, and nothing else.
             let spikes: Vec<(u32, f32)> = (0..k)
                 .filter(|c| x[r * k + c].abs() > 30.0)
                 .map(|c| (c as u32, x[r * k + c]))
                 .collect();
-            assert_eq!(q.outliers[r], spikes, "row {r}");
+            assert_eq!(q.rows[r].outliers, spikes, "row {r}");
             for c in 0..k {
                 let i = r * k + c;
                 if x[i].abs() > 30.0 {
@@ -627,7 +627,7 @@ mod tests {
         assert_eq!(back[2 * k + 3], 0.0, "zero is a level");
         assert!(back[k..2 * k].iter().all(|&v| v == 0.0));
         // A positive row uses the whole range from 0: its largest value is the top level.
-        assert_eq!(q.zero[0], 0);
+        assert_eq!(q.rows[0].zero, 0);
         assert_eq!(q.bytes[..k].iter().max(), Some(&(ACTIVATION_LEVEL as u8)));
     }
 
@@ -671,7 +671,8 @@ mod tests {
                 kernel.matmul_then(&q, rows, &packed, start, &mut got, finish);
                 let worst = max_abs_diff((0..rows * n).map(|i| {
                     let (r, c) = (i / n, i % n);
-                    let outliers = q.outliers[r]
+                    let outliers = q.rows[r]
+                        .outliers
                         .iter()
                         .map(|&(j, v)| v as f64 * bf16::from_f32(w[j as usize * n + c]).to_f64());
                     let want = bias[c] as f64
