@@ -385,6 +385,24 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn dtype_takes_the_three_names_and_refuses_others() {
+        let parse = |v: &str| parse_serve("embedding", &["--dtype", v]).map(|a| a.dtype);
+        assert_eq!(parse_serve("embedding", &[]).unwrap().dtype, Dtype::F32);
+        for (name, dtype) in [
+            ("f32", Dtype::F32),
+            ("bf16", Dtype::Bf16),
+            ("int8", Dtype::Int8),
+        ] {
+            assert_eq!(parse(name).unwrap(), dtype);
+            assert_eq!(dtype.to_string(), name);
+        }
+        for bad in ["INT8", "int4", "fp16", "", "int8 "] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains("expected f32, bf16 or int8"), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
     fn zero_batch_size_is_rejected() {
         let args = parse_serve("uninlu", &["--max-batch-requests", "0"]).unwrap();
         assert!(args.batching.validate().is_err());
