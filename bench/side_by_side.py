@@ -141,15 +141,16 @@ class Report:
     added, and --json-out (if given) is rewritten after it, so a run killed halfway keeps what it
     measured."""
 
-    def __init__(self, path, notes):
+    def __init__(self, path, notes, line=None):
         self.path, self.notes, self.figures = path, notes, []
+        self.line = line or one_line  # a figure's summary
         for note in notes:
             print(f"note: {note}", file=sys.stderr)
         self.save()
 
     def add(self, row):
         self.figures.append(row)
-        print(f"  {one_line(row)}", file=sys.stderr)
+        print(f"  {self.line(row)}", file=sys.stderr)
         self.save()
 
     def note(self, text):
