@@ -9,7 +9,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use crate::serve::{AuthMode, FailurePolicy, Pooling, Task};
+pub use crate::serve::{AuthMode, Dtype, FailurePolicy, Pooling, Task};
 
 /// Why `auth.mode: none` behind an Ingress needs `auth.allowUnauthenticated` (the CEL rule's
 /// message, and the operator's for objects stored before the rule).
@@ -103,6 +103,12 @@ pub struct ModelSpec {
     /// Embedding pooling; default from the model folder (`1_Pooling/config.json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pooling: Option<Pooling>,
+
+    /// Number format of the weights (see [`Dtype`]); default f32. To keep such pods on nodes
+    /// that have what the format needs, use `nodeSelector` (for example Node Feature
+    /// Discovery's `feature.node.kubernetes.io/cpu-cpuid.AMXBF16`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<Dtype>,
 
     /// UniNLU: task types for the second seed app's `POST /predict {"task_type", "input_text"}`,
     /// from a ConfigMap in the service's namespace, replacing or adding to the built-in ones

@@ -126,6 +126,45 @@ impl Task {
     }
 }
 
+/// Number format of the weight matrices (`--dtype`, `spec.model.dtype`): `f32` (the default,
+/// every CPU), `bf16` (CPUs with AMX-BF16) or `int8` (CPUs with AVX2; UniNLU spans near the
+/// threshold may differ from f32's). Activations stay f32 between layers. Where the CPU lacks
+/// what a format needs, the server logs a warning and runs f32; its `/info` and the
+/// `nlu_model_info` metric say which runs.
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// 32-bit floats: the reference, on every CPU.
+    #[default]
+    F32,
+    /// bfloat16 weights, products summed in f32, on CPUs with AMX-BF16 (Intel Sapphire Rapids
+    /// and later); embeddings within cosine 0.999 of f32.
+    Bf16,
+    /// 8-bit weights (per output column) and 7-bit activations (per row), sums in i32, on CPUs
+    /// with AVX2 (AVX-512 VNNI where present); embeddings within cosine 0.999 of f32. UniNLU
+    /// spans near the 0.5 threshold can differ from f32's (docs/server.md, "int8").
+    Int8,
+}
+
+impl Dtype {
+    /// The word of the `--dtype` flag and of `spec.model.dtype`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+            Dtype::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Embedding pooling over token states.
 #[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
@@ -221,6 +260,8 @@ pub struct ServeFlags {
     pub log_format: LogFormat,
     pub max_input_length: Option<i32>,
     pub pooling: Option<Pooling>,
+    /// `None`: the server's default, f32.
+    pub dtype: Option<Dtype>,
     pub max_batch_tokens: Option<i32>,
     pub max_batch_requests: Option<i32>,
     pub max_wait_millis: Option<i32>,
@@ -290,6 +331,7 @@ impl ServeFlags {
         flag("log-format", Some(self.log_format.as_str().into()));
         flag("max-input-length", number(self.max_input_length));
         flag("pooling", self.pooling.map(|p| p.as_str().into()));
+        flag("dtype", self.dtype.map(|d| d.as_str().into()));
         flag("max-batch-tokens", number(self.max_batch_tokens));
         flag("max-batch-requests", number(self.max_batch_requests));
         flag("max-wait-millis", number(self.max_wait_millis));
@@ -351,6 +393,7 @@ mod tests {
             log_format: LogFormat::Json,
             max_input_length: None,
             pooling: Some(Pooling::Mean),
+            dtype: Some(Dtype::Int8),
             max_batch_tokens: None,
             max_batch_requests: Some(8),
             max_wait_millis: None,
@@ -367,7 +410,7 @@ mod tests {
             task_presets: Some("/etc/nlu/task-presets/p.json".into()),
         };
         let expected = "serve --model /models --task embedding --listen 0.0.0.0:8080 --metrics-listen 0.0.0.0:9090 \
-            --log-format json --pooling mean --max-batch-requests 8 --auth jwt \
+            --log-format json --pooling mean --dtype int8 --max-batch-requests 8 --auth jwt \
             --jwks /etc/nlu/jwks/jwks.json --identities /etc/nlu/jwks/identities.json --service-id ns/svc --redis-prefix nlu \
             --redis-failure-policy fail-open --path-prefix /gte --task-presets /etc/nlu/task-presets/p.json \
             --no-playground";

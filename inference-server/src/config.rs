@@ -398,7 +398,7 @@ pub(crate) mod tests {
         }
         for bad in ["INT8", "int4", "fp16", "", "int8 "] {
             let err = parse(bad).unwrap_err().to_string();
-            assert!(err.contains("expected f32, bf16 or int8"), "{bad:?}: {err}");
+            assert!(err.contains("[possible values: f32, bf16, int8]"), "{bad:?}: {err}");
         }
     }
 

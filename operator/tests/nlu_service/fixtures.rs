@@ -72,6 +72,7 @@ model:
   source:
     pvc: {claimName: models, path: gte/base-zh}
   pooling: mean
+  dtype: bf16
 replicas: 3
 nodeSelector: {node.kubernetes.io/instance-type: c7i.2xlarge}
 tolerations:

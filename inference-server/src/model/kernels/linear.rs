@@ -35,42 +35,9 @@ impl Activation {
     }
 }
 
-/// The number format weights are stored and multiplied in (activations stay f32 between
-/// layers; bf16 products accumulate in f32; int8 quantises each layer's input per row and
-/// accumulates in i32).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dtype {
-    #[default]
-    F32,
-    Bf16,
-    Int8,
-}
-
-impl std::str::FromStr for Dtype {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "f32" => Ok(Self::F32),
-            "bf16" => Ok(Self::Bf16),
-            "int8" => Ok(Self::Int8),
-            other => Err(format!(
-                "unknown dtype {other:?} (expected f32, bf16 or int8)"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for Dtype {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::F32 => "f32",
-            Self::Bf16 => "bf16",
-            Self::Int8 => "int8",
-        })
-    }
-}
+/// The number format weights are stored and multiplied in: shared with the operator, which
+/// writes it as `--dtype` from `spec.model.dtype`.
+pub use nlu_crds::serve::Dtype;
 
 /// A weight matrix `[k, n]` laid out once, at load time, for its matmul kernel.
 pub enum Weights {

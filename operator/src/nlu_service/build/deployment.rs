@@ -297,6 +297,7 @@ pub fn serve_args(svc: &NluService, cfg: &OperatorConfig) -> Vec<String> {
         log_format: LogFormat::Json,
         max_input_length: spec.model.max_sequence_length,
         pooling: spec.model.pooling,
+        dtype: spec.model.dtype,
         max_batch_tokens: batching.max_batch_tokens,
         max_batch_requests: batching.max_batch_requests,
         max_wait_millis: batching.max_wait_millis,
