@@ -184,6 +184,8 @@ const CASES: &[Case] = &[
     limit("NluService spec.model.taskPresets.key pattern", UNINLU, &[("/spec/model/taskPresets", r#"{"configMap": "p", "key": ".."}"#)],
         "spec.model.taskPresets.key", r#"{"configMap": "p", "key": "p.json"}"#),
     case("NluService spec.model.pooling enum", GTE, &[("/spec/model/pooling", r#""max""#)], "spec.model.pooling", NotSupported),
+    Case { at_limit: Some(r#""int8""#),
+        ..case("NluService spec.model.dtype enum", GTE, &[("/spec/model/dtype", r#""fp16""#)], "spec.model.dtype", NotSupported) },
     // autoscaling
     case("NluService spec.autoscaling.minReplicas required", UNINLU, &[("/spec/autoscaling/minReplicas", "null")],
         "spec.autoscaling.minReplicas", Required),
