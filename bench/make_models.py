@@ -176,7 +176,7 @@ def write_uninlu(folder):
     for f in UNINLU_FILES:
         shutil.copy2(UNINLU_FIXTURE / f, folder / f)
     state = uninlu_state(BertConfig(**config))
-    torch.save(state, folder / "pytorch_model.bin")
+    torch.save(state, folder / "pytorch_model.bin")  # what calibrate_heads loads through ModelScope
     calibrate_heads(folder, state)
     torch.save(state, folder / "pytorch_model.bin")
     save_file(state, folder / "model.safetensors")

@@ -136,6 +136,16 @@ def wait_for_quiet(args, what):
     return line
 
 
+def add_gate_args(ap):
+    """The flags of the load gate (`wait_for_quiet`) and of the report (`Report`)."""
+    ap.add_argument("--max-load", type=float, default=0.75,
+                    help="highest 1-minute load average at which a figure is taken (default 0.75)")
+    ap.add_argument("--settle", type=float, default=300.0,
+                    help="seconds to wait for the load to fall below --max-load before refusing (default 300)")
+    ap.add_argument("--force", action="store_true", help="measure and report even on a busy machine")
+    ap.add_argument("--json-out", type=pathlib.Path, help="also write every figure to this JSON file")
+
+
 class Report:
     """The notes and every figure taken so far. Each figure's summary goes to stderr as it is
     added, and --json-out (if given) is rewritten after it, so a run killed halfway keeps what it
@@ -217,11 +227,15 @@ def timed(fn, seconds):
     return sorted(times), tokens
 
 
+def percentile_ms(times, q):
+    """The q-quantile of sorted latencies (s), in ms."""
+    return times[round((len(times) - 1) * q)] * 1e3
+
+
 def summary(times, inputs_per_call, tokens):
     total = sum(times)
-    pct = lambda q: times[round((len(times) - 1) * q)] * 1e3
     return dict(inputs_per_s=inputs_per_call * len(times) / total, tokens_per_s=tokens / total,
-                p50_ms=pct(0.5), p99_ms=pct(0.99), runs=len(times))
+                p50_ms=percentile_ms(times, 0.5), p99_ms=percentile_ms(times, 0.99), runs=len(times))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,6 +453,12 @@ def fma_peak(args):
     return row["gflops"] * 1e9, row["isa"]
 
 
+def cpu_line():
+    """`CPU: <model> (<flags of CPU_FLAGS it has>)`, the CPU kind a run's figures hold for."""
+    flags = cpu_flags()
+    return f"CPU: {cpu_model()} ({' '.join(flags) or 'none of ' + ' '.join(CPU_FLAGS)})"
+
+
 def cpu_model():
     for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -517,12 +537,7 @@ def main():
     ap.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients of the end-to-end figure")
     ap.add_argument("--skip-http", action="store_true", help="no end-to-end MiniLM figures")
     ap.add_argument("--skip-rerank", action="store_true", help="no rerank figures")
-    ap.add_argument("--max-load", type=float, default=0.75,
-                    help="highest 1-minute load average at which a figure is taken (default 0.75)")
-    ap.add_argument("--settle", type=float, default=300.0,
-                    help="seconds to wait for the load to fall below --max-load before refusing (default 300)")
-    ap.add_argument("--force", action="store_true", help="measure and report even on a busy machine")
-    ap.add_argument("--json-out", type=pathlib.Path, help="also write every figure to this JSON file")
+    add_gate_args(ap)
     args = ap.parse_args()
 
     for binary in ("bench_model", "bench_http", "fma_peak"):
@@ -547,7 +562,7 @@ def main():
     peak, isa = fma_peak(args)
     notes = [f"threads: {args.threads}; max load {args.max_load}; {args.seconds} s per model-only figure; "
              f"fp32 peak measured: {peak / 1e9:.0f} GFLOP/s ({isa} FMA, fma_peak)",
-             f"CPU: {cpu_model()} ({' '.join(flags) or 'none of ' + ' '.join(CPU_FLAGS)}); "
+             f"{cpu_line()}; "
              f"{versions(torch_ok)}; source {source_version()} (binaries: {args.bin})"]
     notes += [f"{mode}: skipped ({why})" for mode, why in skip.items()]
     if not torch_ok:

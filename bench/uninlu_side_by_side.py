@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 
-from side_by_side import REPO, CPU_FLAGS, Report, cpu_flags, cpu_model, loadavg, loads, source_version, wait_for_quiet
+from side_by_side import REPO, Report, add_gate_args, cpu_line, figure, loads, percentile_ms, source_version
 
 EXAMPLES = {
     "NER, 3 types": (
@@ -143,18 +143,13 @@ def measure(args, report, server, answers):
         body = json.dumps({"text": text, "schema": schema}, ensure_ascii=False).encode()
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
         answers[(server.label, name)] = spans(post(conn, body))
-        post(conn, body)
+        post(conn, body)  # a second warm-up request
         for clients in sorted({1, args.clients}):
-            what = f"{name}, {server.label}, {clients} client(s)"
-            before = wait_for_quiet(args, what)
-            print(f"measuring {what} (load {before.split()[0]})", file=sys.stderr)
-            times, wall = closed_loop(server.port, body, clients, args.seconds)
-            pct = lambda q: times[round((len(times) - 1) * q)] * 1e3
-            row = dict(what=what, example=name, server=server.label, clients=clients,
-                       requests_per_s=len(times) / wall, p50_ms=pct(0.5), p99_ms=pct(0.99), runs=len(times),
-                       load_before=before, load_after=loadavg()[1])
-            report.add(row)
-            rows[(name, clients)] = row
+            def run():
+                times, wall = closed_loop(server.port, body, clients, args.seconds)
+                return dict(example=name, server=server.label, clients=clients, requests_per_s=len(times) / wall,
+                            p50_ms=percentile_ms(times, 0.5), p99_ms=percentile_ms(times, 0.99), runs=len(times))
+            rows[(name, clients)] = figure(args, report, f"{name}, {server.label}, {clients} client(s)", run)
     return rows
 
 
@@ -229,22 +224,16 @@ def main():
     ap.add_argument("--dtypes", default="f32,int8", help="nlu-server --dtype values to measure (default f32,int8)")
     ap.add_argument("--seconds", type=float, default=20.0, help="seconds per figure (default 20)")
     ap.add_argument("--clients", type=int, default=8, help="concurrent clients of the second figure (default 8)")
-    ap.add_argument("--max-load", type=float, default=0.75,
-                    help="highest 1-minute load average at which a figure is taken (default 0.75)")
-    ap.add_argument("--settle", type=float, default=300.0,
-                    help="seconds to wait for the load to fall below --max-load before refusing (default 300)")
-    ap.add_argument("--force", action="store_true", help="measure and report even on a busy machine")
-    ap.add_argument("--json-out", type=pathlib.Path, help="also write every figure to this JSON file")
+    add_gate_args(ap)
     args = ap.parse_args()
 
     if not (args.model / ".complete").is_file():
         sys.exit(f"{args.model} missing: run bench/make_models.py --models uninlu-base first")
     if not (args.bin / "nlu-server").is_file():
         sys.exit(f"{args.bin / 'nlu-server'} missing: cargo build --release -p nlu-server")
-    flags = cpu_flags()
     notes = [f"nlu-server threads: {args.threads}; {args.seconds} s per figure; max load {args.max_load}; "
              f"instruction sets: {args.isa}",
-             f"CPU: {cpu_model()} ({' '.join(flags) or 'none of ' + ' '.join(CPU_FLAGS)}), {os.cpu_count()} cores; "
+             f"{cpu_line()}, {os.cpu_count()} cores; "
              f"{versions()}; source {source_version()} (binaries: {args.bin})"]
     report = Report(args.json_out, notes, one_line)
 
