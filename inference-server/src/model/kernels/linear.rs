@@ -56,10 +56,12 @@ pub enum Weights {
     Int8(int8::QuantWeights),
 }
 
-/// Whether this CPU runs `--dtype bf16` (AMX-BF16, and the kernel granted the tile permission).
+/// Whether this CPU runs `--dtype bf16` (AMX-BF16, and the kernel granted the tile permission)
+/// within `NLU_KERNEL`'s cap: AMX comes with AVX-512 (which converts `x`), so a cap below it
+/// leaves bf16 out, as the CPUs it stands for lack AMX.
 pub fn bf16_available() -> bool {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    return amx::available();
+    return Simd::best().level() == Level::Avx512 && amx::available();
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     false
 }
@@ -72,7 +74,7 @@ pub fn runnable(requested: Dtype) -> (Dtype, Option<&'static str>) {
         Dtype::Bf16 if !bf16_available() => (
             Dtype::F32,
             Some(
-                "--dtype bf16 needs a CPU with AMX-BF16 (and a kernel that grants it); running f32",
+                "--dtype bf16 needs a CPU with AMX-BF16 (and a kernel that grants it, and NLU_KERNEL not avx2 or gemm); running f32",
             ),
         ),
         Dtype::Int8 if !int8::available() => (
