@@ -17,8 +17,8 @@
 //! - **Dequantising**: `out = (Σ q_x q_w - zero · Σ q_w) · scale_x · scale_w + Σ_outliers x · w
 //!   + bias (+ residual)`, where `Σ q_w` per column is computed at load time.
 //!
-//! The micro-kernels ([`super::int8_x86`]: AVX-512 VNNI `vpdpbusd`, AVX2 `vpmaddubsw` +
-//! `vpmaddwd`) read groups of 4 consecutive k values per i32 lane, so the weights are packed as
+//! The micro-kernels ([`super::int8_x86`]: AVX-512 VNNI and AVX-VNNI `vpdpbusd`, AVX2
+//! `vpmaddubsw` + `vpmaddwd`) read groups of 4 consecutive k values per i32 lane, so the weights are packed as
 //! panels of [`NR`] columns whose every 4-deep k step is one 64-byte line. They leave an i32 tile
 //! of sums, and the dequantisation above runs once per output value in this module.
 
@@ -312,8 +312,8 @@ pub struct Kernel {
     mr: usize,
     /// Panels per call (1 or 2).
     panels: usize,
-    /// The SIMD level it belongs to, for `NLU_KERNEL`'s cap.
-    level: Level,
+    /// The lowest `NLU_KERNEL` cap it runs under.
+    cap: Level,
     /// Whether this CPU runs it.
     runs: fn() -> bool,
 }
@@ -327,7 +327,7 @@ impl Kernel {
         micro: unsafe fn(rows: usize, call: Call),
         mr: usize,
         panels: usize,
-        level: Level,
+        cap: Level,
         runs: fn() -> bool,
     ) -> Self {
         assert!(mr <= TILE_ROWS && panels * NR <= TILE_COLS);
@@ -336,7 +336,7 @@ impl Kernel {
             micro,
             mr,
             panels,
-            level,
+            cap,
             runs,
         }
     }
@@ -351,10 +351,10 @@ impl Kernel {
     }
 
     /// The kernel `--dtype int8` runs: the fastest this CPU has within `NLU_KERNEL`'s cap
-    /// (`avx2` leaves out VNNI, `gemm` every int8 kernel); none on CPUs without AVX2 + FMA.
+    /// (`avx2` leaves out both VNNIs, `gemm` every int8 kernel); none on CPUs without AVX2 + FMA.
     pub fn best() -> Option<&'static Kernel> {
-        let cap = Simd::best().level();
-        Self::supported().find(|k| k.level <= cap)
+        let cap = super::simd::cap();
+        Self::supported().find(|k| k.cap <= cap)
     }
 
     /// `out[rows, n] = finish(start + x · W)`, `x` quantised by [`QuantRows::quantize`] from

@@ -57,7 +57,7 @@ impl Simd {
     pub fn best() -> Self {
         static BEST: OnceLock<Simd> = OnceLock::new();
         *BEST.get_or_init(|| {
-            let cap = cap_from_env();
+            let cap = cap();
             Self::supported()
                 .find(|s| s.0 <= cap)
                 .unwrap_or(Self(Level::Baseline))
@@ -99,6 +99,13 @@ macro_rules! simd_builds {
     };
 }
 pub(crate) use simd_builds;
+
+/// `NLU_KERNEL`'s level (`Avx512`, the highest, when unset), read once: kernels above it do not
+/// run, whatever the CPU has.
+pub fn cap() -> Level {
+    static CAP: OnceLock<Level> = OnceLock::new();
+    *CAP.get_or_init(cap_from_env)
+}
 
 /// `NLU_KERNEL`'s level; no cap when unset, and a warning (not a failure: it is a benchmarking
 /// aid) when it names no level.
