@@ -6,7 +6,7 @@
 //!
 //! `cargo run -p nlu-bench --bin bench_model --release -- [--model DIR] [--seconds S] [--skip-base] [--skip-uninlu] [--shapes 8x64,1x16] [--dtype bf16|int8] [--json]`
 //! The model defaults to MiniLM in the cache of `scripts/fetch-minilm.sh`. Threads: `RAYON_NUM_THREADS`.
-//! Kernels: the CPU's best, or at most `NLU_KERNEL`'s (`avx2`, `gemm`: docs/server.md).
+//! Kernels: the CPU's best, or at most `NLU_KERNEL`'s (`avx-vnni`, `avx2`, `gemm`: docs/server.md).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -29,7 +29,7 @@ use rayon::prelude::*;
 
 use super::memory::{filled, resize_for_overwrite};
 use super::panels::Split;
-use super::simd::{Level, Simd};
+use super::simd::{Cap, Simd};
 use super::{SharedOut, Start};
 
 /// Output columns per panel: 16 i32 lanes (one zmm, two ymm).
@@ -313,7 +313,7 @@ pub struct Kernel {
     /// Panels per call (1 or 2).
     panels: usize,
     /// The lowest `NLU_KERNEL` cap it runs under.
-    cap: Level,
+    cap: Cap,
     /// Whether this CPU runs it.
     runs: fn() -> bool,
 }
@@ -327,7 +327,7 @@ impl Kernel {
         micro: unsafe fn(rows: usize, call: Call),
         mr: usize,
         panels: usize,
-        cap: Level,
+        cap: Cap,
         runs: fn() -> bool,
     ) -> Self {
         assert!(mr <= TILE_ROWS && panels * NR <= TILE_COLS);
@@ -351,7 +351,8 @@ impl Kernel {
     }
 
     /// The kernel `--dtype int8` runs: the fastest this CPU has within `NLU_KERNEL`'s cap
-    /// (`avx2` leaves out both VNNIs, `gemm` every int8 kernel); none on CPUs without AVX2 + FMA.
+    /// (`avx-vnni` leaves out AVX-512 VNNI, `avx2` both VNNIs, `gemm` every int8 kernel); none
+    /// on CPUs without AVX2 + FMA.
     pub fn best() -> Option<&'static Kernel> {
         let cap = super::simd::cap();
         Self::supported().find(|k| k.cap <= cap)

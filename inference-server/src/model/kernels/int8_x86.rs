@@ -16,7 +16,7 @@
 use std::arch::x86_64::*;
 
 use super::int8::{Call, Kernel, GROUP, TILE_COLS};
-use super::simd::Level;
+use super::simd::{Cap, Level};
 
 /// VNNI rows per call.
 const VNNI_ROWS: usize = 12;
@@ -33,21 +33,20 @@ pub static VNNI: Kernel = unsafe {
         vnni_micro,
         VNNI_ROWS,
         2,
-        Level::Avx512,
+        Cap::Avx512,
         vnni_runs,
     )
 };
 
 // SAFETY: `avx_vnni_micro` needs AVX2 and AVX-VNNI, which `avx_vnni_runs` checks; it computes
-// one panel for 1 to 6 rows. Its cap is `avx512`: `NLU_KERNEL=avx2` stands for the AVX2-only
-// CPUs (AMD before Zen 4), which lack it.
+// one panel for 1 to 6 rows.
 pub static AVX_VNNI: Kernel = unsafe {
     Kernel::new(
         "avx-vnni",
         avx_vnni_micro,
         AVX_VNNI_ROWS,
         1,
-        Level::Avx512,
+        Cap::AvxVnni,
         avx_vnni_runs,
     )
 };
@@ -55,7 +54,7 @@ pub static AVX_VNNI: Kernel = unsafe {
 // SAFETY: `avx2_micro` needs AVX2, which `Level::Avx2.runs` checks; it computes one panel for 1
 // to 4 rows.
 pub static AVX2: Kernel =
-    unsafe { Kernel::new("avx2", avx2_micro, AVX2_ROWS, 1, Level::Avx2, avx2_runs) };
+    unsafe { Kernel::new("avx2", avx2_micro, AVX2_ROWS, 1, Cap::Avx2, avx2_runs) };
 
 /// Fastest first.
 pub static KERNELS: [&Kernel; 3] = [&VNNI, &AVX_VNNI, &AVX2];

@@ -61,7 +61,7 @@ pub enum Weights {
 /// leaves bf16 out, as the CPUs it stands for lack AMX.
 pub fn bf16_available() -> bool {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    return Simd::best().level() == Level::Avx512 && amx::available();
+    return super::simd::cap() == super::simd::Cap::Avx512 && amx::available();
     #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
     false
 }
@@ -74,7 +74,7 @@ pub fn runnable(requested: Dtype) -> (Dtype, Option<&'static str>) {
         Dtype::Bf16 if !bf16_available() => (
             Dtype::F32,
             Some(
-                "--dtype bf16 needs a CPU with AMX-BF16 (and a kernel that grants it, and NLU_KERNEL not avx2 or gemm); running f32",
+                "--dtype bf16 needs a CPU with AMX-BF16 (and a kernel that grants it, and NLU_KERNEL unset or avx512); running f32",
             ),
         ),
         Dtype::Int8 if !int8::available() => (

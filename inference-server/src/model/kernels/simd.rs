@@ -3,9 +3,9 @@
 //! the crate is compiled for the baseline. A [`Simd`] value only comes from that detection, so
 //! holding one is the proof a kernel needs before it calls its `#[target_feature]` build.
 //!
-//! `NLU_KERNEL` (`avx512`, `avx2` or `gemm`, the names of [`super::linear::kernel_path`]) caps
-//! the level the engine picks, read once: to measure the AVX2 path, or the baseline one (gemm
-//! for the matmuls), on a CPU that has more.
+//! `NLU_KERNEL` (`avx512`, `avx-vnni`, `avx2` or `gemm`: [`Cap`]) caps the level the engine
+//! picks, read once: to measure the AVX2 path, or the baseline one (gemm for the matmuls), on a
+//! CPU that has more.
 
 use std::sync::OnceLock;
 
@@ -57,7 +57,7 @@ impl Simd {
     pub fn best() -> Self {
         static BEST: OnceLock<Simd> = OnceLock::new();
         *BEST.get_or_init(|| {
-            let cap = cap();
+            let cap = cap().level();
             Self::supported()
                 .find(|s| s.0 <= cap)
                 .unwrap_or(Self(Level::Baseline))
@@ -100,23 +100,49 @@ macro_rules! simd_builds {
 }
 pub(crate) use simd_builds;
 
-/// `NLU_KERNEL`'s level (`Avx512`, the highest, when unset), read once: kernels above it do not
-/// run, whatever the CPU has.
-pub fn cap() -> Level {
-    static CAP: OnceLock<Level> = OnceLock::new();
+/// What `NLU_KERNEL` lets run, lowest first: each value stands for a kind of CPU, so that one
+/// with more can measure the paths of the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Cap {
+    /// `gemm`: no x86 SIMD kernel of ours (gemm's matmul, the baseline builds).
+    Gemm,
+    /// `avx2`: AVX2 + FMA only, as on AMD EPYC before Zen 4.
+    Avx2,
+    /// `avx-vnni`: AVX2 + FMA and AVX-VNNI's int8 kernel, as on Intel Alder Lake or Sierra
+    /// Forest.
+    AvxVnni,
+    /// `avx512`, or unset: everything the CPU has.
+    Avx512,
+}
+
+impl Cap {
+    /// The widest SIMD level (element-wise builds, f32 matmul) this cap allows.
+    pub fn level(self) -> Level {
+        match self {
+            Self::Gemm => Level::Baseline,
+            Self::Avx2 | Self::AvxVnni => Level::Avx2,
+            Self::Avx512 => Level::Avx512,
+        }
+    }
+}
+
+/// `NLU_KERNEL`'s cap, read once: kernels above it do not run, whatever the CPU has.
+pub fn cap() -> Cap {
+    static CAP: OnceLock<Cap> = OnceLock::new();
     *CAP.get_or_init(cap_from_env)
 }
 
-/// `NLU_KERNEL`'s level; no cap when unset, and a warning (not a failure: it is a benchmarking
-/// aid) when it names no level.
-fn cap_from_env() -> Level {
+/// `NLU_KERNEL`'s cap; none when unset, and a warning (not a failure: it is a benchmarking aid)
+/// when it names none.
+fn cap_from_env() -> Cap {
     match std::env::var("NLU_KERNEL").as_deref() {
-        Err(_) | Ok("") | Ok("avx512") => Level::Avx512,
-        Ok("avx2") => Level::Avx2,
-        Ok("gemm") => Level::Baseline,
+        Err(_) | Ok("") | Ok("avx512") => Cap::Avx512,
+        Ok("avx-vnni") => Cap::AvxVnni,
+        Ok("avx2") => Cap::Avx2,
+        Ok("gemm") => Cap::Gemm,
         Ok(other) => {
-            tracing::warn!("NLU_KERNEL={other:?} is none of avx512, avx2, gemm: ignored");
-            Level::Avx512
+            tracing::warn!("NLU_KERNEL={other:?} is none of avx512, avx-vnni, avx2, gemm: ignored");
+            Cap::Avx512
         }
     }
 }
