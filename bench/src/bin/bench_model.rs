@@ -306,6 +306,7 @@ fn minilm_dir() -> Option<PathBuf> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    nlu_bench::log_warnings();
     let budget = Duration::from_secs_f64(args.seconds);
     let grid: Vec<(usize, usize)> = LENGTHS
         .iter()

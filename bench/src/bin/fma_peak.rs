@@ -137,6 +137,7 @@ fn per_thread(round: fn() -> f64, budget: Duration) -> f64 {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    nlu_bench::log_warnings();
     let Some(isa) = isa() else {
         anyhow::bail!("this CPU has neither AVX-512F nor AVX2 + FMA: no FMA peak to measure");
     };
