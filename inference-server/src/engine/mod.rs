@@ -97,8 +97,8 @@ pub struct ModelInfo {
     #[schema(value_type = String)]
     pub dtype: Dtype,
     /// The matmul kernel of the linear layers on this CPU: `avx512`, `avx2` (AVX2 + FMA, no
-    /// AVX-512; or int8 on AVX2), `avx512-vnni` (int8), `amx` (bf16) or `gemm` (CPUs with
-    /// neither).
+    /// AVX-512; or int8 on AVX2), `avx512-vnni` or `avx-vnni` (int8), `amx` (bf16) or `gemm`
+    /// (CPUs with neither).
     #[schema(value_type = String)]
     pub kernel: &'static str,
 }

@@ -277,6 +277,8 @@ async fn int8_serves_close_vectors_and_says_so() {
         && std::is_x86_feature_detected!("avx512vnni")
     {
         ("int8", "avx512-vnni")
+    } else if avx2 && std::is_x86_feature_detected!("avxvnni") {
+        ("int8", "avx-vnni")
     } else if avx2 {
         ("int8", "avx2")
     } else {

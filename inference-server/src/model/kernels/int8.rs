@@ -18,9 +18,10 @@
 //!   + bias (+ residual)`, where `Σ q_w` per column is computed at load time.
 //!
 //! The micro-kernels ([`super::int8_x86`]: AVX-512 VNNI and AVX-VNNI `vpdpbusd`, AVX2
-//! `vpmaddubsw` + `vpmaddwd`) read groups of 4 consecutive k values per i32 lane, so the weights are packed as
-//! panels of [`NR`] columns whose every 4-deep k step is one 64-byte line. They leave an i32 tile
-//! of sums, and the dequantisation above runs once per output value in this module.
+//! `vpmaddubsw` + `vpmaddwd`) read groups of 4 consecutive k values per i32 lane, so the
+//! weights are packed as panels of [`NR`] columns whose every 4-deep k step is one 64-byte line.
+//! They leave an i32 tile of sums, and the dequantisation above runs once per output value in
+//! this module.
 
 use std::ops::Range;
 

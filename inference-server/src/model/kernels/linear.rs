@@ -88,9 +88,9 @@ pub fn runnable(requested: Dtype) -> (Dtype, Option<&'static str>) {
 }
 
 /// The matmul kernel the linear layers of a `dtype` model run on this CPU (what
-/// [`Weights::new`] picks): `amx` (bf16), `avx512-vnni` or `avx2` (int8), `avx512` or `avx2`
-/// (f32), or `gemm` (f32 on CPUs with neither AVX-512 nor AVX2 + FMA; gemm picks its own SIMD at
-/// run time). For a dtype this CPU cannot run, `none` ([`runnable`] says what runs instead).
+/// [`Weights::new`] picks): `amx` (bf16), `avx512-vnni`, `avx-vnni` or `avx2` (int8), `avx512`
+/// or `avx2` (f32), or `gemm` (f32 on CPUs with neither AVX-512 nor AVX2 + FMA; gemm picks its
+/// own SIMD at run time). For a dtype this CPU cannot run, `none` ([`runnable`] says what runs instead).
 pub fn kernel_path(dtype: Dtype) -> &'static str {
     match dtype {
         Dtype::Bf16 => "amx",
